@@ -1,0 +1,238 @@
+"""The one client layer to the chain: connecting, signing transactions locally, nonces, gas,
+retries of transient RPC failures and decoding the contract's custom errors.
+
+Transactions are signed with local keys (eth-account), never by node-unlocked accounts, so the
+same code works against any JSON-RPC node. ``ChainClient`` is synchronous (scripts, tests);
+``AsyncChainClient`` is its asyncio twin for the server. Both share the pure helpers here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
+
+from common.deployment import Deployment
+from common.errors import ChainError, ChainUnavailable, ConfigError
+from common.logs import log_event
+from common.settings import GANACHE_DEV_KEYS, LOCAL_CHAIN_ID, Settings
+
+__all__ = [
+    "ChainClient",
+    "AsyncChainClient",
+    "ErrorDecoder",
+    "GAS_MARGIN",
+    "refuse_dev_keys_off_local",
+    "TRANSIENT_ERRORS",
+]
+
+log = logging.getLogger("chain")
+T = TypeVar("T")
+
+#: Multiplier on estimated gas so a batch whose state moved since estimation still fits.
+GAS_MARGIN = 1.25
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)
+
+
+def refuse_dev_keys_off_local(chain_id: int, keys: list[str]) -> None:
+    """Refuse Ganache's well-known keys on any chain id but the local one."""
+    if chain_id == LOCAL_CHAIN_ID:
+        return
+    dev = {k.lower() for k in GANACHE_DEV_KEYS}
+    for key in keys:
+        if key.lower() in dev:
+            raise ConfigError(
+                f"refusing to use Ganache's well-known development keys on chain id {chain_id}: "
+                "set ADMIN_KEY, OPERATOR_KEY, GATEWAY_KEY and GRID_OPERATOR_KEY to keys of your own"
+            )
+
+
+class ErrorDecoder:
+    """Turns revert data into ``ErrorName(arg, ...)`` using the contract's ABI."""
+
+    def __init__(self, abi: list[dict[str, Any]]) -> None:
+        self._errors: dict[bytes, tuple[str, list[str]]] = {}
+        for item in abi:
+            if item.get("type") == "error":
+                types = [i["type"] for i in item.get("inputs", [])]
+                selector = keccak(text=f"{item['name']}({','.join(types)})")[:4]
+                self._errors[selector] = (item["name"], types)
+
+    def decode(self, data: str | bytes | None) -> str:
+        """The custom error's name and arguments, or the raw data when unknown."""
+        if data is None:
+            return "revert"
+        raw = bytes.fromhex(data.removeprefix("0x")) if isinstance(data, str) else bytes(data)
+        entry = self._errors.get(raw[:4])
+        if entry is None:
+            return "0x" + raw.hex()
+        name, types = entry
+        args = abi_decode(types, raw[4:]) if types else ()
+        rendered = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in args)
+        return f"{name}({rendered})"
+
+    def from_exception(self, err: Exception) -> str:
+        """The decoded custom error carried by a web3 exception."""
+        data = getattr(err, "data", None)
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            return self.decode(data)
+        return str(err)
+
+
+def _tx_fields(account: LocalAccount, chain_id: int, nonce: int, gas: int, gas_price: int) -> dict[str, Any]:
+    return {"from": account.address, "chainId": chain_id, "nonce": nonce, "gas": gas, "gasPrice": gas_price}
+
+
+def _is_nonce_error(err: Exception) -> bool:
+    text = str(err).lower()
+    return "nonce" in text and ("too low" in text or "already" in text or "incorrect" in text)
+
+
+class ChainClient:
+    """Synchronous chain access with one signing key per role, as scripts and tests need it."""
+
+    def __init__(self, settings: Settings, rpc_url: str | None = None, timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.w3 = Web3(HTTPProvider(rpc_url or settings.chain_rpc_url, request_kwargs={"timeout": timeout}))
+        self._nonces: dict[str, int] = {}
+        self.decoder: ErrorDecoder | None = None
+
+    def check(self) -> int:
+        """Return the chain id, or raise ChainUnavailable with what to do."""
+        try:
+            chain_id = int(self.w3.eth.chain_id)
+        except Exception as err:  # noqa: BLE001 - any failure here means "not reachable"
+            raise ChainUnavailable(
+                f"cannot reach the chain at {self.settings.chain_rpc_url} ({type(err).__name__}); "
+                "start it with ./run-docker.sh"
+            ) from err
+        return chain_id
+
+    def contract(self, deployment: Deployment) -> Any:
+        """A contract object for the recorded deployment."""
+        self.decoder = ErrorDecoder(deployment.abi)
+        return self.w3.eth.contract(address=Web3.to_checksum_address(deployment.address), abi=deployment.abi)
+
+    def transact(self, key: str, call: Any, gas: int | None = None, wait: bool = True) -> Any:
+        """Sign and send ``call`` (a bound contract function or a deploy constructor) with ``key``.
+
+        Estimates gas with a margin unless ``gas`` is given; on a revert raises ChainError
+        naming the custom error. Returns the receipt (or the hash when ``wait`` is false).
+        """
+        account: LocalAccount = Account.from_key(key)
+        for attempt in range(self.settings.rpc_retry_attempts):
+            try:
+                nonce = self._nonces.get(account.address)
+                if nonce is None:
+                    nonce = self.w3.eth.get_transaction_count(account.address, "pending")
+                if gas is None:
+                    estimated = call.estimate_gas({"from": account.address})
+                    use_gas = int(estimated * GAS_MARGIN)
+                else:
+                    use_gas = gas
+                tx = call.build_transaction(
+                    _tx_fields(account, self.w3.eth.chain_id, nonce, use_gas, self.w3.eth.gas_price)
+                )
+                signed = account.sign_transaction(tx)
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                self._nonces[account.address] = nonce + 1
+                if not wait:
+                    return tx_hash
+                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+                if receipt["status"] != 1:
+                    raise ChainError(f"transaction {tx_hash.hex()} reverted")
+                return receipt
+            except (ContractCustomError, ContractLogicError) as err:
+                reason = self.decoder.from_exception(err) if self.decoder else str(err)
+                raise ChainError(f"the contract refused the call: {reason}") from err
+            except Web3RPCError as err:
+                if _is_nonce_error(err):
+                    self._nonces.pop(account.address, None)
+                    continue
+                raise ChainError(f"the node refused the transaction: {err}") from err
+            except TRANSIENT_ERRORS as err:
+                self._nonces.pop(account.address, None)
+                log_event(log, "rpc_retry", logging.WARNING, attempt=attempt + 1, error=type(err).__name__)
+                time.sleep(min(0.2 * 2**attempt, 5))
+        raise ChainUnavailable(f"the chain at {self.settings.chain_rpc_url} kept failing; is it running?")
+
+
+async def _retry(settings: Settings, what: str, op: Callable[[], Awaitable[T]]) -> T:
+    """Run ``op``, retrying transient RPC failures with exponential back-off."""
+    for attempt in range(settings.rpc_retry_attempts):
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as err:
+            log_event(log, "rpc_retry", logging.WARNING, op=what, attempt=attempt + 1, error=type(err).__name__)
+            await asyncio.sleep(min(0.2 * 2**attempt, 5))
+    raise ChainUnavailable(f"the chain at {settings.chain_rpc_url} kept failing ({what}); is it running?")
+
+
+class AsyncChainClient:
+    """The asyncio twin of ChainClient for the server: one key, local nonce management."""
+
+    def __init__(self, settings: Settings, deployment: Deployment, key: str) -> None:
+        self.settings = settings
+        self.deployment = deployment
+        self.account: LocalAccount = Account.from_key(key)
+        self.w3 = AsyncWeb3(AsyncHTTPProvider(settings.chain_rpc_url, request_kwargs={"timeout": 60}))
+        self.contract = self.w3.eth.contract(
+            address=AsyncWeb3.to_checksum_address(deployment.address), abi=deployment.abi
+        )
+        self.decoder = ErrorDecoder(deployment.abi)
+        self._nonce: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a read-only RPC with retries."""
+        return await _retry(self.settings, what, op)
+
+    async def send(self, call: Any, gas: int | None = None) -> tuple[bytes, int]:
+        """Sign and send ``call``; returns (tx hash, gas limit). Retries transient failures."""
+        async with self._lock:
+            for _ in range(3):
+                try:
+                    if self._nonce is None:
+                        self._nonce = await self.call(
+                            "nonce", lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")
+                        )
+                    if gas is None:
+                        estimated = await self.call("estimate", lambda: call.estimate_gas({"from": self.account.address}))
+                        use_gas = int(estimated * GAS_MARGIN)
+                    else:
+                        use_gas = gas
+                    price = await self.call("gas_price", lambda: self.w3.eth.gas_price)
+                    tx = await call.build_transaction(
+                        _tx_fields(self.account, self.settings.chain_id, self._nonce, use_gas, price)
+                    )
+                    signed = self.account.sign_transaction(tx)
+                    tx_hash = await self.call("send", lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
+                    self._nonce += 1
+                    return bytes(tx_hash), use_gas
+                except (ContractCustomError, ContractLogicError) as err:
+                    raise ChainError(f"the contract refused the call: {self.decoder.from_exception(err)}") from err
+                except Web3RPCError as err:
+                    self._nonce = None
+                    if _is_nonce_error(err):
+                        continue
+                    raise ChainError(f"the node refused the transaction: {err}") from err
+                except ChainUnavailable:
+                    self._nonce = None
+                    raise
+            raise ChainError("could not agree a nonce with the node")
+
+    async def wait_receipt(self, tx_hash: bytes, timeout: float = 120.0) -> Any:
+        """Wait for a transaction's receipt."""
+        return await self.call(
+            "receipt", lambda: self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
+        )

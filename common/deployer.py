@@ -1,0 +1,98 @@
+"""Deploy the contract (or reuse a recorded deployment) and grant each role to its own key."""
+
+from __future__ import annotations
+
+import logging
+
+from eth_account import Account
+
+from common.chain import ChainClient, refuse_dev_keys_off_local
+from common.compiler import compile_contract
+from common.deployment import Deployment, deployment_path, load_deployment, save_deployment
+from common.errors import ConfigError, DeploymentMissing
+from common.logs import log_event
+from common.settings import Settings
+
+__all__ = ["deploy", "ROLE_SETTINGS"]
+
+log = logging.getLogger("deploy")
+
+#: Contract role constant name -> the setting holding the key that gets it.
+ROLE_SETTINGS = {
+    "OPERATOR_ROLE": "operator_key",
+    "GATEWAY_ROLE": "gateway_key",
+    "GRID_OPERATOR_ROLE": "grid_operator_key",
+}
+
+
+def _reusable(client: ChainClient, settings: Settings, chain_id: int, source_hash: str) -> Deployment | None:
+    try:
+        recorded = load_deployment(settings, chain_id)
+    except DeploymentMissing:
+        return None
+    code = client.w3.eth.get_code(client.w3.to_checksum_address(recorded.address))
+    if len(code) == 0:
+        log_event(log, "deployment_stale", logging.WARNING, address=recorded.address,
+                  reason="no code at the recorded address (chain was reset)")
+        return None
+    if recorded.source_hash != source_hash:
+        log_event(log, "deployment_outdated", logging.WARNING, address=recorded.address,
+                  reason="the contract source changed since it was deployed")
+        return None
+    return recorded
+
+
+def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
+    """Deploy unless a recorded deployment is still live; returns (deployment, deployed_now)."""
+    client = ChainClient(settings)
+    chain_id = client.check()
+    if chain_id != settings.chain_id:
+        raise ConfigError(f"the node at {settings.chain_rpc_url} has chain id {chain_id}, not CHAIN_ID={settings.chain_id}")
+    keys = [settings.admin_key, settings.operator_key, settings.gateway_key, settings.grid_operator_key]
+    refuse_dev_keys_off_local(chain_id, keys)
+    artifact = compile_contract(settings)
+    if not force:
+        recorded = _reusable(client, settings, chain_id, artifact.source_hash)
+        if recorded is not None:
+            log_event(log, "deployment_reused", address=recorded.address, block=recorded.block)
+            return recorded, False
+
+    admin = Account.from_key(settings.admin_key).address
+    factory = client.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = client.transact(
+        settings.admin_key,
+        factory.constructor(
+            admin,
+            settings.tariff_unit_rate,
+            settings.tariff_standing_charge,
+            settings.max_power_w,
+            settings.max_future_skew,
+        ),
+    )
+    address = receipt["contractAddress"]
+    contract = client.w3.eth.contract(address=address, abi=artifact.abi)
+    roles = {"DEFAULT_ADMIN_ROLE": admin}
+    for role_name, setting in ROLE_SETTINGS.items():
+        holder = Account.from_key(getattr(settings, setting)).address
+        role = contract.functions[role_name]().call()
+        client.transact(settings.admin_key, contract.functions.grantRole(role, holder))
+        roles[role_name] = holder
+    deployment = Deployment(
+        chain_id=chain_id,
+        address=address,
+        abi=artifact.abi,
+        block=int(receipt["blockNumber"]),
+        source_hash=artifact.source_hash,
+        roles=roles,
+    )
+    path = save_deployment(settings, deployment)
+    log_event(log, "deployed", address=address, block=deployment.block, gas=receipt["gasUsed"], file=str(path))
+    return deployment, True
+
+
+def describe(settings: Settings, deployment: Deployment) -> str:
+    """A one-paragraph summary for people."""
+    return (
+        f"SmartMeterBilling at {deployment.address} on chain {deployment.chain_id} (block {deployment.block}); "
+        f"recorded in {deployment_path(settings, deployment.chain_id)}"
+    )

@@ -1,0 +1,201 @@
+"""The EIP-712 types meters sign: readings (checked on chain) and login challenges.
+
+One definition, imported by the meters (to sign), the gateway (to check before paying gas)
+and the tests. The domain binds every signature to one chain and one deployment, so a reading
+signed for another contract or chain id never verifies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_keys import keys
+from eth_utils import keccak, to_checksum_address
+
+__all__ = [
+    "DOMAIN_NAME",
+    "DOMAIN_VERSION",
+    "READING_TYPES",
+    "LOGIN_TYPES",
+    "Domain",
+    "ReadingData",
+    "reading_digest",
+    "sign_reading",
+    "recover_reading_signer",
+    "login_typed_data",
+    "sign_login",
+    "recover_login_signer",
+]
+
+DOMAIN_NAME = "SmartMeterBilling"
+DOMAIN_VERSION = "1"
+
+READING_TYPES: dict[str, list[dict[str, str]]] = {
+    "Reading": [
+        {"name": "meter", "type": "address"},
+        {"name": "seq", "type": "uint64"},
+        {"name": "timestamp", "type": "uint64"},
+        {"name": "energyWh", "type": "uint64"},
+    ]
+}
+
+LOGIN_TYPES: dict[str, list[dict[str, str]]] = {
+    "Login": [
+        {"name": "meter", "type": "address"},
+        {"name": "nonce", "type": "bytes32"},
+    ]
+}
+
+_EIP712_DOMAIN_TYPEHASH = keccak(
+    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+_READING_TYPEHASH = keccak(text="Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh)")
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def _address_word(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(address[2:] if address.startswith("0x") else address)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The EIP-712 domain of one deployment of the contract."""
+
+    chain_id: int
+    verifying_contract: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The domain as eth-account's typed-data dictionaries expect it."""
+        return {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": to_checksum_address(self.verifying_contract),
+        }
+
+    def separator(self) -> bytes:
+        """The domain separator, as the contract's ``domainSeparator()`` returns it."""
+        return keccak(
+            _EIP712_DOMAIN_TYPEHASH
+            + keccak(text=DOMAIN_NAME)
+            + keccak(text=DOMAIN_VERSION)
+            + _word(self.chain_id)
+            + _address_word(self.verifying_contract)
+        )
+
+
+@dataclass(frozen=True)
+class ReadingData:
+    """The signed fields of one reading."""
+
+    meter: str
+    seq: int
+    timestamp: int
+    energy_wh: int
+
+    def as_message(self) -> dict[str, Any]:
+        """The reading as an EIP-712 message dictionary."""
+        return {
+            "meter": to_checksum_address(self.meter),
+            "seq": self.seq,
+            "timestamp": self.timestamp,
+            "energyWh": self.energy_wh,
+        }
+
+
+def reading_digest(domain_separator: bytes, reading: ReadingData) -> bytes:
+    """The EIP-712 digest of a reading, computed directly (fast path for the gateway)."""
+    struct_hash = keccak(
+        _READING_TYPEHASH
+        + _address_word(reading.meter)
+        + _word(reading.seq)
+        + _word(reading.timestamp)
+        + _word(reading.energy_wh)
+    )
+    return keccak(b"\x19\x01" + domain_separator + struct_hash)
+
+
+def sign_reading(private_key: bytes | str, domain: Domain, reading: ReadingData) -> str:
+    """Sign a reading as EIP-712 typed data; returns the 65-byte signature as 0x-hex."""
+    signed = Account.sign_typed_data(
+        private_key,
+        domain_data=domain.as_dict(),
+        message_types=READING_TYPES,
+        message_data=reading.as_message(),
+    )
+    return "0x" + bytes(signed.signature).hex()
+
+
+def _recover(digest: bytes, signature: str | bytes) -> str | None:
+    sig = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
+    if len(sig) != 65:
+        return None
+    v = sig[64]
+    if v >= 27:
+        v -= 27
+    if v not in (0, 1):
+        return None
+    r = int.from_bytes(sig[0:32], "big")
+    s = int.from_bytes(sig[32:64], "big")
+    # Reject high-s signatures as OpenZeppelin's ECDSA does (malleability).
+    if s > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0 or r == 0 or s == 0:
+        return None
+    try:
+        pub = keys.Signature(vrs=(v, r, s)).recover_public_key_from_msg_hash(digest)
+    except Exception:  # noqa: BLE001 - any failure to recover means "not signed by anyone"
+        return None
+    return pub.to_checksum_address()
+
+
+def recover_reading_signer(domain_separator: bytes, reading: ReadingData, signature: str | bytes) -> str | None:
+    """The address that signed ``reading``, or None when the signature is malformed."""
+    try:
+        return _recover(reading_digest(domain_separator, reading), signature)
+    except ValueError:
+        return None
+
+
+def login_typed_data(domain: Domain, meter: str, nonce: bytes) -> dict[str, Any]:
+    """The full EIP-712 structure a meter signs to log in (for independent clients)."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            **LOGIN_TYPES,
+        },
+        "primaryType": "Login",
+        "domain": domain.as_dict(),
+        "message": {"meter": to_checksum_address(meter), "nonce": nonce},
+    }
+
+
+def sign_login(private_key: bytes | str, domain: Domain, nonce: bytes) -> str:
+    """Sign a login challenge; returns the signature as 0x-hex."""
+    meter = Account.from_key(private_key).address
+    signed = Account.sign_typed_data(
+        private_key,
+        domain_data=domain.as_dict(),
+        message_types=LOGIN_TYPES,
+        message_data={"meter": meter, "nonce": nonce},
+    )
+    return "0x" + bytes(signed.signature).hex()
+
+
+def recover_login_signer(domain: Domain, meter: str, nonce: bytes, signature: str) -> str | None:
+    """The address that signed a login for ``meter`` and ``nonce``, or None if malformed."""
+    try:
+        signable = encode_typed_data(full_message=login_typed_data(domain, meter, nonce))
+        digest = keccak(b"\x19" + signable.version + signable.header + signable.body)
+        return _recover(digest, signature)
+    except ValueError:
+        return None

@@ -1,0 +1,197 @@
+"""The wire protocol between meters and the gateway: one definition, imported by both sides.
+
+Every message is one JSON text frame holding an object with a ``type``. Field names are
+camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python. Validation is
+strict: wrong types, unknown fields and missing fields are ``malformed_message`` errors.
+See docs/protocol.md for the prose description of every message and error code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.alias_generators import to_camel
+
+from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
+
+__all__ = [
+    "Address",
+    "HexSignature",
+    "Challenge",
+    "Auth",
+    "Welcome",
+    "Reading",
+    "Ack",
+    "Bill",
+    "BillState",
+    "TariffInfo",
+    "GridAlertMessage",
+    "ErrorMessage",
+    "Message",
+    "parse_message",
+    "encode",
+    "error_message",
+]
+
+UINT64_MAX = 2**64 - 1
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
+Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
+Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True, frozen=True
+    )
+
+
+class TariffInfo(_Model):
+    """The tariff in force: millipence per kWh and millipence per day."""
+
+    unit_rate: int
+    standing_charge: int
+    version: int = 0
+
+
+class BillState(_Model):
+    """A meter's open billing period (amounts in micropence)."""
+
+    period_id: int
+    period_start: int
+    period_energy_wh: int
+    energy_cost: int
+    standing_charge: int
+    amount_due: int
+
+
+# ---------------------------------------------------------------- server -> meter
+
+
+class Challenge(_Model):
+    """Sent on connect: sign ``nonce`` (EIP-712 ``Login``) under ``domain`` before ``expiresAt``."""
+
+    type: Literal["challenge"] = "challenge"
+    nonce: Hex32
+    expires_at: int
+    domain: dict[str, Any]
+
+
+class Welcome(_Model):
+    """Sent after a successful login: the meter's on-chain state, so it can resend what is missing."""
+
+    type: Literal["welcome"] = "welcome"
+    meter: Address
+    account_ref: str
+    region: str
+    last_seq: int
+    last_timestamp: int
+    last_energy_wh: int
+    bill: BillState
+    tariff: TariffInfo
+    server_time: int
+
+
+class Ack(_Model):
+    """A reading was accepted into the durable queue (``duplicate`` when it was already there)."""
+
+    type: Literal["ack"] = "ack"
+    seq: int
+    status: Literal["queued", "duplicate"] = "queued"
+
+
+class Bill(_Model):
+    """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event)."""
+
+    type: Literal["bill"] = "bill"
+    meter: Address
+    seq: int
+    tx_hash: str
+    block: int
+    energy_wh: int
+    period_energy_wh: int
+    amount_due: int
+    tariff: TariffInfo
+
+
+class GridAlertMessage(_Model):
+    """A grid alert raised (``active``) or cleared through the chain."""
+
+    type: Literal["grid_alert"] = "grid_alert"
+    id: int
+    active: bool
+    severity: int = 0
+    kind: str = ""
+    region: str = ""
+    message: str = ""
+    expires_at: int = 0
+
+
+class ErrorMessage(_Model):
+    """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    seq: int | None = None
+
+
+# ---------------------------------------------------------------- meter -> server
+
+
+class Auth(_Model):
+    """The login answer: the meter's address and its signature of the challenge."""
+
+    type: Literal["auth"] = "auth"
+    meter: Address
+    nonce: Hex32
+    signature: HexSignature
+
+
+class Reading(_Model):
+    """One signed cumulative register reading."""
+
+    type: Literal["reading"] = "reading"
+    meter: Address
+    seq: Uint64
+    timestamp: Uint64
+    energy_wh: Uint64
+    signature: HexSignature
+
+
+Message = Annotated[
+    Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ErrorMessage, Auth, Reading],
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
+
+
+def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
+    """Parse and validate one frame; raises MalformedMessage or MessageTooLarge with a reason."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise MalformedMessage(f"not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise MalformedMessage("a message must be a JSON object with a 'type'")
+    seq = data.get("seq") if isinstance(data.get("seq"), int) else None
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        raise MalformedMessage(f"{where}: {first.get('msg', 'invalid')}", seq=seq) from err
+
+
+def encode(message: BaseModel) -> str:
+    """Serialise a message for the wire."""
+    return message.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def error_message(err: SmartMeterError) -> ErrorMessage:
+    """The wire form of an error."""
+    return ErrorMessage(code=err.code, message=err.message, seq=err.seq)

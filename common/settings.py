@@ -1,0 +1,132 @@
+"""Settings from the environment and a ``.env`` file, validated once at the edge.
+
+Every limit and interval is a named setting with a documented default; ``.env.example``
+lists them all with defaults that run locally. Environment variables win over ``.env``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from common.errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "ROOT", "GANACHE_DEV_KEYS", "LOCAL_CHAIN_ID"]
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CHAIN_ID = 1337
+
+#: Ganache's well-known keys for ``--wallet.deterministic``: local development only.
+GANACHE_DEV_KEYS: tuple[str, ...] = (
+    "0x4f3edf983ac636a65a842ce7c78d9aa706d3b113bce9c46f30d7d21715b23b1d",
+    "0x6cbed15c793ce57650b9877cf6fa156fbef513c4e6134f022a85b1ffdd59b2a1",
+    "0x6370fd033278c143179d81c5526140625662b8daa446c22ee2d73db3707e620c",
+    "0x646f1ce2fdad0e6deeeb5c7e8e5543bdde65e86029e2fd9fc169899c440a7913",
+    "0xadd53f9a7e588d003326d1cbf9e4a43c061aadd9bc938c843a79e7b4fd2ad743",
+    "0x395df67f0c2d2d9fe1ad08d1bc8b6627011959b79c53d7dd6a3536a33ab8a4fd",
+    "0xe485d098507f54e7733a205420dfddbe58db035fa577fc294ebd14db90767a52",
+    "0xa453611d9419d0e56f499079478fd72c37b251a94bfde4d19872c44cf65386e3",
+    "0x829e924fdf021ba3dbbc4225edfece9aca04b929d6e75613329ca6f1d31c0bb4",
+    "0xb0057716d5917badaf911b193b12b910811c1497b5bada8d7711f758981c3773",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings; names map to upper-case environment variables (``chain_rpc_url`` -> ``CHAIN_RPC_URL``)."""
+
+    # chain
+    chain_rpc_url: str = "http://127.0.0.1:8545"
+    chain_ws_url: str = "ws://127.0.0.1:8545"
+    chain_id: int = LOCAL_CHAIN_ID
+    admin_key: str = GANACHE_DEV_KEYS[0]
+    operator_key: str = GANACHE_DEV_KEYS[1]
+    gateway_key: str = GANACHE_DEV_KEYS[2]
+    grid_operator_key: str = GANACHE_DEV_KEYS[3]
+    deployments_dir: Path = ROOT / "deployments"
+    build_dir: Path = ROOT / "build"
+    solc_binary: str = ""
+    # contract parameters (used at deployment)
+    tariff_unit_rate: int = 24_670
+    tariff_standing_charge: int = 57_210
+    max_power_w: int = 24_000
+    max_future_skew: int = 300
+    # server
+    data_dir: Path = ROOT / "data"
+    server_host: str = "127.0.0.1"
+    server_port: int = 8765
+    http_port: int = 8766
+    max_message_bytes: int = 4096
+    rate_limit_per_second: float = 5.0
+    rate_limit_burst: int = 20
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    challenge_ttl: float = 30.0
+    auth_timeout: float = 10.0
+    max_pending_readings: int = 100_000
+    batch_max_size: int = 100
+    batch_max_wait: float = 0.5
+    rpc_retry_attempts: int = 5
+    # meters
+    meter_count: int = 12
+    reading_min_interval: float = 15.0
+    reading_max_interval: float = 60.0
+    time_scale: float = 1.0
+    history_days: int = 7
+
+    @property
+    def server_url(self) -> str:
+        """The meters' WebSocket URL of the gateway."""
+        return f"wss://{self.server_host}:{self.server_port}"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """The private CA certificate meters trust."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (tests and scripts use this)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            path = Path(raw)
+            return path if path.is_absolute() else ROOT / path
+        return raw
+    except ValueError as err:
+        raise ConfigError(f"setting {name.upper()}={raw!r} is not a valid {type(default).__name__}") from err
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``.env`` (if present) and the environment; keyword overrides win."""
+    values: dict[str, str | None] = {}
+    path = env_file or Path(os.environ.get("SMARTMETER_ENV_FILE", ROOT / ".env"))
+    if path.exists():
+        values.update(dotenv_values(path))
+    values.update(os.environ)
+    defaults = Settings()
+    kwargs: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = values.get(f.name.upper())
+        if raw is not None and raw != "":
+            kwargs[f.name] = _convert(f.name, raw, getattr(defaults, f.name))
+    kwargs.update(overrides)
+    settings = Settings(**kwargs)
+    if settings.reading_min_interval <= 0 or settings.reading_max_interval < settings.reading_min_interval:
+        raise ConfigError("READING_MIN_INTERVAL must be positive and at most READING_MAX_INTERVAL")
+    if not 1 <= settings.batch_max_size <= 250:
+        raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
+    return settings

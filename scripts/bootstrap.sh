@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv (Python packages) and node_modules (Ganache, solc, OpenZeppelin,
+# Chart.js) on a fresh machine. Re-running is cheap: each step is skipped while the file it was
+# built from is unchanged. With --browser it also installs Debian's Chromium for the UI test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+need() { command -v "$1" >/dev/null 2>&1 || { say "$1 is required but not installed: $2"; exit 1; }; }
+
+need python3 "install Python 3.11 or newer"
+need node "install Node.js 20 or newer"
+need npm "install npm (it comes with Node.js)"
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { say "Python 3.11 or newer is required (found $(python3 --version))"; exit 1; }
+
+stamp_ok() { [ -f "$2" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$(cat "$2")" ]; }
+stamp_write() { sha256sum "$1" | cut -d' ' -f1 > "$2"; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+if ! stamp_ok requirements.txt .venv/.requirements.sha256; then
+  say "installing Python packages (requirements.txt)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  stamp_write requirements.txt .venv/.requirements.sha256
+fi
+
+if [ ! -d node_modules ] || ! stamp_ok package-lock.json node_modules/.package-lock.sha256; then
+  say "installing npm packages (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+  stamp_write package-lock.json node_modules/.package-lock.sha256
+fi
+
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+  say "installing Debian's chromium for the dashboard's browser test"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+[ -f .env ] || { cp .env.example .env; say "created .env from .env.example"; }
+exit 0

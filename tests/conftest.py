@@ -1,0 +1,63 @@
+"""Shared fixtures: one real Ganache per test session on a free port, a fresh deployment,
+and per-test isolation through ``evm_snapshot`` / ``evm_revert``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.chain import ChainClient  # noqa: E402
+from common.deployer import deploy  # noqa: E402
+from common.deployment import Deployment  # noqa: E402
+from common.devchain import GanacheProcess  # noqa: E402
+from common.settings import Settings, load_settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ganache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GanacheProcess]:
+    """A real Ganache on 127.0.0.1 with its own database, for the whole session."""
+    base = tmp_path_factory.mktemp("ganache")
+    chain = GanacheProcess(base / "db", log_path=base / "ganache.log").start()
+    yield chain
+    chain.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(ganache: GanacheProcess, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the session's Ganache, with every directory under a temp dir."""
+    base = tmp_path_factory.mktemp("settings")
+    return load_settings(
+        env_file=base / "no.env",
+        chain_rpc_url=ganache.rpc_url,
+        chain_ws_url=ganache.ws_url,
+        deployments_dir=base / "deployments",
+        data_dir=base / "data",
+    )
+
+
+@pytest.fixture(scope="session")
+def deployment(base_settings: Settings) -> Deployment:
+    """The contract deployed once per session."""
+    dep, _ = deploy(base_settings, force=True)
+    return dep
+
+
+@pytest.fixture(scope="session")
+def chain(base_settings: Settings) -> ChainClient:
+    """A synchronous chain client for the session's Ganache."""
+    return ChainClient(base_settings)
+
+
+@pytest.fixture
+def snapshot(chain: ChainClient, deployment: Deployment) -> Iterator[None]:
+    """Revert the chain to its state before the test (contract tests stay independent)."""
+    snap = chain.w3.provider.make_request("evm_snapshot", [])["result"]
+    yield
+    chain.w3.provider.make_request("evm_revert", [snap])
+    chain._nonces.clear()
