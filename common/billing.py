@@ -119,6 +119,23 @@ class Billing:
         )
         return self.client.transact(self.settings.operator_key, call, wait=wait)
 
+    def register_meters(
+        self, entries: Sequence[tuple[str, bytes, str, int]], opened_at: int = 0, wait: bool = True
+    ) -> list[Any]:
+        """Register many meters, up to 250 a transaction; entries are (address, accountRef, region, openingWh)."""
+        receipts = []
+        for i in range(0, len(entries), 250):
+            chunk = entries[i:i + 250]
+            call = self.contract.functions.registerMeters(
+                [to_checksum_address(a) for a, _, _, _ in chunk],
+                [ref for _, ref, _, _ in chunk],
+                [text32(region) for _, _, region, _ in chunk],
+                [wh for _, _, _, wh in chunk],
+                opened_at,
+            )
+            receipts.append(self.client.transact(self.settings.operator_key, call, wait=wait))
+        return receipts
+
     def deactivate_meter(self, address: str) -> Any:
         """Deactivate a meter (operator key)."""
         return self.client.transact(self.settings.operator_key, self.contract.functions.deactivateMeter(address))

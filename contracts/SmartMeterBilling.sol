@@ -150,9 +150,9 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     error ValueTooLarge(uint256 value, uint256 max);
     /// @notice Thrown when a tariff has a zero unit rate.
     error InvalidTariff(uint32 unitRate, uint32 standingCharge);
-    /// @notice Thrown when the readings and signatures arrays differ in length.
+    /// @notice Thrown when parallel array arguments differ in length.
     error LengthMismatch(uint256 readings, uint256 signatures);
-    /// @notice Thrown when a batch is empty or larger than `MAX_BATCH`.
+    /// @notice Thrown when a batch (of readings or registrations) is empty or larger than `MAX_BATCH`.
     error BadBatchSize(uint256 size, uint256 max);
     /// @notice Thrown when closing a period in which no reading was recorded.
     error EmptyBillingPeriod(address meter, uint32 periodId);
@@ -190,6 +190,35 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     function registerMeter(address meter, bytes32 accountRef, bytes32 region, uint64 openingWh, uint64 openedAt)
         external
         onlyRole(OPERATOR_ROLE)
+    {
+        _register(meter, accountRef, region, openingWh, openedAt);
+    }
+
+    /// @notice Registers several meters in one transaction (provisioning a fleet).
+    /// @param meters The meters' signing addresses.
+    /// @param accountRefs One opaque account reference per meter.
+    /// @param regions One grid region per meter.
+    /// @param openingWh One opening register value per meter, in Wh.
+    /// @param openedAt When the opening values were read (0 for now), shared by all.
+    function registerMeters(
+        address[] calldata meters,
+        bytes32[] calldata accountRefs,
+        bytes32[] calldata regions,
+        uint64[] calldata openingWh,
+        uint64 openedAt
+    ) external onlyRole(OPERATOR_ROLE) {
+        uint256 n = meters.length;
+        if (accountRefs.length != n || regions.length != n || openingWh.length != n) {
+            revert LengthMismatch(n, accountRefs.length);
+        }
+        if (n == 0 || n > MAX_BATCH) revert BadBatchSize(n, MAX_BATCH);
+        for (uint256 i = 0; i < n; ++i) {
+            _register(meters[i], accountRefs[i], regions[i], openingWh[i], openedAt);
+        }
+    }
+
+    function _register(address meter, bytes32 accountRef, bytes32 region, uint64 openingWh, uint64 openedAt)
+        private
     {
         if (meter == address(0)) revert ZeroAddress();
         MeterInfo storage info = _info[meter];

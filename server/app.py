@@ -1,0 +1,99 @@
+"""Assembles the server (gateway, batcher, relay) into one asyncio process and runs it until
+SIGINT or SIGTERM, then shuts down in order: stop accepting, finish the batch in flight,
+close connections with 1001, stop the relay, close the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from common.chain import AsyncChainClient
+from common.deployment import Deployment, load_deployment
+from common.errors import ChainUnavailable
+from common.logs import log_event
+from common.messages import TariffInfo
+from common.settings import Settings
+from server.batcher import Batcher
+from server.gateway import Gateway
+from server.hub import Hub
+from server.relay import Relay
+from server.store import Store
+from server.tls import ensure_tls, server_context
+
+__all__ = ["ServerApp", "run"]
+
+log = logging.getLogger("server")
+SHUTDOWN_GRACE = 30.0
+
+
+@dataclass
+class ServerApp:
+    """The running parts of the server."""
+
+    settings: Settings
+    deployment: Deployment
+    store: Store
+    hub: Hub
+    chain: AsyncChainClient
+    batcher: Batcher
+    relay: Relay
+    gateway: Gateway
+    tasks: list[asyncio.Task[None]]
+
+    @classmethod
+    async def start(cls, settings: Settings, deployment: Deployment | None = None) -> ServerApp:
+        """Build every part and start them; returns once the gateway listens."""
+        deployment = deployment or load_deployment(settings)
+        tls = ensure_tls(settings.data_dir / "tls")
+        store = Store(settings.data_dir / "gateway" / "queue.sqlite")
+        chain = AsyncChainClient(settings, deployment, settings.gateway_key)
+        try:
+            chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
+            raw_tariff = await chain.call("tariff", lambda: chain.contract.functions.tariff().call())
+        except ChainUnavailable:
+            store.close()
+            raise
+        if chain_id != deployment.chain_id:
+            store.close()
+            raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
+                                   f"not {deployment.chain_id} where the contract is recorded")
+        tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
+        hub = Hub()
+        batcher = Batcher(chain, store, settings.batch_max_size, settings.batch_max_wait)
+        relay = Relay(settings, deployment, store, hub, tariff)
+        gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
+        await batcher.reconcile()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(relay.run(), name="relay"), loop.create_task(batcher.run(), name="batcher")]
+        await gateway.start()
+        log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
+                  meters_url=settings.server_url, queued=store.count())
+        return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, tasks)
+
+    async def stop(self) -> None:
+        """Shut down in order; the batch in flight is allowed to finish."""
+        log_event(log, "server_stopping", queued=self.store.count())
+        await self.gateway.close()
+        self.batcher.stop()
+        self.relay.stop()
+        done, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(task.exception()))
+        self.store.close()
+        log_event(log, "server_stopped")
+
+
+async def run(settings: Settings) -> None:
+    """Run the server until SIGINT or SIGTERM."""
+    app = await ServerApp.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await app.stop()

@@ -1,0 +1,249 @@
+"""The meters' endpoint: a TLS WebSocket server that logs meters in and queues their readings.
+
+Thin asyncio code around the protocol core (``session``, ``validation``): it reads frames,
+enforces the limits (message size, rate, authentication time, queue bound), looks meters up
+on chain, commits accepted readings to the durable store before answering ``ack``, and
+registers logged-in meters with the hub so the relay can reach them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+from eth_utils import to_checksum_address
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from common import errors
+from common.billing import decode_bill, decode_meter
+from common.chain import AsyncChainClient
+from common.deployment import Deployment
+from common.eip712 import ReadingData
+from common.logs import log_event
+from common.messages import Ack, Auth, Reading, Welcome, encode, error_message, parse_message
+from common.settings import Settings
+from server.batcher import Batcher
+from server.hub import Hub
+from server.ratelimit import TokenBucket
+from server.relay import Relay
+from server.session import GOING_AWAY, POLICY_VIOLATION, Session
+from server.store import Store
+from server.validation import Cursor, Limits, validate_reading
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("gateway")
+
+#: Frames above this are refused by the WebSocket layer itself (close 1009) before we parse them.
+HARD_FRAME_LIMIT_FACTOR = 16
+#: Messages dropped for rate limiting before the connection is closed as abusive.
+FLOOD_CLOSE_AFTER = 200
+#: Concurrent on-chain look-ups during logins (bounds load on the node during reconnect storms).
+LOGIN_LOOKUPS = 32
+
+
+class Gateway:
+    """Accepts meter connections and turns their readings into queued, validated chain input."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        deployment: Deployment,
+        chain: AsyncChainClient,
+        store: Store,
+        hub: Hub,
+        batcher: Batcher,
+        relay: Relay,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
+        self.settings = settings
+        self.deployment = deployment
+        self.chain = chain
+        self.store = store
+        self.hub = hub
+        self.batcher = batcher
+        self.relay = relay
+        self.ssl_context = ssl_context
+        self.domain = deployment.domain
+        self.domain_separator = self.domain.separator()
+        self.limits = Limits(settings.max_power_w, settings.max_future_skew)
+        self.cursors: dict[str, Cursor] = {}
+        self.server: Server | None = None
+        self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
+        self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
+
+    async def start(self) -> Server:
+        """Start listening on the configured host and port."""
+        self.server = await serve(
+            self._handle,
+            self.settings.server_host,
+            self.settings.server_port,
+            ssl=self.ssl_context,
+            max_size=self.settings.max_message_bytes * HARD_FRAME_LIMIT_FACTOR,
+            max_queue=16,
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=self.settings.ping_timeout,
+            close_timeout=5,
+            compression=None,
+        )
+        log_event(log, "gateway_listening", url=self.settings.server_url)
+        return self.server
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection with 1001 (going away)."""
+        if self.server is not None:
+            self.server.close(close_connections=False)
+            await self.hub.close_all(GOING_AWAY, "server shutting down")
+            for conn in list(self.server.connections):
+                await conn.close(GOING_AWAY, "server shutting down")
+            await self.server.wait_closed()
+
+    # ---------------------------------------------------------------- connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
+        self.stats["connections"] += 1
+        session = Session(self.domain, self.settings.challenge_ttl)
+        log_event(log, "connection_opened", peer=peer)
+        meter: str | None = None
+        try:
+            await ws.send(encode(session.challenge(time.time())))
+            meter = await self._login(ws, session, peer)
+            if meter is None:
+                return
+            await self._serve(ws, session, meter)
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+            unexpected = code not in (1000, 1001)
+            log_event(log, "connection_lost" if unexpected else "connection_closed",
+                      logging.WARNING if unexpected else logging.INFO,
+                      peer=peer, meter=meter, code=code if code is not None else "none (no close frame)")
+        finally:
+            session.close()
+            if meter is not None:
+                self.hub.remove(meter, ws)
+
+    async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
+        level = logging.WARNING
+        event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
+        log_event(log, event, level, peer=peer, code=err.code, seq=err.seq, detail=err.message)
+        try:
+            await ws.send(encode(error_message(err)))
+            if close:
+                await ws.close(POLICY_VIOLATION, err.code)
+        except ConnectionClosed:
+            pass
+
+    async def _login(self, ws: ServerConnection, session: Session, peer: str) -> str | None:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), timeout=self.settings.auth_timeout)
+        except asyncio.TimeoutError:
+            await self._refuse(ws, errors.ChallengeExpired("no login within the time allowed"), peer, close=True)
+            self.stats["login_failures"] += 1
+            return None
+        try:
+            if isinstance(raw, bytes):
+                raise errors.UnsupportedFrame()
+            msg = parse_message(raw, self.settings.max_message_bytes)
+            if isinstance(msg, Reading):
+                raise errors.NotAuthenticated("log in before sending readings; the reading was refused", seq=msg.seq)
+            if not isinstance(msg, Auth):
+                raise errors.UnexpectedMessage(f"expected 'auth', got '{msg.type}'")
+            address = session.begin_auth(msg, time.time())
+            async with self._lookups:
+                raw_state = await self.chain.call(
+                    "meterState", lambda: self.chain.contract.functions.meterState(address).call()
+                )
+            view = decode_meter(address, raw_state)
+            meter = session.complete_auth(view)
+        except errors.SmartMeterError as err:
+            self.stats["login_failures"] += 1
+            await self._refuse(ws, err, peer, close=True)
+            return None
+        async with self._lookups:
+            bill = decode_bill(await self.chain.call("openBill", lambda: self.chain.contract.functions.openBill(meter).call()))
+        stored = self.store.cursor(meter)
+        chain_cursor = Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh)
+        self.cursors[meter.lower()] = stored if stored and stored.seq > chain_cursor.seq else chain_cursor
+        replaced = self.hub.add(meter, view.region, ws)
+        if replaced is not None:
+            log_event(log, "connection_replaced", meter=meter)
+            asyncio.get_running_loop().create_task(replaced.outlet.close(1000, "replaced by a newer login"))
+        welcome = Welcome(
+            meter=meter,
+            account_ref=view.account_ref,
+            region=view.region,
+            last_seq=view.last_seq,
+            last_timestamp=view.last_timestamp,
+            last_energy_wh=view.last_energy_wh,
+            bill=bill,
+            tariff=self.relay.tariff,
+            server_time=int(time.time()),
+        )
+        self.hub.send(meter, encode(welcome))
+        for alert in self.relay.alerts_for(view.region, time.time()):
+            self.hub.send(meter, encode(alert))
+        self.stats["logins"] += 1
+        log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, region=view.region)
+        return meter
+
+    async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
+        bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
+        dropped = 0
+        async for raw in ws:
+            if not bucket.allow(time.monotonic()):
+                dropped += 1
+                if dropped == 1:
+                    self._reply_error(meter, errors.RateLimited(
+                        f"more than {self.settings.rate_limit_per_second:g} messages a second; "
+                        "messages are being dropped"))
+                if dropped >= FLOOD_CLOSE_AFTER:
+                    log_event(log, "flood_disconnected", logging.WARNING, meter=meter, dropped=dropped)
+                    await ws.close(POLICY_VIOLATION, "rate_limited")
+                    return
+                continue
+            dropped = 0
+            try:
+                reply = self._on_message(raw, session, meter)
+            except errors.SmartMeterError as err:
+                self.stats["rejected"] += 1
+                log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
+                          logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=err.message)
+                self._reply_error(meter, err)
+                continue
+            self.hub.send(meter, reply)
+
+    def _reply_error(self, meter: str, err: errors.SmartMeterError) -> None:
+        self.hub.send(meter, encode(error_message(err)))
+
+    def _on_message(self, raw: Any, session: Session, meter: str) -> str:
+        """Handle one frame from a logged-in meter; returns the reply or raises a SmartMeterError."""
+        if isinstance(raw, bytes):
+            raise errors.UnsupportedFrame()
+        msg = parse_message(raw, self.settings.max_message_bytes)
+        if isinstance(msg, Auth):
+            raise errors.UnexpectedMessage("already logged in on this connection")
+        if not isinstance(msg, Reading):
+            raise errors.UnexpectedMessage(f"meters may send 'reading' here, not '{msg.type}'", seq=getattr(msg, "seq", None))
+        session.require_open()
+        key = meter.lower()
+        cursor = self.cursors[key]
+        if msg.seq <= cursor.seq and msg.meter.lower() == key:
+            queued = self.store.get(meter, msg.seq)
+            if queued is not None and queued.signature.lower() == msg.signature.lower():
+                return encode(Ack(seq=msg.seq, status="duplicate"))
+        if self.store.count() >= self.settings.max_pending_readings:
+            raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)
+        data: ReadingData = validate_reading(
+            msg, meter, cursor, now=int(time.time()), domain_separator=self.domain_separator, limits=self.limits
+        )
+        self.store.put(ReadingData(to_checksum_address(data.meter), data.seq, data.timestamp, data.energy_wh),
+                       msg.signature)
+        self.cursors[key] = Cursor(data.seq, data.timestamp, data.energy_wh)
+        self.batcher.notify()
+        self.stats["readings"] += 1
+        return encode(Ack(seq=msg.seq))

@@ -1,0 +1,115 @@
+"""The registry of logged-in meter connections, and ordered, bounded delivery to each.
+
+Every connection has its own outgoing queue drained by one writer task, so a slow meter
+delays only itself; when its queue is full the meter is disconnected (it resends what it
+misses after reconnecting, from ``welcome``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from websockets.exceptions import ConnectionClosed
+
+from common.logs import log_event
+
+__all__ = ["Hub", "Peer", "Outlet"]
+
+log = logging.getLogger("hub")
+
+
+class Outlet(Protocol):
+    """What the hub needs of a connection."""
+
+    async def send(self, message: str) -> None:
+        """Send one text frame."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection."""
+
+
+@dataclass(eq=False)
+class Peer:
+    """A logged-in meter connection."""
+
+    meter: str
+    region: str
+    outlet: Outlet
+    max_queue: int = 256
+    queue: asyncio.Queue[str] = field(init=False)
+    writer: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.max_queue)
+
+    async def _write(self) -> None:
+        while True:
+            message = await self.queue.get()
+            try:
+                await self.outlet.send(message)
+            except ConnectionClosed:
+                return
+            except OSError as err:
+                log_event(log, "send_failed", logging.WARNING, meter=self.meter, error=str(err))
+                return
+
+
+class Hub:
+    """Meter address (lower case) -> its peer; one peer per meter (a new login replaces the old)."""
+
+    def __init__(self, max_queue: int = 256) -> None:
+        self.peers: dict[str, Peer] = {}
+        self.max_queue = max_queue
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def add(self, meter: str, region: str, outlet: Outlet) -> Peer | None:
+        """Register a logged-in meter; returns the peer it replaced, if any."""
+        peer = Peer(meter.lower(), region, outlet, self.max_queue)
+        peer.writer = asyncio.get_running_loop().create_task(peer._write())
+        old = self.peers.get(peer.meter)
+        self.peers[peer.meter] = peer
+        return old
+
+    def remove(self, meter: str, outlet: Outlet) -> None:
+        """Forget a connection (only if it is still the meter's current one)."""
+        peer = self.peers.get(meter.lower())
+        if peer is not None and peer.outlet is outlet:
+            del self.peers[meter.lower()]
+            if peer.writer:
+                peer.writer.cancel()
+
+    def send(self, meter: str, message: str) -> bool:
+        """Queue a message for a meter; False when it is not connected or was too slow."""
+        peer = self.peers.get(meter.lower())
+        if peer is None:
+            return False
+        try:
+            peer.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            log_event(log, "slow_meter_disconnected", logging.WARNING, meter=meter, queued=peer.queue.qsize())
+            asyncio.get_running_loop().create_task(peer.outlet.close(1008, "too slow to receive"))
+            return False
+
+    def broadcast(self, message: str, region: str = "") -> int:
+        """Queue a message for every meter (or only those in ``region``); returns how many."""
+        sent = 0
+        for meter, peer in list(self.peers.items()):
+            if region and peer.region != region:
+                continue
+            sent += self.send(meter, message)
+        return sent
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every connection (on shutdown)."""
+        peers = list(self.peers.values())
+        await asyncio.gather(*(p.outlet.close(code, reason) for p in peers), return_exceptions=True)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Connected meters, for the API."""
+        return [{"meter": p.meter, "region": p.region} for p in self.peers.values()]

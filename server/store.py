@@ -1,0 +1,174 @@
+"""The gateway's durable state in SQLite (WAL mode): queued readings, per-meter cursors and
+the relay's position in the chain's log.
+
+A reading is committed here before its meter gets ``ack``; it leaves when its
+``ReadingRecorded`` or ``ReadingRejected`` event is seen. WAL with ``synchronous=NORMAL``
+survives a killed process (SIGKILL) without losing a committed row; set
+``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too, at a cost per commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.eip712 import ReadingData
+from server.validation import Cursor
+
+__all__ = ["QueuedReading", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    meter TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    energy_wh INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    tx_hash TEXT,
+    PRIMARY KEY (meter, seq)
+);
+CREATE TABLE IF NOT EXISTS cursor (
+    meter TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    energy_wh INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS position (
+    name TEXT PRIMARY KEY,
+    block INTEGER NOT NULL,
+    log_index INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class QueuedReading:
+    """A reading waiting for the chain."""
+
+    data: ReadingData
+    signature: str
+    received_at: float
+    tx_hash: str | None
+
+
+class Store:
+    """The gateway's SQLite database; one instance per process, used from the event loop."""
+
+    def __init__(self, path: Path, durable_fsync: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
+        self.db.executescript(_SCHEMA)
+        self._count = int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+
+    def close(self) -> None:
+        """Checkpoint and close the database."""
+        self.db.close()
+
+    # ---------------------------------------------------------------- queue
+
+    def put(self, data: ReadingData, signature: str) -> None:
+        """Queue an accepted reading and advance its meter's cursor, in one transaction."""
+        meter = data.meter.lower()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO queue (meter, seq, timestamp, energy_wh, signature, received_at) VALUES (?,?,?,?,?,?)",
+                (meter, data.seq, data.timestamp, data.energy_wh, signature, time.time()),
+            )
+            self.db.execute(
+                "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
+                "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, "
+                "energy_wh=excluded.energy_wh",
+                (meter, data.seq, data.timestamp, data.energy_wh),
+            )
+        self._count += 1
+
+    def get(self, meter: str, seq: int) -> QueuedReading | None:
+        """A queued reading, if still queued."""
+        row = self.db.execute(
+            "SELECT meter, seq, timestamp, energy_wh, signature, received_at, tx_hash FROM queue "
+            "WHERE meter=? AND seq=?",
+            (meter.lower(), seq),
+        ).fetchone()
+        return _row(row) if row else None
+
+    def pending(self, limit: int) -> list[QueuedReading]:
+        """The oldest readings not yet in a transaction, in arrival order."""
+        rows = self.db.execute(
+            "SELECT meter, seq, timestamp, energy_wh, signature, received_at, tx_hash FROM queue "
+            "WHERE tx_hash IS NULL ORDER BY rowid LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def mark_submitted(self, readings: list[QueuedReading], tx_hash: str | None) -> None:
+        """Record the transaction carrying these readings (None puts them back to pending)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "UPDATE queue SET tx_hash=? WHERE meter=? AND seq=?",
+                [(tx_hash, r.data.meter.lower(), r.data.seq) for r in readings],
+            )
+
+    def reset_submitted(self) -> int:
+        """Put every reading back to pending (on start: their transaction's fate is unknown)."""
+        with self.db:
+            return self.db.execute("UPDATE queue SET tx_hash=NULL WHERE tx_hash IS NOT NULL").rowcount
+
+    def remove(self, meter: str, seq: int) -> bool:
+        """Drop a reading whose fate the chain has decided."""
+        with self.db:
+            removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
+        self._count -= removed
+        return removed > 0
+
+    def remove_upto(self, meter: str, seq: int) -> int:
+        """Drop every queued reading of ``meter`` with a sequence number up to ``seq``."""
+        with self.db:
+            removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq<=?", (meter.lower(), seq)).rowcount
+        self._count -= removed
+        return int(removed)
+
+    def queued_meters(self) -> list[str]:
+        """Meters with readings in the queue."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT meter FROM queue").fetchall()]
+
+    def count(self) -> int:
+        """How many readings are queued."""
+        return self._count
+
+    # ---------------------------------------------------------------- cursors
+
+    def cursor(self, meter: str) -> Cursor | None:
+        """The last reading the gateway accepted from ``meter``, if any."""
+        row = self.db.execute(
+            "SELECT seq, timestamp, energy_wh FROM cursor WHERE meter=?", (meter.lower(),)
+        ).fetchone()
+        return Cursor(*row) if row else None
+
+    # ---------------------------------------------------------------- relay position
+
+    def position(self, name: str) -> tuple[int, int] | None:
+        """The (block, log index) of the last log the named consumer processed."""
+        row = self.db.execute("SELECT block, log_index FROM position WHERE name=?", (name,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def set_position(self, name: str, block: int, log_index: int) -> None:
+        """Record the last processed log."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO position (name, block, log_index) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET block=excluded.block, log_index=excluded.log_index",
+                (name, block, log_index),
+            )
+
+
+def _row(row: tuple) -> QueuedReading:  # type: ignore[type-arg]
+    meter, seq, ts, wh, sig, received, tx = row
+    return QueuedReading(ReadingData(meter, int(seq), int(ts), int(wh)), sig, float(received), tx)
