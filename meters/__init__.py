@@ -1,0 +1,1 @@
+"""Simulated smart meters: household demand, reading schedules and recorded-data replay."""
