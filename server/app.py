@@ -85,6 +85,7 @@ class ServerApp:
             if not task.cancelled() and task.exception() is not None:
                 log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(task.exception()))
         self.store.close()
+        await self.chain.close()
         log_event(log, "server_stopped")
 
 

@@ -131,9 +131,7 @@ class Batcher:
     async def _drop_recorded(self, meters: set[str]) -> None:
         """Drop queued readings at or below each meter's last sequence number on chain."""
         for meter in meters:
-            state = await self.chain.call(
-                "meterState", lambda m=meter: self.chain.contract.functions.meterState(to_checksum_address(m)).call()
-            )
+            state = await self.chain.view("meterState", to_checksum_address(meter))
             dropped = self.store.remove_upto(meter, int(state[4]))
             if dropped:
                 log_event(log, "already_on_chain", meter=meter, dropped=dropped)

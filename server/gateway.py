@@ -42,6 +42,8 @@ log = logging.getLogger("gateway")
 HARD_FRAME_LIMIT_FACTOR = 16
 #: Messages dropped for rate limiting before the connection is closed as abusive.
 FLOOD_CLOSE_AFTER = 200
+#: Close code when the server cannot serve now (the chain is unreachable).
+TRY_AGAIN_LATER = 1013
 #: Concurrent on-chain look-ups during logins (bounds load on the node during reconnect storms).
 LOGIN_LOOKUPS = 32
 
@@ -134,7 +136,8 @@ class Gateway:
         try:
             await ws.send(encode(error_message(err)))
             if close:
-                await ws.close(POLICY_VIOLATION, err.code)
+                # 1013 "try again later" when the chain is the problem, a policy close otherwise.
+                await ws.close(TRY_AGAIN_LATER if isinstance(err, errors.ChainError) else POLICY_VIOLATION, err.code)
         except ConnectionClosed:
             pass
 
@@ -155,24 +158,31 @@ class Gateway:
                 raise errors.UnexpectedMessage(f"expected 'auth', got '{msg.type}'")
             address = session.begin_auth(msg, time.time())
             async with self._lookups:
-                raw_state = await self.chain.call(
-                    "meterState", lambda: self.chain.contract.functions.meterState(address).call()
-                )
+                raw_state = await self.chain.view("meterState", address)
             view = decode_meter(address, raw_state)
             meter = session.complete_auth(view)
         except errors.SmartMeterError as err:
             self.stats["login_failures"] += 1
             await self._refuse(ws, err, peer, close=True)
             return None
-        async with self._lookups:
-            bill = decode_bill(await self.chain.call("openBill", lambda: self.chain.contract.functions.openBill(meter).call()))
-        stored = self.store.cursor(meter)
-        chain_cursor = Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh)
-        self.cursors[meter.lower()] = stored if stored and stored.seq > chain_cursor.seq else chain_cursor
         replaced = self.hub.add(meter, view.region, ws)
         if replaced is not None:
             log_event(log, "connection_replaced", meter=meter)
             asyncio.get_running_loop().create_task(replaced.outlet.close(1000, "replaced by a newer login"))
+        # Read the state for welcome only now that events for this meter are held for it.
+        try:
+            async with self._lookups:
+                raw_state, raw_bill = await asyncio.gather(
+                    self.chain.view("meterState", meter), self.chain.view("openBill", meter)
+                )
+            view, bill = decode_meter(meter, raw_state), decode_bill(raw_bill)
+        except errors.SmartMeterError as err:
+            self.hub.remove(meter, ws)
+            await self._refuse(ws, err, peer, close=True)
+            return None
+        stored = self.store.cursor(meter)
+        chain_cursor = Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh)
+        self.cursors[meter.lower()] = stored if stored and stored.seq > chain_cursor.seq else chain_cursor
         welcome = Welcome(
             meter=meter,
             account_ref=view.account_ref,
@@ -184,9 +194,10 @@ class Gateway:
             tariff=self.relay.tariff,
             server_time=int(time.time()),
         )
-        self.hub.send(meter, encode(welcome))
+        await ws.send(encode(welcome))
         for alert in self.relay.alerts_for(view.region, time.time()):
-            self.hub.send(meter, encode(alert))
+            await ws.send(encode(alert))
+        self.hub.release(meter)
         self.stats["logins"] += 1
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, region=view.region)
         return meter

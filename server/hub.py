@@ -40,12 +40,15 @@ class Peer:
     outlet: Outlet
     max_queue: int = 256
     queue: asyncio.Queue[str] = field(init=False)
+    ready: asyncio.Event = field(init=False)
     writer: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.max_queue)
+        self.ready = asyncio.Event()
 
     async def _write(self) -> None:
+        await self.ready.wait()
         while True:
             message = await self.queue.get()
             try:
@@ -68,12 +71,22 @@ class Hub:
         return len(self.peers)
 
     def add(self, meter: str, region: str, outlet: Outlet) -> Peer | None:
-        """Register a logged-in meter; returns the peer it replaced, if any."""
+        """Register a logged-in meter; returns the peer it replaced, if any.
+
+        Messages for the meter queue up but are held until ``release``: the gateway registers the
+        meter before reading its state for ``welcome``, so no event falls between the two.
+        """
         peer = Peer(meter.lower(), region, outlet, self.max_queue)
         peer.writer = asyncio.get_running_loop().create_task(peer._write())
         old = self.peers.get(peer.meter)
         self.peers[peer.meter] = peer
         return old
+
+    def release(self, meter: str) -> None:
+        """Start delivering the held messages of a meter (after its ``welcome`` was sent)."""
+        peer = self.peers.get(meter.lower())
+        if peer is not None:
+            peer.ready.set()
 
     def remove(self, meter: str, outlet: Outlet) -> None:
         """Forget a connection (only if it is still the meter's current one)."""

@@ -1,0 +1,149 @@
+"""A gateway killed with SIGKILL between ``ack`` and inclusion submits the reading after
+restart, and the chain never records it twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from common.eip712 import ReadingData
+from common.messages import Ack, Bill
+from common.settings import ROOT, Settings
+
+from tests.server.test_gateway import next_of
+
+
+class ServerProcess:
+    """``python -m server`` as a child process with the test's settings."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "SMARTMETER_ENV_FILE": str(self.log_path.parent / "none.env"),
+            "CHAIN_RPC_URL": s.chain_rpc_url,
+            "CHAIN_WS_URL": s.chain_ws_url,
+            "DEPLOYMENTS_DIR": str(s.deployments_dir),
+            "DATA_DIR": str(s.data_dir),
+            "SERVER_PORT": str(s.server_port),
+            "HTTP_PORT": str(s.http_port),
+            "BATCH_MAX_WAIT": "0.05",
+        }
+
+    async def start(self) -> None:
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env(),
+                                     stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            if "gateway_listening" in self.log_path.read_text()[offset:]:
+                return
+            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.1)
+        raise AssertionError("server did not start: " + self.log_path.read_text()[-2000:])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def interrupt(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=60)
+
+
+def recorded_count(w3: Web3, deployment, meter: str, seq: int) -> int:
+    contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
+    logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block, argument_filters={"meter": meter})
+    return sum(1 for e in logs if e.args.seq == seq)
+
+
+@pytest.mark.parametrize("chain_loses_the_transaction", [False, True], ids=["tx-survives", "tx-lost"])
+async def test_sigkill_between_ack_and_inclusion_loses_nothing_and_duplicates_nothing(
+    server_settings, deployment, ganache, chain, new_meter, link_for, tmp_path, chain_loses_the_transaction
+):
+    proc = ServerProcess(server_settings, tmp_path / "server.log")
+    await proc.start()
+    meter = new_meter()
+    link = link_for(meter)
+    await link.connect()
+    chain.w3.provider.make_request("miner_stop", [])
+    try:
+        await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 20, 10_500))
+        assert (await next_of(link, Ack)).seq == 1
+        await asyncio.sleep(1.0)  # the batcher has sent its transaction; the chain is not mining
+        proc.kill()
+        assert recorded_count(chain.w3, deployment, meter.address, 1) == 0
+    finally:
+        if chain_loses_the_transaction:
+            await asyncio.to_thread(ganache.restart)  # the pending pool is gone with the old process
+        else:
+            chain.w3.provider.make_request("miner_start", [])
+    chain._nonces.clear()
+    await proc.start()
+    link = link_for(meter)
+    await link.connect()
+    deadline = time.monotonic() + 60
+    while chain.w3.eth.contract(address=deployment.address, abi=deployment.abi).functions.meterState(
+            meter.address).call()[4] < 1:
+        assert time.monotonic() < deadline, "the reading never reached the chain"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.5)  # room for a wrong second submission to land
+    assert recorded_count(chain.w3, deployment, meter.address, 1) == 1
+    await link.close()
+    assert proc.interrupt() == 0
+    assert "server_stopped" in proc.log_path.read_text()
+
+
+async def test_graceful_shutdown_closes_meters_with_going_away(server_settings, deployment, new_meter, link_for,
+                                                               tmp_path):
+    proc = ServerProcess(server_settings, tmp_path / "server.log")
+    await proc.start()
+    link = link_for(new_meter())
+    await link.connect()
+    assert proc.interrupt() == 0
+    from websockets.exceptions import ConnectionClosed
+
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await link.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert "server_stopped" in proc.log_path.read_text()
+
+
+async def test_a_bill_arrives_after_restart_for_a_reading_acked_before(server_settings, deployment, chain, new_meter,
+                                                                       link_for, tmp_path):
+    proc = ServerProcess(server_settings, tmp_path / "server.log")
+    await proc.start()
+    meter = new_meter()
+    link = link_for(meter)
+    await link.connect()
+    chain.w3.provider.make_request("miner_stop", [])
+    try:
+        await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 20, 10_500))
+        await next_of(link, Ack)
+        proc.kill()
+    finally:
+        chain.w3.provider.make_request("miner_start", [])
+    await proc.start()
+    link = link_for(meter)
+    welcome = await link.connect()
+    if welcome.last_seq < 1:
+        bill = await next_of(link, Bill, timeout=30)
+        assert bill.seq == 1
+    await link.close()
+    proc.interrupt()
