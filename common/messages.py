@@ -28,6 +28,7 @@ __all__ = [
     "BillState",
     "TariffInfo",
     "GridAlertMessage",
+    "ConsumptionAlert",
     "ErrorMessage",
     "Message",
     "parse_message",
@@ -129,6 +130,19 @@ class GridAlertMessage(_Model):
     expires_at: int = 0
 
 
+class ConsumptionAlert(_Model):
+    """Consumption ran high: an hour passed the meter's limit, or power jumped abruptly."""
+
+    type: Literal["consumption_alert"] = "consumption_alert"
+    meter: Address
+    kind: Literal["hourly_limit", "sudden_jump"]
+    message: str
+    at: int
+    energy_wh: int = 0
+    limit_wh: int = 0
+    power_w: int = 0
+
+
 class ErrorMessage(_Model):
     """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any."""
 
@@ -162,7 +176,7 @@ class Reading(_Model):
 
 
 Message = Annotated[
-    Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ErrorMessage, Auth, Reading],
+    Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ConsumptionAlert, ErrorMessage, Auth, Reading],
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
