@@ -86,7 +86,7 @@ class ErrorDecoder:
         """The decoded custom error carried by a web3 exception."""
         data = getattr(err, "data", None)
         if isinstance(data, dict):
-            data = data.get("data")
+            data = data.get("data") or data.get("result")
         if isinstance(data, str) and data.startswith("0x"):
             return self.decode(data)
         return str(err)

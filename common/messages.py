@@ -184,8 +184,10 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 
 def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
     """Parse and validate one frame; raises MalformedMessage or MessageTooLarge with a reason."""
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    if max_bytes is not None:
+        size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+        if size > max_bytes:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

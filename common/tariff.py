@@ -149,6 +149,6 @@ def overflows(ledger: MeterLedger) -> bool:
 
 
 def format_pounds(micropence: int) -> str:
-    """Format an amount in micropence as pounds and pence (rounded to the penny)."""
-    pence = round(micropence / 1_000_000)
+    """Format an amount in micropence as pounds and pence (half a penny rounds up)."""
+    pence = (micropence + 500_000) // 1_000_000
     return f"£{pence // 100:,}.{pence % 100:02d}"

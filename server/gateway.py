@@ -42,6 +42,8 @@ log = logging.getLogger("gateway")
 HARD_FRAME_LIMIT_FACTOR = 16
 #: Messages dropped for rate limiting before the connection is closed as abusive.
 FLOOD_CLOSE_AFTER = 200
+#: Refusals that leave the meter's sequence where it was (nothing about the reading was judged).
+_SEQUENCE_KEEPING_ERRORS = (errors.WrongMeter, errors.OutOfRange, errors.StaleSequence, errors.SequenceGap)
 #: Close code when the server cannot serve now (the chain is unreachable).
 TRY_AGAIN_LATER = 1013
 #: Concurrent on-chain look-ups during logins (bounds load on the node during reconnect storms).
@@ -249,9 +251,19 @@ class Gateway:
                 return encode(Ack(seq=msg.seq, status="duplicate"))
         if self.store.count() >= self.settings.max_pending_readings:
             raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)
-        data: ReadingData = validate_reading(
-            msg, meter, cursor, now=int(time.time()), domain_separator=self.domain_separator, limits=self.limits
-        )
+        try:
+            data: ReadingData = validate_reading(
+                msg, meter, cursor, now=int(time.time()), domain_separator=self.domain_separator, limits=self.limits
+            )
+        except _SEQUENCE_KEEPING_ERRORS:
+            raise
+        except errors.ReadingError:
+            if msg.seq == cursor.seq + 1:
+                # A reading refused for its content uses up its sequence number (as an on-chain
+                # rejection does), so the meter drops it and carries on with the next.
+                self.cursors[key] = Cursor(msg.seq, cursor.timestamp, cursor.energy_wh)
+                self.store.set_cursor(meter, self.cursors[key])
+            raise
         self.store.put(ReadingData(to_checksum_address(data.meter), data.seq, data.timestamp, data.energy_wh),
                        msg.signature)
         self.cursors[key] = Cursor(data.seq, data.timestamp, data.energy_wh)

@@ -81,12 +81,7 @@ class Store:
                 "INSERT INTO queue (meter, seq, timestamp, energy_wh, signature, received_at) VALUES (?,?,?,?,?,?)",
                 (meter, data.seq, data.timestamp, data.energy_wh, signature, time.time()),
             )
-            self.db.execute(
-                "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
-                "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, "
-                "energy_wh=excluded.energy_wh",
-                (meter, data.seq, data.timestamp, data.energy_wh),
-            )
+            self._write_cursor(meter, Cursor(data.seq, data.timestamp, data.energy_wh))
         self._count += 1
 
     def get(self, meter: str, seq: int) -> QueuedReading | None:
@@ -151,6 +146,19 @@ class Store:
             "SELECT seq, timestamp, energy_wh FROM cursor WHERE meter=?", (meter.lower(),)
         ).fetchone()
         return Cursor(*row) if row else None
+
+    def set_cursor(self, meter: str, cursor: Cursor) -> None:
+        """Move a meter's cursor without queueing a reading (a refused reading used up its seq)."""
+        with self.db:
+            self._write_cursor(meter, cursor)
+
+    def _write_cursor(self, meter: str, cursor: Cursor) -> None:
+        self.db.execute(
+            "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
+            "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, "
+            "energy_wh=excluded.energy_wh",
+            (meter.lower(), cursor.seq, cursor.timestamp, cursor.energy_wh),
+        )
 
     # ---------------------------------------------------------------- relay position
 

@@ -706,11 +706,6 @@ def test_role_gated_function_called_by_the_wrong_account_reverts_with_access_con
     assert reason == f"AccessControlUnauthorizedAccount({Account.from_key(key).address.lower()}, 0x{role.hex()})"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="common/chain.py ErrorDecoder.from_exception reads err.data['data'], but Ganache puts the revert "
-    "data under err.data['result'], so ChainError says 'execution reverted ...' instead of the custom error",
-)
 def test_chain_error_message_names_the_decoded_custom_error(billing: Billing) -> None:
     call = billing.contract.functions.setTariff(1, 1)
     with pytest.raises(ChainError) as excinfo:
