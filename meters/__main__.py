@@ -1,0 +1,163 @@
+"""``python -m meters NAME``: run one provisioned meter until Ctrl-C.
+
+Shows a live panel on a terminal (or one structured log line per event when output is not a
+terminal), takes readings at random intervals, signs and delivers them, and shows the live
+bill, connection state, problems in plain words and grid alerts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from common.deployment import load_deployment
+from common.errors import SmartMeterError
+from common.logs import log_event, setup_logging
+from common.settings import load_settings
+from meters.client import MeterClient
+from meters.csv_source import CsvSource
+from meters.identity import MeterIdentity, meter_dir
+from meters.load_model import LoadModel
+from meters.outbox import Outbox
+from meters.schedule import IntervalSchedule
+from meters.sources import CsvReplaySource, ModelSource, RegisterSource
+from meters.status import MeterStatus
+from server.tls import client_context
+
+log = logging.getLogger("meter")
+MULTIPLIER_STEP = 1.25
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m meters", description=__doc__)
+    p.add_argument("name", help="the provisioned meter's name, e.g. meter-01")
+    p.add_argument("--server", help="gateway URL (default wss://SERVER_HOST:SERVER_PORT)")
+    p.add_argument("--ca", help="CA certificate to trust (default DATA_DIR/tls/ca.pem)")
+    p.add_argument("--time-scale", type=float, help="divide waits between readings by this (TIME_SCALE)")
+    p.add_argument("--min-interval", type=float, help="seconds between readings, at least (READING_MIN_INTERVAL)")
+    p.add_argument("--max-interval", type=float, help="seconds between readings, at most (READING_MAX_INTERVAL)")
+    p.add_argument("--multiplier", type=float, default=1.0, help="consumption factor (1.0 = the household model)")
+    p.add_argument("--interactive", action="store_true", help="+ and - raise or lower consumption while running")
+    p.add_argument("--source", default="model", help="'model' or 'csv:PATH' to replay a sensor CSV (timestamp, kWh)")
+    p.add_argument("--plain", action="store_true", help="log lines instead of the live panel, even on a terminal")
+    p.add_argument("--seed", type=int, help="seed for the reading intervals (default: random)")
+    return p.parse_args()
+
+
+def _source(args: argparse.Namespace, identity: MeterIdentity, t: float, wh: int) -> RegisterSource:
+    if args.source == "model":
+        return ModelSource(LoadModel(identity.archetype, identity.seed, args.multiplier, identity.ev), t, wh)
+    if args.source.startswith("csv:"):
+        return CsvReplaySource(CsvSource(args.source[4:]), t, wh)
+    raise SmartMeterError(f"--source must be 'model' or 'csv:PATH', not {args.source!r}")
+
+
+def _interactive(loop: asyncio.AbstractEventLoop, client: MeterClient) -> None:
+    """Read + and - from the terminal (cbreak mode) to change the consumption multiplier."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def on_key() -> None:
+        ch = sys.stdin.read(1)
+        model = getattr(client.source, "model", None)
+        if model is None or ch not in "+-":
+            return
+        model.multiplier = model.multiplier * MULTIPLIER_STEP if ch == "+" else model.multiplier / MULTIPLIER_STEP
+        client.status.multiplier = model.multiplier
+        log_event(log, "multiplier_changed", meter=client.status.name, multiplier=round(model.multiplier, 3))
+
+    loop.add_reader(fd, on_key)
+    import atexit
+
+    atexit.register(lambda: termios.tcsetattr(fd, termios.TCSADRAIN, old))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    directory = meter_dir(settings.data_dir, args.name)
+    identity = MeterIdentity.load(directory)
+    deployment = load_deployment(settings)
+    ca = args.ca or str(settings.ca_cert_path)
+    outbox = Outbox(directory / "outbox.sqlite", identity.address)
+    pos = outbox.position()
+    now = time.time()
+    source = _source(args, identity, pos.last_timestamp if pos else now, pos.last_energy_wh if pos else 0)
+    schedule = IntervalSchedule(
+        args.min_interval or settings.reading_min_interval,
+        args.max_interval or settings.reading_max_interval,
+        args.time_scale or settings.time_scale,
+        random.Random(args.seed),
+    )
+    status = MeterStatus(name=identity.name, meter=identity.address, region=identity.region,
+                         archetype=identity.archetype + (" + EV" if identity.ev else ""), multiplier=args.multiplier)
+    try:
+        ssl_context = client_context(Path(ca))
+    except FileNotFoundError:
+        print(f"meter: the CA certificate {ca} does not exist; start the server once (./run-server.sh) "
+              "so it creates data/tls/ca.pem", file=sys.stderr)
+        return 1
+    live_view = sys.stdout.isatty() and not args.plain
+    client = MeterClient(
+        key=identity.key(directory), domain=deployment.domain, url=args.server or settings.server_url,
+        ssl_context=ssl_context, outbox=outbox, source=source, schedule=schedule, status=status,
+        status_path=directory / "status.json", time_scale=args.time_scale or settings.time_scale,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.interactive and sys.stdin.isatty():
+        _interactive(loop, client)
+    log_event(log, "meter_started", meter=identity.name, address=identity.address, server=client.url,
+              last_seq=pos.last_seq if pos else 0)
+    if live_view:
+        from rich.live import Live
+
+        from meters.display import render_meter
+
+        with Live(render_meter(status), refresh_per_second=2, screen=False) as live:
+            client.on_change = lambda s: live.update(render_meter(s))
+            ticker = asyncio.create_task(_tick(live, client))
+            await client.run(stop)
+            ticker.cancel()
+    else:
+        await client.run(stop)
+    outbox.close()
+    return 0
+
+
+async def _tick(live: object, client: MeterClient) -> None:
+    from meters.display import render_meter
+
+    while True:
+        await asyncio.sleep(1)
+        live.update(render_meter(client.status))  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    """Entry point."""
+    args = _parse()
+    settings = load_settings()
+    directory = meter_dir(settings.data_dir, args.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_terminal = sys.stdout.isatty() and not args.plain
+    setup_logging(path=str(directory / "meter.log"), stream=open("/dev/null", "w") if to_terminal else None)  # noqa: SIM115
+    try:
+        return asyncio.run(_main(args))
+    except SmartMeterError as err:
+        print(f"meter {args.name}: cannot start [{err.code}]: {err.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""The meter's runtime: takes readings at random intervals, signs and stores them, delivers them
+over the secure link, and keeps its status (bill, connection, errors, alerts) current.
+
+Runs with no user input. Readings go to the on-disk outbox first; delivery retries with
+exponential back-off and jitter while the server is unreachable; after every login the meter
+drops what the chain already holds (``welcome.lastSeq``) and resends the rest in order. A
+reading leaves the outbox when its bill arrives or the server rejects it for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from websockets.exceptions import InvalidHandshake, WebSocketException
+
+from common import errors
+from common.eip712 import Domain, ReadingData, sign_reading
+from common.logs import log_event
+from common.messages import Ack, Bill, ConsumptionAlert, ErrorMessage, GridAlertMessage, Reading, Welcome
+from meters.link import MeterLink
+from meters.outbox import MeterPosition, Outbox
+from meters.schedule import IntervalSchedule
+from meters.sources import RegisterSource
+from meters.status import LinkState, MeterStatus, describe_failure
+
+__all__ = ["MeterClient", "DEFINITIVE_CODES", "DEMAND_RESPONSE_FACTOR"]
+
+log = logging.getLogger("meter")
+
+#: Error codes after which a reading is dropped from the outbox: resending cannot succeed.
+DEFINITIVE_CODES = frozenset({
+    "bad_signature", "wrong_meter", "stale_sequence", "stale_timestamp", "future_timestamp",
+    "register_decreased", "implausible_delta", "out_of_range", "period_overflow", "meter_inactive",
+    "malformed_message",
+})
+#: Load multiplier while a "reduce usage" grid alert is in force in the meter's region.
+DEMAND_RESPONSE_FACTOR = 0.6
+REDUCE_USAGE_KIND = "reduce_usage"
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+#: Seconds between resends of readings still waiting for a bill on a live connection.
+RESEND_AFTER = 30.0
+
+
+class MeterClient:
+    """One meter: reading producer and connection manager sharing an outbox and a status."""
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        domain: Domain,
+        url: str,
+        ssl_context: ssl.SSLContext,
+        outbox: Outbox,
+        source: RegisterSource,
+        schedule: IntervalSchedule,
+        status: MeterStatus,
+        status_path: Path | None = None,
+        on_change: Callable[[MeterStatus], None] | None = None,
+        time_scale: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.key = key
+        self.domain = domain
+        self.url = url
+        self.ssl_context = ssl_context
+        self.outbox = outbox
+        self.source = source
+        self.schedule = schedule
+        self.status = status
+        self.status_path = status_path
+        self.on_change = on_change
+        self.time_scale = time_scale
+        self.rng = rng or random.Random()
+        self.link: MeterLink | None = None
+        self._synced = False
+        self._last_resend = 0.0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close the link and record the stopped state."""
+        pos = self.outbox.position()
+        if pos is not None:
+            self.status.last_seq, self.status.register_wh = pos.last_seq, pos.last_energy_wh
+            self.status.last_reading_at = pos.last_timestamp
+        self.status.server = self.url
+        self._changed()
+        tasks = [asyncio.create_task(self._produce()), asyncio.create_task(self._connect_loop())]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.link is not None:
+            await self.link.close()
+        self.status.state = LinkState.STOPPED
+        self._changed()
+        log_event(log, "meter_stopped", meter=self.status.name, waiting=self.outbox.count())
+
+    def _changed(self) -> None:
+        self.status.waiting = self.outbox.count()
+        if self.status_path is not None:
+            self.status.save(self.status_path)
+        if self.on_change is not None:
+            self.on_change(self.status)
+
+    # ---------------------------------------------------------------- readings
+
+    async def _produce(self) -> None:
+        while True:
+            await asyncio.sleep(self.schedule.next_delay())
+            self._expire_alerts()
+            msg = self.take_reading(time.time())
+            if msg is not None and self.link is not None and self._synced:
+                try:
+                    await self.link.send(msg)
+                    self.status.readings_sent += 1
+                except (WebSocketException, OSError):
+                    pass  # stays in the outbox; the connection loop reconnects and resends
+            await self._resend_stale()
+
+    def take_reading(self, now: float) -> Reading | None:
+        """Read the register, sign the reading and commit it to the outbox; None if too soon."""
+        pos = self.outbox.position() or MeterPosition(0, 0, 0)
+        ts = int(now)
+        if ts <= pos.last_timestamp:
+            return None
+        wh = max(self.source.register_at(now), pos.last_energy_wh)
+        data = ReadingData(self.status.meter, pos.last_seq + 1, ts, wh)
+        signature = sign_reading(self.key, self.domain, data)
+        self.outbox.add(data, signature)
+        self.status.last_seq, self.status.register_wh, self.status.last_reading_at = data.seq, wh, ts
+        log_event(log, "reading_taken", meter=self.status.name, seq=data.seq, energy_wh=wh,
+                  waiting=self.outbox.count())
+        self._changed()
+        return Reading(meter=data.meter, seq=data.seq, timestamp=ts, energy_wh=wh, signature=signature)
+
+    async def _resend(self) -> None:
+        """Send every waiting reading, oldest first."""
+        assert self.link is not None
+        for entry in self.outbox.pending():
+            await self.link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
+                                         energy_wh=entry.energy_wh, signature=entry.signature))
+        self._last_resend = time.monotonic()
+
+    async def _resend_stale(self) -> None:
+        if self.link is None or not self._synced or not self.outbox.count():
+            return
+        if time.monotonic() - self._last_resend < RESEND_AFTER / self.time_scale:
+            return
+        try:
+            await self._resend()
+        except (WebSocketException, OSError):
+            pass
+
+    # ---------------------------------------------------------------- connection
+
+    async def _connect_loop(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            self.status.state = LinkState.CONNECTING
+            self._changed()
+            link = MeterLink(self.url, self.ssl_context, self.key, self.domain)
+            try:
+                welcome = await link.connect()
+                backoff = MIN_BACKOFF
+                self.link = link
+                self._on_welcome(welcome)
+                await self._resend()
+                self._synced = True
+                while True:
+                    self._on_message(await link.recv())
+            except asyncio.CancelledError:
+                await link.close()
+                raise
+            except (OSError, asyncio.TimeoutError, WebSocketException, InvalidHandshake,
+                    errors.SmartMeterError) as err:
+                self.link, self._synced = None, False
+                delay = min(backoff, MAX_BACKOFF) * (0.5 + self.rng.random())
+                self.status.state = LinkState.DISCONNECTED
+                self.status.error(describe_failure(err, self.url, delay, self.outbox.count()))
+                log_event(log, "communication_problem", logging.WARNING, meter=self.status.name,
+                          detail=self.status.last_error)
+                self._changed()
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        dropped = self.outbox.done_upto(welcome.last_seq)
+        pos = self.outbox.position()
+        if pos is None or pos.last_seq < welcome.last_seq:
+            # The chain knows more than this meter remembers (its data was lost): carry on from the chain.
+            chain_pos = MeterPosition(welcome.last_seq, welcome.last_timestamp, welcome.last_energy_wh)
+            self.outbox.set_position(chain_pos)
+            self.source.restart(max(welcome.last_timestamp, time.time()), welcome.last_energy_wh)
+            self.status.last_seq, self.status.register_wh = chain_pos.last_seq, chain_pos.last_energy_wh
+            log_event(log, "position_adopted_from_chain", logging.WARNING, meter=self.status.name,
+                      last_seq=welcome.last_seq)
+        s = self.status
+        s.state = LinkState.CONNECTED
+        s.region = welcome.region
+        s.period_energy_wh, s.amount_due = welcome.bill.period_energy_wh, welcome.bill.amount_due
+        s.bill_seq = welcome.last_seq
+        s.unit_rate, s.standing_charge = welcome.tariff.unit_rate, welcome.tariff.standing_charge
+        if s.last_error:
+            s.error(f"reconnected; {self.outbox.count()} reading(s) being resent")
+        log_event(log, "logged_in", meter=s.name, last_seq=welcome.last_seq, already_on_chain=dropped,
+                  resending=self.outbox.count())
+        self._changed()
+
+    def _on_message(self, msg: object) -> None:
+        s = self.status
+        if isinstance(msg, Bill):
+            self.outbox.done(msg.seq)
+            if msg.seq >= s.bill_seq:
+                s.bill_seq, s.period_energy_wh, s.amount_due = msg.seq, msg.period_energy_wh, msg.amount_due
+                s.bill_block = msg.block
+                s.unit_rate, s.standing_charge = msg.tariff.unit_rate, msg.tariff.standing_charge
+            s.bills_received += 1
+            log_event(log, "bill", meter=s.name, seq=msg.seq, amount_due=msg.amount_due,
+                      period_energy_wh=msg.period_energy_wh, block=msg.block)
+        elif isinstance(msg, ErrorMessage):
+            self._on_error(msg)
+        elif isinstance(msg, GridAlertMessage):
+            key = str(msg.id)
+            if msg.active:
+                s.alerts[key] = msg.model_dump()
+            else:
+                s.alerts.pop(key, None)
+            self._apply_demand_response()
+            log_event(log, "grid_alert", logging.WARNING if msg.active else logging.INFO, meter=s.name, id=msg.id,
+                      active=msg.active, kind=msg.kind, severity=msg.severity, message=msg.message)
+        elif isinstance(msg, ConsumptionAlert):
+            s.notices = (s.notices + [msg.message])[-5:]
+            log_event(log, "consumption_alert", logging.WARNING, meter=s.name, kind=msg.kind, message=msg.message)
+        elif isinstance(msg, Ack):
+            return
+        self._changed()
+
+    def _on_error(self, msg: ErrorMessage) -> None:
+        s = self.status
+        if msg.seq is not None and msg.code in DEFINITIVE_CODES:
+            self.outbox.done(msg.seq)
+            s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")
+        elif msg.code == "sequence_gap" and self.link is not None:
+            # The server expects an earlier reading: reconnect, which resends the outbox in order.
+            asyncio.get_running_loop().create_task(self.link.close())
+            s.error(f"the server asked for earlier readings first; resending [{msg.code}]")
+        else:
+            s.error(f"{msg.message} [{msg.code}]")
+        log_event(log, "server_error", logging.WARNING, meter=s.name, code=msg.code, seq=msg.seq, detail=msg.message)
+
+    # ---------------------------------------------------------------- grid alerts
+
+    def _expire_alerts(self) -> None:
+        now = time.time()
+        expired = [k for k, a in self.status.alerts.items() if a.get("expires_at", 0) <= now]
+        for key in expired:
+            del self.status.alerts[key]
+        if expired:
+            self._apply_demand_response()
+            self._changed()
+
+    def _apply_demand_response(self) -> None:
+        reduce = any(a.get("kind") == REDUCE_USAGE_KIND for a in self.status.active_alerts())
+        factor = DEMAND_RESPONSE_FACTOR if reduce else 1.0
+        model = getattr(self.source, "model", None)
+        if model is not None and model.demand_factor != factor:
+            model.demand_factor = factor
+            log_event(log, "demand_response", meter=self.status.name, factor=factor)
+        self.status.demand_factor = factor
