@@ -114,8 +114,12 @@ class MeterClient:
     # ---------------------------------------------------------------- readings
 
     async def _produce(self) -> None:
+        pos = self.outbox.position()
+        since_last = time.time() - pos.last_timestamp if pos else float("inf")
+        # The first reading comes as soon as the minimum interval since the last one allows.
+        first = max(0.0, self.schedule.min_s - since_last) / self.time_scale
+        await asyncio.sleep(first)
         while True:
-            await asyncio.sleep(self.schedule.next_delay())
             self._expire_alerts()
             msg = self.take_reading(time.time())
             if msg is not None and self.link is not None and self._synced:
@@ -125,6 +129,7 @@ class MeterClient:
                 except (WebSocketException, OSError):
                     pass  # stays in the outbox; the connection loop reconnects and resends
             await self._resend_stale()
+            await asyncio.sleep(self.schedule.next_delay())
 
     def take_reading(self, now: float) -> Reading | None:
         """Read the register, sign the reading and commit it to the outbox; None if too soon."""

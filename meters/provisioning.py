@@ -134,11 +134,11 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
     for identity, directory, opening_wh in todo:
         model = LoadModel(identity.archetype, identity.seed, ev=identity.ev)
         key = identity.key(directory)
-        points = history(model, opened_at, end, HALF_HOUR, opening_wh)
+        points = history(model, opened_at, end, HALF_HOUR, opening_wh) if end > opened_at else []
         for seq, (ts, wh) in enumerate(points, start=1):
             data = ReadingData(identity.address, seq, ts, int(wh))
             signed.append((ts, identity.address, data, sign_reading(key, deployment.domain, data)))
-        last_ts, last_wh = points[-1]
+        last_ts, last_wh = points[-1] if points else (opened_at, opening_wh)
         ends[identity.address] = MeterPosition(len(points), last_ts, int(last_wh))
     signed.sort(key=lambda item: (item[0], item[1]))
     contract = billing.contract

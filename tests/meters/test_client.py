@@ -1,0 +1,171 @@
+"""The meter client against a real server and chain: store-and-forward through outages and
+kills, nothing lost or duplicated on chain, plain-worded errors, CSV replay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from common.billing import Billing
+from common.chain import ChainClient
+from common.deployment import load_deployment
+from common.settings import ROOT
+from meters.client import MeterClient
+from meters.csv_source import CsvSource
+from meters.display import render_meter
+from meters.identity import MeterIdentity, meter_dir
+from meters.load_model import LoadModel
+from meters.outbox import Outbox
+from meters.provisioning import provision
+from meters.schedule import IntervalSchedule
+from meters.sources import CsvReplaySource, ModelSource
+from meters.status import LinkState, MeterStatus
+from server.app import ServerApp
+from server.tls import client_context, ensure_tls
+from tests.server.test_durability import ServerProcess
+
+
+def recorded_seqs(settings, address: str) -> list[int]:
+    deployment = load_deployment(settings)
+    contract = ChainClient(settings).contract(deployment)
+    logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block,
+                                                      argument_filters={"meter": address})
+    return [int(e.args.seq) for e in logs]
+
+
+def make_client(settings, name: str, source=None, time_scale: float = 30.0) -> tuple[MeterClient, Outbox]:
+    directory = meter_dir(settings.data_dir, name)
+    identity = MeterIdentity.load(directory)
+    outbox = Outbox(directory / "outbox.sqlite", identity.address)
+    pos = outbox.position()
+    if source is None:
+        source = ModelSource(LoadModel(identity.archetype, identity.seed, 20.0), pos.last_timestamp, pos.last_energy_wh)
+    tls = ensure_tls(settings.data_dir / "tls")
+    client = MeterClient(
+        key=identity.key(directory), domain=load_deployment(settings).domain, url=settings.server_url,
+        ssl_context=client_context(tls.ca_cert), outbox=outbox, source=source,
+        schedule=IntervalSchedule(15, 15, time_scale), status=MeterStatus(name=name, meter=identity.address),
+        time_scale=time_scale,
+    )
+    return client, outbox
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_meter_keeps_readings_while_server_is_down_then_delivers_them_all(meter_settings, deployment):
+    provision(meter_settings, count=1, history_days=1)
+    client, outbox = make_client(meter_settings, "meter-01")
+    stop = asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    await wait_for(lambda: outbox.count() >= 3 and "cannot reach server" in client.status.last_error, 30,
+                   "readings to pile up while the server is down")
+    console = Console(record=True, width=160)
+    console.print(render_meter(client.status))
+    screen = console.export_text()
+    assert f"cannot reach server at {meter_settings.server_url}: connection refused; retrying in" in screen
+    assert re.search(r"retrying in \d+ s; \d+ readings? waiting", screen)
+    assert client.status.state is LinkState.DISCONNECTED
+
+    app = await ServerApp.start(meter_settings, deployment)
+    try:
+        await wait_for(lambda: client.status.state is LinkState.CONNECTED and outbox.count() == 0, 60,
+                       "the backlog to be billed")
+        stop.set()
+        await task
+    finally:
+        await app.stop()
+    last = outbox.position().last_seq
+    seqs = recorded_seqs(meter_settings, client.status.meter)
+    assert seqs == list(range(1, last + 1)), "every reading recorded once, in order"
+    assert client.status.bills_received >= last - 48
+
+
+async def test_killing_meter_and_server_at_awkward_moments_loses_and_duplicates_nothing(meter_settings, tmp_path):
+    provision(meter_settings, count=1, history_days=1)
+    server = ServerProcess(meter_settings, tmp_path / "server.log")
+    await server.start()
+    env = {**server.env(), "TIME_SCALE": "30", "READING_MIN_INTERVAL": "15", "READING_MAX_INTERVAL": "15"}
+    meter_log = open(tmp_path / "meter.log", "ab")  # noqa: SIM115
+
+    def start_meter() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "meters", "meter-01", "--plain", "--multiplier", "20"],
+                                cwd=ROOT, env=env, stdout=meter_log, stderr=subprocess.STDOUT)
+
+    meter = start_meter()
+    await asyncio.sleep(4)
+    meter.send_signal(signal.SIGKILL)  # mid-stream: readings may be signed, sent, unacknowledged
+    meter.wait()
+    meter = start_meter()
+    await asyncio.sleep(3)
+    server.kill()  # between ack and inclusion, with readings in flight
+    await asyncio.sleep(3)  # the meter keeps reading into its outbox meanwhile
+    await server.start()
+    await asyncio.sleep(4)
+    meter.send_signal(signal.SIGTERM)
+    assert meter.wait(timeout=30) == 0
+    await asyncio.sleep(2)  # let the last batch land
+    assert server.interrupt() == 0
+    identity = MeterIdentity.load(meter_dir(meter_settings.data_dir, "meter-01"))
+    outbox = Outbox(meter_dir(meter_settings.data_dir, "meter-01") / "outbox.sqlite", identity.address)
+    last = outbox.position().last_seq
+    waiting = [e.seq for e in outbox.pending()]
+    seqs = recorded_seqs(meter_settings, identity.address)
+    assert len(seqs) == len(set(seqs)), "no reading recorded twice"
+    assert last > 48 + 10, "the meter produced readings throughout"
+    assert sorted(set(seqs) | set(waiting)) == list(range(1, last + 1)), "every reading is on chain or still waiting"
+    assert max(seqs) >= last - len(waiting)
+    billing = Billing(ChainClient(meter_settings), load_deployment(meter_settings))
+    assert billing.meter(identity.address).last_seq == max(seqs)
+
+
+async def test_csv_replay_puts_the_recorded_consumption_on_chain(meter_settings, deployment, tmp_path):
+    provision(meter_settings, count=1, history_days=0)
+    csv_path = tmp_path / "sensor.csv"
+    start = 1_700_000_000
+    csv_path.write_text("timestamp,kwh\n" + "".join(f"{start + i},0.002\n" for i in range(120)))
+    identity = MeterIdentity.load(meter_dir(meter_settings.data_dir, "meter-01"))
+    outbox = Outbox(meter_dir(meter_settings.data_dir, "meter-01") / "outbox.sqlite", identity.address)
+    opening = outbox.position().last_energy_wh
+    outbox.close()
+    t0 = time.time()
+    source = CsvReplaySource(CsvSource(csv_path), t0, opening)
+    client, outbox = make_client(meter_settings, "meter-01", source=source)
+    app = await ServerApp.start(meter_settings, deployment)
+    stop = asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    try:
+        await wait_for(lambda: client.status.bills_received >= 4, 30, "bills for replayed readings")
+    finally:
+        stop.set()
+        await task
+        await app.stop()
+    billing = Billing(ChainClient(meter_settings), deployment)
+    state = billing.meter(identity.address)
+    elapsed = state.last_timestamp - int(t0)
+    # 2 Wh a second from the file: the register follows the replayed rows, whole Wh, never ahead of time.
+    assert 0 < state.last_energy_wh - opening <= 2 * (elapsed + 1)
+    assert (state.last_energy_wh - opening) % 2 == 0
+
+
+@pytest.mark.parametrize("name", ["meter-01"])
+def test_meter_refuses_a_key_file_others_can_read(meter_settings, deployment, name):
+    provision(meter_settings, count=1, history_days=0)
+    directory = meter_dir(meter_settings.data_dir, name)
+    os.chmod(directory / "key.hex", 0o644)
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="chmod 600"):
+        MeterIdentity.load(directory).key(directory)

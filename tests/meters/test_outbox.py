@@ -1,0 +1,36 @@
+"""The meter's on-disk outbox: readings persist until done, the position survives a reopen."""
+
+from __future__ import annotations
+
+from common.eip712 import ReadingData
+from meters.outbox import MeterPosition, Outbox
+
+METER = "0x" + "ab" * 20
+
+
+def test_readings_and_position_survive_closing_and_reopening(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", METER)
+    box.set_position(MeterPosition(336, 1_000, 50_000))
+    for seq in (337, 338, 339):
+        box.add(ReadingData(METER, seq, 1_000 + seq, 50_000 + seq), "0x" + "11" * 65)
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", METER)
+    assert [e.seq for e in box.pending()] == [337, 338, 339]
+    assert box.position() == MeterPosition(339, 1_339, 50_339)
+
+
+def test_done_and_done_upto_remove_only_what_they_name(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", METER)
+    for seq in range(1, 6):
+        box.add(ReadingData(METER, seq, seq, seq), "0x" + "11" * 65)
+    assert box.done(3) and not box.done(3)
+    assert box.done_upto(2) == 2
+    assert [e.seq for e in box.pending()] == [4, 5]
+    assert box.count() == 2
+
+
+def test_clear_forgets_readings_and_position(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", METER)
+    box.add(ReadingData(METER, 1, 1, 1), "0x" + "11" * 65)
+    box.clear()
+    assert box.position() is None and box.count() == 0
