@@ -47,6 +47,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--source", default="model", help="'model' or 'csv:PATH' to replay a sensor CSV (timestamp, kWh)")
     p.add_argument("--plain", action="store_true", help="log lines instead of the live panel, even on a terminal")
     p.add_argument("--seed", type=int, help="seed for the reading intervals (default: random)")
+    p.add_argument("--stop-after", type=int, help="take this many readings, wait until all are billed, then exit")
     return p.parse_args()
 
 
@@ -111,8 +112,10 @@ async def _main(args: argparse.Namespace) -> int:
         key=identity.key(directory), domain=deployment.domain, url=args.server or settings.server_url,
         ssl_context=ssl_context, outbox=outbox, source=source, schedule=schedule, status=status,
         status_path=directory / "status.json", time_scale=args.time_scale or settings.time_scale,
+        stop_after=args.stop_after,
     )
     stop = asyncio.Event()
+    asyncio.get_running_loop().create_task(_stop_when(client.finished, stop))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -134,6 +137,11 @@ async def _main(args: argparse.Namespace) -> int:
         await client.run(stop)
     outbox.close()
     return 0
+
+
+async def _stop_when(finished: asyncio.Event, stop: asyncio.Event) -> None:
+    await finished.wait()
+    stop.set()
 
 
 async def _tick(live: object, client: MeterClient) -> None:

@@ -66,6 +66,7 @@ class MeterClient:
         on_change: Callable[[MeterStatus], None] | None = None,
         time_scale: float = 1.0,
         rng: random.Random | None = None,
+        stop_after: int | None = None,
     ) -> None:
         self.key = key
         self.domain = domain
@@ -79,6 +80,10 @@ class MeterClient:
         self.on_change = on_change
         self.time_scale = time_scale
         self.rng = rng or random.Random()
+        self.stop_after = stop_after
+        self.taken = 0
+        #: Set when ``stop_after`` readings were taken and every one of them was billed or rejected.
+        self.finished = asyncio.Event()
         self.link: MeterLink | None = None
         self._synced = False
         self._last_resend = 0.0
@@ -106,6 +111,8 @@ class MeterClient:
 
     def _changed(self) -> None:
         self.status.waiting = self.outbox.count()
+        if self.stop_after is not None and self.taken >= self.stop_after and not self.status.waiting:
+            self.finished.set()
         if self.status_path is not None:
             self.status.save(self.status_path)
         if self.on_change is not None:
@@ -119,7 +126,7 @@ class MeterClient:
         # The first reading comes as soon as the minimum interval since the last one allows.
         first = max(0.0, self.schedule.min_s - since_last) / self.time_scale
         await asyncio.sleep(first)
-        while True:
+        while self.stop_after is None or self.taken < self.stop_after:
             self._expire_alerts()
             msg = self.take_reading(time.time())
             if msg is not None and self.link is not None and self._synced:
@@ -141,6 +148,7 @@ class MeterClient:
         data = ReadingData(self.status.meter, pos.last_seq + 1, ts, wh)
         signature = sign_reading(self.key, self.domain, data)
         self.outbox.add(data, signature)
+        self.taken += 1
         self.status.last_seq, self.status.register_wh, self.status.last_reading_at = data.seq, wh, ts
         log_event(log, "reading_taken", meter=self.status.name, seq=data.seq, energy_wh=wh,
                   waiting=self.outbox.count())
