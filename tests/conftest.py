@@ -61,3 +61,12 @@ def snapshot(chain: ChainClient, deployment: Deployment) -> Iterator[None]:
     yield
     chain.w3.provider.make_request("evm_revert", [snap])
     chain._nonces.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_server_processes() -> Iterator[None]:
+    """Kill any ``python -m server`` child a test started and did not stop."""
+    yield
+    from tests.support import ServerProcess
+
+    ServerProcess.kill_all()

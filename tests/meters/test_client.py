@@ -30,7 +30,7 @@ from meters.sources import CsvReplaySource, ModelSource
 from meters.status import LinkState, MeterStatus
 from server.app import ServerApp
 from server.tls import client_context, ensure_tls
-from tests.server.test_durability import ServerProcess
+from tests.support import ServerProcess
 
 
 def recorded_seqs(settings, address: str) -> list[int]:

@@ -4,66 +4,15 @@ restart, and the chain never records it twice."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from web3 import Web3
 
 from common.eip712 import ReadingData
 from common.messages import Ack, Bill
-from common.settings import ROOT, Settings
-
 from tests.server.test_gateway import next_of
-
-
-class ServerProcess:
-    """``python -m server`` as a child process with the test's settings."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            **os.environ,
-            "SMARTMETER_ENV_FILE": str(self.log_path.parent / "none.env"),
-            "CHAIN_RPC_URL": s.chain_rpc_url,
-            "CHAIN_WS_URL": s.chain_ws_url,
-            "DEPLOYMENTS_DIR": str(s.deployments_dir),
-            "DATA_DIR": str(s.data_dir),
-            "SERVER_PORT": str(s.server_port),
-            "HTTP_PORT": str(s.http_port),
-            "BATCH_MAX_WAIT": "0.05",
-        }
-
-    async def start(self) -> None:
-        out = open(self.log_path, "ab")  # noqa: SIM115
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env(),
-                                     stdout=out, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            if "gateway_listening" in self.log_path.read_text()[offset:]:
-                return
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            await asyncio.sleep(0.1)
-        raise AssertionError("server did not start: " + self.log_path.read_text()[-2000:])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def interrupt(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=60)
+from tests.support import ServerProcess  # noqa: F401 - other tests import it from here too
 
 
 def recorded_count(w3: Web3, deployment, meter: str, seq: int) -> int:

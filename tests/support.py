@@ -1,0 +1,71 @@
+"""Helpers shared by tests that run parts of the system as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from common.settings import ROOT, Settings
+
+__all__ = ["ServerProcess"]
+
+
+class ServerProcess:
+    """``python -m server`` as a child process with the test's settings (killed at exit if left running)."""
+
+    live: list[ServerProcess] = []
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        ServerProcess.live.append(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        """Kill every server a test left running (a failed test must not leak processes)."""
+        for server in cls.live:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
+        cls.live.clear()
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "SMARTMETER_ENV_FILE": str(self.log_path.parent / "none.env"),
+            "CHAIN_RPC_URL": s.chain_rpc_url,
+            "CHAIN_WS_URL": s.chain_ws_url,
+            "DEPLOYMENTS_DIR": str(s.deployments_dir),
+            "DATA_DIR": str(s.data_dir),
+            "SERVER_PORT": str(s.server_port),
+            "HTTP_PORT": str(s.http_port),
+            "BATCH_MAX_WAIT": "0.05",
+        }
+
+    async def start(self) -> None:
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env(),
+                                     stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            if "gateway_listening" in self.log_path.read_text()[offset:]:
+                return
+            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+            await asyncio.sleep(0.1)
+        raise AssertionError("server did not start: " + self.log_path.read_text()[-2000:])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def interrupt(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=60)
