@@ -156,7 +156,8 @@ class Billing:
 
     def set_tariff(self, unit_rate: int, standing_charge: int) -> Any:
         """Set the tariff (operator key)."""
-        return self.client.transact(self.settings.operator_key, self.contract.functions.setTariff(unit_rate, standing_charge))
+        call = self.contract.functions.setTariff(unit_rate, standing_charge)
+        return self.client.transact(self.settings.operator_key, call)
 
     def close_billing_period(self, address: str) -> Any:
         """Close a meter's billing period and issue its bill (operator key)."""

@@ -260,7 +260,8 @@ class AsyncChainClient:
                             "nonce", lambda: self.w3.eth.get_transaction_count(self.account.address, "pending")
                         )
                     if gas is None:
-                        estimated = await self.call("estimate", lambda: call.estimate_gas({"from": self.account.address}))
+                        sender = {"from": self.account.address}
+                        estimated = await self.call("estimate", lambda s=sender: call.estimate_gas(s))
                         use_gas = int(estimated * GAS_MARGIN)
                     else:
                         use_gas = gas
@@ -269,7 +270,8 @@ class AsyncChainClient:
                         _tx_fields(self.account, self.settings.chain_id, self._nonce, use_gas, price)
                     )
                     signed = self.account.sign_transaction(tx)
-                    tx_hash = await self.call("send", lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction))
+                    raw = signed.raw_transaction
+                    tx_hash = await self.call("send", lambda r=raw: self.w3.eth.send_raw_transaction(r))
                     self._nonce += 1
                     return bytes(tx_hash), use_gas
                 except (ContractCustomError, ContractLogicError) as err:

@@ -47,7 +47,9 @@ def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
     client = ChainClient(settings)
     chain_id = client.check()
     if chain_id != settings.chain_id:
-        raise ConfigError(f"the node at {settings.chain_rpc_url} has chain id {chain_id}, not CHAIN_ID={settings.chain_id}")
+        raise ConfigError(
+            f"the node at {settings.chain_rpc_url} has chain id {chain_id}, not CHAIN_ID={settings.chain_id}"
+        )
     keys = [settings.admin_key, settings.operator_key, settings.gateway_key, settings.grid_operator_key]
     refuse_dev_keys_off_local(chain_id, keys)
     artifact = compile_contract(settings)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import event_abi_to_log_topic, to_checksum_address
-from web3._utils.events import get_event_data
 from web3 import Web3
+from web3._utils.events import get_event_data
 
 __all__ = ["ChainEvent", "EventDecoder"]
 
@@ -54,7 +54,9 @@ class EventDecoder:
         if abi is None:
             return None
         data = get_event_data(self._codec, abi, _normalise(log))
-        args = {k: (to_checksum_address(v) if isinstance(v, str) and len(v) == 42 else v) for k, v in data["args"].items()}
+        args = {
+            k: (to_checksum_address(v) if isinstance(v, str) and len(v) == 42 else v) for k, v in data["args"].items()
+        }
         tx_hash = data["transactionHash"]
         return ChainEvent(
             name=data["event"],

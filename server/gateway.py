@@ -241,7 +241,7 @@ class Gateway:
         if isinstance(msg, Auth):
             raise errors.UnexpectedMessage("already logged in on this connection")
         if not isinstance(msg, Reading):
-            raise errors.UnexpectedMessage(f"meters may send 'reading' here, not '{msg.type}'", seq=getattr(msg, "seq", None))
+            raise errors.UnexpectedMessage(f"meters may send 'reading' here, not '{msg.type}'")
         session.require_open()
         key = meter.lower()
         cursor = self.cursors[key]

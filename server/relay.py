@@ -218,7 +218,9 @@ class Relay:
             log_event(log, "grid_alert_cleared_relayed", id=int(args["id"]), meters=sent)
         elif name == "TariffChanged":
             self.tariff = TariffInfo(
-                unit_rate=int(args["unitRate"]), standing_charge=int(args["standingCharge"]), version=int(args["version"])
+                unit_rate=int(args["unitRate"]),
+                standing_charge=int(args["standingCharge"]),
+                version=int(args["version"]),
             )
             log_event(log, "tariff_changed", unit_rate=self.tariff.unit_rate, standing=self.tariff.standing_charge)
         elif name == "MeterDeactivated":

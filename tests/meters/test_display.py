@@ -19,7 +19,9 @@ def text_of(renderable) -> str:
 def test_a_connection_refused_reads_as_plain_words_with_the_retry_and_the_backlog():
     err = ConnectionRefusedError(111, "Connect call failed")
     text = describe_failure(err, "wss://127.0.0.1:8765", 8.2, 3)
-    assert text == "cannot reach server at wss://127.0.0.1:8765: connection refused; retrying in 8 s; 3 readings waiting"
+    assert text == (
+        "cannot reach server at wss://127.0.0.1:8765: connection refused; retrying in 8 s; 3 readings waiting"
+    )
 
 
 def test_panel_shows_bill_state_error_and_alert():

@@ -32,7 +32,7 @@ async def test_thousand_concurrent_meters_each_get_their_bill(server, billing, l
     now = int(time.time())
     await asyncio.gather(*(
         link.send_reading(ReadingData(a.address, 1, now - 5, 5_000 + 100 + i))
-        for i, (a, link) in enumerate(zip(accounts, links))
+        for i, (a, link) in enumerate(zip(accounts, links, strict=True))
     ))
 
     async def bill_of(link):
@@ -42,7 +42,7 @@ async def test_thousand_concurrent_meters_each_get_their_bill(server, billing, l
                 return msg
 
     bills = await asyncio.gather(*(bill_of(link) for link in links))
-    for i, (account, bill) in enumerate(zip(accounts, bills)):
+    for i, (account, bill) in enumerate(zip(accounts, bills, strict=True)):
         assert bill.meter.lower() == account.address.lower()
         assert (bill.seq, bill.energy_wh, bill.period_energy_wh) == (1, 5_100 + i, 100 + i)
     await asyncio.gather(*(link.close() for link in links))
