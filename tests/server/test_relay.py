@@ -7,7 +7,6 @@ import time
 
 from common.eip712 import ReadingData
 from common.messages import Ack, Bill, GridAlertMessage
-
 from tests.server.test_gateway import next_of
 
 
