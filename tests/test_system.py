@@ -1,0 +1,105 @@
+"""The whole system end to end: real Ganache, deployment, provisioning, the server, the
+grid-alert emitter and twelve meter processes with accelerated intervals; the server is
+killed and restarted mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common.billing import Billing
+from common.chain import ChainClient
+from common.deployment import load_deployment
+from common.devchain import free_port
+from common.settings import ROOT
+from meters.identity import MeterIdentity, list_meters, meter_dir
+from meters.outbox import Outbox
+from meters.provisioning import provision
+from meters.status import MeterStatus
+from tests.support import ServerProcess
+
+METERS = 12
+READINGS_EACH = 14
+
+pytestmark = pytest.mark.slow
+
+
+def write_scenario(path) -> None:
+    """One alert for every region a few seconds in, lasting past the end of the test."""
+    path.write_text(json.dumps({"steps": [
+        {"after_s": 3, "kind": "frequency_dip", "severity": 2, "region": "",
+         "message": "Grid frequency dip: please avoid heavy appliances for 10 minutes", "duration_s": 600},
+    ]}))
+
+
+async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_settings, deployment, tmp_path):
+    settings = base_settings.replace(data_dir=tmp_path / "data", server_port=free_port(), http_port=free_port(),
+                                     batch_max_wait=0.05)
+    provision(settings, count=METERS, history_days=0)
+    server = ServerProcess(settings, tmp_path / "server.log")
+    await server.start()
+    env = {**server.env(), "TIME_SCALE": "15", "READING_MIN_INTERVAL": "15", "READING_MAX_INTERVAL": "15"}
+    scenario = tmp_path / "scenario.json"
+    write_scenario(scenario)
+    emitter = subprocess.Popen(
+        [sys.executable, "scripts/grid_alert_emitter.py", "--scenario", str(scenario), "--once",
+         "--log-file", str(tmp_path / "emitter.log")],
+        cwd=ROOT, env=env, stdout=open(tmp_path / "emitter.out", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+    names = list_meters(settings.data_dir)
+    assert len(names) == METERS
+    meters = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "meters", name, "--plain", "--stop-after", str(READINGS_EACH)],
+            cwd=ROOT, env=env, stdout=open(tmp_path / f"{name}.out", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        for name in names
+    }
+    try:
+        await asyncio.sleep(6)
+        server.kill()  # mid-run, with readings queued and in flight
+        await asyncio.sleep(3)
+        await server.start()
+        deadline = time.monotonic() + 150
+        for name, proc in meters.items():
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, f"{name} did not finish; see {tmp_path}/{name}.out"
+                await asyncio.sleep(0.5)
+            assert proc.returncode == 0, (tmp_path / f"{name}.out").read_text()[-2000:]
+    finally:
+        for proc in meters.values():
+            if proc.poll() is None:
+                proc.kill()
+        emitter.send_signal(signal.SIGINT)
+        emitter.wait(timeout=60)
+        server.interrupt()
+
+    billing = Billing(ChainClient(settings), load_deployment(settings))
+    alert_ids = set()
+    for name in names:
+        directory = meter_dir(settings.data_dir, name)
+        identity = MeterIdentity.load(directory)
+        status = MeterStatus.from_json((directory / "status.json").read_text())
+        outbox = Outbox(directory / "outbox.sqlite", identity.address)
+        assert outbox.count() == 0 and outbox.position().last_seq == READINGS_EACH
+        on_chain = billing.meter(identity.address)
+        assert on_chain.last_seq == READINGS_EACH, f"{name}: a reading was lost"
+        assert status.bills_received >= 3, f"{name} received only {status.bills_received} bills"
+        assert status.bill_seq == on_chain.last_seq
+        assert status.amount_due == billing.bill(identity.address).amount_due, f"{name}: shown bill differs"
+        assert status.register_wh == on_chain.last_energy_wh
+        contract = billing.contract
+        seqs = [int(e.args.seq) for e in contract.events.ReadingRecorded().get_logs(
+            from_block=billing.deployment.block, argument_filters={"meter": identity.address})]
+        assert seqs == list(range(1, READINGS_EACH + 1)), f"{name}: recorded {seqs}"
+        log = (directory / "meter.log").read_text()
+        got = [line for line in log.splitlines() if "event=grid_alert " in line and "kind=frequency_dip" in line]
+        assert got, f"{name} never showed the grid alert"
+        alert_ids.update(line.split(" id=")[1].split()[0] for line in got)
+    assert len(alert_ids) == 1, "one alert reached all twelve meters"
