@@ -169,3 +169,19 @@ def test_meter_refuses_a_key_file_others_can_read(meter_settings, deployment, na
 
     with pytest.raises(ConfigError, match="chmod 600"):
         MeterIdentity.load(directory).key(directory)
+
+
+def test_reduce_usage_alert_lowers_the_load_until_it_is_cleared(meter_settings, deployment):
+    from common.messages import GridAlertMessage
+    from meters.client import DEMAND_RESPONSE_FACTOR
+
+    provision(meter_settings, count=1, history_days=0)
+    client, _ = make_client(meter_settings, "meter-01")
+    model = client.source.model
+    before = model.energy_wh(1_700_000_000, 1_700_003_600)
+    client._on_message(GridAlertMessage(id=9, active=True, severity=1, kind="reduce_usage", region="north",
+                                        message="Please reduce usage", expires_at=int(time.time()) + 600))
+    assert model.demand_factor == DEMAND_RESPONSE_FACTOR == client.status.demand_factor
+    assert model.energy_wh(1_700_000_000, 1_700_003_600) == pytest.approx(before * DEMAND_RESPONSE_FACTOR)
+    client._on_message(GridAlertMessage(id=9, active=False))
+    assert model.demand_factor == 1.0
