@@ -137,11 +137,11 @@ def _recover(digest: bytes, signature: str | bytes) -> str | None:
     sig = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
     if len(sig) != 65:
         return None
-    v = sig[64]
-    if v >= 27:
-        v -= 27
-    if v not in (0, 1):
+    # v must be 27 or 28, as OpenZeppelin's ECDSA requires on chain: accepting 0/1 here would let a
+    # reading pass the gateway and then fail on chain.
+    if sig[64] not in (27, 28):
         return None
+    v = sig[64] - 27
     r = int.from_bytes(sig[0:32], "big")
     s = int.from_bytes(sig[32:64], "big")
     # Reject high-s signatures as OpenZeppelin's ECDSA does (malleability).

@@ -192,6 +192,8 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise MalformedMessage(f"not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise MalformedMessage("JSON nested too deeply") from err
     if not isinstance(data, dict):
         raise MalformedMessage("a message must be a JSON object with a 'type'")
     seq = data.get("seq") if isinstance(data.get("seq"), int) else None

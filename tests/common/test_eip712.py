@@ -70,9 +70,10 @@ def test_signed_reading_recovers_to_its_meter_here_and_in_eth_account() -> None:
     assert Account.recover_message(_typed(DOMAIN, READING), signature=signature) == METER.address
 
 
-def test_reading_signature_with_v_as_zero_or_one_recovers_too() -> None:
+def test_reading_signature_with_v_as_zero_or_one_is_refused_as_on_chain() -> None:
+    # OpenZeppelin's ECDSA accepts only v = 27 or 28; the gateway must not accept what the chain refuses.
     raw = bytes.fromhex(sign_reading(METER.key, DOMAIN, READING)[2:])
-    assert recover_reading_signer(DOMAIN.separator(), READING, raw[:64] + bytes([raw[64] - 27])) == METER.address
+    assert recover_reading_signer(DOMAIN.separator(), READING, raw[:64] + bytes([raw[64] - 27])) is None
 
 
 @pytest.mark.parametrize(
