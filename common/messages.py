@@ -196,7 +196,7 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         raise MalformedMessage("JSON nested too deeply") from err
     if not isinstance(data, dict):
         raise MalformedMessage("a message must be a JSON object with a 'type'")
-    seq = data.get("seq") if isinstance(data.get("seq"), int) else None
+    seq = data.get("seq") if type(data.get("seq")) is int else None  # not bool, which is an int too
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as err:

@@ -216,6 +216,9 @@ class Gateway:
                         "messages are being dropped"))
                 if dropped >= FLOOD_CLOSE_AFTER:
                     log_event(log, "flood_disconnected", logging.WARNING, meter=meter, dropped=dropped)
+                    # Said directly: the hub's queue for this meter may not have drained during the flood.
+                    await ws.send(encode(error_message(errors.RateLimited(
+                        f"{dropped} messages dropped for flooding; disconnected"))))
                     await ws.close(POLICY_VIOLATION, "rate_limited")
                     return
                 continue

@@ -1,0 +1,1 @@
+"""Command-line scripts; ``scripts.harness`` holds the library code the harness scripts and tests share."""

@@ -1,0 +1,1 @@
+"""Harnesses run by the scripts and the tests: the hostile-input corpus (``hostile``)."""
