@@ -98,7 +98,7 @@ def _tx_fields(account: LocalAccount, chain_id: int, nonce: int, gas: int, gas_p
 
 def _is_nonce_error(err: Exception) -> bool:
     text = str(err).lower()
-    return "nonce" in text and ("too low" in text or "already" in text or "incorrect" in text)
+    return "nonce" in text and any(w in text for w in ("too low", "already", "incorrect", "correct nonce"))
 
 
 class ChainClient:

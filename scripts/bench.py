@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Benchmark the system on loopback (its own Ganache and server): ingest through the gateway
+beside the raw chain, latency, gas per reading, memory with idle connections. Prints tables
+and writes the figures as JSON (default build/bench.json)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.logs import setup_logging  # noqa: E402
+from scripts.harness.bench import BenchConfig, format_report, run_bench  # noqa: E402
+
+
+def main() -> int:
+    """Parse arguments, run, print, write JSON."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--fleets", default="12,100,1000", help="fleet sizes for the ingest benchmark")
+    p.add_argument("--idle", default="1000", help="idle connection counts for the memory benchmark")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--json", type=Path, default=Path("build/bench.json"))
+    args = p.parse_args()
+    setup_logging("WARNING")
+    config = BenchConfig(fleets=tuple(int(x) for x in args.fleets.split(",")),
+                         idle=tuple(int(x) for x in args.idle.split(",") if x), latency_seconds=args.latency_seconds)
+    results = asyncio.run(run_bench(config))
+    print(format_report(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,315 @@
+"""Benchmarks on loopback: end-to-end ingest through the gateway against the raw capacity of the
+same chain, latency sent -> bill, gas per reading by batch size, and the gateway's memory with
+idle authenticated connections. Figures are printed and written as JSON, never asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from common.billing import Billing
+from common.chain import ChainClient
+from common.deployer import deploy
+from common.devchain import GanacheProcess, free_port
+from common.eip712 import ReadingData, sign_reading
+from common.messages import Bill
+from common.settings import ROOT, Settings, load_settings
+from meters.link import MeterLink, signed_reading
+from server.batcher import gas_limit_for
+from server.tls import client_context
+
+__all__ = ["BenchConfig", "run_bench"]
+
+OPENING_WH = 100_000
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Fleet sizes and counts."""
+
+    fleets: tuple[int, ...] = (12, 100, 1_000)
+    readings_per_meter: dict[int, int] = field(default_factory=lambda: {12: 20, 100: 5, 1_000: 2})
+    latency_seconds: float = 20.0
+    gas_batches: tuple[int, ...] = (1, 10, 50, 100, 200)
+    idle: tuple[int, ...] = (1_000,)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Server:
+    """``python -m server`` as a child process."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings, self.log = settings, log
+        self.proc: Any = None
+
+    async def start(self) -> None:
+        s = self.settings
+        env = {**os.environ, "SMARTMETER_ENV_FILE": str(self.log.parent / "none.env"),
+               "CHAIN_RPC_URL": s.chain_rpc_url, "CHAIN_WS_URL": s.chain_ws_url,
+               "DEPLOYMENTS_DIR": str(s.deployments_dir), "DATA_DIR": str(s.data_dir),
+               "SERVER_PORT": str(s.server_port), "HTTP_PORT": str(s.http_port), "BATCH_MAX_WAIT": "0.02",
+               "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "1000"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "--log-level", "WARNING", "--log-file", str(self.log), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", s.server_port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        await self.proc.wait()
+
+
+async def _connect_all(settings: Settings, domain: Any, accounts: list[LocalAccount]) -> list[MeterLink]:
+    ctx = client_context(settings.ca_cert_path)
+    gate = asyncio.Semaphore(100)
+
+    async def one(a: LocalAccount) -> MeterLink:
+        async with gate:
+            link = MeterLink(settings.server_url, ctx, a.key, domain, ping_interval=None)
+            await link.connect()
+            return link
+
+    return await asyncio.gather(*(one(a) for a in accounts))
+
+
+async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount], per_meter: int, server_pid: int,
+                  opened: int) -> dict[str, float]:
+    """Every meter sends ``per_meter`` readings at once; time until every bill is back."""
+    links = await _connect_all(settings, domain, accounts)
+    sent_at: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+    messages = []
+    for a in accounts:
+        for i in range(1, per_meter + 1):
+            msg = signed_reading(a.key, domain, ReadingData(a.address, i, opened + 60 * i, OPENING_WH + 10 * i))
+            messages.append((a, msg))
+    by_meter: dict[str, list[Any]] = {}
+    for a, msg in messages:
+        by_meter.setdefault(a.address, []).append(msg)
+    cpu0 = _cpu_seconds(server_pid)
+    started = time.monotonic()
+
+    async def drive(link: MeterLink, a: LocalAccount) -> None:
+        for msg in by_meter[a.address]:
+            sent_at[(a.address, msg.seq)] = time.monotonic()
+            await link.send(msg)
+        got = 0
+        while got < per_meter:
+            msg = await link.recv(timeout=600)
+            if isinstance(msg, Bill):
+                latencies.append(time.monotonic() - sent_at[(a.address, msg.seq)])
+                got += 1
+
+    await asyncio.gather(*(drive(link, a) for link, a in zip(links, accounts, strict=True)))
+    elapsed = time.monotonic() - started
+    cpu = _cpu_seconds(server_pid) - cpu0
+    await asyncio.gather(*(link.close() for link in links))
+    n = len(messages)
+    return {"readings": n, "seconds": elapsed, "throughput": n / elapsed, "gateway_cpu_ms_per_reading": cpu / n * 1000,
+            "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99)}
+
+
+async def _paced_latency(settings: Settings, domain: Any, accounts: list[LocalAccount], seconds: float,
+                         opened: int) -> dict[str, float]:
+    """Each meter sends one reading every second (as a live fleet does); latency sent -> bill."""
+    links = await _connect_all(settings, domain, accounts)
+    latencies: list[float] = []
+
+    async def drive(link: MeterLink, a: LocalAccount) -> None:
+        seq = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            seq += 1
+            sent = time.monotonic()
+            await link.send(signed_reading(a.key, domain, ReadingData(a.address, seq, opened + 60 * seq,
+                                                                      OPENING_WH + 10 * seq)))
+            while True:
+                msg = await link.recv(timeout=60)
+                if isinstance(msg, Bill) and msg.seq == seq:
+                    latencies.append(time.monotonic() - sent)
+                    break
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
+
+    await asyncio.gather(*(drive(link, a) for link, a in zip(links, accounts, strict=True)))
+    await asyncio.gather(*(link.close() for link in links))
+    return {"readings": len(latencies), "p50": _pct(latencies, 0.5), "p95": _pct(latencies, 0.95),
+            "p99": _pct(latencies, 0.99)}
+
+
+def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, opened: int) -> dict[str, float]:
+    """The same kind of batches submitted directly with the gateway key: the chain's own capacity."""
+    accounts = [Account.create() for _ in range(batch)]
+    billing.register_meters([(a.address, b"\x01" * 32, "bench", OPENING_WH) for a in accounts], opened)
+    signed = []
+    for i in range(1, count // batch + 1):
+        for a in accounts:
+            data = ReadingData(a.address, i, opened + 60 * i, OPENING_WH + 10 * i)
+            signed.append((data, sign_reading(a.key, billing.deployment.domain, data)))
+    contract = billing.contract
+    started = time.monotonic()
+    for i in range(0, len(signed), batch):
+        chunk = signed[i:i + batch]
+        call = contract.functions.submitReadings([(d.meter, d.seq, d.timestamp, d.energy_wh) for d, _ in chunk],
+                                                 [bytes.fromhex(s[2:]) for _, s in chunk])
+        billing.client.transact(settings.gateway_key, call, gas=gas_limit_for(len(chunk)))
+    elapsed = time.monotonic() - started
+    return {"readings": len(signed), "seconds": elapsed, "throughput": len(signed) / elapsed}
+
+
+def _gas(settings: Settings, billing: Billing, sizes: tuple[int, ...], opened: int) -> list[dict[str, int]]:
+    accounts = [Account.create() for _ in range(max(sizes))]
+    billing.register_meters([(a.address, b"\x01" * 32, "gas", OPENING_WH) for a in accounts], opened)
+    state = {a.address: 0 for a in accounts}
+
+    def submit(selected: list[LocalAccount]) -> int:
+        signed = []
+        for a in selected:
+            state[a.address] += 1
+            i = state[a.address]
+            data = ReadingData(a.address, i, opened + 60 * i, OPENING_WH + 10 * i)
+            signed.append((data, sign_reading(a.key, billing.deployment.domain, data)))
+        return int(billing.submit_readings(signed)["gasUsed"]) if len(signed) <= 100 else _big(signed)
+
+    def _big(signed: list[Any]) -> int:
+        rows = [(d.meter, d.seq, d.timestamp, d.energy_wh) for d, _ in signed]
+        call = billing.contract.functions.submitReadings(rows, [bytes.fromhex(s[2:]) for _, s in signed])
+        return int(billing.client.transact(settings.gateway_key, call, gas=gas_limit_for(len(signed)))["gasUsed"])
+
+    for i in range(0, len(accounts), 100):
+        submit(accounts[i:i + 100])  # every meter's first reading
+    rows = []
+    for size in sizes:
+        gas = submit(accounts[:size])
+        rows.append({"batch": size, "gas": gas, "gas_per_reading": gas // size})
+    return rows
+
+
+async def _idle_memory(settings: Settings, domain: Any, billing: Billing, count: int, server_pid: int,
+                       opened: int) -> dict[str, float]:
+    accounts = [Account.create() for _ in range(count)]
+    await asyncio.to_thread(billing.register_meters,
+                            [(a.address, b"\x01" * 32, "idle", OPENING_WH) for a in accounts], opened)
+    before = _rss_mb(server_pid)
+    links = await _connect_all(settings, domain, accounts)
+    await asyncio.sleep(2.0)
+    after = _rss_mb(server_pid)
+    await asyncio.gather(*(link.close() for link in links))
+    return {"connections": count, "rss_mb_before": before, "rss_mb_with_connections": after,
+            "kb_per_connection": (after - before) * 1024 / count}
+
+
+async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
+    """Run every benchmark on its own Ganache and server; returns the figures."""
+    _raise_fd_limit()
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "load_before": os.getloadavg()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        chain = GanacheProcess(base / "chain", log_path=base / "ganache.log").start()
+        try:
+            settings = load_settings(env_file=base / "none.env", chain_rpc_url=chain.rpc_url,
+                                     chain_ws_url=chain.ws_url, deployments_dir=base / "deployments",
+                                     data_dir=base / "data", server_port=free_port(), http_port=free_port())
+            deployment, _ = deploy(settings, force=True)
+            billing = Billing(ChainClient(settings), deployment)
+            opened = int(time.time()) - 30 * 86_400
+            server = _Server(settings, base / "server.log")
+            await server.start()
+            pid = server.proc.pid
+            try:
+                ingest = {}
+                for fleet in config.fleets:
+                    accounts = [Account.create() for _ in range(fleet)]
+                    await asyncio.to_thread(billing.register_meters,
+                                            [(a.address, b"\x01" * 32, "bench", OPENING_WH) for a in accounts], opened)
+                    per = config.readings_per_meter.get(fleet, 2)
+                    gw = await _ingest(settings, deployment.domain, accounts, per, pid, opened)
+                    raw = await asyncio.to_thread(_raw_chain, settings, billing, gw["readings"],
+                                                  min(100, max(fleet, 1)), opened)
+                    gw["raw_chain_throughput"] = raw["throughput"]
+                    gw["gateway_vs_chain"] = gw["throughput"] / raw["throughput"]
+                    ingest[str(fleet)] = gw
+                    say(f"ingest {fleet} meters: {gw['throughput']:.1f} readings/s through the gateway, "
+                        f"{raw['throughput']:.1f}/s raw chain ({gw['gateway_vs_chain']:.0%})")
+                results["ingest"] = ingest
+                latency_accounts = [Account.create() for _ in range(12)]
+                await asyncio.to_thread(billing.register_meters,
+                                        [(a.address, b"\x01" * 32, "lat", OPENING_WH) for a in latency_accounts],
+                                        opened)
+                results["latency_12_paced"] = await _paced_latency(settings, deployment.domain, latency_accounts,
+                                                                   config.latency_seconds, opened)
+                say(f"latency, 12 meters at one reading a second: {results['latency_12_paced']}")
+                results["memory"] = [await _idle_memory(settings, deployment.domain, billing, n, pid, opened)
+                                     for n in config.idle]
+                say(f"memory: {results['memory']}")
+            finally:
+                await server.stop()
+            results["gas"] = await asyncio.to_thread(_gas, settings, billing, config.gas_batches, opened)
+        finally:
+            chain.stop()
+    results["machine"]["load_after"] = os.getloadavg()
+    return results
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The figures as tables, with the goals beside them."""
+    lines = ["ingest (signed reading sent -> bill received), burst of readings per meter",
+             f"{'meters':>7} {'readings':>9} {'gateway r/s':>12} {'raw chain r/s':>14} {'ratio':>6} "
+             f"{'cpu ms/r':>9} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}"]
+    for fleet, g in r.get("ingest", {}).items():
+        lines.append(f"{fleet:>7} {g['readings']:>9} {g['throughput']:>12.1f} {g['raw_chain_throughput']:>14.1f} "
+                     f"{g['gateway_vs_chain']:>6.0%} {g['gateway_cpu_ms_per_reading']:>9.2f} {g['p50']:>7.2f} "
+                     f"{g['p95']:>7.2f} {g['p99']:>7.2f}")
+    lat = r.get("latency_12_paced")
+    if lat:
+        verdict = "PASS" if lat["p99"] < 1.0 else "MISS"
+        lines.append(f"\n12 meters, one reading a second each: p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, "
+                     f"p99 {lat['p99']:.3f} s over {lat['readings']} readings (goal p99 < 1 s: {verdict})")
+    for m in r.get("memory", []):
+        lines.append(f"gateway memory with {m['connections']:,} idle connections: "
+                     f"{m['rss_mb_with_connections']:.0f} MB "
+                     f"(+{m['kb_per_connection']:.0f} kB each; 10,000 would be about "
+                     f"{m['rss_mb_before'] + m['kb_per_connection'] * 10:.0f} MB, goal < 1 GB)")
+    lines.append("\ngas per reading by batch size")
+    for g in r.get("gas", []):
+        lines.append(f"{g['batch']:>5} {g['gas']:>12,} {g['gas_per_reading']:>8,}")
+    return "\n".join(lines)
