@@ -239,7 +239,13 @@ def run_chaos(config: ChaosConfig, base: Path | None = None, say=print) -> Chaos
                 victim = rng.choice(names)
                 meters[victim].kill()
                 time.sleep(1.0)
-                meters[victim].start()
+                identity = MeterIdentity.load(meter_dir(settings.data_dir, victim))
+                outbox = Outbox(meter_dir(settings.data_dir, victim) / "outbox.sqlite", identity.address)
+                position = outbox.position()
+                outbox.close()
+                remaining = max(1, config.readings - (position.last_seq if position else 0))
+                meters[victim] = _Proc([sys.executable, "-m", "meters", victim, "--plain", "--stop-after",
+                                        str(remaining)], env, base / f"{victim}.out").start()
                 faults.append(f"{victim} dropped")
             say(f"chaos: {faults[-1]} at {time.monotonic() - t0:.0f} s")
         deadline = t0 + config.timeout_s
