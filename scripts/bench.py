@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=Path("build/bench.json"))
     args = p.parse_args()
     setup_logging("WARNING")
-    config = BenchConfig(fleets=tuple(int(x) for x in args.fleets.split(",")),
+    config = BenchConfig(fleets=tuple(int(x) for x in args.fleets.split(",") if x),
                          idle=tuple(int(x) for x in args.idle.split(",") if x), latency_seconds=args.latency_seconds)
     results = asyncio.run(run_bench(config))
     print(format_report(results))
