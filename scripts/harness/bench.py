@@ -42,6 +42,7 @@ class BenchConfig:
     latency_seconds: float = 20.0
     gas_batches: tuple[int, ...] = (1, 10, 50, 100, 200)
     idle: tuple[int, ...] = (1_000,)
+    hardhat_fleets: tuple[int, ...] = ()
 
 
 def _raise_fd_limit() -> None:
@@ -238,6 +239,79 @@ async def _idle_memory(settings: Settings, domain: Any, billing: Billing, count:
             "kb_per_connection": (after - before) * 1024 / count}
 
 
+async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, config: BenchConfig, pid: int,
+                        opened: int, say: Any, fleets: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Ingest through the gateway for each fleet size, beside the raw chain for the same load."""
+    ingest = {}
+    for fleet in fleets or config.fleets:
+        accounts = [Account.create() for _ in range(fleet)]
+        await asyncio.to_thread(billing.register_meters,
+                                [(a.address, b"\x01" * 32, "bench", OPENING_WH) for a in accounts], opened)
+        per = config.readings_per_meter.get(fleet, 2)
+        gw = await _ingest(settings, deployment.domain, accounts, per, pid, opened)
+        raw = await asyncio.to_thread(_raw_chain, settings, billing, gw["readings"], min(100, max(fleet, 1)), opened)
+        gw["raw_chain_throughput"] = raw["throughput"]
+        gw["gateway_vs_chain"] = gw["throughput"] / raw["throughput"]
+        ingest[str(fleet)] = gw
+        say(f"ingest {fleet} meters: {gw['throughput']:.1f} readings/s through the gateway, "
+            f"{raw['throughput']:.1f}/s raw chain ({gw['gateway_vs_chain']:.0%})")
+    return ingest
+
+
+HARDHAT_DIR = ROOT / "build" / "hardhat"
+#: Same chain id, hardfork and deterministic accounts as the project's Ganache.
+HARDHAT_CONFIG = """module.exports = {
+  networks: { hardhat: { chainId: 1337, hardfork: "shanghai", mining: { auto: true }, blockGasLimit: 30000000,
+    accounts: { count: 10,
+      mnemonic: "myth like bonus scare over problem client lizard pioneer submit female collect" } } },
+};
+"""
+
+
+async def _hardhat(config: BenchConfig, say: Any) -> dict[str, Any]:
+    """The same ingest against a Hardhat node (installed on demand into build/hardhat)."""
+    import subprocess
+
+    if not (HARDHAT_DIR / "node_modules" / ".bin" / "hardhat").exists():
+        HARDHAT_DIR.mkdir(parents=True, exist_ok=True)
+        (HARDHAT_DIR / "package.json").write_text('{"private": true}\n')
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "hardhat@2"],
+                              cwd=HARDHAT_DIR, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return {"skipped": f"could not install hardhat: {done.stderr[-300:]}"}
+    (HARDHAT_DIR / "hardhat.config.js").write_text(HARDHAT_CONFIG)
+    port = free_port()
+    hardhat = str(HARDHAT_DIR / "node_modules" / ".bin" / "hardhat")
+    node = subprocess.Popen([hardhat, "node", "--hostname", "127.0.0.1", "--port", str(port)], cwd=HARDHAT_DIR,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        from common.devchain import rpc_answers
+
+        for _ in range(300):
+            if rpc_answers(f"http://127.0.0.1:{port}"):
+                break
+            await asyncio.sleep(0.1)
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            settings = load_settings(env_file=base / "none.env", chain_rpc_url=f"http://127.0.0.1:{port}",
+                                     chain_ws_url=f"ws://127.0.0.1:{port}", deployments_dir=base / "deployments",
+                                     data_dir=base / "data", server_port=free_port(), http_port=free_port())
+            deployment, _ = deploy(settings, force=True)
+            billing = Billing(ChainClient(settings), deployment)
+            server = _Server(settings, base / "server.log")
+            await server.start()
+            try:
+                block = billing.client.w3.eth.get_block("latest")
+                opened = int(block["timestamp"]) - 30 * 86_400
+                return await _ingest_suite(settings, deployment, billing, config, server.proc.pid, opened,
+                                           lambda m: say("hardhat: " + m), fleets=config.hardhat_fleets)
+            finally:
+                await server.stop()
+    finally:
+        node.terminate()
+        node.wait()
+
+
 async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
     """Run every benchmark on its own Ganache and server; returns the figures."""
     _raise_fd_limit()
@@ -256,21 +330,7 @@ async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
             await server.start()
             pid = server.proc.pid
             try:
-                ingest = {}
-                for fleet in config.fleets:
-                    accounts = [Account.create() for _ in range(fleet)]
-                    await asyncio.to_thread(billing.register_meters,
-                                            [(a.address, b"\x01" * 32, "bench", OPENING_WH) for a in accounts], opened)
-                    per = config.readings_per_meter.get(fleet, 2)
-                    gw = await _ingest(settings, deployment.domain, accounts, per, pid, opened)
-                    raw = await asyncio.to_thread(_raw_chain, settings, billing, gw["readings"],
-                                                  min(100, max(fleet, 1)), opened)
-                    gw["raw_chain_throughput"] = raw["throughput"]
-                    gw["gateway_vs_chain"] = gw["throughput"] / raw["throughput"]
-                    ingest[str(fleet)] = gw
-                    say(f"ingest {fleet} meters: {gw['throughput']:.1f} readings/s through the gateway, "
-                        f"{raw['throughput']:.1f}/s raw chain ({gw['gateway_vs_chain']:.0%})")
-                results["ingest"] = ingest
+                results["ingest"] = await _ingest_suite(settings, deployment, billing, config, pid, opened, say)
                 if config.latency_seconds > 0:
                     latency_accounts = [Account.create() for _ in range(12)]
                     await asyncio.to_thread(billing.register_meters,
@@ -287,6 +347,8 @@ async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
             results["gas"] = await asyncio.to_thread(_gas, settings, billing, config.gas_batches, opened)
         finally:
             chain.stop()
+    if config.hardhat_fleets:
+        results["hardhat"] = await _hardhat(config, say)
     results["machine"]["load_after"] = os.getloadavg()
     return results
 
@@ -310,6 +372,13 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{m['rss_mb_with_connections']:.0f} MB "
                      f"(+{m['kb_per_connection']:.0f} kB each; 10,000 would be about "
                      f"{m['rss_mb_before'] + m['kb_per_connection'] * 10:.0f} MB, goal < 1 GB)")
+    for fleet, g in r.get("hardhat", {}).items():
+        if fleet == "skipped":
+            lines.append(f"hardhat: skipped ({g})")
+            continue
+        lines.append(f"hardhat node, {fleet} meters: gateway {g['throughput']:.1f} r/s, raw chain "
+                     f"{g['raw_chain_throughput']:.1f} r/s ({g['gateway_vs_chain']:.0%}), gateway CPU "
+                     f"{g['gateway_cpu_ms_per_reading']:.2f} ms per reading, p99 {g['p99']:.2f} s")
     lines.append("\ngas per reading by batch size")
     for g in r.get("gas", []):
         lines.append(f"{g['batch']:>5} {g['gas']:>12,} {g['gas_per_reading']:>8,}")
