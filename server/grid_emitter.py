@@ -1,41 +1,126 @@
-"""The grid operator's alert emitter: raises grid alerts through the chain from a scenario file
-or at random intervals, and clears each alert when it expires.
+"""The grid operator's alert emitter: raises grid alerts through the chain, from a scenario file or
+at random, and clears each one when it expires so meters see alerts arrive and lapse.
 
-Runs with the grid operator's key (``GRID_OPERATOR_KEY``). A scenario is a JSON file
-``{"steps": [{"after_s", "kind", "severity", "region", "message", "duration_s"}, ...]}`` where
-``after_s`` counts from the previous step; the kind ``all_clear`` clears every alert this emitter
-raised and then raises a short info alert saying so. The random mode draws from a catalogue of
-realistic alerts, with intervals uniform between ``min_interval`` and ``max_interval`` seconds.
+Alerts are sent with the grid operator's key (``GRID_OPERATOR_KEY``) through ``Billing``. The
+drawing of random alerts (``RandomAlerts``) and the parsing of scenarios (``Scenario``) do no I/O;
+``Emitter`` is the thin loop around them that talks to the chain and waits, with an injectable
+clock and sleep so tests run a scenario's minutes in a moment.
+
+Scenario files are JSON: either a list of steps or ``{"steps": [...]}``, each step
+``{"after_s", "kind", "severity", "region", "message", "duration_s"}``. ``after_s`` counts from the
+previous step (from the start for the first), so steps are played in file order. A step of kind
+``all_clear`` clears every alert this emitter raised that is still active and then raises an info
+alert saying so (its severity is always 0), so households see the all-clear on their screens.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import math
 import random
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from web3.exceptions import Web3Exception
 
 from common.billing import Billing
-from common.errors import ChainError, ChainUnavailable
+from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing
 from common.logs import log_event
 
-__all__ = ["AlertSpec", "Scenario", "Emitter", "CATALOGUE", "DEFAULT_REGIONS", "ALL_CLEAR"]
+__all__ = [
+    "ALL_CLEAR",
+    "ALL_REGIONS",
+    "ALL_REGIONS_LABEL",
+    "DEFAULT_REGIONS",
+    "DEFAULT_MIN_INTERVAL_S",
+    "DEFAULT_MAX_INTERVAL_S",
+    "DEFAULT_DURATION_S",
+    "DEFAULT_RETRY_DELAY_S",
+    "DEFAULT_MAX_RETRY_DELAY_S",
+    "DEFAULT_RETRY_ATTEMPTS",
+    "ALL_CLEAR_MESSAGE",
+    "CATALOGUE",
+    "Severity",
+    "StopReason",
+    "AlertSpec",
+    "ActiveAlert",
+    "Scenario",
+    "RandomAlerts",
+    "Emitter",
+    "check_ready",
+]
 
 log = logging.getLogger("emitter")
 
+#: The kind that clears this emitter's alerts instead of warning about something.
 ALL_CLEAR = "all_clear"
-DEFAULT_REGIONS = ("north", "south", "east", "west", "")
-#: Seconds an "all clear" notice stays on meters' screens.
-ALL_CLEAR_NOTICE_S = 120
-RETRY_DELAY_S = 2.0
+#: The region text that means "every region" (zero bytes32 on chain).
+ALL_REGIONS = ""
+#: Regions random alerts are drawn from; ``ALL_REGIONS`` makes some alerts grid-wide.
+DEFAULT_REGIONS: tuple[str, ...] = ("north", "south", "east", "west", ALL_REGIONS)
+#: Default bounds, in seconds, of the uniform wait between random alerts.
+DEFAULT_MIN_INTERVAL_S = 60.0
+DEFAULT_MAX_INTERVAL_S = 180.0
+#: How long a scenario step's alert lasts when the step gives no ``duration_s``.
+DEFAULT_DURATION_S = 300.0
+#: Shortest alert: the chain needs an expiry strictly after the block being mined.
+MIN_DURATION_S = 1.0
+#: First back-off after a chain failure; it doubles with each failure up to the maximum.
+DEFAULT_RETRY_DELAY_S = 2.0
+DEFAULT_MAX_RETRY_DELAY_S = 60.0
+#: Attempts at raising one alert, or at clearing one expired alert, before giving up on it.
+DEFAULT_RETRY_ATTEMPTS = 4
+ALL_CLEAR_MESSAGE = "All clear: the grid is back to normal. Thank you for your help."
+#: Longest text the contract's bytes32 ``kind`` and ``region`` fields hold, in UTF-8 bytes.
+TEXT32_MAX_BYTES = 32
+#: How regions are written in log lines when an alert concerns every region.
+ALL_REGIONS_LABEL = "all"
+#: The longest error text kept in a log line.
+LOG_ERROR_CHARS = 200
+#: Keys a scenario step may have.
+STEP_KEYS = frozenset({"after_s", "kind", "severity", "region", "message", "duration_s"})
+#: Keys a scenario file's top-level object may have.
+SCENARIO_KEYS = frozenset({"steps", "description"})
+
+#: What a failing chain call may raise through Billing: refusals, unreachable nodes, timeouts.
+CHAIN_FAILURES: tuple[type[BaseException], ...] = (ChainError, Web3Exception, OSError)
+
+
+class Severity(enum.IntEnum):
+    """How urgent an alert is, as the contract and the meters' screens number it."""
+
+    INFO = 0
+    WARNING = 1
+    CRITICAL = 2
+
+
+class StopReason(enum.Enum):
+    """Why ``Emitter.run`` returned."""
+
+    STOPPED = "stopped"
+    DEADLINE = "deadline"
+    FINISHED = "finished"
+
+
+def _check_text32(name: str, value: str) -> None:
+    if len(value.encode()) > TEXT32_MAX_BYTES:
+        raise ValueError(f"{name} {value!r} is longer than {TEXT32_MAX_BYTES} bytes")
 
 
 @dataclass(frozen=True)
 class AlertSpec:
-    """One alert to raise: what, how severe, where, what households read, for how long."""
+    """One alert to raise: what kind, how severe, where, what households read, for how long.
+
+    ``after_s`` is only used by scenarios: seconds after the previous step. Invalid values raise
+    ValueError in plain words, so nothing malformed ever reaches the chain.
+    """
 
     kind: str
     severity: int
@@ -44,153 +129,433 @@ class AlertSpec:
     duration_s: float
     after_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ValueError("kind must not be empty")
+        _check_text32("kind", self.kind)
+        _check_text32("region", self.region)
+        if isinstance(self.severity, bool) or self.severity not in tuple(Severity):
+            raise ValueError(f"severity must be 0 (info), 1 (warning) or 2 (critical), not {self.severity!r}")
+        if not self.message and self.kind != ALL_CLEAR:
+            raise ValueError("message must say something to households")
+        if not math.isfinite(self.duration_s) or self.duration_s < MIN_DURATION_S:
+            raise ValueError(f"duration_s must be at least {MIN_DURATION_S:g} second, not {self.duration_s!r}")
+        if not math.isfinite(self.after_s) or self.after_s < 0:
+            raise ValueError(f"after_s must be zero or more seconds, not {self.after_s!r}")
 
-#: Realistic alerts for the random mode (the region is drawn separately).
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """An alert this emitter raised and has not yet cleared."""
+
+    id: int
+    kind: str
+    severity: int
+    region: str
+    message: str
+    raised_at: float
+    expires_at: int
+
+
+#: Realistic alerts for the random mode; the region is drawn separately.
 CATALOGUE: tuple[AlertSpec, ...] = (
-    AlertSpec("frequency_dip", 2, "", "Grid frequency dip: please avoid using heavy appliances for the next "
-              "10 minutes", 600),
-    AlertSpec("reduce_usage", 1, "", "Demand peak: please reduce your usage between 17:00 and 19:00", 900),
-    AlertSpec("maintenance", 0, "", "Planned maintenance on the local network tonight; supply is not expected "
-              "to be interrupted", 1800),
-    AlertSpec("cheap_power", 0, "", "High wind generation: power is plentiful now, a good time to run the "
-              "washing machine", 900),
+    AlertSpec("frequency_dip", Severity.CRITICAL, ALL_REGIONS,
+              "Grid frequency dip: please switch off heavy appliances (oven, heaters, washing machine) "
+              "for the next 10 minutes.", 600),
+    AlertSpec("reduce_usage", Severity.WARNING, ALL_REGIONS,
+              "Demand peak: please reduce your usage between 17:00 and 19:00.", 900),
+    AlertSpec("maintenance", Severity.INFO, ALL_REGIONS,
+              "Planned maintenance on the local network tonight; supply is not expected to be interrupted.",
+              1800),
+    AlertSpec("cheap_power", Severity.INFO, ALL_REGIONS,
+              "High wind generation: power is cheap now, a good time to run the washing machine.", 900),
+    AlertSpec(ALL_CLEAR, Severity.INFO, ALL_REGIONS, ALL_CLEAR_MESSAGE, 300),
 )
 
 
+def _number(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _text(raw: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if value is None:
+        raise ValueError(f"{key} is missing")
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be text, not {value!r}")
+    return value
+
+
+def _step(raw: Any) -> AlertSpec:
+    """One scenario step from its JSON object (ValueError in plain words when malformed)."""
+    if not isinstance(raw, dict):
+        raise ValueError("a step must be a JSON object")
+    unknown = sorted(set(raw) - STEP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; a step has {', '.join(sorted(STEP_KEYS))}")
+    severity = raw.get("severity", int(Severity.INFO))
+    if isinstance(severity, bool) or not isinstance(severity, int):
+        raise ValueError(f"severity must be 0 (info), 1 (warning) or 2 (critical), not {severity!r}")
+    kind = _text(raw, "kind")
+    return AlertSpec(
+        kind=kind,
+        severity=severity,
+        region=_text(raw, "region", ALL_REGIONS),
+        message=_text(raw, "message", "" if kind == ALL_CLEAR else None),
+        duration_s=_number(raw, "duration_s", DEFAULT_DURATION_S),
+        after_s=_number(raw, "after_s", 0.0),
+    )
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """An ordered list of alert steps loaded from JSON."""
+    """An ordered list of alert steps; each step's ``after_s`` counts from the previous step."""
 
-    def __init__(self, steps: list[AlertSpec]) -> None:
-        self.steps = steps
+    steps: tuple[AlertSpec, ...]
 
-    @staticmethod
-    def load(path: Path) -> Scenario:
-        """Read and check a scenario file (ValueError naming the file and step when malformed)."""
-        data = json.loads(path.read_text())
+    @classmethod
+    def from_json(cls, data: Any, source: str = "the scenario") -> Scenario:
+        """Build a scenario from parsed JSON (a list of steps or ``{"steps": [...]}``).
+
+        Raises:
+            ConfigError: naming ``source`` and the step (counted from 1) and what is wrong.
+        """
+        if isinstance(data, dict) and "steps" in data and set(data) <= SCENARIO_KEYS:
+            data = data["steps"]
+        if not isinstance(data, list):
+            raise ConfigError(
+                f"{source} must be a JSON list of steps, or an object with \"steps\" (and an optional "
+                "\"description\"); fix the scenario file"
+            )
         steps = []
-        for i, raw in enumerate(data.get("steps", []), start=1):
+        for number, raw in enumerate(data, start=1):
             try:
-                spec = AlertSpec(
-                    kind=str(raw["kind"]),
-                    severity=int(raw.get("severity", 0)),
-                    region=str(raw.get("region", "")),
-                    message=str(raw.get("message", "")),
-                    duration_s=float(raw.get("duration_s", 300)),
-                    after_s=float(raw.get("after_s", 0)),
-                )
-            except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}: step {i} is malformed: {err}") from err
-            if not 0 <= spec.severity <= 2 or spec.duration_s <= 0 or spec.after_s < 0:
-                raise ValueError(f"{path}: step {i}: severity must be 0-2, duration_s > 0 and after_s >= 0")
-            steps.append(spec)
-        return Scenario(steps)
+                steps.append(_step(raw))
+            except ValueError as err:
+                raise ConfigError(f"{source}: step {number}: {err}; fix the scenario file") from err
+        return cls(tuple(steps))
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        """Read and check a scenario file.
+
+        Raises:
+            ConfigError: when the file cannot be read, is not JSON or has a malformed step.
+        """
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read the scenario file {path}: {err.strerror or err}") from err
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"the scenario file {path} is not valid JSON (line {err.lineno}: {err.msg})") from err
+        return cls.from_json(data, source=str(path))
+
+    @property
+    def length_s(self) -> float:
+        """Seconds from the start to the last step."""
+        return sum(step.after_s for step in self.steps)
+
+
+class RandomAlerts:
+    """Draws random alerts: waits uniform in [min_interval, max_interval] seconds, kinds from a
+    catalogue, regions from a list. Does no I/O; the same seed gives the same draws.
+
+    An ``all_clear`` is only drawn while something is active (else another kind is drawn instead),
+    and always concerns every region because it clears everything.
+    """
+
+    def __init__(
+        self,
+        *,
+        regions: Iterable[str] = DEFAULT_REGIONS,
+        min_interval: float = DEFAULT_MIN_INTERVAL_S,
+        max_interval: float = DEFAULT_MAX_INTERVAL_S,
+        seed: int | None = None,
+        catalogue: Iterable[AlertSpec] = CATALOGUE,
+    ) -> None:
+        self.regions = tuple(regions)
+        self.catalogue = tuple(catalogue)
+        if not self.regions:
+            raise ValueError("give at least one region (\"\" means every region)")
+        for region in self.regions:
+            _check_text32("region", region)
+        if not any(spec.kind != ALL_CLEAR for spec in self.catalogue):
+            raise ValueError("the catalogue needs at least one alert other than all_clear")
+        if not (0 < min_interval <= max_interval and math.isfinite(max_interval)):
+            raise ValueError(
+                f"the interval must satisfy 0 < min ({min_interval:g}) <= max ({max_interval:g}) seconds"
+            )
+        self.min_interval = float(min_interval)
+        self.max_interval = float(max_interval)
+        self.rng = random.Random(seed)
+
+    def next_interval(self) -> float:
+        """Seconds to wait before the next random alert."""
+        return self.rng.uniform(self.min_interval, self.max_interval)
+
+    def next_alert(self, anything_active: bool = True) -> AlertSpec:
+        """Draw the next alert; ``anything_active`` says whether an all-clear would clear anything."""
+        choices = self.catalogue if anything_active else tuple(s for s in self.catalogue if s.kind != ALL_CLEAR)
+        spec = self.rng.choice(choices)
+        region = self.rng.choice(self.regions)
+        return replace(spec, region=ALL_REGIONS if spec.kind == ALL_CLEAR else region, after_s=0.0)
+
+
+def check_ready(billing: Billing) -> None:
+    """Check the contract is on chain and the grid operator's key may raise alerts.
+
+    Raises:
+        DeploymentMissing: no code at the recorded address (the chain was reset): deploy again.
+        ConfigError: ``GRID_OPERATOR_KEY`` does not hold ``GRID_OPERATOR_ROLE``.
+        ChainUnavailable: the node stopped answering.
+    """
+    address = billing.contract.address
+    try:
+        code = billing.client.w3.eth.get_code(address)
+        if len(code) == 0:
+            raise DeploymentMissing(
+                f"no contract at the recorded address {address} on the chain at {billing.settings.chain_rpc_url} "
+                "(the chain was probably restarted); deploy it with: .venv/bin/python scripts/deploy.py"
+            )
+        role = billing.contract.functions.GRID_OPERATOR_ROLE().call()
+        account = Account.from_key(billing.settings.grid_operator_key).address
+        allowed = billing.contract.functions.hasRole(role, account).call()
+    except (OSError, Web3Exception) as err:
+        raise ChainUnavailable(
+            f"the chain at {billing.settings.chain_rpc_url} stopped answering ({type(err).__name__}); "
+            "start it with ./run-docker.sh"
+        ) from err
+    if not allowed:
+        raise ConfigError(
+            f"GRID_OPERATOR_KEY (account {account}) may not raise grid alerts on {address}; set it to the grid "
+            "operator's key, or redeploy with: .venv/bin/python scripts/deploy.py --force"
+        )
+
+
+def _region_label(region: str) -> str:
+    return region or ALL_REGIONS_LABEL
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:LOG_ERROR_CHARS]
 
 
 class Emitter:
-    """Raises and clears grid alerts; ``sleep`` and ``clock`` are injectable for tests."""
+    """Raises grid alerts through the chain and clears each one at its expiry.
+
+    Tracks every alert it raised that is still active (``active``, by id). Expiry is
+    ``clock() + duration`` in unix seconds (the chain's block time follows the wall clock), and the
+    emitter itself calls ``clearGridAlert`` then, so the chain emits ``GridAlertCleared``.
+
+    A chain failure never ends the loop: a raise is retried with exponential back-off
+    (``retry_delay`` doubling up to ``max_retry_delay``) up to ``retry_attempts`` times, then
+    dropped; a failed clear of an expired alert is retried the same way, then abandoned (the
+    alert lapses on chain by itself). ``shutdown`` tries once to clear everything still active.
+
+    ``clock`` and ``sleep`` are injectable; the default sleep returns early when ``stop`` is
+    called, so a signal handler that calls ``stop`` ends a long wait at once.
+    """
 
     def __init__(
         self,
         billing: Billing,
-        rng: random.Random | None = None,
+        *,
+        random_alerts: RandomAlerts | None = None,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        regions: tuple[str, ...] = DEFAULT_REGIONS,
-        min_interval: float = 60.0,
-        max_interval: float = 180.0,
+        sleep: Callable[[float], object] | None = None,
+        retry_delay: float = DEFAULT_RETRY_DELAY_S,
+        max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY_S,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
     ) -> None:
-        if not 0 < min_interval <= max_interval:
-            raise ValueError("min_interval must be positive and at most max_interval")
+        if retry_delay < 0 or max_retry_delay < retry_delay or retry_attempts < 1:
+            raise ValueError("need 0 <= retry_delay <= max_retry_delay and retry_attempts >= 1")
         self.billing = billing
-        self.rng = rng or random.Random()
+        self.random_alerts = random_alerts or RandomAlerts()
         self.clock = clock
-        self.sleep = sleep
-        self.regions = regions
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        #: Alerts this emitter raised that are still active: id -> expiry (unix seconds).
-        self.active: dict[int, float] = {}
-        self.stopping = False
+        self._stop = threading.Event()
+        self._sleep: Callable[[float], object] = sleep or self._stop.wait
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.retry_attempts = retry_attempts
+        #: Alerts this emitter raised that are still active, by id.
+        self.active: dict[int, ActiveAlert] = {}
+        #: Failed clears of expired alerts: id -> (failures so far, clock time of the next try).
+        self._clear_retries: dict[int, tuple[int, float]] = {}
+        self._until: float | None = None
 
-    def raise_alert(self, spec: AlertSpec) -> int | None:
-        """Raise one alert (or clear everything for ``all_clear``); None if the chain refused."""
+    # ---------------------------------------------------------------- control
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the running loop to finish (safe to call from a signal handler)."""
+        self._stop.set()
+
+    def _done(self) -> bool:
+        return self.stopping or (self._until is not None and self.clock() >= self._until)
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay))
+
+    # ---------------------------------------------------------------- alerts
+
+    def raise_alert(self, spec: AlertSpec) -> ActiveAlert | None:
+        """Raise one alert, retrying chain failures; None if it was dropped or the emitter stopped.
+
+        For ``all_clear`` first clears every alert this emitter raised, then raises an info alert
+        with the spec's message (or ``ALL_CLEAR_MESSAGE``).
+        """
         if spec.kind == ALL_CLEAR:
-            self.clear_all()
-            spec = AlertSpec(ALL_CLEAR, 0, spec.region, spec.message or "All clear: the grid is back to normal",
-                             min(spec.duration_s, ALL_CLEAR_NOTICE_S))
-        expires_at = int(self.clock() + spec.duration_s)
-        try:
-            receipt = self.billing.raise_grid_alert(spec.severity, spec.kind, spec.region, spec.message, expires_at)
-        except (ChainError, ChainUnavailable) as err:
-            log_event(log, "grid_alert_failed", logging.WARNING, kind=spec.kind, error=str(err)[:200])
-            return None
-        alert_id = int(self.billing.events("GridAlert", receipt)[0].args.id)
-        self.active[alert_id] = expires_at
-        log_event(log, "grid_alert_raised", id=alert_id, kind=spec.kind, region=spec.region or "all",
-                  severity=spec.severity, expires_at=expires_at, message=spec.message)
-        return alert_id
+            self.clear_all(reason="all_clear")
+            spec = replace(spec, severity=Severity.INFO, message=spec.message or ALL_CLEAR_MESSAGE)
+        reason = "chain_failures"
+        for attempt in range(1, self.retry_attempts + 1):
+            raised_at = self.clock()
+            expires_at = math.ceil(raised_at + spec.duration_s)
+            try:
+                receipt = self.billing.raise_grid_alert(
+                    int(spec.severity), spec.kind, spec.region, spec.message, expires_at
+                )
+                alert_id = int(self.billing.events("GridAlert", receipt)[0].args.id)
+            except CHAIN_FAILURES as err:
+                last = attempt == self.retry_attempts
+                delay = self._backoff(attempt)
+                log_event(log, "grid_alert_raise_failed", logging.WARNING, kind=spec.kind,
+                          region=_region_label(spec.region), attempt=attempt, of=self.retry_attempts,
+                          retry_in=None if last else f"{delay:g}s", error=_short(err))
+                if not last:
+                    self.wait(delay)
+                if last or self._done():
+                    reason = "chain_failures" if last else "stopping"
+                    break
+                continue
+            alert = ActiveAlert(alert_id, spec.kind, int(spec.severity), spec.region, spec.message,
+                                raised_at, expires_at)
+            self.active[alert_id] = alert
+            log_event(log, "grid_alert_raised", id=alert_id, kind=spec.kind, region=_region_label(spec.region),
+                      severity=int(spec.severity), expires_at=expires_at, message=spec.message)
+            return alert
+        log_event(log, "grid_alert_dropped", logging.WARNING, kind=spec.kind, region=_region_label(spec.region),
+                  reason=reason)
+        return None
 
-    def clear(self, alert_id: int) -> None:
-        """Clear one alert this emitter raised (already cleared counts as done)."""
+    def clear(self, alert_id: int, reason: str = "requested") -> bool:
+        """Clear one alert this emitter raised; True when it is no longer active on chain.
+
+        An alert the chain already considers cleared (``AlertNotActive``) counts as cleared.
+        """
+        alert = self.active.get(alert_id)
         try:
             self.billing.clear_grid_alert(alert_id)
-            log_event(log, "grid_alert_cleared", id=alert_id)
         except ChainError as err:
             if "AlertNotActive" not in str(err):
-                log_event(log, "grid_alert_clear_failed", logging.WARNING, id=alert_id, error=str(err)[:200])
-                return
+                log_event(log, "grid_alert_clear_failed", logging.WARNING, id=alert_id, reason=reason,
+                          error=_short(err))
+                return False
+        except CHAIN_FAILURES as err:
+            log_event(log, "grid_alert_clear_failed", logging.WARNING, id=alert_id, reason=reason, error=_short(err))
+            return False
         self.active.pop(alert_id, None)
+        self._clear_retries.pop(alert_id, None)
+        log_event(log, "grid_alert_cleared", id=alert_id, kind=alert.kind if alert else None,
+                  region=_region_label(alert.region) if alert else None, reason=reason)
+        return True
 
-    def clear_all(self) -> None:
-        """Clear every alert this emitter raised that is still active."""
+    def clear_all(self, reason: str = "requested") -> int:
+        """Clear every alert this emitter raised that is still active; returns how many are left."""
         for alert_id in list(self.active):
-            self.clear(alert_id)
+            self.clear(alert_id, reason=reason)
+        return len(self.active)
+
+    def _due(self, alert: ActiveAlert) -> float:
+        retry = self._clear_retries.get(alert.id)
+        return retry[1] if retry else float(alert.expires_at)
 
     def clear_expired(self) -> None:
-        """Clear alerts whose time is up."""
+        """Clear the alerts whose time is up (and retry clears that failed, when their back-off ends)."""
         now = self.clock()
-        for alert_id, expires_at in list(self.active.items()):
-            if expires_at <= now:
-                self.clear(alert_id)
+        for alert in [a for a in self.active.values() if self._due(a) <= now]:
+            if self.clear(alert.id, reason="expired"):
+                continue
+            failures = self._clear_retries.get(alert.id, (0, now))[0] + 1
+            if failures >= self.retry_attempts:
+                self.active.pop(alert.id, None)
+                self._clear_retries.pop(alert.id, None)
+                log_event(log, "grid_alert_abandoned", logging.WARNING, id=alert.id, expires_at=alert.expires_at,
+                          reason="the clear kept failing; the alert has lapsed on chain by itself")
+            else:
+                self._clear_retries[alert.id] = (failures, now + self._backoff(failures))
+
+    # ---------------------------------------------------------------- loops
 
     def wait(self, seconds: float) -> None:
-        """Wait, clearing alerts as they expire meanwhile."""
-        deadline = self.clock() + seconds
+        """Wait ``seconds``, clearing alerts as they expire; returns early on stop or the deadline."""
+        deadline = self.clock() + max(seconds, 0.0)
+        if self._until is not None:
+            deadline = min(deadline, self._until)
         while not self.stopping:
             self.clear_expired()
-            remaining = deadline - self.clock()
-            if remaining <= 0:
+            now = self.clock()
+            if now >= deadline:
                 return
-            next_expiry = min(self.active.values(), default=deadline)
-            self.sleep(max(0.05, min(remaining, next_expiry - self.clock(), 1.0)))
-
-    def random_spec(self) -> AlertSpec:
-        """Draw an alert from the catalogue for a random region."""
-        base = self.rng.choice(CATALOGUE)
-        region = self.rng.choice(self.regions)
-        message = base.message + (f" (region {region})" if region else "")
-        return AlertSpec(base.kind, base.severity, region, message, base.duration_s)
-
-    def next_interval(self) -> float:
-        """Seconds until the next random alert."""
-        return self.rng.uniform(self.min_interval, self.max_interval)
+            wake = min([deadline, *(self._due(a) for a in self.active.values())])
+            self._sleep(max(wake - now, 0.0))
 
     def run_scenario(self, scenario: Scenario) -> None:
-        """Raise the scenario's alerts at their times."""
+        """Raise the scenario's alerts at their times (until stopped or past the deadline)."""
         for spec in scenario.steps:
             self.wait(spec.after_s)
-            if self.stopping:
+            if self._done():
                 return
             self.raise_alert(spec)
 
-    def run_random(self, until: float | None = None) -> None:
-        """Raise random alerts until stopped (or until the clock passes ``until``)."""
-        while not self.stopping and (until is None or self.clock() < until):
-            interval = self.next_interval()
-            if until is not None:
-                interval = min(interval, max(0.0, until - self.clock()))
-            self.wait(interval)
-            if self.stopping or (until is not None and self.clock() >= until):
+    def run_random(self) -> None:
+        """Raise random alerts at random intervals until stopped or past the deadline."""
+        while not self._done():
+            self.wait(self.random_alerts.next_interval())
+            if self._done():
                 return
-            if self.raise_alert(self.random_spec()) is None:
-                self.sleep(RETRY_DELAY_S)
+            self.raise_alert(self.random_alerts.next_alert(anything_active=bool(self.active)))
+
+    def wait_for_expiries(self) -> None:
+        """Wait until every alert this emitter raised has been cleared at its expiry."""
+        while self.active and not self._done():
+            now = self.clock()
+            self.wait(max(min(self._due(a) for a in self.active.values()) - now, 0.0))
+
+    def shutdown(self) -> int:
+        """Clear every alert still active (one try each); returns how many are left to lapse by themselves."""
+        left = self.clear_all(reason="shutdown")
+        for alert in self.active.values():
+            log_event(log, "grid_alert_left_active", logging.WARNING, id=alert.id, expires_at=alert.expires_at)
+        return left
+
+    def run(
+        self, scenario: Scenario | None = None, *, then_random: bool = True, until: float | None = None
+    ) -> StopReason:
+        """Play ``scenario`` (if any), then random alerts, or if not ``then_random`` wait for the
+        scenario's alerts to expire; ``until`` is a clock time to stop at. Always ends with ``shutdown``.
+        """
+        self._until = until
+        try:
+            if scenario is not None:
+                self.run_scenario(scenario)
+            if then_random:
+                self.run_random()
+            else:
+                self.wait_for_expiries()
+        finally:
+            self.shutdown()
+        if self.stopping:
+            return StopReason.STOPPED
+        if until is not None and self.clock() >= until:
+            return StopReason.DEADLINE
+        return StopReason.FINISHED
