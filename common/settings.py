@@ -89,6 +89,15 @@ class Settings:
         """The private CA certificate meters trust."""
         return self.data_dir / "tls" / "ca.pem"
 
+    def as_env(self) -> dict[str, str]:
+        """Every setting as environment variables, for a child process that must use exactly these.
+
+        ``SMARTMETER_ENV_FILE`` points nowhere, so the child ignores the project's ``.env``.
+        """
+        env = {f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        env["SMARTMETER_ENV_FILE"] = str(self.data_dir / "no-such.env")
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests and scripts use this)."""
         return dataclasses.replace(self, **changes)

@@ -35,18 +35,8 @@ class ServerProcess:
         cls.live.clear()
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            **os.environ,
-            "SMARTMETER_ENV_FILE": str(self.log_path.parent / "none.env"),
-            "CHAIN_RPC_URL": s.chain_rpc_url,
-            "CHAIN_WS_URL": s.chain_ws_url,
-            "DEPLOYMENTS_DIR": str(s.deployments_dir),
-            "DATA_DIR": str(s.data_dir),
-            "SERVER_PORT": str(s.server_port),
-            "HTTP_PORT": str(s.http_port),
-            "BATCH_MAX_WAIT": "0.05",
-        }
+        """The child's environment: exactly the test's settings."""
+        return {**os.environ, **self.settings.as_env()}
 
     async def start(self) -> None:
         out = open(self.log_path, "ab")  # noqa: SIM115

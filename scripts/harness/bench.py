@@ -78,10 +78,7 @@ class _Server:
 
     async def start(self) -> None:
         s = self.settings
-        env = {**os.environ, "SMARTMETER_ENV_FILE": str(self.log.parent / "none.env"),
-               "CHAIN_RPC_URL": s.chain_rpc_url, "CHAIN_WS_URL": s.chain_ws_url,
-               "DEPLOYMENTS_DIR": str(s.deployments_dir), "DATA_DIR": str(s.data_dir),
-               "SERVER_PORT": str(s.server_port), "HTTP_PORT": str(s.http_port), "BATCH_MAX_WAIT": "0.02",
+        env = {**os.environ, **s.as_env(), "BATCH_MAX_WAIT": "0.02",
                "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "1000"}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "--log-level", "WARNING", "--log-file", str(self.log), cwd=ROOT, env=env,

@@ -130,14 +130,7 @@ class _Proc:
 def _env(settings: Settings, config: ChaosConfig) -> dict[str, str]:
     return {
         **os.environ,
-        "SMARTMETER_ENV_FILE": str(settings.data_dir / "none.env"),
-        "CHAIN_RPC_URL": settings.chain_rpc_url,
-        "CHAIN_WS_URL": settings.chain_ws_url,
-        "DEPLOYMENTS_DIR": str(settings.deployments_dir),
-        "DATA_DIR": str(settings.data_dir),
-        "SERVER_PORT": str(settings.server_port),
-        "HTTP_PORT": str(settings.http_port),
-        "BATCH_MAX_WAIT": "0.05",
+        **settings.as_env(),
         "TIME_SCALE": str(config.time_scale),
         "READING_MIN_INTERVAL": "15",
         "READING_MAX_INTERVAL": "15",

@@ -77,8 +77,8 @@ def _reading_for(step: Step, ledger: MeterLedger, now: int, max_power_w: int) ->
 def _logged(billing: Billing, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for name in EVENT_NAMES:
-        for event in billing.events(name, receipt):
-            found.append((event["logIndex"], name, dict(event["args"])))
+        for logged in billing.events(name, receipt):
+            found.append((logged["logIndex"], name, dict(logged["args"])))
     return [(name, args) for _, name, args in sorted(found, key=lambda item: item[0])]
 
 
