@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the server side: checks the chain answers, deploys the contract and provisions the
-# meters if needed, then runs the server (gateway, batcher, relay, API) and the grid-alert
+# meters if needed, then runs the server (gateway, batcher, relay) and the grid-alert
 # emitter with their logs in data/logs/. Ctrl-C stops both cleanly.
 #   ./run-server.sh [--no-emitter]
 set -euo pipefail
@@ -47,9 +47,8 @@ if [ "$EMITTER" = 1 ]; then
     >>"$LOG_DIR/emitter.stdout.log" 2>&1 &
   PIDS+=($!)
 fi
-HTTP_PORT="$($PY -c 'from common.settings import load_settings; s=load_settings(); print(s.http_port)')"
 WSS="$($PY -c 'from common.settings import load_settings; print(load_settings().server_url)')"
-say "server running: meters connect to $WSS; dashboard and API at http://127.0.0.1:$HTTP_PORT/"
+say "server running: meters connect to $WSS"
 say "logs: $LOG_DIR/server.log$( [ "$EMITTER" = 1 ] && echo ", $LOG_DIR/emitter.log" ); Ctrl-C stops"
 wait -n "${PIDS[@]}" || true
 say "a server process exited; see the logs in $LOG_DIR"

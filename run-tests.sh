@@ -4,5 +4,5 @@
 # Extra arguments go to pytest, e.g. ./run-tests.sh tests/contracts -x
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/bootstrap.sh --browser
+scripts/bootstrap.sh
 exec .venv/bin/python -m pytest "$@"
