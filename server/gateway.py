@@ -132,9 +132,8 @@ class Gateway:
                 self.hub.remove(meter, ws)
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
-        level = logging.WARNING
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
-        log_event(log, event, level, peer=peer, code=err.code, seq=err.seq, detail=err.message)
+        log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=err.message)
         try:
             await ws.send(encode(error_message(err)))
             if close:

@@ -224,6 +224,7 @@ class Relay:
             )
             log_event(log, "tariff_changed", unit_rate=self.tariff.unit_rate, standing=self.tariff.standing_charge)
         elif name == "MeterDeactivated":
-            self.hub.send(meter := args["meter"], encode(ErrorMessage(
-                code="meter_inactive", message="this meter was deactivated by the operator")))
+            meter = args["meter"]
+            notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")
+            self.hub.send(meter, encode(notice))
             log_event(log, "meter_deactivated", meter=meter)
