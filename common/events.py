@@ -8,11 +8,12 @@ log processing: the gateway decodes two events for every reading it relays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_utils import event_abi_to_log_topic
+
+from common.eip712 import checksum_address
 
 __all__ = ["ChainEvent", "EventDecoder"]
 
@@ -49,15 +50,9 @@ def _int(value: Any) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
 
-@lru_cache(maxsize=65_536)
-def _checksum(raw: bytes) -> str:
-    """EIP-55 checksummed address, cached: hashing it costs ~0.2 ms and meters repeat."""
-    return to_checksum_address(raw)
-
-
 def _topic_value(kind: str, raw: bytes) -> Any:
     if kind == "address":
-        return _checksum(raw[12:])
+        return checksum_address(raw[12:])
     if kind.startswith("uint"):
         return int.from_bytes(raw, "big")
     if kind.startswith("int"):
@@ -103,7 +98,7 @@ class EventDecoder:
         }
         values = abi_decode(shape.data_types, _bytes(log["data"]))
         for name, kind, value in zip(shape.data_names, shape.data_types, values, strict=True):
-            args[name] = _checksum(bytes.fromhex(value[2:])) if kind == "address" else value
+            args[name] = checksum_address(bytes.fromhex(value[2:])) if kind == "address" else value
         return ChainEvent(
             name=shape.name,
             args=args,
