@@ -225,8 +225,12 @@ class AsyncChainClient:
         selector, in_types, out_types = self._views[name]
         data = "0x" + (selector + abi_encode(in_types, list(args))).hex()
         params = [{"to": self.deployment.address, "data": data}, "latest"]
-        result = await _retry(self.settings, name, lambda: self._rpc("eth_call", params))
+        result = await self.request("eth_call", params)
         return tuple(abi_decode(out_types, bytes.fromhex(result.removeprefix("0x"))))
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        """A raw JSON-RPC call on the kept-alive connection, retrying transient failures."""
+        return await _retry(self.settings, method, lambda: self._rpc(method, params))
 
     async def _rpc(self, method: str, params: list[Any]) -> Any:
         if self._session is None or self._session.closed:

@@ -37,6 +37,11 @@ __all__ = [
     "ChainError",
     "ChainUnavailable",
     "DeploymentMissing",
+    "ApiError",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "InvalidRequest",
     "ERROR_CODES",
     "error_for_code",
 ]
@@ -255,6 +260,46 @@ class DeploymentMissing(ChainError):
 
     code = "deployment_missing"
     default_message = "the contract is not deployed on this chain; run scripts/deploy.py"
+
+
+class ApiError(SmartMeterError):
+    """Raised when a REST API request cannot be answered; ``status`` is its HTTP status."""
+
+    code = "api_error"
+    default_message = "the request could not be answered"
+    status = 400
+
+
+class Unauthorized(ApiError):
+    """Raised when a request carries no credentials, or credentials the server does not know."""
+
+    code = "unauthorized"
+    default_message = "sign in: send an API key (X-API-Key) or a bearer token from /api/v1/auth/token"
+    status = 401
+
+
+class Forbidden(ApiError):
+    """Raised when a customer asks for another account's data, or for what only the operator may do."""
+
+    code = "forbidden"
+    default_message = "these credentials may not see or change this"
+    status = 403
+
+
+class NotFound(ApiError):
+    """Raised when a request names a meter or record that does not exist."""
+
+    code = "not_found"
+    default_message = "nothing exists at this address"
+    status = 404
+
+
+class InvalidRequest(ApiError):
+    """Raised when a query parameter or request body is missing or malformed; the message names it."""
+
+    code = "invalid_request"
+    default_message = "a parameter of the request is missing or invalid"
+    status = 422
 
 
 def _all_subclasses(cls: type[SmartMeterError]) -> list[type[SmartMeterError]]:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
@@ -72,6 +73,13 @@ class Settings:
     batch_max_size: int = 100
     batch_max_wait: float = 0.5
     rpc_retry_attempts: int = 5
+    # API, dashboard and consumption alerts
+    operator_api_key: str = ""
+    api_token_ttl: float = 43_200.0
+    timezone: str = "Europe/London"
+    hourly_limit_wh: int = 3_000
+    jump_factor: float = 3.0
+    jump_min_w: int = 1_000
     # meters
     meter_count: int = 12
     reading_min_interval: float = 15.0
@@ -88,6 +96,16 @@ class Settings:
     def ca_cert_path(self) -> Path:
         """The private CA certificate meters trust."""
         return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def http_url(self) -> str:
+        """The REST API's and dashboard's base URL."""
+        return f"http://{self.server_host}:{self.http_port}"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The time zone days, weeks and months are counted in."""
+        return ZoneInfo(self.timezone)
 
     def as_env(self) -> dict[str, str]:
         """Every setting as environment variables, for a child process that must use exactly these.
@@ -136,6 +154,10 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     settings = Settings(**kwargs)
     if settings.reading_min_interval <= 0 or settings.reading_max_interval < settings.reading_min_interval:
         raise ConfigError("READING_MIN_INTERVAL must be positive and at most READING_MAX_INTERVAL")
+    try:
+        ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise ConfigError(f"TIMEZONE={settings.timezone!r} is not a known time zone (e.g. Europe/London)") from err
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
     return settings

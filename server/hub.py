@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +67,12 @@ class Hub:
     def __init__(self, max_queue: int = 256) -> None:
         self.peers: dict[str, Peer] = {}
         self.max_queue = max_queue
+        #: Called with (meter, connected) when a meter logs in or its connection goes.
+        self.listeners: list[Callable[[str, bool], None]] = []
+
+    def _tell(self, meter: str, connected: bool) -> None:
+        for listener in self.listeners:
+            listener(meter, connected)
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -80,6 +87,8 @@ class Hub:
         peer.writer = asyncio.get_running_loop().create_task(peer._write())
         old = self.peers.get(peer.meter)
         self.peers[peer.meter] = peer
+        if old is None:
+            self._tell(meter, True)
         return old
 
     def release(self, meter: str) -> None:
@@ -95,6 +104,7 @@ class Hub:
             del self.peers[meter.lower()]
             if peer.writer:
                 peer.writer.cancel()
+            self._tell(meter, False)
 
     def send(self, meter: str, message: str) -> bool:
         """Queue a message for a meter; False when it is not connected or was too slow."""

@@ -1,0 +1,144 @@
+"""The REST API and web dashboard as one ASGI app, and the HTTP server that runs it inside the
+server's event loop.
+
+Errors are JSON with a stable code: ``{"error": {"code": "not_found", "message": "..."}}``.
+The dashboard is static files (``server/dashboard/``) plus Chart.js from the project's npm
+install, served locally: the machines it runs on are offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common import errors
+from common.logs import log_event
+from common.settings import ROOT
+from server.api.routes import ApiContext, router
+
+__all__ = ["create_api", "HttpServer", "DASHBOARD_DIR", "CHART_JS"]
+
+log = logging.getLogger("api")
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+CHART_JS = ROOT / "node_modules" / "chart.js" / "dist" / "chart.umd.js"
+STOP_GRACE = 5.0
+
+
+def _status(err: errors.SmartMeterError) -> int:
+    if isinstance(err, errors.ApiError):
+        return err.status
+    if isinstance(err, errors.AuthError):
+        return 401
+    if isinstance(err, errors.ChainError):
+        return 503
+    return 400
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_api(ctx: ApiContext) -> FastAPI:
+    """The ASGI app: ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``, docs at ``/api/docs``) and the dashboard."""
+    app = FastAPI(
+        title="Smart-meter billing API",
+        version="1",
+        description="Meters, readings and consumption, bills, tariffs, grid and consumption alerts, read from an "
+                    "index of the billing contract's events. Send `X-API-Key` (the operator's key or an account's) "
+                    "or `Authorization: Bearer <token>` (see /api/v1/auth/challenge).",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    app.include_router(router)
+
+    @app.exception_handler(errors.SmartMeterError)
+    async def _domain_error(request: Request, err: errors.SmartMeterError) -> JSONResponse:
+        status = _status(err)
+        if status >= 500:
+            log_event(log, "api_error", logging.WARNING, path=request.url.path, code=err.code, detail=err.message)
+        return _error(status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path", "header"))
+        return _error(422, errors.InvalidRequest.code, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return _error(err.status_code, code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log_event(log, "api_failed", logging.ERROR, path=request.url.path, error=f"{type(err).__name__}: {err}"[:300])
+        return _error(500, "internal_error", "the server failed to answer; see the server's log")
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD_DIR / "index.html")
+
+    @app.get("/vendor/chart.umd.js", include_in_schema=False)
+    async def chart_js() -> FileResponse:
+        if not CHART_JS.exists():
+            raise errors.NotFound("Chart.js is not installed; run scripts/bootstrap.sh")
+        return FileResponse(CHART_JS, media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the server process owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """Serves an ASGI app on a socket bound up front (so a port in use fails start-up plainly)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
+                                timeout_graceful_shutdown=STOP_GRACE)
+        self.server = _EmbeddedServer(config)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start serving in the running loop."""
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]), name="http")
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (live connections get closed), then return."""
+        if self.task is None:
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=STOP_GRACE * 2)
+        except asyncio.TimeoutError:
+            self.server.force_exit = True
+            await self.task
+        self.sock.close()

@@ -1,0 +1,145 @@
+"""Who is asking: the operator (an API key), or a customer (their account's API key, or a
+bearer token got by signing a challenge with their meter's key).
+
+A customer signs in with the meter's own key the same way the meter logs in to the gateway:
+``POST /api/v1/auth/challenge`` gives a nonce, the meter signs the EIP-712 ``Login(meter,
+nonce)`` under the deployment's domain, and ``POST /api/v1/auth/token`` trades the signature
+for a token. A nonce is good once and for ``CHALLENGE_TTL`` seconds. Tokens are HMAC-signed
+with a secret kept in ``DATA_DIR/api/``, so they survive a restart and expire after
+``API_TOKEN_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from eth_utils import to_checksum_address
+
+from common import errors
+from common.eip712 import Domain, recover_login_signer
+from common.settings import Settings
+from server.customers import Customers
+
+__all__ = ["Principal", "Authenticator", "OPERATOR_KEY_FILE"]
+
+OPERATOR_KEY_FILE = "operator.key"
+TOKEN_SECRET_FILE = "token.secret"
+#: Outstanding sign-in challenges kept at most (the oldest go first); the route needs no credentials.
+MAX_CHALLENGES = 10_000
+TOKEN_PREFIX = "v1"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from: the operator, or the customer of one meter."""
+
+    role: Literal["operator", "customer"]
+    meter: str | None = None
+    via: str = "api_key"
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether this is the operator, who sees and may change everything."""
+        return self.role == "operator"
+
+    def check_meter(self, meter: str) -> None:
+        """Refuse a customer asking about a meter other than their own."""
+        if not self.is_operator and (self.meter or "").lower() != meter.lower():
+            raise errors.Forbidden("a customer may see only their own meter")
+
+    def require_operator(self) -> None:
+        """Refuse anybody but the operator."""
+        if not self.is_operator:
+            raise errors.Forbidden("only the operator may do this")
+
+
+def _secret_file(path: Path, make: str) -> str:
+    """Read a secret from ``path``, creating it (readable by its owner only) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(make + "\n")
+    tmp.replace(path)
+    return make
+
+
+class Authenticator:
+    """Checks credentials and issues sign-in challenges and tokens."""
+
+    def __init__(self, settings: Settings, domain: Domain, customers: Customers) -> None:
+        api_dir = settings.data_dir / "api"
+        self.operator_key = settings.operator_api_key or _secret_file(
+            api_dir / OPERATOR_KEY_FILE, secrets.token_urlsafe(24))
+        self._operator_digest = hashlib.sha256(self.operator_key.encode()).digest()
+        self._secret = bytes.fromhex(_secret_file(api_dir / TOKEN_SECRET_FILE, secrets.token_hex(32)))
+        self.domain = domain
+        self.customers = customers
+        self.challenge_ttl = settings.challenge_ttl
+        self.token_ttl = settings.api_token_ttl
+        self._challenges: OrderedDict[str, float] = OrderedDict()
+
+    # ---------------------------------------------------------------- sign-in with a meter key
+
+    def challenge(self, now: float) -> tuple[str, int]:
+        """A fresh nonce (0x-hex) to sign, and when it expires."""
+        while self._challenges and (len(self._challenges) >= MAX_CHALLENGES
+                                    or next(iter(self._challenges.values())) < now):
+            self._challenges.popitem(last=False)
+        nonce = "0x" + secrets.token_hex(32)
+        expires = now + self.challenge_ttl
+        self._challenges[nonce] = expires
+        return nonce, int(expires)
+
+    def sign_in(self, meter: str, nonce: str, signature: str, known: bool, now: float) -> tuple[str, int]:
+        """Trade a signed challenge for a token; ``known`` says whether the meter is registered."""
+        expires = self._challenges.pop(nonce.lower(), None)
+        if expires is None:
+            raise errors.ChallengeMismatch("this nonce was not issued, or was already used; ask for a new challenge")
+        if now > expires:
+            raise errors.ChallengeExpired("the challenge expired; ask for a new one")
+        signer = recover_login_signer(self.domain, meter, bytes.fromhex(nonce[2:]), signature)
+        if signer is None or signer.lower() != meter.lower():
+            raise errors.BadLoginSignature("the signature is not the meter's signature of this challenge")
+        if not known:
+            raise errors.UnknownMeter(f"meter {meter} is not registered")
+        until = int(now + self.token_ttl)
+        body = f"{TOKEN_PREFIX}.{to_checksum_address(meter)}.{until}"
+        return f"{body}.{self._mac(body)}", until
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()
+
+    # ---------------------------------------------------------------- checking credentials
+
+    def authenticate(self, api_key: str | None, token: str | None, now: float | None = None) -> Principal:
+        """The principal behind an API key or a bearer token; Unauthorized when neither is good."""
+        if api_key:
+            if hmac.compare_digest(hashlib.sha256(api_key.encode()).digest(), self._operator_digest):
+                return Principal("operator", via="api_key")
+            customer = self.customers.by_api_key(api_key)
+            if customer is not None:
+                return Principal("customer", to_checksum_address(customer.meter), via="api_key")
+            raise errors.Unauthorized("this API key is not known")
+        if token:
+            return self._check_token(token, time.time() if now is None else now)
+        raise errors.Unauthorized()
+
+    def _check_token(self, token: str, now: float) -> Principal:
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != TOKEN_PREFIX:
+            raise errors.Unauthorized("the bearer token is malformed; sign in again")
+        body = ".".join(parts[:3])
+        if not hmac.compare_digest(parts[3], self._mac(body)):
+            raise errors.Unauthorized("the bearer token was not issued by this server; sign in again")
+        if not parts[2].isdigit() or int(parts[2]) < now:
+            raise errors.Unauthorized("the bearer token expired; sign in again")
+        return Principal("customer", parts[1], via="token")

@@ -1,0 +1,415 @@
+"""The REST API's routes (``/api/v1``) and the dashboard's live WebSocket.
+
+Every route but ``/health`` and the sign-in pair needs credentials: ``X-API-Key`` (the
+operator's key, or a customer account's) or ``Authorization: Bearer <token>``. The operator
+sees every meter; a customer sees their own meter, its bills and alerts, the tariffs and the
+grid alerts for their region, and may set their own hourly limit. Lists are paged like UK
+suppliers' consumption APIs: ``page`` and ``page_size``, ``count``, ``next`` and ``previous``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from eth_utils import to_checksum_address
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from common import errors
+from common.deployment import Deployment
+from common.eip712 import login_typed_data
+from common.settings import Settings
+from server.api.auth import Authenticator, Principal
+from server.api.schemas import (
+    BillOut,
+    ChallengeOut,
+    ConsumptionAlertOut,
+    GridAlertOut,
+    HealthOut,
+    MeOut,
+    MeterOut,
+    Page,
+    ReadingOut,
+    TariffOut,
+    ThresholdIn,
+    ThresholdOut,
+    TokenIn,
+    TokenOut,
+    bill_out,
+    consumption_alert_out,
+    grid_alert_out,
+    iso,
+    meter_out,
+    tariff_out,
+)
+from server.customers import Customers
+from server.history import GroupBy, group_hours
+from server.hub import Hub
+from server.index import Index, MeterRecord
+from server.live import LiveFeed, Update
+
+__all__ = ["ApiContext", "router", "parse_time"]
+
+router = APIRouter(prefix="/api/v1")
+ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+FAR_FUTURE = 2**32
+MAX_PAGE_SIZE = 10_000
+#: WebSocket close code for a refused live connection (policy violation).
+POLICY_VIOLATION = 1008
+
+
+@dataclass
+class ApiContext:
+    """What the routes work with, shared with the rest of the server."""
+
+    settings: Settings
+    deployment: Deployment
+    index: Index
+    auth: Authenticator
+    customers: Customers
+    feed: LiveFeed
+    hub: Hub | None = None
+
+    def connected(self, meter: str) -> bool:
+        """Whether the meter is logged in to the gateway now."""
+        return self.hub is not None and meter.lower() in self.hub.peers
+
+    def meter_out(self, m: MeterRecord) -> MeterOut:
+        """A meter as the API shows it."""
+        return meter_out(m, self.connected(m.address), self.index.limit_for(m.address),
+                         self.customers.by_meter(m.address))
+
+
+def _ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+Ctx = Annotated[ApiContext, Depends(_ctx)]
+
+
+def principal(
+    ctx: Ctx,
+    x_api_key: Annotated[str | None, Header(description="the operator's or an account's API key")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer <token> from /api/v1/auth/token")] = None,
+) -> Principal:
+    """The caller, from ``X-API-Key`` or ``Authorization: Bearer``."""
+    token = None
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise errors.Unauthorized("the Authorization header must be 'Bearer <token>'")
+        token = value.strip()
+    return ctx.auth.authenticate(x_api_key, token)
+
+
+Caller = Annotated[Principal, Depends(principal)]
+PageNo = Annotated[int, Query(ge=1, description="page number, from 1")]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="results per page")]
+OrderBy = Annotated[Literal["period", "-period"], Query(description="'period' oldest first, '-period' newest first")]
+TimeParam = Annotated[str | None, Query(description="ISO 8601 date or time (local time zone when none is "
+                                                    "given), or unix seconds")]
+
+
+def parse_time(value: str | None, name: str, tz: dt.tzinfo, default: int) -> int:
+    """A query time as unix seconds: unix seconds, an ISO 8601 time, or a date (local midnight)."""
+    if value is None or value == "":
+        return default
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as err:
+        raise errors.InvalidRequest(f"{name}: {value!r} is not an ISO 8601 date or time, nor unix seconds") from err
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return int(parsed.timestamp())
+
+
+def _window(ctx: ApiContext, period_from: str | None, period_to: str | None) -> tuple[int, int]:
+    start = parse_time(period_from, "period_from", ctx.settings.tz, 0)
+    end = parse_time(period_to, "period_to", ctx.settings.tz, FAR_FUTURE)
+    if end <= start:
+        raise errors.InvalidRequest("period_to must be after period_from")
+    return start, end
+
+
+def _page(request: Request, count: int, page: int, page_size: int, results: list[Any]) -> dict[str, Any]:
+    url = request.url
+    nxt = str(url.include_query_params(page=page + 1)) if page * page_size < count else None
+    prev = str(url.include_query_params(page=page - 1)) if page > 1 else None
+    return {"count": count, "next": nxt, "previous": prev, "results": results}
+
+
+def _meter(ctx: ApiContext, who: Principal, address: str) -> MeterRecord:
+    if not ADDRESS.match(address):
+        raise errors.InvalidRequest(f"{address!r} is not a meter address (0x and 40 hex digits)")
+    who.check_meter(address)
+    meter = ctx.index.meter(address)
+    if meter is None:
+        raise errors.NotFound(f"no meter {to_checksum_address(address)} is registered")
+    return meter
+
+
+# ---------------------------------------------------------------- health and sign-in
+
+
+@router.get("/health", response_model=HealthOut, tags=["server"])
+async def health(ctx: Ctx) -> HealthOut:
+    """Whether the server is up, and how far the index has read the chain (no credentials needed)."""
+    position = ctx.index.position()
+    return HealthOut(status="ok", chain_id=ctx.deployment.chain_id, contract=ctx.deployment.address,
+                     index_block=position[0] if position else None, meters=len(ctx.index.meters()),
+                     connected_meters=len(ctx.hub) if ctx.hub is not None else 0)
+
+
+@router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"])
+async def challenge(ctx: Ctx, meter: Annotated[str, Query(pattern=ADDRESS.pattern)]) -> ChallengeOut:
+    """A nonce for a meter's key to sign (EIP-712 ``Login``), good once and for ``CHALLENGE_TTL`` seconds."""
+    nonce, expires = ctx.auth.challenge(time.time())
+    typed = login_typed_data(ctx.deployment.domain, meter, bytes.fromhex(nonce[2:]))
+    typed["message"]["nonce"] = nonce
+    return ChallengeOut(nonce=nonce, expires_at=iso(expires) or "", typed_data=typed)
+
+
+@router.post("/auth/token", response_model=TokenOut, tags=["sign-in"])
+async def token(ctx: Ctx, body: TokenIn) -> TokenOut:
+    """Trade a challenge signed by the meter's key for a bearer token to that meter's data."""
+    known = ctx.index.meter(body.meter) is not None
+    value, until = ctx.auth.sign_in(body.meter, body.nonce, body.signature, known, time.time())
+    return TokenOut(token=value, expires_at=iso(until) or "", meter=to_checksum_address(body.meter))
+
+
+@router.get("/auth/me", response_model=MeOut, tags=["sign-in"])
+async def me(who: Caller) -> MeOut:
+    """Who these credentials belong to."""
+    return MeOut(role=who.role, meter=who.meter)
+
+
+# ---------------------------------------------------------------- meters
+
+
+@router.get("/meters", response_model=list[MeterOut], tags=["meters"])
+async def meters(ctx: Ctx, who: Caller) -> list[MeterOut]:
+    """Every meter (the operator), or the customer's own."""
+    return [ctx.meter_out(m) for m in ctx.index.meters() if who.is_operator or m.address == who.meter]
+
+
+@router.get("/meters/{address}", response_model=MeterOut, tags=["meters"])
+async def meter(ctx: Ctx, who: Caller, address: str) -> MeterOut:
+    """One meter: account reference, status, connection, last reading and open bill."""
+    return ctx.meter_out(_meter(ctx, who, address))
+
+
+@router.get("/meters/{address}/readings", response_model=Page[ReadingOut], response_model_exclude_none=True,
+            tags=["meters"])
+async def readings(
+    request: Request, ctx: Ctx, who: Caller, address: str,
+    period_from: TimeParam = None, period_to: TimeParam = None,
+    group_by: Annotated[GroupBy | None, Query(description="total by hour, day, week or month (local time); "
+                                                          "without it, one result per reading")] = None,
+    order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """Consumption in [period_from, period_to): per reading, or totalled by hour, day, week or month."""
+    m = _meter(ctx, who, address)
+    start, end = _window(ctx, period_from, period_to)
+    offset = (page - 1) * page_size
+    if group_by is None:
+        count, rows = ctx.index.readings(m.address, start, end, order_by == "-period", page_size, offset)
+        results = [ReadingOut(interval_start=iso(r["interval_start"]) or "", interval_end=iso(r["timestamp"]) or "",
+                              energy_wh=r["energy_wh"], consumption_kwh=r["energy_wh"] / 1000, seq=r["seq"],
+                              register_wh=r["register_wh"], block=r["block"], tx_hash=r["tx_hash"]) for r in rows]
+        return _page(request, count, page, page_size, results)
+    buckets = group_hours(ctx.index.hours(m.address, start, end), group_by, ctx.settings.tz)
+    if order_by == "-period":
+        buckets.reverse()
+    chosen = buckets[offset:offset + page_size]
+    results = [ReadingOut(interval_start=iso(s) or "", interval_end=iso(e) or "", energy_wh=wh,
+                          consumption_kwh=wh / 1000) for s, e, wh in chosen]
+    return _page(request, len(buckets), page, page_size, results)
+
+
+@router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"])
+async def meter_bills(
+    request: Request, ctx: Ctx, who: Caller, address: str,
+    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    period_from: TimeParam = None, period_to: TimeParam = None,
+    min_amount_micropence: Annotated[int, Query(ge=0)] = 0,
+    order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """A meter's billing periods: the open one and those issued, overlapping [period_from, period_to)."""
+    m = _meter(ctx, who, address)
+    return _bills(request, ctx, m.address, status, period_from, period_to, min_amount_micropence, order_by, page,
+                  page_size)
+
+
+@router.get("/bills", response_model=Page[BillOut], tags=["bills"])
+async def bills(
+    request: Request, ctx: Ctx, who: Caller,
+    meter: Annotated[str | None, Query(pattern=ADDRESS.pattern, description="one meter's bills only")] = None,
+    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    period_from: TimeParam = None, period_to: TimeParam = None,
+    min_amount_micropence: Annotated[int, Query(ge=0)] = 0,
+    order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """Billing periods of every meter (the operator) or of the customer's own, with filters."""
+    if meter is not None:
+        who.check_meter(meter)
+        meter = to_checksum_address(meter)
+    elif not who.is_operator:
+        meter = who.meter
+    return _bills(request, ctx, meter, status, period_from, period_to, min_amount_micropence, order_by, page,
+                  page_size)
+
+
+def _bills(request: Request, ctx: ApiContext, meter: str | None, status: str | None, period_from: str | None,
+           period_to: str | None, min_amount: int, order_by: str, page: int, page_size: int) -> dict[str, Any]:
+    start, end = _window(ctx, period_from, period_to)
+    count, rows = ctx.index.periods(meter, status, start, end, min_amount, order_by == "-period", page_size,
+                                    (page - 1) * page_size)
+    return _page(request, count, page, page_size, [bill_out(p) for p in rows])
+
+
+@router.get("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"])
+async def get_threshold(ctx: Ctx, who: Caller, address: str) -> ThresholdOut:
+    """A meter's hourly consumption limit and jump-alert settings."""
+    return _threshold(ctx, _meter(ctx, who, address).address)
+
+
+@router.put("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"])
+async def put_threshold(ctx: Ctx, who: Caller, address: str, body: ThresholdIn) -> ThresholdOut:
+    """Set a meter's hourly consumption limit in Wh (0: no alerts; null: the default). Operator or customer."""
+    m = _meter(ctx, who, address)
+    ctx.index.set_limit(m.address, body.hourly_limit_wh, by=who.role)
+    return _threshold(ctx, m.address)
+
+
+def _threshold(ctx: ApiContext, meter: str) -> ThresholdOut:
+    return ThresholdOut(meter=meter, hourly_limit_wh=ctx.index.limit_for(meter),
+                        source="default" if ctx.index.limit_is_default(meter) else "meter",
+                        jump_factor=ctx.index.rules.jump_factor, jump_min_w=ctx.index.rules.jump_min_w)
+
+
+@router.get("/meters/{address}/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"])
+async def meter_consumption_alerts(
+    request: Request, ctx: Ctx, who: Caller, address: str,
+    period_from: TimeParam = None, period_to: TimeParam = None, page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """A meter's consumption alerts (hour over its limit, abrupt jump), newest first."""
+    m = _meter(ctx, who, address)
+    return _consumption_alerts(request, ctx, m.address, period_from, period_to, page, page_size)
+
+
+@router.get("/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"])
+async def consumption_alerts(
+    request: Request, ctx: Ctx, who: Caller,
+    period_from: TimeParam = None, period_to: TimeParam = None, page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """Consumption alerts of every meter (the operator) or the customer's own, newest first."""
+    return _consumption_alerts(request, ctx, None if who.is_operator else who.meter, period_from, period_to, page,
+                               page_size)
+
+
+def _consumption_alerts(request: Request, ctx: ApiContext, meter: str | None, period_from: str | None,
+                        period_to: str | None, page: int, page_size: int) -> dict[str, Any]:
+    start, end = _window(ctx, period_from, period_to)
+    count, rows = ctx.index.consumption_alerts(meter, start, end, page_size, (page - 1) * page_size)
+    return _page(request, count, page, page_size, [consumption_alert_out(r) for r in rows])
+
+
+# ---------------------------------------------------------------- tariffs and grid alerts
+
+
+@router.get("/tariffs", response_model=list[TariffOut], tags=["tariffs"])
+async def tariffs(ctx: Ctx, who: Caller) -> list[TariffOut]:
+    """Every tariff set on chain, newest first (the first is in force)."""
+    return [tariff_out(t) for t in ctx.index.tariffs()]
+
+
+@router.get("/grid-alerts", response_model=Page[GridAlertOut], tags=["grid alerts"])
+async def grid_alerts(
+    request: Request, ctx: Ctx, who: Caller,
+    active: Annotated[bool | None, Query(description="true: in force now; false: cleared or expired")] = None,
+    region: Annotated[str | None, Query(max_length=32)] = None,
+    page: PageNo = 1, page_size: PageSize = 100,
+) -> dict[str, Any]:
+    """Grid alerts, newest first: for one region (and all regions), or every one (the operator)."""
+    if not who.is_operator:
+        own = ctx.index.meter(who.meter or "")
+        region = own.region if own is not None else ""
+    now = int(time.time())
+    count, rows = ctx.index.grid_alerts(active, region, now, page_size, (page - 1) * page_size)
+    return _page(request, count, page, page_size, [grid_alert_out(r, now) for r in rows])
+
+
+# ---------------------------------------------------------------- live updates
+
+
+def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
+    """The JSON a dashboard receives for one live update."""
+    payload = update.payload
+    if update.kind in ("bill", "meter"):
+        return {"type": update.kind, "meter": ctx.meter_out(payload).model_dump()}
+    if update.kind == "connection":
+        return {"type": "connection", "address": payload["address"], "connected": payload["connected"]}
+    if update.kind == "tariff":
+        return {"type": "tariff", "tariff": tariff_out(payload).model_dump()}
+    if update.kind == "grid_alert":
+        row = ctx.index.grid_alert(payload["id"])
+        return {"type": "grid_alert", "alert": grid_alert_out(row, int(time.time())).model_dump()} if row else None
+    if update.kind == "consumption_alert":
+        return {"type": "consumption_alert", "alert": consumption_alert_out(payload).model_dump()}
+    return None
+
+
+@router.websocket("/live")
+async def live(ws: WebSocket, key: str | None = None, token: str | None = None) -> None:
+    """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts.
+
+    Credentials go in the query (``?key=`` or ``?token=``), as browsers cannot set headers on a
+    WebSocket. Refused credentials get an ``error`` message and close code 1008.
+    """
+    ctx: ApiContext = ws.app.state.ctx
+    await ws.accept()
+    try:
+        who = ctx.auth.authenticate(key, token)
+        if who.meter is not None and ctx.index.meter(who.meter) is None:
+            raise errors.NotFound(f"no meter {who.meter} is registered")
+    except errors.SmartMeterError as err:
+        await ws.send_json({"type": "error", "code": err.code, "message": err.message})
+        await ws.close(POLICY_VIOLATION, err.code)
+        return
+    sub = ctx.feed.subscribe(None if who.is_operator else who.meter)
+    reader = asyncio.ensure_future(_drain(ws))
+    dropped = asyncio.ensure_future(sub.closed.wait())
+    try:
+        await ws.send_json({"type": "hello", "role": who.role, "meter": who.meter})
+        while True:
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait({getter, reader, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                if dropped in done:
+                    await ws.close(1013, "too far behind; reload")
+                return
+            message = live_message(ctx, getter.result())
+            if message is not None:
+                await ws.send_json(message)
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    finally:
+        ctx.feed.unsubscribe(sub)
+        reader.cancel()
+        dropped.cancel()
+
+
+async def _drain(ws: WebSocket) -> None:
+    """Read (and ignore) what the browser sends, until it goes away."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return

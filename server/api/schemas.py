@@ -1,0 +1,299 @@
+"""The REST API's request and response shapes (they make its OpenAPI description), and the
+functions that build them from the index.
+
+Conventions: field names are snake_case; times are ISO 8601 in UTC (``2026-11-24T05:00:00Z``);
+energy is in Wh (and kWh where named so); money is in micropence (1/1,000,000 of a penny,
+the contract's unit) with a rounded ``..._pounds`` text beside the total.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from common.messages import ConsumptionAlert
+from common.tariff import format_pounds
+from server.customers import Customer
+from server.index import MeterRecord, Period
+
+__all__ = [
+    "iso",
+    "ErrorBody",
+    "ErrorOut",
+    "Page",
+    "BillOut",
+    "LastReading",
+    "CustomerOut",
+    "MeterOut",
+    "ReadingOut",
+    "TariffOut",
+    "GridAlertOut",
+    "ConsumptionAlertOut",
+    "ThresholdIn",
+    "ThresholdOut",
+    "ChallengeOut",
+    "TokenIn",
+    "TokenOut",
+    "MeOut",
+    "HealthOut",
+    "bill_out",
+    "meter_out",
+    "tariff_out",
+    "grid_alert_out",
+    "consumption_alert_out",
+]
+
+T = TypeVar("T")
+SEVERITIES = ("info", "warning", "critical")
+
+
+def iso(ts: int | None) -> str | None:
+    """A unix time as ISO 8601 in UTC."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable machine ``code`` and a sentence saying what to do."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error response."""
+
+    error: ErrorBody
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``count`` in all, links to the next and previous pages."""
+
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[T]
+
+
+class BillOut(BaseModel):
+    """A billing period: open (the live bill) or issued when the operator closed it."""
+
+    meter: str
+    period_id: int
+    status: Literal["open", "issued"]
+    period_start: str
+    period_end: str
+    energy_wh: int
+    energy_charge_micropence: int
+    standing_charge_micropence: int
+    amount_due_micropence: int
+    amount_due_pounds: str = Field(description="amount due rounded to the penny, e.g. '£12.34'")
+    issued_at: str | None = None
+    tx_hash: str | None = None
+
+
+class LastReading(BaseModel):
+    """The newest reading recorded on chain."""
+
+    seq: int
+    read_at: str
+    register_wh: int
+    block: int | None
+    tx_hash: str | None
+
+
+class CustomerOut(BaseModel):
+    """The account holder (off chain; shown to the operator and to the customer only)."""
+
+    name: str
+    postal_address: str
+    email: str
+
+
+class MeterOut(BaseModel):
+    """A meter: account reference, status, last reading and open bill."""
+
+    address: str
+    name: str | None
+    account_ref: str
+    region: str
+    status: Literal["active", "inactive"]
+    connected: bool
+    opened_at: str
+    registered_at: str
+    status_changed_at: str
+    last_reading: LastReading | None
+    open_bill: BillOut
+    hourly_limit_wh: int
+    rejected_readings: int
+    customer: CustomerOut | None
+
+
+class ReadingOut(BaseModel):
+    """Consumption in one interval: between two readings, or an hour, day, week or month with ``group_by``.
+
+    ``seq``, ``register_wh``, ``block`` and ``tx_hash`` are given for single readings only.
+    """
+
+    interval_start: str
+    interval_end: str
+    energy_wh: int
+    consumption_kwh: float
+    seq: int | None = None
+    register_wh: int | None = None
+    block: int | None = None
+    tx_hash: str | None = None
+
+
+class TariffOut(BaseModel):
+    """A tariff the operator set; it applies to readings recorded after it."""
+
+    version: int
+    unit_rate_millipence_per_kwh: int
+    standing_charge_millipence_per_day: int
+    effective_from: str
+    block: int
+    tx_hash: str
+
+
+class GridAlertOut(BaseModel):
+    """A grid alert broadcast through the chain."""
+
+    id: int
+    severity: Literal["info", "warning", "critical"]
+    kind: str
+    region: str = Field(description="empty for every region")
+    message: str
+    raised_at: str
+    expires_at: str
+    cleared_at: str | None
+    active: bool
+    tx_hash: str
+
+
+class ConsumptionAlertOut(BaseModel):
+    """Consumption ran high: an hour over the meter's limit, or an abrupt jump in power."""
+
+    id: int | None = None
+    meter: str
+    kind: Literal["hourly_limit", "sudden_jump"]
+    at: str
+    energy_wh: int
+    limit_wh: int
+    power_w: int
+    message: str
+
+
+class ThresholdIn(BaseModel):
+    """A meter's hourly consumption limit: Wh, 0 for no alerts, null to use the default."""
+
+    hourly_limit_wh: int | None = Field(ge=0, le=1_000_000)
+
+
+class ThresholdOut(BaseModel):
+    """A meter's consumption-alert settings."""
+
+    meter: str
+    hourly_limit_wh: int = Field(description="0 means no hourly alerts")
+    source: Literal["meter", "default"]
+    jump_factor: float
+    jump_min_w: int
+
+
+class ChallengeOut(BaseModel):
+    """Sign ``typed_data`` (EIP-712) with the meter's key, then send it to ``/api/v1/auth/token``."""
+
+    nonce: str
+    expires_at: str
+    typed_data: dict[str, Any]
+
+
+class TokenIn(BaseModel):
+    """A signed sign-in challenge."""
+
+    meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    nonce: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class TokenOut(BaseModel):
+    """A bearer token for ``Authorization: Bearer <token>``."""
+
+    token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: str
+    meter: str
+
+
+class MeOut(BaseModel):
+    """Who the credentials belong to."""
+
+    role: Literal["operator", "customer"]
+    meter: str | None
+
+
+class HealthOut(BaseModel):
+    """Whether the server is up and how far the index has read the chain."""
+
+    status: Literal["ok"]
+    chain_id: int
+    contract: str
+    index_block: int | None
+    meters: int
+    connected_meters: int
+
+
+def bill_out(p: Period) -> BillOut:
+    """A billing period for the API."""
+    return BillOut(
+        meter=p.meter, period_id=p.period_id, status=p.status,  # type: ignore[arg-type]
+        period_start=iso(p.period_start) or "", period_end=iso(p.period_end) or "", energy_wh=p.energy_wh,
+        energy_charge_micropence=p.energy_cost, standing_charge_micropence=p.standing_charge,
+        amount_due_micropence=p.amount_due, amount_due_pounds=format_pounds(p.amount_due),
+        issued_at=iso(p.issued_at), tx_hash=p.issued_tx,
+    )
+
+
+def meter_out(m: MeterRecord, connected: bool, limit_wh: int, customer: Customer | None) -> MeterOut:
+    """A meter for the API."""
+    last = None
+    if m.last_seq > 0:
+        last = LastReading(seq=m.last_seq, read_at=iso(m.last_timestamp) or "", register_wh=m.last_energy_wh,
+                           block=m.last_block, tx_hash=m.last_tx)
+    return MeterOut(
+        address=m.address, name=customer.meter_name if customer else None, account_ref=m.account_ref,
+        region=m.region, status="active" if m.active else "inactive", connected=connected,
+        opened_at=iso(m.opened_at) or "", registered_at=iso(m.registered_at) or "",
+        status_changed_at=iso(m.status_changed_at) or "", last_reading=last, open_bill=bill_out(m.period),
+        hourly_limit_wh=limit_wh, rejected_readings=m.rejected,
+        customer=CustomerOut(name=customer.name, postal_address=customer.address, email=customer.email)
+        if customer else None,
+    )
+
+
+def tariff_out(t: dict[str, Any]) -> TariffOut:
+    """A tariff row for the API."""
+    return TariffOut(version=t["version"], unit_rate_millipence_per_kwh=t["unit_rate"],
+                     standing_charge_millipence_per_day=t["standing_charge"],
+                     effective_from=iso(t["effective_from"]) or "", block=t["block"], tx_hash=t["tx_hash"])
+
+
+def grid_alert_out(a: dict[str, Any], now: int) -> GridAlertOut:
+    """A grid alert row for the API."""
+    return GridAlertOut(
+        id=a["id"], severity=SEVERITIES[min(a["severity"], 2)], kind=a["kind"], region=a["region"],  # type: ignore[arg-type]
+        message=a["message"], raised_at=iso(a["raised_at"]) or "", expires_at=iso(a["expires_at"]) or "",
+        cleared_at=iso(a["cleared_at"]), active=a["cleared_at"] is None and a["expires_at"] > now,
+        tx_hash=a["raised_tx"],
+    )
+
+
+def consumption_alert_out(a: dict[str, Any] | ConsumptionAlert) -> ConsumptionAlertOut:
+    """A consumption alert (a stored row, or one just raised) for the API."""
+    row = a.model_dump() if isinstance(a, ConsumptionAlert) else a
+    return ConsumptionAlertOut(id=row.get("id"), meter=row["meter"], kind=row["kind"], at=iso(row["at"]) or "",
+                               energy_wh=row["energy_wh"], limit_wh=row["limit_wh"], power_w=row["power_w"],
+                               message=row["message"])

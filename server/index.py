@@ -1,0 +1,492 @@
+"""The index: the contract's events in SQLite, shaped for questions (a cache of the chain).
+
+Every table but ``thresholds`` is derived from events and can be rebuilt from the chain
+(``scripts/reindex.py``). ``apply`` takes events in chain order and writes them, with the
+position of the last one, in one transaction: a batch is applied whole or not at all, and an
+event at or before the recorded position is skipped, so applying is idempotent and a restart
+resumes where the last commit left off.
+
+Besides storing events, applying them keeps for each meter the open billing period's
+breakdown (energy charge and standing charge, which ``BillUpdated`` only gives summed),
+computed with the contract's own arithmetic (``common.tariff``) and checked against every
+``BillUpdated``; hourly totals (``server.history``); and the consumption alerts of
+``server.monitor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from common.billing import from_text32
+from common.events import ChainEvent
+from common.logs import log_event
+from common.messages import ConsumptionAlert
+from common.tariff import MeterLedger, RejectReason, Tariff, accrue
+from server.history import interval_power_w, spread_over_hours
+from server.monitor import Rules, Trend, evaluate
+
+__all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS"]
+
+log = logging.getLogger("index")
+
+#: Events whose time is their block's (the indexer looks these blocks up; readings carry their own).
+TIME_EVENTS = frozenset({"MeterRegistered", "MeterDeactivated", "MeterReactivated", "TariffChanged", "BillIssued",
+                         "GridAlert", "GridAlertCleared"})
+POSITION = "index"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+    address TEXT PRIMARY KEY, account_ref TEXT NOT NULL, region TEXT NOT NULL,
+    opening_wh INTEGER NOT NULL, opened_at INTEGER NOT NULL, registered_at INTEGER NOT NULL,
+    active INTEGER NOT NULL, status_changed_at INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, last_timestamp INTEGER NOT NULL, last_energy_wh INTEGER NOT NULL,
+    last_block INTEGER, last_tx TEXT, rejected INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS readings (
+    meter TEXT NOT NULL, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL, register_wh INTEGER NOT NULL,
+    energy_wh INTEGER NOT NULL, interval_start INTEGER NOT NULL, period_id INTEGER NOT NULL,
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL,
+    PRIMARY KEY (meter, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_by_time ON readings (meter, timestamp);
+CREATE TABLE IF NOT EXISTS rejections (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, meter TEXT NOT NULL, seq INTEGER NOT NULL,
+    reason TEXT NOT NULL, tx_hash TEXT NOT NULL, PRIMARY KEY (block, log_index)
+);
+CREATE TABLE IF NOT EXISTS hourly (
+    meter TEXT NOT NULL, hour_start INTEGER NOT NULL, energy_wh INTEGER NOT NULL,
+    PRIMARY KEY (meter, hour_start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS periods (
+    meter TEXT NOT NULL, period_id INTEGER NOT NULL, period_start INTEGER NOT NULL, period_end INTEGER NOT NULL,
+    energy_wh INTEGER NOT NULL, energy_cost INTEGER NOT NULL, standing_charge INTEGER NOT NULL,
+    amount_due INTEGER NOT NULL, status TEXT NOT NULL, issued_at INTEGER, issued_tx TEXT,
+    PRIMARY KEY (meter, period_id)
+);
+CREATE TABLE IF NOT EXISTS tariffs (
+    version INTEGER PRIMARY KEY, unit_rate INTEGER NOT NULL, standing_charge INTEGER NOT NULL,
+    effective_from INTEGER NOT NULL, block INTEGER NOT NULL, tx_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grid_alerts (
+    id INTEGER PRIMARY KEY, severity INTEGER NOT NULL, kind TEXT NOT NULL, region TEXT NOT NULL,
+    message TEXT NOT NULL, expires_at INTEGER NOT NULL, raised_at INTEGER NOT NULL, raised_tx TEXT NOT NULL,
+    cleared_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS consumption_alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, meter TEXT NOT NULL, kind TEXT NOT NULL, key INTEGER NOT NULL,
+    at INTEGER NOT NULL, energy_wh INTEGER NOT NULL, limit_wh INTEGER NOT NULL, power_w INTEGER NOT NULL,
+    message TEXT NOT NULL, UNIQUE (meter, kind, key)
+);
+CREATE TABLE IF NOT EXISTS thresholds (
+    meter TEXT PRIMARY KEY, hourly_limit_wh INTEGER NOT NULL, updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS position (name TEXT PRIMARY KEY, block INTEGER NOT NULL, log_index INTEGER NOT NULL);
+"""
+
+#: Tables rebuilt from the chain; ``thresholds`` is the operators' and customers' own setting.
+DERIVED_TABLES = ("meters", "readings", "rejections", "hourly", "periods", "tariffs", "grid_alerts",
+                  "consumption_alerts", "position")
+
+
+@dataclass
+class Period:
+    """A billing period of one meter (amounts in micropence)."""
+
+    meter: str
+    period_id: int
+    period_start: int
+    period_end: int
+    energy_wh: int = 0
+    energy_cost: int = 0
+    standing_charge: int = 0
+    amount_due: int = 0
+    status: str = "open"
+    issued_at: int | None = None
+    issued_tx: str | None = None
+
+
+@dataclass
+class MeterRecord:
+    """A meter as the index knows it: registration, status, last reading and open period."""
+
+    address: str
+    account_ref: str
+    region: str
+    opening_wh: int
+    opened_at: int
+    registered_at: int
+    active: bool
+    status_changed_at: int
+    last_seq: int
+    last_timestamp: int
+    last_energy_wh: int
+    last_block: int | None
+    last_tx: str | None
+    rejected: int
+    period: Period
+
+
+@dataclass
+class Applied:
+    """What applying a batch changed that someone may want to hear about at once."""
+
+    bills: list[MeterRecord] = field(default_factory=list)
+    grid_alerts: list[dict[str, Any]] = field(default_factory=list)
+    consumption_alerts: list[ConsumptionAlert] = field(default_factory=list)
+    meters: list[MeterRecord] = field(default_factory=list)
+    tariffs: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+
+
+_ALERT_KEYS = ("id", "severity", "kind", "region", "message", "expires_at", "raised_at", "raised_tx", "cleared_at")
+_METER_COLUMNS = ("address, account_ref, region, opening_wh, opened_at, registered_at, active, status_changed_at, "
+                  "last_seq, last_timestamp, last_energy_wh, last_block, last_tx, rejected")
+_PERIOD_COLUMNS = ("meter, period_id, period_start, period_end, energy_wh, energy_cost, standing_charge, amount_due, "
+                   "status, issued_at, issued_tx")
+
+
+class Index:
+    """The SQLite index of contract events; one instance per process, used from one thread."""
+
+    def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tz = tz
+        self.rules = rules or Rules()
+        self.default_limit_wh = default_limit_wh
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._load()
+
+    def _load(self) -> None:
+        self._meters: dict[str, MeterRecord] = {m.address.lower(): m for m in self._query_meters("", ())}
+        row = self.db.execute("SELECT unit_rate, standing_charge FROM tariffs ORDER BY version DESC LIMIT 1").fetchone()
+        self._tariff = Tariff(int(row[0]), int(row[1])) if row else None
+        self._limits = {m: int(w) for m, w in self.db.execute("SELECT meter, hourly_limit_wh FROM thresholds")}
+        self._trends: dict[str, Trend] = {}
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    # ---------------------------------------------------------------- writing
+
+    def position(self) -> tuple[int, int] | None:
+        """The (block, log index) of the last applied event."""
+        row = self.db.execute("SELECT block, log_index FROM position WHERE name=?", (POSITION,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def reset(self) -> None:
+        """Forget everything derived from the chain (thresholds stay), to rebuild from the chain."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for table in DERIVED_TABLES:
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._load()
+
+    def apply(self, events: list[ChainEvent], block_times: dict[int, int]) -> Applied:
+        """Write events (in chain order) and the new position in one transaction; skips seen ones.
+
+        ``block_times`` maps the blocks of ``TIME_EVENTS`` events to their timestamps.
+        """
+        out = Applied()
+        position = self.position() or (-1, -1)
+        todo = [e for e in events if e.position > position]
+        if not todo:
+            return out
+        touched: dict[str, MeterRecord] = {}
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                for event in todo:
+                    self._apply_one(event, block_times.get(event.block, 0), out, touched)
+                last = todo[-1]
+                self.db.execute(
+                    "INSERT INTO position (name, block, log_index) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
+                    "SET block=excluded.block, log_index=excluded.log_index", (POSITION, last.block, last.log_index))
+        except BaseException:
+            self._load()  # the transaction rolled back: drop what memory took from it
+            raise
+        out.events = len(todo)
+        return out
+
+    def _apply_one(self, event: ChainEvent, block_time: int, out: Applied, touched: dict[str, MeterRecord]) -> None:
+        args, name = event.args, event.name
+        if name == "ReadingRecorded":
+            self._record(event, out)
+        elif name == "BillUpdated":
+            meter = self._meters.get(args["meter"].lower())
+            if meter is None:
+                return
+            due = int(args["amountDue"])
+            if meter.period.amount_due != due or meter.period.energy_wh != int(args["periodEnergyWh"]):
+                log_event(log, "index_bill_mismatch", logging.ERROR, meter=meter.address, seq=int(args["seq"]),
+                          chain=due, index=meter.period.amount_due,
+                          hint="the index missed an event; rebuild it with scripts/reindex.py")
+                meter.period.amount_due = due
+                self._write_period(meter.period)
+            out.bills.append(meter)
+        elif name == "ReadingRejected":
+            reason = RejectReason(int(args["reason"])).name.lower()
+            self.db.execute("INSERT OR IGNORE INTO rejections VALUES (?,?,?,?,?,?)",
+                            (event.block, event.log_index, args["meter"], int(args["seq"]), reason, event.tx_hash))
+            meter = self._meters.get(args["meter"].lower())
+            if meter is not None:
+                meter.rejected += 1
+                self.db.execute("UPDATE meters SET rejected=? WHERE address=?", (meter.rejected, meter.address))
+        elif name == "MeterRegistered":
+            self._register(event, block_time, out)
+        elif name in ("MeterDeactivated", "MeterReactivated"):
+            meter = self._meters.get(args["meter"].lower())
+            if meter is not None:
+                meter.active = name == "MeterReactivated"
+                meter.status_changed_at = block_time
+                self.db.execute("UPDATE meters SET active=?, status_changed_at=? WHERE address=?",
+                                (int(meter.active), block_time, meter.address))
+                out.meters.append(meter)
+        elif name == "TariffChanged":
+            row = {"version": int(args["version"]), "unit_rate": int(args["unitRate"]),
+                   "standing_charge": int(args["standingCharge"]), "effective_from": int(args["effectiveFrom"])}
+            self.db.execute("INSERT OR REPLACE INTO tariffs VALUES (?,?,?,?,?,?)",
+                            (*row.values(), event.block, event.tx_hash))
+            self._tariff = Tariff(row["unit_rate"], row["standing_charge"])
+            out.tariffs.append(row)
+        elif name == "BillIssued":
+            self._issue(event, block_time, out)
+        elif name == "GridAlert":
+            alert = {"id": int(args["id"]), "severity": int(args["severity"]), "kind": from_text32(args["kind"]),
+                     "region": from_text32(args["region"]), "message": args["message"],
+                     "expires_at": int(args["expiresAt"]), "raised_at": block_time, "raised_tx": event.tx_hash,
+                     "cleared_at": None}
+            self.db.execute("INSERT OR REPLACE INTO grid_alerts VALUES (?,?,?,?,?,?,?,?,?)", tuple(alert.values()))
+            out.grid_alerts.append(alert)
+        elif name == "GridAlertCleared":
+            alert_id = int(args["id"])
+            self.db.execute("UPDATE grid_alerts SET cleared_at=? WHERE id=?", (block_time, alert_id))
+            out.grid_alerts.append({"id": alert_id, "cleared_at": block_time})
+
+    def _register(self, event: ChainEvent, block_time: int, out: Applied) -> None:
+        args = event.args
+        address = args["meter"]
+        opened = int(args["openedAt"])
+        period = Period(address, 1, opened, opened)
+        meter = MeterRecord(
+            address=address, account_ref="0x" + bytes(args["accountRef"]).hex(), region=from_text32(args["region"]),
+            opening_wh=int(args["openingWh"]), opened_at=opened, registered_at=block_time, active=True,
+            status_changed_at=block_time, last_seq=0, last_timestamp=opened, last_energy_wh=int(args["openingWh"]),
+            last_block=None, last_tx=None, rejected=0, period=period,
+        )
+        self.db.execute(f"INSERT OR REPLACE INTO meters ({_METER_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                        _meter_row(meter))
+        self._write_period(period)
+        self._meters[address.lower()] = meter
+        out.meters.append(meter)
+
+    def _record(self, event: ChainEvent, out: Applied) -> None:
+        args = event.args
+        meter = self._meters.get(args["meter"].lower())
+        if meter is None or self._tariff is None:
+            log_event(log, "index_unknown_meter", logging.ERROR, meter=args["meter"], block=event.block)
+            return
+        seq, ts, register = int(args["seq"]), int(args["timestamp"]), int(args["energyWh"])
+        start, energy = meter.last_timestamp, register - meter.last_energy_wh
+        p = meter.period
+        ledger = accrue(MeterLedger(True, meter.last_seq, start, meter.last_energy_wh, p.energy_wh, p.energy_cost,
+                                    p.standing_charge), seq, ts, register, self._tariff)
+        p.energy_wh, p.energy_cost = ledger.period_energy_wh, ledger.period_energy_cost
+        p.standing_charge, p.amount_due, p.period_end = ledger.period_standing_charge, ledger.amount_due, ts
+        meter.last_seq, meter.last_timestamp, meter.last_energy_wh = seq, ts, register
+        meter.last_block, meter.last_tx = event.block, event.tx_hash
+        db = self.db
+        db.execute("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (meter.address, seq, ts, register, energy, start, p.period_id, event.block, event.log_index,
+                    event.tx_hash))
+        db.execute("UPDATE meters SET last_seq=?, last_timestamp=?, last_energy_wh=?, last_block=?, last_tx=? "
+                   "WHERE address=?", (seq, ts, register, event.block, event.tx_hash, meter.address))
+        self._write_period(p)
+        totals = []
+        for hour, wh in spread_over_hours(start, ts, energy):
+            total = db.execute("INSERT INTO hourly VALUES (?,?,?) ON CONFLICT(meter, hour_start) DO UPDATE "
+                               "SET energy_wh=energy_wh+excluded.energy_wh RETURNING energy_wh",
+                               (meter.address, hour, wh)).fetchone()[0]
+            totals.append((hour, int(total)))
+        for candidate in evaluate(self._trend(meter.address), meter.address, start, ts, energy, totals,
+                                  self.limit_for(meter.address), self.rules, self.tz):
+            a = candidate.alert
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO consumption_alerts (meter, kind, key, at, energy_wh, limit_wh, power_w, "
+                "message) VALUES (?,?,?,?,?,?,?,?)",
+                (a.meter, a.kind, candidate.key, a.at, a.energy_wh, a.limit_wh, a.power_w, a.message)).rowcount
+            if inserted:
+                out.consumption_alerts.append(a)
+
+    def _issue(self, event: ChainEvent, block_time: int, out: Applied) -> None:
+        args = event.args
+        meter = self._meters.get(args["meter"].lower())
+        if meter is None:
+            return
+        issued = Period(meter.address, int(args["periodId"]), int(args["periodStart"]), int(args["periodEnd"]),
+                        int(args["energyWh"]), int(args["energyCost"]), int(args["standingCharge"]),
+                        int(args["amountDue"]), "issued", block_time, event.tx_hash)
+        self._write_period(issued)
+        meter.period = Period(meter.address, issued.period_id + 1, issued.period_end, issued.period_end)
+        self._write_period(meter.period)
+        out.bills.append(meter)
+
+    def _write_period(self, p: Period) -> None:
+        self.db.execute(f"INSERT OR REPLACE INTO periods ({_PERIOD_COLUMNS}) VALUES ({','.join('?' * 11)})",
+                        (p.meter, p.period_id, p.period_start, p.period_end, p.energy_wh, p.energy_cost,
+                         p.standing_charge, p.amount_due, p.status, p.issued_at, p.issued_tx))
+
+    def _trend(self, meter: str) -> Trend:
+        trend = self._trends.get(meter)
+        if trend is None:
+            rows = self.db.execute("SELECT energy_wh, timestamp - interval_start FROM readings WHERE meter=? "
+                                   "ORDER BY seq DESC LIMIT ?", (meter, self.rules.window + 1)).fetchall()
+            # The newest row is the reading being applied now (already inserted): leave it out.
+            powers = [interval_power_w(int(wh), int(seconds)) for wh, seconds in reversed(rows[1:])]
+            trend = Trend(deque(powers, maxlen=self.rules.window))
+            self._trends[meter] = trend
+        return trend
+
+    # ---------------------------------------------------------------- thresholds
+
+    def limit_for(self, meter: str) -> int:
+        """The meter's hourly consumption limit in Wh (0: none)."""
+        return self._limits.get(meter, self.default_limit_wh)
+
+    def limit_is_default(self, meter: str) -> bool:
+        """Whether the meter uses the default limit (nobody set its own)."""
+        return meter not in self._limits
+
+    def set_limit(self, meter: str, limit_wh: int | None, by: str) -> None:
+        """Set a meter's hourly limit (0 turns alerts off; None goes back to the default)."""
+        with self.db:
+            if limit_wh is None:
+                self.db.execute("DELETE FROM thresholds WHERE meter=?", (meter,))
+                self._limits.pop(meter, None)
+            else:
+                self.db.execute("INSERT OR REPLACE INTO thresholds VALUES (?,?,?,?)",
+                                (meter, limit_wh, int(time.time()), by))
+                self._limits[meter] = limit_wh
+
+    # ---------------------------------------------------------------- reading
+
+    def meter(self, address: str) -> MeterRecord | None:
+        """One meter, by address in any case."""
+        return self._meters.get(address.lower())
+
+    def meters(self) -> list[MeterRecord]:
+        """Every meter, in registration order."""
+        return sorted(self._meters.values(), key=lambda m: (m.registered_at, m.address))
+
+    def _query_meters(self, where: str, params: tuple[Any, ...]) -> list[MeterRecord]:
+        rows = self.db.execute(f"SELECT {_METER_COLUMNS} FROM meters {where}", params).fetchall()
+        out = []
+        for row in rows:
+            period_row = self.db.execute(
+                f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE meter=? ORDER BY period_id DESC LIMIT 1", (row[0],)
+            ).fetchone()
+            out.append(MeterRecord(*row[:6], bool(row[6]), *row[7:], period=Period(*period_row)))
+        return out
+
+    def readings(self, meter: str, start: int, end: int, descending: bool, limit: int, offset: int
+                 ) -> tuple[int, list[dict[str, Any]]]:
+        """Recorded readings of ``meter`` taken in [start, end): (how many in all, one page)."""
+        where = "WHERE meter=? AND timestamp>=? AND timestamp<?"
+        params = (meter, start, end)
+        count = self.db.execute(f"SELECT COUNT(*) FROM readings {where}", params).fetchone()[0]
+        rows = self.db.execute(
+            "SELECT seq, timestamp, register_wh, energy_wh, interval_start, period_id, block, log_index, tx_hash "
+            f"FROM readings {where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?",
+            (*params, limit, offset)).fetchall()
+        keys = ("seq", "timestamp", "register_wh", "energy_wh", "interval_start", "period_id", "block", "log_index",
+                "tx_hash")
+        return int(count), [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def hours(self, meter: str, start: int, end: int) -> list[tuple[int, int]]:
+        """(hour start, Wh) of ``meter`` for hours beginning in [start, end), in time order."""
+        rows = self.db.execute("SELECT hour_start, energy_wh FROM hourly WHERE meter=? AND hour_start>=? "
+                               "AND hour_start<? ORDER BY hour_start", (meter, start, end)).fetchall()
+        return [(int(h), int(w)) for h, w in rows]
+
+    def periods(self, meter: str | None, status: str | None, start: int, end: int, min_amount: int,
+                descending: bool, limit: int, offset: int) -> tuple[int, list[Period]]:
+        """Billing periods overlapping [start, end), optionally of one meter and status."""
+        where = ["period_start<?", "period_end>=?", "amount_due>=?"]
+        params: list[Any] = [end, start, min_amount]
+        if meter:
+            where.append("meter=?")
+            params.append(meter)
+        if status:
+            where.append("status=?")
+            params.append(status)
+        clause = " AND ".join(where)
+        count = self.db.execute(f"SELECT COUNT(*) FROM periods WHERE {clause}", params).fetchone()[0]
+        order = "DESC" if descending else "ASC"
+        rows = self.db.execute(f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE {clause} "
+                               f"ORDER BY period_start {order}, meter LIMIT ? OFFSET ?",
+                               (*params, limit, offset)).fetchall()
+        return int(count), [Period(*r) for r in rows]
+
+    def tariffs(self) -> list[dict[str, Any]]:
+        """Every tariff ever set, newest first."""
+        rows = self.db.execute("SELECT version, unit_rate, standing_charge, effective_from, block, tx_hash "
+                               "FROM tariffs ORDER BY version DESC").fetchall()
+        keys = ("version", "unit_rate", "standing_charge", "effective_from", "block", "tx_hash")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def grid_alerts(self, active: bool | None, region: str | None, now: int, limit: int, offset: int
+                    ) -> tuple[int, list[dict[str, Any]]]:
+        """Grid alerts, newest first; ``active`` picks those in force at ``now`` (or the others)."""
+        where, params = ["1"], []  # type: ignore[var-annotated]
+        in_force = "(cleared_at IS NULL AND expires_at>?)"
+        if active is True:
+            where.append(in_force)
+            params.append(now)
+        elif active is False:
+            where.append(f"NOT {in_force}")
+            params.append(now)
+        if region is not None:
+            where.append("(region='' OR region=?)")
+            params.append(region)
+        clause = " AND ".join(where)
+        count = self.db.execute(f"SELECT COUNT(*) FROM grid_alerts WHERE {clause}", params).fetchone()[0]
+        rows = self.db.execute(f"SELECT id, severity, kind, region, message, expires_at, raised_at, raised_tx, "
+                               f"cleared_at FROM grid_alerts WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                               (*params, limit, offset)).fetchall()
+        return int(count), [dict(zip(_ALERT_KEYS, r, strict=True)) for r in rows]
+
+    def grid_alert(self, alert_id: int) -> dict[str, Any] | None:
+        """One grid alert by id."""
+        row = self.db.execute("SELECT id, severity, kind, region, message, expires_at, raised_at, raised_tx, "
+                              "cleared_at FROM grid_alerts WHERE id=?", (alert_id,)).fetchone()
+        return dict(zip(_ALERT_KEYS, row, strict=True)) if row else None
+
+    def consumption_alerts(self, meter: str | None, start: int, end: int, limit: int, offset: int
+                           ) -> tuple[int, list[dict[str, Any]]]:
+        """Consumption alerts raised in [start, end), newest first."""
+        where, params = "at>=? AND at<?", [start, end]
+        if meter:
+            where += " AND meter=?"
+            params.append(meter)  # type: ignore[arg-type]
+        count = self.db.execute(f"SELECT COUNT(*) FROM consumption_alerts WHERE {where}", params).fetchone()[0]
+        rows = self.db.execute(f"SELECT id, meter, kind, at, energy_wh, limit_wh, power_w, message FROM "
+                               f"consumption_alerts WHERE {where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+                               (*params, limit, offset)).fetchall()
+        keys = ("id", "meter", "kind", "at", "energy_wh", "limit_wh", "power_w", "message")
+        return int(count), [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _meter_row(m: MeterRecord) -> tuple[Any, ...]:
+    return (m.address, m.account_ref, m.region, m.opening_wh, m.opened_at, m.registered_at, int(m.active),
+            m.status_changed_at, m.last_seq, m.last_timestamp, m.last_energy_wh, m.last_block, m.last_tx, m.rejected)

@@ -1,0 +1,138 @@
+"""Feeds the index from the chain and tells the dashboard and the meters what changed.
+
+On start it catches up with ``eth_getLogs`` from its own recorded position to the chain's
+head; from then on it takes the events the relay follows live (a relay listener), applies
+whatever has arrived in one transaction, and publishes the result: bills, meter changes,
+tariffs and grid alerts to the live feed, consumption alerts to the live feed and to the
+meter concerned. ``rebuild`` empties the index and replays the whole chain into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from common.chain import AsyncChainClient
+from common.deployment import Deployment
+from common.events import ChainEvent, EventDecoder
+from common.logs import log_event
+from common.messages import encode
+from server.hub import Hub
+from server.index import TIME_EVENTS, Applied, Index
+from server.live import LiveFeed
+
+__all__ = ["Indexer", "ALERT_FRESHNESS"]
+
+log = logging.getLogger("indexer")
+
+CATCH_UP_CHUNK = 2_000
+#: A consumption alert about a reading older than this (catching up, rebuilding) is stored, not sent.
+ALERT_FRESHNESS = 900
+BLOCK_TIME_CACHE = 4_096
+
+
+class Indexer:
+    """Keeps ``index`` up to date with the contract's events."""
+
+    def __init__(self, deployment: Deployment, index: Index, chain: AsyncChainClient,
+                 hub: Hub | None = None, feed: LiveFeed | None = None) -> None:
+        self.deployment = deployment
+        self.index = index
+        self.chain = chain
+        self.hub = hub
+        self.feed = feed
+        self.decoder = EventDecoder(deployment.abi)
+        self._queue: asyncio.Queue[ChainEvent | None] = asyncio.Queue()
+        self._block_times: OrderedDict[int, int] = OrderedDict()
+        self.events_applied = 0
+
+    # ---------------------------------------------------------------- feeding
+
+    async def catch_up(self) -> int:
+        """Apply every event from the index's position to the chain's head; returns how many."""
+        head = int(await self.chain.request("eth_blockNumber", []), 16)
+        position = self.index.position()
+        start = max(position[0] if position else 0, self.deployment.block)
+        applied = 0
+        started = time.monotonic()
+        while start <= head:
+            end = min(start + CATCH_UP_CHUNK - 1, head)
+            logs = await self.chain.request(
+                "eth_getLogs", [{"address": self.deployment.address, "fromBlock": hex(start), "toBlock": hex(end)}]
+            )
+            events = [e for e in (self.decoder.decode(raw) for raw in logs) if e is not None]
+            applied += (await self._apply(events)).events
+            start = end + 1
+        log_event(log, "index_caught_up", head=head, events=applied, seconds=f"{time.monotonic() - started:.1f}")
+        return applied
+
+    def on_event(self, event: ChainEvent) -> None:
+        """Relay listener: queue a live event for the next transaction."""
+        self._queue.put_nowait(event)
+
+    def stop(self) -> None:
+        """Apply what is queued, then return from ``run``."""
+        self._queue.put_nowait(None)
+
+    async def run(self) -> None:
+        """Apply queued events as they come, several at a time, until stopped."""
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            events = [e for e in batch if e is not None]
+            if events:
+                try:
+                    await self._apply(events)
+                except Exception as err:  # noqa: BLE001 - the index is a cache: log, catch up later
+                    log_event(log, "index_apply_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300],
+                              hint="the index catches up from the chain at the next start")
+            if None in batch:
+                return
+
+    async def _apply(self, events: list[ChainEvent]) -> Applied:
+        times = {e.block: await self._block_time(e.block) for e in events if e.name in TIME_EVENTS}
+        applied = self.index.apply(events, times)
+        self.events_applied += applied.events
+        self._publish(applied)
+        return applied
+
+    async def _block_time(self, block: int) -> int:
+        cached = self._block_times.get(block)
+        if cached is None:
+            raw: dict[str, Any] = await self.chain.request("eth_getBlockByNumber", [hex(block), False])
+            cached = int(raw["timestamp"], 16)
+            self._block_times[block] = cached
+            if len(self._block_times) > BLOCK_TIME_CACHE:
+                self._block_times.popitem(last=False)
+        return cached
+
+    # ---------------------------------------------------------------- telling
+
+    def _publish(self, applied: Applied) -> None:
+        now = time.time()
+        for alert in applied.consumption_alerts:
+            fresh = now - alert.at <= ALERT_FRESHNESS
+            if fresh and self.hub is not None:
+                self.hub.send(alert.meter, encode(alert))
+            if fresh:
+                log_event(log, "consumption_alert", logging.WARNING, meter=alert.meter, kind=alert.kind,
+                          energy_wh=alert.energy_wh, limit_wh=alert.limit_wh, power_w=alert.power_w)
+        feed = self.feed
+        if feed is None or not feed.subscribers:
+            return
+        for meter in {m.address: m for m in applied.bills}.values():
+            feed.publish("bill", meter.address, meter)
+        for meter in applied.meters:
+            feed.publish("meter", meter.address, meter)
+        for tariff in applied.tariffs:
+            feed.publish("tariff", None, tariff)
+        for grid_alert in applied.grid_alerts:
+            feed.publish("grid_alert", None, grid_alert)
+        for alert in applied.consumption_alerts:
+            if now - alert.at <= ALERT_FRESHNESS:
+                feed.publish("consumption_alert", alert.meter, alert)

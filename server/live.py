@@ -1,0 +1,78 @@
+"""Live updates for the dashboard: a fan-out of what just happened to every subscriber that
+may see it.
+
+The indexer publishes bills, meter changes, tariffs, grid alerts and consumption alerts once
+they are in the index; the hub publishes meters connecting and disconnecting. Each update
+names the meter it concerns (or none, for what everybody may see), and a subscriber limited
+to one meter receives only that meter's updates and the public ones. A subscriber that falls
+``max_queue`` updates behind is dropped (its page reconnects and reloads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from common.logs import log_event
+
+__all__ = ["Update", "Subscription", "LiveFeed"]
+
+log = logging.getLogger("live")
+
+
+@dataclass(frozen=True)
+class Update:
+    """One live update: its ``kind`` (bill, meter, connection, tariff, grid_alert, consumption_alert)."""
+
+    kind: str
+    meter: str | None
+    payload: Any
+
+
+class Subscription:
+    """One subscriber's queue of updates; ``closed`` is set when it was dropped for falling behind."""
+
+    def __init__(self, meter: str | None, max_queue: int) -> None:
+        self.meter = meter.lower() if meter else None
+        self.queue: asyncio.Queue[Update] = asyncio.Queue(max_queue)
+        self.closed = asyncio.Event()
+
+    def wants(self, update: Update) -> bool:
+        """Whether this subscriber may see the update."""
+        return self.meter is None or update.meter is None or update.meter.lower() == self.meter
+
+
+class LiveFeed:
+    """Subscribers and publishing; used from the event loop only."""
+
+    def __init__(self, max_queue: int = 1_000) -> None:
+        self.max_queue = max_queue
+        self.subscribers: set[Subscription] = set()
+
+    def subscribe(self, meter: str | None) -> Subscription:
+        """Start receiving updates (all of them, or one meter's and the public ones)."""
+        sub = Subscription(meter, self.max_queue)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop receiving updates."""
+        self.subscribers.discard(sub)
+
+    def publish(self, kind: str, meter: str | None, payload: Any) -> None:
+        """Queue an update for every subscriber that may see it."""
+        if not self.subscribers:
+            return
+        update = Update(kind, meter, payload)
+        for sub in list(self.subscribers):
+            if not sub.wants(update):
+                continue
+            try:
+                sub.queue.put_nowait(update)
+            except asyncio.QueueFull:
+                log_event(log, "live_subscriber_dropped", logging.WARNING, meter=sub.meter or "all",
+                          queued=sub.queue.qsize())
+                self.subscribers.discard(sub)
+                sub.closed.set()

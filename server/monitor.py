@@ -1,0 +1,102 @@
+"""Consumption-threshold rules, as a small pure core: an hour whose consumption passes the
+meter's limit, and an abrupt jump in power. No I/O: the indexer feeds it each recorded
+reading with the hourly totals it just updated, stores what it returns (once per meter, kind
+and hour or reading) and delivers the notifications.
+
+The jump rule compares an interval's mean power with the median of the meter's recent
+intervals: a jump is power above ``jump_factor`` times that median and at least
+``jump_min_w`` above it (so a house idling at 150 W does not alarm at 500 W). It fires when a
+jump begins, not again while power stays high.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from common.messages import ConsumptionAlert
+from server.history import HOUR, interval_power_w, trailing_median
+
+__all__ = ["Rules", "Trend", "Candidate", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds' parameters (settings ``JUMP_FACTOR``, ``JUMP_MIN_W``)."""
+
+    jump_factor: float = 3.0
+    jump_min_w: int = 1_000
+    #: How many recent intervals the median is taken over, and how many it needs first.
+    window: int = 12
+    min_samples: int = 4
+
+
+@dataclass
+class Trend:
+    """What the jump rule remembers of one meter: recent interval powers (as many as ``Rules.window``),
+    and whether it is in a jump."""
+
+    powers: deque[int] = field(default_factory=lambda: deque(maxlen=12))
+    jumping: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An alert the rules raise; ``key`` makes it unique per meter and kind (an hour, or a reading time)."""
+
+    key: int
+    alert: ConsumptionAlert
+
+
+def _kwh(wh: int) -> str:
+    return f"{wh / 1000:.2f} kWh"
+
+
+def _kw(w: float) -> str:
+    return f"{w / 1000:.1f} kW"
+
+
+def evaluate(
+    trend: Trend,
+    meter: str,
+    start: int,
+    end: int,
+    energy_wh: int,
+    hour_totals: list[tuple[int, int]],
+    limit_wh: int,
+    rules: Rules,
+    tz: ZoneInfo,
+) -> list[Candidate]:
+    """Apply both rules to one recorded interval; updates ``trend`` and returns the alerts raised.
+
+    ``hour_totals`` are the (hour start, total Wh so far) of the hours the interval touched;
+    ``limit_wh`` of 0 means the meter has no hourly limit.
+    """
+    out: list[Candidate] = []
+    if limit_wh > 0:
+        for hour, total in hour_totals:
+            if total > limit_wh:
+                local = dt.datetime.fromtimestamp(hour, tz)
+                span = f"{local:%H:%M}-{dt.datetime.fromtimestamp(hour + HOUR, tz):%H:%M} on {local:%d %b}"
+                out.append(Candidate(hour, ConsumptionAlert(
+                    meter=meter, kind="hourly_limit", at=end, energy_wh=total, limit_wh=limit_wh,
+                    message=f"consumption {span} reached {_kwh(total)}, above the limit of {_kwh(limit_wh)}",
+                )))
+    power = interval_power_w(energy_wh, end - start)
+    usual = trailing_median(list(trend.powers))
+    jump = (
+        len(trend.powers) >= rules.min_samples
+        and power > rules.jump_factor * usual
+        and power - usual >= rules.jump_min_w
+    )
+    if jump and not trend.jumping:
+        out.append(Candidate(end, ConsumptionAlert(
+            meter=meter, kind="sudden_jump", at=end, energy_wh=energy_wh, power_w=power,
+            message=f"power jumped to {_kw(power)}, over {rules.jump_factor:g} times the usual {_kw(usual)}; "
+                    "check for an appliance left on",
+        )))
+    trend.jumping = jump
+    trend.powers.append(power)
+    return out
