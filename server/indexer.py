@@ -20,11 +20,12 @@ from common.deployment import Deployment
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
 from common.messages import encode
+from common.settings import Settings
 from server.hub import Hub
 from server.index import TIME_EVENTS, Applied, Index
 from server.live import LiveFeed
 
-__all__ = ["Indexer", "ALERT_FRESHNESS"]
+__all__ = ["Indexer", "ALERT_FRESHNESS", "rebuild"]
 
 log = logging.getLogger("indexer")
 
@@ -136,3 +137,17 @@ class Indexer:
         for alert in applied.consumption_alerts:
             if now - alert.at <= ALERT_FRESHNESS:
                 feed.publish("consumption_alert", alert.meter, alert)
+
+
+async def rebuild(settings: Settings, deployment: Deployment, index: Index) -> int:
+    """Empty ``index`` of everything derived from the chain and replay every event; returns how many.
+
+    Hourly limits set by operators and customers are kept. Stop the server first: it holds the
+    index open and would go on writing to it.
+    """
+    index.reset()
+    chain = AsyncChainClient(settings, deployment, settings.gateway_key)
+    try:
+        return await Indexer(deployment, index, chain).catch_up()
+    finally:
+        await chain.close()

@@ -29,6 +29,7 @@ from server.api.schemas import (
     BillOut,
     ChallengeOut,
     ConsumptionAlertOut,
+    ConsumptionOut,
     GridAlertOut,
     HealthOut,
     MeOut,
@@ -205,8 +206,7 @@ async def meter(ctx: Ctx, who: Caller, address: str) -> MeterOut:
     return ctx.meter_out(_meter(ctx, who, address))
 
 
-@router.get("/meters/{address}/readings", response_model=Page[ReadingOut], response_model_exclude_none=True,
-            tags=["meters"])
+@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | ConsumptionOut], tags=["meters"])
 async def readings(
     request: Request, ctx: Ctx, who: Caller, address: str,
     period_from: TimeParam = None, period_to: TimeParam = None,
@@ -228,9 +228,9 @@ async def readings(
     if order_by == "-period":
         buckets.reverse()
     chosen = buckets[offset:offset + page_size]
-    results = [ReadingOut(interval_start=iso(s) or "", interval_end=iso(e) or "", energy_wh=wh,
-                          consumption_kwh=wh / 1000) for s, e, wh in chosen]
-    return _page(request, len(buckets), page, page_size, results)
+    grouped = [ConsumptionOut(interval_start=iso(s) or "", interval_end=iso(e) or "", energy_wh=wh,
+                              consumption_kwh=wh / 1000) for s, e, wh in chosen]
+    return _page(request, len(buckets), page, page_size, grouped)
 
 
 @router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"])

@@ -27,6 +27,7 @@ __all__ = [
     "LastReading",
     "CustomerOut",
     "MeterOut",
+    "ConsumptionOut",
     "ReadingOut",
     "TariffOut",
     "GridAlertOut",
@@ -132,20 +133,22 @@ class MeterOut(BaseModel):
     customer: CustomerOut | None
 
 
-class ReadingOut(BaseModel):
-    """Consumption in one interval: between two readings, or an hour, day, week or month with ``group_by``.
-
-    ``seq``, ``register_wh``, ``block`` and ``tx_hash`` are given for single readings only.
-    """
+class ConsumptionOut(BaseModel):
+    """Consumption in an hour, day, week or month (``group_by``)."""
 
     interval_start: str
     interval_end: str
     energy_wh: int
     consumption_kwh: float
-    seq: int | None = None
-    register_wh: int | None = None
-    block: int | None = None
-    tx_hash: str | None = None
+
+
+class ReadingOut(ConsumptionOut):
+    """One recorded reading: the consumption since the previous one, and where it is on chain."""
+
+    seq: int
+    register_wh: int
+    block: int
+    tx_hash: str
 
 
 class TariffOut(BaseModel):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from eth_account import Account
@@ -11,9 +12,11 @@ from eth_account.signers.local import LocalAccount
 
 from common.billing import Billing
 from common.devchain import free_port
-from common.settings import Settings
+from common.eip712 import ReadingData, sign_reading
+from common.settings import GANACHE_DEV_KEYS, Settings
 from meters.link import MeterLink
 from server.app import ServerApp
+from server.batcher import gas_limit_for
 from server.tls import client_context
 
 
@@ -62,3 +65,56 @@ def link_for(server_settings: Settings, deployment) -> Callable[[LocalAccount], 
                          account.key, deployment.domain)
 
     return make
+
+
+HISTORY_WRITER_KEY = GANACHE_DEV_KEYS[5]
+
+
+@pytest.fixture(scope="session")
+def _history_writer_role(chain, deployment) -> str:
+    """A second key with the gateway role, so tests can write history without racing the server's nonces."""
+    contract = chain.contract(deployment)
+    role = contract.functions.GATEWAY_ROLE().call()
+    writer = Account.from_key(HISTORY_WRITER_KEY).address
+    if not contract.functions.hasRole(role, writer).call():
+        chain.transact(chain.settings.admin_key, contract.functions.grantRole(role, writer))
+    return HISTORY_WRITER_KEY
+
+
+@pytest.fixture
+def write_readings(chain, deployment, _history_writer_role) -> Callable[..., Awaitable[tuple[int, int]]]:
+    """Put signed readings of a meter on chain directly: ``await write(account, [(seq, ts, wh), ...])``.
+
+    Returns the position of the last event written (wait for the index with ``indexed``).
+    """
+    contract = chain.contract(deployment)
+
+    def submit(account: LocalAccount, rows: list[tuple[int, int, int]]) -> tuple[int, int]:
+        position = (0, 0)
+        for i in range(0, len(rows), 100):
+            chunk = [ReadingData(account.address, seq, ts, wh) for seq, ts, wh in rows[i:i + 100]]
+            call = contract.functions.submitReadings(
+                [(d.meter, d.seq, d.timestamp, d.energy_wh) for d in chunk],
+                [bytes.fromhex(sign_reading(account.key, deployment.domain, d)[2:]) for d in chunk],
+            )
+            position = last_event(chain.transact(_history_writer_role, call, gas=gas_limit_for(len(chunk))))
+        return position
+
+    async def write(account: LocalAccount, rows: list[tuple[int, int, int]]) -> tuple[int, int]:
+        return await asyncio.to_thread(submit, account, rows)
+
+    return write
+
+
+def last_event(receipt) -> tuple[int, int]:
+    """The (block, log index) of a transaction's last event."""
+    logs = receipt["logs"]
+    return (int(receipt["blockNumber"]), int(logs[-1]["logIndex"]) if logs else 0)
+
+
+async def indexed(app: ServerApp, position: tuple[int, int], timeout: float = 20.0) -> None:
+    """Wait until the server's index has applied everything up to ``position`` (see ``last_event``)."""
+    deadline = time.monotonic() + timeout
+    while (app.index.position() or (-1, -1)) < position:
+        assert time.monotonic() < deadline, f"the index did not reach {position}: {app.index.position()}"
+        await asyncio.sleep(0.05)
