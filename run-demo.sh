@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole system in one command: installs what is missing, starts the chain, deploys the
 # contract, provisions twelve meters (first run only: the chain persists in data/chain),
-# starts the server and the grid-alert emitter, then twelve meters with the fleet view.
+# starts the server (with the REST API and web dashboard) and the grid-alert emitter, then
+# twelve meters with the fleet view.
 # Ctrl-C tears everything down; running it again resumes the persisted chain.
 #   ./run-demo.sh [--count N] [--time-scale X]   (extra options go to the fleet)
 set -euo pipefail
@@ -27,12 +28,12 @@ mkdir -p data/logs
 ./run-server.sh > data/logs/run-server.log 2>&1 &
 SERVER_PID=$!
 say "deploying, provisioning and starting the server (log: data/logs/run-server.log)"
-until grep -q "server running" data/logs/run-server.log 2>/dev/null; do
+until grep -q "Ctrl-C stops" data/logs/run-server.log 2>/dev/null; do
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     say "the server side failed to start:"; tail -20 data/logs/run-server.log >&2; exit 1
   fi
   sleep 0.5
 done
-grep "run-server:" data/logs/run-server.log | tail -3
+grep "run-server:" data/logs/run-server.log | tail -4
 say "ready after $(( $(date +%s) - START )) s; logs in data/logs/ and data/meters/<name>/meter.log"
 ./run-clients.sh "$@"

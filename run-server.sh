@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the server side: checks the chain answers, deploys the contract and provisions the
-# meters if needed, then runs the server (gateway, batcher, relay) and the grid-alert
-# emitter with their logs in data/logs/. Ctrl-C stops both cleanly.
+# meters if needed, then runs the server (gateway, batcher, relay, indexer, REST API and
+# dashboard) and the grid-alert emitter with their logs in data/logs/. Ctrl-C stops both.
 #   ./run-server.sh [--no-emitter]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,6 +48,8 @@ if [ "$EMITTER" = 1 ]; then
   PIDS+=($!)
 fi
 WSS="$($PY -c 'from common.settings import load_settings; print(load_settings().server_url)')"
+DASHBOARD="$($PY -c 'from server.api.auth import dashboard_link; from common.settings import load_settings; print(dashboard_link(load_settings()))')"
+[ -n "$DASHBOARD" ] && say "dashboard and REST API (signed in as the operator): $DASHBOARD"
 say "server running: meters connect to $WSS"
 say "logs: $LOG_DIR/server.log$( [ "$EMITTER" = 1 ] && echo ", $LOG_DIR/emitter.log" ); Ctrl-C stops"
 wait -n "${PIDS[@]}" || true

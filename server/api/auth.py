@@ -27,7 +27,7 @@ from common.eip712 import Domain, recover_login_signer
 from common.settings import Settings
 from server.customers import Customers
 
-__all__ = ["Principal", "Authenticator", "OPERATOR_KEY_FILE"]
+__all__ = ["Principal", "Authenticator", "OPERATOR_KEY_FILE", "dashboard_link"]
 
 OPERATOR_KEY_FILE = "operator.key"
 TOKEN_SECRET_FILE = "token.secret"
@@ -143,3 +143,12 @@ class Authenticator:
         if not parts[2].isdigit() or int(parts[2]) < now:
             raise errors.Unauthorized("the bearer token expired; sign in again")
         return Principal("customer", parts[1], via="token")
+
+
+def dashboard_link(settings: Settings) -> str:
+    """The dashboard's address signed in as the operator (the key rides in the fragment, never sent
+    to the server in the URL); empty when the API is off."""
+    if not settings.http_port:
+        return ""
+    key = settings.operator_api_key or (settings.data_dir / "api" / OPERATOR_KEY_FILE).read_text().strip()
+    return f"{settings.http_url}/#key={key}"
