@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from common.billing import Billing
@@ -40,6 +41,34 @@ def write_scenario(path) -> None:
         {"after_s": 0, "kind": "frequency_dip", "severity": 2, "region": "",
          "message": "Grid frequency dip: please avoid heavy appliances for 10 minutes", "duration_s": 600},
     ]}))
+
+
+async def check_api_matches_chain(settings) -> None:
+    """The REST API, after the server was killed and restarted, agrees with the chain for every meter,
+    and a customer's key reads only its own meter."""
+    billing = Billing(ChainClient(settings), load_deployment(settings))
+    operator = {"X-API-Key": (settings.data_dir / "api" / "operator.key").read_text().strip()}
+    customers = json.loads((settings.data_dir / "customers.json").read_text())["customers"]
+    async with httpx.AsyncClient(base_url=settings.http_url + "/api/v1", headers=operator, timeout=20) as api:
+        deadline = time.monotonic() + 30
+        while True:
+            listed = {m["address"]: m for m in (await api.get("/meters")).json()}
+            if all(listed[c["meter"]]["last_reading"]["seq"] == READINGS_EACH for c in customers):
+                break
+            assert time.monotonic() < deadline, "the index did not catch up with the chain"
+            await asyncio.sleep(0.5)
+        for customer in customers:
+            shown, address = listed[customer["meter"]], customer["meter"]
+            bill, view = billing.bill(address), billing.meter(address)
+            assert shown["open_bill"]["amount_due_micropence"] == bill.amount_due
+            assert shown["open_bill"]["energy_wh"] == bill.period_energy_wh
+            assert shown["last_reading"]["register_wh"] == view.last_energy_wh
+            readings = (await api.get(f"/meters/{address}/readings", params={"page_size": 1})).json()
+            assert readings["count"] == READINGS_EACH and readings["results"][0]["seq"] == READINGS_EACH
+        own, other = customers[0], customers[1]
+        mine = await api.get(f"/meters/{own['meter']}", headers={"X-API-Key": own["api_key"]})
+        theirs = await api.get(f"/meters/{other['meter']}", headers={"X-API-Key": own["api_key"]})
+        assert mine.status_code == 200 and theirs.status_code == 403
 
 
 async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_settings, deployment, tmp_path):
@@ -81,6 +110,7 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
                 assert time.monotonic() < deadline, f"{name} did not finish; see {tmp_path}/{name}.out"
                 await asyncio.sleep(0.5)
             assert proc.returncode == 0, (tmp_path / f"{name}.out").read_text()[-2000:]
+        await check_api_matches_chain(settings)
     finally:
         for proc in meters.values():
             if proc.poll() is None:
