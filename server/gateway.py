@@ -40,8 +40,11 @@ log = logging.getLogger("gateway")
 
 #: Frames above this are refused by the WebSocket layer itself (close 1009) before we parse them.
 HARD_FRAME_LIMIT_FACTOR = 16
-#: Messages dropped for rate limiting before the connection is closed as abusive.
+#: Messages dropped for rate limiting before the connection is closed as abusive...
 FLOOD_CLOSE_AFTER = 200
+#: ...counted since the last quiet spell of this many seconds without a dropped message (a message let
+#: through now and then by the refilling bucket does not start the count again).
+FLOOD_QUIET_SECONDS = 5.0
 #: Refusals that leave the meter's sequence where it was (nothing about the reading was judged).
 _SEQUENCE_KEEPING_ERRORS = (errors.WrongMeter, errors.OutOfRange, errors.StaleSequence, errors.SequenceGap)
 #: Close code when the server cannot serve now (the chain is unreachable).
@@ -206,9 +209,14 @@ class Gateway:
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
         bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
         dropped = 0
+        last_drop = 0.0
         async for raw in ws:
-            if not bucket.allow(time.monotonic()):
+            now = time.monotonic()
+            if dropped and now - last_drop > FLOOD_QUIET_SECONDS:
+                dropped = 0
+            if not bucket.allow(now):
                 dropped += 1
+                last_drop = now
                 if dropped == 1:
                     self._reply_error(meter, errors.RateLimited(
                         f"more than {self.settings.rate_limit_per_second:g} messages a second; "
@@ -221,7 +229,6 @@ class Gateway:
                     await ws.close(POLICY_VIOLATION, "rate_limited")
                     return
                 continue
-            dropped = 0
             try:
                 reply = self._on_message(raw, session, meter)
             except errors.SmartMeterError as err:
