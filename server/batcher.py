@@ -14,7 +14,8 @@ import asyncio
 import logging
 import time
 
-from eth_utils import to_checksum_address
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
 
 from common.chain import AsyncChainClient
 from common.errors import ChainError, ChainUnavailable
@@ -22,18 +23,27 @@ from common.events import EventDecoder
 from common.logs import log_event
 from server.store import QueuedReading, Store
 
-__all__ = ["Batcher", "gas_limit_for"]
+__all__ = ["Batcher", "gas_limit_for", "submit_readings_calldata"]
 
 log = logging.getLogger("batcher")
 
 #: Gas bound per batch: a fixed part plus a generous per-reading part (measured ~17k per reading).
 BATCH_BASE_GAS = 80_000
 GAS_PER_READING = 40_000
+SUBMIT_READINGS_TYPES = ("(address,uint64,uint64,uint64)[]", "bytes[]")
+SUBMIT_READINGS_SELECTOR = keccak(text=f"submitReadings({','.join(SUBMIT_READINGS_TYPES)})")[:4]
 
 
 def gas_limit_for(n: int) -> int:
     """The gas limit for a batch of ``n`` readings."""
     return BATCH_BASE_GAS + GAS_PER_READING * n
+
+
+def submit_readings_calldata(batch: list[QueuedReading]) -> bytes:
+    """The calldata of ``submitReadings(readings, signatures)`` for a batch, encoded with eth_abi directly."""
+    readings = [(bytes.fromhex(r.data.meter[2:]), r.data.seq, r.data.timestamp, r.data.energy_wh) for r in batch]
+    signatures = [bytes.fromhex(r.signature[2:]) for r in batch]
+    return SUBMIT_READINGS_SELECTOR + abi_encode(SUBMIT_READINGS_TYPES, [readings, signatures])
 
 
 class Batcher:
@@ -99,33 +109,30 @@ class Batcher:
 
     async def _submit(self, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
-        readings = [(to_checksum_address(r.data.meter), r.data.seq, r.data.timestamp, r.data.energy_wh) for r in batch]
-        signatures = [bytes.fromhex(r.signature.removeprefix("0x")) for r in batch]
-        call = self.chain.contract.functions.submitReadings(readings, signatures)
-        tx_hash, gas_limit = await self.chain.send(call, gas=gas_limit_for(len(batch)))
-        tx_hex = "0x" + tx_hash.hex()
+        gas_limit = gas_limit_for(len(batch))
+        tx_hex = await self.chain.send_transaction(submit_readings_calldata(batch), gas_limit)
         self.store.mark_submitted(batch, tx_hex)
-        receipt = await self.chain.wait_receipt(tx_hash)
-        if receipt["status"] != 1:
-            raise ChainError(f"batch transaction {tx_hex} reverted (gas used {receipt['gasUsed']} of {gas_limit})")
+        receipt = await self.chain.wait_receipt(tx_hex)
+        gas_used = int(receipt["gasUsed"], 16)
+        if int(receipt["status"], 16) != 1:
+            raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
+        decided: list[tuple[str, int]] = []
         recorded = rejected = 0
         for raw in receipt["logs"]:
             event = self.decoder.decode(raw)
-            if event is None:
+            if event is None or event.name not in ("ReadingRecorded", "ReadingRejected"):
                 continue
-            if event.name == "ReadingRecorded":
-                recorded += 1
-                self.store.remove(event.args["meter"], int(event.args["seq"]))
-            elif event.name == "ReadingRejected":
-                rejected += 1
-                self.store.remove(event.args["meter"], int(event.args["seq"]))
+            recorded += event.name == "ReadingRecorded"
+            rejected += event.name == "ReadingRejected"
+            decided.append((event.args["meter"], int(event.args["seq"])))
+        self.store.remove_many(decided)
         self.batches += 1
         self.readings_submitted += len(batch)
         latency = time.monotonic() - started
         oldest = time.time() - min(r.received_at for r in batch)
         log_event(log, "batch_mined", size=len(batch), recorded=recorded, rejected=rejected,
-                  gas=receipt["gasUsed"], gas_per_reading=receipt["gasUsed"] // len(batch),
-                  block=receipt["blockNumber"], tx=tx_hex, latency_ms=int(latency * 1000),
+                  gas=gas_used, gas_per_reading=gas_used // len(batch), block=int(receipt["blockNumber"], 16),
+                  tx=tx_hex, latency_ms=int(latency * 1000),
                   oldest_wait_ms=int(oldest * 1000), queued=self.store.count())
 
     async def _drop_recorded(self, meters: set[str]) -> None:

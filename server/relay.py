@@ -4,7 +4,9 @@ alerts to every meter (or a region's).
 Subscribes to the contract's logs over the chain's WebSocket (``eth_subscribe``) and, on
 every (re)connection, first catches up with ``eth_getLogs`` from the last processed log, which
 it records in the store, so no event is missed across relay or chain restarts. Events are
-processed strictly in chain order; a log at or before the recorded position is skipped.
+processed strictly in chain order; a log at or before the recorded position is skipped. The
+position is written once a burst of logs is processed, not after each: after a crash a few
+events may be relayed again, which meters take as the same bill twice, never as a missed one.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from web3 import AsyncWeb3, WebSocketProvider
-
 from common.billing import from_text32
 from common.deployment import Deployment
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
 from common.messages import Bill, ErrorMessage, GridAlertMessage, TariffInfo, encode
+from common.rpc_socket import RpcSocket
 from common.settings import Settings
 from common.tariff import REJECT_ERRORS, RejectReason
 from server.hub import Hub
@@ -60,6 +61,8 @@ class Relay:
         self.events_processed = 0
         self.active_alerts: dict[int, GridAlertMessage] = {}
         self._alerts_loaded = False
+        self._position: tuple[int, int] | None = None
+        self._saved: tuple[int, int] | None = None
 
     def stop(self) -> None:
         """Stop following the chain."""
@@ -68,7 +71,15 @@ class Relay:
     @property
     def position(self) -> tuple[int, int]:
         """The last processed (block, log index)."""
-        return self.store.position(POSITION) or (self.deployment.block - 1, -1)
+        if self._position is None:
+            self._position = self._saved = self.store.position(POSITION) or (self.deployment.block - 1, -1)
+        return self._position
+
+    def save_position(self) -> None:
+        """Write the position to the store if it moved since it was last written."""
+        if self._position is not None and self._position != self._saved:
+            self.store.set_position(POSITION, *self._position)
+            self._saved = self._position
 
     async def run(self) -> None:
         """Follow the chain until stopped, reconnecting with back-off."""
@@ -91,37 +102,38 @@ class Relay:
                 backoff = min(backoff * 2, 10.0)
 
     async def _follow(self) -> None:
-        provider = WebSocketProvider(self.settings.chain_ws_url, websocket_kwargs={"max_size": 2**24})
-        async with AsyncWeb3(provider) as w3:
-            address = AsyncWeb3.to_checksum_address(self.deployment.address)
-            await w3.eth.subscribe("logs", {"address": address})
+        async with RpcSocket(self.settings.chain_ws_url) as rpc:
+            address = self.deployment.address
+            await rpc.request("eth_subscribe", ["logs", {"address": address}])
             self.connected.set()
-            await self._catch_up(w3, address)
+            await self._catch_up(rpc, address)
             self.caught_up.set()
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             try:
-                iterator = w3.socket.process_subscriptions().__aiter__()
                 while True:
-                    next_msg = asyncio.ensure_future(iterator.__anext__())
-                    done, _ = await asyncio.wait({next_msg, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    next_log = asyncio.ensure_future(rpc.notification())
+                    done, _ = await asyncio.wait({next_log, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                     if stop_wait in done:
-                        next_msg.cancel()
+                        next_log.cancel()
                         return
-                    msg = next_msg.result()
-                    self._handle_log(msg["result"])
+                    self._handle_log(next_log.result())
+                    while rpc.pending_notifications():
+                        self._handle_log(await rpc.notification())
+                    self.save_position()
             finally:
                 stop_wait.cancel()
+                self.save_position()
 
     def alerts_for(self, region: str, now: float) -> list[GridAlertMessage]:
         """Active, unexpired alerts that concern ``region`` (sent to a meter after login)."""
         return [a for a in self.active_alerts.values() if a.expires_at > now and (not a.region or a.region == region)]
 
-    async def _load_alerts(self, w3: AsyncWeb3, address: str, head: int) -> None:
+    async def _load_alerts(self, rpc: RpcSocket, address: str, head: int) -> None:
         """Rebuild the set of active alerts from the whole log (alerts raised before our position)."""
         topics = [self.decoder.topic("GridAlert"), self.decoder.topic("GridAlertCleared")]
-        logs = await w3.eth.get_logs(
-            {"address": address, "fromBlock": self.deployment.block, "toBlock": head, "topics": [topics]}
-        )
+        logs = await rpc.request("eth_getLogs", [
+            {"address": address, "fromBlock": hex(self.deployment.block), "toBlock": hex(head), "topics": [topics]}
+        ])
         for raw in logs:
             event = self.decoder.decode(raw)
             if event is not None and event.position <= self.position:
@@ -145,18 +157,20 @@ class Relay:
         self.active_alerts[alert.id] = alert
         return alert
 
-    async def _catch_up(self, w3: AsyncWeb3, address: str) -> None:
-        head = await w3.eth.block_number
+    async def _catch_up(self, rpc: RpcSocket, address: str) -> None:
+        head = int(await rpc.request("eth_blockNumber", []), 16)
         if not self._alerts_loaded:
-            await self._load_alerts(w3, address, head)
+            await self._load_alerts(rpc, address, head)
         block, _ = self.position
         start = max(block, self.deployment.block)
         caught = 0
         while start <= head:
             end = min(start + CATCH_UP_CHUNK - 1, head)
-            logs = await w3.eth.get_logs({"address": address, "fromBlock": start, "toBlock": end})
+            query = {"address": address, "fromBlock": hex(start), "toBlock": hex(end)}
+            logs = await rpc.request("eth_getLogs", [query])
             for raw in logs:
                 caught += self._handle_log(raw)
+            self.save_position()
             start = end + 1
         log_event(log, "relay_caught_up", head=head, events=caught, position=f"{self.position[0]}:{self.position[1]}")
 
@@ -169,7 +183,7 @@ class Relay:
             for listener in self.listeners:
                 listener(event)
         finally:
-            self.store.set_position(POSITION, event.block, event.log_index)
+            self._position = event.position
             self.events_processed += 1
         return 1
 
@@ -181,7 +195,6 @@ class Relay:
             self._registers[key] = int(args["energyWh"])
             if len(self._registers) > RECENT_LIMIT:
                 self._registers.popitem(last=False)
-            self.store.remove(args["meter"], int(args["seq"]))
         elif name == "BillUpdated":
             meter, seq = args["meter"], int(args["seq"])
             bill = Bill(
@@ -197,7 +210,6 @@ class Relay:
             self.hub.send(meter, encode(bill))
         elif name == "ReadingRejected":
             meter, seq = args["meter"], int(args["seq"])
-            self.store.remove(meter, seq)
             reason = RejectReason(int(args["reason"]))
             if reason is RejectReason.STALE_SEQUENCE and (meter.lower(), seq) in self._registers:
                 # A resubmission after a failed batch whose first copy was recorded: nothing to report.

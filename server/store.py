@@ -1,10 +1,12 @@
 """The gateway's durable state in SQLite (WAL mode): queued readings, per-meter cursors and
 the relay's position in the chain's log.
 
-A reading is committed here before its meter gets ``ack``; it leaves when its
-``ReadingRecorded`` or ``ReadingRejected`` event is seen. WAL with ``synchronous=NORMAL``
-survives a killed process (SIGKILL) without losing a committed row; set
-``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too, at a cost per commit.
+A reading is committed here before its meter gets ``ack``; it leaves when the batcher sees
+its ``ReadingRecorded`` or ``ReadingRejected`` event in the receipt of the transaction that
+carried it (or, after a failure, finds it at or below its meter's last sequence number on
+chain). WAL with ``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a
+committed row; set ``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too,
+at a cost per commit.
 """
 
 from __future__ import annotations
@@ -122,6 +124,16 @@ class Store:
             removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
         self._count -= removed
         return removed > 0
+
+    def remove_many(self, readings: list[tuple[str, int]]) -> int:
+        """Drop several (meter, seq) readings in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            removed = 0
+            for meter, seq in readings:
+                removed += self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
+        self._count -= removed
+        return removed
 
     def remove_upto(self, meter: str, seq: int) -> int:
         """Drop every queued reading of ``meter`` with a sequence number up to ``seq``."""
