@@ -27,7 +27,7 @@ from meters.load_model import LoadModel, history
 from meters.outbox import MeterPosition, Outbox
 from server.batcher import gas_limit_for
 
-__all__ = ["provision", "ProvisionReport", "REGIONS", "ARCHETYPE_CYCLE"]
+__all__ = ["provision", "ProvisionReport", "REGIONS", "ARCHETYPE_CYCLE", "load_customers", "save_customers"]
 
 log = logging.getLogger("provision")
 
@@ -70,13 +70,15 @@ def _customer(i: int, identity: MeterIdentity) -> dict[str, object]:
     }
 
 
-def _load_customers(path: Path) -> dict[str, dict[str, object]]:
+def load_customers(path: Path) -> dict[str, dict[str, object]]:
+    """The customer file's records keyed by lower-case meter address (empty if there is no file)."""
     if not path.exists():
         return {}
     return {str(c["meter"]).lower(): c for c in json.loads(path.read_text()).get("customers", [])}
 
 
-def _save_customers(path: Path, customers: dict[str, dict[str, object]]) -> None:
+def save_customers(path: Path, customers: dict[str, dict[str, object]]) -> None:
+    """Write the customer file atomically, readable by its owner only, sorted by meter name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
@@ -92,7 +94,7 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
     deployment = load_deployment(settings)
     billing = Billing(ChainClient(settings), deployment)
     customers_path = settings.data_dir / "customers.json"
-    customers = _load_customers(customers_path)
+    customers = load_customers(customers_path)
     end = int(time.time()) // HALF_HOUR * HALF_HOUR
     opened_at = end - days * 86_400
     todo: list[tuple[MeterIdentity, Path, int]] = []
@@ -119,7 +121,7 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
         customers.setdefault(identity.address.lower(), _customer(i, identity))
         opening_wh = 4_000_000 + (i * 1_234_567) % 30_000_000
         todo.append((identity, directory, opening_wh))
-    _save_customers(customers_path, customers)
+    save_customers(customers_path, customers)
     if not todo:
         return ProvisionReport(created, reregistered, skipped, 0, time.monotonic() - started)
 

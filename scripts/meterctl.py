@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The operator's command line: list, register, deactivate and reactivate meters, show or set the
+tariff, close billing periods and print customer statements, straight against the chain.
+
+METER is a meter's name (meter-03) or its 0x address; list them with: meterctl.py meters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.errors import SmartMeterError  # noqa: E402
+from common.logs import setup_logging  # noqa: E402
+from common.settings import load_settings  # noqa: E402
+from server.operations import (  # noqa: E402
+    Operations,
+    render_close,
+    render_meters,
+    render_registered,
+    render_statement,
+    render_tariffs,
+    statement_json,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterctl.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("meters", help="list every meter registered on chain")
+
+    register = commands.add_parser(
+        "register", help="add meters: --count N simulated ones, or one external meter by --address")
+    register.add_argument("--count", type=int, help="how many new simulated meters to provision")
+    register.add_argument("--address", help="an external meter's 0x address (its key stays with the meter)")
+    register.add_argument("--region", help="the external meter's grid region, e.g. north")
+    register.add_argument("--name", help="the external meter's name (default ext-<address prefix>)")
+    register.add_argument("--customer-name", default="", help="the account holder's name")
+    register.add_argument("--customer-address", default="", help="the account holder's postal address")
+    register.add_argument("--email", default="", help="the account holder's e-mail address")
+    register.add_argument("--opening-wh", type=int, default=0, help="the meter's register at installation, in Wh")
+
+    for name, text in [("deactivate", "reject a meter's readings until it is reactivated"),
+                       ("reactivate", "accept a deactivated meter's readings again")]:
+        commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
+
+    tariff = commands.add_parser("tariff", help="show the tariff and its history, or set a new one")
+    tariff.add_argument("--unit-rate", help="new unit rate in pence per kWh, e.g. 24.67")
+    tariff.add_argument("--standing-charge", help="new standing charge in pence per day, e.g. 57.21")
+
+    close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
+    close.add_argument("meter", metavar="METER", nargs="?")
+    close.add_argument("--all", action="store_true", help="close every meter's period")
+
+    statement = commands.add_parser("statement", help="a customer's statement")
+    statement.add_argument("meter", metavar="METER")
+    statement.add_argument("--json", action="store_true", help="print JSON (Wh, micropence, ISO times)")
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse argument combinations argparse cannot express (exits with status 2)."""
+    if args.command == "register":
+        if (args.count is None) == (args.address is None):
+            parser.error("register takes either --count N or --address 0x.. --region R")
+        if args.address is not None and not args.region:
+            parser.error("register --address needs --region (e.g. --region north)")
+    if args.command == "tariff" and (args.unit_rate is None) != (args.standing_charge is None):
+        parser.error("to set the tariff give both --unit-rate and --standing-charge (in pence)")
+    if args.command == "close-period" and (args.meter is None) == (not args.all):
+        parser.error("close-period takes either a METER or --all")
+
+
+def _run(ops: Operations, args: argparse.Namespace) -> None:
+    tz = ops.settings.tz
+    if args.command == "meters":
+        print(render_meters(ops.meters(), tz))
+    elif args.command == "register":
+        if args.count is not None:
+            registered = ops.register_simulated(args.count)
+        else:
+            registered = [ops.register_external(
+                args.address, args.region, name=args.name, customer_name=args.customer_name,
+                postal_address=args.customer_address, email=args.email, opening_wh=args.opening_wh)]
+        print(render_registered(registered, str(ops.customers_path)))
+    elif args.command == "deactivate":
+        print(f"deactivated {ops.deactivate(args.meter).label}: its readings are rejected until reactivated")
+    elif args.command == "reactivate":
+        print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
+    elif args.command == "tariff":
+        if args.unit_rate is not None:
+            new = ops.set_tariff(args.unit_rate, args.standing_charge)
+            print(f"tariff version {new.version} set; it applies to readings recorded from now on")
+        print(render_tariffs(ops.tariff(), ops.tariff_history(), tz))
+    elif args.command == "close-period":
+        results = ops.close_all() if args.all else [ops.close_period(args.meter)]
+        for result in results:
+            print(render_close(result, tz))
+    elif args.command == "statement":
+        statement = ops.statement(args.meter)
+        print(json.dumps(statement_json(statement, tz), indent=2) if args.json else render_statement(statement, tz))
+
+
+def main() -> int:
+    """Parse the command, run it against the chain, print the outcome or a one-line error."""
+    parser = _parser()
+    args = parser.parse_args()
+    _check(parser, args)
+    setup_logging("WARNING")
+    try:
+        _run(Operations(load_settings()), args)
+    except SmartMeterError as err:
+        print(f"meterctl: error [{err.code}]: {err.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,705 @@
+"""The operator's tools: list, register, deactivate and reactivate meters, set the tariff, close
+billing periods and draw up customer statements, straight against the chain.
+
+``scripts/meterctl.py`` is a thin command line over this module. Everything here reads the
+chain itself (views and ``eth_getLogs`` from the deployment's block), never the server's index,
+so it works whether or not the server runs. ``Operations`` returns typed records; the pure
+``render_*`` functions turn them into text, in the operator's time zone; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from eth_utils import to_checksum_address
+
+from common.billing import Billing
+from common.chain import ChainClient
+from common.deployment import load_deployment
+from common.errors import (
+    ChainError,
+    ConfigError,
+    DeploymentMissing,
+    InvalidRequest,
+    MeterInactive,
+    SmartMeterError,
+    UnknownMeter,
+)
+from common.events import ChainEvent, EventDecoder
+from common.settings import Settings
+from common.tariff import MAX_REGISTER_WH, format_pounds
+from meters.identity import MeterIdentity, list_meters, meter_dir
+from meters.provisioning import load_customers, provision, save_customers
+from server.customers import Customer, Customers
+
+__all__ = [
+    "Operations",
+    "MeterRef",
+    "MeterRow",
+    "RegisteredMeter",
+    "TariffVersion",
+    "BillPeriod",
+    "CloseResult",
+    "Statement",
+    "COMMAND",
+    "parse_pence",
+    "revert_name",
+    "format_kwh",
+    "format_pence",
+    "format_time",
+    "render_meters",
+    "render_registered",
+    "render_tariffs",
+    "render_close",
+    "render_statement",
+    "statement_json",
+]
+
+#: How messages tell the operator to run the tool.
+COMMAND = ".venv/bin/python scripts/meterctl.py"
+#: Largest tariff rate the contract stores (uint32 millipence).
+MAX_RATE_MILLIPENCE = 2**32 - 1
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Names provisioning gives simulated meters; external meters may not take them.
+_SIMULATED_NAME = re.compile(r"meter-(\d+)")
+_REVERT = re.compile(r"refused the call: (\w+)\(")
+_ZERO_ADDRESS = "0x" + "0" * 40
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class MeterRef:
+    """A meter as the operator names it: its name when one is on record, and its address."""
+
+    name: str | None
+    address: str
+
+    @property
+    def label(self) -> str:
+        """``meter-03 (0xAb..)``, or the bare address of a meter without a name."""
+        return f"{self.name} ({self.address})" if self.name else self.address
+
+    @property
+    def arg(self) -> str:
+        """What to type on the command line to name this meter."""
+        return self.name or self.address
+
+
+@dataclass(frozen=True)
+class MeterRow:
+    """One line of the meter list (amounts in micropence, times in unix seconds)."""
+
+    meter: MeterRef
+    region: str
+    active: bool
+    last_seq: int
+    last_reading_at: int | None
+    period_energy_wh: int
+    amount_due: int
+
+
+@dataclass(frozen=True)
+class RegisteredMeter:
+    """A meter just registered on chain, with its customer record written."""
+
+    meter: MeterRef
+    region: str
+    account_ref: str
+    simulated: bool
+    reregistered: bool = False
+
+
+@dataclass(frozen=True)
+class TariffVersion:
+    """One tariff from a ``TariffChanged`` event: millipence per kWh and per day."""
+
+    version: int
+    unit_rate: int
+    standing_charge: int
+    effective_from: int
+
+
+@dataclass(frozen=True)
+class BillPeriod:
+    """A billing period, issued (``BillIssued``) or still open (``openBill``); amounts in micropence."""
+
+    period_id: int
+    period_start: int
+    period_end: int
+    energy_wh: int
+    energy_cost: int
+    standing_charge: int
+    amount_due: int
+
+    @property
+    def empty(self) -> bool:
+        """Whether no reading was recorded in the period (the contract will not close it)."""
+        return self.period_end == self.period_start
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    """What closing a meter's period did: the bill issued, or the open period left alone when empty."""
+
+    meter: MeterRef
+    period: BillPeriod
+    issued: bool
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A customer's statement: who, which meter, every issued bill, the open period and the tariffs."""
+
+    meter: MeterRef
+    customer: Customer | None
+    account_ref: str
+    region: str
+    active: bool
+    issued: list[BillPeriod]
+    open: BillPeriod
+    tariffs: list[TariffVersion]
+    drawn_up_at: int
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def parse_pence(text: str, what: str, *, allow_zero: bool) -> int:
+    """Parse an amount in pence (``24.67``) into millipence (``24670``), refusing what the contract cannot hold.
+
+    Raises:
+        InvalidRequest: not a number, more than three decimals, negative (or zero unless
+            ``allow_zero``), or above the contract's 32-bit field.
+    """
+    try:
+        pence = Decimal(text.strip())
+    except InvalidOperation:
+        raise InvalidRequest(f"{what} {text!r} is not a number; give it in pence, e.g. 24.67") from None
+    if not pence.is_finite():
+        raise InvalidRequest(f"{what} {text!r} is not a number; give it in pence, e.g. 24.67")
+    milli = pence * 1000
+    if milli != milli.to_integral_value():
+        raise InvalidRequest(
+            f"{what} {text}p has more than 3 decimals; the contract counts thousandths of a penny: "
+            f"round it to 3 decimals, e.g. {pence.quantize(Decimal('0.001'), ROUND_HALF_UP)}"
+        )
+    if milli < 0 or (milli == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise InvalidRequest(f"{what} {text}p is not allowed; it must be {bound} pence")
+    if milli > MAX_RATE_MILLIPENCE:
+        most = format_pence(MAX_RATE_MILLIPENCE)
+        raise InvalidRequest(f"{what} {text}p is larger than the contract stores (at most {most}); check the value")
+    return int(milli)
+
+
+def revert_name(err: ChainError) -> str | None:
+    """The custom error a refused transaction reverted with (``EmptyBillingPeriod``), if any."""
+    match = _REVERT.search(err.message)
+    return match.group(1) if match else None
+
+
+def format_kwh(wh: int) -> str:
+    """Energy in Wh as kWh with three decimals: ``1,234.567 kWh``."""
+    return f"{wh // 1000:,}.{wh % 1000:03d} kWh"
+
+
+def format_pence(millipence: int) -> str:
+    """A rate in millipence as pence, with a third decimal only when it carries one: ``24.67p``, ``24.675p``."""
+    text = f"{millipence // 1000:,}.{millipence % 1000:03d}"
+    return (text[:-1] if text.endswith("0") else text) + "p"
+
+
+def format_time(timestamp: int, tz: ZoneInfo) -> str:
+    """Unix seconds as local time to the minute: ``2025-01-12 14:03``."""
+    return datetime.fromtimestamp(timestamp, tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _iso(timestamp: int, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(timestamp, tz).isoformat()
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """Columns padded to their widest cell; ``align`` holds ``<`` or ``>`` per column."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(cells, widths, align, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _period_cells(period: BillPeriod, tz: ZoneInfo) -> list[str]:
+    return [
+        str(period.period_id),
+        format_time(period.period_start, tz),
+        format_time(period.period_end, tz),
+        format_kwh(period.energy_wh),
+        format_pounds(period.energy_cost),
+        format_pounds(period.standing_charge),
+        format_pounds(period.amount_due),
+    ]
+
+
+_PERIOD_HEADERS = ["Period", "From", "To", "Energy", "Energy charge", "Standing charge", "Amount due"]
+_PERIOD_ALIGN = "<<<>>>>"
+
+
+def _tariff_table(tariffs: list[TariffVersion], tz: ZoneInfo) -> list[str]:
+    rows = [
+        [str(t.version), format_time(t.effective_from, tz), format_pence(t.unit_rate) + "/kWh",
+         format_pence(t.standing_charge) + "/day"]
+        for t in tariffs
+    ]
+    return _table(["Version", "From", "Unit rate", "Standing charge"], rows, "><>>")
+
+
+def render_meters(rows: list[MeterRow], tz: ZoneInfo) -> str:
+    """The meter list as a table, with a count and the time zone underneath."""
+    if not rows:
+        return f"no meters are registered on chain yet; add some with: {COMMAND} register --count N"
+    cells = [
+        [r.meter.name or "-", r.meter.address, r.region, "active" if r.active else "inactive", str(r.last_seq),
+         format_time(r.last_reading_at, tz) if r.last_reading_at is not None else "never",
+         format_kwh(r.period_energy_wh), format_pounds(r.amount_due)]
+        for r in rows
+    ]
+    headers = ["Name", "Address", "Region", "Status", "Last seq", "Last reading", "Period energy", "Amount due"]
+    active = sum(r.active for r in rows)
+    footer = f"{len(rows)} meters on chain, {active} active; times in {tz.key}"
+    return "\n".join([*_table(headers, cells, "<<<<><>>"), footer])
+
+
+def render_registered(meters: list[RegisteredMeter], customers_file: str) -> str:
+    """What registration did, one meter a line."""
+    if not meters:
+        return "no meter registered: every meter asked for is already on chain"
+    lines = []
+    for m in meters:
+        kind = "simulated meter" if m.simulated else "external meter"
+        again = " again (the chain did not know it)" if m.reregistered else ""
+        lines.append(f"registered {kind} {m.meter.label} in region {m.region}{again}")
+    lines.append(f"customer records with API keys are in {customers_file}")
+    return "\n".join(lines)
+
+
+def render_tariffs(current: TariffVersion, history: list[TariffVersion], tz: ZoneInfo) -> str:
+    """The tariff in force, then every tariff the contract has had."""
+    head = (f"tariff in force: version {current.version}, {format_pence(current.unit_rate)}/kWh and "
+            f"{format_pence(current.standing_charge)}/day, since {format_time(current.effective_from, tz)}")
+    return "\n".join([head, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
+
+
+def render_close(result: CloseResult, tz: ZoneInfo) -> str:
+    """One closing's outcome in a sentence."""
+    p = result.period
+    if not result.issued:
+        return (f"{result.meter.label}: nothing to bill: no reading recorded since "
+                f"{format_time(p.period_start, tz)}; period {p.period_id} stays open")
+    return (f"{result.meter.label}: bill issued for period {p.period_id}, {format_time(p.period_start, tz)} to "
+            f"{format_time(p.period_end, tz)}: {format_kwh(p.energy_wh)}, energy {format_pounds(p.energy_cost)} "
+            f"+ standing {format_pounds(p.standing_charge)} = {format_pounds(p.amount_due)} due")
+
+
+def render_statement(st: Statement, tz: ZoneInfo) -> str:
+    """The statement as text: money in pounds, energy in kWh, times in ``tz``."""
+    customer = st.customer
+    lines = [
+        f"Statement for {st.meter.name or st.meter.address}, drawn up {format_time(st.drawn_up_at, tz)} "
+        f"(times in {tz.key})",
+        "",
+        f"Customer:        {customer.name if customer and customer.name else '(no name on record)'}",
+        f"Postal address:  {customer.address if customer and customer.address else '(no address on record)'}",
+        f"Meter:           {st.meter.address}",
+        f"Account ref:     {st.account_ref}",
+        f"Region:          {st.region}",
+        f"Status:          {'active' if st.active else 'deactivated'}",
+        "",
+        "Billing periods:",
+    ]
+    rows = [_period_cells(p, tz) for p in st.issued]
+    if not st.open.empty:
+        rows.append([f"{st.open.period_id} (open)", *_period_cells(st.open, tz)[1:]])
+    if rows:
+        lines += ["  " + row for row in _table(_PERIOD_HEADERS, rows, _PERIOD_ALIGN)]
+    if st.open.empty:
+        lines.append(f"  {st.open.period_id} (open) from {format_time(st.open.period_start, tz)}: no readings yet")
+    billed = format_pounds(sum(p.amount_due for p in st.issued))
+    bills = f"{len(st.issued)} bill" + ("" if len(st.issued) == 1 else "s")
+    lines.append(f"  Total billed: {billed} in {bills}; open period so far: "
+                 f"{format_pounds(st.open.amount_due)}")
+    lines += ["", "Tariffs in force:", *("  " + row for row in _tariff_table(st.tariffs, tz))]
+    return "\n".join(lines)
+
+
+def _period_json(p: BillPeriod, tz: ZoneInfo) -> dict[str, Any]:
+    return {
+        "periodId": p.period_id,
+        "periodStart": _iso(p.period_start, tz),
+        "periodEnd": _iso(p.period_end, tz),
+        "energyWh": p.energy_wh,
+        "energyCost": p.energy_cost,
+        "standingCharge": p.standing_charge,
+        "amountDue": p.amount_due,
+    }
+
+
+def statement_json(st: Statement, tz: ZoneInfo) -> dict[str, Any]:
+    """The statement as JSON: energy in Wh, money in micropence, rates in millipence, times ISO 8601 in ``tz``."""
+    customer = st.customer
+    return {
+        "meter": {"name": st.meter.name, "address": st.meter.address, "accountRef": st.account_ref,
+                  "region": st.region, "active": st.active},
+        "customer": {"name": customer.name, "address": customer.address, "email": customer.email}
+        if customer else None,
+        "issued": [_period_json(p, tz) for p in st.issued],
+        "open": _period_json(st.open, tz),
+        "tariffs": [
+            {"version": t.version, "unitRate": t.unit_rate, "standingCharge": t.standing_charge,
+             "effectiveFrom": _iso(t.effective_from, tz)}
+            for t in st.tariffs
+        ],
+        "units": {"energy": "Wh", "money": "micropence", "rates": "millipence per kWh and per day"},
+        "drawnUpAt": _iso(st.drawn_up_at, tz),
+    }
+
+
+def _period(args: dict[str, Any]) -> BillPeriod:
+    return BillPeriod(
+        period_id=int(args["periodId"]),
+        period_start=int(args["periodStart"]),
+        period_end=int(args["periodEnd"]),
+        energy_wh=int(args["energyWh"]),
+        energy_cost=int(args["energyCost"]),
+        standing_charge=int(args["standingCharge"]),
+        amount_due=int(args["amountDue"]),
+    )
+
+
+def _tariff(args: dict[str, Any]) -> TariffVersion:
+    return TariffVersion(int(args["version"]), int(args["unitRate"]), int(args["standingCharge"]),
+                         int(args["effectiveFrom"]))
+
+
+# ---------------------------------------------------------------- the chain
+
+
+class Operations:
+    """One deployment seen by the operator: views and events for reading, the operator key for changes.
+
+    Construction checks that the chain answers, has the configured chain id and holds the
+    recorded contract, so every later failure is about the operation itself. Meters are named
+    by ``meter-03``-style names (from ``DATA_DIR/meters/<name>/meter.json`` or the customer
+    file's ``meter_name``) or by 0x address.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.deployment = load_deployment(settings)
+        client = ChainClient(settings)
+        chain_id = client.check()
+        if chain_id != self.deployment.chain_id:
+            raise ConfigError(f"the node at {settings.chain_rpc_url} has chain id {chain_id}, not "
+                              f"CHAIN_ID={self.deployment.chain_id}; point CHAIN_RPC_URL at the right node")
+        if not client.w3.eth.get_code(to_checksum_address(self.deployment.address)):
+            raise DeploymentMissing(f"no contract at {self.deployment.address} on the chain at "
+                                    f"{settings.chain_rpc_url} (was the chain reset?); "
+                                    "run: .venv/bin/python scripts/deploy.py")
+        self.billing = Billing(client, self.deployment)
+        self.decoder = EventDecoder(self.deployment.abi)
+
+    @property
+    def customers_path(self) -> Path:
+        """The off-chain customer file."""
+        return self.settings.data_dir / "customers.json"
+
+    # ------------------------------------------------------------ naming
+
+    def _names(self) -> dict[str, str]:
+        """Lower-case address -> name, from the meters' folders and the customer file."""
+        names = {str(c["meter"]).lower(): str(c.get("meter_name", "")) for c in
+                 load_customers(self.customers_path).values() if c.get("meter_name")}
+        for name in list_meters(self.settings.data_dir):
+            names[MeterIdentity.load(meter_dir(self.settings.data_dir, name)).address.lower()] = name
+        return names
+
+    def _address_of(self, name: str) -> str | None:
+        if _NAME.fullmatch(name):
+            directory = meter_dir(self.settings.data_dir, name)
+            if (directory / "meter.json").exists():
+                return MeterIdentity.load(directory).address
+        for record in load_customers(self.customers_path).values():
+            if record.get("meter_name") == name:
+                return str(record["meter"])
+        return None
+
+    def resolve(self, meter: str) -> MeterRef:
+        """The registered meter a name or 0x address stands for.
+
+        Raises:
+            UnknownMeter: no meter has this name, or the chain does not know this meter.
+        """
+        text = meter.strip()
+        if _ADDRESS.fullmatch(text):
+            address = to_checksum_address(text)
+            ref = MeterRef(self._names().get(address.lower()), address)
+        else:
+            found = self._address_of(text)
+            if found is None:
+                raise UnknownMeter(f"no meter is named {text!r} in {self.settings.data_dir}; give a meter's name "
+                                   f"or 0x address as listed by: {COMMAND} meters")
+            ref = MeterRef(text, to_checksum_address(found))
+        if not self.billing.meter(ref.address).registered:
+            raise UnknownMeter(f"{ref.label} is not registered on this chain; list the registered meters with: "
+                               f"{COMMAND} meters")
+        return ref
+
+    def _refusal(self, err: ChainError, ref: MeterRef | None = None) -> SmartMeterError:
+        """The contract's refusal as a plain sentence (the original error when it is not a common one)."""
+        name = revert_name(err)
+        if name == "AccessControlUnauthorizedAccount":
+            return ChainError(f"the operator key does not hold OPERATOR_ROLE on the contract at "
+                              f"{self.deployment.address}; set OPERATOR_KEY to the key the deployment granted it to")
+        if ref is None:
+            return err
+        if name == "MeterNotActive":
+            return MeterInactive(f"{ref.label} is already deactivated; to accept its readings again run: "
+                                 f"{COMMAND} reactivate {ref.arg}")
+        if name == "MeterAlreadyActive":
+            return ChainError(f"{ref.label} is already active; nothing was changed")
+        if name == "MeterAlreadyRegistered":
+            return ChainError(f"{ref.address} is already registered on chain; see it with: {COMMAND} meters")
+        if name == "UnknownMeter":
+            return UnknownMeter(f"{ref.label} is not registered on this chain; list the registered meters with: "
+                                f"{COMMAND} meters")
+        return err
+
+    # ------------------------------------------------------------ events
+
+    def _logs(self, event: str, meter: str | None = None) -> list[ChainEvent]:
+        """Every ``event`` of this deployment (of one meter when given), in chain order, via ``eth_getLogs``."""
+        topics = [self.decoder.topic(event)]
+        if meter is not None:
+            topics.append("0x" + "0" * 24 + meter.removeprefix("0x").lower())
+        raw = self.billing.client.w3.eth.get_logs({
+            "address": to_checksum_address(self.deployment.address),
+            "topics": topics,
+            "fromBlock": self.deployment.block,
+            "toBlock": "latest",
+        })
+        events = [e for e in (self.decoder.decode(log) for log in raw) if e is not None and e.name == event]
+        return sorted(events, key=lambda e: e.position)
+
+    def _receipt_event(self, receipt: Any, event: str) -> ChainEvent:
+        for log in receipt["logs"]:
+            decoded = self.decoder.decode(log)
+            if decoded is not None and decoded.name == event:
+                return decoded
+        raise ChainError(f"the transaction succeeded but carries no {event} event; check the deployment")
+
+    # ------------------------------------------------------------ meters
+
+    def _open_period(self, address: str) -> BillPeriod:
+        period_id, start, end, energy, cost, standing, due = self.billing.contract.functions.openBill(
+            to_checksum_address(address)).call()
+        return BillPeriod(int(period_id), int(start), int(end), int(energy), int(cost), int(standing), int(due))
+
+    def meters(self) -> list[MeterRow]:
+        """Every meter registered on chain, in registration order, with its open period's totals."""
+        names = self._names()
+        rows = []
+        for address in self.billing.meters():
+            view = self.billing.meter(address)
+            bill = self.billing.bill(address)
+            rows.append(MeterRow(
+                meter=MeterRef(names.get(address.lower()), view.address),
+                region=view.region,
+                active=view.active,
+                last_seq=view.last_seq,
+                last_reading_at=view.last_timestamp if view.last_seq else None,
+                period_energy_wh=bill.period_energy_wh,
+                amount_due=bill.amount_due,
+            ))
+        return rows
+
+    def register_simulated(self, count: int) -> list[RegisteredMeter]:
+        """Provision ``count`` new simulated meters after the existing ones, registered with no history.
+
+        Provisioning also registers again any existing meter the chain does not know (after a
+        chain reset); those come back with ``reregistered`` set.
+        """
+        if count < 1:
+            raise InvalidRequest(f"--count {count} registers nothing; give how many new meters to add (1 or more)")
+        numbers = [int(m.group(1)) for name in list_meters(self.settings.data_dir)
+                   if (m := _SIMULATED_NAME.fullmatch(name))]
+        report = provision(self.settings, max(numbers, default=0) + count, history_days=0)
+        out = []
+        for name in [*report.reregistered, *report.created]:
+            identity = MeterIdentity.load(meter_dir(self.settings.data_dir, name))
+            out.append(RegisteredMeter(MeterRef(name, identity.address), identity.region, identity.account_ref,
+                                       simulated=True, reregistered=name in report.reregistered))
+        return sorted(out, key=lambda m: m.meter.name or "")
+
+    def register_external(
+        self,
+        address: str,
+        region: str,
+        *,
+        name: str | None = None,
+        customer_name: str = "",
+        postal_address: str = "",
+        email: str = "",
+        opening_wh: int = 0,
+    ) -> RegisteredMeter:
+        """Register a meter whose key the operator does not hold, and write its customer record.
+
+        The record gets a fresh account reference and API key; the chain gets only the address,
+        the account reference, the region and the opening register value.
+
+        Raises:
+            InvalidRequest: a malformed address, region, name or opening value, or a name or
+                address already on record.
+            ChainError: the chain already knows the address.
+        """
+        text = address.strip()
+        if not _ADDRESS.fullmatch(text) or text.lower() == _ZERO_ADDRESS:
+            raise InvalidRequest(f"--address {address!r} is not a meter address; give 0x and 40 hex digits")
+        checksummed = to_checksum_address(text)
+        region = region.strip()
+        if not region or len(region.encode()) > 32:
+            raise InvalidRequest(f"--region {region!r} must be 1 to 32 bytes of text, e.g. north")
+        if not 0 <= opening_wh <= MAX_REGISTER_WH:
+            raise InvalidRequest(f"--opening-wh {opening_wh} must be between 0 and {MAX_REGISTER_WH}")
+        meter_name = name.strip() if name else f"ext-{checksummed[2:10].lower()}"
+        if not _NAME.fullmatch(meter_name):
+            raise InvalidRequest(f"--name {meter_name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+        if _SIMULATED_NAME.fullmatch(meter_name):
+            raise InvalidRequest(f"--name {meter_name!r} is kept for simulated meters; choose another name")
+        customers = load_customers(self.customers_path)
+        existing = customers.get(checksummed.lower())
+        if existing is not None:
+            raise InvalidRequest(f"{checksummed} already has a customer record as {existing.get('meter_name')!r}; "
+                                 f"see it with: {COMMAND} meters")
+        if self._address_of(meter_name) is not None:
+            raise InvalidRequest(f"the name {meter_name!r} is taken; choose another --name")
+        ref = MeterRef(meter_name, checksummed)
+        account_ref = "0x" + secrets.token_hex(32)
+        try:
+            self.billing.register_meter(checksummed, bytes.fromhex(account_ref[2:]), region, opening_wh)
+        except ChainError as err:
+            raise self._refusal(err, ref) from err
+        customers[checksummed.lower()] = {
+            "meter": checksummed,
+            "meter_name": meter_name,
+            "account_ref": account_ref,
+            "name": customer_name,
+            "address": postal_address,
+            "email": email,
+            "api_key": secrets.token_urlsafe(24),
+            "archetype": "",
+            "region": region,
+        }
+        save_customers(self.customers_path, customers)
+        return RegisteredMeter(ref, region, account_ref, simulated=False)
+
+    def deactivate(self, meter: str) -> MeterRef:
+        """Deactivate a meter: the contract rejects its readings until it is reactivated."""
+        ref = self.resolve(meter)
+        try:
+            self.billing.deactivate_meter(ref.address)
+        except ChainError as err:
+            raise self._refusal(err, ref) from err
+        return ref
+
+    def reactivate(self, meter: str) -> MeterRef:
+        """Reactivate a deactivated meter."""
+        ref = self.resolve(meter)
+        try:
+            self.billing.reactivate_meter(ref.address)
+        except ChainError as err:
+            raise self._refusal(err, ref) from err
+        return ref
+
+    # ------------------------------------------------------------ tariff
+
+    def tariff(self) -> TariffVersion:
+        """The tariff in force, from the contract's view."""
+        unit_rate, standing, effective_from, version = self.billing.contract.functions.tariff().call()
+        return TariffVersion(int(version), int(unit_rate), int(standing), int(effective_from))
+
+    def tariff_history(self) -> list[TariffVersion]:
+        """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
+        return [_tariff(e.args) for e in self._logs("TariffChanged")]
+
+    def set_tariff(self, unit_rate_pence: str, standing_charge_pence: str) -> TariffVersion:
+        """Set a new tariff given in pence per kWh and pence per day (at most 3 decimals each).
+
+        It applies to readings recorded from the next block on; bills already accrued keep their rates.
+        """
+        unit_rate = parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
+        standing = parse_pence(standing_charge_pence, "standing charge", allow_zero=True)
+        try:
+            receipt = self.billing.set_tariff(unit_rate, standing)
+        except ChainError as err:
+            raise self._refusal(err) from err
+        return _tariff(self._receipt_event(receipt, "TariffChanged").args)
+
+    # ------------------------------------------------------------ billing periods
+
+    def _close(self, ref: MeterRef) -> CloseResult:
+        try:
+            receipt = self.billing.close_billing_period(ref.address)
+        except ChainError as err:
+            if revert_name(err) == "EmptyBillingPeriod":
+                return CloseResult(ref, self._open_period(ref.address), issued=False)
+            raise self._refusal(err, ref) from err
+        return CloseResult(ref, _period(self._receipt_event(receipt, "BillIssued").args), issued=True)
+
+    def close_period(self, meter: str) -> CloseResult:
+        """Close a meter's open period at its last reading and issue the bill (not when nothing was read)."""
+        return self._close(self.resolve(meter))
+
+    def close_all(self) -> list[CloseResult]:
+        """Close every registered meter's open period; meters with nothing to bill are left open."""
+        names = self._names()
+        return [self._close(MeterRef(names.get(a.lower()), to_checksum_address(a))) for a in self.billing.meters()]
+
+    # ------------------------------------------------------------ statements
+
+    def statement(self, meter: str) -> Statement:
+        """A customer's statement, entirely from the chain but for the customer's details.
+
+        Issued bills come from ``BillIssued`` events, the open period from ``openBill``, and the
+        tariffs are the one in force when the meter was registered and every one since.
+        """
+        ref = self.resolve(meter)
+        view = self.billing.meter(ref.address)
+        registered = self._logs("MeterRegistered", ref.address)
+        tariff_events = self._logs("TariffChanged")
+        if registered:
+            since = registered[0].position
+            earlier = [e for e in tariff_events if e.position < since]
+            tariff_events = earlier[-1:] + [e for e in tariff_events if e.position > since]
+        return Statement(
+            meter=ref,
+            customer=Customers(self.customers_path).by_meter(ref.address),
+            account_ref=view.account_ref,
+            region=view.region,
+            active=view.active,
+            issued=[_period(e.args) for e in self._logs("BillIssued", ref.address)],
+            open=self._open_period(ref.address),
+            tariffs=[_tariff(e.args) for e in tariff_events],
+            drawn_up_at=int(time.time()),
+        )

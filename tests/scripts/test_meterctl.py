@@ -1,0 +1,297 @@
+"""The operator's tool (server.operations behind scripts/meterctl.py) against the session's Ganache:
+registering simulated and external meters, deactivating and reactivating, the tariff, closing
+billing periods, statements, and the script's output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from common.eip712 import ReadingData, sign_reading
+from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
+from common.settings import ROOT, Settings
+from common.tariff import format_pounds
+from server.customers import Customer
+from server.operations import (
+    BillPeriod,
+    Operations,
+    format_kwh,
+    format_pence,
+    parse_pence,
+    render_close,
+    render_statement,
+    statement_json,
+)
+
+HOUSEHOLD = "heat-pump-1"
+
+
+@pytest.fixture
+def settings(base_settings: Settings, deployment: object, tmp_path: Path, snapshot: None) -> Settings:
+    """The session's chain (reverted after the test) with a data directory of the test's own."""
+    return base_settings.replace(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def ops(settings: Settings) -> Operations:
+    return Operations(settings)
+
+
+@pytest.fixture
+def household(ops: Operations) -> LocalAccount:
+    """An external meter registered by name, whose key the test holds to sign its readings."""
+    account: LocalAccount = Account.create()
+    ops.register_external(account.address, "north", name=HOUSEHOLD, customer_name="Ada Lovelace",
+                          postal_address="1 Analytical Row, London N1", email="ada@example.org",
+                          opening_wh=5_000_000)
+    return account
+
+
+def read(ops: Operations, meter: LocalAccount, *steps: tuple[int, int]) -> None:
+    """Put the meter's signed readings on chain, each (seconds after the previous one, Wh used since)."""
+    view = ops.billing.meter(meter.address)
+    seq, ts, wh = view.last_seq, view.last_timestamp, view.last_energy_wh
+    signed = []
+    for seconds, used in steps:
+        seq, ts, wh = seq + 1, ts + seconds, wh + used
+        data = ReadingData(meter.address, seq, ts, wh)
+        signed.append((data, sign_reading(bytes(meter.key), ops.deployment.domain, data)))
+    receipt = ops.billing.submit_readings(signed)
+    assert len(ops.billing.events("ReadingRecorded", receipt)) == len(steps)
+
+
+def open_period(ops: Operations, address: str) -> BillPeriod:
+    """The contract's ``openBill`` view, field by field."""
+    return BillPeriod(*(int(v) for v in ops.billing.contract.functions.openBill(address).call()))
+
+
+def issued_on_chain(ops: Operations, address: str) -> list[BillPeriod]:
+    """Every BillIssued event of the meter, through web3's own log decoding."""
+    logs = ops.billing.contract.events.BillIssued().get_logs(from_block=ops.deployment.block,
+                                                             argument_filters={"meter": address})
+    return [BillPeriod(*(int(log.args[k]) for k in ("periodId", "periodStart", "periodEnd", "energyWh",
+                                                    "energyCost", "standingCharge", "amountDue"))) for log in logs]
+
+
+def customers(settings: Settings) -> dict[str, dict[str, str]]:
+    path = settings.data_dir / "customers.json"
+    return {c["meter_name"]: c for c in json.loads(path.read_text())["customers"]}
+
+
+def meterctl(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "scripts/meterctl.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **settings.as_env()}, timeout=60)
+
+
+# ---------------------------------------------------------------- registering
+
+
+def test_register_count_provisions_simulated_meters_after_the_existing_ones_without_history(
+    ops: Operations, settings: Settings
+) -> None:
+    first = ops.register_simulated(2)
+    more = ops.register_simulated(1)
+    assert [m.meter.name for m in first] == ["meter-01", "meter-02"]
+    assert [m.meter.name for m in more] == ["meter-03"]
+    records = customers(settings)
+    assert sorted(records) == ["meter-01", "meter-02", "meter-03"]
+    assert (settings.data_dir / "customers.json").stat().st_mode & 0o777 == 0o600
+    for m in first + more:
+        record = records[m.meter.name or ""]
+        assert record["meter"] == m.meter.address and len(record["api_key"]) >= 32
+        on_chain = ops.billing.meter(m.meter.address)
+        assert on_chain.registered and on_chain.active and on_chain.last_seq == 0
+        assert on_chain.region == m.region == record["region"]
+        assert on_chain.account_ref == m.account_ref == record["account_ref"]
+        assert (settings.data_dir / "meters" / (m.meter.name or "") / "key.hex").exists()
+
+
+def test_register_address_registers_an_external_meter_and_writes_its_customer_record(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    record = customers(settings)[HOUSEHOLD]
+    assert set(record) == set(Customer.__dataclass_fields__)
+    assert record["meter"] == household.address
+    assert (record["name"], record["address"], record["email"]) == (
+        "Ada Lovelace", "1 Analytical Row, London N1", "ada@example.org")
+    assert len(record["api_key"]) >= 32 and record["region"] == "north"
+    assert (settings.data_dir / "customers.json").stat().st_mode & 0o777 == 0o600
+    assert not (settings.data_dir / "meters" / HOUSEHOLD).exists()
+    on_chain = ops.billing.meter(household.address)
+    assert on_chain.registered and on_chain.active and on_chain.region == "north"
+    assert on_chain.account_ref == record["account_ref"] and on_chain.last_energy_wh == 5_000_000
+    assert ops.resolve(HOUSEHOLD).address == ops.resolve(household.address.lower()).address == household.address
+    assert ops.resolve(household.address).name == HOUSEHOLD
+
+
+def test_registering_a_known_address_again_is_refused_in_a_plain_sentence(
+    ops: Operations, household: LocalAccount
+) -> None:
+    with pytest.raises(InvalidRequest) as on_record:
+        ops.register_external(household.address, "south", name="another")
+    assert HOUSEHOLD in on_record.value.message
+    stranger = Account.create()
+    ops.billing.register_meter(stranger.address, bytes(32), "east", 0)
+    with pytest.raises(ChainError) as on_chain:
+        ops.register_external(stranger.address, "east")
+    assert on_chain.value.message.startswith(f"{stranger.address} is already registered on chain")
+    with pytest.raises(InvalidRequest):
+        ops.register_external(Account.create().address, "west", name="meter-07")
+
+
+def test_a_meter_nobody_registered_is_an_unknown_meter_error_saying_how_to_list_meters(ops: Operations) -> None:
+    with pytest.raises(UnknownMeter) as by_name:
+        ops.resolve("meter-99")
+    with pytest.raises(UnknownMeter) as by_address:
+        ops.deactivate(Account.create().address)
+    for err in (by_name.value, by_address.value):
+        assert err.code == "unknown_meter" and "meterctl.py meters" in err.message
+
+
+# ---------------------------------------------------------------- deactivating
+
+
+def test_deactivate_and_reactivate_change_the_meter_on_chain_and_refuse_to_repeat(
+    ops: Operations, household: LocalAccount
+) -> None:
+    assert ops.deactivate(HOUSEHOLD).address == household.address
+    assert ops.billing.meter(household.address).active is False
+    with pytest.raises(MeterInactive) as twice:
+        ops.deactivate(household.address)
+    assert "already deactivated" in twice.value.message and f"reactivate {HOUSEHOLD}" in twice.value.message
+    ops.reactivate(HOUSEHOLD)
+    assert ops.billing.meter(household.address).active is True
+    with pytest.raises(ChainError) as again:
+        ops.reactivate(HOUSEHOLD)
+    assert "already active" in again.value.message
+
+
+# ---------------------------------------------------------------- tariff
+
+
+def test_setting_the_tariff_in_pence_puts_millipence_on_chain_and_into_the_history(ops: Operations) -> None:
+    before = ops.tariff_history()
+    new = ops.set_tariff("25.5", "60.125")
+    on_chain = ops.billing.tariff()
+    assert (on_chain.unit_rate, on_chain.standing_charge, on_chain.version) == (25_500, 60_125, new.version)
+    assert ops.tariff() == new
+    assert ops.tariff_history() == [*before, new] and new.version == before[-1].version + 1
+
+
+@pytest.mark.parametrize(("unit_rate", "standing"), [
+    ("24.6701", "57.21"), ("24.67", "57.2101"), ("0", "57.21"), ("-1", "57.21"), ("24.67", "-0.5"),
+    ("abc", "57.21"), ("NaN", "57.21"), ("5000000", "57.21"),
+])
+def test_tariff_values_the_contract_cannot_hold_are_refused_before_any_transaction(
+    ops: Operations, unit_rate: str, standing: str
+) -> None:
+    version = ops.billing.tariff().version
+    with pytest.raises(InvalidRequest) as refused:
+        ops.set_tariff(unit_rate, standing)
+    assert refused.value.code == "invalid_request"
+    assert ops.billing.tariff().version == version
+
+
+def test_pence_parse_into_millipence_and_amounts_print_in_their_units() -> None:
+    assert parse_pence("24.67", "unit rate", allow_zero=False) == 24_670
+    assert parse_pence(" 0.001 ", "unit rate", allow_zero=False) == 1
+    assert parse_pence("0", "standing charge", allow_zero=True) == 0
+    assert (format_pence(24_670), format_pence(24_675), format_pence(0)) == ("24.67p", "24.675p", "0.00p")
+    assert (format_kwh(1_234_567), format_kwh(5)) == ("1,234.567 kWh", "0.005 kWh")
+
+
+# ---------------------------------------------------------------- billing periods
+
+
+def test_closing_a_period_issues_the_bill_open_bill_showed_and_an_empty_period_is_left_open(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    read(ops, household, (60, 300), (60, 250))
+    shown = open_period(ops, household.address)
+    result = ops.close_period(HOUSEHOLD)
+    assert result.issued and result.period == shown and shown.energy_wh == 550
+    assert issued_on_chain(ops, household.address) == [shown]
+    assert "£" in render_close(result, settings.tz) and "0.550 kWh" in render_close(result, settings.tz)
+
+    empty = ops.close_period(HOUSEHOLD)
+    assert not empty.issued and empty.period.period_id == shown.period_id + 1
+    assert issued_on_chain(ops, household.address) == [shown]
+    assert "nothing to bill" in render_close(empty, settings.tz)
+
+
+def test_close_all_bills_the_meters_with_readings_and_goes_past_the_empty_ones(
+    ops: Operations, household: LocalAccount
+) -> None:
+    quiet = Account.create()
+    ops.register_external(quiet.address, "south", name="quiet-house")
+    read(ops, household, (90, 400))
+    shown = open_period(ops, household.address)
+    results = {r.meter.name: r for r in ops.close_all()}
+    assert results[HOUSEHOLD].issued and results[HOUSEHOLD].period == shown
+    assert not results["quiet-house"].issued
+    assert issued_on_chain(ops, quiet.address) == []
+
+
+# ---------------------------------------------------------------- statements
+
+
+def test_statement_holds_the_customer_the_issued_bills_the_open_period_and_the_tariffs_as_on_chain(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    tariff_at_registration = ops.tariff()
+    read(ops, household, (60, 300))
+    ops.close_period(HOUSEHOLD)
+    new_tariff = ops.set_tariff("30", "50")
+    read(ops, household, (60, 200), (60, 100))
+    statement = ops.statement(HOUSEHOLD)
+
+    assert statement.customer is not None and statement.customer.name == "Ada Lovelace"
+    assert statement.meter.address == household.address and statement.region == "north"
+    assert statement.account_ref == customers(settings)[HOUSEHOLD]["account_ref"]
+    assert statement.issued == issued_on_chain(ops, household.address) and len(statement.issued) == 1
+    assert statement.open == open_period(ops, household.address) and statement.open.energy_wh == 300
+    assert statement.tariffs == [tariff_at_registration, new_tariff]
+
+    text = render_statement(statement, settings.tz)
+    for expected in ("Ada Lovelace", "1 Analytical Row, London N1", household.address, "0.300 kWh",
+                     "30.00p/kWh", "50.00p/day", f"Total billed: {format_pounds(statement.issued[0].amount_due)}"):
+        assert expected in text
+    data = statement_json(statement, settings.tz)
+    assert data["customer"]["name"] == "Ada Lovelace"
+    assert [p["amountDue"] for p in data["issued"]] == [p.amount_due for p in statement.issued]
+    assert data["open"]["energyWh"] == 300
+
+
+# ---------------------------------------------------------------- the script
+
+
+def test_meterctl_prints_a_statement_and_the_meter_list_and_exits_0(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    read(ops, household, (60, 300))
+    ops.close_period(HOUSEHOLD)
+    statement = meterctl(settings, "statement", HOUSEHOLD)
+    assert statement.returncode == 0, statement.stderr
+    expected = render_statement(ops.statement(HOUSEHOLD), settings.tz).splitlines()
+    printed = statement.stdout.splitlines()
+    assert printed[0].startswith(f"Statement for {HOUSEHOLD}, drawn up ")
+    assert printed[1:] == expected[1:]
+
+    listing = meterctl(settings, "meters")
+    assert listing.returncode == 0, listing.stderr
+    line = next(x for x in listing.stdout.splitlines() if x.startswith(HOUSEHOLD))
+    assert household.address in line and "north" in line and "active" in line
+
+
+def test_meterctl_reports_an_unknown_meter_on_stderr_with_its_code_and_exits_1(settings: Settings) -> None:
+    result = meterctl(settings, "close-period", "meter-99")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("meterctl: error [unknown_meter]: no meter is named 'meter-99'")
+    assert "meterctl.py meters" in result.stderr
