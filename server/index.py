@@ -139,7 +139,7 @@ class Applied:
 
     bills: list[MeterRecord] = field(default_factory=list)
     grid_alerts: list[dict[str, Any]] = field(default_factory=list)
-    consumption_alerts: list[ConsumptionAlert] = field(default_factory=list)
+    consumption_alerts: list[tuple[int, ConsumptionAlert]] = field(default_factory=list)
     meters: list[MeterRecord] = field(default_factory=list)
     tariffs: list[dict[str, Any]] = field(default_factory=list)
     events: int = 0
@@ -322,12 +322,12 @@ class Index:
         for candidate in evaluate(self._trend(meter.address), meter.address, start, ts, energy, totals,
                                   self.limit_for(meter.address), self.rules, self.tz):
             a = candidate.alert
-            inserted = db.execute(
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO consumption_alerts (meter, kind, key, at, energy_wh, limit_wh, power_w, "
                 "message) VALUES (?,?,?,?,?,?,?,?)",
-                (a.meter, a.kind, candidate.key, a.at, a.energy_wh, a.limit_wh, a.power_w, a.message)).rowcount
-            if inserted:
-                out.consumption_alerts.append(a)
+                (a.meter, a.kind, candidate.key, a.at, a.energy_wh, a.limit_wh, a.power_w, a.message))
+            if cursor.rowcount:
+                out.consumption_alerts.append((int(cursor.lastrowid or 0), a))
 
     def _issue(self, event: ChainEvent, block_time: int, out: Applied) -> None:
         args = event.args

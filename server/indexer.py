@@ -116,7 +116,7 @@ class Indexer:
 
     def _publish(self, applied: Applied) -> None:
         now = time.time()
-        for alert in applied.consumption_alerts:
+        for _, alert in applied.consumption_alerts:
             fresh = now - alert.at <= ALERT_FRESHNESS
             if fresh and self.hub is not None:
                 self.hub.send(alert.meter, encode(alert))
@@ -133,10 +133,11 @@ class Indexer:
         for tariff in applied.tariffs:
             feed.publish("tariff", None, tariff)
         for grid_alert in applied.grid_alerts:
-            feed.publish("grid_alert", None, grid_alert)
-        for alert in applied.consumption_alerts:
+            row = self.index.grid_alert(grid_alert["id"])
+            feed.publish("grid_alert", None, grid_alert, row["region"] if row else "")
+        for alert_id, alert in applied.consumption_alerts:
             if now - alert.at <= ALERT_FRESHNESS:
-                feed.publish("consumption_alert", alert.meter, alert)
+                feed.publish("consumption_alert", alert.meter, alert.model_dump() | {"id": alert_id})
 
 
 async def rebuild(settings: Settings, deployment: Deployment, index: Index) -> int:

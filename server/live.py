@@ -24,24 +24,31 @@ log = logging.getLogger("live")
 
 @dataclass(frozen=True)
 class Update:
-    """One live update: its ``kind`` (bill, meter, connection, tariff, grid_alert, consumption_alert)."""
+    """One live update: its ``kind`` (bill, meter, connection, tariff, grid_alert, consumption_alert),
+    the meter it concerns, and for a grid alert the region it concerns ("" for all)."""
 
     kind: str
     meter: str | None
     payload: Any
+    region: str = ""
 
 
 class Subscription:
     """One subscriber's queue of updates; ``closed`` is set when it was dropped for falling behind."""
 
-    def __init__(self, meter: str | None, max_queue: int) -> None:
+    def __init__(self, meter: str | None, region: str, max_queue: int) -> None:
         self.meter = meter.lower() if meter else None
+        self.region = region
         self.queue: asyncio.Queue[Update] = asyncio.Queue(max_queue)
         self.closed = asyncio.Event()
 
     def wants(self, update: Update) -> bool:
         """Whether this subscriber may see the update."""
-        return self.meter is None or update.meter is None or update.meter.lower() == self.meter
+        if self.meter is None:
+            return True
+        if update.meter is None:
+            return not update.region or update.region == self.region
+        return update.meter.lower() == self.meter
 
 
 class LiveFeed:
@@ -51,9 +58,9 @@ class LiveFeed:
         self.max_queue = max_queue
         self.subscribers: set[Subscription] = set()
 
-    def subscribe(self, meter: str | None) -> Subscription:
-        """Start receiving updates (all of them, or one meter's and the public ones)."""
-        sub = Subscription(meter, self.max_queue)
+    def subscribe(self, meter: str | None, region: str = "") -> Subscription:
+        """Start receiving updates: all of them, or one meter's and the public ones for its region."""
+        sub = Subscription(meter, region, self.max_queue)
         self.subscribers.add(sub)
         return sub
 
@@ -61,11 +68,11 @@ class LiveFeed:
         """Stop receiving updates."""
         self.subscribers.discard(sub)
 
-    def publish(self, kind: str, meter: str | None, payload: Any) -> None:
+    def publish(self, kind: str, meter: str | None, payload: Any, region: str = "") -> None:
         """Queue an update for every subscriber that may see it."""
         if not self.subscribers:
             return
-        update = Update(kind, meter, payload)
+        update = Update(kind, meter, payload, region)
         for sub in list(self.subscribers):
             if not sub.wants(update):
                 continue

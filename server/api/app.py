@@ -122,6 +122,7 @@ class HttpServer:
             raise
         self.sock.listen(128)
         self.sock.setblocking(False)
+        self.app = app
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
                                 timeout_graceful_shutdown=STOP_GRACE)
         self.server = _EmbeddedServer(config)

@@ -165,7 +165,7 @@ async def health(ctx: Ctx) -> HealthOut:
     position = ctx.index.position()
     return HealthOut(status="ok", chain_id=ctx.deployment.chain_id, contract=ctx.deployment.address,
                      index_block=position[0] if position else None, meters=len(ctx.index.meters()),
-                     connected_meters=len(ctx.hub) if ctx.hub is not None else 0)
+                     connected_meters=len(ctx.hub) if ctx.hub is not None else 0, timezone=ctx.settings.timezone)
 
 
 @router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"])
@@ -377,17 +377,19 @@ async def live(ws: WebSocket, key: str | None = None, token: str | None = None) 
     await ws.accept()
     try:
         who = ctx.auth.authenticate(key, token)
-        if who.meter is not None and ctx.index.meter(who.meter) is None:
+        if not who.is_operator and ctx.index.meter(who.meter or "") is None:
             raise errors.NotFound(f"no meter {who.meter} is registered")
     except errors.SmartMeterError as err:
         await ws.send_json({"type": "error", "code": err.code, "message": err.message})
         await ws.close(POLICY_VIOLATION, err.code)
         return
-    sub = ctx.feed.subscribe(None if who.is_operator else who.meter)
+    own = None if who.is_operator else ctx.index.meter(who.meter or "")
+    sub = ctx.feed.subscribe(own.address if own else None, own.region if own else "")
     reader = asyncio.ensure_future(_drain(ws))
     dropped = asyncio.ensure_future(sub.closed.wait())
     try:
-        await ws.send_json({"type": "hello", "role": who.role, "meter": who.meter})
+        await ws.send_json({"type": "hello", "role": who.role, "meter": who.meter,
+                            "timezone": ctx.settings.timezone})
         while True:
             getter = asyncio.ensure_future(sub.queue.get())
             done, _ = await asyncio.wait({getter, reader, dropped}, return_when=asyncio.FIRST_COMPLETED)

@@ -13,7 +13,6 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from common.messages import ConsumptionAlert
 from common.tariff import format_pounds
 from server.customers import Customer
 from server.index import MeterRecord, Period
@@ -247,6 +246,7 @@ class HealthOut(BaseModel):
     index_block: int | None
     meters: int
     connected_meters: int
+    timezone: str = Field(description="the time zone dates without a time are read in, and days are counted in")
 
 
 def bill_out(p: Period) -> BillOut:
@@ -294,9 +294,8 @@ def grid_alert_out(a: dict[str, Any], now: int) -> GridAlertOut:
     )
 
 
-def consumption_alert_out(a: dict[str, Any] | ConsumptionAlert) -> ConsumptionAlertOut:
+def consumption_alert_out(row: dict[str, Any]) -> ConsumptionAlertOut:
     """A consumption alert (a stored row, or one just raised) for the API."""
-    row = a.model_dump() if isinstance(a, ConsumptionAlert) else a
     return ConsumptionAlertOut(id=row.get("id"), meter=row["meter"], kind=row["kind"], at=iso(row["at"]) or "",
                                energy_wh=row["energy_wh"], limit_wh=row["limit_wh"], power_w=row["power_w"],
                                message=row["message"])

@@ -324,6 +324,7 @@ async def test_an_hour_over_the_limit_notifies_the_meter_and_the_dashboard_at_on
         assert (pushed["meter"], pushed["kind"], pushed["limit_wh"]) == (meter.address, "hourly_limit", 200)
     stored = (await api.get(f"{API}/meters/{meter.address}/consumption-alerts", headers=op)).json()
     assert stored["count"] in (1, 2) and all(a["energy_wh"] > 200 for a in stored["results"])
+    assert pushed["id"] in {a["id"] for a in stored["results"]}
     await link.close()
 
 
@@ -332,7 +333,8 @@ async def test_live_feed_gives_a_customer_only_their_own_bills(server, metered, 
     other = new_meter()
     key = add_customer(server, first, "meter-a")
     async with await live(server, key=key) as customer:
-        assert await next_live(customer, "hello") == {"type": "hello", "role": "customer", "meter": first.address}
+        assert await next_live(customer, "hello") == {"type": "hello", "role": "customer", "meter": first.address,
+                                                      "timezone": "Europe/London"}
         for account, seq, wh in ((other, 1, 10_050), (first, 37, 10_000 + 36 * 400 + 60)):
             link = link_for(account)
             await link.connect()
@@ -341,6 +343,22 @@ async def test_live_feed_gives_a_customer_only_their_own_bills(server, metered, 
             await link.close()
         bill = await next_live(customer, "bill")
         assert bill["meter"]["address"] == first.address and bill["meter"]["last_reading"]["seq"] == 37
+
+
+async def test_live_feed_gives_a_customer_the_grid_alerts_of_their_region_only(server, metered, billing):
+    first, _, _ = metered  # in the north
+    key = add_customer(server, first, "meter-a")
+    expires = int(time.time()) + 600
+    async with await live(server, key=key) as customer:
+        await next_live(customer, "hello")
+        raised = []
+        for region in ("south", "north", ""):
+            receipt = await asyncio.to_thread(billing.raise_grid_alert, 0, "notice", region, f"for {region}", expires)
+            raised.append(billing.events("GridAlert", receipt)[0]["args"]["id"])
+        seen = [(await next_live(customer, "grid_alert"))["alert"]["id"] for _ in range(2)]
+        assert seen == raised[1:]
+    for alert_id in raised:
+        await asyncio.to_thread(billing.clear_grid_alert, alert_id)
 
 
 async def test_live_feed_refuses_unknown_credentials_with_a_code(server):

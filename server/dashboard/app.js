@@ -1,0 +1,1049 @@
+/*
+ * The smart-meter billing dashboard: one page, routed by the URL fragment.
+ *
+ *   #/                    the fleet: every meter and its open bill, grid and consumption alerts
+ *   #/meter/<address>     one meter: bill breakdown, a day's consumption, bills, alerts, threshold
+ *   #key=<api key>        sign in with a key (it is kept in localStorage and removed from the URL)
+ *
+ * Data comes from the REST API (/api/v1, key in the X-API-Key header) and stays current through
+ * the live WebSocket (/api/v1/live?key=...), which reconnects with back-off when it drops. A
+ * customer's key sees one meter, so a customer goes straight to that meter's page.
+ *
+ * Everything taken from data (meter names, alert messages, error messages) goes into the page
+ * through the `html` template tag, which escapes it.
+ */
+"use strict";
+
+(() => {
+  // ---------------------------------------------------------------- settings
+
+  const API = "/api/v1";
+  const KEY_STORAGE = "smartmeter.apiKey";
+  /** First and longest wait before reconnecting the live socket (doubles each failed try). */
+  const RECONNECT_MIN_MS = 1_000;
+  const RECONNECT_MAX_MS = 30_000;
+  /** How long a changed cell stays highlighted (matches the `flash` animation in style.css). */
+  const HIGHLIGHT_MS = 2_000;
+  /** Bursts of live updates (a batch of readings) reload a meter's chart once, after this pause. */
+  const RELOAD_DELAY_MS = 400;
+  const RECENT_ALERTS = 10;
+  const HOUR_MS = 3_600_000;
+  /** WebSocket close code the server uses for refused credentials: reconnecting will not help. */
+  const POLICY_VIOLATION = 1008;
+  const MICROPENCE_PER_PENNY = 1_000_000;
+
+  // ---------------------------------------------------------------- escaping
+
+  /** A piece of HTML that is already safe (built by `html`), inserted as it is. */
+  class SafeHtml {
+    constructor(text) { this.text = text; }
+    toString() { return this.text; }
+  }
+
+  function escapeHtml(value) {
+    return String(value ?? "").replace(/[&<>"']/g, (c) => (
+      { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  function insert(value) {
+    if (value instanceof SafeHtml) return value.text;
+    if (Array.isArray(value)) return value.map(insert).join("");
+    return escapeHtml(value);
+  }
+
+  /** Template tag: every interpolated value is escaped unless it is SafeHtml (or a list of it). */
+  function html(strings, ...values) {
+    let out = strings[0];
+    values.forEach((value, i) => { out += insert(value) + strings[i + 1]; });
+    return new SafeHtml(out);
+  }
+
+  // ---------------------------------------------------------------- formatting
+
+  const dateTimeFormat = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "short" });
+  const dateFormat = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium" });
+  const hourFormat = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+
+  /** Micropence as pounds and pence, half a penny rounding up (as the server's statements do). */
+  function pounds(micropence) {
+    const pence = Math.floor((Number(micropence) + MICROPENCE_PER_PENNY / 2) / MICROPENCE_PER_PENNY);
+    const sign = pence < 0 ? "-" : "";
+    const abs = Math.abs(pence);
+    return `${sign}£${Math.floor(abs / 100).toLocaleString("en-GB")}.${String(abs % 100).padStart(2, "0")}`;
+  }
+
+  function kwh(wh, digits = 2) {
+    return (Number(wh) / 1000).toLocaleString("en-GB", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  }
+
+  function pencePerUnit(millipence) {
+    return (Number(millipence) / 1000).toLocaleString("en-GB", { minimumFractionDigits: 2, maximumFractionDigits: 3 });
+  }
+
+  function when(iso) { return iso ? dateTimeFormat.format(new Date(iso)) : "—"; }
+  function day(iso) { return iso ? dateFormat.format(new Date(iso)) : "—"; }
+  function shortAddress(address) { return `${address.slice(0, 6)}…${address.slice(-4)}`; }
+  function sameAddress(a, b) { return String(a).toLowerCase() === String(b).toLowerCase(); }
+
+  /** A local calendar date as YYYY-MM-DD. */
+  function isoDate(date) {
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+  }
+
+  /** The local midnight starting a YYYY-MM-DD date, and the one after it. */
+  function dayBounds(value) {
+    const [y, m, d] = value.split("-").map(Number);
+    return [new Date(y, m - 1, d), new Date(y, m - 1, d + 1)];
+  }
+
+  function badge(text, kind) { return html`<span class="badge badge-${kind}">${text}</span>`; }
+  function statusBadge(status) { return badge(status, status === "active" ? "ok" : "muted"); }
+  function connectedBadge(connected) {
+    return connected ? badge("connected", "ok") : badge("not connected", "muted");
+  }
+
+  // ---------------------------------------------------------------- the REST API
+
+  /** An error answered by the API (or met reaching it), with its stable code and a sentence. */
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  /** Call the API with the signed-in key; a 401 signs out (the key is no good any more). */
+  async function api(path, options = {}) {
+    const headers = { "X-API-Key": session.key || "", Accept: "application/json" };
+    const init = { method: options.method || "GET", headers };
+    if (options.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(options.body);
+    }
+    let response;
+    try {
+      response = await fetch(API + path, init);
+    } catch (err) {
+      throw new ApiError(0, "unreachable", "The server cannot be reached; check that it is running, then reload.");
+    }
+    let body = null;
+    try { body = await response.json(); } catch (err) { body = null; }
+    if (!response.ok) {
+      const error = body && body.error ? body.error : {};
+      const failure = new ApiError(response.status, error.code || "http_error",
+        error.message || `The server answered ${response.status} ${response.statusText}.`);
+      if (response.status === 401) signOut(`Your key was refused (${failure.message}). Sign in again.`);
+      throw failure;
+    }
+    return body;
+  }
+
+  function query(params) {
+    const search = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== undefined && value !== null) search.set(name, String(value));
+    }
+    return search.toString();
+  }
+
+  /** What to show for a failed load: the API's sentence, in a box. */
+  function errorBox(err) {
+    const message = err instanceof ApiError ? err.message : `Something went wrong in the page: ${err.message}`;
+    return html`<p class="form-error">${message}</p>`;
+  }
+
+  // ---------------------------------------------------------------- the live socket
+
+  /**
+   * The live WebSocket, reconnected with exponential back-off (1 s doubling to 30 s) whenever
+   * it drops. `onMessage` gets each parsed message, `onState` each change of state:
+   * "connecting", "live", "reconnecting" (with the delay) or "refused" (bad credentials: no retry).
+   */
+  class LiveConnection {
+    constructor(key, onMessage, onState) {
+      this.key = key;
+      this.onMessage = onMessage;
+      this.onState = onState;
+      this.delay = RECONNECT_MIN_MS;
+      this.socket = null;
+      this.timer = null;
+      this.stopped = false;
+    }
+
+    start() {
+      this.stopped = false;
+      this.open("connecting");
+    }
+
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      if (this.socket) this.socket.close(1000, "signed out");
+      this.socket = null;
+    }
+
+    open(state) {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const url = `${scheme}://${location.host}${API}/live?${query({ key: this.key })}`;
+      this.onState(state);
+      const socket = new WebSocket(url);
+      this.socket = socket;
+      let refused = false;
+      socket.onmessage = (event) => {
+        let message;
+        try { message = JSON.parse(event.data); } catch (err) { return; }
+        if (message.type === "hello") {
+          this.delay = RECONNECT_MIN_MS;
+          this.onState("live");
+        } else if (message.type === "error") {
+          refused = true;
+        }
+        this.onMessage(message);
+      };
+      socket.onclose = (event) => {
+        if (this.socket !== socket || this.stopped) return;
+        this.socket = null;
+        if (refused || event.code === POLICY_VIOLATION) {
+          this.onState("refused");
+          return;
+        }
+        const wait = this.delay;
+        this.delay = Math.min(this.delay * 2, RECONNECT_MAX_MS);
+        this.onState("reconnecting", wait);
+        this.timer = setTimeout(() => this.open("reconnecting"), wait);
+      };
+    }
+  }
+
+  // ---------------------------------------------------------------- session and page frame
+
+  const session = { key: null, me: null, live: null, view: null };
+  const $ = (id) => document.getElementById(id);
+
+  function showBanner(message) {
+    const banner = $("banner");
+    banner.textContent = message || "";
+    banner.hidden = !message;
+  }
+
+  function setLiveState(state, wait) {
+    const labels = {
+      connecting: "connecting…",
+      live: "live",
+      reconnecting: wait ? `reconnecting… (in ${Math.round(wait / 1000)} s)` : "reconnecting…",
+      refused: "not live: key refused",
+      offline: "offline",
+    };
+    $("live-state").dataset.state = state;
+    $("live-label").textContent = labels[state] || state;
+  }
+
+  function showSignIn(message) {
+    $("session").hidden = true;
+    const main = $("main");
+    main.replaceChildren($("sign-in-template").content.cloneNode(true));
+    const error = $("sign-in-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    $("sign-in-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("api-key").value.trim();
+      if (key) signIn(key);
+    });
+    $("api-key").focus();
+  }
+
+  function signOut(message) {
+    localStorage.removeItem(KEY_STORAGE);
+    if (session.live) session.live.stop();
+    if (session.view) session.view.destroy();
+    Object.assign(session, { key: null, me: null, live: null, view: null });
+    setLiveState("offline");
+    showBanner("");
+    if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+    showSignIn(message);
+  }
+
+  async function signIn(key) {
+    session.key = key;
+    let me;
+    try {
+      me = await api("/auth/me");
+    } catch (err) {
+      if (err.status !== 401) {
+        session.key = null;
+        showSignIn(err.message);
+      }
+      return;
+    }
+    localStorage.setItem(KEY_STORAGE, key);
+    session.me = me;
+    $("session").hidden = false;
+    $("role").textContent = me.role === "operator" ? "operator" : "customer";
+    session.live = new LiveConnection(key, onLive, onLiveState);
+    session.live.start();
+    route();
+  }
+
+  function onLiveState(state, wait) {
+    setLiveState(state, wait);
+    if (state === "refused") showBanner("Live updates were refused for this key; sign out and in again.");
+  }
+
+  function onLive(message) {
+    if (message.type === "error") {
+      showBanner(`Live updates stopped: ${message.message}`);
+      return;
+    }
+    if (message.type === "hello") showBanner("");
+    if (session.view) session.view.onLive(message);
+  }
+
+  // ---------------------------------------------------------------- routing
+
+  /** Show the view the URL fragment names (a customer only ever sees their own meter). */
+  function route() {
+    if (!session.me) return;
+    const hash = location.hash || "#/";
+    const match = /^#\/meter\/(0x[0-9a-fA-F]{40})$/.exec(hash);
+    if (session.me.role !== "operator" && (!match || !sameAddress(match[1], session.me.meter))) {
+      location.replace(`#/meter/${session.me.meter}`);
+      return;
+    }
+    if (session.view) session.view.destroy();
+    const main = $("main");
+    main.replaceChildren();
+    session.view = match ? new MeterView(match[1]) : new FleetView();
+    session.view.mount(main);
+    window.scrollTo(0, 0);
+  }
+
+  /** Replace an element's contents with new HTML, highlighting it when it changed. */
+  function updateCell(element, content, flash = true) {
+    const text = String(content);
+    if (element.dataset.html === text) return;
+    const first = element.dataset.html === undefined;
+    element.innerHTML = text;
+    element.dataset.html = text;
+    if (flash && !first) {
+      element.classList.remove("flash");
+      void element.offsetWidth;  // restart the animation
+      element.classList.add("flash");
+      setTimeout(() => element.classList.remove("flash"), HIGHLIGHT_MS);
+    }
+  }
+
+  function alertItem(alert) {
+    const ends = alert.cleared_at ? `cleared ${when(alert.cleared_at)}` : `until ${when(alert.expires_at)}`;
+    return html`<li class="alert alert-${alert.severity}">
+      ${badge(alert.severity, alert.severity)}
+      <span class="alert-message">${alert.message}</span>
+      <span class="muted">${alert.region || "all regions"} · ${alert.kind} · raised ${when(alert.raised_at)}, ${ends}</span>
+    </li>`;
+  }
+
+  function consumptionItem(alert, withMeter) {
+    const kind = alert.kind === "hourly_limit" ? "over hourly limit" : "sudden jump";
+    const power = alert.power_w > 0 ? ` · ${Number(alert.power_w).toLocaleString("en-GB")} W` : "";
+    const meter = withMeter
+      ? html`<a href="#/meter/${alert.meter}">${meterName(alert.meter)}</a> · `
+      : "";
+    return html`<li class="alert alert-warning">
+      ${badge(kind, "warning")}
+      <span class="alert-message">${alert.message}</span>
+      <span class="muted">${meter}${when(alert.at)}${power}</span>
+    </li>`;
+  }
+
+  /** Where a meter's state stands: (billing period, last reading), to tell older from newer. */
+  function progress(meter) {
+    return [meter.open_bill.period_id, meter.last_reading ? meter.last_reading.seq : 0];
+  }
+
+  /**
+   * The newer of two states of a meter. A page load answered just before a live bill can arrive
+   * just after it; it must not put the older state back.
+   */
+  function newest(known, loaded) {
+    if (!known) return loaded;
+    const [a, b] = [progress(known), progress(loaded)];
+    return a[0] > b[0] || (a[0] === b[0] && a[1] > b[1]) ? known : loaded;
+  }
+
+  const knownNames = new Map();
+  function meterName(address) { return knownNames.get(address.toLowerCase()) || shortAddress(address); }
+  function remember(meter) { knownNames.set(meter.address.toLowerCase(), meter.name || shortAddress(meter.address)); }
+
+  function list(items, empty) {
+    return items.length ? html`${items}` : html`<li class="empty muted">${empty}</li>`;
+  }
+
+  // ---------------------------------------------------------------- fleet view
+
+  /** Every meter in a table kept current by live messages, with the alerts beside it. */
+  class FleetView {
+    constructor() {
+      this.meters = new Map();
+      this.tariff = null;
+      this.gridAlerts = [];
+      this.consumptionAlerts = [];
+      this.alive = true;
+      this.loads = 0;
+    }
+
+    mount(root) {
+      root.innerHTML = html`
+        <h1>Fleet</h1>
+        <section class="summary" id="fleet-summary"></section>
+        <section class="panel">
+          <h2>Meters</h2>
+          <div id="fleet-error"></div>
+          <div class="table-wrap">
+            <table class="data" id="fleet-table">
+              <thead><tr>
+                <th>Meter</th><th>Region</th><th>Status</th><th>Connection</th><th>Last reading</th>
+                <th class="num">Period energy (kWh)</th><th class="num">Amount due</th>
+              </tr></thead>
+              <tbody></tbody>
+            </table>
+          </div>
+        </section>
+        <div class="columns">
+          <section class="panel">
+            <h2>Grid alerts in force</h2>
+            <ul class="alerts" id="grid-alerts"></ul>
+          </section>
+          <section class="panel">
+            <h2>Recent consumption alerts</h2>
+            <ul class="alerts" id="consumption-alerts"></ul>
+          </section>
+        </div>`;
+      this.load();
+    }
+
+    destroy() { this.alive = false; }
+
+    async load() {
+      const load = ++this.loads;
+      const [meters, grid, consumption, tariffs] = await Promise.allSettled([
+        api("/meters"),
+        api(`/grid-alerts?${query({ active: true })}`),
+        api(`/consumption-alerts?${query({ page_size: RECENT_ALERTS })}`),
+        api("/tariffs"),
+      ]);
+      if (!this.alive || load !== this.loads) return;  // gone, or a newer load is under way
+      if (meters.status === "fulfilled") {
+        this.meters = new Map(meters.value.map((m) => [m.address.toLowerCase(),
+          newest(this.meters.get(m.address.toLowerCase()), m)]));
+        meters.value.forEach(remember);
+        $("fleet-error").innerHTML = "";
+        this.renderTable();
+      } else {
+        $("fleet-error").innerHTML = errorBox(meters.reason);
+      }
+      if (tariffs.status === "fulfilled") this.tariff = tariffs.value[0] || null;
+      this.gridAlerts = grid.status === "fulfilled" ? grid.value.results : [];
+      this.consumptionAlerts = consumption.status === "fulfilled" ? consumption.value.results : [];
+      this.renderGridAlerts(grid.status === "rejected" ? grid.reason : null);
+      this.renderConsumptionAlerts(consumption.status === "rejected" ? consumption.reason : null);
+      this.renderSummary();
+    }
+
+    onLive(message) {
+      if (!this.alive) return;
+      switch (message.type) {
+        case "hello":
+          this.load();  // what changed before the socket was subscribed (or while it was down)
+          break;
+        case "bill":
+        case "meter":
+          this.upsert(message.meter);
+          break;
+        case "connection": {
+          const meter = this.meters.get(message.address.toLowerCase());
+          if (meter) this.upsert({ ...meter, connected: message.connected });
+          break;
+        }
+        case "tariff":
+          this.tariff = message.tariff;
+          this.renderSummary();
+          break;
+        case "grid_alert":
+          this.gridAlerts = this.gridAlerts.filter((a) => a.id !== message.alert.id);
+          if (message.alert.active) this.gridAlerts.unshift(message.alert);
+          this.renderGridAlerts(null);
+          break;
+        case "consumption_alert":
+          this.consumptionAlerts = [message.alert, ...this.consumptionAlerts].slice(0, RECENT_ALERTS);
+          this.renderConsumptionAlerts(null);
+          break;
+        default:
+          break;
+      }
+    }
+
+    sorted() {
+      return [...this.meters.values()].sort((a, b) =>
+        (a.name || "~").localeCompare(b.name || "~") || a.address.localeCompare(b.address));
+    }
+
+    cells(m) {
+      const last = m.last_reading;
+      return {
+        meter: m.name
+          ? html`<a href="#/meter/${m.address}">${m.name}</a>
+              <span class="address" title="${m.address}">${shortAddress(m.address)}</span>`
+          : html`<a href="#/meter/${m.address}" title="${m.address}">${shortAddress(m.address)}</a>`,
+        region: html`${m.region || "—"}`,
+        status: statusBadge(m.status),
+        connection: connectedBadge(m.connected),
+        last: html`${last ? when(last.read_at) : "no reading yet"}`,
+        energy: html`${kwh(m.open_bill.energy_wh)}`,
+        amount: html`${pounds(m.open_bill.amount_due_micropence)}`,
+      };
+    }
+
+    newRow(m) {
+      const row = document.createElement("tr");
+      row.dataset.address = m.address;
+      row.innerHTML = html`<td data-field="meter"></td><td data-field="region"></td><td data-field="status"></td>
+        <td data-field="connection"></td><td data-field="last"></td><td data-field="energy" class="num"></td>
+        <td data-field="amount" class="num amount-due"></td>`;
+      return row;
+    }
+
+    fillRow(row, m, flash) {
+      const cells = this.cells(m);
+      for (const cell of row.cells) updateCell(cell, cells[cell.dataset.field], flash);
+    }
+
+    renderTable() {
+      const body = document.querySelector("#fleet-table tbody");
+      const rows = this.sorted().map((m) => {
+        const row = this.newRow(m);
+        this.fillRow(row, m, false);
+        return row;
+      });
+      body.replaceChildren(...rows);
+      if (!rows.length) body.innerHTML = html`<tr><td colspan="7" class="empty muted">No meters are registered yet.</td></tr>`;
+    }
+
+    /** Put a meter's new state in its row (adding the row for a meter not seen before). */
+    upsert(meter) {
+      const known = this.meters.has(meter.address.toLowerCase());
+      this.meters.set(meter.address.toLowerCase(), meter);
+      remember(meter);
+      if (!known) {
+        this.renderTable();
+      } else {
+        const row = [...document.querySelectorAll("#fleet-table tbody tr")]
+          .find((r) => sameAddress(r.dataset.address, meter.address));
+        if (row) this.fillRow(row, meter, true);
+      }
+      this.renderSummary();
+    }
+
+    renderSummary() {
+      const meters = [...this.meters.values()];
+      const due = meters.reduce((sum, m) => sum + Number(m.open_bill.amount_due_micropence), 0);
+      const tariff = this.tariff
+        ? html`${pencePerUnit(this.tariff.unit_rate_millipence_per_kwh)} p/kWh,
+            ${pencePerUnit(this.tariff.standing_charge_millipence_per_day)} p/day
+            <span class="muted">(v${this.tariff.version})</span>`
+        : html`<span class="muted">none set</span>`;
+      const stat = (label, value) => html`<div class="stat"><span class="stat-label">${label}</span>
+        <span class="stat-value">${value}</span></div>`;
+      $("fleet-summary").innerHTML = html`
+        ${stat("Meters", meters.length)}
+        ${stat("Active", meters.filter((m) => m.status === "active").length)}
+        ${stat("Connected", meters.filter((m) => m.connected).length)}
+        ${stat("Open bills", pounds(due))}
+        ${stat("Tariff", tariff)}`;
+    }
+
+    renderGridAlerts(error) {
+      $("grid-alerts").innerHTML = error ? html`<li>${errorBox(error)}</li>`
+        : list(this.gridAlerts.map(alertItem), "No grid alert is in force.");
+    }
+
+    renderConsumptionAlerts(error) {
+      $("consumption-alerts").innerHTML = error ? html`<li>${errorBox(error)}</li>`
+        : list(this.consumptionAlerts.map((a) => consumptionItem(a, true)), "No consumption alert yet.");
+    }
+  }
+
+  // ---------------------------------------------------------------- meter view
+
+  /** One meter's page: loaded whole (again at each live (re)connection), kept current from live messages. */
+  class MeterView {
+    constructor(address) {
+      this.address = address;
+      this.meter = null;
+      this.chart = null;
+      this.chartType = "bar";
+      this.day = isoDate(new Date());
+      this.hours = [];
+      this.consumptionAlerts = [];
+      this.alive = true;
+      this.loads = 0;
+      this.reloadTimer = null;
+    }
+
+    mount(root) {
+      const back = session.me.role === "operator" ? html`<a class="back" href="#/">← All meters</a>` : "";
+      root.innerHTML = html`
+        ${back}
+        <div id="meter-head"><h1>Meter ${shortAddress(this.address)}</h1></div>
+        <div id="meter-error"></div>
+        <div class="columns">
+          <section class="panel" id="bill-breakdown"><h2>Current bill</h2><p class="muted">Loading…</p></section>
+          <section class="panel" id="meter-state"><h2>Meter</h2><p class="muted">Loading…</p></section>
+        </div>
+        <section class="panel" id="consumption">
+          <div class="panel-head">
+            <h2>Consumption</h2>
+            <div class="controls">
+              <label>Day <input type="date" id="day" value="${this.day}" max="${isoDate(new Date())}"></label>
+              <div class="toggle" role="group" aria-label="chart type">
+                <button type="button" data-type="bar" aria-pressed="true">Bars</button>
+                <button type="button" data-type="line" aria-pressed="false">Line</button>
+              </div>
+            </div>
+          </div>
+          <div id="chart-error"></div>
+          <div class="chart-layout">
+            <div class="chart-box"><canvas id="consumption-chart" aria-label="hourly consumption"></canvas></div>
+            <div class="table-wrap hours">
+              <table class="data" id="hourly-table">
+                <thead><tr><th>Hour</th><th class="num">kWh</th></tr></thead>
+                <tbody></tbody>
+                <tfoot></tfoot>
+              </table>
+            </div>
+          </div>
+        </section>
+        <section class="panel">
+          <h2>Bills</h2>
+          <div class="table-wrap" id="bills"><p class="muted">Loading…</p></div>
+        </section>
+        <div class="columns">
+          <section class="panel">
+            <h2>Grid alerts</h2>
+            <div id="grid-timeline" class="timeline"><p class="muted">Loading…</p></div>
+          </section>
+          <section class="panel">
+            <h2>Consumption alerts</h2>
+            <ul class="alerts" id="meter-consumption-alerts"></ul>
+          </section>
+        </div>
+        <section class="panel" id="threshold">
+          <h2>Consumption alert threshold</h2>
+          <div id="threshold-state"><p class="muted">Loading…</p></div>
+          <form id="threshold-form" class="inline-form">
+            <label for="hourly-limit">Hourly limit (Wh)</label>
+            <input id="hourly-limit" type="number" min="0" max="1000000" step="1" inputmode="numeric"
+              placeholder="default">
+            <button type="submit">Save</button>
+            <button type="button" id="threshold-default" class="secondary">Use the default</button>
+          </form>
+          <p class="muted small">0 turns hourly alerts off; "Use the default" follows the server's setting.</p>
+          <p id="threshold-result" role="status"></p>
+        </section>`;
+      $("day").addEventListener("change", (event) => {
+        if (!event.target.value) return;
+        this.day = event.target.value;
+        this.loadHours();
+      });
+      for (const button of document.querySelectorAll("#consumption .toggle button")) {
+        button.addEventListener("click", () => this.setChartType(button.dataset.type));
+      }
+      $("threshold-form").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const raw = $("hourly-limit").value.trim();
+        if (raw === "") {
+          $("threshold-result").innerHTML = html`<span class="form-error">Enter a number of Wh (0 for no alerts),
+            or choose "Use the default".</span>`;
+          return;
+        }
+        this.saveThreshold(Number.parseInt(raw, 10));
+      });
+      $("threshold-default").addEventListener("click", () => this.saveThreshold(null));
+      this.load();
+    }
+
+    destroy() {
+      this.alive = false;
+      clearTimeout(this.reloadTimer);
+      if (this.chart) this.chart.destroy();
+      this.chart = null;
+    }
+
+    path(suffix = "") { return `/meters/${this.address}${suffix}`; }
+
+    async load() {
+      const load = ++this.loads;
+      let meter;
+      try {
+        meter = await api(this.path());
+      } catch (err) {
+        if (!this.alive || load !== this.loads) return;
+        $("meter-error").innerHTML = errorBox(err);
+        if (!this.meter) {  // nothing shown yet (else what is shown stays, under the error)
+          for (const id of ["bill-breakdown", "meter-state"]) $(id).querySelector("p").textContent = "Not available.";
+        }
+        return;
+      }
+      if (!this.alive || load !== this.loads) return;  // gone, or a newer load is under way
+      this.meter = newest(this.meter, meter);
+      remember(meter);
+      $("meter-error").innerHTML = "";
+      this.renderMeter(false);
+      await Promise.all([this.loadHours(), this.loadBills(), this.loadGridAlerts(), this.loadConsumptionAlerts(),
+        this.loadThreshold()]);
+    }
+
+    onLive(message) {
+      if (!this.alive) return;
+      const mine = (address) => sameAddress(address, this.address);
+      switch (message.type) {
+        case "hello":
+          this.load();  // what changed before the socket was subscribed (or while it was down)
+          break;
+        case "bill":
+        case "meter":
+          if (!mine(message.meter.address)) break;
+          this.meter = message.meter;
+          this.renderMeter(true);
+          if (message.type === "bill") this.scheduleReload();
+          break;
+        case "connection":
+          if (this.meter && mine(message.address)) {
+            this.meter = { ...this.meter, connected: message.connected };
+            this.renderMeter(true);
+          }
+          break;
+        case "grid_alert":
+          this.loadGridAlerts();
+          break;
+        case "consumption_alert":
+          if (mine(message.alert.meter)) {
+            this.consumptionAlerts = [message.alert, ...this.consumptionAlerts];
+            this.renderConsumptionAlerts(null);
+          }
+          break;
+        default:
+          break;
+      }
+    }
+
+    /** A new bill: reload the bills, and the chart when the day shown is today (its data changed). */
+    scheduleReload() {
+      clearTimeout(this.reloadTimer);
+      this.reloadTimer = setTimeout(() => {
+        if (!this.alive) return;
+        this.loadBills();
+        const read = this.meter.last_reading ? isoDate(new Date(this.meter.last_reading.read_at)) : null;
+        if (this.day === isoDate(new Date()) || this.day === read) this.loadHours();
+      }, RELOAD_DELAY_MS);
+    }
+
+    renderMeter(flash) {
+      const m = this.meter;
+      const bill = m.open_bill;
+      const customer = m.customer ? html`<p class="muted">${m.customer.name} · ${m.customer.postal_address}</p>` : "";
+      $("meter-head").innerHTML = html`
+        <h1>${m.name || shortAddress(m.address)}</h1>
+        <p class="meter-meta"><span class="address">${m.address}</span> · ${m.region || "no region"}
+          · ${statusBadge(m.status)} ${connectedBadge(m.connected)}</p>
+        ${customer}`;
+      const breakdown = $("bill-breakdown");
+      if (!breakdown.querySelector("dl")) {
+        breakdown.innerHTML = html`<h2>Current bill</h2><p class="muted" data-field="period"></p>
+          <dl class="breakdown">
+            <dt>Energy used</dt><dd data-field="energy"></dd>
+            <dt>Energy charge</dt><dd data-field="energy-charge"></dd>
+            <dt>Standing charge</dt><dd data-field="standing-charge"></dd>
+            <dt class="total">Amount due</dt><dd class="total amount-due" data-field="amount"></dd>
+          </dl>`;
+      }
+      const values = {
+        period: html`Period ${bill.period_id}: ${when(bill.period_start)} to ${when(bill.period_end)}`,
+        energy: html`${kwh(bill.energy_wh, 3)} kWh`,
+        "energy-charge": html`${pounds(bill.energy_charge_micropence)}`,
+        "standing-charge": html`${pounds(bill.standing_charge_micropence)}`,
+        amount: html`${pounds(bill.amount_due_micropence)}`,
+      };
+      for (const element of breakdown.querySelectorAll("[data-field]")) {
+        updateCell(element, values[element.dataset.field], flash);
+      }
+      const last = m.last_reading;
+      $("meter-state").innerHTML = html`<h2>Meter</h2>
+        <dl class="breakdown">
+          <dt>Status</dt><dd>${statusBadge(m.status)} <span class="muted">since ${when(m.status_changed_at)}</span></dd>
+          <dt>Connection</dt><dd>${connectedBadge(m.connected)}</dd>
+          <dt>Last reading</dt><dd>${last ? when(last.read_at) : "no reading yet"}</dd>
+          <dt>Register</dt><dd>${last ? `${kwh(last.register_wh, 3)} kWh (reading ${last.seq})` : "—"}</dd>
+          <dt>Account</dt><dd><span class="address" title="${m.account_ref}">${shortAddress(m.account_ref)}</span></dd>
+          <dt>Rejected readings</dt><dd>${m.rejected_readings}</dd>
+        </dl>`;
+    }
+
+    // ---- consumption chart and hourly table
+
+    async loadHours() {
+      const [start, end] = dayBounds(this.day);
+      const params = query({ group_by: "hour", period_from: this.day, period_to: isoDate(end), order_by: "period",
+        page_size: 100 });
+      let page;
+      try {
+        page = await api(`${this.path("/readings")}?${params}`);
+      } catch (err) {
+        if (this.alive) $("chart-error").innerHTML = errorBox(err);
+        return;
+      }
+      if (!this.alive) return;
+      $("chart-error").innerHTML = "";
+      // Every hour of the local day gets a slot (zero when nothing was used), so the chart's axis is the day.
+      const byHour = new Map(page.results.map((r) => [new Date(r.interval_start).getTime(), r]));
+      const slots = new Set();
+      for (let t = start.getTime(); t < end.getTime(); t += HOUR_MS) slots.add(t);
+      for (const t of byHour.keys()) slots.add(t);
+      this.hours = [...slots].sort((a, b) => a - b).map((t) => ({
+        start: new Date(t),
+        wh: byHour.has(t) ? byHour.get(t).energy_wh : 0,
+      }));
+      this.renderHours();
+    }
+
+    renderHours() {
+      const total = this.hours.reduce((sum, h) => sum + h.wh, 0);
+      document.querySelector("#hourly-table tbody").innerHTML = html`${this.hours.map((h) =>
+        html`<tr><td>${hourFormat.format(h.start)}</td><td class="num">${kwh(h.wh, 3)}</td></tr>`)}`;
+      document.querySelector("#hourly-table tfoot").innerHTML =
+        html`<tr><th>Total</th><th class="num">${kwh(total, 3)}</th></tr>`;
+      this.drawChart();
+    }
+
+    setChartType(type) {
+      this.chartType = type;
+      for (const button of document.querySelectorAll("#consumption .toggle button")) {
+        button.setAttribute("aria-pressed", String(button.dataset.type === type));
+      }
+      if (this.chart) {
+        this.chart.destroy();
+        this.chart = null;
+      }
+      this.drawChart();
+    }
+
+    drawChart() {
+      if (typeof window.Chart !== "function") {
+        $("chart-error").innerHTML = html`<p class="form-error">The chart library did not load
+          (/vendor/chart.umd.js); run scripts/bootstrap.sh on the server.</p>`;
+        return;
+      }
+      const labels = this.hours.map((h) => hourFormat.format(h.start));
+      const data = this.hours.map((h) => h.wh / 1000);
+      if (this.chart) {
+        this.chart.data.labels = labels;
+        this.chart.data.datasets[0].data = data;
+        this.chart.update();
+        return;
+      }
+      const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#2563eb";
+      this.chart = new window.Chart($("consumption-chart"), {
+        type: this.chartType,
+        data: {
+          labels,
+          datasets: [{
+            label: "kWh",
+            data,
+            backgroundColor: this.chartType === "bar" ? accent : `${accent}33`,
+            borderColor: accent,
+            borderWidth: this.chartType === "bar" ? 0 : 2,
+            fill: this.chartType === "line",
+            tension: 0.25,
+            pointRadius: 2,
+          }],
+        },
+        options: {
+          responsive: true,
+          maintainAspectRatio: false,
+          animation: { duration: 300 },
+          plugins: {
+            legend: { display: false },
+            tooltip: { callbacks: { label: (item) => `${item.parsed.y.toFixed(3)} kWh` } },
+          },
+          scales: {
+            x: { grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 8 } },
+            y: { beginAtZero: true, title: { display: true, text: "kWh" } },
+          },
+        },
+      });
+    }
+
+    // ---- bills
+
+    async loadBills() {
+      let page;
+      try {
+        page = await api(`${this.path("/bills")}?${query({ page_size: 50 })}`);
+      } catch (err) {
+        if (this.alive) $("bills").innerHTML = errorBox(err);
+        return;
+      }
+      if (!this.alive) return;
+      const rows = page.results.map((b) => html`<tr data-period="${b.period_id}">
+        <td>${b.period_id}</td>
+        <td class="nowrap">${day(b.period_start)} – ${day(b.period_end)}</td>
+        <td>${b.status === "open" ? badge("open", "info") : badge("issued", "ok")}</td>
+        <td class="num">${kwh(b.energy_wh, 3)}</td>
+        <td class="num">${pounds(b.energy_charge_micropence)}</td>
+        <td class="num">${pounds(b.standing_charge_micropence)}</td>
+        <td class="num"><strong>${pounds(b.amount_due_micropence)}</strong></td>
+        <td class="nowrap">${b.issued_at ? when(b.issued_at) : "—"}</td>
+      </tr>`);
+      $("bills").innerHTML = html`<table class="data" id="bills-table">
+        <thead><tr><th>#</th><th>Period</th><th>Status</th><th class="num">kWh</th><th class="num">Energy</th>
+          <th class="num">Standing</th><th class="num">Amount due</th><th>Issued</th></tr></thead>
+        <tbody>${rows.length ? rows : html`<tr><td colspan="8" class="empty muted">No bills yet.</td></tr>`}</tbody>
+      </table>
+      ${page.count > page.results.length ? html`<p class="muted small">The newest ${page.results.length} of
+        ${page.count} bills.</p>` : ""}`;
+    }
+
+    // ---- grid alerts on a timeline
+
+    async loadGridAlerts() {
+      const region = session.me.role === "operator" && this.meter ? this.meter.region : undefined;
+      let page;
+      try {
+        page = await api(`/grid-alerts?${query({ region, page_size: 20 })}`);
+      } catch (err) {
+        if (this.alive) $("grid-timeline").innerHTML = errorBox(err);
+        return;
+      }
+      if (this.alive) this.renderTimeline(page.results);
+    }
+
+    /** Each alert as a bar from raised to cleared (or expiry), on one time axis ending after now. */
+    renderTimeline(alerts) {
+      const box = $("grid-timeline");
+      if (!alerts.length) {
+        box.innerHTML = html`<p class="muted">No grid alert for this meter's region.</p>`;
+        return;
+      }
+      const now = Date.now();
+      const spans = alerts.map((a) => ({
+        alert: a,
+        from: new Date(a.raised_at).getTime(),
+        to: new Date(a.cleared_at || a.expires_at).getTime(),
+      }));
+      const first = Math.min(...spans.map((s) => s.from));
+      const last = Math.max(now, ...spans.map((s) => s.to));
+      const width = Math.max(last - first, 1);
+      const pct = (t) => `${((t - first) / width * 100).toFixed(2)}%`;
+      const rows = spans.map(({ alert, from, to }) => {
+        const state = alert.active ? "in force" : alert.cleared_at ? "cleared" : "expired";
+        return html`<li class="timeline-row">
+          <div class="timeline-label">${badge(alert.severity, alert.severity)} ${alert.message}
+            <span class="muted small">${alert.region || "all regions"} · ${state} ·
+              ${when(alert.raised_at)} → ${when(alert.cleared_at || alert.expires_at)}</span></div>
+          <div class="timeline-track">
+            <span class="timeline-bar sev-${alert.severity}${alert.active ? " active" : ""}"
+              style="left:${pct(from)};width:max(3px, calc(${pct(to)} - ${pct(from)}))"></span>
+            <span class="timeline-now" style="left:${pct(now)}" title="now"></span>
+          </div>
+        </li>`;
+      });
+      box.innerHTML = html`<ul class="timeline-rows">${rows}</ul>
+        <div class="timeline-axis muted small"><span>${when(new Date(first).toISOString())}</span>
+          <span>${when(new Date(last).toISOString())}</span></div>`;
+    }
+
+    // ---- consumption alerts
+
+    async loadConsumptionAlerts() {
+      let page;
+      try {
+        page = await api(`${this.path("/consumption-alerts")}?${query({ page_size: 20 })}`);
+      } catch (err) {
+        if (this.alive) this.renderConsumptionAlerts(err);
+        return;
+      }
+      if (!this.alive) return;
+      this.consumptionAlerts = page.results;
+      this.renderConsumptionAlerts(null);
+    }
+
+    renderConsumptionAlerts(error) {
+      $("meter-consumption-alerts").innerHTML = error ? html`<li>${errorBox(error)}</li>`
+        : list(this.consumptionAlerts.map((a) => consumptionItem(a, false)), "No consumption alert for this meter.");
+    }
+
+    // ---- threshold
+
+    async loadThreshold() {
+      try {
+        this.renderThreshold(await api(this.path("/threshold")));
+      } catch (err) {
+        if (this.alive) $("threshold-state").innerHTML = errorBox(err);
+      }
+    }
+
+    renderThreshold(t) {
+      if (!this.alive) return;
+      const limit = t.hourly_limit_wh === 0
+        ? html`<strong>off</strong> (no hourly alerts)`
+        : html`<strong>${Number(t.hourly_limit_wh).toLocaleString("en-GB")} Wh</strong> an hour`;
+      $("threshold-state").innerHTML = html`<p>Hourly limit: ${limit}
+        <span class="muted">(${t.source === "default" ? "the server's default" : "set for this meter"})</span>.
+        A jump alert fires when power exceeds ${t.jump_factor}× the recent median and at least
+        ${Number(t.jump_min_w).toLocaleString("en-GB")} W.</p>`;
+      $("hourly-limit").value = t.source === "default" ? "" : String(t.hourly_limit_wh);
+    }
+
+    async saveThreshold(limit) {
+      const result = $("threshold-result");
+      result.textContent = "Saving…";
+      try {
+        const t = await api(this.path("/threshold"), { method: "PUT", body: { hourly_limit_wh: limit } });
+        this.renderThreshold(t);
+        if (this.alive) result.innerHTML = html`<span class="ok">Saved.</span>`;
+      } catch (err) {
+        if (this.alive) result.innerHTML = errorBox(err);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- start
+
+  /** Sign in with a key given as `#key=...`, dropping it from the address bar (and history). */
+  function keyFromUrl() {
+    const found = /^#key=([^&]+)/.exec(location.hash);
+    if (!found) return false;
+    history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+    if (session.live) session.live.stop();
+    if (session.view) session.view.destroy();
+    Object.assign(session, { live: null, view: null, me: null });
+    signIn(decodeURIComponent(found[1]));
+    return true;
+  }
+
+  /** Sign in with the key in the URL, else the one kept from last time, else ask for one. */
+  function start() {
+    $("sign-out").addEventListener("click", (event) => {
+      event.preventDefault();
+      signOut("");
+    });
+    window.addEventListener("hashchange", () => { if (!keyFromUrl()) route(); });
+    if (keyFromUrl()) return;
+    const stored = localStorage.getItem(KEY_STORAGE);
+    if (stored) signIn(stored);
+    else showSignIn("");
+  }
+
+  start();
+})();
