@@ -29,7 +29,7 @@ from common.events import ChainEvent
 from common.logs import log_event
 from common.messages import ConsumptionAlert
 from common.tariff import MeterLedger, RejectReason, Tariff, accrue
-from server.history import interval_power_w, spread_over_hours
+from server.history import spread_over_hours
 from server.monitor import Rules, Trend, evaluate
 
 __all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS"]
@@ -351,10 +351,11 @@ class Index:
         trend = self._trends.get(meter)
         if trend is None:
             rows = self.db.execute("SELECT energy_wh, timestamp - interval_start FROM readings WHERE meter=? "
-                                   "ORDER BY seq DESC LIMIT ?", (meter, self.rules.window + 1)).fetchall()
+                                   "ORDER BY seq DESC LIMIT ?", (meter, self.rules.window + 64)).fetchall()
+            trend = Trend(deque(maxlen=self.rules.window))
             # The newest row is the reading being applied now (already inserted): leave it out.
-            powers = [interval_power_w(int(wh), int(seconds)) for wh, seconds in reversed(rows[1:])]
-            trend = Trend(deque(powers, maxlen=self.rules.window))
+            for wh, seconds in reversed(rows[1:]):
+                trend.powers.append(trend.power(int(seconds), int(wh), self.rules.min_span))
             self._trends[meter] = trend
         return trend
 

@@ -3,10 +3,12 @@ meter's limit, and an abrupt jump in power. No I/O: the indexer feeds it each re
 reading with the hourly totals it just updated, stores what it returns (once per meter, kind
 and hour or reading) and delivers the notifications.
 
-The jump rule compares an interval's mean power with the median of the meter's recent
-intervals: a jump is power above ``jump_factor`` times that median and at least
-``jump_min_w`` above it (so a house idling at 150 W does not alarm at 500 W). It fires when a
-jump begins, not again while power stays high.
+The jump rule compares the mean power of the latest readings with the median of the meter's
+recent ones: a jump is power above ``jump_factor`` times that median and at least
+``jump_min_w`` above it (so a house idling at 150 W does not alarm at 500 W). Power is taken
+over at least ``min_span`` seconds (the latest interval, with those before it when it is
+shorter), because a register counts whole watt-hours: one more Wh in a 3-second interval
+would read as 1.2 kW. It fires when a jump begins, not again while power stays high.
 """
 
 from __future__ import annotations
@@ -28,18 +30,31 @@ class Rules:
 
     jump_factor: float = 3.0
     jump_min_w: int = 1_000
-    #: How many recent intervals the median is taken over, and how many it needs first.
+    #: How many recent powers the median is taken over, and how many it needs first.
     window: int = 12
     min_samples: int = 4
+    #: Seconds of readings a power is measured over, at least.
+    min_span: int = 60
 
 
 @dataclass
 class Trend:
-    """What the jump rule remembers of one meter: recent interval powers (as many as ``Rules.window``),
-    and whether it is in a jump."""
+    """What the jump rule remembers of one meter: recent powers (as many as ``Rules.window``), the
+    latest intervals they are measured over, and whether it is in a jump."""
 
     powers: deque[int] = field(default_factory=lambda: deque(maxlen=12))
+    intervals: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=64))
     jumping: bool = False
+
+    def power(self, seconds: int, energy_wh: int, min_span: int) -> int:
+        """Add an interval; the mean power over it and as many before it as make ``min_span`` seconds."""
+        self.intervals.append((seconds, energy_wh))
+        span = wh = 0
+        for s, e in reversed(self.intervals):
+            span, wh = span + s, wh + e
+            if span >= min_span:
+                break
+        return interval_power_w(wh, span)
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,7 @@ def evaluate(
                     meter=meter, kind="hourly_limit", at=end, energy_wh=total, limit_wh=limit_wh,
                     message=f"consumption {span} reached {_kwh(total)}, above the limit of {_kwh(limit_wh)}",
                 )))
-    power = interval_power_w(energy_wh, end - start)
+    power = trend.power(end - start, energy_wh, rules.min_span)
     usual = trailing_median(list(trend.powers))
     jump = (
         len(trend.powers) >= rules.min_samples

@@ -57,3 +57,22 @@ def test_the_jump_alert_carries_power_and_a_plain_message():
     alerts = evaluate(trend, METER, 0, 900, 1_500, [], 0, RULES, UTC)
     assert [(c.alert.kind, c.alert.power_w, c.key) for c in alerts] == [("sudden_jump", 6_000, 900)]
     assert "6.0 kW" in alerts[0].alert.message and "0.5 kW" in alerts[0].alert.message
+
+
+def test_whole_watt_hours_in_short_intervals_are_not_jumps():
+    # A 150 W house read every 3 s: most intervals count 0 Wh, one in eight counts 1 Wh (1.2 kW if taken alone).
+    trend = Trend()
+    kinds = []
+    for i in range(40):
+        wh = 1 if i % 8 == 7 else 0
+        kinds += [c.alert.kind for c in evaluate(trend, METER, i * 3, i * 3 + 3, wh, [], 0, RULES, UTC)]
+    assert kinds == []
+
+
+def test_a_kettle_read_every_15_seconds_is_a_jump_within_a_minute():
+    trend = Trend()
+    t, kinds = 0, []
+    for wh in [2] * 20 + [12] * 6:  # 480 W, then 2.9 kW
+        kinds.append([c.alert.kind for c in evaluate(trend, METER, t, t + 15, wh, [], 0, RULES, UTC)])
+        t += 15
+    assert ["sudden_jump"] in kinds[20:24] and sum(k == ["sudden_jump"] for k in kinds) == 1
