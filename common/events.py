@@ -1,12 +1,14 @@
 """Decode the contract's raw logs into named events, for the relay, the indexer and tools.
 
-Decoding works straight from the ABI with ``eth_abi`` (topic0 picks the event, the other topics
-are its indexed arguments, the data its others), which costs a fraction of web3's generic
-log processing: the gateway decodes two events for every reading it relays.
+Decoding works straight from the ABI (topic0 picks the event, the other topics are its indexed
+arguments, the data its others), which costs a fraction of web3's generic log processing: the
+gateway decodes two events for every reading it relays. Events whose data holds only static
+values (every event but ``GridAlert``) are read word by word; the others go through ``eth_abi``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,11 @@ class _EventShape:
     indexed: list[tuple[str, str]]
     data_names: list[str]
     data_types: list[str]
+    #: Whether every data value takes exactly one 32-byte word.
+    static: bool
+
+
+_STATIC = re.compile(r"^(u?int\d*|address|bool|bytes([1-9]|[12]\d|3[0-2]))$")
 
 
 def _bytes(value: Any) -> bytes:
@@ -62,6 +69,13 @@ def _topic_value(kind: str, raw: bytes) -> Any:
     return raw  # bytes32, or the hash of a dynamic value
 
 
+def _word_value(kind: str, word: bytes) -> Any:
+    """A static ABI value from its 32-byte word."""
+    if kind.startswith("bytes"):
+        return word[: int(kind[5:])]
+    return _topic_value(kind, word)
+
+
 class EventDecoder:
     """Maps topic0 to the contract's events and decodes logs."""
 
@@ -76,6 +90,7 @@ class EventDecoder:
                 indexed=[(i["name"], i["type"]) for i in inputs if i.get("indexed")],
                 data_names=[i["name"] for i in inputs if not i.get("indexed")],
                 data_types=[i["type"] for i in inputs if not i.get("indexed")],
+                static=all(_STATIC.match(i["type"]) for i in inputs if not i.get("indexed")),
             )
 
     def topic(self, name: str) -> str:
@@ -96,9 +111,16 @@ class EventDecoder:
         args: dict[str, Any] = {
             name: _topic_value(kind, raw) for (name, kind), raw in zip(shape.indexed, topics[1:], strict=True)
         }
-        values = abi_decode(shape.data_types, _bytes(log["data"]))
-        for name, kind, value in zip(shape.data_names, shape.data_types, values, strict=True):
-            args[name] = checksum_address(bytes.fromhex(value[2:])) if kind == "address" else value
+        data = _bytes(log["data"])
+        if shape.static:
+            if len(data) < 32 * len(shape.data_types):
+                return None
+            for i, (name, kind) in enumerate(zip(shape.data_names, shape.data_types, strict=True)):
+                args[name] = _word_value(kind, data[32 * i: 32 * i + 32])
+        else:
+            values = abi_decode(shape.data_types, data)
+            for name, kind, value in zip(shape.data_names, shape.data_types, values, strict=True):
+                args[name] = checksum_address(bytes.fromhex(value[2:])) if kind == "address" else value
         return ChainEvent(
             name=shape.name,
             args=args,
