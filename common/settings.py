@@ -72,6 +72,7 @@ class Settings:
     max_pending_readings: int = 100_000
     batch_max_size: int = 100
     batch_max_wait: float = 0.5
+    batch_pipeline: int = 2
     rpc_retry_attempts: int = 5
     # API, dashboard and consumption alerts
     operator_api_key: str = ""
@@ -158,6 +159,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as err:
         raise ConfigError(f"TIMEZONE={settings.timezone!r} is not a known time zone (e.g. Europe/London)") from err
+    if not 1 <= settings.batch_pipeline <= 8:
+        raise ConfigError("BATCH_PIPELINE must be between 1 and 8 (batches in flight at once)")
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
     return settings

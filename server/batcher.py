@@ -1,11 +1,14 @@
 """Submits queued readings to the chain in batches, signing locally with the gateway key.
 
 A batch is the oldest pending readings, up to ``batch_max_size``, sent as soon as one is
-waiting and the previous batch is mined (readings arriving meanwhile form the next batch, so
-batches grow under load by themselves). The gas limit comes from a per-reading bound rather
-than ``eth_estimateGas``, which would make the node execute every batch twice. A failed batch
-goes back to pending; readings the chain already holds are dropped first, and the contract's
-sequence check makes a resubmitted reading impossible to record twice.
+waiting (readings arriving meanwhile form the next batch, so batches grow under load by
+themselves). Up to ``pipeline`` batches are in flight at once, so the chain is never idle
+while the gateway reads a receipt and builds the next transaction; a meter's readings are in
+at most one of them, so they reach the chain in order even when a batch fails. The gas limit
+comes from a per-reading bound rather than ``eth_estimateGas``, which would make the node
+execute every batch twice. A failed batch goes back to pending; readings the chain already
+holds are dropped first, and the contract's sequence check makes a resubmitted reading
+impossible to record twice.
 """
 
 from __future__ import annotations
@@ -49,15 +52,19 @@ def submit_readings_calldata(batch: list[QueuedReading]) -> bytes:
 class Batcher:
     """The loop that drains the durable queue into ``submitReadings`` transactions."""
 
-    def __init__(self, chain: AsyncChainClient, store: Store, batch_max_size: int, batch_max_wait: float) -> None:
+    def __init__(self, chain: AsyncChainClient, store: Store, batch_max_size: int, batch_max_wait: float,
+                 pipeline: int = 2) -> None:
         self.chain = chain
         self.store = store
         self.batch_max_size = batch_max_size
         self.batch_max_wait = batch_max_wait
+        self.pipeline = pipeline
         self.decoder = EventDecoder(chain.deployment.abi)
         self._wake = asyncio.Event()
         self._stopping = False
         self._dirty = False
+        #: Meters with readings in a batch being sent: their later readings wait for it.
+        self._busy: set[str] = set()
         self.batches = 0
         self.readings_submitted = 0
 
@@ -79,10 +86,24 @@ class Batcher:
                   already_on_chain=before - self.store.count())
 
     async def run(self) -> None:
-        """Submit batches until stopped."""
+        """Submit batches until stopped, ``pipeline`` at a time."""
+        await asyncio.gather(*(self._sender() for _ in range(self.pipeline)))
+
+    def _take(self) -> list[QueuedReading]:
+        """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
+        batch: list[QueuedReading] = []
+        for reading in self.store.pending(self.batch_max_size * 2):
+            if reading.data.meter not in self._busy:
+                batch.append(reading)
+                if len(batch) == self.batch_max_size:
+                    break
+        self._busy.update(r.data.meter for r in batch)
+        return batch
+
+    async def _sender(self) -> None:
         backoff = 0.5
         while not self._stopping:
-            batch = self.store.pending(self.batch_max_size)
+            batch = self._take()
             if not batch:
                 self._wake.clear()
                 try:
@@ -94,8 +115,8 @@ class Batcher:
                 if self._dirty:
                     # A previous batch failed with its fate unknown: drop what the chain already holds
                     # before sending anything again.
-                    await self._drop_recorded({r.data.meter for r in batch})
                     self._dirty = False
+                    await self._drop_recorded({r.data.meter for r in batch})
                     continue
                 await self._submit(batch)
                 backoff = 0.5
@@ -106,6 +127,9 @@ class Batcher:
                 self._dirty = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            finally:
+                self._busy.difference_update(r.data.meter for r in batch)
+                self._wake.set()  # a sender waiting for these meters may go on
 
     async def _submit(self, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
