@@ -59,7 +59,9 @@ class Batcher:
         self.batch_max_size = batch_max_size
         self.batch_max_wait = batch_max_wait
         self.pipeline = pipeline
-        self.decoder = EventDecoder(chain.deployment.abi)
+        decoder = EventDecoder(chain.deployment.abi)
+        self._recorded_topic = decoder.topic("ReadingRecorded")
+        self._rejected_topic = decoder.topic("ReadingRejected")
         self._wake = asyncio.Event()
         self._stopping = False
         self._dirty = False
@@ -140,16 +142,12 @@ class Batcher:
         gas_used = int(receipt["gasUsed"], 16)
         if int(receipt["status"], 16) != 1:
             raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
-        decided: list[tuple[str, int]] = []
-        recorded = rejected = 0
-        for raw in receipt["logs"]:
-            event = self.decoder.decode(raw)
-            if event is None or event.name not in ("ReadingRecorded", "ReadingRejected"):
-                continue
-            recorded += event.name == "ReadingRecorded"
-            rejected += event.name == "ReadingRejected"
-            decided.append((event.args["meter"], int(event.args["seq"])))
-        self.store.remove_many(decided)
+        # A mined batch decided every reading in it: the contract emits ReadingRecorded or
+        # ReadingRejected for each, so the whole batch leaves the queue (the events go to meters
+        # through the relay).
+        self.store.remove_many([(r.data.meter, r.data.seq) for r in batch])
+        topics = [raw["topics"][0] for raw in receipt["logs"] if raw["topics"]]
+        recorded, rejected = topics.count(self._recorded_topic), topics.count(self._rejected_topic)
         self.batches += 1
         self.readings_submitted += len(batch)
         latency = time.monotonic() - started

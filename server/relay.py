@@ -104,21 +104,26 @@ class Relay:
     async def _follow(self) -> None:
         async with RpcSocket(self.settings.chain_ws_url) as rpc:
             address = self.deployment.address
-            await rpc.request("eth_subscribe", ["logs", {"address": address}])
+            await rpc.request("eth_subscribe", ["newHeads"])
             self.connected.set()
-            await self._catch_up(rpc, address)
+            complete = await self._catch_up(rpc, address)
             self.caught_up.set()
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             try:
                 while True:
-                    next_log = asyncio.ensure_future(rpc.notification())
-                    done, _ = await asyncio.wait({next_log, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    next_head = asyncio.ensure_future(rpc.notification())
+                    done, _ = await asyncio.wait({next_head, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                     if stop_wait in done:
-                        next_log.cancel()
+                        next_head.cancel()
                         return
-                    self._handle_log(next_log.result())
+                    head = int(next_head.result()["number"], 16)
                     while rpc.pending_notifications():
-                        self._handle_log(await rpc.notification())
+                        head = max(head, int((await rpc.notification())["number"], 16))
+                    if head > complete:
+                        query = {"address": address, "fromBlock": hex(complete + 1), "toBlock": hex(head)}
+                        for raw in await rpc.request("eth_getLogs", [query]):
+                            self._handle_log(raw)
+                        complete = head
                     self.save_position()
             finally:
                 stop_wait.cancel()
@@ -157,7 +162,8 @@ class Relay:
         self.active_alerts[alert.id] = alert
         return alert
 
-    async def _catch_up(self, rpc: RpcSocket, address: str) -> None:
+    async def _catch_up(self, rpc: RpcSocket, address: str) -> int:
+        """Process every log from the position to the head; returns the head, whose logs are all processed."""
         head = int(await rpc.request("eth_blockNumber", []), 16)
         if not self._alerts_loaded:
             await self._load_alerts(rpc, address, head)
@@ -173,6 +179,7 @@ class Relay:
             self.save_position()
             start = end + 1
         log_event(log, "relay_caught_up", head=head, events=caught, position=f"{self.position[0]}:{self.position[1]}")
+        return head
 
     def _handle_log(self, raw: Any) -> int:
         event = self.decoder.decode(raw)

@@ -64,6 +64,14 @@ async def metered(server, new_meter, write_readings):
     return first, second, start
 
 
+async def registered(api: httpx.AsyncClient, op: dict[str, str], address: str, timeout: float = 20.0) -> None:
+    """Wait until the server's index knows a meter just registered on chain."""
+    deadline = time.monotonic() + timeout
+    while (await api.get(f"{API}/meters/{address}", headers=op)).status_code == 404:
+        assert time.monotonic() < deadline, f"the index never learnt of meter {address}"
+        await asyncio.sleep(0.05)
+
+
 def error_of(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, response.json()["error"]["code"]
 
@@ -307,7 +315,9 @@ async def next_live(ws, kind: str, timeout: float = 20.0) -> dict:
 async def test_an_hour_over_the_limit_notifies_the_meter_and_the_dashboard_at_once(
         api, op, server, new_meter, link_for):
     meter = new_meter()
-    await api.put(f"{API}/meters/{meter.address}/threshold", headers=op, json={"hourly_limit_wh": 200})
+    await registered(api, op, meter.address)
+    set_limit = await api.put(f"{API}/meters/{meter.address}/threshold", headers=op, json={"hourly_limit_wh": 200})
+    assert set_limit.status_code == 200, set_limit.text
     link = link_for(meter)
     await link.connect()
     async with await live(server, key=op["X-API-Key"]) as dashboard:
