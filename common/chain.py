@@ -262,29 +262,32 @@ class AsyncChainClient:
 
         Built and signed here without web3's contract machinery (which spends about a millisecond
         per reading validating and encoding a batch); transient failures are retried and a nonce
-        the node disagrees with is fetched again. Several may be sent at once: each takes the next
-        nonce, and the node mines them in nonce order whatever order they arrive in.
+        the node disagrees with is fetched again. Transactions go out one at a time, in nonce order:
+        a node that mines on arrival (Ganache's instamine) can stall for the length of the request
+        timeout when a later nonce reaches it first. A caller with the next transaction ready waits
+        here and sends it the moment the previous one is accepted.
         """
-        for _ in range(3):
-            async with self._lock:
-                if self._nonce is None:
-                    self._nonce = int(await self.request("eth_getTransactionCount",
-                                                         [self.account.address, "pending"]), 16)
-                now = time.monotonic()
-                if self._gas_price is None or now - self._gas_price[1] > GAS_PRICE_TTL:
-                    self._gas_price = (int(await self.request("eth_gasPrice", []), 16), now)
-                tx = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas,
-                      "gasPrice": self._gas_price[0], "nonce": self._nonce, "chainId": self.settings.chain_id}
-                self._nonce += 1
-                raw = "0x" + bytes(self.account.sign_transaction(tx).raw_transaction).hex()
-            try:
-                return str(await self.request("eth_sendRawTransaction", [raw]))
-            except ChainError as err:  # ChainUnavailable too: the nonce is fetched again either way
-                self._nonce = None
-                if _is_nonce_error(err):
-                    continue
-                raise
-        raise ChainError("could not agree a nonce with the node")
+        async with self._lock:
+            for _ in range(3):
+                try:
+                    if self._nonce is None:
+                        self._nonce = int(await self.request("eth_getTransactionCount",
+                                                             [self.account.address, "pending"]), 16)
+                    now = time.monotonic()
+                    if self._gas_price is None or now - self._gas_price[1] > GAS_PRICE_TTL:
+                        self._gas_price = (int(await self.request("eth_gasPrice", []), 16), now)
+                    tx = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas,
+                          "gasPrice": self._gas_price[0], "nonce": self._nonce, "chainId": self.settings.chain_id}
+                    raw = "0x" + bytes(self.account.sign_transaction(tx).raw_transaction).hex()
+                    tx_hash = str(await self.request("eth_sendRawTransaction", [raw]))
+                    self._nonce += 1
+                    return tx_hash
+                except ChainError as err:  # ChainUnavailable too: the nonce is fetched again either way
+                    self._nonce = None
+                    if _is_nonce_error(err):
+                        continue
+                    raise
+            raise ChainError("could not agree a nonce with the node")
 
     async def wait_receipt(self, tx_hash: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (the node's JSON: numbers as 0x-hex)."""

@@ -1,9 +1,9 @@
 """JSON-RPC over one WebSocket to the chain's node: requests and ``eth_subscribe`` notifications.
 
-The relay follows the contract's logs through this instead of web3's persistent-connection
-provider, whose per-message formatting (checksummed addresses, HexBytes, attribute
-dictionaries) cost more CPU than everything else the relay does: logs arrive here as the
-node's plain JSON, which ``common.events.EventDecoder`` reads directly.
+The relay follows the chain through this instead of web3's persistent-connection provider,
+whose per-message formatting (checksummed addresses, HexBytes, attribute dictionaries) cost
+more CPU than everything else the relay does: logs arrive here as the node's plain JSON,
+which ``common.events.EventDecoder`` reads directly.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Relays the contract's events to meters: bills to their meter, rejections as errors, grid
 alerts to every meter (or a region's).
 
-Subscribes to the contract's logs over the chain's WebSocket (``eth_subscribe``) and, on
-every (re)connection, first catches up with ``eth_getLogs`` from the last processed log, which
-it records in the store, so no event is missed across relay or chain restarts. Events are
-processed strictly in chain order; a log at or before the recorded position is skipped. The
-position is written once a burst of logs is processed, not after each: after a crash a few
-events may be relayed again, which meters take as the same bill twice, never as a missed one.
+Subscribes to new blocks over the chain's WebSocket (``eth_subscribe newHeads``) and fetches
+the contract's logs of each new block with one ``eth_getLogs`` (a node pushing every log as
+its own notification spends more on it than on mining, under load). On every (re)connection it
+first catches up from the last processed log, which it records in the store, so no event is
+missed across relay or chain restarts. Events are processed strictly in chain order; a log at
+or before the recorded position is skipped. The position is written once a burst of logs is
+processed, not after each: after a crash a few events may be relayed again, which meters take
+as the same bill twice, never as a missed one.
 """
 
 from __future__ import annotations
