@@ -47,7 +47,7 @@ case "${1:-}" in
   --stop) stop_chain; exit 0 ;;
   --reset)
     stop_chain
-    rm -rf "$CHAIN_DIR" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" "$DATA_DIR/indexer.sqlite"*
+    rm -rf "$CHAIN_DIR" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" "$DATA_DIR/index" "$DATA_DIR/customers.json"
     say "deleted the chain's data, the recorded deployment and provisioned meters; run ./run-docker.sh to start afresh"
     exit 0 ;;
   --status)

@@ -28,7 +28,7 @@ def main() -> int:
     try:
         settings = load_settings()
         deployment = load_deployment(settings)
-        index = open_index(settings)
+        index = open_index(settings, deployment)
         try:
             events = asyncio.run(rebuild(settings, deployment, index))
             meters = len(index.meters())

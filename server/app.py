@@ -42,10 +42,11 @@ SHUTDOWN_GRACE = 30.0
 TLS_READ_BUFFER = 32 * 1024
 
 
-def open_index(settings: Settings) -> Index:
-    """The index database under ``DATA_DIR/index/``, with the consumption-alert settings."""
+def open_index(settings: Settings, deployment: Deployment) -> Index:
+    """The index database under ``DATA_DIR/index/`` for ``deployment``, with the consumption-alert settings."""
     rules = Rules(jump_factor=settings.jump_factor, jump_min_w=settings.jump_min_w)
-    return Index(settings.data_dir / "index" / "index.sqlite", settings.tz, rules, settings.hourly_limit_wh)
+    return Index(settings.data_dir / "index" / "index.sqlite", settings.tz, rules, settings.hourly_limit_wh,
+                 source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
 
 
 @dataclass
@@ -87,7 +88,7 @@ class ServerApp:
         tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
         hub = Hub()
         feed = LiveFeed()
-        index = open_index(settings)
+        index = open_index(settings, deployment)
         indexer = Indexer(deployment, index, chain, hub, feed)
         http: HttpServer | None = None
         try:

@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS thresholds (
     meter TEXT PRIMARY KEY, hourly_limit_wh INTEGER NOT NULL, updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS position (name TEXT PRIMARY KEY, block INTEGER NOT NULL, log_index INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 #: Tables rebuilt from the chain; ``thresholds`` is the operators' and customers' own setting.
@@ -155,7 +156,13 @@ _PERIOD_COLUMNS = ("meter, period_id, period_start, period_end, energy_wh, energ
 class Index:
     """The SQLite index of contract events; one instance per process, used from one thread."""
 
-    def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0) -> None:
+    def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0,
+                 source: str = "") -> None:
+        """Open (or create) the index; ``source`` names the chain and contract its events come from.
+
+        An index holding another source's events (the chain was reset, the contract redeployed)
+        is emptied of them first, so that it is rebuilt from the new one.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.tz = tz
@@ -166,6 +173,12 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self._load()
+        row = self.db.execute("SELECT value FROM meta WHERE name='source'").fetchone()
+        if row is not None and row[0] != source:
+            log_event(log, "index_reset", was=row[0], now=source, reason="the index holds another chain's events")
+            self.reset()
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
 
     def _load(self) -> None:
         self._meters: dict[str, MeterRecord] = {m.address.lower(): m for m in self._query_meters("", ())}

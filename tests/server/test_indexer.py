@@ -4,6 +4,7 @@ agreeing with the contract's own bill arithmetic."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def readings(start: int, first_seq: int, count: int, base_wh: int, step_wh: int 
 
 async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_events(
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):
-    index = open_index(base_settings.replace(data_dir=tmp_path))
+    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
     indexer = Indexer(deployment, index, chain_client)
     meter = new_meter()
     start = int(time.time()) - 20 * HOUR
@@ -62,7 +63,7 @@ async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_event
 
 async def test_applying_the_same_events_again_changes_nothing(
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):
-    index = open_index(base_settings.replace(data_dir=tmp_path))
+    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 6, 10_000))
     await Indexer(deployment, index, chain_client).catch_up()
@@ -79,7 +80,7 @@ async def test_applying_the_same_events_again_changes_nothing(
 
 async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings, billing):
-    index = open_index(base_settings.replace(data_dir=tmp_path))
+    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
     meter = new_meter()
     start = int(time.time()) - 20 * HOUR
     old = billing.tariff()
@@ -108,7 +109,7 @@ async def test_rebuilding_from_the_chain_reproduces_the_live_index_and_keeps_thr
     await indexed(server, last_event(await asyncio.to_thread(billing.close_billing_period, meter.address)))
     live = dump(server.index)
     rebuilt_at = tmp_path / "copy"
-    copy = open_index(server.settings.replace(data_dir=rebuilt_at))
+    copy = open_index(server.settings.replace(data_dir=rebuilt_at), deployment)
     copy.set_limit(meter.address, 250, by="operator")
     await rebuild(server.settings, deployment, copy)
     assert dump(copy) == live
@@ -123,6 +124,23 @@ def test_the_reindex_command_rebuilds_the_index_of_a_data_dir(tmp_path, base_set
         "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "rebuilt the index from the chain" in done.stdout
-    index = open_index(settings)
+    index = open_index(settings, deployment)
     assert index.position() is not None and len(index.meters()) >= 1
+    index.close()
+
+
+def test_an_index_of_another_deployment_is_emptied_when_opened(tmp_path, base_settings, deployment):
+    settings = base_settings.replace(data_dir=tmp_path)
+    index = open_index(settings, deployment)
+    index.set_limit(deployment.address, 100, by="operator")
+    with index.db:
+        index.db.execute("INSERT INTO position VALUES ('index', 999999, 0)")
+    index.close()
+    redeployed = dataclasses.replace(deployment, address="0x" + "ab" * 20)
+    index = open_index(settings, redeployed)
+    assert index.position() is None  # rebuilt from the new contract's events at the next catch-up
+    assert index.limit_for(deployment.address) == 100
+    index.close()
+    index = open_index(settings, redeployed)
+    assert index.position() is None
     index.close()
