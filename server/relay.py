@@ -33,7 +33,9 @@ from server.store import Store
 __all__ = ["Relay"]
 
 log = logging.getLogger("relay")
-POSITION = "relay"
+#: The store keeps the relay's position per contract, so that a redeployed contract is followed from its
+#: own first block rather than from where the old one's log had got to.
+POSITION_PREFIX = "relay"
 CATCH_UP_CHUNK = 2_000
 RECENT_LIMIT = 100_000
 
@@ -65,6 +67,7 @@ class Relay:
         self._alerts_loaded = False
         self._position: tuple[int, int] | None = None
         self._saved: tuple[int, int] | None = None
+        self._position_name = f"{POSITION_PREFIX}:{deployment.chain_id}:{deployment.address.lower()}"
 
     def stop(self) -> None:
         """Stop following the chain."""
@@ -74,13 +77,14 @@ class Relay:
     def position(self) -> tuple[int, int]:
         """The last processed (block, log index)."""
         if self._position is None:
-            self._position = self._saved = self.store.position(POSITION) or (self.deployment.block - 1, -1)
+            saved = self.store.position(self._position_name)
+            self._position = self._saved = saved or (self.deployment.block - 1, -1)
         return self._position
 
     def save_position(self) -> None:
         """Write the position to the store if it moved since it was last written."""
         if self._position is not None and self._position != self._saved:
-            self.store.set_position(POSITION, *self._position)
+            self.store.set_position(self._position_name, *self._position)
             self._saved = self._position
 
     async def run(self) -> None:
