@@ -105,7 +105,8 @@ class ServerApp:
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
-        batcher = Batcher(chain, store, settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
+        batcher = Batcher(chain, store, settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline,
+                          connect=lambda: AsyncChainClient(settings, deployment, settings.gateway_key))
         relay = Relay(settings, deployment, store, hub, tariff)
         relay.listeners.append(indexer.on_event)
         gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
@@ -136,6 +137,8 @@ class ServerApp:
         done, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE)
         for task in pending:
             task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(task.exception()))

@@ -10,13 +10,20 @@ comes from a per-reading bound rather than ``eth_estimateGas``, which would make
 execute every batch twice. A failed batch goes back to pending; readings the chain already
 holds are dropped first, and the contract's sequence check makes a resubmitted reading
 impossible to record twice.
+
+The senders run in a thread of their own, with their own event loop, chain connection and
+database connection: the server's loop is busy with meter traffic under load (a burst of
+readings from many connections holds it for a second and more), and a batch waiting behind it
+would leave the chain idle. The GIL hands the thread its turn within milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
@@ -54,16 +61,21 @@ class Batcher:
     """The loop that drains the durable queue into ``submitReadings`` transactions."""
 
     def __init__(self, chain: AsyncChainClient, store: Store, batch_max_size: int, batch_max_wait: float,
-                 pipeline: int = 2) -> None:
+                 pipeline: int = 2, connect: Callable[[], AsyncChainClient] | None = None) -> None:
+        """``chain`` and ``store`` serve ``reconcile`` in the caller's loop; ``connect`` makes the chain
+        client the senders' thread uses (without it the senders run in the caller's loop)."""
         self.chain = chain
         self.store = store
+        self._connect = connect
         self.batch_max_size = batch_max_size
         self.batch_max_wait = batch_max_wait
         self.pipeline = pipeline
         decoder = EventDecoder(chain.deployment.abi)
         self._recorded_topic = decoder.topic("ReadingRecorded")
         self._rejected_topic = decoder.topic("ReadingRejected")
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self._dirty = False
         #: Meters with readings in a batch being sent: their later readings wait for it.
@@ -72,30 +84,80 @@ class Batcher:
         self.readings_submitted = 0
 
     def notify(self) -> None:
-        """Tell the batcher a reading was queued."""
-        self._wake.set()
+        """Tell the batcher a reading was queued (from any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not wake.is_set() and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``."""
         self._stopping = True
-        self._wake.set()
+        self.notify()
+
+    def abort(self) -> None:
+        """Give up the batch in flight too (its readings stay queued for the next start)."""
+        self._stopping = True
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(main.cancel)
 
     async def reconcile(self) -> None:
         """On start: forget transactions of a previous run and drop readings the chain already has."""
         reset = self.store.reset_submitted()
         before = self.store.count()
-        await self._drop_recorded(set(self.store.queued_meters()))
+        await self._drop_recorded(self.chain, self.store, set(self.store.queued_meters()))
         log_event(log, "queue_reconciled", queued=self.store.count(), reset=reset,
                   already_on_chain=before - self.store.count())
 
     async def run(self) -> None:
-        """Submit batches until stopped, ``pipeline`` at a time."""
-        await asyncio.gather(*(self._sender() for _ in range(self.pipeline)))
+        """Submit batches until stopped, ``pipeline`` at a time, in the senders' own thread."""
+        if self._connect is None:
+            await self._senders(self.chain, self.store)
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
 
-    def _take(self) -> list[QueuedReading]:
+        def finish(err: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None) if err is None else done.set_exception(err)
+
+        def thread_main() -> None:
+            err: BaseException | None = None
+            try:
+                asyncio.run(self._in_thread())
+            except BaseException as caught:  # noqa: BLE001 - handed to the awaiting loop
+                err = caught
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(finish, err)
+
+        threading.Thread(target=thread_main, name="batcher", daemon=True).start()
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+
+    async def _in_thread(self) -> None:
+        assert self._connect is not None
+        chain, store = self._connect(), self.store.connect_again()
+        try:
+            await self._senders(chain, store)
+        except asyncio.CancelledError:
+            log_event(log, "batcher_aborted", logging.WARNING, queued=store.count())
+        finally:
+            await chain.close()
+            store.close()
+
+    async def _senders(self, chain: AsyncChainClient, store: Store) -> None:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
+        await asyncio.gather(*(self._sender(chain, store) for _ in range(self.pipeline)))
+
+    def _take(self, store: Store) -> list[QueuedReading]:
         """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
         batch: list[QueuedReading] = []
-        for reading in self.store.pending(self.batch_max_size * 2):
+        for reading in store.pending(self.batch_max_size * 2):
             if reading.data.meter not in self._busy:
                 batch.append(reading)
                 if len(batch) == self.batch_max_size:
@@ -103,14 +165,16 @@ class Batcher:
         self._busy.update(r.data.meter for r in batch)
         return batch
 
-    async def _sender(self) -> None:
+    async def _sender(self, chain: AsyncChainClient, store: Store) -> None:
+        wake = self._wake
+        assert wake is not None
         backoff = 0.5
         while not self._stopping:
-            batch = self._take()
+            wake.clear()  # before looking: a reading queued from now on sets it again (see notify)
+            batch = self._take(store)
             if not batch:
-                self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.batch_max_wait)
+                    await asyncio.wait_for(wake.wait(), timeout=self.batch_max_wait)
                 except asyncio.TimeoutError:
                     pass
                 continue
@@ -119,34 +183,34 @@ class Batcher:
                     # A previous batch failed with its fate unknown: drop what the chain already holds
                     # before sending anything again.
                     self._dirty = False
-                    await self._drop_recorded({r.data.meter for r in batch})
+                    await self._drop_recorded(chain, store, {r.data.meter for r in batch})
                     continue
-                await self._submit(batch)
+                await self._submit(chain, store, batch)
                 backoff = 0.5
             except (ChainError, ChainUnavailable, OSError, asyncio.TimeoutError) as err:
                 log_event(log, "batch_failed", logging.WARNING, size=len(batch), error=str(err)[:300],
                           retry_in=f"{backoff:.1f}s")
-                self.store.mark_submitted(batch, None)
+                store.mark_submitted(batch, None)
                 self._dirty = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
             finally:
                 self._busy.difference_update(r.data.meter for r in batch)
-                self._wake.set()  # a sender waiting for these meters may go on
+                wake.set()  # a sender waiting for these meters may go on
 
-    async def _submit(self, batch: list[QueuedReading]) -> None:
+    async def _submit(self, chain: AsyncChainClient, store: Store, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
         gas_limit = gas_limit_for(len(batch))
-        tx_hex = await self.chain.send_transaction(submit_readings_calldata(batch), gas_limit)
-        self.store.mark_submitted(batch, tx_hex)
-        receipt = await self.chain.wait_receipt(tx_hex)
+        tx_hex = await chain.send_transaction(submit_readings_calldata(batch), gas_limit)
+        store.mark_submitted(batch, tx_hex)
+        receipt = await chain.wait_receipt(tx_hex)
         gas_used = int(receipt["gasUsed"], 16)
         if int(receipt["status"], 16) != 1:
             raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
         # A mined batch decided every reading in it: the contract emits ReadingRecorded or
         # ReadingRejected for each, so the whole batch leaves the queue (the events go to meters
         # through the relay).
-        self.store.remove_many([(r.data.meter, r.data.seq) for r in batch])
+        store.remove_many([(r.data.meter, r.data.seq) for r in batch])
         topics = [raw["topics"][0] for raw in receipt["logs"] if raw["topics"]]
         recorded, rejected = topics.count(self._recorded_topic), topics.count(self._rejected_topic)
         self.batches += 1
@@ -156,12 +220,12 @@ class Batcher:
         log_event(log, "batch_mined", size=len(batch), recorded=recorded, rejected=rejected,
                   gas=gas_used, gas_per_reading=gas_used // len(batch), block=int(receipt["blockNumber"], 16),
                   tx=tx_hex, latency_ms=int(latency * 1000),
-                  oldest_wait_ms=int(oldest * 1000), queued=self.store.count())
+                  oldest_wait_ms=int(oldest * 1000), queued=store.count())
 
-    async def _drop_recorded(self, meters: set[str]) -> None:
+    async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]) -> None:
         """Drop queued readings at or below each meter's last sequence number on chain."""
         for meter in meters:
-            state = await self.chain.view("meterState", to_checksum_address(meter))
-            dropped = self.store.remove_upto(meter, int(state[4]))
+            state = await chain.view("meterState", to_checksum_address(meter))
+            dropped = store.remove_upto(meter, int(state[4]))
             if dropped:
                 log_event(log, "already_on_chain", meter=meter, dropped=dropped)

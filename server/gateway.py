@@ -256,7 +256,10 @@ class Gateway:
         cursor = self.cursors[key]
         if msg.seq <= cursor.seq and msg.meter.lower() == key:
             queued = self.store.get(meter, msg.seq)
-            if queued is not None and queued.signature.lower() == msg.signature.lower():
+            # Still queued and not yet seen on chain: the meter resent it before its bill came back.
+            # (The batcher drops a reading from the queue a moment after its event is relayed.)
+            if (queued is not None and queued.signature.lower() == msg.signature.lower()
+                    and not self.relay.recorded(meter, msg.seq)):
                 return encode(Ack(seq=msg.seq, status="duplicate"))
         if self.store.count() >= self.settings.max_pending_readings:
             raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)

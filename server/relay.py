@@ -135,6 +135,10 @@ class Relay:
                 stop_wait.cancel()
                 self.save_position()
 
+    def recorded(self, meter: str, seq: int) -> bool:
+        """Whether the relay has seen this reading recorded on chain (among the last ``RECENT_LIMIT``)."""
+        return (meter.lower(), seq) in self._registers
+
     def alerts_for(self, region: str, now: float) -> list[GridAlertMessage]:
         """Active, unexpired alerts that concern ``region`` (sent to a meter after login)."""
         return [a for a in self.active_alerts.values() if a.expires_at > now and (not a.region or a.region == region)]

@@ -12,6 +12,7 @@ at a cost per commit.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from common.eip712 import ReadingData
 from server.validation import Cursor
 
 __all__ = ["QueuedReading", "Store"]
+
+#: How long a connection waits for another thread's write to finish before giving up.
+BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -56,17 +60,35 @@ class QueuedReading:
     tx_hash: str | None
 
 
-class Store:
-    """The gateway's SQLite database; one instance per process, used from the event loop."""
+class _Count:
+    """How many readings are queued, shared by the connections of one process (thread-safe)."""
 
-    def __init__(self, path: Path, durable_fsync: bool = False) -> None:
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+class Store:
+    """The gateway's SQLite database: one connection per thread that uses it (``connect_again``)."""
+
+    def __init__(self, path: Path, durable_fsync: bool = False, count: _Count | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.durable_fsync = durable_fsync
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self.db.executescript(_SCHEMA)
-        self._count = int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+        self._count = count or _Count(int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]))
+
+    def connect_again(self) -> Store:
+        """Another connection to the same database, for another thread, sharing the queue's count."""
+        return Store(self.path, self.durable_fsync, self._count)
 
     def close(self) -> None:
         """Checkpoint and close the database."""
@@ -84,7 +106,7 @@ class Store:
                 (meter, data.seq, data.timestamp, data.energy_wh, signature, time.time()),
             )
             self._write_cursor(meter, Cursor(data.seq, data.timestamp, data.energy_wh))
-        self._count += 1
+        self._count.add(1)
 
     def get(self, meter: str, seq: int) -> QueuedReading | None:
         """A queued reading, if still queued."""
@@ -122,7 +144,7 @@ class Store:
         """Drop a reading whose fate the chain has decided."""
         with self.db:
             removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
-        self._count -= removed
+        self._count.add(-removed)
         return removed > 0
 
     def remove_many(self, readings: list[tuple[str, int]]) -> int:
@@ -132,14 +154,14 @@ class Store:
             removed = 0
             for meter, seq in readings:
                 removed += self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
-        self._count -= removed
+        self._count.add(-removed)
         return removed
 
     def remove_upto(self, meter: str, seq: int) -> int:
         """Drop every queued reading of ``meter`` with a sequence number up to ``seq``."""
         with self.db:
             removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq<=?", (meter.lower(), seq)).rowcount
-        self._count -= removed
+        self._count.add(-removed)
         return int(removed)
 
     def queued_meters(self) -> list[str]:
@@ -148,7 +170,7 @@ class Store:
 
     def count(self) -> int:
         """How many readings are queued."""
-        return self._count
+        return self._count.value
 
     # ---------------------------------------------------------------- cursors
 
