@@ -105,8 +105,8 @@ class ServerApp:
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
-        batcher = Batcher(chain, store, settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline,
-                          connect=lambda: AsyncChainClient(settings, deployment, settings.gateway_key))
+        batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
+                          settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
         relay = Relay(settings, deployment, store, hub, tariff)
         relay.listeners.append(indexer.on_event)
         gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))

@@ -60,10 +60,10 @@ def submit_readings_calldata(batch: list[QueuedReading]) -> bytes:
 class Batcher:
     """The loop that drains the durable queue into ``submitReadings`` transactions."""
 
-    def __init__(self, chain: AsyncChainClient, store: Store, batch_max_size: int, batch_max_wait: float,
-                 pipeline: int = 2, connect: Callable[[], AsyncChainClient] | None = None) -> None:
+    def __init__(self, chain: AsyncChainClient, store: Store, connect: Callable[[], AsyncChainClient],
+                 batch_max_size: int, batch_max_wait: float, pipeline: int = 2) -> None:
         """``chain`` and ``store`` serve ``reconcile`` in the caller's loop; ``connect`` makes the chain
-        client the senders' thread uses (without it the senders run in the caller's loop)."""
+        client of the senders' thread (an aiohttp session belongs to one loop)."""
         self.chain = chain
         self.store = store
         self._connect = connect
@@ -111,15 +111,16 @@ class Batcher:
 
     async def run(self) -> None:
         """Submit batches until stopped, ``pipeline`` at a time, in the senders' own thread."""
-        if self._connect is None:
-            await self._senders(self.chain, self.store)
-            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def finish(err: BaseException | None) -> None:
-            if not done.done():
-                done.set_result(None) if err is None else done.set_exception(err)
+            if done.done():
+                return
+            if err is None:
+                done.set_result(None)
+            else:
+                done.set_exception(err)
 
         def thread_main() -> None:
             err: BaseException | None = None
@@ -138,7 +139,6 @@ class Batcher:
             raise
 
     async def _in_thread(self) -> None:
-        assert self._connect is not None
         chain, store = self._connect(), self.store.connect_again()
         try:
             await self._senders(chain, store)
