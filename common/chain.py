@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Awaitable, Callable, TypeVar
 
 import aiohttp
@@ -35,6 +36,8 @@ __all__ = [
     "GAS_MARGIN",
     "refuse_dev_keys_off_local",
     "TRANSIENT_ERRORS",
+    "LOG_CHUNK_BLOCKS",
+    "logs_between",
 ]
 
 log = logging.getLogger("chain")
@@ -45,6 +48,25 @@ GAS_MARGIN = 1.25
 #: Seconds a gas price read from the node is reused for the server's transactions.
 GAS_PRICE_TTL = 30.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)
+
+
+#: Blocks asked for in one ``eth_getLogs`` (nodes cap the range or the size of an answer).
+LOG_CHUNK_BLOCKS = 2_000
+
+
+async def logs_between(request: Callable[[str, list[Any]], Awaitable[Any]], address: str, start: int, end: int,
+                       topics: list[Any] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+    """The contract's raw logs of blocks ``start``..``end``, a chunk of blocks at a time, in chain order.
+
+    ``request`` is any JSON-RPC caller (``AsyncChainClient.request``, ``RpcSocket.request``).
+    """
+    while start <= end:
+        last = min(start + LOG_CHUNK_BLOCKS - 1, end)
+        query: dict[str, Any] = {"address": address, "fromBlock": hex(start), "toBlock": hex(last)}
+        if topics is not None:
+            query["topics"] = topics
+        yield await request("eth_getLogs", [query])
+        start = last + 1
 
 
 def refuse_dev_keys_off_local(chain_id: int, keys: list[str]) -> None:

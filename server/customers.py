@@ -67,8 +67,3 @@ class Customers:
         """The customer holding this API key."""
         self._refresh()
         return self._by_key.get(_digest(key))
-
-    def all(self) -> list[Customer]:
-        """Every customer, by meter name."""
-        self._refresh()
-        return sorted(self._by_meter.values(), key=lambda c: c.meter_name)

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from common.chain import AsyncChainClient
+from common.chain import AsyncChainClient, logs_between
 from common.deployment import Deployment
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
@@ -29,7 +29,6 @@ __all__ = ["Indexer", "ALERT_FRESHNESS", "rebuild"]
 
 log = logging.getLogger("indexer")
 
-CATCH_UP_CHUNK = 2_000
 #: A consumption alert about a reading older than this (catching up, rebuilding) is stored, not sent.
 ALERT_FRESHNESS = 900
 BLOCK_TIME_CACHE = 4_096
@@ -48,7 +47,6 @@ class Indexer:
         self.decoder = EventDecoder(deployment.abi)
         self._queue: asyncio.Queue[ChainEvent | None] = asyncio.Queue()
         self._block_times: OrderedDict[int, int] = OrderedDict()
-        self.events_applied = 0
 
     # ---------------------------------------------------------------- feeding
 
@@ -59,14 +57,9 @@ class Indexer:
         start = max(position[0] if position else 0, self.deployment.block)
         applied = 0
         started = time.monotonic()
-        while start <= head:
-            end = min(start + CATCH_UP_CHUNK - 1, head)
-            logs = await self.chain.request(
-                "eth_getLogs", [{"address": self.deployment.address, "fromBlock": hex(start), "toBlock": hex(end)}]
-            )
+        async for logs in logs_between(self.chain.request, self.deployment.address, start, head):
             events = [e for e in (self.decoder.decode(raw) for raw in logs) if e is not None]
             applied += (await self._apply(events)).events
-            start = end + 1
         log_event(log, "index_caught_up", head=head, events=applied, seconds=f"{time.monotonic() - started:.1f}")
         return applied
 
@@ -98,7 +91,6 @@ class Indexer:
     async def _apply(self, events: list[ChainEvent]) -> Applied:
         times = {e.block: await self._block_time(e.block) for e in events if e.name in TIME_EVENTS}
         applied = self.index.apply(events, times)
-        self.events_applied += applied.events
         self._publish(applied)
         return applied
 
@@ -116,13 +108,12 @@ class Indexer:
 
     def _publish(self, applied: Applied) -> None:
         now = time.time()
-        for _, alert in applied.consumption_alerts:
-            fresh = now - alert.at <= ALERT_FRESHNESS
-            if fresh and self.hub is not None:
+        fresh = [(i, a) for i, a in applied.consumption_alerts if now - a.at <= ALERT_FRESHNESS]
+        for _, alert in fresh:
+            if self.hub is not None:
                 self.hub.send(alert.meter, encode(alert))
-            if fresh:
-                log_event(log, "consumption_alert", logging.WARNING, meter=alert.meter, kind=alert.kind,
-                          energy_wh=alert.energy_wh, limit_wh=alert.limit_wh, power_w=alert.power_w)
+            log_event(log, "consumption_alert", logging.WARNING, meter=alert.meter, kind=alert.kind,
+                      energy_wh=alert.energy_wh, limit_wh=alert.limit_wh, power_w=alert.power_w)
         feed = self.feed
         if feed is None or not feed.subscribers:
             return
@@ -133,11 +124,11 @@ class Indexer:
         for tariff in applied.tariffs:
             feed.publish("tariff", None, tariff)
         for grid_alert in applied.grid_alerts:
-            row = self.index.grid_alert(grid_alert["id"])
-            feed.publish("grid_alert", None, grid_alert, row["region"] if row else "")
-        for alert_id, alert in applied.consumption_alerts:
-            if now - alert.at <= ALERT_FRESHNESS:
-                feed.publish("consumption_alert", alert.meter, alert.model_dump() | {"id": alert_id})
+            row = self.index.grid_alert(grid_alert["id"])  # a clearing carries only id and time
+            if row is not None:
+                feed.publish("grid_alert", None, row, row["region"])
+        for alert_id, alert in fresh:
+            feed.publish("consumption_alert", alert.meter, alert.model_dump() | {"id": alert_id})
 
 
 async def rebuild(settings: Settings, deployment: Deployment, index: Index) -> int:

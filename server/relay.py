@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.billing import from_text32
+from common.chain import logs_between
 from common.deployment import Deployment
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
@@ -36,7 +37,6 @@ log = logging.getLogger("relay")
 #: The store keeps the relay's position per contract, so that a redeployed contract is followed from its
 #: own first block rather than from where the old one's log had got to.
 POSITION_PREFIX = "relay"
-CATCH_UP_CHUNK = 2_000
 RECENT_LIMIT = 100_000
 
 
@@ -126,9 +126,9 @@ class Relay:
                     while rpc.pending_notifications():
                         head = max(head, int((await rpc.notification())["number"], 16))
                     if head > complete:
-                        query = {"address": address, "fromBlock": hex(complete + 1), "toBlock": hex(head)}
-                        for raw in await rpc.request("eth_getLogs", [query]):
-                            self._handle_log(raw)
+                        async for logs in logs_between(rpc.request, address, complete + 1, head):
+                            for raw in logs:
+                                self._handle_log(raw)
                         complete = head
                     self.save_position()
             finally:
@@ -146,13 +146,11 @@ class Relay:
     async def _load_alerts(self, rpc: RpcSocket, address: str, head: int) -> None:
         """Rebuild the set of active alerts from the whole log (alerts raised before our position)."""
         topics = [self.decoder.topic("GridAlert"), self.decoder.topic("GridAlertCleared")]
-        logs = await rpc.request("eth_getLogs", [
-            {"address": address, "fromBlock": hex(self.deployment.block), "toBlock": hex(head), "topics": [topics]}
-        ])
-        for raw in logs:
-            event = self.decoder.decode(raw)
-            if event is not None and event.position <= self.position:
-                self._track_alert(event)
+        async for logs in logs_between(rpc.request, address, self.deployment.block, head, [topics]):
+            for raw in logs:
+                event = self.decoder.decode(raw)
+                if event is not None and event.position <= self.position:
+                    self._track_alert(event)
         self._alerts_loaded = True
 
     def _track_alert(self, event: ChainEvent) -> GridAlertMessage | None:
@@ -180,14 +178,10 @@ class Relay:
         block, _ = self.position
         start = max(block, self.deployment.block)
         caught = 0
-        while start <= head:
-            end = min(start + CATCH_UP_CHUNK - 1, head)
-            query = {"address": address, "fromBlock": hex(start), "toBlock": hex(end)}
-            logs = await rpc.request("eth_getLogs", [query])
+        async for logs in logs_between(rpc.request, address, start, head):
             for raw in logs:
                 caught += self._handle_log(raw)
             self.save_position()
-            start = end + 1
         log_event(log, "relay_caught_up", head=head, events=caught, position=f"{self.position[0]}:{self.position[1]}")
         return head
 

@@ -359,8 +359,7 @@ def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
     if update.kind == "tariff":
         return {"type": "tariff", "tariff": tariff_out(payload).model_dump()}
     if update.kind == "grid_alert":
-        row = ctx.index.grid_alert(payload["id"])
-        return {"type": "grid_alert", "alert": grid_alert_out(row, int(time.time())).model_dump()} if row else None
+        return {"type": "grid_alert", "alert": grid_alert_out(payload, int(time.time())).model_dump()}
     if update.kind == "consumption_alert":
         return {"type": "consumption_alert", "alert": consumption_alert_out(payload).model_dump()}
     return None
