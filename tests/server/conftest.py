@@ -112,6 +112,14 @@ def last_event(receipt) -> tuple[int, int]:
     return (int(receipt["blockNumber"]), int(logs[-1]["logIndex"]) if logs else 0)
 
 
+async def meters_indexed(app: ServerApp, *addresses: str, timeout: float = 20.0) -> None:
+    """Wait until the server's index has read these meters' registration from the chain."""
+    deadline = time.monotonic() + timeout
+    while any(app.index.meter(a) is None for a in addresses):
+        assert time.monotonic() < deadline, f"the index did not learn of {addresses} in {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 async def indexed(app: ServerApp, position: tuple[int, int], timeout: float = 20.0) -> None:
     """Wait until the server's index has applied everything up to ``position`` (see ``last_event``)."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from common.eip712 import ReadingData
 from common.messages import Bill, ConsumptionAlert
 from server.api.auth import OPERATOR_KEY_FILE
 from server.app import ServerApp
-from tests.server.conftest import indexed, last_event
+from tests.server.conftest import indexed, last_event, meters_indexed
 from tests.server.test_gateway import next_of
 
 API = "/api/v1"
@@ -62,14 +62,6 @@ async def metered(server, new_meter, write_readings):
     position = await write_readings(first, rows)
     await indexed(server, position)
     return first, second, start
-
-
-async def registered(api: httpx.AsyncClient, op: dict[str, str], address: str, timeout: float = 20.0) -> None:
-    """Wait until the server's index knows a meter just registered on chain."""
-    deadline = time.monotonic() + timeout
-    while (await api.get(f"{API}/meters/{address}", headers=op)).status_code == 404:
-        assert time.monotonic() < deadline, f"the index never learnt of meter {address}"
-        await asyncio.sleep(0.05)
 
 
 def error_of(response: httpx.Response) -> tuple[int, str]:
@@ -315,7 +307,7 @@ async def next_live(ws, kind: str, timeout: float = 20.0) -> dict:
 async def test_an_hour_over_the_limit_notifies_the_meter_and_the_dashboard_at_once(
         api, op, server, new_meter, link_for):
     meter = new_meter()
-    await registered(api, op, meter.address)
+    await meters_indexed(server, meter.address)
     set_limit = await api.put(f"{API}/meters/{meter.address}/threshold", headers=op, json={"hourly_limit_wh": 200})
     assert set_limit.status_code == 200, set_limit.text
     link = link_for(meter)

@@ -24,6 +24,7 @@ from common.messages import Bill
 from common.settings import ROOT, Settings
 from common.tariff import format_pounds
 from server.api import HttpServer
+from tests.server.conftest import meters_indexed
 from tests.server.test_gateway import next_of
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +33,6 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
 ARTIFACTS = ROOT / "test-artifacts"
 #: How long the page may take to show what the server knows (ms, Playwright's unit).
 UI_TIMEOUT_MS = 15_000
-INDEX_TIMEOUT = 20.0
 #: What the browser itself logs as errors that tests cause on purpose: a refused key's 401, and
 #: the live socket failing to connect while the server is down.
 EXPECTED_CONSOLE_ERRORS = ("Failed to load resource", "WebSocket connection to")
@@ -84,14 +84,6 @@ async def page(browser: Browser, server_settings: Settings) -> AsyncIterator[Pag
     assert not failures, failures
 
 
-async def indexed(server, *addresses: str) -> None:
-    """Wait until the server's index has read the meters' registration from the chain."""
-    deadline = time.monotonic() + INDEX_TIMEOUT
-    while any(server.index.meter(a) is None for a in addresses):
-        assert time.monotonic() < deadline, f"the index did not learn of {addresses} in {INDEX_TIMEOUT} s"
-        await asyncio.sleep(0.1)
-
-
 def operator_key(settings: Settings) -> str:
     return (settings.data_dir / "api" / "operator.key").read_text().strip()
 
@@ -116,7 +108,7 @@ async def test_operator_sees_the_fleet_update_live_and_the_meters_consumption_ch
     server, server_settings, new_meter, link_for, billing, page
 ):
     meter, other = new_meter(region="north"), new_meter(region="south")
-    await indexed(server, meter.address, other.address)
+    await meters_indexed(server, meter.address, other.address)
     await page.goto(f"{server_settings.http_url}/#key={operator_key(server_settings)}")
 
     await expect(row(page, meter.address)).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -198,7 +190,7 @@ async def test_customer_sees_only_their_own_meter(server, server_settings, new_m
         "meter": mine.address, "meter_name": name, "account_ref": "0x" + "42" * 32, "name": "Ava Jones",
         "address": "12 Mill Lane, York YO1", "email": "ava.jones@example.org", "api_key": key, "region": "east",
     }]}))
-    await indexed(server, mine.address, theirs.address)
+    await meters_indexed(server, mine.address, theirs.address)
 
     await page.goto(f"{server_settings.http_url}/#key={key}")
     await expect(page).to_have_url(f"{server_settings.http_url}/#/meter/{mine.address}", timeout=UI_TIMEOUT_MS)
@@ -222,7 +214,7 @@ async def test_the_page_reconnects_and_catches_up_after_the_live_connection_drop
     server, server_settings, new_meter, link_for, page
 ):
     meter = new_meter()
-    await indexed(server, meter.address)
+    await meters_indexed(server, meter.address)
     await page.goto(f"{server_settings.http_url}/#key={operator_key(server_settings)}")
     live = page.locator("#live-label")
     await expect(live).to_have_text("live", timeout=UI_TIMEOUT_MS)
