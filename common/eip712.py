@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from coincurve import PublicKey
 from eth_account import Account
-from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 
 __all__ = [
@@ -157,10 +157,10 @@ def _recover(digest: bytes, signature: str | bytes) -> str | None:
     if s > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0 or r == 0 or s == 0:
         return None
     try:
-        pub = keys.Signature(vrs=(v, r, s)).recover_public_key_from_msg_hash(digest)
+        pub = PublicKey.from_signature_and_message(sig[:64] + bytes([v]), digest, hasher=None)
     except Exception:  # noqa: BLE001 - any failure to recover means "not signed by anyone"
         return None
-    return checksum_address(pub.to_canonical_address())
+    return checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
 
 
 def recover_reading_signer(domain_separator: bytes, reading: ReadingData, signature: str | bytes) -> str | None:
