@@ -17,7 +17,7 @@ from eth_utils import event_abi_to_log_topic
 
 from common.eip712 import checksum_address
 
-__all__ = ["ChainEvent", "EventDecoder"]
+__all__ = ["BatchOutcome", "ChainEvent", "EventDecoder"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,15 @@ class ChainEvent:
     def position(self) -> tuple[int, int]:
         """(block, log index): the event's place in the chain's total order."""
         return (self.block, self.log_index)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one mined ``submitReadings`` transaction decided: its block, readings recorded and rejected."""
+
+    block: int
+    recorded: int
+    rejected: int
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class EventDecoder:
                 data_types=[i["type"] for i in inputs if not i.get("indexed")],
                 static=all(_STATIC.match(i["type"]) for i in inputs if not i.get("indexed")),
             )
+        by_name = {shape.name: topic for topic, shape in self._by_topic.items()}
+        self._reading_topics = (by_name.get("ReadingRecorded"), by_name.get("ReadingRejected"))
 
     def topic(self, name: str) -> str:
         """The 0x-hex topic0 of the named event."""
@@ -128,3 +139,24 @@ class EventDecoder:
             log_index=_int(log["logIndex"]),
             tx_hash="0x" + _bytes(log["transactionHash"]).hex(),
         )
+
+    def batch_outcomes(self, logs: list[Any]) -> dict[str, BatchOutcome]:
+        """The reading outcomes in raw logs, by lower-case 0x transaction hash.
+
+        The contract emits ``ReadingRecorded`` or ``ReadingRejected`` for every reading of a batch
+        and a reverted transaction emits nothing, so a transaction found here was mined and
+        decided every reading in it.
+        """
+        recorded, rejected = self._reading_topics
+        counts: dict[str, list[int]] = {}
+        for log in logs:
+            topics = log["topics"]
+            if not topics:
+                continue
+            topic0 = _bytes(topics[0])
+            if topic0 != recorded and topic0 != rejected:
+                continue
+            tx = "0x" + _bytes(log["transactionHash"]).hex()
+            entry = counts.setdefault(tx, [_int(log["blockNumber"]), 0, 0])
+            entry[1 if topic0 == recorded else 2] += 1
+        return {tx: BatchOutcome(*entry) for tx, entry in counts.items()}

@@ -109,6 +109,7 @@ class ServerApp:
                           settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
         relay = Relay(settings, deployment, store, hub, tariff)
         relay.listeners.append(indexer.on_event)
+        relay.mined_listeners.append(batcher.mined)
         gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
         await batcher.reconcile()
         loop = asyncio.get_running_loop()

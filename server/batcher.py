@@ -11,18 +11,22 @@ execute every batch twice. A failed batch goes back to pending; readings the cha
 holds are dropped first, and the contract's sequence check makes a resubmitted reading
 impossible to record twice.
 
-The senders run in a thread of their own, with their own event loop, chain connection and
-database connection: the server's loop is busy with meter traffic under load (a burst of
-readings from many connections holds it for a second and more), and a batch waiting behind it
-would leave the chain idle. The GIL hands the thread its turn within milliseconds.
+The senders run in a thread of their own (see ``server.threads``), with their own event loop,
+chain connection and database connection, so that a batch never waits behind meter traffic.
+
+A batch is known to be mined from the relay, which fetches every block's logs anyway: a
+``submitReadings`` transaction with reading events was mined and decided all its readings (a
+reverted one emits none). Only when the relay has not reported it within ``confirm_wait`` does
+the batcher ask the node for the receipt. A node spends about as long serialising a batch's
+logs as mining it, so fetching them once rather than twice is the chain's time saved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from eth_abi import encode as abi_encode
@@ -30,9 +34,10 @@ from eth_utils import keccak, to_checksum_address
 
 from common.chain import AsyncChainClient
 from common.errors import ChainError, ChainUnavailable
-from common.events import EventDecoder
+from common.events import BatchOutcome, EventDecoder
 from common.logs import log_event
 from server.store import QueuedReading, Store
+from server.threads import run_in_own_thread
 
 __all__ = ["Batcher", "gas_limit_for", "submit_readings_calldata"]
 
@@ -41,6 +46,8 @@ log = logging.getLogger("batcher")
 #: Gas bound per batch: a fixed part plus a generous per-reading part (measured ~17k per reading).
 BATCH_BASE_GAS = 80_000
 GAS_PER_READING = 40_000
+#: Outcomes the relay reported before the batcher asked for them (kept for the most recent only).
+REPORTED_LIMIT = 1_000
 SUBMIT_READINGS_TYPES = ("(address,uint64,uint64,uint64)[]", "bytes[]")
 SUBMIT_READINGS_SELECTOR = keccak(text=f"submitReadings({','.join(SUBMIT_READINGS_TYPES)})")[:4]
 
@@ -61,7 +68,7 @@ class Batcher:
     """The loop that drains the durable queue into ``submitReadings`` transactions."""
 
     def __init__(self, chain: AsyncChainClient, store: Store, connect: Callable[[], AsyncChainClient],
-                 batch_max_size: int, batch_max_wait: float, pipeline: int = 2) -> None:
+                 batch_max_size: int, batch_max_wait: float, pipeline: int = 2, confirm_wait: float = 2.0) -> None:
         """``chain`` and ``store`` serve ``reconcile`` in the caller's loop; ``connect`` makes the chain
         client of the senders' thread (an aiohttp session belongs to one loop)."""
         self.chain = chain
@@ -70,9 +77,11 @@ class Batcher:
         self.batch_max_size = batch_max_size
         self.batch_max_wait = batch_max_wait
         self.pipeline = pipeline
-        decoder = EventDecoder(chain.deployment.abi)
-        self._recorded_topic = decoder.topic("ReadingRecorded")
-        self._rejected_topic = decoder.topic("ReadingRejected")
+        self.confirm_wait = confirm_wait
+        self._decoder = EventDecoder(chain.deployment.abi)
+        #: In the senders' loop: outcomes reported by the relay, and the senders waiting for one.
+        self._reported: OrderedDict[str, BatchOutcome] = OrderedDict()
+        self._awaited: dict[str, asyncio.Future[BatchOutcome]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._main: asyncio.Task[None] | None = None
@@ -82,12 +91,31 @@ class Batcher:
         self._busy: set[str] = set()
         self.batches = 0
         self.readings_submitted = 0
+        #: Batches whose outcome came from a receipt because the relay had not reported it in time.
+        self.receipts_fetched = 0
 
     def notify(self) -> None:
         """Tell the batcher a reading was queued (from any thread)."""
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not wake.is_set() and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
+
+    def mined(self, outcomes: dict[str, BatchOutcome]) -> None:
+        """Take the relay's word that these transactions were mined (from any thread)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_mined, outcomes)
+
+    def _on_mined(self, outcomes: dict[str, BatchOutcome]) -> None:
+        for tx, outcome in outcomes.items():
+            waiter = self._awaited.pop(tx, None)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(outcome)
+                continue
+            self._reported[tx] = outcome
+            if len(self._reported) > REPORTED_LIMIT:
+                self._reported.popitem(last=False)
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``."""
@@ -111,32 +139,7 @@ class Batcher:
 
     async def run(self) -> None:
         """Submit batches until stopped, ``pipeline`` at a time, in the senders' own thread."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def finish(err: BaseException | None) -> None:
-            if done.done():
-                return
-            if err is None:
-                done.set_result(None)
-            else:
-                done.set_exception(err)
-
-        def thread_main() -> None:
-            err: BaseException | None = None
-            try:
-                asyncio.run(self._in_thread())
-            except BaseException as caught:  # noqa: BLE001 - handed to the awaiting loop
-                err = caught
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(finish, err)
-
-        threading.Thread(target=thread_main, name="batcher", daemon=True).start()
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            self.abort()
-            raise
+        await run_in_own_thread("batcher", self._in_thread, self.abort)
 
     async def _in_thread(self) -> None:
         chain, store = self._connect(), self.store.connect_again()
@@ -201,26 +204,42 @@ class Batcher:
     async def _submit(self, chain: AsyncChainClient, store: Store, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
         gas_limit = gas_limit_for(len(batch))
-        tx_hex = await chain.send_transaction(submit_readings_calldata(batch), gas_limit)
+        tx_hex = (await chain.send_transaction(submit_readings_calldata(batch), gas_limit)).lower()
         store.mark_submitted(batch, tx_hex)
-        receipt = await chain.wait_receipt(tx_hex)
-        gas_used = int(receipt["gasUsed"], 16)
-        if int(receipt["status"], 16) != 1:
-            raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
+        outcome, gas_used = await self._outcome(chain, tx_hex, gas_limit)
         # A mined batch decided every reading in it: the contract emits ReadingRecorded or
         # ReadingRejected for each, so the whole batch leaves the queue (the events go to meters
         # through the relay).
         store.remove_many([(r.data.meter, r.data.seq) for r in batch])
-        topics = [raw["topics"][0] for raw in receipt["logs"] if raw["topics"]]
-        recorded, rejected = topics.count(self._recorded_topic), topics.count(self._rejected_topic)
         self.batches += 1
         self.readings_submitted += len(batch)
         latency = time.monotonic() - started
         oldest = time.time() - min(r.received_at for r in batch)
-        log_event(log, "batch_mined", size=len(batch), recorded=recorded, rejected=rejected,
-                  gas=gas_used, gas_per_reading=gas_used // len(batch), block=int(receipt["blockNumber"], 16),
-                  tx=tx_hex, latency_ms=int(latency * 1000),
+        gas = {} if gas_used is None else {"gas": gas_used, "gas_per_reading": gas_used // len(batch)}
+        log_event(log, "batch_mined", size=len(batch), recorded=outcome.recorded, rejected=outcome.rejected,
+                  **gas, block=outcome.block, tx=tx_hex, latency_ms=int(latency * 1000),
                   oldest_wait_ms=int(oldest * 1000), queued=store.count())
+
+    async def _outcome(self, chain: AsyncChainClient, tx_hex: str, gas_limit: int) -> tuple[BatchOutcome, int | None]:
+        """What the mined transaction decided, from the relay's report or else its receipt (with the gas used)."""
+        outcome = self._reported.pop(tx_hex, None)
+        if outcome is not None:
+            return outcome, None
+        waiter: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
+        self._awaited[tx_hex] = waiter
+        try:
+            return await asyncio.wait_for(waiter, timeout=self.confirm_wait), None
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._awaited.pop(tx_hex, None)
+        receipt = await chain.wait_receipt(tx_hex)
+        self.receipts_fetched += 1
+        gas_used = int(receipt["gasUsed"], 16)
+        if int(receipt["status"], 16) != 1:
+            raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
+        found = self._decoder.batch_outcomes(receipt["logs"]).get(tx_hex)
+        return found or BatchOutcome(int(receipt["blockNumber"], 16), 0, 0), gas_used
 
     async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]) -> None:
         """Drop queued readings at or below each meter's last sequence number on chain."""

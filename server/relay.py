@@ -3,12 +3,15 @@ alerts to every meter (or a region's).
 
 Subscribes to new blocks over the chain's WebSocket (``eth_subscribe newHeads``) and fetches
 the contract's logs of each new block with one ``eth_getLogs`` (a node pushing every log as
-its own notification spends more on it than on mining, under load). On every (re)connection it
-first catches up from the last processed log, which it records in the store, so no event is
-missed across relay or chain restarts. Events are processed strictly in chain order; a log at
-or before the recorded position is skipped. The position is written once a burst of logs is
-processed, not after each: after a crash a few events may be relayed again, which meters take
-as the same bill twice, never as a missed one.
+its own notification spends more on it than on mining, under load). The logs are read in a
+thread of the relay's own (see ``server.threads``), which tells the batcher at once which of its
+batches were mined, and are handed to the server's loop to be relayed and indexed there.
+
+On every (re)connection it first catches up from the last processed log, which it records in
+the store, so no event is missed across relay or chain restarts. Events are processed strictly
+in chain order; a log at or before the recorded position is skipped. The position is written
+once a burst of logs is processed, not after each: after a crash a few events may be relayed
+again, which meters take as the same bill twice, never as a missed one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from common.billing import from_text32
 from common.chain import logs_between
 from common.deployment import Deployment
-from common.events import ChainEvent, EventDecoder
+from common.events import BatchOutcome, ChainEvent, EventDecoder
 from common.logs import log_event
 from common.messages import Bill, ErrorMessage, GridAlertMessage, TariffInfo, encode
 from common.rpc_socket import RpcSocket
@@ -30,6 +33,7 @@ from common.settings import Settings
 from common.tariff import REJECT_ERRORS, RejectReason
 from server.hub import Hub
 from server.store import Store
+from server.threads import run_in_own_thread
 
 __all__ = ["Relay"]
 
@@ -58,8 +62,15 @@ class Relay:
         self.tariff = tariff
         self.decoder = EventDecoder(deployment.abi)
         self.listeners: list[Callable[[ChainEvent], None]] = []
+        #: Told which batches each fetch of logs shows mined, before their events are relayed; called in the
+        #: relay's thread.
+        self.mined_listeners: list[Callable[[dict[str, BatchOutcome]], None]] = []
         self._registers: OrderedDict[tuple[str, int], int] = OrderedDict()
-        self._stopping = asyncio.Event()
+        self._stopping = False
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self._thread_task: asyncio.Task[None] | None = None
+        self._events_at_connect = 0
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()
         self.events_processed = 0
@@ -70,8 +81,11 @@ class Relay:
         self._position_name = f"{POSITION_PREFIX}:{deployment.chain_id}:{deployment.address.lower()}"
 
     def stop(self) -> None:
-        """Stop following the chain."""
-        self._stopping.set()
+        """Stop following the chain (from any thread); events already fetched are still relayed."""
+        self._stopping = True
+        loop, task = self._thread_loop, self._thread_task
+        if loop is not None and task is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -88,52 +102,80 @@ class Relay:
             self._saved = self._position
 
     async def run(self) -> None:
-        """Follow the chain until stopped, reconnecting with back-off."""
+        """Follow the chain until stopped: logs are read in the relay's own thread, events handled here."""
+        self._main_loop = asyncio.get_running_loop()
+        self.position  # noqa: B018 - read here: the store's connection belongs to this thread
+        await run_in_own_thread("relay", self._follow_forever, self.stop)
+        self.save_position()
+
+    def _to_main(self, callback: Callable[..., None], *args: Any) -> None:
+        """Have the server's loop run ``callback(*args)``, after what was handed to it before."""
+        loop = self._main_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback, *args)
+
+    async def _follow_forever(self) -> None:
+        """In the relay's thread: follow the chain, reconnecting with back-off, until stopped."""
+        self._thread_loop, self._thread_task = asyncio.get_running_loop(), asyncio.current_task()
         backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                await self._follow()
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any failure means reconnect and catch up
-                self.connected.clear()
-                self.caught_up.clear()
-                log_event(log, "relay_disconnected", logging.WARNING, error=f"{type(err).__name__}: {err}"[:300],
-                          retry_in=f"{backoff:.1f}s", url=self.settings.chain_ws_url)
+        try:
+            while not self._stopping:
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-                except asyncio.TimeoutError:
-                    pass
-                backoff = min(backoff * 2, 10.0)
+                    await self._follow()
+                    backoff = 0.5
+                except Exception as err:  # noqa: BLE001 - any failure means reconnect and catch up
+                    self._to_main(self._disconnected)
+                    log_event(log, "relay_disconnected", logging.WARNING,
+                              error=f"{type(err).__name__}: {err}"[:300], retry_in=f"{backoff:.1f}s",
+                              url=self.settings.chain_ws_url)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        except asyncio.CancelledError:
+            pass  # stop(): what was fetched is already handed over
+        finally:
+            self._thread_loop = self._thread_task = None
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        self.caught_up.clear()
+
+    def _connected(self) -> None:
+        self.connected.set()
+        self._events_at_connect = self.events_processed
+
+    def _caught_up(self, head: int) -> None:
+        self.save_position()
+        self.caught_up.set()
+        log_event(log, "relay_caught_up", head=head, events=self.events_processed - self._events_at_connect,
+                  position=f"{self.position[0]}:{self.position[1]}")
 
     async def _follow(self) -> None:
+        """In the relay's thread: catch up from the position, then fetch each new block's logs."""
         async with RpcSocket(self.settings.chain_ws_url) as rpc:
             address = self.deployment.address
             await rpc.request("eth_subscribe", ["newHeads"])
-            self.connected.set()
+            self._to_main(self._connected)
             complete = await self._catch_up(rpc, address)
-            self.caught_up.set()
-            stop_wait = asyncio.ensure_future(self._stopping.wait())
-            try:
-                while True:
-                    next_head = asyncio.ensure_future(rpc.notification())
-                    done, _ = await asyncio.wait({next_head, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    if stop_wait in done:
-                        next_head.cancel()
-                        return
-                    head = int(next_head.result()["number"], 16)
-                    while rpc.pending_notifications():
-                        head = max(head, int((await rpc.notification())["number"], 16))
-                    if head > complete:
-                        async for logs in logs_between(rpc.request, address, complete + 1, head):
-                            for raw in logs:
-                                self._handle_log(raw)
-                        complete = head
-                    self.save_position()
-            finally:
-                stop_wait.cancel()
-                self.save_position()
+            self._to_main(self._caught_up, complete)
+            while True:
+                head = int((await rpc.notification())["number"], 16)
+                while rpc.pending_notifications():
+                    head = max(head, int((await rpc.notification())["number"], 16))
+                if head > complete:
+                    async for logs in logs_between(rpc.request, address, complete + 1, head):
+                        self._take(logs)
+                    complete = head
+                self._to_main(self.save_position)
+
+    def _take(self, logs: list[Any]) -> None:
+        """In the relay's thread: report the batches these logs show mined, then hand the logs over."""
+        if self.mined_listeners:
+            outcomes = self.decoder.batch_outcomes(logs)
+            if outcomes:
+                for listener in self.mined_listeners:
+                    listener(outcomes)
+        if logs:
+            self._to_main(self._handle_logs, logs)
 
     def recorded(self, meter: str, seq: int) -> bool:
         """Whether the relay has seen this reading recorded on chain (among the last ``RECENT_LIMIT``)."""
@@ -144,14 +186,17 @@ class Relay:
         return [a for a in self.active_alerts.values() if a.expires_at > now and (not a.region or a.region == region)]
 
     async def _load_alerts(self, rpc: RpcSocket, address: str, head: int) -> None:
-        """Rebuild the set of active alerts from the whole log (alerts raised before our position)."""
+        """In the relay's thread: fetch the whole log's alerts (raised before our position) for the active set."""
         topics = [self.decoder.topic("GridAlert"), self.decoder.topic("GridAlertCleared")]
         async for logs in logs_between(rpc.request, address, self.deployment.block, head, [topics]):
-            for raw in logs:
-                event = self.decoder.decode(raw)
-                if event is not None and event.position <= self.position:
-                    self._track_alert(event)
+            self._to_main(self._load_alert_logs, logs)
         self._alerts_loaded = True
+
+    def _load_alert_logs(self, logs: list[Any]) -> None:
+        for raw in logs:
+            event = self.decoder.decode(raw)
+            if event is not None and event.position <= self.position:
+                self._track_alert(event)
 
     def _track_alert(self, event: ChainEvent) -> GridAlertMessage | None:
         args = event.args
@@ -171,24 +216,33 @@ class Relay:
         return alert
 
     async def _catch_up(self, rpc: RpcSocket, address: str) -> int:
-        """Process every log from the position to the head; returns the head, whose logs are all processed."""
+        """In the relay's thread: fetch every log from the position to the head; returns the head.
+
+        The position may be a little behind what the server's loop has yet to handle; logs at or
+        before the position it reaches are skipped there, so fetching some twice is harmless.
+        """
         head = int(await rpc.request("eth_blockNumber", []), 16)
         if not self._alerts_loaded:
             await self._load_alerts(rpc, address, head)
         block, _ = self.position
-        start = max(block, self.deployment.block)
-        caught = 0
-        async for logs in logs_between(rpc.request, address, start, head):
-            for raw in logs:
-                caught += self._handle_log(raw)
-            self.save_position()
-        log_event(log, "relay_caught_up", head=head, events=caught, position=f"{self.position[0]}:{self.position[1]}")
+        async for logs in logs_between(rpc.request, address, max(block, self.deployment.block), head):
+            self._take(logs)
+            self._to_main(self.save_position)
         return head
 
-    def _handle_log(self, raw: Any) -> int:
+    def _handle_logs(self, logs: list[Any]) -> None:
+        """Relay each new event of fetched logs, in chain order."""
+        for raw in logs:
+            try:
+                self._handle_log(raw)
+            except Exception as err:  # noqa: BLE001 - one bad event must not hold up the others
+                log_event(log, "relay_event_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300],
+                          block=raw.get("blockNumber"), log_index=raw.get("logIndex"))
+
+    def _handle_log(self, raw: Any) -> None:
         event = self.decoder.decode(raw)
         if event is None or event.position <= self.position:
-            return 0
+            return
         try:
             self._dispatch(event)
             for listener in self.listeners:
@@ -196,7 +250,6 @@ class Relay:
         finally:
             self._position = event.position
             self.events_processed += 1
-        return 1
 
     def _dispatch(self, event: ChainEvent) -> None:
         args = event.args

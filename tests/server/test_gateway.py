@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -231,3 +232,21 @@ async def test_reading_message_is_validated_before_the_queue(server, new_meter, 
     await link.send(bad)
     assert (await next_of(link, ErrorMessage)).code == "bad_signature"
     await link.close()
+
+
+async def test_a_mined_batch_is_confirmed_by_the_relay_without_fetching_its_receipt(server, new_meter, link_for):
+    meter = new_meter()
+    link = link_for(meter)
+    welcome = await link.connect()
+    now = int(time.time())
+    for seq in (1, 2, 3):
+        energy = welcome.last_energy_wh + 50 * seq
+        await link.send_reading(ReadingData(meter.address, seq, now - 240 + 60 * seq, energy))
+        assert (await next_of(link, Bill)).seq == seq
+    deadline = time.monotonic() + 10
+    while server.store.count() or server.batcher.batches < 3:  # the batcher hears of the block just after
+        assert time.monotonic() < deadline, "the batcher never took the mined batches off its queue"
+        await asyncio.sleep(0.05)
+    assert server.batcher.receipts_fetched == 0
+    await link.close()
+

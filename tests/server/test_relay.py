@@ -25,7 +25,7 @@ async def test_relay_restart_catches_up_and_delivers_missed_bills(server, new_me
             break
         await asyncio.sleep(0.05)
     assert server.store.count() == 0
-    server.relay._stopping.clear()
+    server.relay._stopping = False
     server.tasks[0] = asyncio.get_running_loop().create_task(server.relay.run())
     bill = await next_of(link, Bill)
     assert bill.seq == 1 and bill.energy_wh == 10_200
