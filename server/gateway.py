@@ -4,17 +4,23 @@ Thin asyncio code around the protocol core (``session``, ``validation``): it rea
 enforces the limits (message size, rate, authentication time, queue bound), looks meters up
 on chain, commits accepted readings to the durable store before answering ``ack``, and
 registers logged-in meters with the hub so the relay can reach them.
+
+Accepted readings are committed in groups: every reading taken (and every cursor moved) in one
+turn of the event loop goes into one SQLite transaction at the end of it, and only then are the
+replies to those meters sent, in order. Under load a turn holds hundreds of readings, and one
+commit for them all costs what one did for each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -51,6 +57,18 @@ _SEQUENCE_KEEPING_ERRORS = (errors.WrongMeter, errors.OutOfRange, errors.StaleSe
 TRY_AGAIN_LATER = 1013
 #: Concurrent on-chain look-ups during logins (bounds load on the node during reconnect storms).
 LOGIN_LOOKUPS = 32
+#: Close code when the server failed to store what a meter sent.
+INTERNAL_ERROR = 1011
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A reply held for the turn's commit, with the reading (and signature) it acknowledges."""
+
+    meter: str
+    ws: ServerConnection
+    reading: tuple[ReadingData, str] | None
+    reply: str
 
 
 class Gateway:
@@ -79,6 +97,11 @@ class Gateway:
         self.domain_separator = self.domain.separator()
         self.limits = Limits(settings.max_power_w, settings.max_future_skew)
         self.cursors: dict[str, Cursor] = {}
+        #: This turn of the loop: replies held for its commit (with the readings they acknowledge), the
+        #: signatures of those readings, and the cursors it moved as they were before.
+        self._staged: list[_Staged] = []
+        self._staged_signatures: dict[tuple[str, int], str] = {}
+        self._cursors_before: dict[str, Cursor] = {}
         self.server: Server | None = None
         self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
         self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
@@ -230,20 +253,24 @@ class Gateway:
                     return
                 continue
             try:
-                reply = self._on_message(raw, session, meter)
+                reply = self._on_message(raw, session, meter, ws)
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
                           logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=err.message)
-                self._reply_error(meter, err)
+                if self._commit_due():
+                    self._stage(_Staged(meter, ws, None, encode(error_message(err))))  # after this turn's acks
+                else:
+                    self._reply_error(meter, err)
                 continue
-            self.hub.send(meter, reply)
+            if reply is not None:
+                self.hub.send(meter, reply)
 
     def _reply_error(self, meter: str, err: errors.SmartMeterError) -> None:
         self.hub.send(meter, encode(error_message(err)))
 
-    def _on_message(self, raw: Any, session: Session, meter: str) -> str:
-        """Handle one frame from a logged-in meter; returns the reply or raises a SmartMeterError."""
+    def _on_message(self, raw: Any, session: Session, meter: str, ws: ServerConnection) -> str | None:
+        """Handle one frame from a logged-in meter; returns the reply (None: it follows the commit) or raises."""
         if isinstance(raw, bytes):
             raise errors.UnsupportedFrame()
         msg = parse_message(raw, self.settings.max_message_bytes)
@@ -255,6 +282,10 @@ class Gateway:
         key = meter.lower()
         cursor = self.cursors[key]
         if msg.seq <= cursor.seq and msg.meter.lower() == key:
+            staged = self._staged_signatures.get((key, msg.seq))
+            if staged is not None and staged.lower() == msg.signature.lower():  # resent within this turn
+                self._stage(_Staged(meter, ws, None, encode(Ack(seq=msg.seq, status="duplicate"))))
+                return None
             queued = self.store.get(meter, msg.seq)
             # Still queued and not yet seen on chain: the meter resent it before its bill came back.
             # (The batcher drops a reading from the queue a moment after its event is relayed.)
@@ -273,12 +304,51 @@ class Gateway:
             if msg.seq == cursor.seq + 1:
                 # A reading refused for its content uses up its sequence number (as an on-chain
                 # rejection does), so the meter drops it and carries on with the next.
-                self.cursors[key] = Cursor(msg.seq, cursor.timestamp, cursor.energy_wh)
-                self.store.set_cursor(meter, self.cursors[key])
+                self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh))
             raise
-        self.store.put(ReadingData(to_checksum_address(data.meter), data.seq, data.timestamp, data.energy_wh),
-                       msg.signature)
-        self.cursors[key] = Cursor(data.seq, data.timestamp, data.energy_wh)
-        self.batcher.notify()
-        self.stats["readings"] += 1
-        return encode(Ack(seq=msg.seq))
+        self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh))
+        self._stage(_Staged(meter, ws, (data, msg.signature), encode(Ack(seq=msg.seq))))
+        self._staged_signatures[(key, data.seq)] = msg.signature
+        return None
+
+    def _commit_due(self) -> bool:
+        """Whether this turn has something to commit (replies to its meters wait for it)."""
+        return bool(self._staged or self._cursors_before)
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_due():
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _move_cursor(self, key: str, cursor: Cursor) -> None:
+        """Move a meter's cursor now; it is stored with this turn's commit."""
+        self._schedule_commit()
+        self._cursors_before.setdefault(key, self.cursors[key])
+        self.cursors[key] = cursor
+
+    def _stage(self, item: _Staged) -> None:
+        """Hold a reply (and the reading it acknowledges) for this turn's commit."""
+        self._schedule_commit()
+        self._staged.append(item)
+
+    def _commit(self) -> None:
+        """Store the turn's readings and cursors in one transaction, then send the replies in order."""
+        staged, self._staged = self._staged, []
+        before, self._cursors_before = self._cursors_before, {}
+        self._staged_signatures.clear()
+        readings = [item.reading for item in staged if item.reading is not None]
+        try:
+            self.store.put(readings, {key: self.cursors[key] for key in before})
+        except sqlite3.Error as err:
+            # Nothing of the turn was stored, so nothing is acknowledged: the cursors go back to where
+            # they were, and the meters' connections are closed so that they reconnect and resend.
+            log_event(log, "readings_not_stored", logging.ERROR, readings=len(readings), error=str(err)[:300],
+                      action="the meters were disconnected and will resend; check the disk and data directory")
+            self.cursors.update(before)
+            for ws in {id(item.ws): item.ws for item in staged}.values():
+                asyncio.get_running_loop().create_task(ws.close(INTERNAL_ERROR, "storage_failed"))
+            return
+        for item in staged:
+            self.hub.send(item.meter, item.reply)
+        if readings:
+            self.stats["readings"] += len(readings)
+            self.batcher.notify()

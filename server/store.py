@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS position (
 );
 """
 
+_UPSERT_CURSOR = (
+    "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
+    "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, energy_wh=excluded.energy_wh"
+)
+
 
 @dataclass(frozen=True)
 class QueuedReading:
@@ -96,17 +101,18 @@ class Store:
 
     # ---------------------------------------------------------------- queue
 
-    def put(self, data: ReadingData, signature: str) -> None:
-        """Queue an accepted reading and advance its meter's cursor, in one transaction."""
-        meter = data.meter.lower()
+    def put(self, readings: list[tuple[ReadingData, str]], cursors: dict[str, Cursor]) -> None:
+        """Queue accepted readings (with their signatures) and move meters' cursors, all in one transaction."""
+        now = time.time()
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute(
+            self.db.executemany(
                 "INSERT INTO queue (meter, seq, timestamp, energy_wh, signature, received_at) VALUES (?,?,?,?,?,?)",
-                (meter, data.seq, data.timestamp, data.energy_wh, signature, time.time()),
+                [(d.meter.lower(), d.seq, d.timestamp, d.energy_wh, sig, now) for d, sig in readings],
             )
-            self._write_cursor(meter, Cursor(data.seq, data.timestamp, data.energy_wh))
-        self._count.add(1)
+            self.db.executemany(_UPSERT_CURSOR, [(m.lower(), c.seq, c.timestamp, c.energy_wh)
+                                                 for m, c in cursors.items()])
+        self._count.add(len(readings))
 
     def get(self, meter: str, seq: int) -> QueuedReading | None:
         """A queued reading, if still queued."""
@@ -180,19 +186,6 @@ class Store:
             "SELECT seq, timestamp, energy_wh FROM cursor WHERE meter=?", (meter.lower(),)
         ).fetchone()
         return Cursor(*row) if row else None
-
-    def set_cursor(self, meter: str, cursor: Cursor) -> None:
-        """Move a meter's cursor without queueing a reading (a refused reading used up its seq)."""
-        with self.db:
-            self._write_cursor(meter, cursor)
-
-    def _write_cursor(self, meter: str, cursor: Cursor) -> None:
-        self.db.execute(
-            "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
-            "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, "
-            "energy_wh=excluded.energy_wh",
-            (meter.lower(), cursor.seq, cursor.timestamp, cursor.energy_wh),
-        )
 
     # ---------------------------------------------------------------- relay position
 

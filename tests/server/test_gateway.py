@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 
 import pytest
@@ -250,3 +251,28 @@ async def test_a_mined_batch_is_confirmed_by_the_relay_without_fetching_its_rece
     assert server.batcher.receipts_fetched == 0
     await link.close()
 
+
+async def test_readings_the_store_failed_to_keep_are_not_acknowledged_and_are_taken_again(server, new_meter, link_for,
+                                                                                          monkeypatch):
+    meter = new_meter()
+    link = link_for(meter)
+    welcome = await link.connect()
+    data = ReadingData(meter.address, 1, int(time.time()) - 60, welcome.last_energy_wh + 50)
+
+    def disk_fails(readings, cursors):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(server.store, "put", disk_fails)
+    await link.send_reading(data)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            assert not isinstance(await link.recv(timeout=10), Ack)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    monkeypatch.undo()
+    link = link_for(meter)
+    await link.connect()
+    await link.send_reading(data)  # the cursor went back: the same reading is taken, not called stale
+    ack = await next_of(link, Ack)
+    assert (ack.seq, ack.status) == (1, "queued")
+    assert (await next_of(link, Bill)).seq == 1
+    await link.close()
