@@ -4,10 +4,10 @@ A batch is the oldest pending readings, up to ``batch_max_size``, sent as soon a
 waiting (readings arriving meanwhile form the next batch, so batches grow under load by
 themselves). Up to ``pipeline`` batches are in hand at once: while one is being mined the next
 is built and signed, and goes out the moment the node has taken the first, so the chain is not
-idle while the gateway reads a receipt. A meter's readings are in at most one of them, so they
-reach the chain in order even when a batch fails. The gas limit
-comes from a per-reading bound rather than ``eth_estimateGas``, which would make the node
-execute every batch twice. A failed batch goes back to pending; readings the chain already
+idle while the gateway learns the first's outcome. A meter's readings are in at most one of
+them, so they reach the chain in order even when a batch fails. The gas limit comes from a
+per-reading bound rather than ``eth_estimateGas``, which would make the node execute every
+batch twice. A failed batch goes back to pending; readings the chain already
 holds are dropped first, and the contract's sequence check makes a resubmitted reading
 impossible to record twice.
 

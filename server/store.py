@@ -1,10 +1,10 @@
 """The gateway's durable state in SQLite (WAL mode): queued readings, per-meter cursors and
 the relay's position in the chain's log.
 
-A reading is committed here before its meter gets ``ack``; it leaves when the batcher sees
-its ``ReadingRecorded`` or ``ReadingRejected`` event in the receipt of the transaction that
-carried it (or, after a failure, finds it at or below its meter's last sequence number on
-chain). WAL with ``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a
+A reading is committed here before its meter gets ``ack``; it leaves when the transaction that
+carried it is mined (the contract then emitted ``ReadingRecorded`` or ``ReadingRejected`` for
+it), or, after a failure, when it is found at or below its meter's last sequence number on
+chain. WAL with ``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a
 committed row; set ``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too,
 at a cost per commit.
 """
