@@ -104,7 +104,10 @@ class Batcher:
         """Take the relay's word that these transactions were mined (from any thread)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_mined, outcomes)
+            try:
+                loop.call_soon_threadsafe(self._on_mined, outcomes)
+            except RuntimeError:  # the senders' loop closed meanwhile: the batcher has stopped
+                pass
 
     def _on_mined(self, outcomes: dict[str, BatchOutcome]) -> None:
         for tx, outcome in outcomes.items():

@@ -112,7 +112,10 @@ class Relay:
         """Have the server's loop run ``callback(*args)``, after what was handed to it before."""
         loop = self._main_loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(callback, *args)
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+            except RuntimeError:  # the server's loop closed meanwhile: the server has stopped
+                pass
 
     async def _follow_forever(self) -> None:
         """In the relay's thread: follow the chain, reconnecting with back-off, until stopped."""

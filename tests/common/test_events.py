@@ -8,7 +8,7 @@ from eth_account import Account
 
 from common.billing import Billing
 from common.eip712 import ReadingData, sign_reading
-from common.events import EventDecoder
+from common.events import BatchOutcome, EventDecoder
 
 
 def test_every_event_decodes_as_web3_decodes_it(chain, deployment, snapshot):
@@ -48,3 +48,19 @@ def test_unknown_and_truncated_logs_decode_to_none(deployment):
     short = {"topics": [topic, "0x" + "00" * 32], "data": "0x" + "00" * 40, "blockNumber": "0x1", "logIndex": "0x0",
              "transactionHash": "0x" + "00" * 32}
     assert decoder.decode(short) is None
+
+
+def test_batch_outcomes_count_each_transactions_recorded_and_rejected_readings(chain, deployment):
+    billing = Billing(chain, deployment)
+    decoder = EventDecoder(deployment.abi)
+    meters = [Account.create() for _ in range(3)]
+    opened = int(time.time()) - 3_600
+    registered = billing.register_meters([(m.address, b"\x07" * 32, "north", 5_000) for m in meters], opened)
+    assert decoder.batch_outcomes(registered[-1]["logs"]) == {}  # no reading events: not a batch
+    readings = [ReadingData(m.address, 1, int(time.time()) - 60, 5_100) for m in meters]
+    readings.append(ReadingData(meters[0].address, 2, int(time.time()) - 30, 4_000))  # register went down: rejected
+    receipt = billing.submit_readings([(r, sign_reading(m.key, deployment.domain, r))
+                                       for r, m in zip(readings, [*meters, meters[0]], strict=True)])
+    tx = "0x" + bytes(receipt["transactionHash"]).hex()
+    logs = [dict(raw) for raw in receipt["logs"]]
+    assert decoder.batch_outcomes(logs) == {tx: BatchOutcome(receipt["blockNumber"], 3, 1)}
