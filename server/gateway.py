@@ -207,9 +207,11 @@ class Gateway:
             self.hub.remove(meter, ws)
             await self._refuse(ws, err, peer, close=True)
             return None
-        stored = self.store.cursor(meter)
-        chain_cursor = Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh)
-        self.cursors[meter.lower()] = stored if stored and stored.seq > chain_cursor.seq else chain_cursor
+        # The furthest of: the chain's, the store's, and the one in memory, which is ahead of the store
+        # while a previous connection's readings wait for this turn's commit.
+        known = (self.store.cursor(meter), Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh),
+                 self.cursors.get(meter.lower()))
+        self.cursors[meter.lower()] = max((c for c in known if c is not None), key=lambda c: c.seq)
         welcome = Welcome(
             meter=meter,
             account_ref=view.account_ref,
