@@ -146,13 +146,6 @@ class Store:
         with self.db:
             return self.db.execute("UPDATE queue SET tx_hash=NULL WHERE tx_hash IS NOT NULL").rowcount
 
-    def remove(self, meter: str, seq: int) -> bool:
-        """Drop a reading whose fate the chain has decided."""
-        with self.db:
-            removed = self.db.execute("DELETE FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).rowcount
-        self._count.add(-removed)
-        return removed > 0
-
     def remove_many(self, readings: list[tuple[str, int]]) -> int:
         """Drop several (meter, seq) readings in one transaction."""
         with self.db:
