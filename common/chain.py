@@ -24,6 +24,7 @@ from eth_utils import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 
+from common.backoff import backoff_delay
 from common.deployment import Deployment
 from common.errors import ChainError, ChainUnavailable, ConfigError
 from common.logs import log_event
@@ -47,6 +48,8 @@ T = TypeVar("T")
 GAS_MARGIN = 1.25
 #: Seconds a gas price read from the node is reused for the server's transactions.
 GAS_PRICE_TTL = 30.0
+#: Waits between retries of a failed RPC call: from this, doubling, up to the cap (seconds).
+RPC_RETRY_FIRST, RPC_RETRY_CAP = 0.2, 5.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -194,7 +197,7 @@ class ChainClient:
             except TRANSIENT_ERRORS as err:
                 self._nonces.pop(account.address, None)
                 log_event(log, "rpc_retry", logging.WARNING, attempt=attempt + 1, error=type(err).__name__)
-                time.sleep(min(0.2 * 2**attempt, 5))
+                time.sleep(backoff_delay(attempt + 1, RPC_RETRY_FIRST, RPC_RETRY_CAP))
         raise ChainUnavailable(f"the chain at {self.settings.chain_rpc_url} kept failing; is it running?")
 
 
@@ -216,7 +219,7 @@ async def _retry(settings: Settings, what: str, op: Callable[[], Awaitable[T]]) 
             return await op()
         except TRANSIENT_ERRORS as err:
             log_event(log, "rpc_retry", logging.WARNING, op=what, attempt=attempt + 1, error=type(err).__name__)
-            await asyncio.sleep(min(0.2 * 2**attempt, 5))
+            await asyncio.sleep(backoff_delay(attempt + 1, RPC_RETRY_FIRST, RPC_RETRY_CAP))
     raise ChainUnavailable(f"the chain at {settings.chain_rpc_url} kept failing ({what}); is it running?")
 
 
@@ -303,7 +306,7 @@ class AsyncChainClient:
                     now = time.monotonic()
                     if self._gas_price is None or now - self._gas_price[1] > GAS_PRICE_TTL:
                         self._gas_price = (int(await self.request("eth_gasPrice", []), 16), now)
-                    tx = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas,
+                    tx: dict[str, Any] = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas,
                           "gasPrice": self._gas_price[0], "nonce": self._nonce, "chainId": self.settings.chain_id}
                     raw = "0x" + bytes(self.account.sign_transaction(tx).raw_transaction).hex()
                     tx_hash = str(await self.request("eth_sendRawTransaction", [raw]))

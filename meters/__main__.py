@@ -20,6 +20,7 @@ from common.deployment import load_deployment
 from common.errors import SmartMeterError
 from common.logs import log_event, setup_logging
 from common.settings import load_settings
+from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
 from meters.identity import MeterIdentity, meter_dir
@@ -28,7 +29,6 @@ from meters.outbox import Outbox
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource, RegisterSource
 from meters.status import MeterStatus
-from server.tls import client_context
 
 log = logging.getLogger("meter")
 MULTIPLIER_STEP = 1.25

@@ -20,6 +20,7 @@ from pathlib import Path
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
 from common import errors
+from common.backoff import Backoff
 from common.eip712 import Domain, ReadingData, sign_reading
 from common.logs import log_event
 from common.messages import Ack, Bill, ConsumptionAlert, ErrorMessage, GridAlertMessage, Reading, Welcome
@@ -176,14 +177,14 @@ class MeterClient:
     # ---------------------------------------------------------------- connection
 
     async def _connect_loop(self) -> None:
-        backoff = MIN_BACKOFF
+        backoff = Backoff(MIN_BACKOFF, MAX_BACKOFF, self.rng)
         while True:
             self.status.state = LinkState.CONNECTING
             self._changed()
             link = MeterLink(self.url, self.ssl_context, self.key, self.domain)
             try:
                 welcome = await link.connect()
-                backoff = MIN_BACKOFF
+                backoff.succeeded()
                 self.link = link
                 self._on_welcome(welcome)
                 await self._resend()
@@ -196,14 +197,13 @@ class MeterClient:
             except (OSError, asyncio.TimeoutError, WebSocketException, InvalidHandshake,
                     errors.SmartMeterError) as err:
                 self.link, self._synced = None, False
-                delay = min(backoff, MAX_BACKOFF) * (0.5 + self.rng.random())
+                delay = backoff.failed()
                 self.status.state = LinkState.DISCONNECTED
                 self.status.error(describe_failure(err, self.url, delay, self.outbox.count()))
                 log_event(log, "communication_problem", logging.WARNING, meter=self.status.name,
                           detail=self.status.last_error)
                 self._changed()
                 await asyncio.sleep(delay)
-                backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _on_welcome(self, welcome: Welcome) -> None:
         dropped = self.outbox.done_upto(welcome.last_seq)

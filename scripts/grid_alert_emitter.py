@@ -22,7 +22,7 @@ from common.deployment import load_deployment  # noqa: E402
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import log_event, setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
-from server.grid_emitter import (  # noqa: E402
+from operations.grid_emitter import (  # noqa: E402
     ALL_REGIONS,
     ALL_REGIONS_LABEL,
     DEFAULT_MAX_INTERVAL_S,

@@ -22,9 +22,9 @@ from common.deployer import deploy  # noqa: E402
 from common.devchain import GanacheProcess, free_port  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
+from common.tls import client_context  # noqa: E402
 from scripts.harness.hostile import CASES, format_table, run_corpus  # noqa: E402
 from server.app import ServerApp  # noqa: E402
-from server.tls import client_context  # noqa: E402
 
 
 async def _run(base: Path) -> int:

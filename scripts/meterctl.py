@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
-from server.operations import (  # noqa: E402
+from operations.control import (  # noqa: E402
     Operations,
     render_close,
     render_meters,

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
-from meters.provisioning import provision  # noqa: E402
+from operations.provisioning import provision  # noqa: E402
 
 
 def main() -> int:

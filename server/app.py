@@ -12,6 +12,7 @@ import signal
 from dataclasses import dataclass
 
 from common.chain import AsyncChainClient
+from common.customers import Customers
 from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
 from common.errors import ChainUnavailable
@@ -21,7 +22,6 @@ from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
-from server.customers import Customers
 from server.gateway import Gateway
 from server.hub import Hub
 from server.index import Index

@@ -29,9 +29,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
+from common.backoff import Backoff
+from common.batches import gas_limit_for, submit_readings_calldata
 from common.chain import AsyncChainClient
 from common.errors import ChainError, ChainUnavailable
 from common.events import BatchOutcome, EventDecoder
@@ -39,29 +40,14 @@ from common.logs import log_event
 from server.store import QueuedReading, Store
 from server.threads import run_in_own_thread
 
-__all__ = ["Batcher", "gas_limit_for", "submit_readings_calldata"]
+__all__ = ["Batcher"]
 
 log = logging.getLogger("batcher")
 
-#: Gas bound per batch: a fixed part plus a generous per-reading part (measured ~17k per reading).
-BATCH_BASE_GAS = 80_000
-GAS_PER_READING = 40_000
 #: Outcomes the relay reported before the batcher asked for them (kept for the most recent only).
 REPORTED_LIMIT = 1_000
-SUBMIT_READINGS_TYPES = ("(address,uint64,uint64,uint64)[]", "bytes[]")
-SUBMIT_READINGS_SELECTOR = keccak(text=f"submitReadings({','.join(SUBMIT_READINGS_TYPES)})")[:4]
-
-
-def gas_limit_for(n: int) -> int:
-    """The gas limit for a batch of ``n`` readings."""
-    return BATCH_BASE_GAS + GAS_PER_READING * n
-
-
-def submit_readings_calldata(batch: list[QueuedReading]) -> bytes:
-    """The calldata of ``submitReadings(readings, signatures)`` for a batch, encoded with eth_abi directly."""
-    readings = [(bytes.fromhex(r.data.meter[2:]), r.data.seq, r.data.timestamp, r.data.energy_wh) for r in batch]
-    signatures = [bytes.fromhex(r.signature[2:]) for r in batch]
-    return SUBMIT_READINGS_SELECTOR + abi_encode(SUBMIT_READINGS_TYPES, [readings, signatures])
+#: Waits after a failed batch: from this, doubling, up to the cap (seconds).
+RETRY_FIRST, RETRY_CAP = 0.5, 10.0
 
 
 class Batcher:
@@ -174,7 +160,7 @@ class Batcher:
     async def _sender(self, chain: AsyncChainClient, store: Store) -> None:
         wake = self._wake
         assert wake is not None
-        backoff = 0.5
+        backoff = Backoff(RETRY_FIRST, RETRY_CAP)
         while not self._stopping:
             wake.clear()  # before looking: a reading queued from now on sets it again (see notify)
             batch = self._take(store)
@@ -192,14 +178,14 @@ class Batcher:
                     await self._drop_recorded(chain, store, {r.data.meter for r in batch})
                     continue
                 await self._submit(chain, store, batch)
-                backoff = 0.5
+                backoff.succeeded()
             except (ChainError, ChainUnavailable, OSError, asyncio.TimeoutError) as err:
+                delay = backoff.failed()
                 log_event(log, "batch_failed", logging.WARNING, size=len(batch), error=str(err)[:300],
-                          retry_in=f"{backoff:.1f}s")
+                          retry_in=f"{delay:.1f}s")
                 store.mark_submitted(batch, None)
                 self._dirty = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.sleep(delay)
             finally:
                 self._busy.difference_update(r.data.meter for r in batch)
                 wake.set()  # a sender waiting for these meters may go on
@@ -207,7 +193,8 @@ class Batcher:
     async def _submit(self, chain: AsyncChainClient, store: Store, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
         gas_limit = gas_limit_for(len(batch))
-        tx_hex = (await chain.send_transaction(submit_readings_calldata(batch), gas_limit)).lower()
+        calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
+        tx_hex = (await chain.send_transaction(calldata, gas_limit)).lower()
         store.mark_submitted(batch, tx_hex)
         outcome, gas_used = await self._outcome(chain, tx_hex, gas_limit)
         # A mined batch decided every reading in it: the contract emits ReadingRecorded or

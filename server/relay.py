@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from common.backoff import Backoff
 from common.billing import from_text32
 from common.chain import logs_between
 from common.deployment import Deployment
@@ -42,6 +43,8 @@ log = logging.getLogger("relay")
 #: own first block rather than from where the old one's log had got to.
 POSITION_PREFIX = "relay"
 RECENT_LIMIT = 100_000
+#: Waits before reconnecting to the chain: from this, doubling, up to the cap (seconds).
+RECONNECT_FIRST, RECONNECT_CAP = 0.5, 10.0
 
 
 class Relay:
@@ -120,19 +123,19 @@ class Relay:
     async def _follow_forever(self) -> None:
         """In the relay's thread: follow the chain, reconnecting with back-off, until stopped."""
         self._thread_loop, self._thread_task = asyncio.get_running_loop(), asyncio.current_task()
-        backoff = 0.5
+        backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         try:
             while not self._stopping:
                 try:
                     await self._follow()
-                    backoff = 0.5
+                    backoff.succeeded()
                 except Exception as err:  # noqa: BLE001 - any failure means reconnect and catch up
                     self._to_main(self._disconnected)
+                    delay = backoff.failed()
                     log_event(log, "relay_disconnected", logging.WARNING,
-                              error=f"{type(err).__name__}: {err}"[:300], retry_in=f"{backoff:.1f}s",
+                              error=f"{type(err).__name__}: {err}"[:300], retry_in=f"{delay:.1f}s",
                               url=self.settings.chain_ws_url)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    await asyncio.sleep(delay)
         except asyncio.CancelledError:
             pass  # stop(): what was fetched is already handed over
         finally:

@@ -1,8 +1,9 @@
 """A private certificate authority and the server's certificate, made on first start.
 
-Meters trust only this CA (``data/tls/ca.pem``); nothing anywhere disables certificate
-verification. The server certificate names ``localhost`` and ``127.0.0.1`` (plus any host in
-``extra_hosts``) and is renewed when it is close to expiry or the hosts change.
+Meters trust only this CA (``data/tls/ca.pem``, through ``common.tls.client_context``); nothing
+anywhere disables certificate verification. The server certificate names ``localhost`` and
+``127.0.0.1`` (plus any host in ``extra_hosts``) and is renewed when it is close to expiry or the
+hosts change.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TlsFiles", "ensure_tls", "server_context", "client_context"]
+__all__ = ["TlsFiles", "ensure_tls", "server_context"]
 
 CA_VALIDITY = dt.timedelta(days=3650)
 CERT_VALIDITY = dt.timedelta(days=397)
@@ -140,9 +141,3 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     ctx.load_cert_chain(files.cert, files.key)
     return ctx
 
-
-def client_context(ca_cert: Path) -> ssl.SSLContext:
-    """The meters' TLS context: trusts only the project's CA, verifies host names."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_cert))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from common import errors
 from common.eip712 import ReadingData, recover_reading_signer
 from common.messages import Reading
-from common.tariff import MAX_REGISTER_WH, MAX_SEQ, MAX_TIMESTAMP
+from common.tariff import REJECT_ERRORS, MeterLedger, RejectReason, check_reading
 
 __all__ = ["Cursor", "Limits", "validate_reading"]
 
@@ -45,40 +45,43 @@ def validate_reading(
 ) -> ReadingData:
     """Check a reading against the cursor; return its signed data or raise a ReadingError.
 
-    Checks run cheapest first: the meter, ranges, sequence (a gap asks the meter to send the
-    missing readings first), timestamps, register, power, then the signature.
+    The contract's rules come from ``common.tariff.check_reading`` (one definition, also the
+    reference the contract is tested against); the gateway adds two of its own: the reading
+    must name the logged-in meter, and its seq must be the next one (a gap asks the meter to
+    send the missing readings first). The signature is checked last, being the dearest.
     """
     seq = reading.seq
     if reading.meter.lower() != session_meter.lower():
         raise errors.WrongMeter(f"this connection is logged in as {session_meter}, not {reading.meter}", seq=seq)
-    if seq > MAX_SEQ or reading.timestamp > MAX_TIMESTAMP or reading.energy_wh > MAX_REGISTER_WH:
-        raise errors.OutOfRange("seq and timestamp must fit 32 bits and energyWh 48 bits", seq=seq)
-    if seq <= cursor.seq:
-        raise errors.StaleSequence(f"seq {seq} is not above the last accepted seq {cursor.seq}", seq=seq)
+    ledger = MeterLedger(True, cursor.seq, cursor.timestamp, cursor.energy_wh)
+    reason = check_reading(ledger, seq, reading.timestamp, reading.energy_wh, now=now,
+                           max_power_w=limits.max_power_w, max_future_skew=limits.max_future_skew)
+    if reason is RejectReason.OUT_OF_RANGE or reason is RejectReason.STALE_SEQUENCE:
+        raise _refusal(reason, reading, cursor, now, limits)
     if seq != cursor.seq + 1:
         raise errors.SequenceGap(f"seq {seq} skips from {cursor.seq}; send seq {cursor.seq + 1} first", seq=seq)
-    if reading.timestamp <= cursor.timestamp:
-        raise errors.StaleTimestamp(
-            f"timestamp {reading.timestamp} is not after the previous reading's {cursor.timestamp}", seq=seq
-        )
-    if reading.timestamp > now + limits.max_future_skew:
-        raise errors.FutureTimestamp(
-            f"timestamp {reading.timestamp} is {reading.timestamp - now} s ahead of the server clock", seq=seq
-        )
-    if reading.energy_wh < cursor.energy_wh:
-        raise errors.RegisterDecreased(
-            f"register {reading.energy_wh} Wh is below the previous {cursor.energy_wh} Wh", seq=seq
-        )
-    delta = reading.energy_wh - cursor.energy_wh
-    elapsed = reading.timestamp - cursor.timestamp
-    if delta * 3600 > limits.max_power_w * elapsed:
-        raise errors.ImplausibleDelta(
-            f"{delta} Wh in {elapsed} s is an average of {delta * 3600 // max(elapsed, 1)} W, "
-            f"above the {limits.max_power_w} W supply limit",
-            seq=seq,
-        )
+    if reason is not RejectReason.NONE:
+        raise _refusal(reason, reading, cursor, now, limits)
     data = ReadingData(reading.meter, seq, reading.timestamp, reading.energy_wh)
     signer = recover_reading_signer(domain_separator, data, reading.signature)
     if signer is None or signer.lower() != reading.meter.lower():
         raise errors.BadSignature("the signature does not recover to the reading's meter", seq=seq)
     return data
+
+
+def _refusal(reason: RejectReason, reading: Reading, cursor: Cursor, now: int,
+             limits: Limits) -> errors.SmartMeterError:
+    """The error for a rule ``check_reading`` found broken, with a sentence giving the figures."""
+    seq, ts, wh = reading.seq, reading.timestamp, reading.energy_wh
+    delta, elapsed = wh - cursor.energy_wh, ts - cursor.timestamp
+    message = {
+        RejectReason.OUT_OF_RANGE: "seq and timestamp must fit 32 bits and energyWh 48 bits",
+        RejectReason.STALE_SEQUENCE: f"seq {seq} is not above the last accepted seq {cursor.seq}",
+        RejectReason.STALE_TIMESTAMP: f"timestamp {ts} is not after the previous reading's {cursor.timestamp}",
+        RejectReason.FUTURE_TIMESTAMP: f"timestamp {ts} is {ts - now} s ahead of the server clock",
+        RejectReason.REGISTER_DECREASED: f"register {wh} Wh is below the previous {cursor.energy_wh} Wh",
+        RejectReason.IMPLAUSIBLE_DELTA: f"{delta} Wh in {elapsed} s is an average of "
+                                        f"{delta * 3600 // max(elapsed, 1)} W, above the {limits.max_power_w} W "
+                                        "supply limit",
+    }.get(reason)
+    return REJECT_ERRORS[reason](message, seq=seq)

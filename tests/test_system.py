@@ -21,8 +21,8 @@ from common.devchain import free_port
 from common.settings import ROOT
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox
-from meters.provisioning import provision
 from meters.status import MeterStatus
+from operations.provisioning import provision
 from tests.support import ServerProcess
 
 METERS = 12

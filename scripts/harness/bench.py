@@ -18,6 +18,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from common.batches import gas_limit_for, submit_readings_calldata
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployer import deploy
@@ -25,10 +26,8 @@ from common.devchain import GanacheProcess, free_port
 from common.eip712 import ReadingData, sign_reading
 from common.messages import Bill, encode
 from common.settings import ROOT, Settings, load_settings
+from common.tls import client_context
 from meters.link import MeterLink, signed_reading
-from server.batcher import gas_limit_for, submit_readings_calldata
-from server.store import QueuedReading
-from server.tls import client_context
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -150,7 +149,7 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
             await link.ws.send(frame)
         got = 0
         while got < per_meter:
-            frame = await asyncio.wait_for(link.ws.recv(), timeout=600)
+            frame = str(await asyncio.wait_for(link.ws.recv(), timeout=600))
             if '"type":"bill"' in frame:
                 latencies.append(time.monotonic() - sent_at[(a.address, json.loads(frame)["seq"])])
                 got += 1
@@ -203,11 +202,11 @@ def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, ope
     for i in range(1, count // batch + 1):
         for a in accounts:
             data = ReadingData(a.address, i, opened + 60 * i, OPENING_WH + 10 * i)
-            queued.append(QueuedReading(data, sign_reading(a.key, billing.deployment.domain, data), 0.0, None))
+            queued.append((data, sign_reading(a.key, billing.deployment.domain, data)))
     w3 = billing.client.w3
     gateway = Account.from_key(settings.gateway_key)
     nonce, price = w3.eth.get_transaction_count(gateway.address, "pending"), w3.eth.gas_price
-    raw_txs = []
+    raw_txs: list[bytes] = []
     for i in range(0, len(queued), batch):
         chunk = queued[i:i + batch]
         tx = {"to": billing.deployment.address, "data": submit_readings_calldata(chunk), "value": 0,
@@ -383,10 +382,12 @@ async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
             opened = int(time.time()) - 30 * 86_400
             server = _Server(settings, base / "server.log")
             await server.start()
+            assert server.proc is not None and chain.proc is not None
             pid = server.proc.pid
             try:
                 results["ingest"] = await _ingest_suite(settings, deployment, billing, server, chain.proc.pid, opened,
                                                         say, config.fleets, config.readings_per_meter)
+                assert server.proc is not None
                 pid = server.proc.pid
                 if config.latency_seconds > 0:
                     latency_accounts = [Account.create() for _ in range(12)]

@@ -23,9 +23,9 @@ from typing import Literal
 from eth_utils import to_checksum_address
 
 from common import errors
+from common.customers import Customers
 from common.eip712 import Domain, recover_login_signer
 from common.settings import Settings
-from server.customers import Customers
 
 __all__ = ["Principal", "Authenticator", "OPERATOR_KEY_FILE", "dashboard_link"]
 

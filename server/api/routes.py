@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from common import errors
+from common.customers import Customers
 from common.deployment import Deployment
 from common.eip712 import login_typed_data
 from common.settings import Settings
@@ -48,7 +49,6 @@ from server.api.schemas import (
     meter_out,
     tariff_out,
 )
-from server.customers import Customers
 from server.history import GroupBy, group_hours
 from server.hub import Hub
 from server.index import Index, MeterRecord

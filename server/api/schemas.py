@@ -13,8 +13,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from common.customers import Customer
 from common.tariff import format_pounds
-from server.customers import Customer
 from server.index import MeterRecord, Period
 
 __all__ = [

@@ -18,18 +18,19 @@ from common.billing import Billing
 from common.chain import ChainClient
 from common.deployment import load_deployment
 from common.settings import ROOT
+from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
 from meters.display import render_meter
 from meters.identity import MeterIdentity, meter_dir
 from meters.load_model import LoadModel
 from meters.outbox import Outbox
-from meters.provisioning import provision
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource
 from meters.status import LinkState, MeterStatus
+from operations.provisioning import provision
 from server.app import ServerApp
-from server.tls import client_context, ensure_tls
+from server.tls import ensure_tls
 from tests.support import ServerProcess
 
 #: A meter's log line for a reading the gateway refused for what it says (not for when it was sent).

@@ -3,9 +3,9 @@ meters keep getting bills, nothing hostile reaches the chain."""
 
 from __future__ import annotations
 
+from common.tls import client_context
 from scripts.harness.hostile import CASES, format_table, run_corpus
 from server.app import ServerApp
-from server.tls import client_context
 
 
 async def test_every_hostile_input_gets_its_code_and_honest_meters_are_still_served(server_settings, deployment,

@@ -1,4 +1,4 @@
-"""The operator's tool (server.operations behind scripts/meterctl.py) against the session's Ganache:
+"""The operator's tool (operations.control behind scripts/meterctl.py) against the session's Ganache:
 registering simulated and external meters, deactivating and reactivating, the tariff, closing
 billing periods, statements, and the script's output and exit codes."""
 
@@ -14,12 +14,12 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from common.customers import Customer
 from common.eip712 import ReadingData, sign_reading
 from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
 from common.settings import ROOT, Settings
 from common.tariff import format_pounds
-from server.customers import Customer
-from server.operations import (
+from operations.control import (
     BillPeriod,
     Operations,
     format_kwh,

@@ -10,14 +10,14 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from common.batches import gas_limit_for
 from common.billing import Billing
 from common.devchain import free_port
 from common.eip712 import ReadingData, sign_reading
 from common.settings import GANACHE_DEV_KEYS, Settings
+from common.tls import client_context
 from meters.link import MeterLink
 from server.app import ServerApp
-from server.batcher import gas_limit_for
-from server.tls import client_context
 
 
 @pytest.fixture

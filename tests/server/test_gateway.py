@@ -15,8 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from common import errors
 from common.eip712 import ReadingData, sign_login
 from common.messages import Ack, Auth, Bill, ErrorMessage, Reading, encode
+from common.tls import client_context
 from meters.link import signed_reading
-from server.tls import client_context
 
 
 async def next_of(link, kind, timeout=20.0):

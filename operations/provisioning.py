@@ -9,15 +9,16 @@ with a fresh history. Customer details (name, address, e-mail) are written only 
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.batches import gas_limit_for
 from common.billing import Billing
 from common.chain import ChainClient
+from common.customers import Customer, load_customers, save_customers
 from common.deployment import load_deployment
 from common.eip712 import ReadingData, sign_reading
 from common.logs import log_event
@@ -25,9 +26,8 @@ from common.settings import Settings
 from meters.identity import MeterIdentity, meter_dir
 from meters.load_model import LoadModel, history
 from meters.outbox import MeterPosition, Outbox
-from server.batcher import gas_limit_for
 
-__all__ = ["provision", "ProvisionReport", "REGIONS", "ARCHETYPE_CYCLE", "load_customers", "save_customers"]
+__all__ = ["provision", "ProvisionReport", "REGIONS", "ARCHETYPE_CYCLE"]
 
 log = logging.getLogger("provision")
 
@@ -55,36 +55,19 @@ class ProvisionReport:
     seconds: float
 
 
-def _customer(i: int, identity: MeterIdentity) -> dict[str, object]:
+def _customer(i: int, identity: MeterIdentity) -> Customer:
     first, last = _FIRST[i % len(_FIRST)], _LAST[(i * 7) % len(_LAST)]
-    return {
-        "meter": identity.address,
-        "meter_name": identity.name,
-        "account_ref": identity.account_ref,
-        "name": f"{first} {last}",
-        "address": f"{10 + i} {_STREETS[i % len(_STREETS)]}, {_TOWNS[i % len(_TOWNS)]}",
-        "email": f"{first.lower()}.{last.lower()}@example.org",
-        "api_key": secrets.token_urlsafe(24),
-        "archetype": identity.archetype,
-        "region": identity.region,
-    }
-
-
-def load_customers(path: Path) -> dict[str, dict[str, object]]:
-    """The customer file's records keyed by lower-case meter address (empty if there is no file)."""
-    if not path.exists():
-        return {}
-    return {str(c["meter"]).lower(): c for c in json.loads(path.read_text()).get("customers", [])}
-
-
-def save_customers(path: Path, customers: dict[str, dict[str, object]]) -> None:
-    """Write the customer file atomically, readable by its owner only, sorted by meter name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(json.dumps({"customers": sorted(customers.values(), key=lambda c: str(c["meter_name"]))},
-                              indent=2) + "\n")
-    tmp.replace(path)
+    return Customer(
+        meter=identity.address,
+        meter_name=identity.name,
+        account_ref=identity.account_ref,
+        name=f"{first} {last}",
+        address=f"{10 + i} {_STREETS[i % len(_STREETS)]}, {_TOWNS[i % len(_TOWNS)]}",
+        email=f"{first.lower()}.{last.lower()}@example.org",
+        api_key=secrets.token_urlsafe(24),
+        archetype=identity.archetype,
+        region=identity.region,
+    )
 
 
 def provision(settings: Settings, count: int = 12, history_days: int | None = None) -> ProvisionReport:

@@ -30,6 +30,7 @@ from typing import Any
 from eth_account import Account
 from web3.exceptions import Web3Exception
 
+from common.backoff import backoff_delay
 from common.billing import Billing
 from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing
 from common.logs import log_event
@@ -403,7 +404,7 @@ class Emitter:
         return self.stopping or (self._until is not None and self.clock() >= self._until)
 
     def _backoff(self, failures: int) -> float:
-        return float(min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay))
+        return backoff_delay(failures, self.retry_delay, self.max_retry_delay)
 
     # ---------------------------------------------------------------- alerts
 

@@ -23,6 +23,7 @@ from eth_utils import to_checksum_address
 
 from common.billing import Billing
 from common.chain import ChainClient
+from common.customers import Customer, Customers, load_customers, save_customers
 from common.deployment import load_deployment
 from common.errors import (
     ChainError,
@@ -37,8 +38,7 @@ from common.events import ChainEvent, EventDecoder
 from common.settings import Settings
 from common.tariff import MAX_REGISTER_WH, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
-from meters.provisioning import load_customers, provision, save_customers
-from server.customers import Customer, Customers
+from operations.provisioning import provision
 
 __all__ = [
     "Operations",
@@ -429,8 +429,8 @@ class Operations:
 
     def _names(self) -> dict[str, str]:
         """Lower-case address -> name, from the meters' folders and the customer file."""
-        names = {str(c["meter"]).lower(): str(c.get("meter_name", "")) for c in
-                 load_customers(self.customers_path).values() if c.get("meter_name")}
+        names = {c.meter.lower(): c.meter_name for c in load_customers(self.customers_path).values()
+                 if c.meter_name}
         for name in list_meters(self.settings.data_dir):
             names[MeterIdentity.load(meter_dir(self.settings.data_dir, name)).address.lower()] = name
         return names
@@ -441,8 +441,8 @@ class Operations:
             if (directory / "meter.json").exists():
                 return MeterIdentity.load(directory).address
         for record in load_customers(self.customers_path).values():
-            if record.get("meter_name") == name:
-                return str(record["meter"])
+            if record.meter_name == name:
+                return record.meter
         return None
 
     def resolve(self, meter: str) -> MeterRef:
@@ -590,7 +590,7 @@ class Operations:
         customers = load_customers(self.customers_path)
         existing = customers.get(checksummed.lower())
         if existing is not None:
-            raise InvalidRequest(f"{checksummed} already has a customer record as {existing.get('meter_name')!r}; "
+            raise InvalidRequest(f"{checksummed} already has a customer record as {existing.meter_name!r}; "
                                  f"see it with: {COMMAND} meters")
         if self._address_of(meter_name) is not None:
             raise InvalidRequest(f"the name {meter_name!r} is taken; choose another --name")
@@ -600,17 +600,10 @@ class Operations:
             self.billing.register_meter(checksummed, bytes.fromhex(account_ref[2:]), region, opening_wh)
         except ChainError as err:
             raise self._refusal(err, ref) from err
-        customers[checksummed.lower()] = {
-            "meter": checksummed,
-            "meter_name": meter_name,
-            "account_ref": account_ref,
-            "name": customer_name,
-            "address": postal_address,
-            "email": email,
-            "api_key": secrets.token_urlsafe(24),
-            "archetype": "",
-            "region": region,
-        }
+        customers[checksummed.lower()] = Customer(
+            meter=checksummed, meter_name=meter_name, account_ref=account_ref, name=customer_name,
+            address=postal_address, email=email, api_key=secrets.token_urlsafe(24), region=region,
+        )
         save_customers(self.customers_path, customers)
         return RegisteredMeter(ref, region, account_ref, simulated=False)
 

@@ -9,7 +9,7 @@ from common.billing import Billing
 from common.chain import ChainClient
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox
-from meters.provisioning import provision
+from operations.provisioning import provision
 
 
 def test_twelve_meters_start_with_a_week_of_history_and_a_bill(meter_settings, deployment):

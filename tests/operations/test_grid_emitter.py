@@ -22,7 +22,7 @@ from common.devchain import free_port
 from common.errors import ChainError, ChainUnavailable, ConfigError
 from common.logs import parse_line
 from common.settings import ROOT, Settings
-from server.grid_emitter import (
+from operations.grid_emitter import (
     ALL_CLEAR,
     ALL_CLEAR_MESSAGE,
     CATALOGUE,
