@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (scripts/bootstrap.sh, with Debian's Chromium for
 # the dashboard's browser test), then runs pytest.
+# Before the tests, ruff and mypy (strict) check the source; a finding fails the run.
 # Tests start their own Ganache (and servers) on free loopback ports and stop them.
 # Extra arguments go to pytest, e.g. ./run-tests.sh tests/contracts -x
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh --browser
+echo "run-tests: ruff" >&2
+.venv/bin/ruff check .
+echo "run-tests: mypy (strict, settings in pyproject.toml)" >&2
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

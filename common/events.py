@@ -94,7 +94,7 @@ class EventDecoder:
             if item.get("type") != "event":
                 continue
             inputs = item.get("inputs", [])
-            self._by_topic[event_abi_to_log_topic(item)] = _EventShape(
+            self._by_topic[event_abi_to_log_topic(item)] = _EventShape(  # type: ignore[arg-type]
                 name=item["name"],
                 indexed=[(i["name"], i["type"]) for i in inputs if i.get("indexed")],
                 data_names=[i["name"] for i in inputs if not i.get("indexed")],

@@ -86,7 +86,7 @@ class RpcSocket:
                 if message.get("method") == "eth_subscription":
                     self._notifications.put_nowait(message["params"]["result"])
                     continue
-                future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+                future = self._pending.get(message.get("id"))
                 if future is None or future.done():
                     continue
                 if "error" in message:

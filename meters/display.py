@@ -4,8 +4,9 @@ otherwise; and the fleet table ``run-clients.sh`` shows for every meter at once.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -53,7 +54,7 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     rows.add_row("Waiting", f"{status.waiting} reading(s) not yet billed")
     if status.demand_factor < 1.0 or status.multiplier != 1.0:
         rows.add_row("Usage", f"x{status.multiplier:.2f} consumption, x{status.demand_factor:.2f} demand response")
-    parts: list[object] = [rows]
+    parts: list[RenderableType] = [rows]
     for alert in status.active_alerts(now):
         label, style = SEVERITY_STYLE.get(int(alert.get("severity", 0)), SEVERITY_STYLE[0])
         where = alert.get("region") or "all regions"
@@ -71,7 +72,7 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None) -> Group
     table = Table(title="Smart-meter fleet", expand=True)
     for col in ("Meter", "Region", "State", "Register kWh", "Reading", "Bill", "Waiting", "Last problem"):
         table.add_column(col, no_wrap=col != "Last problem")
-    alerts: dict[int, dict[str, object]] = {}
+    alerts: dict[int, dict[str, Any]] = {}
     for s in statuses:
         for alert in s.active_alerts(now):
             alerts[int(alert.get("id", 0))] = alert
@@ -81,9 +82,9 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None) -> Group
             s.name, s.region, state, f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
             format_pounds(s.amount_due), str(s.waiting), s.last_error if s.last_error else "",
         )
-    lines: list[object] = []
-    for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):  # type: ignore[arg-type]
-        label, style = SEVERITY_STYLE.get(int(alert.get("severity", 0)), SEVERITY_STYLE[0])  # type: ignore[arg-type]
+    lines: list[RenderableType] = []
+    for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):
+        label, style = SEVERITY_STYLE.get(int(alert.get("severity", 0)), SEVERITY_STYLE[0])
         lines.append(Text(f" GRID ALERT {label}: {alert.get('message')} ({alert.get('region') or 'all regions'}) ",
                           style=style))
     return Group(*lines, table)

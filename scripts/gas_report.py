@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,7 +44,7 @@ def main() -> int:
             m.address, b"\x01" * 32, b"\x00" * 32, 1_000, start), wait=False)
     state = {m.address: (0, start, 1_000) for m in meters}
 
-    def batch(selected: list) -> tuple[int, int]:
+    def batch(selected: list[Any]) -> tuple[int, int]:
         readings, sigs = [], []
         for m in selected:
             seq, ts, wh = state[m.address]

@@ -410,7 +410,8 @@ class Index:
             period_row = self.db.execute(
                 f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE meter=? ORDER BY period_id DESC LIMIT 1", (row[0],)
             ).fetchone()
-            out.append(MeterRecord(*row[:6], bool(row[6]), *row[7:], period=Period(*period_row)))
+            values: list[Any] = [*row[:6], bool(row[6]), *row[7:], Period(*period_row)]
+            out.append(MeterRecord(*values))
         return out
 
     def readings(self, meter: str, start: int, end: int, descending: bool, limit: int, offset: int
@@ -462,7 +463,8 @@ class Index:
     def grid_alerts(self, active: bool | None, region: str | None, now: int, limit: int, offset: int
                     ) -> tuple[int, list[dict[str, Any]]]:
         """Grid alerts, newest first; ``active`` picks those in force at ``now`` (or the others)."""
-        where, params = ["1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1"]
+        params: list[Any] = []
         in_force = "(cleared_at IS NULL AND expires_at>?)"
         if active is True:
             where.append(in_force)

@@ -28,7 +28,7 @@ from common.settings import ROOT, Settings, load_settings
 from common.tariff import MeterLedger, Tariff, accrue
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox
-from meters.provisioning import provision
+from operations.provisioning import provision
 
 __all__ = ["ChaosConfig", "MeterVerdict", "ChaosReport", "run_chaos"]
 
@@ -171,7 +171,8 @@ def verify(settings: Settings, names: list[str]) -> list[MeterVerdict]:
         produced = position.last_seq if position else 0
         lost = [s for s in range(1, produced + 1) if s not in seqs and s not in rejected_seqs and s not in waiting]
         state = billing.meter(identity.address)
-        register_ok = state.last_energy_wh == (position.last_energy_wh if not waiting else state.last_energy_wh)
+        register_ok = state.last_energy_wh == (position.last_energy_wh if position is not None and not waiting
+                                                else state.last_energy_wh)
         ledger = MeterLedger(True, 0, int(registered.args.openedAt), int(registered.args.openingWh))
         for event in recorded:
             in_force = [t for t in tariff_events if (t.blockNumber, t.logIndex) < (event.blockNumber, event.logIndex)]

@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -85,7 +86,7 @@ async def _outcome(ws: ClientConnection, timeout: float = CASE_TIMEOUT) -> str:
         return "no answer"
 
 
-async def _raw(t: HostileTarget) -> tuple[ClientConnection, dict]:
+async def _raw(t: HostileTarget) -> tuple[ClientConnection, dict[str, Any]]:
     ws = await connect(t.url, ssl=t.ssl_context, max_size=None, compression=None)
     return ws, json.loads(await ws.recv())
 
@@ -104,7 +105,7 @@ async def _send_then_outcome(ws: ClientConnection, payload: str | bytes) -> str:
     return await _outcome(ws)
 
 
-def _before_login(payload: Callable[[HostileTarget, dict], str | bytes]) -> Attack:
+def _before_login(payload: Callable[[HostileTarget, dict[str, Any]], str | bytes]) -> Attack:
     async def attack(t: HostileTarget) -> str:
         ws, challenge = await _raw(t)
         try:
@@ -125,8 +126,8 @@ def _after_login(payload: Callable[[HostileTarget], str | bytes]) -> Attack:
     return attack
 
 
-def _auth(t: HostileTarget, challenge: dict, *, meter: LocalAccount | None = None, signer: LocalAccount | None = None,
-          nonce: str | None = None) -> str:
+def _auth(t: HostileTarget, challenge: dict[str, Any], *, meter: LocalAccount | None = None,
+          signer: LocalAccount | None = None, nonce: str | None = None) -> str:
     meter = meter or t.victim
     nonce = nonce or challenge["nonce"]
     sig = sign_login((signer or meter).key, t.domain, bytes.fromhex(nonce[2:]))
@@ -258,8 +259,12 @@ async def _flood(t: HostileTarget) -> str:
 
 
 def _cases() -> list[Case]:
-    other_chain = lambda t: Domain(t.domain.chain_id + 1, t.domain.verifying_contract)  # noqa: E731
-    other_contract = lambda t: Domain(t.domain.chain_id, "0x" + "12" * 20)  # noqa: E731
+    def other_chain(t: HostileTarget) -> Domain:
+        return Domain(t.domain.chain_id + 1, t.domain.verifying_contract)
+
+    def other_contract(t: HostileTarget) -> Domain:
+        return Domain(t.domain.chain_id, "0x" + "12" * 20)
+
     far = 10**9
     before = [
         Case("reading before login", "not_authenticated", _before_login(lambda t, c: _reading(t))),

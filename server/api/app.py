@@ -32,7 +32,7 @@ __all__ = ["create_api", "HttpServer", "DASHBOARD_DIR", "CHART_JS"]
 log = logging.getLogger("api")
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 CHART_JS = ROOT / "node_modules" / "chart.js" / "dist" / "chart.umd.js"
-STOP_GRACE = 5.0
+STOP_GRACE = 5
 
 
 def _status(err: errors.SmartMeterError) -> int:
