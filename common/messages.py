@@ -50,15 +50,18 @@ class _Model(BaseModel):
 
 
 class TariffInfo(_Model):
-    """The tariff in force: millipence per kWh and millipence per day."""
+    """The tariff in force: this period's import and export prices (millipence per kWh) and the
+    standing charge (millipence per day)."""
 
     unit_rate: int
     standing_charge: int
     version: int = 0
+    export_rate: int = 0
 
 
 class BillState(_Model):
-    """A meter's open billing period (amounts in micropence)."""
+    """A meter's open billing period: energy imported and exported (Wh), import cost, export
+    credit, standing charge and the amount due (micropence; negative when in credit)."""
 
     period_id: int
     period_start: int
@@ -66,6 +69,8 @@ class BillState(_Model):
     energy_cost: int
     standing_charge: int
     amount_due: int
+    period_export_wh: int = 0
+    export_credit: int = 0
 
 
 # ---------------------------------------------------------------- server -> meter
@@ -165,13 +170,14 @@ class Auth(_Model):
 
 
 class Reading(_Model):
-    """One signed cumulative register reading."""
+    """One signed reading of both cumulative registers: ``energyWh`` import, ``exportWh`` export."""
 
     type: Literal["reading"] = "reading"
     meter: Address
     seq: Uint64
     timestamp: Uint64
     energy_wh: Uint64
+    export_wh: Uint64
     signature: HexSignature
 
 
