@@ -2,8 +2,9 @@
 
 Every message is one JSON text frame holding an object with a ``type``. Field names are
 camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python. Validation is
-strict: wrong types, unknown fields and missing fields are ``malformed_message`` errors.
-See docs/protocol.md for the prose description of every message and error code.
+strict: wrong types, unknown fields and missing fields are ``malformed_message`` errors, whose
+messages quote the peer's text escaped and cut short. See docs/protocol.md for the prose
+description of every message and error code.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
 from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
+from common.logs import UNTRUSTED_LIMIT, clip, escape
 
 __all__ = [
     "Address",
@@ -36,6 +39,8 @@ __all__ = [
     "error_message",
 ]
 
+#: Characters of a key, tag or field name the peer sent that an error message quotes.
+QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
@@ -182,6 +187,28 @@ Message = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 
 
+def _quoted(text: object) -> str:
+    """Peer-supplied text as an error message shows it: cut short, escaped, in double quotes."""
+    return '"' + escape(clip(text, QUOTED_LIMIT)) + '"'
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """Where in the message an error is, with any key the peer made up quoted safely."""
+    return ".".join(p if p.isidentifier() and len(p) <= QUOTED_LIMIT else _quoted(p) for p in map(str, loc))
+
+
+def _describe(errors: list[ErrorDetails]) -> str:
+    """A sentence for the first validation error, quoting nothing the peer sent unescaped or unbounded."""
+    first = errors[0]
+    if first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown message type {_quoted(ctx.get('tag', ''))}; expected one of {expected}"
+    loc = first["loc"]
+    where = _path(loc) or "message"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
     """Parse and validate one frame; raises MalformedMessage or MessageTooLarge with a reason."""
     if max_bytes is not None:
@@ -200,9 +227,7 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise MalformedMessage(f"{where}: {first.get('msg', 'invalid')}", seq=seq) from err
+        raise MalformedMessage(clip(_describe(err.errors(include_url=False)), UNTRUSTED_LIMIT), seq=seq) from err
 
 
 def encode(message: BaseModel) -> str:

@@ -29,7 +29,7 @@ from common.billing import decode_bill, decode_meter
 from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.eip712 import ReadingData
-from common.logs import log_event
+from common.logs import clip, log_event
 from common.messages import Ack, Auth, Reading, Welcome, encode, error_message, parse_message
 from common.settings import Settings
 from server.batcher import Batcher
@@ -159,7 +159,7 @@ class Gateway:
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
-        log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=err.message)
+        log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=clip(err.message))
         try:
             await ws.send(encode(error_message(err)))
             if close:
@@ -259,7 +259,7 @@ class Gateway:
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
-                          logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=err.message)
+                          logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=clip(err.message))
                 if self._commit_due():
                     self._stage(_Staged(meter, ws, None, encode(error_message(err))))  # after this turn's acks
                 else:

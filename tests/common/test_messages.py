@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from common.errors import MalformedMessage, MessageTooLarge, StaleSequence
+from common.logs import UNTRUSTED_LIMIT
 from common.messages import (
     Ack,
     Auth,
@@ -183,3 +186,20 @@ def test_error_message_carries_the_error_code_text_and_seq() -> None:
     wire = error_message(StaleSequence(seq=9))
     assert wire == ErrorMessage(code="stale_sequence", message=StaleSequence.default_message, seq=9)
     assert parse_message(encode(wire)) == wire
+
+
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=3_000)
+
+
+@given(ANY_TEXT, ANY_TEXT)
+def test_an_error_message_never_echoes_peer_text_unescaped_or_unbounded(tag: str, key: str) -> None:
+    frames = [json.dumps({"type": tag}), json.dumps({**_reading(), key or "k": 1}),
+              '{"type": "reading", ' + json.dumps(key) + ": 1, " + json.dumps(key) + ": 2}",
+              json.dumps({"type": "challenge", "nonce": NONCE, "expiresAt": 1, "domain": {key: 1}, "extra": 1}),
+              json.dumps({"type": "welcome", "meter": ADDRESS, "bill": {key: 1}})]
+    for raw in frames:
+        try:
+            parse_message(raw)
+        except MalformedMessage as err:
+            assert err.message.isprintable(), err.message
+            assert len(err.message) <= UNTRUSTED_LIMIT + len("...[9999 more characters]"), err.message

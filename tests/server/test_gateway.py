@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import sqlite3
 import time
 
@@ -14,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from common import errors
 from common.eip712 import ReadingData, sign_login
+from common.logs import UNTRUSTED_LIMIT, parse_line, setup_logging
 from common.messages import Ack, Auth, Bill, ErrorMessage, Reading, encode
 from common.tls import client_context
 from meters.link import signed_reading
@@ -277,3 +280,34 @@ async def test_readings_the_store_failed_to_keep_are_not_acknowledged_and_are_ta
     assert (ack.seq, ack.status) == (1, "queued")
     assert (await next_of(link, Bill)).seq == 1
     await link.close()
+
+
+@pytest.fixture
+def server_log():
+    """The root logger's structured lines, as the server writes them to its log, in a buffer."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    setup_logging("INFO", stream=buffer)
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("breaker", ["\r", "\n", "\u2028", "\x1b", "\x00", "\x85"], ids=ascii)
+async def test_a_hostile_message_type_cannot_forge_log_lines_nor_be_echoed_unbounded(server, new_meter, link_for,
+                                                                                     server_log, breaker):
+    meter = new_meter()
+    link = link_for(meter)
+    await link.connect()
+    forged = f"{breaker}ts=2026-01-01T00:00:00.000Z level=error logger=gateway event=chain_lost{breaker}"
+    await link.ws.send(json.dumps({"type": forged + "x" * 3_000}))
+    err = await next_of(link, ErrorMessage)
+    assert err.code == "malformed_message"
+    assert err.message.isprintable() and len(err.message) <= UNTRUSTED_LIMIT + 30
+    await link.close()
+    lines = server_log.getvalue().splitlines()
+    assert all(line.startswith("ts=") for line in lines), lines
+    refused = [parse_line(line) for line in lines if "event=message_refused" in line]
+    assert len(refused) == 1
+    assert refused[0]["detail"] == err.message
