@@ -1,10 +1,11 @@
 """The wire protocol between meters and the gateway: one definition, imported by both sides.
 
 Every message is one JSON text frame holding an object with a ``type``. Field names are
-camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python. Validation is
-strict: wrong types, unknown fields and missing fields are ``malformed_message`` errors, whose
-messages quote the peer's text escaped and cut short. See docs/protocol.md for the prose
-description of every message and error code.
+camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python: Python code builds
+messages by field name, while ``parse_message`` accepts only the camelCase names. Validation is
+strict: wrong types, unknown and missing fields, snake_case names and a key twice in one object
+are ``malformed_message`` errors, whose messages quote the peer's text escaped and cut short.
+See docs/protocol.md for the prose description of every message and error code.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import ErrorDetails
 
 from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
@@ -49,8 +50,11 @@ Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
 
 
 class _Model(BaseModel):
+    # Names are allowed so that Python code can build messages by field name; the wire accepts only
+    # the camelCase aliases, because parse_message validates with by_name=False.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True, frozen=True
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", strict=True,
+        frozen=True,
     )
 
 
@@ -187,6 +191,30 @@ Message = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object of the frame holds a key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (json.loads would keep the last silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+#: Built once: json.loads with a hook would build a new decoder for every frame.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def _quoted(text: object) -> str:
     """Peer-supplied text as an error message shows it: cut short, escaped, in double quotes."""
     return '"' + escape(clip(text, QUOTED_LIMIT)) + '"'
@@ -206,6 +234,9 @@ def _describe(errors: list[ErrorDetails]) -> str:
         return f"unknown message type {_quoted(ctx.get('tag', ''))}; expected one of {expected}"
     loc = first["loc"]
     where = _path(loc) or "message"
+    given = first.get("input")
+    if first["type"] == "missing" and loc and isinstance(given, dict) and to_snake(str(loc[-1])) in given:
+        return f"{where}: field names are camelCase on the wire; send {loc[-1]}, not {to_snake(str(loc[-1]))}"
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
@@ -216,7 +247,9 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         if size > max_bytes:
             raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = _DECODER.decode(raw.decode() if isinstance(raw, bytes) else raw)
+    except _DuplicateKey as err:
+        raise MalformedMessage(f"the key {_quoted(err.key)} appears twice in one JSON object") from err
     except (ValueError, UnicodeDecodeError) as err:
         raise MalformedMessage(f"not valid JSON: {err}") from err
     except RecursionError as err:
@@ -225,7 +258,7 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         raise MalformedMessage("a message must be a JSON object with a 'type'")
     seq = data.get("seq") if type(data.get("seq")) is int else None  # not bool, which is an int too
     try:
-        return _ADAPTER.validate_python(data)
+        return _ADAPTER.validate_python(data, by_alias=True, by_name=False)
     except ValidationError as err:
         raise MalformedMessage(clip(_describe(err.errors(include_url=False)), UNTRUSTED_LIMIT), seq=seq) from err
 

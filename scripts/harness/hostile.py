@@ -98,6 +98,11 @@ async def _outcome(ws: ClientConnection, timeout: float = CASE_TIMEOUT) -> str:
         return "no answer"
 
 
+def _twice(message: str, key: str, value: object) -> str:
+    """A JSON object text with ``key`` given a second time, as ``value``."""
+    return message[:-1] + f", {json.dumps(key)}: {json.dumps(value)}}}"
+
+
 #: A log line a hostile ``type`` would forge if the gateway logged it as it came.
 FORGED_LINE = "ts=2026-11-24T00:00:00.000Z level=error logger=batcher event=chain_lost"
 
@@ -308,6 +313,8 @@ def _cases() -> list[Case]:
         Case("server message type before login", "unexpected_message",
              _before_login(lambda t, c: '{"type": "ack", "seq": 1}')),
         Case("empty object before login", "malformed_message", _before_login(lambda t, c: "{}")),
+        Case("login with its meter given twice", "malformed_message",
+             _before_login(lambda t, c: _twice(_auth(t, c), "meter", t.other.address))),
         Case("type forging a log line before login", "malformed_message",
              _before_login(lambda t, c: json.dumps({"type": f"auth\r\n{FORGED_LINE}"}))),
         Case("no login at all", "challenge_expired", _silent_login),
@@ -329,6 +336,11 @@ def _cases() -> list[Case]:
         Case("energy above 2^64", "malformed_message", _after_login(lambda t: _field(t, energyWh=2**70))),
         Case("NaN timestamp", "malformed_message", _after_login(lambda t: _field(t, timestamp=float("nan")))),
         Case("unknown extra field", "malformed_message", _after_login(lambda t: _field(t, bonus=1))),
+        Case("snake_case energy_wh instead of energyWh", "malformed_message",
+             _after_login(lambda t: _field(t, energyWh=_DROP, energy_wh=t.base[2] + 10))),
+        Case("seq given twice", "malformed_message", _after_login(lambda t: _twice(_reading(t), "seq", t.base[0] + 2))),
+        Case("energyWh given twice, the second huge", "malformed_message",
+             _after_login(lambda t: _twice(_reading(t), "energyWh", 2**47))),
         Case("type forging a log line with CR LF", "malformed_message",
              _after_login(lambda t: json.dumps({"type": f"reading\r\n{FORGED_LINE}"}))),
         Case("type with U+2028, ESC and NUL", "malformed_message",

@@ -188,6 +188,48 @@ def test_error_message_carries_the_error_code_text_and_seq() -> None:
     assert parse_message(encode(wire)) == wire
 
 
+@pytest.mark.parametrize("snake", ["energy_wh", "Energy_wh"])
+def test_a_reading_with_a_snake_case_field_name_is_malformed_and_says_to_use_camel_case(snake: str) -> None:
+    wire = _reading(energyWh=None)
+    wire[snake] = 12_345
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(json.dumps(wire))
+    assert excinfo.value.seq == 5
+    if snake == "energy_wh":
+        assert "camelCase" in excinfo.value.message and "energyWh" in excinfo.value.message
+
+
+def test_snake_case_names_are_refused_in_nested_objects_too() -> None:
+    wire = json.loads(encode(MESSAGES[1]))
+    wire["bill"]["period_energy_wh"] = wire["bill"].pop("periodEnergyWh")
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(json.dumps(wire))
+    assert "bill.periodEnergyWh" in excinfo.value.message
+
+
+def test_python_code_still_builds_messages_by_field_name_and_they_go_out_camel_case() -> None:
+    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, signature=SIGNATURE)
+    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (json.dumps(_reading())[:-1] + ', "seq": 6}', "seq"),
+        (json.dumps(_reading())[:-1] + ', "energyWh": 99}', "energyWh"),
+        ('{"type": "reading", "type": "reading"}', "type"),
+        (encode(MESSAGES[1]).replace('"periodId":1', '"periodId":1,"periodId":2'), "periodId"),
+        ('{"type": "challenge", "domain": {"chainId": 1, "chainId": 2}}', "chainId"),
+    ],
+    ids=["seq-twice", "energy-twice", "type-twice", "nested-bill", "challenge-domain"],
+)
+def test_a_key_given_twice_in_any_object_is_malformed_and_named(raw: str, key: str) -> None:
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(raw)
+    assert excinfo.value.code == "malformed_message"
+    assert f'"{key}" appears twice' in excinfo.value.message
+
+
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=3_000)
 
 

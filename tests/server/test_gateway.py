@@ -134,8 +134,13 @@ async def test_reading_naming_another_meter_is_refused(server, new_meter, link_f
         ('{"type": "ack", "seq": 1}', "unexpected_message"),
         (b"\x00\x01binary", "unsupported_frame"),
         ("x" * 5000, "message_too_large"),
+        ('{"type": "reading", "meter": "0x' + "1" * 40 + '", "seq": 1, "timestamp": 1, "energy_wh": 1, '
+         '"signature": "0x' + "2" * 130 + '"}', "malformed_message"),
+        ('{"type": "reading", "meter": "0x' + "1" * 40 + '", "seq": 1, "seq": 2, "timestamp": 1, "energyWh": 1, '
+         '"signature": "0x' + "2" * 130 + '"}', "malformed_message"),
     ],
-    ids=["not-json", "missing-fields", "wrong-type", "unknown-type", "server-message", "binary", "too-large"],
+    ids=["not-json", "missing-fields", "wrong-type", "unknown-type", "server-message", "binary", "too-large",
+         "snake-case-name", "duplicate-key"],
 )
 async def test_malformed_frames_get_clear_codes(server, new_meter, link_for, frame, code):
     meter = new_meter()
