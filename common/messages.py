@@ -3,9 +3,11 @@
 Every message is one JSON text frame holding an object with a ``type``. Field names are
 camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python: Python code builds
 messages by field name, while ``parse_message`` accepts only the camelCase names. Validation is
-strict: wrong types, unknown and missing fields, snake_case names and a key twice in one object
-are ``malformed_message`` errors, whose messages quote the peer's text escaped and cut short.
-See docs/protocol.md for the prose description of every message and error code.
+strict: wrong types, missing fields, snake_case names, a key twice in one object and, in
+meter messages, unknown fields are ``malformed_message`` errors. Server messages ignore
+fields they do not know, so the server can add fields for meters that negotiated
+``SUBPROTOCOL`` (see "Versions" in docs/protocol.md). Error messages quote the peer's text
+escaped and cut short. See docs/protocol.md for every message and error code.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
 from common.logs import UNTRUSTED_LIMIT, clip, escape
 
 __all__ = [
+    "SUBPROTOCOL",
     "Address",
     "HexSignature",
     "Challenge",
@@ -40,6 +43,9 @@ __all__ = [
     "error_message",
 ]
 
+#: The WebSocket subprotocol of this version of the protocol (version 2). A meter offers it; a
+#: connection without it is served version 1 (the same messages without the fields added since).
+SUBPROTOCOL = "smartmeter.v2"
 #: Characters of a key, tag or field name the peer sent that an error message quotes.
 QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
@@ -58,7 +64,13 @@ class _Model(BaseModel):
     )
 
 
-class TariffInfo(_Model):
+class _ServerModel(_Model):
+    """A server message (or part of one): meters ignore fields they do not know, so the server may add some."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TariffInfo(_ServerModel):
     """The tariff in force: millipence per kWh and millipence per day."""
 
     unit_rate: int
@@ -66,7 +78,7 @@ class TariffInfo(_Model):
     version: int = 0
 
 
-class BillState(_Model):
+class BillState(_ServerModel):
     """A meter's open billing period (amounts in micropence)."""
 
     period_id: int
@@ -80,7 +92,7 @@ class BillState(_Model):
 # ---------------------------------------------------------------- server -> meter
 
 
-class Challenge(_Model):
+class Challenge(_ServerModel):
     """Sent on connect: sign ``nonce`` (EIP-712 ``Login``) under ``domain`` before ``expiresAt``."""
 
     type: Literal["challenge"] = "challenge"
@@ -89,8 +101,12 @@ class Challenge(_Model):
     domain: dict[str, Any]
 
 
-class Welcome(_Model):
-    """Sent after a successful login: the meter's on-chain state, so it can resend what is missing."""
+class Welcome(_ServerModel):
+    """Sent after a successful login: the meter's on-chain state, so it can resend what is missing.
+
+    ``last_seq`` is the last seq recorded on chain; ``last_used_seq`` (sent on version 2 connections
+    only) the last the gateway used up, so a meter that lost count carries on after it.
+    """
 
     type: Literal["welcome"] = "welcome"
     meter: Address
@@ -102,9 +118,11 @@ class Welcome(_Model):
     bill: BillState
     tariff: TariffInfo
     server_time: int
+    #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
+    last_used_seq: int | None = None
 
 
-class Ack(_Model):
+class Ack(_ServerModel):
     """A reading was accepted into the durable queue (``duplicate`` when it was already there)."""
 
     type: Literal["ack"] = "ack"
@@ -112,7 +130,7 @@ class Ack(_Model):
     status: Literal["queued", "duplicate"] = "queued"
 
 
-class Bill(_Model):
+class Bill(_ServerModel):
     """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event)."""
 
     type: Literal["bill"] = "bill"
@@ -126,7 +144,7 @@ class Bill(_Model):
     tariff: TariffInfo
 
 
-class GridAlertMessage(_Model):
+class GridAlertMessage(_ServerModel):
     """A grid alert raised (``active``) or cleared through the chain."""
 
     type: Literal["grid_alert"] = "grid_alert"
@@ -139,7 +157,7 @@ class GridAlertMessage(_Model):
     expires_at: int = 0
 
 
-class ConsumptionAlert(_Model):
+class ConsumptionAlert(_ServerModel):
     """Consumption ran high: an hour passed the meter's limit, or power jumped abruptly."""
 
     type: Literal["consumption_alert"] = "consumption_alert"
@@ -152,7 +170,7 @@ class ConsumptionAlert(_Model):
     power_w: int = 0
 
 
-class ErrorMessage(_Model):
+class ErrorMessage(_ServerModel):
     """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any."""
 
     type: Literal["error"] = "error"

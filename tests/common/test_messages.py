@@ -46,6 +46,10 @@ MESSAGES: list[BaseModel] = [
         meter=ADDRESS, account_ref="0x" + "01" * 32, region="north", last_seq=3, last_timestamp=1_790_000_000,
         last_energy_wh=12_000, bill=BILL, tariff=TARIFF, server_time=1_790_000_010,
     ),
+    Welcome(
+        meter=ADDRESS, account_ref="0x" + "01" * 32, region="north", last_seq=3, last_timestamp=1_790_000_000,
+        last_energy_wh=12_000, bill=BILL, tariff=TARIFF, server_time=1_790_000_010, last_used_seq=5,
+    ),
     Ack(seq=4),
     Ack(seq=4, status="duplicate"),
     Bill(
@@ -228,6 +232,23 @@ def test_a_key_given_twice_in_any_object_is_malformed_and_named(raw: str, key: s
         parse_message(raw)
     assert excinfo.value.code == "malformed_message"
     assert f'"{key}" appears twice' in excinfo.value.message
+
+
+def test_server_messages_ignore_unknown_fields_while_meter_messages_refuse_them() -> None:
+    welcome = json.loads(encode(MESSAGES[2]))
+    welcome["someFutureField"] = {"x": 1}
+    welcome["bill"]["futureBreakdown"] = [1, 2]
+    assert parse_message(json.dumps(welcome)) == MESSAGES[2]
+    assert parse_message('{"type": "ack", "seq": 4, "latencyMs": 3}') == Ack(seq=4)
+    with pytest.raises(MalformedMessage):
+        parse_message(json.dumps(_reading(futureField=1)))
+    with pytest.raises(MalformedMessage):
+        parse_message(json.dumps({"type": "auth", "meter": ADDRESS, "nonce": NONCE, "signature": SIGNATURE, "x": 1}))
+
+
+def test_welcome_carries_the_last_used_seq_only_when_set() -> None:
+    assert "lastUsedSeq" not in json.loads(encode(MESSAGES[1]))
+    assert json.loads(encode(MESSAGES[2]))["lastUsedSeq"] == 5
 
 
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=3_000)

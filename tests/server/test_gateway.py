@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from common import errors
 from common.eip712 import ReadingData, sign_login
 from common.logs import UNTRUSTED_LIMIT, parse_line, setup_logging
-from common.messages import Ack, Auth, Bill, ErrorMessage, Reading, encode
+from common.messages import SUBPROTOCOL, Ack, Auth, Bill, ErrorMessage, Reading, encode
 from common.tls import client_context
 from meters.link import signed_reading
 
@@ -285,6 +285,44 @@ async def test_readings_the_store_failed_to_keep_are_not_acknowledged_and_are_ta
     assert (ack.seq, ack.status) == (1, "queued")
     assert (await next_of(link, Bill)).seq == 1
     await link.close()
+
+
+async def test_welcome_says_the_last_seq_used_up_by_a_reading_refused_for_its_content(server, new_meter, link_for):
+    meter = new_meter()
+    link = link_for(meter)
+    welcome = await link.connect()
+    assert link.ws.subprotocol == SUBPROTOCOL
+    assert (welcome.last_seq, welcome.last_used_seq) == (0, 0)
+    future = int(time.time()) + 3_600
+    await link.send_reading(ReadingData(meter.address, 1, future, welcome.last_energy_wh + 10))
+    assert (await next_of(link, ErrorMessage)).code == "future_timestamp"
+    await link.close()
+    link = link_for(meter)
+    welcome = await link.connect()
+    assert (welcome.last_seq, welcome.last_used_seq) == (0, 1)  # refused, yet used up
+    await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 5, welcome.last_energy_wh + 10))
+    err = await next_of(link, ErrorMessage)
+    assert (err.code, err.seq) == ("stale_sequence", 1)
+    assert "last accepted" not in err.message
+    assert "the last seq used is 1" in err.message and "refused for its content" in err.message
+    assert "the next free seq is 2" in err.message
+    await link.send_reading(ReadingData(meter.address, 2, int(time.time()) - 5, welcome.last_energy_wh + 10))
+    assert (await next_of(link, Ack)).seq == 2
+    await link.close()
+
+
+async def test_a_meter_that_does_not_offer_version_2_gets_the_version_1_welcome(server, server_settings, deployment,
+                                                                               new_meter):
+    meter = new_meter()
+    ws = await connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path))
+    assert ws.subprotocol is None
+    challenge = json.loads(await ws.recv())
+    sig = sign_login(meter.key, deployment.domain, bytes.fromhex(challenge["nonce"][2:]))
+    await ws.send(encode(Auth(meter=meter.address, nonce=challenge["nonce"], signature=sig)))
+    welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "welcome" and welcome["lastSeq"] == 0
+    assert "lastUsedSeq" not in welcome  # a version 1 meter refuses fields it does not know
+    await ws.close()
 
 
 @pytest.fixture
