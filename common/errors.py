@@ -37,6 +37,7 @@ __all__ = [
     "ChainError",
     "ChainUnavailable",
     "DeploymentMissing",
+    "AlreadyRunning",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -260,6 +261,13 @@ class DeploymentMissing(ChainError):
 
     code = "deployment_missing"
     default_message = "the contract is not deployed on this chain; run scripts/deploy.py"
+
+
+class AlreadyRunning(SmartMeterError):
+    """Raised when a process is started for a meter that another process already runs."""
+
+    code = "already_running"
+    default_message = "another process already runs this meter"
 
 
 class ApiError(SmartMeterError):

@@ -2,6 +2,13 @@
 
 Every long-running process calls ``setup_logging`` once and logs through ``log_event``, so
 each line is greppable by ``event=`` and machine-parseable as key=value pairs.
+
+A line is one line whatever it carries: every character that is not printable (C0 and C1
+controls, DEL, line and paragraph separators, format characters such as bidi overrides,
+lone surrogates) is written as an escape (``\\r``, ``\\x1b``, ``\\u2028``) in keys and
+values alike, so text a peer sent can never start a forged line or rewrite a terminal.
+``parse_line`` reads back exactly what was logged. Text a peer supplied is also cut to
+``UNTRUSTED_LIMIT`` characters with ``clip`` before it is logged or echoed.
 """
 
 from __future__ import annotations
@@ -11,19 +18,51 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["setup_logging", "log_event", "format_fields", "parse_line"]
+__all__ = ["setup_logging", "log_event", "format_fields", "parse_line", "escape", "clip", "UNTRUSTED_LIMIT"]
+
+#: Characters of peer-supplied text kept in a log line or an error message; the rest is cut.
+UNTRUSTED_LIMIT = 200
+
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_SHORT_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+def _escape_char(c: str) -> str:
+    short = _SHORT_ESCAPES.get(c)
+    if short is not None:
+        return short
+    if c.isprintable():
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with backslash, double quote and every unprintable character written as an escape."""
+    if text.isprintable() and "\\" not in text and '"' not in text:
+        return text
+    return "".join(map(_escape_char, text))
+
+
+def clip(value: Any, limit: int = UNTRUSTED_LIMIT) -> str:
+    """``value`` as text of at most ``limit`` characters, with a marker saying how much was cut."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
 def _quote(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
+    if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text:
+        return text  # printable with no separator: written as it is (a backslash included)
+    return '"' + escape(text) + '"'
 
 
 def format_fields(fields: dict[str, Any]) -> str:
-    """Render key=value pairs, quoting values with spaces."""
-    return " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+    """Render key=value pairs, quoting (and escaping) keys and values that are not plain words."""
+    return " ".join(f"{_quote(k)}={_quote(v)}" for k, v in fields.items() if v is not None)
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -65,6 +104,33 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
         logger.log(level, event, extra={"fields": {"event": event, **fields}})
 
 
+def _read_quoted(line: str, i: int) -> tuple[str, int]:
+    """The text of the quoted string opening at ``line[i]``, and the index just past its closing quote."""
+    i += 1
+    n = len(line)
+    buf: list[str] = []
+    while i < n and line[i] != '"':
+        c = line[i]
+        if c == "\\" and i + 1 < n:
+            kind = line[i + 1]
+            width = _HEX_ESCAPES.get(kind)
+            if width is not None:
+                digits = line[i + 2:i + 2 + width]
+                try:
+                    if len(digits) == width:
+                        buf.append(chr(int(digits, 16)))
+                        i += 2 + width
+                        continue
+                except ValueError:
+                    pass
+            buf.append(_SHORT_UNESCAPES.get(kind, kind))  # \\ and \" (and anything else) stand for themselves
+            i += 2
+        else:
+            buf.append(c)
+            i += 1
+    return "".join(buf), i + 1
+
+
 def parse_line(line: str) -> dict[str, str]:
     """Parse one structured line back into a dict (for tests and tools)."""
     out: dict[str, str] = {}
@@ -72,23 +138,21 @@ def parse_line(line: str) -> dict[str, str]:
     while i < n:
         while i < n and line[i] == " ":
             i += 1
-        eq = line.find("=", i)
-        if eq < 0:
+        if i >= n:
             break
-        key = line[i:eq]
-        i = eq + 1
+        if line[i] == '"':
+            key, i = _read_quoted(line, i)
+            if i >= n or line[i] != "=":
+                break
+        else:
+            eq = line.find("=", i)
+            if eq < 0:
+                break
+            key = line[i:eq]
+            i = eq
+        i += 1
         if i < n and line[i] == '"':
-            i += 1
-            buf = []
-            while i < n and line[i] != '"':
-                if line[i] == "\\" and i + 1 < n:
-                    i += 1
-                    buf.append("\n" if line[i] == "n" else line[i])
-                else:
-                    buf.append(line[i])
-                i += 1
-            i += 1
-            out[key] = "".join(buf)
+            out[key], i = _read_quoted(line, i)
         else:
             end = line.find(" ", i)
             end = n if end < 0 else end

@@ -1,9 +1,13 @@
 """The wire protocol between meters and the gateway: one definition, imported by both sides.
 
 Every message is one JSON text frame holding an object with a ``type``. Field names are
-camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python. Validation is
-strict: wrong types, unknown fields and missing fields are ``malformed_message`` errors.
-See docs/protocol.md for the prose description of every message and error code.
+camelCase on the wire (``energyWh``, ``lastSeq``) and snake_case in Python: Python code builds
+messages by field name, while ``parse_message`` accepts only the camelCase names. Validation is
+strict: wrong types, missing fields, snake_case names, a key twice in one object and, in
+meter messages, unknown fields are ``malformed_message`` errors. Server messages ignore
+fields they do not know, so the server can add fields for meters that negotiated
+``SUBPROTOCOL`` (see "Versions" in docs/protocol.md). Error messages quote the peer's text
+escaped and cut short. See docs/protocol.md for every message and error code.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import json
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
+from pydantic_core import ErrorDetails
 
 from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
+from common.logs import UNTRUSTED_LIMIT, clip, escape
 
 __all__ = [
+    "SUBPROTOCOL",
     "Address",
     "HexSignature",
     "Challenge",
@@ -36,6 +43,11 @@ __all__ = [
     "error_message",
 ]
 
+#: The WebSocket subprotocol of this version of the protocol (version 2). A meter offers it; a
+#: connection without it is served version 1 (the same messages without the fields added since).
+SUBPROTOCOL = "smartmeter.v2"
+#: Characters of a key, tag or field name the peer sent that an error message quotes.
+QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
@@ -44,12 +56,21 @@ Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
 
 
 class _Model(BaseModel):
+    # Names are allowed so that Python code can build messages by field name; the wire accepts only
+    # the camelCase aliases, because parse_message validates with by_name=False.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True, frozen=True
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", strict=True,
+        frozen=True,
     )
 
 
-class TariffInfo(_Model):
+class _ServerModel(_Model):
+    """A server message (or part of one): meters ignore fields they do not know, so the server may add some."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TariffInfo(_ServerModel):
     """The tariff in force: this period's import and export prices (millipence per kWh) and the
     standing charge (millipence per day)."""
 
@@ -59,7 +80,7 @@ class TariffInfo(_Model):
     export_rate: int = 0
 
 
-class BillState(_Model):
+class BillState(_ServerModel):
     """A meter's open billing period: energy imported and exported (Wh), import cost, export
     credit, standing charge and the amount due (micropence; negative when in credit)."""
 
@@ -76,7 +97,7 @@ class BillState(_Model):
 # ---------------------------------------------------------------- server -> meter
 
 
-class Challenge(_Model):
+class Challenge(_ServerModel):
     """Sent on connect: sign ``nonce`` (EIP-712 ``Login``) under ``domain`` before ``expiresAt``."""
 
     type: Literal["challenge"] = "challenge"
@@ -85,8 +106,12 @@ class Challenge(_Model):
     domain: dict[str, Any]
 
 
-class Welcome(_Model):
-    """Sent after a successful login: the meter's on-chain state, so it can resend what is missing."""
+class Welcome(_ServerModel):
+    """Sent after a successful login: the meter's on-chain state, so it can resend what is missing.
+
+    ``last_seq`` is the last seq recorded on chain; ``last_used_seq`` (sent on version 2 connections
+    only) the last the gateway used up, so a meter that lost count carries on after it.
+    """
 
     type: Literal["welcome"] = "welcome"
     meter: Address
@@ -98,9 +123,11 @@ class Welcome(_Model):
     bill: BillState
     tariff: TariffInfo
     server_time: int
+    #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
+    last_used_seq: int | None = None
 
 
-class Ack(_Model):
+class Ack(_ServerModel):
     """A reading was accepted into the durable queue (``duplicate`` when it was already there)."""
 
     type: Literal["ack"] = "ack"
@@ -108,7 +135,7 @@ class Ack(_Model):
     status: Literal["queued", "duplicate"] = "queued"
 
 
-class Bill(_Model):
+class Bill(_ServerModel):
     """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event)."""
 
     type: Literal["bill"] = "bill"
@@ -122,7 +149,7 @@ class Bill(_Model):
     tariff: TariffInfo
 
 
-class GridAlertMessage(_Model):
+class GridAlertMessage(_ServerModel):
     """A grid alert raised (``active``) or cleared through the chain."""
 
     type: Literal["grid_alert"] = "grid_alert"
@@ -135,7 +162,7 @@ class GridAlertMessage(_Model):
     expires_at: int = 0
 
 
-class ConsumptionAlert(_Model):
+class ConsumptionAlert(_ServerModel):
     """Consumption ran high: an hour passed the meter's limit, or power jumped abruptly."""
 
     type: Literal["consumption_alert"] = "consumption_alert"
@@ -148,7 +175,7 @@ class ConsumptionAlert(_Model):
     power_w: int = 0
 
 
-class ErrorMessage(_Model):
+class ErrorMessage(_ServerModel):
     """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any."""
 
     type: Literal["error"] = "error"
@@ -188,6 +215,55 @@ Message = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object of the frame holds a key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice (json.loads would keep the last silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+#: Built once: json.loads with a hook would build a new decoder for every frame.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _quoted(text: object) -> str:
+    """Peer-supplied text as an error message shows it: cut short, escaped, in double quotes."""
+    return '"' + escape(clip(text, QUOTED_LIMIT)) + '"'
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """Where in the message an error is, with any key the peer made up quoted safely."""
+    return ".".join(p if p.isidentifier() and len(p) <= QUOTED_LIMIT else _quoted(p) for p in map(str, loc))
+
+
+def _describe(errors: list[ErrorDetails]) -> str:
+    """A sentence for the first validation error, quoting nothing the peer sent unescaped or unbounded."""
+    first = errors[0]
+    if first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown message type {_quoted(ctx.get('tag', ''))}; expected one of {expected}"
+    loc = first["loc"]
+    where = _path(loc) or "message"
+    given = first.get("input")
+    if first["type"] == "missing" and loc and isinstance(given, dict) and to_snake(str(loc[-1])) in given:
+        return f"{where}: field names are camelCase on the wire; send {loc[-1]}, not {to_snake(str(loc[-1]))}"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
     """Parse and validate one frame; raises MalformedMessage or MessageTooLarge with a reason."""
     if max_bytes is not None:
@@ -195,7 +271,9 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         if size > max_bytes:
             raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = _DECODER.decode(raw.decode() if isinstance(raw, bytes) else raw)
+    except _DuplicateKey as err:
+        raise MalformedMessage(f"the key {_quoted(err.key)} appears twice in one JSON object") from err
     except (ValueError, UnicodeDecodeError) as err:
         raise MalformedMessage(f"not valid JSON: {err}") from err
     except RecursionError as err:
@@ -204,11 +282,9 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         raise MalformedMessage("a message must be a JSON object with a 'type'")
     seq = data.get("seq") if type(data.get("seq")) is int else None  # not bool, which is an int too
     try:
-        return _ADAPTER.validate_python(data)
+        return _ADAPTER.validate_python(data, by_alias=True, by_name=False)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise MalformedMessage(f"{where}: {first.get('msg', 'invalid')}", seq=seq) from err
+        raise MalformedMessage(clip(_describe(err.errors(include_url=False)), UNTRUSTED_LIMIT), seq=seq) from err
 
 
 def encode(message: BaseModel) -> str:

@@ -25,6 +25,7 @@ from meters.client import MeterClient
 from meters.csv_source import CsvSource
 from meters.identity import MeterIdentity, meter_dir
 from meters.load_model import LoadModel
+from meters.lock import MeterLock
 from meters.outbox import Outbox
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource, RegisterSource
@@ -157,7 +158,13 @@ def main() -> int:
     args = _parse()
     settings = load_settings()
     directory = meter_dir(settings.data_dir, args.name)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        # First of all, before the log, the outbox or the status file is touched: a second process
+        # for this meter must leave the first undisturbed.
+        lock = MeterLock(directory, args.name).acquire()
+    except SmartMeterError as err:
+        print(f"meter {args.name}: cannot start [{err.code}]: {err.message}", file=sys.stderr)
+        return 1
     to_terminal = sys.stdout.isatty() and not args.plain
     setup_logging(path=str(directory / "meter.log"), stream=open("/dev/null", "w") if to_terminal else None)  # noqa: SIM115
     try:
@@ -165,6 +172,8 @@ def main() -> int:
     except SmartMeterError as err:
         print(f"meter {args.name}: cannot start [{err.code}]: {err.message}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

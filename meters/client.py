@@ -3,8 +3,9 @@ over the secure link, and keeps its status (bill, connection, errors, alerts) cu
 
 Runs with no user input. Readings go to the on-disk outbox first; delivery retries with
 exponential back-off and jitter while the server is unreachable; after every login the meter
-drops what the chain already holds (``welcome.lastSeq``) and resends the rest in order. A
-reading leaves the outbox when its bill arrives or the server rejects it for good.
+drops what the chain already holds (``welcome.lastSeq``), carries on numbering after the last
+seq the server used (``welcome.lastUsedSeq``) and resends the rest in order. A reading leaves
+the outbox when its bill arrives or the server rejects it for good.
 """
 
 from __future__ import annotations
@@ -208,14 +209,25 @@ class MeterClient:
     def _on_welcome(self, welcome: Welcome) -> None:
         dropped = self.outbox.done_upto(welcome.last_seq)
         pos = self.outbox.position()
+        # The gateway's last used seq (version 2) is at least the chain's: a reading refused for its content
+        # used up its number without reaching the chain.
+        used = max(welcome.last_seq, welcome.last_used_seq or 0)
         if pos is None or pos.last_seq < welcome.last_seq:
-            # The chain knows more than this meter remembers (its data was lost): carry on from the chain.
-            chain_pos = MeterPosition(welcome.last_seq, welcome.last_timestamp, welcome.last_energy_wh)
+            # The chain knows more than this meter remembers (its data was lost): carry on from the chain,
+            # numbering after the last seq the gateway used.
+            chain_pos = MeterPosition(used, welcome.last_timestamp, welcome.last_energy_wh)
             self.outbox.set_position(chain_pos)
             self.source.restart(max(welcome.last_timestamp, time.time()), welcome.last_energy_wh)
             self.status.last_seq, self.status.register_wh = chain_pos.last_seq, chain_pos.last_energy_wh
             log_event(log, "position_adopted_from_chain", logging.WARNING, meter=self.status.name,
-                      last_seq=welcome.last_seq)
+                      last_seq=welcome.last_seq, last_used_seq=used)
+        elif pos.last_seq < used:
+            # Numbers were used up that this meter does not remember (it lost track of refused readings): skip
+            # them, or its next readings would be refused as stale_sequence.
+            self.outbox.set_position(MeterPosition(used, pos.last_timestamp, pos.last_energy_wh))
+            self.status.last_seq = used
+            log_event(log, "sequence_adopted_from_server", logging.WARNING, meter=self.status.name,
+                      was=pos.last_seq, last_used_seq=used)
         s = self.status
         s.state = LinkState.CONNECTED
         s.region = welcome.region

@@ -13,10 +13,11 @@ from typing import Any
 
 from eth_account import Account
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from common import errors
 from common.eip712 import Domain, ReadingData, sign_login, sign_reading
-from common.messages import Auth, Challenge, ErrorMessage, Reading, Welcome, encode, parse_message
+from common.messages import SUBPROTOCOL, Auth, Challenge, ErrorMessage, Reading, Welcome, encode, parse_message
 
 __all__ = ["MeterLink", "signed_reading"]
 
@@ -49,8 +50,10 @@ class MeterLink:
 
     async def connect(self) -> Welcome:
         """Connect, answer the challenge and wait for ``welcome`` (raises the server's error)."""
+        # Offering version 2 gets welcome.lastUsedSeq; a server that predates it answers version 1.
         self.ws = await connect(self.url, ssl=self.ssl_context, open_timeout=self.open_timeout,
-                                ping_interval=self.ping_interval, max_size=2**20, compression=None)
+                                ping_interval=self.ping_interval, max_size=2**20, compression=None,
+                                subprotocols=[Subprotocol(SUBPROTOCOL)])
         challenge = await self.recv()
         if not isinstance(challenge, Challenge):
             raise errors.UnexpectedMessage(f"expected a challenge, got '{challenge.type}'")

@@ -25,6 +25,7 @@ from common.logs import log_event
 from common.settings import Settings
 from meters.identity import MeterIdentity, meter_dir
 from meters.load_model import LoadModel, history
+from meters.lock import MeterLock
 from meters.outbox import MeterPosition, Outbox
 
 __all__ = ["provision", "ProvisionReport", "REGIONS", "ARCHETYPE_CYCLE"]
@@ -91,9 +92,10 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
                 skipped.append(name)
                 continue
             reregistered.append(name)
-            outbox = Outbox(directory / "outbox.sqlite", identity.address)
-            outbox.clear()
-            outbox.close()
+            with MeterLock(directory, name).acquire("provisioning"):  # refuses while the meter runs
+                outbox = Outbox(directory / "outbox.sqlite", identity.address)
+                outbox.clear()
+                outbox.close()
         else:
             identity = MeterIdentity.create(
                 directory, name, ARCHETYPE_CYCLE[i % len(ARCHETYPE_CYCLE)], seed=1_000 + i,
@@ -138,9 +140,10 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
         expected = ends[identity.address]
         if on_chain.last_seq != expected.last_seq:
             raise RuntimeError(f"{identity.name}: chain holds seq {on_chain.last_seq}, expected {expected.last_seq}")
-        outbox = Outbox(directory / "outbox.sqlite", identity.address)
-        outbox.set_position(expected)
-        outbox.close()
+        with MeterLock(directory, identity.name).acquire("provisioning"):
+            outbox = Outbox(directory / "outbox.sqlite", identity.address)
+            outbox.set_position(expected)
+            outbox.close()
     seconds = time.monotonic() - started
     log_event(log, "provisioned", meters=len(todo), readings=len(signed), seconds=f"{seconds:.1f}")
     return ProvisionReport(created, reregistered, skipped, len(signed), seconds)

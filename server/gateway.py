@@ -18,19 +18,21 @@ import logging
 import sqlite3
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from common import errors
 from common.billing import decode_bill, decode_meter
 from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.eip712 import ReadingData
-from common.logs import log_event
-from common.messages import Ack, Auth, Reading, Welcome, encode, error_message, parse_message
+from common.logs import clip, log_event
+from common.messages import SUBPROTOCOL, Ack, Auth, Reading, Welcome, encode, error_message, parse_message
 from common.settings import Settings
 from server.batcher import Batcher
 from server.hub import Hub
@@ -59,6 +61,11 @@ TRY_AGAIN_LATER = 1013
 LOGIN_LOOKUPS = 32
 #: Close code when the server failed to store what a meter sent.
 INTERNAL_ERROR = 1011
+
+
+def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Speak version 2 with a meter that offers it, version 1 (no subprotocol) with any other."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class Gateway:
             ping_timeout=self.settings.ping_timeout,
             close_timeout=5,
             compression=None,
+            select_subprotocol=_select_subprotocol,
         )
         log_event(log, "gateway_listening", url=self.settings.server_url)
         return self.server
@@ -159,7 +167,7 @@ class Gateway:
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
-        log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=err.message)
+        log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=clip(err.message))
         try:
             await ws.send(encode(error_message(err)))
             if close:
@@ -211,7 +219,8 @@ class Gateway:
         # while a previous connection's readings wait for this turn's commit.
         known = (self.store.cursor(meter), Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh),
                  self.cursors.get(meter.lower()))
-        self.cursors[meter.lower()] = max((c for c in known if c is not None), key=lambda c: c.seq)
+        cursor = max((c for c in known if c is not None), key=lambda c: c.seq)
+        self.cursors[meter.lower()] = cursor
         welcome = Welcome(
             meter=meter,
             account_ref=view.account_ref,
@@ -222,13 +231,17 @@ class Gateway:
             bill=bill,
             tariff=self.relay.tariff,
             server_time=int(time.time()),
+            # The last seq used up, accepted or refused for its content: only meters that speak version 2
+            # expect it (version 1 meters refuse a field they do not know).
+            last_used_seq=cursor.seq if ws.subprotocol == SUBPROTOCOL else None,
         )
         await ws.send(encode(welcome))
         for alert in self.relay.alerts_for(view.region, time.time()):
             await ws.send(encode(alert))
         self.hub.release(meter)
         self.stats["logins"] += 1
-        log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, region=view.region)
+        log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
+                  region=view.region, protocol=ws.subprotocol or "v1")
         return meter
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
@@ -259,7 +272,7 @@ class Gateway:
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
-                          logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=err.message)
+                          logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=clip(err.message))
                 if self._commit_due():
                     self._stage(_Staged(meter, ws, None, encode(error_message(err))))  # after this turn's acks
                 else:

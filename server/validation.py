@@ -1,8 +1,8 @@
 """Off-chain checks of a reading: the contract's rules, applied before the gateway pays gas.
 
-Pure functions, no I/O. The gateway keeps a ``Cursor`` per meter (the last reading it
-accepted, queued or on chain) and checks each new reading against it, so a bad reading gets
-an ``error`` at once instead of a ``ReadingRejected`` event later.
+Pure functions, no I/O. The gateway keeps a ``Cursor`` per meter (the last seq it used up and
+the last reading it accepted, queued or on chain) and checks each new reading against it, so a
+bad reading gets an ``error`` at once instead of a ``ReadingRejected`` event later.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ __all__ = ["Cursor", "Limits", "validate_reading"]
 
 @dataclass(frozen=True)
 class Cursor:
-    """The last reading of a meter the gateway accepted (or the chain's state before any)."""
+    """Where a meter stands at the gateway (or the chain's state before any reading reached it).
+
+    ``seq`` is the last seq used up, by a reading accepted or one refused for its content;
+    ``timestamp`` and ``energy_wh`` are those of the last reading accepted.
+    """
 
     seq: int
     timestamp: int
@@ -76,7 +80,8 @@ def _refusal(reason: RejectReason, reading: Reading, cursor: Cursor, now: int,
     delta, elapsed = wh - cursor.energy_wh, ts - cursor.timestamp
     message = {
         RejectReason.OUT_OF_RANGE: "seq and timestamp must fit 32 bits and energyWh 48 bits",
-        RejectReason.STALE_SEQUENCE: f"seq {seq} is not above the last accepted seq {cursor.seq}",
+        RejectReason.STALE_SEQUENCE: f"seq {seq} is used up: the last seq used is {cursor.seq} (by a reading "
+                                     f"accepted, or refused for its content); the next free seq is {cursor.seq + 1}",
         RejectReason.STALE_TIMESTAMP: f"timestamp {ts} is not after the previous reading's {cursor.timestamp}",
         RejectReason.FUTURE_TIMESTAMP: f"timestamp {ts} is {ts - now} s ahead of the server clock",
         RejectReason.REGISTER_DECREASED: f"register {wh} Wh is below the previous {cursor.energy_wh} Wh",

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from common.billing import Billing
 from common.eip712 import Domain, ReadingData, sign_login
+from common.logs import UNTRUSTED_LIMIT
 from common.messages import encode
 from meters.link import MeterLink, signed_reading
 
@@ -73,17 +74,37 @@ class Case:
     attack: Attack
 
 
+#: The longest error message the server may send: its bound on quoted peer text, and the cut marker.
+MAX_ERROR_MESSAGE = UNTRUSTED_LIMIT + len("...[9999 more characters]")
+
+
 async def _outcome(ws: ClientConnection, timeout: float = CASE_TIMEOUT) -> str:
-    """The first error code the server sends, or ``close:<code>`` if it closes first."""
+    """The first error code the server sends, or ``close:<code>`` if it closes first.
+
+    An error whose message is longer than ``MAX_ERROR_MESSAGE`` or holds an unprintable character
+    (the server echoing what it was sent) is ``unbounded echo`` instead of its code.
+    """
     try:
         while True:
             msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if msg.get("type") == "error":
+                text = str(msg.get("message", ""))
+                if len(text) > MAX_ERROR_MESSAGE or not text.isprintable():
+                    return f"unbounded echo ({len(text)} characters)"
                 return str(msg["code"])
     except ConnectionClosed as closed:
         return f"close:{closed.rcvd.code if closed.rcvd else 'none'}"
     except asyncio.TimeoutError:
         return "no answer"
+
+
+def _twice(message: str, key: str, value: object) -> str:
+    """A JSON object text with ``key`` given a second time, as ``value``."""
+    return message[:-1] + f", {json.dumps(key)}: {json.dumps(value)}}}"
+
+
+#: A log line a hostile ``type`` would forge if the gateway logged it as it came.
+FORGED_LINE = "ts=2026-11-24T00:00:00.000Z level=error logger=batcher event=chain_lost"
 
 
 async def _raw(t: HostileTarget) -> tuple[ClientConnection, dict[str, Any]]:
@@ -292,6 +313,10 @@ def _cases() -> list[Case]:
         Case("server message type before login", "unexpected_message",
              _before_login(lambda t, c: '{"type": "ack", "seq": 1}')),
         Case("empty object before login", "malformed_message", _before_login(lambda t, c: "{}")),
+        Case("login with its meter given twice", "malformed_message",
+             _before_login(lambda t, c: _twice(_auth(t, c), "meter", t.other.address))),
+        Case("type forging a log line before login", "malformed_message",
+             _before_login(lambda t, c: json.dumps({"type": f"auth\r\n{FORGED_LINE}"}))),
         Case("no login at all", "challenge_expired", _silent_login),
         Case("10 MB message before login", "close:1009", _before_login(lambda t, c: "x" * 10_000_000)),
     ]
@@ -311,6 +336,19 @@ def _cases() -> list[Case]:
         Case("energy above 2^64", "malformed_message", _after_login(lambda t: _field(t, energyWh=2**70))),
         Case("NaN timestamp", "malformed_message", _after_login(lambda t: _field(t, timestamp=float("nan")))),
         Case("unknown extra field", "malformed_message", _after_login(lambda t: _field(t, bonus=1))),
+        Case("snake_case energy_wh instead of energyWh", "malformed_message",
+             _after_login(lambda t: _field(t, energyWh=_DROP, energy_wh=t.base[2] + 10))),
+        Case("seq given twice", "malformed_message", _after_login(lambda t: _twice(_reading(t), "seq", t.base[0] + 2))),
+        Case("energyWh given twice, the second huge", "malformed_message",
+             _after_login(lambda t: _twice(_reading(t), "energyWh", 2**47))),
+        Case("type forging a log line with CR LF", "malformed_message",
+             _after_login(lambda t: json.dumps({"type": f"reading\r\n{FORGED_LINE}"}))),
+        Case("type with U+2028, ESC and NUL", "malformed_message",
+             _after_login(lambda t: json.dumps({"type": f"\u2028{FORGED_LINE}\x1b[2J\x00\u2029\x85"}))),
+        Case("3,000-character type", "malformed_message",
+             _after_login(lambda t: json.dumps({"type": "\x1b[31m" + "y" * 3_000}))),
+        Case("3,000-character unknown field name", "malformed_message",
+             _after_login(lambda t: _field(t, **{"\u2028" + "k" * 3_000: 1}))),
         Case("address not hex", "malformed_message", _after_login(lambda t: _field(t, meter="0x" + "zz" * 20))),
         Case("deeply nested JSON", "malformed_message", _after_login(lambda t: "[" * 1500 + "]" * 1500)),
         Case("binary frame", "unsupported_frame", _after_login(lambda t: b"\xff" * 64)),

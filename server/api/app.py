@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import errors
-from common.logs import log_event
+from common.logs import clip, log_event
 from common.settings import ROOT
 from server.api.routes import ApiContext, router
 
@@ -68,7 +68,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
     async def _domain_error(request: Request, err: errors.SmartMeterError) -> JSONResponse:
         status = _status(err)
         if status >= 500:
-            log_event(log, "api_error", logging.WARNING, path=request.url.path, code=err.code, detail=err.message)
+            log_event(log, "api_error", logging.WARNING, path=clip(request.url.path), code=err.code,
+                      detail=clip(err.message))
         return _error(status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
@@ -84,7 +85,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        log_event(log, "api_failed", logging.ERROR, path=request.url.path, error=f"{type(err).__name__}: {err}"[:300])
+        log_event(log, "api_failed", logging.ERROR, path=clip(request.url.path),
+                  error=f"{type(err).__name__}: {err}"[:300])
         return _error(500, "internal_error", "the server failed to answer; see the server's log")
 
     @app.get("/", include_in_schema=False)

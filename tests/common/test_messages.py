@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from common.errors import MalformedMessage, MessageTooLarge, StaleSequence
+from common.logs import UNTRUSTED_LIMIT
 from common.messages import (
     Ack,
     Auth,
@@ -42,6 +45,10 @@ MESSAGES: list[BaseModel] = [
     Welcome(
         meter=ADDRESS, account_ref="0x" + "01" * 32, region="north", last_seq=3, last_timestamp=1_790_000_000,
         last_energy_wh=12_000, bill=BILL, tariff=TARIFF, server_time=1_790_000_010,
+    ),
+    Welcome(
+        meter=ADDRESS, account_ref="0x" + "01" * 32, region="north", last_seq=3, last_timestamp=1_790_000_000,
+        last_energy_wh=12_000, bill=BILL, tariff=TARIFF, server_time=1_790_000_010, last_used_seq=5,
     ),
     Ack(seq=4),
     Ack(seq=4, status="duplicate"),
@@ -193,3 +200,79 @@ def test_error_message_carries_the_error_code_text_and_seq() -> None:
     wire = error_message(StaleSequence(seq=9))
     assert wire == ErrorMessage(code="stale_sequence", message=StaleSequence.default_message, seq=9)
     assert parse_message(encode(wire)) == wire
+
+
+@pytest.mark.parametrize("snake", ["energy_wh", "Energy_wh"])
+def test_a_reading_with_a_snake_case_field_name_is_malformed_and_says_to_use_camel_case(snake: str) -> None:
+    wire = _reading(energyWh=None)
+    wire[snake] = 12_345
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(json.dumps(wire))
+    assert excinfo.value.seq == 5
+    if snake == "energy_wh":
+        assert "camelCase" in excinfo.value.message and "energyWh" in excinfo.value.message
+
+
+def test_snake_case_names_are_refused_in_nested_objects_too() -> None:
+    wire = json.loads(encode(MESSAGES[1]))
+    wire["bill"]["period_energy_wh"] = wire["bill"].pop("periodEnergyWh")
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(json.dumps(wire))
+    assert "bill.periodEnergyWh" in excinfo.value.message
+
+
+def test_python_code_still_builds_messages_by_field_name_and_they_go_out_camel_case() -> None:
+    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, signature=SIGNATURE)
+    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (json.dumps(_reading())[:-1] + ', "seq": 6}', "seq"),
+        (json.dumps(_reading())[:-1] + ', "energyWh": 99}', "energyWh"),
+        ('{"type": "reading", "type": "reading"}', "type"),
+        (encode(MESSAGES[1]).replace('"periodId":1', '"periodId":1,"periodId":2'), "periodId"),
+        ('{"type": "challenge", "domain": {"chainId": 1, "chainId": 2}}', "chainId"),
+    ],
+    ids=["seq-twice", "energy-twice", "type-twice", "nested-bill", "challenge-domain"],
+)
+def test_a_key_given_twice_in_any_object_is_malformed_and_named(raw: str, key: str) -> None:
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(raw)
+    assert excinfo.value.code == "malformed_message"
+    assert f'"{key}" appears twice' in excinfo.value.message
+
+
+def test_server_messages_ignore_unknown_fields_while_meter_messages_refuse_them() -> None:
+    welcome = json.loads(encode(MESSAGES[2]))
+    welcome["someFutureField"] = {"x": 1}
+    welcome["bill"]["futureBreakdown"] = [1, 2]
+    assert parse_message(json.dumps(welcome)) == MESSAGES[2]
+    assert parse_message('{"type": "ack", "seq": 4, "latencyMs": 3}') == Ack(seq=4)
+    with pytest.raises(MalformedMessage):
+        parse_message(json.dumps(_reading(futureField=1)))
+    with pytest.raises(MalformedMessage):
+        parse_message(json.dumps({"type": "auth", "meter": ADDRESS, "nonce": NONCE, "signature": SIGNATURE, "x": 1}))
+
+
+def test_welcome_carries_the_last_used_seq_only_when_set() -> None:
+    assert "lastUsedSeq" not in json.loads(encode(MESSAGES[1]))
+    assert json.loads(encode(MESSAGES[2]))["lastUsedSeq"] == 5
+
+
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=3_000)
+
+
+@given(ANY_TEXT, ANY_TEXT)
+def test_an_error_message_never_echoes_peer_text_unescaped_or_unbounded(tag: str, key: str) -> None:
+    frames = [json.dumps({"type": tag}), json.dumps({**_reading(), key or "k": 1}),
+              '{"type": "reading", ' + json.dumps(key) + ": 1, " + json.dumps(key) + ": 2}",
+              json.dumps({"type": "challenge", "nonce": NONCE, "expiresAt": 1, "domain": {key: 1}, "extra": 1}),
+              json.dumps({"type": "welcome", "meter": ADDRESS, "bill": {key: 1}})]
+    for raw in frames:
+        try:
+            parse_message(raw)
+        except MalformedMessage as err:
+            assert err.message.isprintable(), err.message
+            assert len(err.message) <= UNTRUSTED_LIMIT + len("...[9999 more characters]"), err.message

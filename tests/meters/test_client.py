@@ -4,6 +4,7 @@ kills, nothing lost or duplicated on chain, plain-worded errors, CSV replay."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -17,14 +18,17 @@ from rich.console import Console
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployment import load_deployment
+from common.eip712 import ReadingData
+from common.messages import ErrorMessage
 from common.settings import ROOT
 from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
 from meters.display import render_meter
 from meters.identity import MeterIdentity, meter_dir
+from meters.link import MeterLink
 from meters.load_model import LoadModel
-from meters.outbox import Outbox
+from meters.outbox import MeterPosition, Outbox
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource
 from meters.status import LinkState, MeterStatus
@@ -195,3 +199,42 @@ def test_reduce_usage_alert_lowers_the_load_until_it_is_cleared(meter_settings, 
     assert model.energy_wh(1_700_000_000, 1_700_003_600) == pytest.approx(before * DEMAND_RESPONSE_FACTOR)
     client._on_message(GridAlertMessage(id=9, active=False))
     assert model.demand_factor == 1.0
+
+
+async def test_a_meter_that_lost_track_of_a_used_up_seq_numbers_its_next_reading_after_it(meter_settings, deployment,
+                                                                                         caplog):
+    provision(meter_settings, count=1, history_days=0)
+    directory = meter_dir(meter_settings.data_dir, "meter-01")
+    identity = MeterIdentity.load(directory)
+    outbox = Outbox(directory / "outbox.sqlite", identity.address)
+    start = outbox.position()
+    # The meter's data is restored from a moment ago: it last read now, at the seq the chain has.
+    outbox.set_position(MeterPosition(start.last_seq, int(time.time()), start.last_energy_wh))
+    outbox.close()
+    app = await ServerApp.start(meter_settings, deployment)
+    try:
+        # Meanwhile the meter had sent one more reading, which the gateway refused for its content.
+        link = MeterLink(meter_settings.server_url, client_context(meter_settings.ca_cert_path),
+                         identity.key(directory), deployment.domain)
+        await link.connect()
+        await link.send_reading(ReadingData(identity.address, start.last_seq + 1, int(time.time()) + 3_600,
+                                            start.last_energy_wh + 5))
+        while not isinstance(refused := await link.recv(timeout=20), ErrorMessage):
+            pass
+        assert (refused.code, refused.seq) == ("future_timestamp", start.last_seq + 1)
+        await link.close()
+
+        client, outbox = make_client(meter_settings, "meter-01", time_scale=5.0)  # first reading in 3 s
+        stop = asyncio.Event()
+        with caplog.at_level(logging.INFO, logger="meter"):
+            task = asyncio.create_task(client.run(stop))
+            await wait_for(lambda: client.status.bills_received >= 1, 30, "the first bill")
+            stop.set()
+            await task
+    finally:
+        await app.stop()
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    assert [f for f in fields if f.get("code") == "stale_sequence"] == [], "a reading was numbered with a used seq"
+    assert any(f.get("event") == "sequence_adopted_from_server" and f.get("last_used_seq") == start.last_seq + 1
+               for f in fields)
+    assert recorded_seqs(meter_settings, identity.address)[0] == start.last_seq + 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import sqlite3
 import time
 
@@ -14,7 +16,8 @@ from websockets.exceptions import ConnectionClosed
 
 from common import errors
 from common.eip712 import ReadingData, sign_login
-from common.messages import Ack, Auth, Bill, ErrorMessage, Reading, encode
+from common.logs import UNTRUSTED_LIMIT, parse_line, setup_logging
+from common.messages import SUBPROTOCOL, Ack, Auth, Bill, ErrorMessage, Reading, encode
 from common.tls import client_context
 from meters.link import signed_reading
 
@@ -131,8 +134,13 @@ async def test_reading_naming_another_meter_is_refused(server, new_meter, link_f
         ('{"type": "ack", "seq": 1}', "unexpected_message"),
         (b"\x00\x01binary", "unsupported_frame"),
         ("x" * 5000, "message_too_large"),
+        ('{"type": "reading", "meter": "0x' + "1" * 40 + '", "seq": 1, "timestamp": 1, "energy_wh": 1, '
+         '"signature": "0x' + "2" * 130 + '"}', "malformed_message"),
+        ('{"type": "reading", "meter": "0x' + "1" * 40 + '", "seq": 1, "seq": 2, "timestamp": 1, "energyWh": 1, '
+         '"signature": "0x' + "2" * 130 + '"}', "malformed_message"),
     ],
-    ids=["not-json", "missing-fields", "wrong-type", "unknown-type", "server-message", "binary", "too-large"],
+    ids=["not-json", "missing-fields", "wrong-type", "unknown-type", "server-message", "binary", "too-large",
+         "snake-case-name", "duplicate-key"],
 )
 async def test_malformed_frames_get_clear_codes(server, new_meter, link_for, frame, code):
     meter = new_meter()
@@ -277,3 +285,72 @@ async def test_readings_the_store_failed_to_keep_are_not_acknowledged_and_are_ta
     assert (ack.seq, ack.status) == (1, "queued")
     assert (await next_of(link, Bill)).seq == 1
     await link.close()
+
+
+async def test_welcome_says_the_last_seq_used_up_by_a_reading_refused_for_its_content(server, new_meter, link_for):
+    meter = new_meter()
+    link = link_for(meter)
+    welcome = await link.connect()
+    assert link.ws.subprotocol == SUBPROTOCOL
+    assert (welcome.last_seq, welcome.last_used_seq) == (0, 0)
+    future = int(time.time()) + 3_600
+    await link.send_reading(ReadingData(meter.address, 1, future, welcome.last_energy_wh + 10))
+    assert (await next_of(link, ErrorMessage)).code == "future_timestamp"
+    await link.close()
+    link = link_for(meter)
+    welcome = await link.connect()
+    assert (welcome.last_seq, welcome.last_used_seq) == (0, 1)  # refused, yet used up
+    await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 5, welcome.last_energy_wh + 10))
+    err = await next_of(link, ErrorMessage)
+    assert (err.code, err.seq) == ("stale_sequence", 1)
+    assert "last accepted" not in err.message
+    assert "the last seq used is 1" in err.message and "refused for its content" in err.message
+    assert "the next free seq is 2" in err.message
+    await link.send_reading(ReadingData(meter.address, 2, int(time.time()) - 5, welcome.last_energy_wh + 10))
+    assert (await next_of(link, Ack)).seq == 2
+    await link.close()
+
+
+async def test_a_meter_that_does_not_offer_version_2_gets_the_version_1_welcome(server, server_settings, deployment,
+                                                                               new_meter):
+    meter = new_meter()
+    ws = await connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path))
+    assert ws.subprotocol is None
+    challenge = json.loads(await ws.recv())
+    sig = sign_login(meter.key, deployment.domain, bytes.fromhex(challenge["nonce"][2:]))
+    await ws.send(encode(Auth(meter=meter.address, nonce=challenge["nonce"], signature=sig)))
+    welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "welcome" and welcome["lastSeq"] == 0
+    assert "lastUsedSeq" not in welcome  # a version 1 meter refuses fields it does not know
+    await ws.close()
+
+
+@pytest.fixture
+def server_log():
+    """The root logger's structured lines, as the server writes them to its log, in a buffer."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    setup_logging("INFO", stream=buffer)
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("breaker", ["\r", "\n", "\u2028", "\x1b", "\x00", "\x85"], ids=ascii)
+async def test_a_hostile_message_type_cannot_forge_log_lines_nor_be_echoed_unbounded(server, new_meter, link_for,
+                                                                                     server_log, breaker):
+    meter = new_meter()
+    link = link_for(meter)
+    await link.connect()
+    forged = f"{breaker}ts=2026-01-01T00:00:00.000Z level=error logger=gateway event=chain_lost{breaker}"
+    await link.ws.send(json.dumps({"type": forged + "x" * 3_000}))
+    err = await next_of(link, ErrorMessage)
+    assert err.code == "malformed_message"
+    assert err.message.isprintable() and len(err.message) <= UNTRUSTED_LIMIT + 30
+    await link.close()
+    lines = server_log.getvalue().splitlines()
+    assert all(line.startswith("ts=") for line in lines), lines
+    refused = [parse_line(line) for line in lines if "event=message_refused" in line]
+    assert len(refused) == 1
+    assert refused[0]["detail"] == err.message
