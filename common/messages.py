@@ -123,6 +123,8 @@ class Welcome(_ServerModel):
     bill: BillState
     tariff: TariffInfo
     server_time: int
+    #: The export register on chain (0 for a meter that never exported).
+    last_export_wh: int = 0
     #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
     last_used_seq: int | None = None
 
@@ -136,7 +138,9 @@ class Ack(_ServerModel):
 
 
 class Bill(_ServerModel):
-    """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event)."""
+    """The live bill after a reading was recorded on chain (from its ``ReadingRecorded`` event):
+    the registers, the open period's import and export, import cost, export credit, standing
+    charge and amount due (micropence; negative when in credit), and the tariff of its period."""
 
     type: Literal["bill"] = "bill"
     meter: Address
@@ -147,6 +151,11 @@ class Bill(_ServerModel):
     period_energy_wh: int
     amount_due: int
     tariff: TariffInfo
+    export_wh: int = 0
+    period_export_wh: int = 0
+    energy_cost: int = 0
+    export_credit: int = 0
+    standing_charge: int = 0
 
 
 class GridAlertMessage(_ServerModel):

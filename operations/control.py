@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from eth_utils import to_checksum_address
 
+from common import tariff as ref
 from common.billing import Billing
 from common.chain import ChainClient
 from common.customers import Customer, Customers, load_customers, save_customers
@@ -39,6 +40,7 @@ from common.settings import Settings
 from common.tariff import MAX_REGISTER_WH, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from operations.provisioning import provision
+from operations.tariffs import band_names
 
 __all__ = [
     "Operations",
@@ -123,12 +125,41 @@ class RegisteredMeter:
 
 @dataclass(frozen=True)
 class TariffVersion:
-    """One tariff from a ``TariffChanged`` event: millipence per kWh and per day."""
+    """One tariff version from a ``TariffChanged`` event: its number, the import rate (flat, or a
+    day-ahead fallback; 0 when banded), the standing charge (millipence) and the whole version."""
 
     version: int
     unit_rate: int
     standing_charge: int
     effective_from: int
+    spec: ref.TariffVersion | None = None
+
+    def describe(self) -> tuple[str, str]:
+        """Import and export pricing in words."""
+        if self.spec is None:
+            return f"flat {format_pence(self.unit_rate)}/kWh", "none"
+        clock = " (GMT)" if self.spec.clock == ref.CLOCK_GMT else ""
+        return _rule_text(self.spec.import_rule) + clock, _rule_text(self.spec.export_rule)
+
+
+def _rule_text(rule: ref.PriceRule) -> str:
+    if rule.kind == ref.FLAT:
+        return f"flat {format_pence(rule.rate)}/kWh" if rule.rate else "none"
+    if rule.kind == ref.DAY_AHEAD:
+        return f"day-ahead, else {format_pence(rule.rate)}/kWh"
+    names = band_names(rule)
+    parts = []
+    for band in sorted(names, key=lambda b: rule.band_rates[b]):
+        hours = [h for h in range(48) if rule.bands[h] == band]
+        spans, start = [], hours[0]
+        for a, b in zip(hours, [*hours[1:], None], strict=True):
+            if b != a + 1:
+                spans.append(f"{start // 2:02d}:{start % 2 * 30:02d}-{(a + 1) // 2:02d}:{(a + 1) % 2 * 30:02d}")
+                if b is not None:
+                    start = b
+        parts.append(f"{names[band]} {format_pence(rule.band_rates[band])} {'+'.join(spans) if len(spans) < 3 else ''}"
+                     .rstrip())
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -259,11 +290,11 @@ _PERIOD_ALIGN = "<<<>>>>"
 
 def _tariff_table(tariffs: list[TariffVersion], tz: ZoneInfo) -> list[str]:
     rows = [
-        [str(t.version), format_time(t.effective_from, tz), format_pence(t.unit_rate) + "/kWh",
-         format_pence(t.standing_charge) + "/day"]
+        [str(t.version), format_time(t.effective_from, tz) if t.effective_from else "the start",
+         format_pence(t.standing_charge) + "/day", *t.describe()]
         for t in tariffs
     ]
-    return _table(["Version", "From", "Unit rate", "Standing charge"], rows, "><>>")
+    return _table(["Version", "From", "Standing charge", "Import", "Export"], rows, "><><<")
 
 
 def render_meters(rows: list[MeterRow], tz: ZoneInfo) -> str:
@@ -296,10 +327,17 @@ def render_registered(meters: list[RegisteredMeter], customers_file: str) -> str
 
 
 def render_tariffs(current: TariffVersion, history: list[TariffVersion], tz: ZoneInfo) -> str:
-    """The tariff in force, then every tariff the contract has had."""
-    head = (f"tariff in force: version {current.version}, {format_pence(current.unit_rate)}/kWh and "
-            f"{format_pence(current.standing_charge)}/day, since {format_time(current.effective_from, tz)}")
-    return "\n".join([head, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
+    """The tariff in force, the versions coming, then every version the contract has had."""
+    imports, exports = current.describe()
+    since = format_time(current.effective_from, tz) if current.effective_from else "the start"
+    lines = [f"tariff in force: version {current.version} since {since}: standing charge "
+             f"{format_pence(current.standing_charge)}/day; import {imports}; export {exports}"]
+    coming = [t for t in history if t.version > current.version]
+    if coming:
+        lines += ["", "Coming:", *("  " + row for row in _tariff_table(coming, tz))]
+    else:
+        lines.append("no version is scheduled after it")
+    return "\n".join([*lines, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
 
 
 def render_close(result: CloseResult, tz: ZoneInfo) -> str:
@@ -389,8 +427,8 @@ def _period(args: dict[str, Any]) -> BillPeriod:
 
 
 def _tariff(args: dict[str, Any]) -> TariffVersion:
-    return TariffVersion(int(args["version"]), int(args["unitRate"]), int(args["standingCharge"]),
-                         int(args["effectiveFrom"]))
+    spec = ref.TariffVersion.from_event(args)
+    return TariffVersion(int(args["version"]), spec.import_rule.rate, spec.standing_charge, spec.effective_from, spec)
 
 
 # ---------------------------------------------------------------- the chain
@@ -472,6 +510,14 @@ class Operations:
         if name == "AccessControlUnauthorizedAccount":
             return ChainError(f"the operator key does not hold OPERATOR_ROLE on the contract at "
                               f"{self.deployment.address}; set OPERATOR_KEY to the key the deployment granted it to")
+        if name == "TooSoon":
+            return InvalidRequest(f"{err.message}: a tariff or price may start no sooner than the contract's "
+                                  "skew window ahead (5 minutes by default), so that no recorded reading is repriced")
+        if name == "NotPeriodBoundary":
+            return InvalidRequest(f"{err.message}: tariffs and prices start on the hour or half hour")
+        if name == "NotAfterLastVersion":
+            return InvalidRequest(f"{err.message}: a new version must start after the last one scheduled; see them "
+                                  f"with: {COMMAND} tariff")
         if ref is None:
             return err
         if name == "MeterNotActive":
@@ -628,26 +674,45 @@ class Operations:
     # ------------------------------------------------------------ tariff
 
     def tariff(self) -> TariffVersion:
-        """The tariff in force, from the contract's view."""
-        unit_rate, standing, effective_from, version = self.billing.contract.functions.tariff().call()
-        return TariffVersion(int(version), int(unit_rate), int(standing), int(effective_from))
+        """The tariff version in force now, from the contract's views."""
+        fn = self.billing.contract.functions
+        number = int(fn.tariffVersionAt(self.billing.now()).call())
+        spec = ref.TariffVersion.from_struct(fn.tariffVersion(number).call())
+        return TariffVersion(number, spec.import_rule.rate, spec.standing_charge, spec.effective_from, spec)
 
     def tariff_history(self) -> list[TariffVersion]:
         """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
         return [_tariff(e.args) for e in self._logs("TariffChanged")]
 
-    def set_tariff(self, unit_rate_pence: str, standing_charge_pence: str) -> TariffVersion:
-        """Set a new tariff given in pence per kWh and pence per day (at most 3 decimals each).
+    def set_tariff(self, unit_rate_pence: str, standing_charge_pence: str, export_rate_pence: str = "0",
+                   effective_from: int = 0) -> TariffVersion:
+        """Add a flat tariff given in pence per kWh and pence per day (at most 3 decimals each),
+        with a flat export rate (0: none).
 
-        It applies to readings recorded from the next block on; bills already accrued keep their rates.
+        It starts at ``effective_from`` (a half-hour boundary, unix seconds) or, with 0, at the first
+        half hour the contract allows (about five minutes ahead, to the next half hour): energy
+        used before it keeps the old prices.
         """
         unit_rate = parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
         standing = parse_pence(standing_charge_pence, "standing charge", allow_zero=True)
+        export = parse_pence(export_rate_pence, "export rate", allow_zero=True)
+        return self.set_tariff_version(ref.TariffVersion.flat(unit_rate, standing, effective_from, export))
+
+    def set_tariff_version(self, version: ref.TariffVersion) -> TariffVersion:
+        """Add any tariff version (flat, banded or day-ahead import and export)."""
         try:
-            receipt = self.billing.set_tariff(unit_rate, standing)
+            receipt = self.billing.set_tariff(version)
         except ChainError as err:
             raise self._refusal(err) from err
         return _tariff(self._receipt_event(receipt, "TariffChanged").args)
+
+    def publish_prices(self, start: int, import_prices: list[int], export_prices: list[int]) -> int:
+        """Publish day-ahead prices for consecutive half hours from ``start``; returns how many periods."""
+        try:
+            self.billing.publish_day_ahead(start, import_prices, export_prices)
+        except ChainError as err:
+            raise self._refusal(err) from err
+        return max(len(import_prices), len(export_prices))
 
     # ------------------------------------------------------------ billing periods
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -19,6 +20,7 @@ from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
 from operations.control import (  # noqa: E402
     Operations,
+    format_time,
     render_close,
     render_meters,
     render_registered,
@@ -26,6 +28,7 @@ from operations.control import (  # noqa: E402
     render_tariffs,
     statement_json,
 )
+from operations.tariffs import load_prices, load_version, parse_time  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,9 +53,19 @@ def _parser() -> argparse.ArgumentParser:
                        ("reactivate", "accept a deactivated meter's readings again")]:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
 
-    tariff = commands.add_parser("tariff", help="show the tariff and its history, or set a new one")
-    tariff.add_argument("--unit-rate", help="new unit rate in pence per kWh, e.g. 24.67")
-    tariff.add_argument("--standing-charge", help="new standing charge in pence per day, e.g. 57.21")
+    tariff = commands.add_parser(
+        "tariff", help="show the tariff in force, coming and past; add a flat, banded or day-ahead version; "
+                       "publish day-ahead prices")
+    tariff.add_argument("--unit-rate", help="a flat tariff: unit rate in pence per kWh, e.g. 24.67")
+    tariff.add_argument("--standing-charge", help="a flat tariff: standing charge in pence per day, e.g. 57.21")
+    tariff.add_argument("--export-rate", default="0", help="a flat tariff: export rate in pence per kWh (default 0)")
+    tariff.add_argument("--file", type=Path, help="a tariff version in JSON: flat, banded or day-ahead import and "
+                                                   "export (see operations/tariffs.py)")
+    tariff.add_argument("--from", dest="effective_from",
+                        help="when the new version starts (local time, e.g. '2026-12-05 00:00'; default: the next "
+                             "half hour the contract allows)")
+    tariff.add_argument("--prices", type=Path, help="publish day-ahead prices from a CSV (start,import,export) or "
+                                                     "JSON file of half-hourly prices")
 
     close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
     close.add_argument("meter", metavar="METER", nargs="?")
@@ -71,8 +84,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("register takes either --count N or --address 0x.. --region R")
         if args.address is not None and not args.region:
             parser.error("register --address needs --region (e.g. --region north)")
-    if args.command == "tariff" and (args.unit_rate is None) != (args.standing_charge is None):
-        parser.error("to set the tariff give both --unit-rate and --standing-charge (in pence)")
+    if args.command == "tariff":
+        if (args.unit_rate is None) != (args.standing_charge is None):
+            parser.error("to set a flat tariff give both --unit-rate and --standing-charge (in pence)")
+        if args.unit_rate is not None and args.file is not None:
+            parser.error("give either --unit-rate and --standing-charge or --file, not both")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -94,9 +110,20 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
     elif args.command == "reactivate":
         print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
     elif args.command == "tariff":
+        start = parse_time(args.effective_from, tz) if args.effective_from else 0
+        new = None
         if args.unit_rate is not None:
-            new = ops.set_tariff(args.unit_rate, args.standing_charge)
-            print(f"tariff version {new.version} set; it applies to readings recorded from now on")
+            new = ops.set_tariff(args.unit_rate, args.standing_charge, args.export_rate, start)
+        elif args.file is not None:
+            version, _ = load_version(args.file, tz)
+            new = ops.set_tariff_version(replace(version, effective_from=start or version.effective_from))
+        if new is not None:
+            print(f"tariff version {new.version} added; it prices energy used from "
+                  f"{format_time(new.effective_from, tz)} on (energy used before keeps the prices it had)")
+        if args.prices is not None:
+            first, imports, exports = load_prices(args.prices, tz)
+            count = ops.publish_prices(first, imports, exports)
+            print(f"published day-ahead prices for {count} half hours from {format_time(first, tz)}")
         print(render_tariffs(ops.tariff(), ops.tariff_history(), tz))
     elif args.command == "close-period":
         results = ops.close_all() if args.all else [ops.close_period(args.meter)]

@@ -17,7 +17,6 @@ from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
 from common.errors import ChainUnavailable
 from common.logs import log_event
-from common.messages import TariffInfo
 from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
@@ -77,7 +76,6 @@ class ServerApp:
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
         try:
             chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
-            raw_tariff = await chain.call("tariff", lambda: chain.contract.functions.tariff().call())
         except ChainUnavailable:
             store.close()
             raise
@@ -85,7 +83,6 @@ class ServerApp:
             store.close()
             raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
                                    f"not {deployment.chain_id} where the contract is recorded")
-        tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
         hub = Hub()
         feed = LiveFeed()
         index = open_index(settings, deployment)
@@ -107,7 +104,7 @@ class ServerApp:
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
         batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
                           settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
-        relay = Relay(settings, deployment, store, hub, tariff)
+        relay = Relay(settings, deployment, store, hub, index)
         relay.listeners.append(indexer.on_event)
         relay.mined_listeners.append(batcher.mined)
         gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from eth_utils import to_checksum_address
 
 from common.backoff import Backoff
-from common.batches import gas_limit_for, submit_readings_calldata
+from common.batches import extra_periods, gas_limit_for, submit_readings_calldata
 from common.chain import AsyncChainClient
 from common.errors import ChainError, ChainUnavailable
 from common.events import BatchOutcome, EventDecoder
@@ -192,7 +192,7 @@ class Batcher:
 
     async def _submit(self, chain: AsyncChainClient, store: Store, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
-        gas_limit = gas_limit_for(len(batch))
+        gas_limit = gas_limit_for(len(batch), extra_periods((r.prev_timestamp, r.data.timestamp) for r in batch))
         calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
         tx_hex = (await chain.send_transaction(calldata, gas_limit)).lower()
         store.mark_submitted(batch, tx_hex)
