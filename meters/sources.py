@@ -8,6 +8,7 @@ from typing import Protocol
 
 from meters.csv_source import CsvSource
 from meters.household import Household, Registers
+from meters.load_model import LoadModel
 
 __all__ = ["RegisterSource", "ModelSource", "CsvReplaySource"]
 
@@ -29,7 +30,9 @@ class ModelSource:
     """Registers driven by the household model; ``model`` is its demand (for the +/- control and
     demand response)."""
 
-    def __init__(self, household: Household, t: float, wh: int, export_wh: int = 0) -> None:
+    def __init__(self, household: Household | LoadModel, t: float, wh: int, export_wh: int = 0) -> None:
+        if isinstance(household, LoadModel):  # demand alone: a home without panels or a battery
+            household = Household(household)
         self.household = household
         self.model = household.load
         self.registers = Registers(household, t, wh, export_wh)

@@ -164,13 +164,17 @@ def _rule_text(rule: ref.PriceRule) -> str:
 
 @dataclass(frozen=True)
 class BillPeriod:
-    """A billing period, issued (``BillIssued``) or still open (``openBill``); amounts in micropence."""
+    """A billing period, issued (``BillIssued``) or still open (``openBill``), in the contract's order:
+    energy imported and exported (Wh), import cost, export credit, standing charge and the amount
+    due (micropence; negative when in credit)."""
 
     period_id: int
     period_start: int
     period_end: int
     energy_wh: int
+    export_wh: int
     energy_cost: int
+    export_credit: int
     standing_charge: int
     amount_due: int
 
@@ -279,13 +283,16 @@ def _period_cells(period: BillPeriod, tz: ZoneInfo) -> list[str]:
         format_time(period.period_end, tz),
         format_kwh(period.energy_wh),
         format_pounds(period.energy_cost),
+        format_kwh(period.export_wh),
+        format_pounds(period.export_credit),
         format_pounds(period.standing_charge),
         format_pounds(period.amount_due),
     ]
 
 
-_PERIOD_HEADERS = ["Period", "From", "To", "Energy", "Energy charge", "Standing charge", "Amount due"]
-_PERIOD_ALIGN = "<<<>>>>"
+_PERIOD_HEADERS = ["Period", "From", "To", "Import", "Import charge", "Export", "Export credit", "Standing charge",
+                   "Amount due"]
+_PERIOD_ALIGN = "<<<>>>>>>"
 
 
 def _tariff_table(tariffs: list[TariffVersion], tz: ZoneInfo) -> list[str]:
@@ -388,7 +395,9 @@ def _period_json(p: BillPeriod, tz: ZoneInfo) -> dict[str, Any]:
         "periodStart": _iso(p.period_start, tz),
         "periodEnd": _iso(p.period_end, tz),
         "energyWh": p.energy_wh,
+        "exportWh": p.export_wh,
         "energyCost": p.energy_cost,
+        "exportCredit": p.export_credit,
         "standingCharge": p.standing_charge,
         "amountDue": p.amount_due,
     }
@@ -419,8 +428,10 @@ def _period(args: dict[str, Any]) -> BillPeriod:
         period_id=int(args["periodId"]),
         period_start=int(args["periodStart"]),
         period_end=int(args["periodEnd"]),
-        energy_wh=int(args["energyWh"]),
-        energy_cost=int(args["energyCost"]),
+        energy_wh=int(args["importWh"]),
+        export_wh=int(args["exportWh"]),
+        energy_cost=int(args["importCost"]),
+        export_credit=int(args["exportCredit"]),
         standing_charge=int(args["standingCharge"]),
         amount_due=int(args["amountDue"]),
     )
@@ -558,9 +569,8 @@ class Operations:
     # ------------------------------------------------------------ meters
 
     def _open_period(self, address: str) -> BillPeriod:
-        period_id, start, end, energy, cost, standing, due = self.billing.contract.functions.openBill(
-            to_checksum_address(address)).call()
-        return BillPeriod(int(period_id), int(start), int(end), int(energy), int(cost), int(standing), int(due))
+        raw = self.billing.contract.functions.openBill(to_checksum_address(address)).call()
+        return BillPeriod(*(int(v) for v in raw))
 
     def meters(self) -> list[MeterRow]:
         """Every meter registered on chain, in registration order, with its open period's totals."""

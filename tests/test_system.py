@@ -17,8 +17,8 @@ import pytest
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployment import load_deployment
-from common.events import unpack_record
 from common.devchain import free_port
+from common.events import unpack_record
 from common.settings import ROOT
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox

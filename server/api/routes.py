@@ -27,6 +27,7 @@ from common.eip712 import login_typed_data
 from common.settings import Settings
 from server.api.auth import Authenticator, Principal
 from server.api.schemas import (
+    BandCostOut,
     BillOut,
     ChallengeOut,
     ConsumptionAlertOut,
@@ -37,6 +38,7 @@ from server.api.schemas import (
     MeterOut,
     Page,
     ReadingOut,
+    SettlementPeriodOut,
     TariffOut,
     ThresholdIn,
     ThresholdOut,
@@ -49,7 +51,7 @@ from server.api.schemas import (
     meter_out,
     tariff_out,
 )
-from server.history import GroupBy, group_hours
+from server.history import PERIOD, GroupBy, group_hours, is_actual, settlement_periods
 from server.hub import Hub
 from server.index import Index, MeterRecord
 from server.live import LiveFeed, Update
@@ -206,18 +208,26 @@ async def meter(ctx: Ctx, who: Caller, address: str) -> MeterOut:
     return ctx.meter_out(_meter(ctx, who, address))
 
 
-@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | ConsumptionOut], tags=["meters"])
+@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | SettlementPeriodOut | ConsumptionOut],
+            tags=["meters"])
 async def readings(
     request: Request, ctx: Ctx, who: Caller, address: str,
     period_from: TimeParam = None, period_to: TimeParam = None,
-    group_by: Annotated[GroupBy | None, Query(description="total by hour, day, week or month (local time); "
-                                                          "without it, one result per reading")] = None,
+    group_by: Annotated[GroupBy | None, Query(description="halfhour: settlement periods with import, export, "
+                                                          "price, cost and actual/estimated; or total by hour, "
+                                                          "day, week or month (local time); without it, one "
+                                                          "result per reading")] = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Consumption in [period_from, period_to): per reading, or totalled by hour, day, week or month."""
     m = _meter(ctx, who, address)
     start, end = _window(ctx, period_from, period_to)
     offset = (page - 1) * page_size
+    if group_by is GroupBy.HALFHOUR:
+        periods = _settlement(ctx, m, start, end)
+        if order_by == "-period":
+            periods.reverse()
+        return _page(request, len(periods), page, page_size, periods[offset:offset + page_size])
     if group_by is None:
         count, rows = ctx.index.readings(m.address, start, end, order_by == "-period", page_size, offset)
         results = [ReadingOut(interval_start=iso(r["interval_start"]) or "", interval_end=iso(r["timestamp"]) or "",
@@ -231,6 +241,50 @@ async def readings(
     grouped = [ConsumptionOut(interval_start=iso(s) or "", interval_end=iso(e) or "", energy_wh=wh,
                               consumption_kwh=wh / 1000) for s, e, wh in chosen]
     return _page(request, len(buckets), page, page_size, grouped)
+
+
+def _settlement(ctx: ApiContext, m: MeterRecord, start: int, end: int) -> list[SettlementPeriodOut]:
+    """The meter's settlement periods that begin in [start, end) and that its readings cover, in time order."""
+    first = max(start, m.opened_at) // PERIOD
+    last = (min(end, m.last_timestamp + PERIOD) - 1) // PERIOD
+    rows = ctx.index.half_hours(m.address, first, last) if last >= first else {}
+    if not rows:
+        return []
+    schedule = ctx.index.schedule
+    named = {sp.period: sp for sp in settlement_periods(min(rows) * PERIOD, (max(rows) + 1) * PERIOD, ctx.settings.tz)}
+    out = []
+    for p in sorted(rows):
+        imported, exported, cost, credit, longest = rows[p]
+        price_in, price_out = schedule.prices(p)
+        actual = is_actual(longest, p, m.last_timestamp)
+        sp = named[p]
+        out.append(SettlementPeriodOut(
+            interval_start=iso(p * PERIOD) or "", interval_end=iso((p + 1) * PERIOD) or "",
+            settlement_date=sp.settlement_date.isoformat(), settlement_period=sp.number, import_wh=imported,
+            export_wh=exported, import_band=schedule.band_of(p)[0], import_price_millipence_per_kwh=price_in,
+            export_price_millipence_per_kwh=price_out, import_cost_micropence=cost, export_credit_micropence=credit,
+            estimated=not actual, status="actual" if actual else "estimated"))
+    return out
+
+
+@router.get("/meters/{address}/band-costs", response_model=list[BandCostOut], tags=["meters"])
+async def band_costs(
+    ctx: Ctx, who: Caller, address: str, period_from: TimeParam = None, period_to: TimeParam = None,
+) -> list[BandCostOut]:
+    """What the meter's energy cost at each import band or price in [period_from, period_to), cheapest first
+    (from the settlement periods: a customer sees what off-peak, day and peak each cost them)."""
+    m = _meter(ctx, who, address)
+    start, end = _window(ctx, period_from, period_to)
+    totals: dict[tuple[int | None, int], list[int]] = {}
+    for sp in _settlement(ctx, m, start, end):
+        key = (sp.import_band, sp.import_price_millipence_per_kwh)
+        row = totals.setdefault(key, [0, 0, 0, 0, 0])
+        for i, value in enumerate((1, sp.import_wh, sp.import_cost_micropence, sp.export_wh,
+                                   sp.export_credit_micropence)):
+            row[i] += value
+    return [BandCostOut(band=band, import_price_millipence_per_kwh=price, periods=n, import_wh=wh,
+                        import_cost_micropence=cost, export_wh=ex, export_credit_micropence=credit)
+            for (band, price), (n, wh, cost, ex, credit) in sorted(totals.items(), key=lambda kv: kv[0][1])]
 
 
 @router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"])

@@ -222,8 +222,8 @@ def test_snake_case_names_are_refused_in_nested_objects_too() -> None:
 
 
 def test_python_code_still_builds_messages_by_field_name_and_they_go_out_camel_case() -> None:
-    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, signature=SIGNATURE)
-    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading)
+    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, export_wh=4, signature=SIGNATURE)
+    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading) and '"exportWh":4' in encode(reading)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3.exceptions import ContractPanicError
 
-from common.batches import pack_reading, submit_readings_calldata
+from common.batches import extra_periods, gas_limit_for, pack_reading, submit_readings_calldata
 from common.billing import Billing, text32
 from common.chain import ChainClient, ErrorDecoder
 from common.deployment import Deployment
@@ -912,3 +912,25 @@ def test_chain_error_message_names_the_decoded_custom_error(billing: Billing) ->
         billing.client.transact(billing.settings.gateway_key, call)
     gateway = Account.from_key(billing.settings.gateway_key).address
     assert f"AccessControlUnauthorizedAccount({gateway.lower()}, 0x{OPERATOR_ROLE.hex()})" in str(excinfo.value)
+
+
+def test_a_reading_after_a_three_day_gap_is_priced_half_hour_by_half_hour_within_the_batch_gas_bound(
+    meter: OpenMeter,
+) -> None:
+    billing = meter.billing
+    start = next_boundary(billing)
+    day_ahead = TariffVersion(start, 50_000, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]),
+                              PriceRule.day_ahead(4_000), CLOCK_LOCAL)
+    billing.set_tariff(day_ahead)
+    billing.publish_day_ahead(start, [0] * 48, [5_000 + 10 * i for i in range(48)])
+    advance(billing, start + 3 * DAY + 600 - chain_now(billing))
+    meter.submit(2, start + 17, meter.ledger.last_energy_wh + 1)
+    before = meter.ledger
+    reading = meter.sign(3, start + 3 * DAY + 17, before.last_energy_wh + 30_000, before.last_export_wh + 9_000)
+    extra = extra_periods([(before.last_timestamp, reading[0].timestamp)])
+    assert extra == 144
+    call = billing.contract.functions.submitReadings(pack_reading(*reading))
+    receipt = billing.client.transact(billing.settings.gateway_key, call, gas=gas_limit_for(1, extra))
+    expected = accrue(before, 3, reading[0].timestamp, reading[0].energy_wh, reading[0].export_wh, billing.schedule())
+    assert logged(billing, receipt) == recorded(meter.address, expected)
+    assert receipt["gasUsed"] < gas_limit_for(1, extra) * 0.8

@@ -4,11 +4,14 @@ billing periods, statements, and the script's output and exit codes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from eth_account import Account
@@ -27,8 +30,10 @@ from operations.control import (
     parse_pence,
     render_close,
     render_statement,
+    render_tariffs,
     statement_json,
 )
+from operations.tariffs import load_prices, load_version
 
 HOUSEHOLD = "heat-pump-1"
 
@@ -76,8 +81,9 @@ def issued_on_chain(ops: Operations, address: str) -> list[BillPeriod]:
     """Every BillIssued event of the meter, through web3's own log decoding."""
     logs = ops.billing.contract.events.BillIssued().get_logs(from_block=ops.deployment.block,
                                                              argument_filters={"meter": address})
-    return [BillPeriod(*(int(log.args[k]) for k in ("periodId", "periodStart", "periodEnd", "energyWh",
-                                                    "energyCost", "standingCharge", "amountDue"))) for log in logs]
+    return [BillPeriod(*(int(log.args[k]) for k in ("periodId", "periodStart", "periodEnd", "importWh", "exportWh",
+                                                    "importCost", "exportCredit", "standingCharge", "amountDue")))
+            for log in logs]
 
 
 def customers(settings: Settings) -> dict[str, dict[str, str]]:
@@ -176,13 +182,69 @@ def test_deactivate_and_reactivate_change_the_meter_on_chain_and_refuse_to_repea
 # ---------------------------------------------------------------- tariff
 
 
-def test_setting_the_tariff_in_pence_puts_millipence_on_chain_and_into_the_history(ops: Operations) -> None:
+def advance_past(ops: Operations, t: int) -> None:
+    """Move the chain's clock past ``t`` (the snapshot puts it back after the test)."""
+    ops.billing.client.w3.provider.make_request("evm_increaseTime", [max(0, t - ops.billing.now()) + 5])
+    ops.billing.client.w3.provider.make_request("evm_mine", [])
+
+
+def test_setting_the_tariff_in_pence_puts_millipence_on_chain_from_the_next_half_hour(ops: Operations) -> None:
     before = ops.tariff_history()
-    new = ops.set_tariff("25.5", "60.125")
+    current = ops.tariff()
+    new = ops.set_tariff("25.5", "60.125", "15")
+    assert new.effective_from % 1_800 == 0 and new.effective_from >= ops.billing.now() + 300
+    assert ops.tariff() == current  # coming, not yet in force
+    assert "Coming:" in render_tariffs(ops.tariff(), ops.tariff_history(), ops.settings.tz)
+    advance_past(ops, new.effective_from)
     on_chain = ops.billing.tariff()
-    assert (on_chain.unit_rate, on_chain.standing_charge, on_chain.version) == (25_500, 60_125, new.version)
+    assert (on_chain.unit_rate, on_chain.export_rate, on_chain.standing_charge, on_chain.version) == (
+        25_500, 15_000, 60_125, new.version)
     assert ops.tariff() == new
     assert ops.tariff_history() == [*before, new] and new.version == before[-1].version + 1
+
+
+def test_a_banded_tariff_file_and_a_day_ahead_price_file_reach_the_chain(ops: Operations, tmp_path: Path) -> None:
+    tz = ops.settings.tz
+    start = (ops.billing.now() + 3_600) // 1_800 * 1_800
+    (tmp_path / "tou.json").write_text(json.dumps({
+        "standing_charge": 50, "clock": "local",
+        "import": {"kind": "banded", "otherwise": {"name": "day", "rate": 24.67},
+                   "bands": [{"name": "off-peak", "from": "00:30", "to": "05:30", "rate": 8.5},
+                             {"name": "peak", "from": "16:00", "to": "19:00", "rate": 35}]},
+        "export": {"kind": "day_ahead", "fallback": 4.1}}))
+    version, names = load_version(tmp_path / "tou.json", tz)
+    new = ops.set_tariff_version(replace(version, effective_from=start))
+    assert names["import"] == {0: "day", 1: "off-peak", 2: "peak"}
+    rows = ["start,import,export"] + [
+        f"{dt.datetime.fromtimestamp(start + i * 1_800, tz):%Y-%m-%d %H:%M},{20 + i},{5 + i / 10}" for i in range(4)]
+    (tmp_path / "prices.csv").write_text("\n".join(rows) + "\n")
+    first, imports, exports = load_prices(tmp_path / "prices.csv", tz)
+    assert (first, imports, exports) == (start, [20_000, 21_000, 22_000, 23_000], [5_000, 5_100, 5_200, 5_300])
+    assert ops.publish_prices(first, imports, exports) == 4
+    fn = ops.billing.contract.functions
+    local = dt.datetime.fromtimestamp(start, tz)
+    band = version.import_rule.bands[local.hour * 2 + local.minute // 30]
+    assert version.import_rule.band_rates[:3] == (24_670, 8_500, 35_000)  # otherwise, off-peak, peak
+    assert fn.pricesAt(start).call() == [version.import_rule.band_rates[band], 5_000]
+    assert fn.pricesAt(start + 3 * 1_800).call()[1] == 5_300
+    assert fn.pricesAt(start + 4 * 1_800).call()[1] == 4_100  # not published: the fallback
+    assert new.describe()[1] == "day-ahead, else 4.10p/kWh"
+
+
+@pytest.mark.parametrize("text", [
+    '{"standing_charge": 50, "import": {"kind": "flat", "rate": 0}}',
+    '{"standing_charge": 50, "import": {"kind": "banded", "otherwise": {"rate": 20}, "bands": '
+    '[{"from": "01:00", "to": "03:00", "rate": 5}, {"from": "02:00", "to": "04:00", "rate": 6}]}}',
+    '{"standing_charge": 50, "import": {"kind": "banded", "otherwise": {"rate": 20}, "bands": '
+    '[{"from": "01:15", "to": "03:00", "rate": 5}]}}',
+    '{"standing_charge": 50, "clock": "bst", "import": {"kind": "flat", "rate": 20}}',
+    '{"standing_charge": 50, "import": {"kind": "hourly", "rate": 20}}',
+], ids=["zero-rate", "overlapping-bands", "off-the-half-hour", "unknown-clock", "unknown-kind"])
+def test_a_tariff_file_the_contract_cannot_hold_is_refused_with_a_reason(text: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(InvalidRequest) as refused:
+        load_version(tmp_path / "bad.json", ZoneInfo("Europe/London"))
+    assert refused.value.code == "invalid_request" and refused.value.message
 
 
 @pytest.mark.parametrize(("unit_rate", "standing"), [
