@@ -71,6 +71,7 @@ def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
             admin,
             settings.tariff_unit_rate,
             settings.tariff_standing_charge,
+            settings.tariff_export_rate,
             settings.max_power_w,
             settings.max_future_skew,
             uk_clock_changes(*CLOCK_CHANGE_YEARS),

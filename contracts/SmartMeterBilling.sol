@@ -259,6 +259,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @param admin Holds DEFAULT_ADMIN_ROLE and can grant the other roles.
     /// @param unitRate Opening flat import rate in millipence per kWh (version 1, in force from time 0).
     /// @param standingCharge Opening standing charge in millipence per day.
+    /// @param exportRate Opening flat export rate in millipence per kWh (0: export is not paid).
     /// @param maxPowerW_ Greatest plausible supply power in watts.
     /// @param maxFutureSkew_ Seconds a reading may be ahead of the block timestamp.
     /// @param clockChanges The UK's clock changes, in time order (from the IANA time zone database).
@@ -266,6 +267,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         address admin,
         uint32 unitRate,
         uint32 standingCharge,
+        uint32 exportRate,
         uint64 maxPowerW_,
         uint64 maxFutureSkew_,
         ClockChange[] memory clockChanges
@@ -277,6 +279,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         Tariff memory opening;
         opening.standingCharge = standingCharge;
         opening.importRate = unitRate;
+        opening.exportRate = exportRate;
         _addVersion(opening);
         for (uint256 i = 0; i < clockChanges.length; ++i) {
             _addClockChange(clockChanges[i].at, clockChanges[i].offsetMinutes);

@@ -322,9 +322,10 @@ def test_deployed_tariff_is_version_one_flat_from_time_zero_with_the_configured_
     fn = billing.contract.functions
     assert fn.tariffCount().call() == 1
     version = TariffVersion.from_struct(fn.tariffVersion(1).call())
-    assert version == TariffVersion.flat(base_settings.tariff_unit_rate, base_settings.tariff_standing_charge)
+    assert version == TariffVersion.flat(base_settings.tariff_unit_rate, base_settings.tariff_standing_charge, 0,
+                                         base_settings.tariff_export_rate)
     assert fn.tariffVersionAt(0).call() == 1
-    assert fn.pricesAt(chain_now(billing)).call() == [base_settings.tariff_unit_rate, 0]
+    assert fn.pricesAt(chain_now(billing)).call() == [base_settings.tariff_unit_rate, base_settings.tariff_export_rate]
 
 
 def test_set_tariff_with_effective_from_zero_starts_at_the_first_boundary_beyond_the_skew(billing: Billing) -> None:
@@ -389,13 +390,13 @@ def test_a_new_tariff_never_reprices_consumption_before_it_took_effect(meter: Op
     receipt = meter.submit(3, start + 1_200, 12_100, 900)  # spans the change
     assert logged(billing, receipt) == recorded(meter.address, meter.ledger)
     schedule = billing.schedule()
-    old = billing.settings.tariff_unit_rate
+    old, old_export = billing.settings.tariff_unit_rate, billing.settings.tariff_export_rate
     new_in, new_out = schedule.prices(start // PERIOD_SECONDS)
     imports, exports = split(t, start + 1_200, 600), split(t, start + 1_200, 300)
     assert meter.ledger.period_import_cost - before.energy_cost == sum(
         wh * (old if p * PERIOD_SECONDS < start else new_in) for p, wh in imports)
     assert meter.ledger.period_export_credit - before.export_credit == sum(
-        wh * (0 if p * PERIOD_SECONDS < start else new_out) for p, wh in exports)
+        wh * (old_export if p * PERIOD_SECONDS < start else new_out) for p, wh in exports)
     assert sum(wh for p, wh in imports if p * PERIOD_SECONDS >= start) == 600 - 600 * (start - t) // (start + 1_200 - t)
     bill = billing.bill(meter.address)
     assert bill.standing_charge == standing_charge(schedule.versions, meter.opened, start + 1_200)
@@ -487,8 +488,8 @@ def test_signed_reading_is_recorded_with_one_reading_recorded_event(billing: Bil
     ]
     standing = standing_charge(billing.schedule().versions, opened, opened + 1_800)
     assert billing.contract.functions.openBill(account.address).call() == [
-        1, opened, opened + 1_800, 500, 40, ledger.period_import_cost, 0, standing,
-        ledger.period_import_cost + standing,
+        1, opened, opened + 1_800, 500, 40, ledger.period_import_cost, ledger.period_export_credit, standing,
+        ledger.period_import_cost + standing - ledger.period_export_credit,
     ]
 
 
@@ -734,7 +735,8 @@ def test_close_billing_period_issues_the_bill_and_opens_a_period_at_zero(meter: 
     assert logged(billing, receipt) == recorded(meter.address, fresh)
     standing = standing_charge(schedule.versions, t + 7_200, t + 10_800)
     assert billing.contract.functions.openBill(meter.address).call() == [
-        2, t + 7_200, t + 10_800, 200, 100, fresh.period_import_cost, 0, standing, fresh.period_import_cost + standing
+        2, t + 7_200, t + 10_800, 200, 100, fresh.period_import_cost, fresh.period_export_credit, standing,
+        fresh.period_import_cost + standing - fresh.period_export_credit,
     ]
 
 

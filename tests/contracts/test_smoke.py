@@ -24,6 +24,8 @@ def test_signed_reading_is_recorded_and_billed(chain, deployment, snapshot):
     expected = accrue(MeterLedger(True, 0, opened, 1_000), 1, opened + 1800, 1_500, 20, schedule)
     bill = billing.bill(meter.address)
     assert bill.energy_cost == expected.period_import_cost
-    assert bill.amount_due == expected.period_import_cost + standing_charge(schedule.versions, opened, opened + 1800)
+    assert bill.export_credit == expected.period_export_credit == 20 * billing.settings.tariff_export_rate
+    assert bill.amount_due == (expected.period_import_cost + standing_charge(schedule.versions, opened, opened + 1800)
+                               - expected.period_export_credit)
     assert (bill.period_energy_wh, bill.period_export_wh) == (500, 20)
     assert billing.meter(meter.address).region == "north"
