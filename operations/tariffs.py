@@ -169,3 +169,23 @@ def band_names(rule: PriceRule) -> dict[int, str]:
     used = sorted(set(rule.bands), key=lambda b: rule.band_rates[b])
     words = ["off-peak", "day", "peak"] if len(used) == 3 else ["off-peak", "peak"] if len(used) == 2 else []
     return {b: (words[i] if i < len(words) else f"band {b}") for i, b in enumerate(used)}
+
+
+def agile_like_prices(day_start: int, tz: ZoneInfo, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Day-ahead import and export prices (millipence per kWh) for the local day from ``day_start``
+    (its 46, 48 or 50 half hours), shaped like Octopus Agile and Agile Outgoing: cheap overnight,
+    dearest from 16:00 to 19:00, export about 55% of import; a little noise drawn from ``seed``."""
+    import random
+
+    rng = random.Random(f"{seed}:{day_start}")
+    day = dt.datetime.fromtimestamp(day_start, tz).date()
+    end = int(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz).timestamp())
+    imports, exports = [], []
+    for t in range(day_start, end, PERIOD_SECONDS):
+        local = dt.datetime.fromtimestamp(t, tz)
+        hour = local.hour + local.minute / 60
+        base = 12.0 if hour < 6 else 38.0 if 16 <= hour < 19 else 27.0 if 7 <= hour < 10 else 22.0
+        pence = max(0.0, base * rng.uniform(0.85, 1.15))
+        imports.append(round(pence * 1000))
+        exports.append(round(pence * 550))
+    return imports, exports
