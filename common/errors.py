@@ -43,6 +43,8 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "InvalidRequest",
+    "ConversationFull",
+    "TooManyMessages",
     "ERROR_CODES",
     "error_for_code",
 ]
@@ -277,6 +279,10 @@ class ApiError(SmartMeterError):
     default_message = "the request could not be answered"
     status = 400
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error response carries besides its JSON body."""
+        return {}
+
 
 class Unauthorized(ApiError):
     """Raised when a request carries no credentials, or credentials the server does not know."""
@@ -308,6 +314,30 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
     default_message = "a parameter of the request is missing or invalid"
     status = 422
+
+
+class ConversationFull(ApiError):
+    """Raised when an account's conversation holds as many messages as an account may keep."""
+
+    code = "conversation_full"
+    default_message = "this conversation holds the most messages an account may keep"
+    status = 409
+
+
+class TooManyMessages(ApiError):
+    """Raised when a side sends messages to one account faster than the limit; ``retry_after`` says when to retry."""
+
+    code = "too_many_messages"
+    default_message = "too many messages in a minute; wait before sending another"
+    status = 429
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After``: whole seconds until a message would be accepted."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 def _all_subclasses(cls: type[SmartMeterError]) -> list[type[SmartMeterError]]:

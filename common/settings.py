@@ -81,6 +81,10 @@ class Settings:
     hourly_limit_wh: int = 3_000
     jump_factor: float = 3.0
     jump_min_w: int = 1_000
+    # messages between customers and the operator
+    message_max_chars: int = 2_000
+    message_rate_per_minute: int = 10
+    message_max_per_account: int = 10_000
     # meters
     meter_count: int = 12
     reading_min_interval: float = 15.0
@@ -163,4 +167,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("BATCH_PIPELINE must be between 1 and 8 (batches in flight at once)")
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
+    for name in ("message_max_chars", "message_rate_per_minute", "message_max_per_account"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     return settings
