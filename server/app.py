@@ -22,6 +22,7 @@ from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
+from server.conversations import Conversations
 from server.gateway import Gateway
 from server.hub import Hub
 from server.index import Index
@@ -32,7 +33,7 @@ from server.relay import Relay
 from server.store import Store
 from server.tls import ensure_tls, server_context
 
-__all__ = ["ServerApp", "run", "open_index"]
+__all__ = ["ServerApp", "run", "open_index", "open_conversations"]
 
 log = logging.getLogger("server")
 SHUTDOWN_GRACE = 30.0
@@ -47,6 +48,14 @@ def open_index(settings: Settings, deployment: Deployment) -> Index:
     rules = Rules(jump_factor=settings.jump_factor, jump_min_w=settings.jump_min_w)
     return Index(settings.data_dir / "index" / "index.sqlite", settings.tz, rules, settings.hourly_limit_wh,
                  source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
+
+
+def open_conversations(settings: Settings) -> Conversations:
+    """The customers' and operator's messages, ``DATA_DIR/api/messages.sqlite``: personal data, kept apart from the
+    index (which is rebuilt from the chain) so it can be exported or erased on its own."""
+    return Conversations(settings.data_dir / "api" / "messages.sqlite", max_chars=settings.message_max_chars,
+                         rate_per_minute=settings.message_rate_per_minute,
+                         max_per_account=settings.message_max_per_account)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class ServerApp:
     feed: LiveFeed
     http: HttpServer | None
     tasks: list[asyncio.Task[None]]
+    conversations: Conversations | None = None
 
     @classmethod
     async def start(cls, settings: Settings, deployment: Deployment | None = None) -> ServerApp:
@@ -91,14 +101,18 @@ class ServerApp:
         index = open_index(settings, deployment)
         indexer = Indexer(deployment, index, chain, hub, feed)
         http: HttpServer | None = None
+        conversations: Conversations | None = None
         try:
             await indexer.catch_up()
             if settings.http_port:
                 customers = Customers(settings.data_dir / "customers.json")
                 auth = Authenticator(settings, deployment.domain, customers)
-                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub))
+                conversations = open_conversations(settings)
+                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub, conversations))
                 http = HttpServer(api, settings.server_host, settings.http_port)
         except BaseException:
+            if conversations is not None:
+                conversations.close()
             index.close()
             store.close()
             await chain.close()
@@ -122,7 +136,8 @@ class ServerApp:
                       openapi=settings.http_url + "/api/v1/openapi.json")
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, queued=store.count())
-        return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http, tasks)
+        return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http, tasks,
+                   conversations)
 
     async def stop(self) -> None:
         """Shut down in order; the batch in flight is allowed to finish."""
@@ -145,6 +160,8 @@ class ServerApp:
                 log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(task.exception()))
         self.store.close()
         self.index.close()
+        if self.conversations is not None:
+            self.conversations.close()
         await self.chain.close()
         log_event(log, "server_stopped")
 

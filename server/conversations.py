@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 Author = Literal["customer", "operator"]
-AUTHORS: tuple[Author, ...] = ("customer", "operator")
-#: The limits' defaults are the settings' (``MESSAGE_MAX_CHARS``, ``MESSAGE_RATE_PER_MINUTE``, ``MESSAGE_MAX_PER_ACCOUNT``).
+#: The limits' defaults are the settings' defaults (``MESSAGE_MAX_CHARS``, ``MESSAGE_RATE_PER_MINUTE``,
+#: ``MESSAGE_MAX_PER_ACCOUNT``): one definition.
 MAX_CHARS = Settings.message_max_chars
 RATE_PER_MINUTE = Settings.message_rate_per_minute
 MAX_PER_ACCOUNT = Settings.message_max_per_account

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common import errors
 from common.logs import clip, log_event
 from common.settings import ROOT
+from server.api import messages
 from server.api.routes import ApiContext, router
 
 __all__ = ["create_api", "HttpServer", "DASHBOARD_DIR", "CHART_JS"]
@@ -63,6 +64,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.include_router(router)
+    app.include_router(messages.router)
 
     @app.exception_handler(errors.SmartMeterError)
     async def _domain_error(request: Request, err: errors.SmartMeterError) -> JSONResponse:
@@ -70,12 +72,18 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if status >= 500:
             log_event(log, "api_error", logging.WARNING, path=clip(request.url.path), code=err.code,
                       detail=clip(err.message))
-        return _error(status, err.code, err.message)
+        response = _error(status, err.code, err.message)
+        if isinstance(err, errors.ApiError):
+            response.headers.update(err.headers())
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path", "header"))
+        loc = tuple(first.get("loc", ()))
+        if loc[:1] in (("query",), ("body",), ("path",), ("header",)):
+            loc = loc[1:]  # where the value came from, not its name (a body's field may be called "body")
+        where = ".".join(str(p) for p in loc)
         return _error(422, errors.InvalidRequest.code, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)

@@ -49,6 +49,7 @@ from server.api.schemas import (
     meter_out,
     tariff_out,
 )
+from server.conversations import Conversations
 from server.history import GroupBy, group_hours
 from server.hub import Hub
 from server.index import Index, MeterRecord
@@ -75,6 +76,7 @@ class ApiContext:
     customers: Customers
     feed: LiveFeed
     hub: Hub | None = None
+    conversations: Conversations | None = None
 
     def connected(self, meter: str) -> bool:
         """Whether the meter is logged in to the gateway now."""
@@ -362,6 +364,8 @@ def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
         return {"type": "grid_alert", "alert": grid_alert_out(payload, int(time.time())).model_dump()}
     if update.kind == "consumption_alert":
         return {"type": "consumption_alert", "alert": consumption_alert_out(payload).model_dump()}
+    if update.kind in ("message", "messages_read"):
+        return {"type": update.kind, **payload}  # already JSON, built by server.api.messages
     return None
 
 
