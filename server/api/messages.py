@@ -187,10 +187,11 @@ def _conversation(ctx: ApiContext, ref: str, meters: list[MeterRecord], summary:
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/conversations", response_model=ConversationPage, responses=_errors(401, 422))
+@router.get("/conversations", response_model=ConversationPage, responses=_errors(401, 403, 404, 422))
 async def conversations(
     request: Request, ctx: Ctx, who: Caller,
     with_messages: Annotated[bool, Query(description="only accounts that have messages")] = False,
+    account_ref: Annotated[str | None, Query(description="this account's conversation only")] = None,
     page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Every account's conversation (the operator) or the customer's own, newest activity first.
@@ -199,7 +200,11 @@ async def conversations(
     the caller has not marked read, in each conversation and in all of them.
     """
     store, side = _store(ctx), _side(who)
-    if who.is_operator:
+    if account_ref is not None:
+        account = _account(ctx, who, account_ref)
+        accounts = {account.ref: account.meters}
+        summaries = store.summaries(account.ref)
+    elif who.is_operator:
         accounts = _meters_by_account(ctx)
         summaries = store.summaries()
         for ref in summaries:

@@ -242,6 +242,12 @@ async def test_the_operator_lists_every_accounts_conversation_newest_activity_fi
     rest = (await api.get(everything["next"], headers=op)).json()["results"]
     assert rest and all(c["messages"] == 0 and c["last_message"] is None for c in rest)
 
+    # One account's conversation alone, for whoever may see it.
+    one = (await api.get(f"{API}/conversations", headers=op, params={"account_ref": ada["ref"]})).json()
+    assert [c["account_ref"] for c in one["results"]] == [ada["ref"]] and one["unread"] == 1
+    assert error_of(await api.get(f"{API}/conversations", headers=bea["key"], params={"account_ref": ada["ref"]})) == (
+        403, "forbidden")
+
     # A customer's list is their own account alone.
     mine = (await api.get(f"{API}/conversations", headers=bea["key"])).json()
     assert [c["account_ref"] for c in mine["results"]] == [bea["ref"]] and mine["count"] == 1
