@@ -371,7 +371,7 @@ def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
 
 @router.websocket("/live")
 async def live(ws: WebSocket, key: str | None = None, token: str | None = None) -> None:
-    """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts.
+    """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts, messages.
 
     Credentials go in the query (``?key=`` or ``?token=``), as browsers cannot set headers on a
     WebSocket. Refused credentials get an ``error`` message and close code 1008.
