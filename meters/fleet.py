@@ -113,7 +113,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     fleet.start()
-    print(f"run-clients: started {len(names)} meters; logs in {settings.data_dir / 'meters'}/<name>/meter.log; "
+    meters = "1 meter" if len(names) == 1 else f"{len(names)} meters"
+    print(f"run-clients: started {meters}; logs in {settings.data_dir / 'meters'}/<name>/meter.log; "
           "Ctrl-C stops them", flush=True)
     deadline = time.monotonic() + args.duration if args.duration else None
     try:

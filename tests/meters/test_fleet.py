@@ -35,8 +35,8 @@ def test_fleet_meters_write_each_log_line_once_and_an_ended_one_shows_as_ended(m
         monkeypatch.setenv(key, value)
     names = ["meter-01", "meter-02", "meter-03"]
     fleet = Fleet(names, ["--time-scale", "30"], meter_settings.data_dir)
-    fleet.start()
     try:
+        fleet.start()
         deadline = time.monotonic() + 30
         while "event=communication_problem" not in log_of(meter_settings, "meter-02", "meter.log"):
             assert time.monotonic() < deadline, "meter-02 logged no connection problem"
