@@ -126,9 +126,14 @@ def principal(
     return ctx.auth.authenticate(api_key, bearer.credentials.strip() if bearer else None)
 
 
+def _client(request: Request) -> str:
+    """Who a request without credentials comes from: its peer's address (IPv6 by /64)."""
+    return client_key(request.client.host if request.client else None)
+
+
 def signing_in(ctx: Ctx, request: Request) -> None:
     """Count a sign-in request against its client's rate (the sign-in routes need no credentials)."""
-    ctx.auth.throttle(client_key(request.client.host if request.client else None), time.monotonic())
+    ctx.auth.throttle(_client(request), time.monotonic())
 
 
 Caller = Annotated[Principal, Depends(principal)]
@@ -238,8 +243,7 @@ async def challenge(request: Request, ctx: Ctx, meter: Annotated[str, Query(patt
                     ) -> ChallengeOut:
     """A nonce for a registered meter's key to sign (EIP-712 ``Login``), good once and for ``CHALLENGE_TTL``
     seconds. A meter holds a few at a time (``API_CHALLENGES_PER_METER``); requests are rate-limited per client."""
-    client = client_key(request.client.host if request.client else None)
-    nonce, expires = ctx.auth.challenge(meter, client, ctx.index.meter(meter) is not None, time.time())
+    nonce, expires = ctx.auth.challenge(meter, _client(request), ctx.index.meter(meter) is not None, time.time())
     typed = login_typed_data(ctx.deployment.domain, meter, bytes.fromhex(nonce[2:]))
     typed["message"]["nonce"] = nonce
     return ChallengeOut(nonce=nonce, expires_at=iso(expires) or "", typed_data=typed)
