@@ -37,6 +37,7 @@ __all__ = [
     "ChainError",
     "ChainUnavailable",
     "DeploymentMissing",
+    "StorageError",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -260,6 +261,13 @@ class DeploymentMissing(ChainError):
 
     code = "deployment_missing"
     default_message = "the contract is not deployed on this chain; run scripts/deploy.py"
+
+
+class StorageError(SmartMeterError):
+    """Raised when a database of the server cannot be opened or read; the message names the file and what to do."""
+
+    code = "storage_error"
+    default_message = "a database file of the server cannot be used; see the server's log"
 
 
 class ApiError(SmartMeterError):
