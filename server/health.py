@@ -178,12 +178,13 @@ def judge_part(part: PartStatus) -> tuple[State, str] | None:
     """A supervised part that is not running: down if it ended or keeps failing, else degraded; None if running."""
     if part.running:
         return None
+    error = redact(part.last_error or "it returned")
     if part.ended:
-        return State.DOWN, f"stopped ({part.last_error or 'it returned'}); the server must be restarted"
+        return State.DOWN, f"stopped ({error}); the server must be restarted"
     if part.keeps_failing:
         return State.DOWN, (f"keeps failing ({part.failures_in_a_row} times in a row, restarted {part.restarts} "
-                            f"times): {part.last_error}; see the server's log")
-    return State.DEGRADED, f"restarting after a failure: {part.last_error}"
+                            f"times): {error}; see the server's log")
+    return State.DEGRADED, f"restarting after a failure: {error}"
 
 
 def judge_batcher(part: PartStatus, queued: int, oldest_queued_seconds: float | None, last_batch_at: float | None,

@@ -142,3 +142,5 @@ def test_reasons_keep_a_urls_host_but_not_its_credentials_or_path():
     assert redact(text) == "ChainUnavailable: the chain at https://node.example:8545 kept failing"
     probe = ChainProbe(None, None, redact(text))
     assert "hunter2" not in judge_chain(probe, 1337).reason
+    died = PartStatus("relay", running=False, failures_in_a_row=1, last_error=text)
+    assert "hunter2" not in judge_relay(died, False, False, None).reason
