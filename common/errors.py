@@ -38,6 +38,7 @@ __all__ = [
     "ChainUnavailable",
     "DeploymentMissing",
     "AlreadyRunning",
+    "StorageError",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -268,6 +269,13 @@ class AlreadyRunning(SmartMeterError):
 
     code = "already_running"
     default_message = "another process already runs this meter"
+
+
+class StorageError(SmartMeterError):
+    """Raised when a database of the server cannot be opened or read; the message names the file and what to do."""
+
+    code = "storage_error"
+    default_message = "a database file of the server cannot be used; see the server's log"
 
 
 class ApiError(SmartMeterError):
