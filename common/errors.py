@@ -38,6 +38,7 @@ __all__ = [
     "ChainUnavailable",
     "DeploymentMissing",
     "AlreadyRunning",
+    "StorageError",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -272,16 +273,19 @@ class AlreadyRunning(SmartMeterError):
     default_message = "another process already runs this meter"
 
 
+class StorageError(SmartMeterError):
+    """Raised when a database of the server cannot be opened or read; the message names the file and what to do."""
+
+    code = "storage_error"
+    default_message = "a database file of the server cannot be used; see the server's log"
+
+
 class ApiError(SmartMeterError):
     """Raised when a REST API request cannot be answered; ``status`` is its HTTP status."""
 
     code = "api_error"
     default_message = "the request could not be answered"
     status = 400
-
-    def headers(self) -> dict[str, str]:
-        """HTTP headers the error response carries besides its JSON body."""
-        return {}
 
 
 class Unauthorized(ApiError):
@@ -325,7 +329,8 @@ class ConversationFull(ApiError):
 
 
 class TooManyMessages(ApiError):
-    """Raised when a side sends messages to one account faster than the limit; ``retry_after`` says when to retry."""
+    """Raised when a side sends messages to one account faster than the limit; answered 429 with
+    ``Retry-After``, the whole seconds ``retry_after`` until a message would be accepted."""
 
     code = "too_many_messages"
     default_message = "too many messages in a minute; wait before sending another"
@@ -334,10 +339,6 @@ class TooManyMessages(ApiError):
     def __init__(self, message: str | None = None, *, retry_after: int = 60) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        """``Retry-After``: whole seconds until a message would be accepted."""
-        return {"Retry-After": str(self.retry_after)}
 
 
 def _all_subclasses(cls: type[SmartMeterError]) -> list[type[SmartMeterError]]:

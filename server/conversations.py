@@ -133,7 +133,7 @@ class Conversations:
 
     def __init__(self, path: Path, *, max_chars: int = MAX_CHARS, rate_per_minute: int = RATE_PER_MINUTE,
                  max_per_account: int = MAX_PER_ACCOUNT) -> None:
-        """Open (or create) the store at ``path`` with these limits."""
+        """Open (or create) the store at ``path`` with these limits; ``sqlite3.DatabaseError`` if it is damaged."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_chars = max_chars
@@ -144,6 +144,11 @@ class Conversations:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Damage found now stops the start with what to do, rather than failing requests one by one later.
+        problem = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            self.db.close()
+            raise sqlite3.DatabaseError("quick_check: " + " ".join(str(problem).split()))
 
     def close(self) -> None:
         """Close the database."""

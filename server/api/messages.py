@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from common import errors
-from common.logs import clip, log_event
+from common.logs import log_event
 from server.api.auth import Principal
-from server.api.routes import ApiContext, Caller, Ctx, PageNo, PageSize, _page
-from server.api.schemas import ErrorOut, Page, iso
+from server.api.routes import INVALID, UNAUTHORIZED, ApiContext, Caller, Ctx, PageNo, PageSize, _page, answers
+from server.api.schemas import Page, iso
 from server.conversations import Author, Conversations, Message, Summary
 from server.index import MeterRecord
 
@@ -32,22 +32,19 @@ __all__ = ["router", "MessageIn", "MessageOut", "ReadIn", "ReadOut", "Conversati
 log = logging.getLogger("api")
 router = APIRouter(prefix="/api/v1", tags=["messages"])
 ACCOUNT_REF = re.compile(r"^0x[0-9a-fA-F]{64}$")
+#: The largest id SQLite stores (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI description of the error answers a route may give."""
-    said = {401: "no credentials, or credentials the server does not know (`unauthorized`)",
-            403: "a customer naming another account (`forbidden`)",
-            404: "no such account (`not_found`)",
-            409: "the conversation holds MESSAGE_MAX_PER_ACCOUNT messages (`conversation_full`)",
-            422: "a parameter or the body is missing or wrong; the message names it (`invalid_request`)",
-            429: "more than MESSAGE_RATE_PER_MINUTE messages from one side to one account in a minute "
-                 "(`too_many_messages`)"}
-    out: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut, "description": said[s]} for s in statuses}
-    if 429 in out:
-        out[429]["headers"] = {"Retry-After": {"description": "seconds until a message would be accepted",
-                                               "schema": {"type": "integer"}}}
-    return out
+# The errors these routes answer, beside the API's common ones, for the OpenAPI description.
+FORBIDDEN = (403, "`forbidden`: a customer's credentials naming another account (or one that does not exist)")
+NOT_FOUND = (404, "`not_found`: no account has this reference")
+FULL = (409, "`conversation_full`: the conversation holds MESSAGE_MAX_PER_ACCOUNT messages; nothing was sent")
+TOO_FAST = (429, "`too_many_messages`: more than MESSAGE_RATE_PER_MINUTE messages from one side to one account in "
+                 "a minute; wait `Retry-After` seconds")
+ACCOUNT_ERRORS = (UNAUTHORIZED, FORBIDDEN, NOT_FOUND, INVALID)
+AccountRef = Annotated[str, Path(pattern=ACCOUNT_REF.pattern,
+                                 description="the account's reference (on chain): 0x and 64 hex digits")]
 
 
 # ---------------------------------------------------------------- shapes
@@ -62,7 +59,7 @@ class MessageIn(BaseModel):
 class ReadIn(BaseModel):
     """Mark the other side's messages read, up to and including this id."""
 
-    up_to_id: int = Field(ge=0, description="the newest message id the reader has seen")
+    up_to_id: int = Field(ge=0, le=MAX_ID, description="the newest message id the reader has seen")
 
 
 class MessageOut(BaseModel):
@@ -158,9 +155,7 @@ def _meters_by_account(ctx: ApiContext) -> dict[str, list[MeterRecord]]:
 
 
 def _account(ctx: ApiContext, who: Principal, ref: str) -> Account:
-    """The account ``ref`` names, once the caller may see it: 422 malformed, 403 another's, 404 unknown."""
-    if not ACCOUNT_REF.match(ref):
-        raise errors.InvalidRequest(f"ref: {clip(ref, 80)!r} is not an account reference (0x and 64 hex digits)")
+    """The account ``ref`` names, once the caller may see it: 403 another's (or none) for a customer, 404 unknown."""
     ref = ref.lower()
     if not who.is_operator and _own_ref(ctx, who) != ref:
         raise errors.Forbidden("a customer may read and write only their own account's messages")
@@ -187,11 +182,12 @@ def _conversation(ctx: ApiContext, ref: str, meters: list[MeterRecord], summary:
 # ---------------------------------------------------------------- routes
 
 
-@router.get("/conversations", response_model=ConversationPage, responses=_errors(401, 403, 404, 422))
+@router.get("/conversations", response_model=ConversationPage, responses=answers(*ACCOUNT_ERRORS))
 async def conversations(
     request: Request, ctx: Ctx, who: Caller,
     with_messages: Annotated[bool, Query(description="only accounts that have messages")] = False,
-    account_ref: Annotated[str | None, Query(description="this account's conversation only")] = None,
+    account_ref: Annotated[str | None, Query(pattern=ACCOUNT_REF.pattern,
+                                             description="this account's conversation only")] = None,
     page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Every account's conversation (the operator) or the customer's own, newest activity first.
@@ -222,9 +218,9 @@ async def conversations(
     return {**paged, "unread": sum(s.unread_by(side) for s in summaries.values())}
 
 
-@router.get("/accounts/{ref}/messages", response_model=Page[MessageOut], responses=_errors(401, 403, 404, 422))
+@router.get("/accounts/{ref}/messages", response_model=Page[MessageOut], responses=answers(*ACCOUNT_ERRORS))
 async def messages(
-    request: Request, ctx: Ctx, who: Caller, ref: str,
+    request: Request, ctx: Ctx, who: Caller, ref: AccountRef,
     order_by: Annotated[Literal["sent_at", "-sent_at"], Query(description="'-sent_at' newest first, "
                                                                           "'sent_at' oldest first")] = "-sent_at",
     page: PageNo = 1, page_size: PageSize = 100,
@@ -236,8 +232,8 @@ async def messages(
 
 
 @router.post("/accounts/{ref}/messages", response_model=MessageOut, status_code=201,
-             responses=_errors(401, 403, 404, 409, 422, 429))
-async def send(ctx: Ctx, who: Caller, ref: str, body: MessageIn) -> MessageOut:
+             responses=answers(*ACCOUNT_ERRORS, FULL, TOO_FAST))
+async def send(ctx: Ctx, who: Caller, ref: AccountRef, body: MessageIn) -> MessageOut:
     """Send a message to the account's conversation, as the customer or the operator (the caller's role)."""
     account = _account(ctx, who, ref)
     side = _side(who)
@@ -252,8 +248,8 @@ async def send(ctx: Ctx, who: Caller, ref: str, body: MessageIn) -> MessageOut:
     return out
 
 
-@router.post("/accounts/{ref}/messages/read", response_model=ReadOut, responses=_errors(401, 403, 404, 422))
-async def mark_read(ctx: Ctx, who: Caller, ref: str, body: ReadIn) -> ReadOut:
+@router.post("/accounts/{ref}/messages/read", response_model=ReadOut, responses=answers(*ACCOUNT_ERRORS))
+async def mark_read(ctx: Ctx, who: Caller, ref: AccountRef, body: ReadIn) -> ReadOut:
     """Mark the other side's messages up to ``up_to_id`` read by the caller's side."""
     account = _account(ctx, who, ref)
     side, store = _side(who), _store(ctx)

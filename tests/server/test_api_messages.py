@@ -91,6 +91,8 @@ async def test_a_customer_can_neither_read_nor_write_another_account(api, op, ac
     assert error_of(await api.get(url(unknown), headers=op)) == (404, "not_found")
     assert error_of(await api.post(url(unknown), headers=op, json={"body": "anyone?"})) == (404, "not_found")
     assert error_of(await api.get(url("0x1234"), headers=op)) == (422, "invalid_request")
+    assert error_of(await api.get(f"{API}/conversations", headers=op, params={"account_ref": "0x12"})) == (
+        422, "invalid_request")
     assert error_of(await api.get(url(ada["ref"]))) == (401, "unauthorized")
     assert error_of(await api.post(url(ada["ref"]), json={"body": "who am I?"})) == (401, "unauthorized")
     # Nothing Ada tried reached Bea's conversation, which the operator sees whole.
@@ -151,9 +153,10 @@ async def test_a_missing_body_and_a_bad_read_mark_are_refused_naming_the_field(a
     missing = await api.post(url(ada["ref"]), headers=ada["key"], json={"text": "hello"})
     assert error_of(missing) == (422, "invalid_request")
     assert missing.json()["error"]["message"] == "body: Field required"
-    negative = await api.post(url(ada["ref"], "/read"), headers=ada["key"], json={"up_to_id": -1})
-    assert error_of(negative) == (422, "invalid_request")
-    assert negative.json()["error"]["message"].startswith("up_to_id:")
+    for wrong in (-1, 2**64, "all"):
+        refused = await api.post(url(ada["ref"], "/read"), headers=ada["key"], json={"up_to_id": wrong})
+        assert error_of(refused) == (422, "invalid_request")
+        assert refused.json()["error"]["message"].startswith("up_to_id:")
     # Exactly the limit, once trimmed, is accepted.
     exact = await api.post(url(ada["ref"]), headers=ada["key"], json={"body": "  " + "y" * MAX_CHARS + "\n"})
     assert exact.status_code == 201 and exact.json()["body"] == "y" * MAX_CHARS
