@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
@@ -60,6 +60,7 @@ __all__ = [
     "render_meters",
     "render_registered",
     "render_tariffs",
+    "render_tariff_change",
     "render_close",
     "render_statement",
     "statement_json",
@@ -345,6 +346,26 @@ def render_tariffs(current: TariffVersion, history: list[TariffVersion], tz: Zon
     else:
         lines.append("no version is scheduled after it")
     return "\n".join([*lines, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
+
+
+def render_tariff_change(before: TariffVersion, after: TariffVersion, tz: ZoneInfo) -> str:
+    """What adding a version did: its number and start, and each flat rate changed (old -> new) or unchanged."""
+
+    def rate(what: str, old: int, new: int, unit: str) -> str:
+        if old == new:
+            return f"  {what}: {format_pence(new)}/{unit} (unchanged)"
+        return f"  {what}: {format_pence(old)}/{unit} -> {format_pence(new)}/{unit} (changed)"
+
+    def export_rate(t: TariffVersion) -> int:
+        return t.spec.export_rule.rate if t.spec is not None else 0
+
+    return "\n".join([
+        f"tariff version {after.version} added (version {before.version} is in force); it prices energy used from "
+        f"{format_time(after.effective_from, tz)} on (energy used before keeps the prices it had)",
+        rate("unit rate", before.unit_rate, after.unit_rate, "kWh"),
+        rate("standing charge", before.standing_charge, after.standing_charge, "day"),
+        rate("export rate", export_rate(before), export_rate(after), "kWh"),
+    ])
 
 
 def render_close(result: CloseResult, tz: ZoneInfo) -> str:
@@ -694,22 +715,51 @@ class Operations:
         """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
         return [_tariff(e.args) for e in self._logs("TariffChanged")]
 
-    def set_tariff(self, unit_rate_pence: str, standing_charge_pence: str, export_rate_pence: str = "0",
-                   effective_from: int = 0) -> TariffVersion:
-        """Add a flat tariff given in pence per kWh and pence per day (at most 3 decimals each),
-        with a flat export rate (0: none).
+    def set_tariff(self, unit_rate_pence: str | None = None, standing_charge_pence: str | None = None,
+                   export_rate_pence: str | None = None, effective_from: int = 0) -> TariffVersion:
+        """Add a flat tariff given in pence per kWh imported, per day and per kWh exported (at most 3
+        decimals each); a rate not given keeps its value in the newest version (in force or coming).
 
         It starts at ``effective_from`` (a half-hour boundary, unix seconds) or, with 0, at the first
         half hour the contract allows (about five minutes ahead, to the next half hour): energy
-        used before it keeps the old prices.
+        used before it keeps the prices it had.
+
+        Raises:
+            InvalidRequest: no rate given, a value the contract cannot hold, a rate left out while the
+                tariff in force is not flat, or nothing that would change, all before any transaction.
         """
-        unit_rate = parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
-        standing = parse_pence(standing_charge_pence, "standing charge", allow_zero=True)
-        export = parse_pence(export_rate_pence, "export rate", allow_zero=True)
+        if unit_rate_pence is None and standing_charge_pence is None and export_rate_pence is None:
+            raise InvalidRequest("give a new unit rate, standing charge or export rate (or several), in pence")
+        new_unit = None if unit_rate_pence is None else parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
+        new_standing = (None if standing_charge_pence is None
+                        else parse_pence(standing_charge_pence, "standing charge", allow_zero=True))
+        new_export = (None if export_rate_pence is None
+                      else parse_pence(export_rate_pence, "export rate", allow_zero=True))
+        current = self.tariff_history()[-1]
+        spec = current.spec
+        flat = spec is None or (spec.import_rule.kind == ref.FLAT and spec.export_rule.kind == ref.FLAT)
+        if not flat and (new_unit is None or new_export is None):
+            raise InvalidRequest(f"the newest tariff (version {current.version}) is not flat: give the unit rate "
+                                 "and the export rate, or a tariff file with --file")
+        unit_rate = current.unit_rate if new_unit is None else new_unit
+        standing = current.standing_charge if new_standing is None else new_standing
+        in_force_export = spec.export_rule.rate if spec is not None else 0
+        export = in_force_export if new_export is None else new_export
+        if flat and (unit_rate, standing, export) == (current.unit_rate, current.standing_charge, in_force_export):
+            raise InvalidRequest(
+                f"the newest tariff (version {current.version}) is already {format_pence(unit_rate)}/kWh, "
+                f"{format_pence(standing)}/day and {format_pence(export)}/kWh exported; nothing to change")
         return self.set_tariff_version(ref.TariffVersion.flat(unit_rate, standing, effective_from, export))
 
     def set_tariff_version(self, version: ref.TariffVersion) -> TariffVersion:
-        """Add any tariff version (flat, banded or day-ahead import and export)."""
+        """Add any tariff version (flat, banded or day-ahead import and export); with ``effective_from`` 0 it
+        starts at the first half hour the contract allows that is after the newest version's start."""
+        if version.effective_from == 0:
+            period = ref.PERIOD_SECONDS
+            # A minute's margin: the transaction is mined a moment after the clock is read.
+            earliest = -(-(self.billing.now() + self.settings.max_future_skew + 60) // period) * period
+            newest = self.tariff_history()[-1].effective_from
+            version = replace(version, effective_from=max(earliest, newest + period))
         try:
             receipt = self.billing.set_tariff(version)
         except ChainError as err:

@@ -25,6 +25,7 @@ from operations.control import (  # noqa: E402
     render_meters,
     render_registered,
     render_statement,
+    render_tariff_change,
     render_tariffs,
     statement_json,
 )
@@ -54,11 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
 
     tariff = commands.add_parser(
-        "tariff", help="show the tariff in force, coming and past; add a flat, banded or day-ahead version; "
-                       "publish day-ahead prices")
-    tariff.add_argument("--unit-rate", help="a flat tariff: unit rate in pence per kWh, e.g. 24.67")
-    tariff.add_argument("--standing-charge", help="a flat tariff: standing charge in pence per day, e.g. 57.21")
-    tariff.add_argument("--export-rate", default="0", help="a flat tariff: export rate in pence per kWh (default 0)")
+        "tariff", help="show the tariff in force, coming and past; add a flat (a rate not given is kept), banded "
+                       "or day-ahead version; publish day-ahead prices")
+    tariff.add_argument("--unit-rate", help="a flat tariff: unit rate in pence per kWh, e.g. 24.67 (default: keep it)")
+    tariff.add_argument("--standing-charge", help="a flat tariff: standing charge in pence per day, e.g. 57.21 "
+                                                  "(default: keep it)")
+    tariff.add_argument("--export-rate", help="a flat tariff: export rate in pence per kWh, e.g. 15 (default: keep it)")
     tariff.add_argument("--file", type=Path, help="a tariff version in JSON: flat, banded or day-ahead import and "
                                                    "export (see operations/tariffs.py)")
     tariff.add_argument("--from", dest="effective_from",
@@ -85,10 +87,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.address is not None and not args.region:
             parser.error("register --address needs --region (e.g. --region north)")
     if args.command == "tariff":
-        if (args.unit_rate is None) != (args.standing_charge is None):
-            parser.error("to set a flat tariff give both --unit-rate and --standing-charge (in pence)")
-        if args.unit_rate is not None and args.file is not None:
-            parser.error("give either --unit-rate and --standing-charge or --file, not both")
+        rates = (args.unit_rate, args.standing_charge, args.export_rate)
+        if args.file is not None and any(r is not None for r in rates):
+            parser.error("give either rates (--unit-rate, --standing-charge, --export-rate) or --file, not both")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -111,15 +112,17 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
         print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
     elif args.command == "tariff":
         start = parse_time(args.effective_from, tz) if args.effective_from else 0
-        new = None
-        if args.unit_rate is not None:
+        if any(r is not None for r in (args.unit_rate, args.standing_charge, args.export_rate)):
+            before = ops.tariff()
             new = ops.set_tariff(args.unit_rate, args.standing_charge, args.export_rate, start)
+            print(render_tariff_change(before, new, tz))
+            print()
         elif args.file is not None:
             version, _ = load_version(args.file, tz)
             new = ops.set_tariff_version(replace(version, effective_from=start or version.effective_from))
-        if new is not None:
             print(f"tariff version {new.version} added; it prices energy used from "
                   f"{format_time(new.effective_from, tz)} on (energy used before keeps the prices it had)")
+            print()
         if args.prices is not None:
             first, imports, exports = load_prices(args.prices, tz)
             count = ops.publish_prices(first, imports, exports)

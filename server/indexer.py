@@ -47,6 +47,8 @@ class Indexer:
         self.decoder = EventDecoder(deployment.abi)
         self._queue: asyncio.Queue[ChainEvent | None] = asyncio.Queue()
         self._block_times: OrderedDict[int, int] = OrderedDict()
+        #: The last failure to apply events, as (unix time, error), for ``/health``.
+        self.last_failure: tuple[float, str] | None = None
 
     # ---------------------------------------------------------------- feeding
 
@@ -67,6 +69,11 @@ class Indexer:
         """Relay listener: queue a live event for the next transaction."""
         self._queue.put_nowait(event)
 
+    @property
+    def backlog(self) -> int:
+        """Events relayed but not yet applied."""
+        return self._queue.qsize()
+
     def stop(self) -> None:
         """Apply what is queued, then return from ``run``."""
         self._queue.put_nowait(None)
@@ -83,6 +90,7 @@ class Indexer:
                 try:
                     await self._apply(events)
                 except Exception as err:  # noqa: BLE001 - the index is a cache: log, catch up later
+                    self.last_failure = (time.time(), f"{type(err).__name__}: {err}"[:300])
                     log_event(log, "index_apply_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300],
                               hint="the index catches up from the chain at the next start")
             if None in batch:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -82,6 +83,8 @@ class Relay:
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()
         self.events_processed = 0
+        #: The newest block whose logs were fetched (for ``/health``).
+        self.head: int | None = None
         self.active_alerts: dict[int, GridAlertMessage] = {}
         self._alerts_loaded = False
         self._position: tuple[int, int] | None = None
@@ -139,10 +142,20 @@ class Relay:
         return self._position
 
     def save_position(self) -> None:
-        """Write the position to the store if it moved since it was last written."""
+        """Write the position to the store if it moved since it was last written (a failed write is tried again
+        the next time: at worst a few events are relayed twice after a crash)."""
         if self._position is not None and self._position != self._saved:
-            self.store.set_position(self._position_name, *self._position)
+            try:
+                self.store.set_position(self._position_name, *self._position)
+            except sqlite3.Error as err:
+                log_event(log, "relay_position_not_saved", logging.WARNING, error=f"{type(err).__name__}: {err}"[:300])
+                return
             self._saved = self._position
+
+    def _reached(self, head: int) -> None:
+        """Every log up to block ``head`` was fetched and handed over."""
+        self.head = head
+        self.save_position()
 
     async def run(self) -> None:
         """Follow the chain until stopped: logs are read in the relay's own thread, events handled here."""
@@ -190,7 +203,7 @@ class Relay:
         self._events_at_connect = self.events_processed
 
     def _caught_up(self, head: int) -> None:
-        self.save_position()
+        self._reached(head)
         self.caught_up.set()
         log_event(log, "relay_caught_up", head=head, events=self.events_processed - self._events_at_connect,
                   position=f"{self.position[0]}:{self.position[1]}")
@@ -211,7 +224,7 @@ class Relay:
                     async for logs in logs_between(rpc.request, address, complete + 1, head):
                         self._take(logs)
                     complete = head
-                self._to_main(self.save_position)
+                self._to_main(self._reached, complete)
 
     def _take(self, logs: list[Any]) -> None:
         """In the relay's thread: report the batches these logs show mined, then hand the logs over."""

@@ -15,10 +15,12 @@ from pydantic import BaseModel, Field
 
 from common.customers import Customer
 from common.tariff import format_pounds
+from server.health import HealthParts
 from server.index import MeterRecord, Period
 
 __all__ = [
     "iso",
+    "ERROR_CODES",
     "ErrorBody",
     "ErrorOut",
     "Page",
@@ -59,11 +61,20 @@ def iso(ts: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Every code an API error carries, with its HTTP status.
+ERROR_CODES = {
+    "unauthorized": 401, "unknown_meter": 401, "challenge_mismatch": 401, "challenge_expired": 401,
+    "bad_login_signature": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
+    "conversation_full": 409, "invalid_request": 422, "rate_limited": 429, "too_many_messages": 429,
+    "internal_error": 500,
+}
+
+
 class ErrorBody(BaseModel):
     """What went wrong: a stable machine ``code`` and a sentence saying what to do."""
 
-    code: str
-    message: str
+    code: str = Field(description="stable: " + ", ".join(f"`{c}` ({s})" for c, s in ERROR_CODES.items()))
+    message: str = Field(description="what happened and what to do, for people (may change)")
 
 
 class ErrorOut(BaseModel):
@@ -151,6 +162,9 @@ class ConsumptionOut(BaseModel):
 class ReadingOut(ConsumptionOut):
     """One recorded reading: the consumption since the previous one, and where it is on chain."""
 
+    energy_in_window_wh: int = Field(description="the share of `energy_wh` in the hours of the asked window (a "
+                                                 "reading's energy is spread over the hours its interval covers, as "
+                                                 "hourly totals are)")
     seq: int
     register_wh: int
     block: int
@@ -288,9 +302,14 @@ class MeOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """Whether the server is up and how far the index has read the chain."""
+    """Whether the server is up, each part with its state and the reason, and how far the index has read the chain."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok (HTTP 200) when every part is up; otherwise HTTP 503 with down when readings cannot reach the "
+                    "chain (the chain or the batcher is down) and degraded when another part is not up")
+    reason: str = Field(description="the parts that are not up and why, or 'every part is up'")
+    parts: HealthParts = Field(description="chain, batcher, relay and indexer, each with a state (up, degraded, "
+                                           "down), a reason and what it is judged on")
     chain_id: int
     contract: str
     index_block: int | None
