@@ -40,6 +40,10 @@ __all__ = [
     "overflows",
     "uk_clock_changes",
     "period_of",
+    "ACTUAL_MAX_INTERVAL",
+    "SettlementPeriod",
+    "settlement_periods",
+    "is_actual",
     "format_pounds",
     "REJECT_ERRORS",
     "MAX_SEQ",
@@ -324,6 +328,50 @@ class Schedule:
 def flat_schedule(unit_rate: int, standing_charge: int) -> Schedule:
     """A schedule of one flat version in force from time 0 (the contract's opening tariff)."""
     return Schedule([TariffVersion.flat(unit_rate, standing_charge)])
+
+
+# ---------------------------------------------------------------- settlement periods
+
+#: A period's figures are ``actual`` when every reading interval over it is at most this long: the
+#: registers were read at least half-hourly around it, as half-hourly settlement reads them. A
+#: longer interval (a gap) is spread in proportion to time, so the periods it spans are ``estimated``.
+ACTUAL_MAX_INTERVAL = 1_800
+
+
+@dataclass(frozen=True)
+class SettlementPeriod:
+    """A UTC half hour named as settlement names it: its local day and its number in that day (1-50)."""
+
+    period: int
+    settlement_date: dt.date
+    number: int
+
+    @property
+    def start(self) -> int:
+        """Its first second."""
+        return self.period * PERIOD_SECONDS
+
+
+def settlement_periods(start: int, end: int, tz: ZoneInfo) -> list[SettlementPeriod]:
+    """The settlement periods that begin in [start, end), numbered from 1 within their local day
+    (a day of 23 hours has 46, one of 25 hours 50)."""
+    out: list[SettlementPeriod] = []
+    p = -(-start // PERIOD_SECONDS)
+    day: dt.date | None = None
+    day_first = 0
+    while p * PERIOD_SECONDS < end:
+        local = dt.datetime.fromtimestamp(p * PERIOD_SECONDS, tz).date()
+        if local != day:
+            day = local
+            day_first = int(dt.datetime.combine(local, dt.time(), tzinfo=tz).timestamp()) // PERIOD_SECONDS
+        out.append(SettlementPeriod(p, local, p - day_first + 1))
+        p += 1
+    return out
+
+
+def is_actual(longest_interval: int, period: int, last_reading: int) -> bool:
+    """Whether a period's figures come from readings around it rather than from interpolation."""
+    return longest_interval <= ACTUAL_MAX_INTERVAL and (period + 1) * PERIOD_SECONDS <= last_reading
 
 
 # ---------------------------------------------------------------- splitting and pricing

@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ __all__ = [
     "TariffVersion",
     "BillPeriod",
     "CloseResult",
+    "HalfHour",
+    "render_half_hours",
     "Statement",
     "COMMAND",
     "parse_pence",
@@ -183,6 +185,22 @@ class BillPeriod:
     def empty(self) -> bool:
         """Whether no reading was recorded in the period (the contract will not close it)."""
         return self.period_end == self.period_start
+
+
+@dataclass(frozen=True)
+class HalfHour:
+    """One settlement period of a meter, computed from the chain: energy, prices and money."""
+
+    number: int
+    start: int
+    import_wh: int
+    export_wh: int
+    band: int | None
+    import_price: int
+    export_price: int
+    import_cost: int
+    export_credit: int
+    actual: bool
 
 
 @dataclass(frozen=True)
@@ -366,6 +384,22 @@ def render_tariff_change(before: TariffVersion, after: TariffVersion, tz: ZoneIn
         rate("standing charge", before.standing_charge, after.standing_charge, "day"),
         rate("export rate", export_rate(before), export_rate(after), "kWh"),
     ])
+
+
+def render_half_hours(meter: MeterRef, day: date, rows: list[HalfHour], tz: ZoneInfo) -> str:
+    """A meter's settlement periods of one local day as a table, with the day's totals."""
+    if not rows:
+        return f"{meter.label}: no readings cover {day.isoformat()}"
+    cells = [[str(r.number), format_time(r.start, tz)[11:], f"{r.import_wh:,}", f"{r.export_wh:,}",
+              "-" if r.band is None else str(r.band), format_pence(r.import_price), format_pence(r.export_price),
+              format_pounds(r.import_cost), format_pounds(r.export_credit), "actual" if r.actual else "estimated"]
+             for r in rows]
+    total = ["total", "", f"{sum(r.import_wh for r in rows):,}", f"{sum(r.export_wh for r in rows):,}", "", "", "",
+             format_pounds(sum(r.import_cost for r in rows)), format_pounds(sum(r.export_credit for r in rows)), ""]
+    headers = ["SP", "From", "Import Wh", "Export Wh", "Band", "Import p/kWh", "Export p/kWh", "Cost", "Credit",
+               "Data"]
+    head = f"{meter.label}: {day.isoformat()}, {len(rows)} settlement periods (times in {tz.key})"
+    return "\n".join([head, *_table(headers, [*cells, total], "><>><>>>><")])
 
 
 def render_close(result: CloseResult, tz: ZoneInfo) -> str:
@@ -795,6 +829,39 @@ class Operations:
         return [self._close(MeterRef(names.get(a.lower()), to_checksum_address(a))) for a in self.billing.meters()]
 
     # ------------------------------------------------------------ statements
+
+    def half_hours(self, meter: str, day: date) -> tuple[MeterRef, list[HalfHour]]:
+        """A meter's settlement periods of one local day (46, 48 or 50), straight from the chain: each
+        reading's energy split over the half hours as the contract splits it, priced as it prices them."""
+        who = self.resolve(meter)
+        tz = self.settings.tz
+        start = int(datetime.combine(day, datetime.min.time(), tzinfo=tz).timestamp())
+        end = int(datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=tz).timestamp())
+        wanted = {sp.period: sp for sp in ref.settlement_periods(start, end, tz)}
+        registered = self._logs("MeterRegistered", who.address)
+        if not registered:
+            raise UnknownMeter(f"{who.label} is not registered on this chain")
+        t, imported, exported = (int(registered[0].args["openedAt"]), int(registered[0].args["openingWh"]), 0)
+        schedule = self.billing.schedule()
+        totals: dict[int, list[int]] = {}
+        for event in self._logs("ReadingRecorded", who.address):
+            ts, wh, ex = int(event.args["timestamp"]), int(event.args["energyWh"]), int(event.args["exportWh"])
+            if ts > start and t < end:
+                for p, part_in, part_out in ref.split_pair(t, ts, wh - imported, ex - exported):
+                    if p in wanted:
+                        row = totals.setdefault(p, [0, 0, 0])
+                        row[0] += part_in
+                        row[1] += part_out
+                        row[2] = max(row[2], ts - t)
+            t, imported, exported = ts, wh, ex
+        rows = []
+        for p in sorted(totals):
+            part_in, part_out, longest = totals[p]
+            price_in, price_out = schedule.prices(p)
+            rows.append(HalfHour(wanted[p].number, p * ref.PERIOD_SECONDS, part_in, part_out, schedule.band_of(p)[0],
+                                 price_in, price_out, part_in * price_in, part_out * price_out,
+                                 ref.is_actual(longest, p, t)))
+        return who, rows
 
     def statement(self, meter: str) -> Statement:
         """A customer's statement, entirely from the chain but for the customer's details.

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from datetime import date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,6 +23,7 @@ from operations.control import (  # noqa: E402
     Operations,
     format_time,
     render_close,
+    render_half_hours,
     render_meters,
     render_registered,
     render_statement,
@@ -72,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
     close.add_argument("meter", metavar="METER", nargs="?")
     close.add_argument("--all", action="store_true", help="close every meter's period")
+
+    halfhours = commands.add_parser(
+        "halfhours", help="a meter's day in settlement periods: import, export, band, prices, cost, actual or "
+                          "estimated")
+    halfhours.add_argument("meter", metavar="METER")
+    halfhours.add_argument("--date", help="the local day, e.g. 2026-12-02 (default: today)")
 
     statement = commands.add_parser("statement", help="a customer's statement")
     statement.add_argument("meter", metavar="METER")
@@ -132,6 +140,10 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
         results = ops.close_all() if args.all else [ops.close_period(args.meter)]
         for result in results:
             print(render_close(result, tz))
+    elif args.command == "halfhours":
+        day = date.fromisoformat(args.date) if args.date else datetime.now(tz).date()
+        meter, rows = ops.half_hours(args.meter, day)
+        print(render_half_hours(meter, day, rows, tz))
     elif args.command == "statement":
         statement = ops.statement(args.meter)
         print(json.dumps(statement_json(statement, tz), indent=2) if args.json else render_statement(statement, tz))

@@ -16,9 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
 from statistics import median
 from zoneinfo import ZoneInfo
+
+from common.tariff import (
+    ACTUAL_MAX_INTERVAL,
+    PERIOD_SECONDS,
+    SettlementPeriod,
+    is_actual,
+    settlement_periods,
+)
 
 __all__ = [
     "HOUR",
@@ -39,48 +46,8 @@ __all__ = [
 ]
 
 HOUR = 3_600
-#: A settlement period: a UTC half hour (the contract's unit of pricing).
-PERIOD = 1_800
-#: A period's figures are ``actual`` when every reading interval over it is at most this long: the
-#: registers were read at least half-hourly around it, as half-hourly settlement reads them. A
-#: longer interval (a gap) is spread in proportion to time, so the periods it spans are ``estimated``.
-ACTUAL_MAX_INTERVAL = 1_800
+PERIOD = PERIOD_SECONDS
 
-
-@dataclass(frozen=True)
-class SettlementPeriod:
-    """A UTC half hour named as settlement names it: its local day and its number in that day (1-50)."""
-
-    period: int
-    settlement_date: dt.date
-    number: int
-
-    @property
-    def start(self) -> int:
-        """Its first second."""
-        return self.period * PERIOD
-
-
-def settlement_periods(start: int, end: int, tz: ZoneInfo) -> list[SettlementPeriod]:
-    """The settlement periods that begin in [start, end), numbered from 1 within their local day
-    (a day of 23 hours has 46, one of 25 hours 50)."""
-    out: list[SettlementPeriod] = []
-    p = -(-start // PERIOD)
-    day: dt.date | None = None
-    day_first = 0
-    while p * PERIOD < end:
-        local = dt.datetime.fromtimestamp(p * PERIOD, tz).date()
-        if local != day:
-            day = local
-            day_first = int(dt.datetime.combine(local, dt.time(), tzinfo=tz).timestamp()) // PERIOD
-        out.append(SettlementPeriod(p, local, p - day_first + 1))
-        p += 1
-    return out
-
-
-def is_actual(longest_interval: int, period: int, last_reading: int) -> bool:
-    """Whether a period's figures come from readings around it rather than from interpolation."""
-    return longest_interval <= ACTUAL_MAX_INTERVAL and (period + 1) * PERIOD <= last_reading
 
 class GroupBy(str, enum.Enum):
     """How consumption is totalled, as UK suppliers' consumption APIs offer it (``halfhour``: the

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -30,6 +31,7 @@ from operations.control import (
     format_pence,
     parse_pence,
     render_close,
+    render_half_hours,
     render_statement,
     render_tariff_change,
     render_tariffs,
@@ -406,3 +408,27 @@ def test_meterctl_reports_an_unknown_meter_on_stderr_with_its_code_and_exits_1(s
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("meterctl: error [unknown_meter]: no meter is named 'meter-99'")
     assert "meterctl.py meters" in result.stderr
+
+
+def test_halfhours_gives_a_meters_day_in_settlement_periods_priced_as_the_contract_prices_them(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    start = ops.billing.meter(household.address).last_timestamp
+    advance_past(ops, start + 8_400)
+    read(ops, household, (600, 100), (600, 110), (7_200, 1_300))
+    end = start + 8_400
+    day = datetime.fromtimestamp(end, settings.tz).date()
+    meter, rows = ops.half_hours(HOUSEHOLD, day)
+    assert meter.address == household.address and rows
+    day_start = int(datetime.combine(day, datetime.min.time(), tzinfo=settings.tz).timestamp())
+    if start >= day_start:  # every reading in the day: the parts add up to the register's growth
+        assert sum(r.import_wh for r in rows) == 1_510
+    schedule = ops.billing.schedule()
+    for r in rows:
+        assert (r.import_price, r.export_price) == schedule.prices(r.start // 1_800)
+        assert r.import_cost == r.import_wh * r.import_price
+    assert not rows[-1].actual  # spanned by the two-hour gap
+    result = meterctl(settings, "halfhours", HOUSEHOLD, "--date", day.isoformat())
+    assert result.returncode == 0, result.stderr
+    assert "estimated" in result.stdout and "total" in result.stdout
+    assert render_half_hours(meter, day, rows, settings.tz).splitlines()[0].startswith(f"{HOUSEHOLD}")
