@@ -21,6 +21,7 @@ __all__ = [
     "BATCH_BASE_GAS",
     "GAS_PER_READING",
     "GAS_PER_EXTRA_PERIOD",
+    "MAX_BATCH_GAS",
     "RECORD_BYTES",
     "compact_signature",
     "extra_periods",
@@ -36,6 +37,9 @@ GAS_PER_READING = 40_000
 #: ~3,700 gas with a banded clock-time import and day-ahead export tariff (tests/contracts).
 GAS_PER_EXTRA_PERIOD = 6_000
 RECORD_BYTES = 104
+#: The most gas a batch's bound may ask for: well inside a 30M-gas block, so a batch of readings after
+#: long gaps is cut short rather than refused by the node.
+MAX_BATCH_GAS = 25_000_000
 SUBMIT_READINGS_SELECTOR = keccak(text="submitReadings(bytes)")[:4]
 _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 

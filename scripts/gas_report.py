@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eth_account import Account  # noqa: E402
 
-from common.batches import gas_limit_for, pack_reading, submit_readings_calldata  # noqa: E402
+from common.batches import extra_periods, gas_limit_for, pack_reading, submit_readings_calldata  # noqa: E402
 from common.billing import Billing  # noqa: E402
 from common.chain import ChainClient  # noqa: E402
 from common.deployer import deploy  # noqa: E402
@@ -56,14 +56,17 @@ class Run:
         self.billing = billing
         self.meters = [Account.create() for _ in range(count)]
         self.state = {m.address: (0, start, 1_000, 0) for m in self.meters}
+        self.spans: list[tuple[int, int]] = []
         for i in range(0, count, 100):
             billing.register_meters([(m.address, b"\x01" * 32, "north", 1_000)
                                      for m in self.meters[i:i + 100]], opened_at=start)
 
     def signed(self, selected: list[Any], at: int, import_wh: int, export_wh: int) -> list[tuple[ReadingData, str]]:
         out = []
+        self.spans = []
         for m in selected:
-            seq, _ts, wh, ex = self.state[m.address]
+            seq, ts, wh, ex = self.state[m.address]
+            self.spans.append((ts, at))
             r = ReadingData(m.address, seq + 1, at, wh + import_wh, ex + export_wh)
             self.state[m.address] = (r.seq, r.timestamp, r.energy_wh, r.export_wh)
             out.append((r, sign_reading(m.key, self.billing.deployment.domain, r)))
@@ -74,7 +77,7 @@ class Run:
         batch = b"".join(pack_reading(d, s) for d, s in signed)
         call = self.billing.contract.functions.submitReadings(batch)
         receipt = self.billing.client.transact(self.billing.settings.gateway_key, call,
-                                               gas=gas_limit_for(len(signed), 48 * len(signed)))
+                                               gas=gas_limit_for(len(signed), extra_periods(self.spans)))
         return int(receipt["gasUsed"]), len(self.billing.events("ReadingRecorded", receipt)), batch
 
 
@@ -98,8 +101,9 @@ def measure(sizes: list[int]) -> dict[str, Any]:
             now = billing.now()
             run = Run(billing, max(sizes), now - 86_400)
             first = run.signed(run.meters, now - 3_600, 500, 0)
-            for i in range(0, len(first), 100):  # every meter's first reading: its state word becomes non-zero
-                run.submit(first[i:i + 100])
+            for i in range(0, len(first), 20):  # every meter's first reading (a 23-hour span, 46 half hours each)
+                run.spans = [(now - 86_400, now - 3_600)] * len(first[i:i + 20])
+                run.submit(first[i:i + 20])
             billing.set_tariff(TIME_OF_USE)
             advance(client, 2 * PERIOD_SECONDS)
             period = billing.now() // PERIOD_SECONDS * PERIOD_SECONDS

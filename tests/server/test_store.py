@@ -44,3 +44,25 @@ def test_a_queue_from_before_the_export_register_is_moved_aside_not_submitted(tm
     again = Store(path)  # opening again changes nothing
     assert again.db.execute("SELECT COUNT(*) FROM queue_v1").fetchone()[0] == 1
     again.close()
+
+
+def test_the_batcher_cuts_a_batch_of_long_gaps_short_so_its_gas_bound_fits_a_block(tmp_path, base_settings,
+                                                                                   deployment):
+    from common.batches import MAX_BATCH_GAS, extra_periods, gas_limit_for
+    from common.chain import AsyncChainClient
+    from server.batcher import Batcher
+
+    store = Store(tmp_path / "queue.sqlite")
+    meters = ["0x" + f"{i:040x}" for i in range(1, 101)]
+    ten_days = 10 * 86_400
+    store.put([(ReadingData(m, 1, 2_000_000_000, 9_000), "0x" + "11" * 65, 2_000_000_000 - ten_days) for m in meters],
+              {})
+    chain = AsyncChainClient(base_settings, deployment, base_settings.gateway_key)
+    batcher = Batcher(chain, store, lambda: chain, batch_max_size=100, batch_max_wait=0.1)
+    batch = batcher._take(store)
+    each = extra_periods([(2_000_000_000 - ten_days, 2_000_000_000)])
+    assert 1 <= len(batch) < 100
+    assert gas_limit_for(len(batch), len(batch) * each) <= MAX_BATCH_GAS < gas_limit_for(len(batch) + 1,
+                                                                                       (len(batch) + 1) * each)
+    assert [r.data.meter for r in batch] == meters[:len(batch)]  # the oldest first, in order
+    store.close()
