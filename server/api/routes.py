@@ -483,7 +483,8 @@ def _consumption_alerts(request: Request, ctx: ApiContext, meter: str | None, pe
 
 @router.get("/tariffs", response_model=list[TariffOut], tags=["tariffs"], responses=answers(UNAUTHORIZED))
 async def tariffs(ctx: Ctx, who: Caller) -> list[TariffOut]:
-    """Every tariff set on chain, newest first (the first is in force)."""
+    """Every tariff version set on chain, newest first: the first may still be to come (``effective_from``
+    ahead); each prices the energy used from its ``effective_from`` until the next."""
     return [tariff_out(t) for t in ctx.index.tariffs()]
 
 

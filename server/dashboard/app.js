@@ -75,6 +75,19 @@
     return `${sign}£${Math.floor(abs / 100).toLocaleString("en-GB")}.${String(abs % 100).padStart(2, "0")}`;
   }
 
+  /** The tariff version in force now (the list is newest first; versions may be scheduled ahead). */
+  function inForce(tariffs) {
+    const now = Date.now();
+    return tariffs.find((t) => new Date(t.effective_from).getTime() <= now) || tariffs[tariffs.length - 1] || null;
+  }
+
+  function describePricing(pricing) {
+    if (!pricing) return "—";
+    if (pricing.kind === "banded") return "time of use";
+    if (pricing.kind === "day_ahead") return "day-ahead";
+    return `${pencePerUnit(pricing.rate)} p/kWh`;
+  }
+
   function kwh(wh, digits = 2) {
     return (Number(wh) / 1000).toLocaleString("en-GB", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   }
@@ -452,7 +465,7 @@
       } else {
         $("fleet-error").innerHTML = errorBox(meters.reason);
       }
-      if (tariffs.status === "fulfilled") this.tariff = tariffs.value[0] || null;
+      if (tariffs.status === "fulfilled") this.tariff = inForce(tariffs.value);
       this.gridAlerts = grid.status === "fulfilled" ? grid.value.results : [];
       this.consumptionAlerts = consumption.status === "fulfilled" ? consumption.value.results : [];
       this.renderGridAlerts(grid.status === "rejected" ? grid.reason : null);
@@ -476,8 +489,11 @@
           break;
         }
         case "tariff":
-          this.tariff = message.tariff;
-          this.renderSummary();
+          // A new version may be scheduled ahead: it shows once it is in force (the next load).
+          if (new Date(message.tariff.effective_from).getTime() <= Date.now()) {
+            this.tariff = message.tariff;
+            this.renderSummary();
+          }
           break;
         case "grid_alert":
           this.gridAlerts = this.gridAlerts.filter((a) => a.id !== message.alert.id);
@@ -558,8 +574,9 @@
       const meters = [...this.meters.values()];
       const due = meters.reduce((sum, m) => sum + Number(m.open_bill.amount_due_micropence), 0);
       const tariff = this.tariff
-        ? html`${pencePerUnit(this.tariff.unit_rate_millipence_per_kwh)} p/kWh,
-            ${pencePerUnit(this.tariff.standing_charge_millipence_per_day)} p/day
+        ? html`${describePricing(this.tariff.import_pricing)},
+            ${pencePerUnit(this.tariff.standing_charge_millipence_per_day)} p/day,
+            export ${describePricing(this.tariff.export_pricing)}
             <span class="muted">(v${this.tariff.version})</span>`
         : html`<span class="muted">none set</span>`;
       const stat = (label, value) => html`<div class="stat"><span class="stat-label">${label}</span>
