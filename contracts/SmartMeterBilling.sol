@@ -69,6 +69,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     uint256 private constant BAND_BITS = 144;
     uint256 private constant CLOCK_BUCKET_SHIFT = 25;
     uint256 private constant CLOCK_SLOTS = 6;
+    uint256 private constant PRICE_CACHE = 64;
     uint256 private constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     /// @notice Why a reading was not recorded (carried by `ReadingRejected`).
@@ -547,13 +548,14 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         return entry == 0 ? fallbackRate : entry - 1;
     }
 
-    /// @dev Prices of period `p` through the batch's memory cache (8 entries, direct-mapped on p mod 8;
+    /// @dev Prices of period `p` through the batch's memory cache (64 entries, direct-mapped on p mod 64, so
+    /// a batch of readings after a day's gap prices each half hour once;
     /// entry: (p + 1) << 64 | import price << 32 | export price).
-    function _cachedPrices(uint256 p, uint256[8] memory cache) private view returns (uint256, uint256) {
-        uint256 entry = cache[p & 7];
+    function _cachedPrices(uint256 p, uint256[PRICE_CACHE] memory cache) private view returns (uint256, uint256) {
+        uint256 entry = cache[p % PRICE_CACHE];
         if (entry >> 64 == p + 1) return (uint32(entry >> 32), uint32(entry));
         (uint256 importPrice, uint256 exportPrice) = _pricesOf(p);
-        cache[p & 7] = ((p + 1) << 64) | (importPrice << 32) | exportPrice;
+        cache[p % PRICE_CACHE] = ((p + 1) << 64) | (importPrice << 32) | exportPrice;
         return (importPrice, exportPrice);
     }
 
@@ -590,7 +592,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         bytes32 domain = _domainSeparatorV4();
         uint256 horizon = block.timestamp + maxFutureSkew;
         uint256 maxPower = maxPowerW;
-        uint256[8] memory cache;
+        uint256[PRICE_CACHE] memory cache;
         uint256 at;
         assembly ("memory-safe") {
             at := batch.offset
@@ -602,7 +604,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
 
     /// @dev The hot path: one storage read, one storage write, one ecrecover and one event per recorded
     /// reading. `at` is the record's calldata offset.
-    function _record(uint256 at, bytes32 domain, uint256 horizon, uint256 maxPower, uint256[8] memory cache)
+    function _record(uint256 at, bytes32 domain, uint256 horizon, uint256 maxPower, uint256[PRICE_CACHE] memory cache)
         private
     {
         address meter;
@@ -676,7 +678,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @dev The cost of `dImport` and credit of `dExport` Wh used over [t0, t1): split over the settlement
     /// periods in proportion to time by cumulative floors (the parts add up to the deltas exactly) and
     /// priced per period. `common.tariff.split` is the same rule in Python.
-    function _accrue(uint256 t0, uint256 t1, uint256 dImport, uint256 dExport, uint256[8] memory cache)
+    function _accrue(uint256 t0, uint256 t1, uint256 dImport, uint256 dExport, uint256[PRICE_CACHE] memory cache)
         private
         view
         returns (uint256 cost, uint256 credit)

@@ -103,7 +103,7 @@ async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(
     assert (period.energy_wh, period.energy_cost, period.standing_charge, period.amount_due) == (
         chain.period_energy_wh, chain.energy_cost, chain.standing_charge, chain.amount_due)
     assert (period.export_wh, period.export_credit) == (chain.period_export_wh, chain.export_credit) == (
-        450, 200 * 15_000)  # the 250 Wh exported before the change were paid nothing
+        450, 250 * base_settings.tariff_export_rate + 200 * 15_000)  # 250 Wh before the change, 200 after
     index.close()
 
 
@@ -161,8 +161,10 @@ def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
     rng = random.Random(12)
     index = Index(tmp_path / "index.sqlite", LONDON)
     meter, opened = "0x" + "ab" * 20, 1_790_000_000
-    events = [ChainEvent("TariffChanged", {"version": 1, "unitRate": 24_670, "standingCharge": 57_210,
-                                           "effectiveFrom": opened}, 1, 0, "0x01"),
+    tariff = dict(zip(("effectiveFrom", "standingCharge", "clock", "importKind", "importRate", "exportKind",
+                       "exportRate", "importBands", "importBandRates", "exportBands", "exportBandRates"),
+                      TariffVersion.flat(24_670, 57_210).as_struct(), strict=True))  # as version 1: from time 0
+    events = [ChainEvent("TariffChanged", {"version": 1, **tariff}, 1, 0, "0x01"),
               ChainEvent("MeterRegistered", {"meter": meter, "accountRef": b"\x42" * 32, "region": b"north",
                                              "openingWh": 10_000, "openedAt": opened}, 1, 1, "0x01")]
     ts, register, span = opened, 10_000, []
@@ -173,7 +175,9 @@ def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
             ts += -ts % HOUR
         register += rng.choice([0, 1, rng.randint(0, 40), rng.randint(0, 5_000)])
         events.append(ChainEvent("ReadingRecorded", {"meter": meter, "seq": seq, "timestamp": ts,
-                                                     "energyWh": register}, 2 + seq, 0, "0x02"))
+                                                     "energyWh": register, "exportWh": 0,
+                                                     "periodImportCost": (register - 10_000) * 24_670,
+                                                     "periodExportCredit": 0}, 2 + seq, 0, "0x02"))
         span.append(ts)
     index.apply(events, {1: opened})
     everything = index.readings(meter, 0, 2**40, False, 10_000, 0)[1]
