@@ -71,15 +71,18 @@ class _ServerModel(_Model):
 
 
 class TariffInfo(_ServerModel):
-    """The tariff in force: millipence per kWh and millipence per day."""
+    """The tariff in force: this period's import and export prices (millipence per kWh) and the
+    standing charge (millipence per day)."""
 
     unit_rate: int
     standing_charge: int
     version: int = 0
+    export_rate: int = 0
 
 
 class BillState(_ServerModel):
-    """A meter's open billing period (amounts in micropence)."""
+    """A meter's open billing period: energy imported and exported (Wh), import cost, export
+    credit, standing charge and the amount due (micropence; negative when in credit)."""
 
     period_id: int
     period_start: int
@@ -87,6 +90,8 @@ class BillState(_ServerModel):
     energy_cost: int
     standing_charge: int
     amount_due: int
+    period_export_wh: int = 0
+    export_credit: int = 0
 
 
 # ---------------------------------------------------------------- server -> meter
@@ -118,6 +123,8 @@ class Welcome(_ServerModel):
     bill: BillState
     tariff: TariffInfo
     server_time: int
+    #: The export register on chain (0 for a meter that never exported).
+    last_export_wh: int = 0
     #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
     last_used_seq: int | None = None
 
@@ -131,7 +138,9 @@ class Ack(_ServerModel):
 
 
 class Bill(_ServerModel):
-    """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event)."""
+    """The live bill after a reading was recorded on chain (from its ``ReadingRecorded`` event):
+    the registers, the open period's import and export, import cost, export credit, standing
+    charge and amount due (micropence; negative when in credit), and the tariff of its period."""
 
     type: Literal["bill"] = "bill"
     meter: Address
@@ -142,6 +151,11 @@ class Bill(_ServerModel):
     period_energy_wh: int
     amount_due: int
     tariff: TariffInfo
+    export_wh: int = 0
+    period_export_wh: int = 0
+    energy_cost: int = 0
+    export_credit: int = 0
+    standing_charge: int = 0
 
 
 class GridAlertMessage(_ServerModel):
@@ -192,13 +206,14 @@ class Auth(_Model):
 
 
 class Reading(_Model):
-    """One signed cumulative register reading."""
+    """One signed reading of both cumulative registers: ``energyWh`` import, ``exportWh`` export."""
 
     type: Literal["reading"] = "reading"
     meter: Address
     seq: Uint64
     timestamp: Uint64
     energy_wh: Uint64
+    export_wh: Uint64
     signature: HexSignature
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +33,9 @@ from common.logs import log_event
 from common.messages import Bill, ErrorMessage, GridAlertMessage, TariffInfo, encode
 from common.rpc_socket import RpcSocket
 from common.settings import Settings
-from common.tariff import REJECT_ERRORS, RejectReason
+from common.tariff import REJECT_ERRORS, RejectReason, Schedule, standing_charge
 from server.hub import Hub
+from server.index import Index
 from server.store import Store
 from server.threads import run_in_own_thread
 
@@ -57,13 +59,16 @@ class Relay:
         deployment: Deployment,
         store: Store,
         hub: Hub,
-        tariff: TariffInfo,
+        index: Index,
     ) -> None:
         self.settings = settings
         self.deployment = deployment
         self.store = store
         self.hub = hub
-        self.tariff = tariff
+        #: The index (caught up before the relay starts) knows each meter's open period and the tariff
+        #: schedule; the relay follows billing periods itself as it relays, to be exact about their starts.
+        self.index = index
+        self._periods: dict[str, tuple[int, int, int]] = {}
         self.decoder = EventDecoder(deployment.abi)
         self.listeners: list[Callable[[ChainEvent], None]] = []
         #: Told which batches each fetch of logs shows mined, before their events are relayed; called in the
@@ -85,6 +90,41 @@ class Relay:
         self._position: tuple[int, int] | None = None
         self._saved: tuple[int, int] | None = None
         self._position_name = f"{POSITION_PREFIX}:{deployment.chain_id}:{deployment.address.lower()}"
+
+    @property
+    def tariff(self) -> TariffInfo:
+        """The tariff in force now, with this period's prices."""
+        return tariff_at(self.index.schedule, int(time.time()))
+
+    def _period_of(self, meter: str) -> tuple[int, int, int] | None:
+        """(start, import and export registers at the start) of the meter's open billing period."""
+        known = self._periods.get(meter)
+        if known is None:
+            record = self.index.meter(meter)
+            if record is None:
+                return None
+            p = record.period
+            known = (p.period_start, record.last_energy_wh - p.energy_wh, record.last_export_wh - p.export_wh)
+            self._periods[meter] = known
+        return known
+
+    def _bill(self, event: ChainEvent) -> Bill:
+        """The live bill a ``ReadingRecorded`` event makes: the chain's import cost and export credit,
+        the standing charge since the period began (it depends only on time) and the amount due."""
+        args = event.args
+        meter, ts = args["meter"], int(args["timestamp"])
+        start, start_import, start_export = self._period_of(meter.lower()) or (ts, int(args["energyWh"]),
+                                                                               int(args["exportWh"]))
+        cost, credit = int(args["periodImportCost"]), int(args["periodExportCredit"])
+        standing = standing_charge(self.index.schedule.versions, start, ts)
+        return Bill(
+            meter=meter, seq=int(args["seq"]), tx_hash=event.tx_hash, block=event.block,
+            energy_wh=int(args["energyWh"]), export_wh=int(args["exportWh"]),
+            period_energy_wh=int(args["energyWh"]) - start_import,
+            period_export_wh=int(args["exportWh"]) - start_export,
+            energy_cost=cost, export_credit=credit, standing_charge=standing, amount_due=cost + standing - credit,
+            tariff=tariff_at(self.index.schedule, ts),
+        )
 
     def stop(self) -> None:
         """Stop following the chain (from any thread); events already fetched are still relayed."""
@@ -274,23 +314,19 @@ class Relay:
         args = event.args
         name = event.name
         if name == "ReadingRecorded":
-            key = (args["meter"].lower(), int(args["seq"]))
-            self._registers[key] = int(args["energyWh"])
+            meter, seq = args["meter"], int(args["seq"])
+            self._registers[(meter.lower(), seq)] = int(args["energyWh"])
             if len(self._registers) > RECENT_LIMIT:
                 self._registers.popitem(last=False)
-        elif name == "BillUpdated":
-            meter, seq = args["meter"], int(args["seq"])
-            bill = Bill(
-                meter=meter,
-                seq=seq,
-                tx_hash=event.tx_hash,
-                block=event.block,
-                energy_wh=self._registers.get((meter.lower(), seq), 0),
-                period_energy_wh=int(args["periodEnergyWh"]),
-                amount_due=int(args["amountDue"]),
-                tariff=self.tariff,
-            )
-            self.hub.send(meter, encode(bill))
+            self.hub.send(meter, encode(self._bill(event)))
+        elif name == "MeterRegistered":
+            self._periods[args["meter"].lower()] = (int(args["openedAt"]), int(args["openingWh"]), 0)
+        elif name == "BillIssued":
+            key = args["meter"].lower()
+            start = self._period_of(key)
+            if start is not None:
+                self._periods[key] = (int(args["periodEnd"]), start[1] + int(args["importWh"]),
+                                      start[2] + int(args["exportWh"]))
         elif name == "ReadingRejected":
             meter, seq = args["meter"], int(args["seq"])
             reason = RejectReason(int(args["reason"]))
@@ -312,14 +348,21 @@ class Relay:
             sent = self.hub.broadcast(encode(GridAlertMessage(id=int(args["id"]), active=False)))
             log_event(log, "grid_alert_cleared_relayed", id=int(args["id"]), meters=sent)
         elif name == "TariffChanged":
-            self.tariff = TariffInfo(
-                unit_rate=int(args["unitRate"]),
-                standing_charge=int(args["standingCharge"]),
-                version=int(args["version"]),
-            )
-            log_event(log, "tariff_changed", unit_rate=self.tariff.unit_rate, standing=self.tariff.standing_charge)
+            log_event(log, "tariff_changed", version=int(args["version"]), effective_from=int(args["effectiveFrom"]),
+                      standing=int(args["standingCharge"]), import_kind=int(args["importKind"]),
+                      export_kind=int(args["exportKind"]))
         elif name == "MeterDeactivated":
             meter = args["meter"]
             notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")
             self.hub.send(meter, encode(notice))
             log_event(log, "meter_deactivated", meter=meter)
+
+
+def tariff_at(schedule: Schedule, t: int) -> TariffInfo:
+    """The tariff in force at ``t`` with the import and export prices of its period."""
+    if not schedule.versions:
+        return TariffInfo(unit_rate=0, standing_charge=0)
+    number = schedule.version_index_at(t) + 1
+    import_price, export_price = schedule.prices(t // 1_800)
+    return TariffInfo(unit_rate=import_price, export_rate=export_price,
+                      standing_charge=schedule.versions[number - 1].standing_charge, version=number)
