@@ -37,10 +37,9 @@ from common.errors import (
 )
 from common.events import ChainEvent, EventDecoder
 from common.settings import Settings
-from common.tariff import MAX_REGISTER_WH, format_pounds
+from common.tariff import MAX_REGISTER_WH, describe_rule, format_kwh, format_pence, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from operations.provisioning import provision
-from operations.tariffs import band_names
 
 __all__ = [
     "Operations",
@@ -142,27 +141,7 @@ class TariffVersion:
         if self.spec is None:
             return f"flat {format_pence(self.unit_rate)}/kWh", "none"
         clock = " (GMT)" if self.spec.clock == ref.CLOCK_GMT else ""
-        return _rule_text(self.spec.import_rule) + clock, _rule_text(self.spec.export_rule)
-
-
-def _rule_text(rule: ref.PriceRule) -> str:
-    if rule.kind == ref.FLAT:
-        return f"flat {format_pence(rule.rate)}/kWh" if rule.rate else "none"
-    if rule.kind == ref.DAY_AHEAD:
-        return f"day-ahead, else {format_pence(rule.rate)}/kWh"
-    names = band_names(rule)
-    parts = []
-    for band in sorted(names, key=lambda b: rule.band_rates[b]):
-        hours = [h for h in range(48) if rule.bands[h] == band]
-        spans, start = [], hours[0]
-        for a, b in zip(hours, [*hours[1:], None], strict=True):
-            if b != a + 1:
-                spans.append(f"{start // 2:02d}:{start % 2 * 30:02d}-{(a + 1) // 2:02d}:{(a + 1) % 2 * 30:02d}")
-                if b is not None:
-                    start = b
-        parts.append(f"{names[band]} {format_pence(rule.band_rates[band])} {'+'.join(spans) if len(spans) < 3 else ''}"
-                     .rstrip())
-    return "; ".join(parts)
+        return describe_rule(self.spec.import_rule) + clock, describe_rule(self.spec.export_rule)
 
 
 @dataclass(frozen=True)
@@ -262,17 +241,6 @@ def revert_name(err: ChainError) -> str | None:
     """The custom error a refused transaction reverted with (``EmptyBillingPeriod``), if any."""
     match = _REVERT.search(err.message)
     return match.group(1) if match else None
-
-
-def format_kwh(wh: int) -> str:
-    """Energy in Wh as kWh with three decimals: ``1,234.567 kWh``."""
-    return f"{wh // 1000:,}.{wh % 1000:03d} kWh"
-
-
-def format_pence(millipence: int) -> str:
-    """A rate in millipence as pence, with a third decimal only when it carries one: ``24.67p``, ``24.675p``."""
-    text = f"{millipence // 1000:,}.{millipence % 1000:03d}"
-    return (text[:-1] if text.endswith("0") else text) + "p"
 
 
 def format_time(timestamp: int, tz: ZoneInfo) -> str:
