@@ -28,7 +28,7 @@ from fpdf.enums import XPos, YPos
 from common.statement import Statement
 from common.tariff import format_kwh, format_pounds
 
-__all__ = ["to_pdf", "to_csv", "filename", "FONT_DIRS"]
+__all__ = ["to_pdf", "to_csv", "filename", "describe", "FONT_DIRS"]
 
 #: Where DejaVu Sans is looked for (Debian's fonts-dejavu-core); without it the PDF uses the core
 #: Helvetica, whose Latin-1 cannot write every name, so other characters become '?'.
@@ -46,6 +46,15 @@ def filename(st: Statement, extension: str) -> str:
     who = _SAFE.sub("-", st.account.meter_name or st.account.meter).strip("-")
     tail = "-provisional" if st.provisional else ""
     return f"statement-{who}-period-{st.period_id}{tail}.{extension}"
+
+
+def describe(st: Statement) -> str:
+    """The statement in one line: ``period 2 (provisional), 2026-11-24 16:00 to ...: 400 readings, ... due``."""
+    state = "provisional" if st.provisional else "issued"
+    due = "in credit" if st.in_credit else "due"
+    return (f"period {st.period_id} ({state}), {_time(st.period_start, st)} to {_time(st.period_end, st)} "
+            f"({st.timezone}): {len(st.readings):,} readings, {format_kwh(st.import_wh)}, "
+            f"{format_pounds(st.amount_due)} {due}{' so far' if st.provisional else ''}")
 
 
 def _time(t: int, st: Statement) -> str:
