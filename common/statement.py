@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from common.errors import StatementMismatch
 from common.tariff import (
+    BANDED,
     CLOCK_GMT,
     PERIOD_SECONDS,
     OpenBill,
@@ -131,6 +132,7 @@ class TariffLine:
     standing_charge: int
     import_pricing: str
     export_pricing: str
+    #: The clock band tables are read in ("GMT all year", "UK clock time"); empty when neither side is banded.
     clock: str
 
 
@@ -214,7 +216,8 @@ def _tariff_lines(schedule: Schedule, start: int, end: int) -> list[TariffLine]:
                 version=i + 1, effective_from=v.effective_from, start=lo, end=min(hi, end) if end > start else start,
                 standing_charge=v.standing_charge, import_pricing=describe_rule(v.import_rule),
                 export_pricing=describe_rule(v.export_rule),
-                clock="GMT all year" if v.clock == CLOCK_GMT else "UK clock time"))
+                clock="" if BANDED not in (v.import_rule.kind, v.export_rule.kind)
+                else "GMT all year" if v.clock == CLOCK_GMT else "UK clock time"))
     return out
 
 

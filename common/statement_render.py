@@ -26,7 +26,7 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from common.statement import Statement
-from common.tariff import format_kwh, format_pounds
+from common.tariff import format_kwh, format_pence, format_pounds
 
 __all__ = ["to_pdf", "to_csv", "filename", "describe", "FONT_DIRS"]
 
@@ -182,12 +182,14 @@ def to_pdf(st: Statement) -> bytes:
         pdf.multi_cell(0, 5, pdf.text_of(
             f"PROVISIONAL: period {st.period_id} is still open. These are the figures on chain at its last "
             f"reading, {_time(st.period_end, st)}; they change with every reading until the bill is issued."),
-            fill=True, border=1, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+            fill=True, border=1, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     elif st.issue is not None:
         pdf.ln(1)
         pdf.set_font(pdf.sans, "", 8.5)
-        pdf.multi_cell(0, 4.6, pdf.text_of(f"Bill issued on chain at {_time(st.issue.at, st)} in transaction "
-                                           f"{st.issue.tx_hash}."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.cell(0, 4.6, pdf.text_of(f"Bill issued on chain at {_time(st.issue.at, st)} in transaction"),
+                 new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.set_font(pdf.mono, "", 7.5)
+        pdf.cell(0, 4.2, st.issue.tx_hash, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(3)
     top = pdf.get_y()
     holder = [("Account holder", st.account.customer_name or "(no name on record)"),
@@ -221,11 +223,11 @@ def to_pdf(st: Statement) -> bytes:
         pdf.set_font(pdf.sans, "B", 8.5)
         pdf.multi_cell(0, 4.6, pdf.text_of(
             f"Version {t.version}: {_time(t.start, st)} to {_time(t.end, st)} ({_duration(t.end - t.start)}); "
-            f"standing charge {t.standing_charge / 1000:.2f}p a day; bands in {t.clock}"),
-            new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+            f"standing charge {format_pence(t.standing_charge)} a day" + (f"; bands in {t.clock}" if t.clock else "")),
+            align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.set_font(pdf.sans, "", 8.5)
         pdf.multi_cell(0, 4.6, pdf.text_of(f"Import: {t.import_pricing}.  Export: {t.export_pricing}."),
-                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+                       align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
     pdf.heading(f"Consumption by day ({st.timezone})")
     body = [[d.day.strftime("%a %d %b %Y"), format_kwh(d.import_wh), format_pounds(d.import_cost),
@@ -241,7 +243,7 @@ def to_pdf(st: Statement) -> bytes:
     pdf.multi_cell(0, 4.2, pdf.text_of(
         f"Each line is a ReadingRecorded event of contract {st.chain.contract} on chain {st.chain.chain_id}: look it "
         "up by its transaction hash or block. Registers and energy in Wh; the energy is the register's rise since "
-        "the reading before."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        "the reading before."), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
     readings = ([str(r.seq), _time(r.timestamp, st), f"{r.import_register_wh:,}", f"{r.import_wh:,}",
                  f"{r.export_register_wh:,}", f"{r.export_wh:,}", str(r.block), r.tx_hash] for r in st.readings)

@@ -110,8 +110,10 @@ function summary(result) {
   const readings = result.rows.reduce((n, r) => n + r.readings, 0);
   const bills = result.rows.reduce((n, r) => n + r.bills, 0);
   const wrong = result.rows.filter((r) => !r.agrees).length;
-  const what = `${result.rows.length} meters, ${readings} readings, ${bills} issued bills and ${result.rows.length} `
-    + `open bills recomputed from ${result.events} events of contract ${result.contract} on chain ${result.chainId} `
+  const n = (x) => x.toLocaleString("en-GB");
+  const what = `${n(result.rows.length)} meters, ${n(readings)} readings, ${n(bills)} issued bills and `
+    + `${n(result.rows.length)} open bills recomputed from ${n(result.events)} events of contract ${result.contract} `
+    + `on chain ${result.chainId} `
     + `(blocks ${result.fromBlock} to ${result.toBlock})`;
   return wrong === 0 ? `${what}: all agree with the contract`
     : `${what}: ${wrong} of ${result.rows.length} meters DISAGREE with the contract`;
