@@ -233,6 +233,7 @@ def build_statement(
     schedule: Schedule,
     tz: ZoneInfo,
     drawn_up_at: int,
+    credits: Sequence[CreditLine] = (),
 ) -> Statement:
     """The statement of one billing period, checked against the chain's figures.
 
@@ -243,6 +244,7 @@ def build_statement(
         opening: the import and export registers at the period's start, in Wh.
         readings: the period's recorded readings, in sequence order.
         schedule: the tariff versions, clock changes and day-ahead prices as published on chain.
+        credits: credits on chain beyond the export credit (each lowers the amount due), listed after it.
 
     Raises:
         StatementMismatch: the readings or the schedule do not give the chain's figures.
@@ -277,20 +279,20 @@ def build_statement(
         "import charge": (sum(d.import_cost for d in day_lines), figures.import_cost),
         "export credit": (sum(d.export_credit for d in day_lines), figures.export_credit),
         "standing charge": (standing_charge(schedule.versions, start, end), figures.standing_charge),
-        "amount due": (figures.amount_due, amount_due),
+        "amount due": (figures.amount_due - sum(c.amount for c in credits), amount_due),
         "last reading's time": (t if lines else end, end),
     }
     wrong = [f"{name} {ours} (the chain: {theirs})" for name, (ours, theirs) in computed.items() if ours != theirs]
     if wrong:
         raise StatementMismatch(f"{where} does not add up to the chain's figures: {', '.join(wrong)}; if the API "
                                 "answered this, rebuild its index with scripts/reindex.py (server stopped)")
-    credits = (CreditLine("export", f"Export credit: {format_kwh(figures.export_wh)} exported", figures.export_credit),)
+    export = CreditLine("export", f"Export credit: {format_kwh(figures.export_wh)} exported", figures.export_credit)
     return Statement(
         account=account, chain=chain, period_id=figures.period_id, period_start=start, period_end=end,
         status=Status.PROVISIONAL if issue is None else Status.ISSUED,
         opening_import_wh=opening[0], closing_import_wh=imported, opening_export_wh=opening[1],
         closing_export_wh=exported, import_wh=figures.import_wh, export_wh=figures.export_wh,
-        energy_charge=figures.import_cost, standing_charge=figures.standing_charge, credits=credits,
+        energy_charge=figures.import_cost, standing_charge=figures.standing_charge, credits=(export, *credits),
         amount_due=amount_due, days=day_lines, tariffs=tuple(_tariff_lines(schedule, start, end)),
         readings=tuple(lines), issue=issue, drawn_up_at=drawn_up_at, timezone=tz.key,
     )

@@ -15,7 +15,16 @@ import pytest
 from pypdf import PdfReader
 
 from common.errors import StatementMismatch
-from common.statement import Account, ChainPlace, Issue, RecordedReading, Statement, Status, build_statement
+from common.statement import (
+    Account,
+    ChainPlace,
+    CreditLine,
+    Issue,
+    RecordedReading,
+    Statement,
+    Status,
+    build_statement,
+)
 from common.statement_render import filename, to_csv, to_pdf
 from common.tariff import (
     CLOCK_LOCAL,
@@ -156,3 +165,19 @@ def test_the_csv_holds_the_same_figures_in_integers_and_defuses_spreadsheet_form
     assert [int(r[1]) for r in rows if r and r[0] == "reading"] == list(range(1, 51))
     assert sum(int(r[2]) for r in rows if r and r[0] == "day") == st.import_wh
     assert [r[1] for r in rows if r and r[0] == "tariff"] == ["1"]
+
+
+def test_credits_beyond_the_export_credit_are_listed_and_lower_the_amount_due_the_chain_states():
+    rs = readings(20)
+    figures = figures_of(rs)
+    bonus = CreditLine("demand_response", "Demand response: 1.2 kWh less in the 17:00-19:00 event", 360_000_000)
+    st = build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due - bonus.amount,
+                         issue=None, opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON,
+                         drawn_up_at=START, credits=[bonus])
+    assert [c.kind for c in st.credits] == ["export", "demand_response"]
+    assert st.amount_due == st.energy_charge + st.standing_charge - st.total_credits
+    assert "-" + format_pounds(bonus.amount) in pdf_text(to_pdf(st))
+    with pytest.raises(StatementMismatch, match="amount due"):  # a credit the chain's amount does not hold
+        build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due, issue=None,
+                        opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON, drawn_up_at=START,
+                        credits=[bonus])
