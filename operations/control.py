@@ -195,7 +195,8 @@ class CloseResult:
 
 @dataclass(frozen=True)
 class Statement:
-    """A customer's statement: who, which meter, every issued bill, the open period and the tariffs."""
+    """A customer's account overview (``meterctl statement`` as text or JSON): who, which meter, every issued bill,
+    the open period and the tariffs. One period's full statement (PDF, CSV) is ``common.statement``'s model."""
 
     meter: MeterRef
     customer: Customer | None
