@@ -39,6 +39,7 @@ __all__ = [
     "DeploymentMissing",
     "AlreadyRunning",
     "StorageError",
+    "StatementMismatch",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -278,6 +279,13 @@ class StorageError(SmartMeterError):
 
     code = "storage_error"
     default_message = "a database file of the server cannot be used; see the server's log"
+
+
+class StatementMismatch(SmartMeterError):
+    """Raised when a statement's parts do not add up to the chain's figures (its source missed an event)."""
+
+    code = "statement_mismatch"
+    default_message = "the statement does not add up to the chain's figures; rebuild the index from the chain"
 
 
 class ApiError(SmartMeterError):

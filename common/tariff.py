@@ -45,6 +45,10 @@ __all__ = [
     "settlement_periods",
     "is_actual",
     "format_pounds",
+    "format_pence",
+    "format_kwh",
+    "band_names",
+    "describe_rule",
     "REJECT_ERRORS",
     "MAX_SEQ",
     "MAX_TIMESTAMP",
@@ -523,3 +527,45 @@ def format_pounds(micropence: int) -> str:
     sign = "-" if micropence < 0 else ""
     pence = (abs(micropence) + 500_000) // 1_000_000
     return f"{sign}£{pence // 100:,}.{pence % 100:02d}"
+
+
+def format_pence(millipence: int) -> str:
+    """A rate in millipence as pence, with a third decimal only when it carries one: ``24.67p``, ``24.675p``."""
+    text = f"{millipence // 1000:,}.{millipence % 1000:03d}"
+    return (text[:-1] if text.endswith("0") else text) + "p"
+
+
+def format_kwh(wh: int) -> str:
+    """Energy in Wh as kWh with three decimals: ``1,234.567 kWh``."""
+    sign = "-" if wh < 0 else ""
+    wh = abs(wh)
+    return f"{sign}{wh // 1000:,}.{wh % 1000:03d} kWh"
+
+
+def band_names(rule: PriceRule) -> dict[int, str]:
+    """Default names of a banded rule's bands, cheapest first: off-peak, day, peak, ..."""
+    used = sorted(set(rule.bands), key=lambda b: rule.band_rates[b])
+    words = ["off-peak", "day", "peak"] if len(used) == 3 else ["off-peak", "peak"] if len(used) == 2 else []
+    return {b: (words[i] if i < len(words) else f"band {b}") for i, b in enumerate(used)}
+
+
+def describe_rule(rule: PriceRule) -> str:
+    """One side's pricing in words: ``flat 24.67p/kWh``, ``day-ahead, else 24.67p/kWh``, or each band with its
+    rate and hours (``off-peak 8.50p 00:30-05:30; day 24.67p; peak 35.00p 16:00-19:00``); ``none`` for nothing."""
+    if rule.kind == FLAT:
+        return f"flat {format_pence(rule.rate)}/kWh" if rule.rate else "none"
+    if rule.kind == DAY_AHEAD:
+        return f"day-ahead, else {format_pence(rule.rate)}/kWh"
+    names = band_names(rule)
+    parts = []
+    for band in sorted(names, key=lambda b: rule.band_rates[b]):
+        hours = [h for h in range(PERIODS_PER_DAY) if rule.bands[h] == band]
+        spans, start = [], hours[0]
+        for a, b in zip(hours, [*hours[1:], None], strict=True):
+            if b != a + 1:
+                spans.append(f"{start // 2:02d}:{start % 2 * 30:02d}-{(a + 1) // 2:02d}:{(a + 1) % 2 * 30:02d}")
+                if b is not None:
+                    start = b
+        parts.append(f"{names[band]} {format_pence(rule.band_rates[band])} {'+'.join(spans) if len(spans) < 3 else ''}"
+                     .rstrip())
+    return "; ".join(parts)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from eth_utils import to_checksum_address
 
+from common import statement as document
 from common import tariff as ref
 from common.billing import Billing
 from common.chain import ChainClient
@@ -37,10 +38,9 @@ from common.errors import (
 )
 from common.events import ChainEvent, EventDecoder
 from common.settings import Settings
-from common.tariff import MAX_REGISTER_WH, format_pounds
+from common.tariff import MAX_REGISTER_WH, describe_rule, format_kwh, format_pence, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from operations.provisioning import provision
-from operations.tariffs import band_names
 
 __all__ = [
     "Operations",
@@ -66,6 +66,7 @@ __all__ = [
     "render_close",
     "render_statement",
     "statement_json",
+    "ref_bill",
 ]
 
 #: How messages tell the operator to run the tool.
@@ -142,27 +143,7 @@ class TariffVersion:
         if self.spec is None:
             return f"flat {format_pence(self.unit_rate)}/kWh", "none"
         clock = " (GMT)" if self.spec.clock == ref.CLOCK_GMT else ""
-        return _rule_text(self.spec.import_rule) + clock, _rule_text(self.spec.export_rule)
-
-
-def _rule_text(rule: ref.PriceRule) -> str:
-    if rule.kind == ref.FLAT:
-        return f"flat {format_pence(rule.rate)}/kWh" if rule.rate else "none"
-    if rule.kind == ref.DAY_AHEAD:
-        return f"day-ahead, else {format_pence(rule.rate)}/kWh"
-    names = band_names(rule)
-    parts = []
-    for band in sorted(names, key=lambda b: rule.band_rates[b]):
-        hours = [h for h in range(48) if rule.bands[h] == band]
-        spans, start = [], hours[0]
-        for a, b in zip(hours, [*hours[1:], None], strict=True):
-            if b != a + 1:
-                spans.append(f"{start // 2:02d}:{start % 2 * 30:02d}-{(a + 1) // 2:02d}:{(a + 1) % 2 * 30:02d}")
-                if b is not None:
-                    start = b
-        parts.append(f"{names[band]} {format_pence(rule.band_rates[band])} {'+'.join(spans) if len(spans) < 3 else ''}"
-                     .rstrip())
-    return "; ".join(parts)
+        return describe_rule(self.spec.import_rule) + clock, describe_rule(self.spec.export_rule)
 
 
 @dataclass(frozen=True)
@@ -214,7 +195,8 @@ class CloseResult:
 
 @dataclass(frozen=True)
 class Statement:
-    """A customer's statement: who, which meter, every issued bill, the open period and the tariffs."""
+    """A customer's account overview (``meterctl statement`` as text or JSON): who, which meter, every issued bill,
+    the open period and the tariffs. One period's full statement (PDF, CSV) is ``common.statement``'s model."""
 
     meter: MeterRef
     customer: Customer | None
@@ -262,17 +244,6 @@ def revert_name(err: ChainError) -> str | None:
     """The custom error a refused transaction reverted with (``EmptyBillingPeriod``), if any."""
     match = _REVERT.search(err.message)
     return match.group(1) if match else None
-
-
-def format_kwh(wh: int) -> str:
-    """Energy in Wh as kWh with three decimals: ``1,234.567 kWh``."""
-    return f"{wh // 1000:,}.{wh % 1000:03d} kWh"
-
-
-def format_pence(millipence: int) -> str:
-    """A rate in millipence as pence, with a third decimal only when it carries one: ``24.67p``, ``24.675p``."""
-    text = f"{millipence // 1000:,}.{millipence % 1000:03d}"
-    return (text[:-1] if text.endswith("0") else text) + "p"
 
 
 def format_time(timestamp: int, tz: ZoneInfo) -> str:
@@ -600,8 +571,10 @@ class Operations:
 
     # ------------------------------------------------------------ events
 
-    def _logs(self, event: str, meter: str | None = None) -> list[ChainEvent]:
-        """Every ``event`` of this deployment (of one meter when given), in chain order, via ``eth_getLogs``."""
+    def _logs(self, event: str, meter: str | None = None,
+              to_block: int | Literal["latest"] = "latest") -> list[ChainEvent]:
+        """Every ``event`` of this deployment (of one meter when given) up to ``to_block``, in chain order,
+        via ``eth_getLogs``."""
         topics = [self.decoder.topic(event)]
         if meter is not None:
             topics.append("0x" + "0" * 24 + meter.removeprefix("0x").lower())
@@ -609,7 +582,7 @@ class Operations:
             "address": to_checksum_address(self.deployment.address),
             "topics": topics,
             "fromBlock": self.deployment.block,
-            "toBlock": "latest",
+            "toBlock": to_block,
         })
         events = [e for e in (self.decoder.decode(log) for log in raw) if e is not None and e.name == event]
         return sorted(events, key=lambda e: e.position)
@@ -623,8 +596,8 @@ class Operations:
 
     # ------------------------------------------------------------ meters
 
-    def _open_period(self, address: str) -> BillPeriod:
-        raw = self.billing.contract.functions.openBill(to_checksum_address(address)).call()
+    def _open_period(self, address: str, block: int | Literal["latest"] = "latest") -> BillPeriod:
+        raw = self.billing.contract.functions.openBill(to_checksum_address(address)).call(block_identifier=block)
         return BillPeriod(*(int(v) for v in raw))
 
     def meters(self) -> list[MeterRow]:
@@ -888,3 +861,57 @@ class Operations:
             tariffs=[_tariff(e.args) for e in tariff_events],
             drawn_up_at=int(time.time()),
         )
+
+    def statement_document(self, meter: str, period: int | None = None) -> document.Statement:
+        """The statement of one billing period (default: the open one, provisional), straight from the chain.
+
+        Everything is read as of one block, so readings mined meanwhile cannot make the open period's
+        figures and its readings disagree: the issued bill from its ``BillIssued`` event, the open one
+        from ``openBill``, the readings from ``ReadingRecorded``, the registers at the period's start
+        from the reading before it (or the registration), and the prices from the published schedule.
+
+        Raises:
+            UnknownMeter: no such meter.
+            InvalidRequest: the meter has no billing period ``period``.
+        """
+        ref = self.resolve(meter)
+        w3 = self.billing.client.w3
+        block = int(w3.eth.block_number)
+        view = self.billing.meter(ref.address)
+        registered = self._logs("MeterRegistered", ref.address, block)
+        if not registered:
+            raise UnknownMeter(f"{ref.label} is not registered on this chain")
+        opened = registered[0].args
+        current = self._open_period(ref.address, block)
+        wanted = current.period_id if period is None else period
+        issue: document.Issue | None = None
+        if wanted == current.period_id:
+            figures = current
+        else:
+            found = [e for e in self._logs("BillIssued", ref.address, block) if int(e.args["periodId"]) == wanted]
+            if not found:
+                raise InvalidRequest(f"{ref.label} has no billing period {wanted}: its periods are 1 to "
+                                     f"{current.period_id} ({current.period_id} is open)")
+            figures = _period(found[0].args)
+            issue = document.Issue(found[0].tx_hash, int(w3.eth.get_block(found[0].block)["timestamp"]))
+        recorded = [document.RecordedReading(int(e.args["seq"]), int(e.args["timestamp"]), int(e.args["energyWh"]),
+                                              int(e.args["exportWh"]), e.block, e.tx_hash)
+                    for e in self._logs("ReadingRecorded", ref.address, block)]
+        before = [r for r in recorded if r.timestamp <= figures.period_start]
+        opening = ((before[-1].import_register_wh, before[-1].export_register_wh) if before
+                   else (int(opened["openingWh"]), 0))
+        customer = Customers(self.customers_path).by_meter(ref.address)
+        return document.build_statement(
+            account=document.Account(ref.address, ref.name, view.account_ref, view.region,
+                                      customer.name if customer else "", customer.address if customer else ""),
+            chain=document.ChainPlace(self.deployment.chain_id, to_checksum_address(self.deployment.address)),
+            figures=ref_bill(figures), amount_due=figures.amount_due, issue=issue, opening=opening,
+            readings=[r for r in recorded if figures.period_start < r.timestamp <= figures.period_end],
+            schedule=self.billing.schedule(), tz=self.settings.tz, drawn_up_at=int(time.time()),
+        )
+
+
+def ref_bill(p: BillPeriod) -> ref.OpenBill:
+    """A billing period as the reference arithmetic names its figures."""
+    return ref.OpenBill(p.period_id, p.period_start, p.period_end, p.energy_wh, p.export_wh, p.energy_cost,
+                        p.export_credit, p.standing_charge)

@@ -39,6 +39,7 @@ from common.tariff import (
     PERIOD_SECONDS,
     PriceRule,
     TariffVersion,
+    band_names,
 )
 
 __all__ = ["pence", "parse_time", "parse_version", "load_version", "load_prices", "band_names"]
@@ -162,13 +163,6 @@ def load_prices(path: Path, tz: ZoneInfo) -> tuple[int, list[int], list[int]]:
     if not imports and not exports:
         raise InvalidRequest(f"{path} holds no prices")
     return start, imports, exports
-
-
-def band_names(rule: PriceRule) -> dict[int, str]:
-    """Default names of a banded rule's bands, cheapest first: off-peak, day, peak, ..."""
-    used = sorted(set(rule.bands), key=lambda b: rule.band_rates[b])
-    words = ["off-peak", "day", "peak"] if len(used) == 3 else ["off-peak", "peak"] if len(used) == 2 else []
-    return {b: (words[i] if i < len(words) else f"band {b}") for i, b in enumerate(used)}
 
 
 def agile_like_prices(day_start: int, tz: ZoneInfo, seed: int = 0) -> tuple[list[int], list[int]]:

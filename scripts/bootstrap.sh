@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv (Python packages) and node_modules (Ganache, solc, OpenZeppelin,
-# Chart.js) on a fresh machine. Re-running is cheap: each step is skipped while the file it was
-# built from is unchanged. With --browser it also installs Debian's Chromium for the UI test.
+# Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is skipped while
+# the file it was built from is unchanged. With --browser (the tests) it also installs Debian's
+# Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,14 @@ if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
   say "installing Debian's chromium for the dashboard's browser test"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# The statements' PDF writes any name in DejaVu Sans; without it the core Helvetica prints '?' for
+# letters outside Latin-1, and the test that reads a statement back would say so.
+if [ "${1:-}" = "--browser" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  say "installing Debian's DejaVu fonts for the statements' PDF"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-dejavu-core >/dev/null
 fi
 
 [ -f .env ] || { cp .env.example .env; say "created .env from .env.example"; }

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
+from common.statement_render import describe, filename, to_csv, to_pdf  # noqa: E402
 from operations.control import (  # noqa: E402
     Operations,
     format_time,
@@ -81,9 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     halfhours.add_argument("meter", metavar="METER")
     halfhours.add_argument("--date", help="the local day, e.g. 2026-12-02 (default: today)")
 
-    statement = commands.add_parser("statement", help="a customer's statement")
+    statement = commands.add_parser(
+        "statement", help="a customer's statement: every period in text or JSON, or one period's PDF and CSV")
     statement.add_argument("meter", metavar="METER")
     statement.add_argument("--json", action="store_true", help="print JSON (Wh, micropence, ISO times)")
+    statement.add_argument("--pdf", nargs="?", const="", metavar="FILE",
+                           help="write the period's statement as PDF (default file: statement-<meter>-period-<n>.pdf)")
+    statement.add_argument("--csv", nargs="?", const="", metavar="FILE",
+                           help="write the period's statement as CSV (default file: statement-<meter>-period-<n>.csv)")
+    statement.add_argument("--period", type=int, metavar="N",
+                           help="the billing period for --pdf and --csv (default: the open one, provisional)")
     return parser
 
 
@@ -98,6 +106,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         rates = (args.unit_rate, args.standing_charge, args.export_rate)
         if args.file is not None and any(r is not None for r in rates):
             parser.error("give either rates (--unit-rate, --standing-charge, --export-rate) or --file, not both")
+    if args.command == "statement":
+        files = args.pdf is not None or args.csv is not None
+        if args.period is not None and not files:
+            parser.error("--period goes with --pdf or --csv (the text statement lists every period)")
+        if files and args.json:
+            parser.error("give either --json or --pdf/--csv, not both")
+        if args.period is not None and args.period < 1:
+            parser.error("--period is a billing period's number, 1 or more")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -144,6 +160,14 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
         day = date.fromisoformat(args.date) if args.date else datetime.now(tz).date()
         meter, rows = ops.half_hours(args.meter, day)
         print(render_half_hours(meter, day, rows, tz))
+    elif args.command == "statement" and (args.pdf is not None or args.csv is not None):
+        document = ops.statement_document(args.meter, args.period)
+        for wanted, extension, render in ((args.pdf, "pdf", to_pdf), (args.csv, "csv", to_csv)):
+            if wanted is not None:
+                path = Path(wanted or filename(document, extension))
+                data = render(document)
+                path.write_bytes(data if isinstance(data, bytes) else data.encode())
+                print(f"wrote {path}: {describe(document)}")
     elif args.command == "statement":
         statement = ops.statement(args.meter)
         print(json.dumps(statement_json(statement, tz), indent=2) if args.json else render_statement(statement, tz))

@@ -31,6 +31,7 @@ from common.billing import from_text32
 from common.events import ChainEvent
 from common.logs import log_event
 from common.messages import ConsumptionAlert
+from common.statement import RecordedReading
 from common.tariff import (
     ClockTable,
     RejectReason,
@@ -541,6 +542,21 @@ class Index:
                                f"ORDER BY period_start {order}, meter LIMIT ? OFFSET ?",
                                (*params, limit, offset)).fetchall()
         return int(count), [Period(*r) for r in rows]
+
+    def period(self, meter: str, period_id: int) -> Period | None:
+        """One billing period of ``meter`` (open or issued), by number."""
+        row = self.db.execute(f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE meter=? AND period_id=?",
+                              (meter, period_id)).fetchone()
+        return Period(*row) if row else None
+
+    def period_readings(self, meter: str, period_id: int) -> list[tuple[RecordedReading, int, int]]:
+        """The readings of one billing period in sequence order, each with its import and export energy since
+        the reading before (so the first gives the registers at the period's start)."""
+        rows = self.db.execute("SELECT seq, timestamp, register_wh, export_register_wh, block, tx_hash, energy_wh, "
+                               "export_wh FROM readings WHERE meter=? AND period_id=? ORDER BY seq",
+                               (meter, period_id)).fetchall()
+        return [(RecordedReading(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), str(r[5])), int(r[6]),
+                 int(r[7])) for r in rows]
 
     def tariffs(self) -> list[dict[str, Any]]:
         """Every tariff version ever set, newest first."""

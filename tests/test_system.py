@@ -145,3 +145,19 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
         log = (directory / "meter.log").read_text()
         shown = {line.split(" id=")[1].split()[0] for line in log.splitlines() if "event=grid_alert " in line}
         assert alert_id in shown, f"{name} never showed the emitter's grid alert {alert_id}"
+
+    # The independent check, as a customer would run it: one household's bill issued, then every bill of the
+    # twelve recomputed from the chain's logs in JavaScript and held to the contract's figures.
+    exporter = MeterIdentity.load(meter_dir(settings.data_dir, solar[0])).address
+    billing.close_billing_period(exporter)
+    addresses = [MeterIdentity.load(meter_dir(settings.data_dir, n)).address for n in names]
+    deployment_file = settings.deployments_dir / f"{billing.deployment.chain_id}.json"
+    check = subprocess.run(
+        ["node", "tools/verify/check.mjs", "--rpc", settings.chain_rpc_url, "--deployment", str(deployment_file),
+         *(arg for a in addresses for arg in ("--meter", a))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    rows = check.stdout.splitlines()[1:-1]
+    assert len(rows) == METERS and all(row.endswith("agrees") for row in rows)
+    assert next(r for r in rows if r.startswith(exporter)).split()[1:3] == [str(READINGS_EACH), "1"]
+    assert check.stdout.splitlines()[-1].endswith("all agree with the contract")

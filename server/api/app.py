@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common import errors
 from common.logs import clip, log_event
 from common.settings import ROOT
-from server.api import messages
+from server.api import messages, statements
 from server.api.routes import ApiContext, router
 from server.api.throttle import TooManyRequests
 
@@ -78,6 +78,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(router)
     app.include_router(messages.router)
+    app.include_router(statements.router)
 
     @app.exception_handler(errors.SmartMeterError)
     async def _domain_error(request: Request, err: errors.SmartMeterError) -> JSONResponse:

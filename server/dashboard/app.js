@@ -130,7 +130,25 @@
     }
   }
 
-  /** Call the API with the signed-in key; a 401 signs out (the key is no good any more). */
+  /** The error a refused answer carries (its JSON body parsed, if any); a 401 signs out (the key is no good any more). */
+  function refusal(response, body) {
+    const error = body && body.error ? body.error : {};
+    const failure = new ApiError(response.status, error.code || "http_error",
+      error.message || `The server answered ${response.status} ${response.statusText}.`);
+    if (response.status === 401) signOut(`Your key was refused (${failure.message}). Sign in again.`);
+    return failure;
+  }
+
+  /** Fetch from the API with the signed-in key, or say plainly that the server cannot be reached. */
+  async function reach(path, init) {
+    try {
+      return await fetch(API + path, init);
+    } catch (err) {
+      throw new ApiError(0, "unreachable", "The server cannot be reached; check that it is running, then reload.");
+    }
+  }
+
+  /** Call the API with the signed-in key. */
   async function api(path, options = {}) {
     const headers = { "X-API-Key": session.key || "", Accept: "application/json" };
     const init = { method: options.method || "GET", headers };
@@ -138,22 +156,36 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
     }
-    let response;
-    try {
-      response = await fetch(API + path, init);
-    } catch (err) {
-      throw new ApiError(0, "unreachable", "The server cannot be reached; check that it is running, then reload.");
-    }
+    const response = await reach(path, init);
     let body = null;
     try { body = await response.json(); } catch (err) { body = null; }
-    if (!response.ok) {
-      const error = body && body.error ? body.error : {};
-      const failure = new ApiError(response.status, error.code || "http_error",
-        error.message || `The server answered ${response.status} ${response.statusText}.`);
-      if (response.status === 401) signOut(`Your key was refused (${failure.message}). Sign in again.`);
-      throw failure;
-    }
+    if (!response.ok) throw refusal(response, body);
     return body;
+  }
+
+  /**
+   * Fetch a file from the API with the signed-in key (a plain link cannot carry it) and hand it to
+   * the browser as a download under the name the server gives; returns that name.
+   */
+  async function download(path) {
+    const response = await reach(path, { headers: { "X-API-Key": session.key || "" } });
+    if (!response.ok) {
+      let body = null;
+      try { body = await response.json(); } catch (err) { body = null; }
+      throw refusal(response, body);
+    }
+    const blob = await response.blob();
+    const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+    const name = named ? named[1] : path.split("/").pop();
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    return name;
   }
 
   function query(params) {
@@ -1026,15 +1058,38 @@
         <td class="num">${pounds(b.standing_charge_micropence)}</td>
         <td class="num"><strong>${pounds(b.amount_due_micropence)}</strong></td>
         <td class="nowrap">${b.issued_at ? when(b.issued_at) : "—"}</td>
+        <td class="nowrap statement" title="${b.status === "open" ? "Provisional statement: the period is still open"
+          : "Statement of the issued bill"}">
+          <a href="#" class="statement-link" data-period="${b.period_id}" data-format="pdf">PDF</a> ·
+          <a href="#" class="statement-link" data-period="${b.period_id}" data-format="csv">CSV</a></td>
       </tr>`);
       $("bills").innerHTML = html`<table class="data" id="bills-table">
         <thead><tr><th>#</th><th>Period</th><th>Status</th><th class="num">kWh</th><th class="num">Energy</th>
           <th class="num">Export credit</th><th class="num">Standing</th><th class="num">Amount due</th><th>Issued</th>
-          </tr></thead>
-        <tbody>${rows.length ? rows : html`<tr><td colspan="9" class="empty muted">No bills yet.</td></tr>`}</tbody>
+          <th>Statement</th></tr></thead>
+        <tbody>${rows.length ? rows : html`<tr><td colspan="10" class="empty muted">No bills yet.</td></tr>`}</tbody>
       </table>
       ${page.count > page.results.length ? html`<p class="muted small">The newest ${page.results.length} of
-        ${page.count} bills.</p>` : ""}`;
+        ${page.count} bills.</p>` : ""}
+      <p class="muted small" id="statement-status" role="status"></p>`;
+      for (const link of $("bills").querySelectorAll(".statement-link")) {
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          this.downloadStatement(link.dataset.period, link.dataset.format);
+        });
+      }
+    }
+
+    /** Download a period's statement (PDF or CSV), saying what happened under the bills. */
+    async downloadStatement(period, format) {
+      const status = $("statement-status");
+      status.textContent = `Drawing up the statement of period ${period}…`;
+      try {
+        const name = await download(this.path(`/bills/${period}/statement.${format}`));
+        if (this.alive) status.textContent = `Downloaded ${name}.`;
+      } catch (err) {
+        if (this.alive) status.innerHTML = errorBox(err);
+      }
     }
 
     // ---- grid alerts on a timeline

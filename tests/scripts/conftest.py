@@ -1,3 +1,11 @@
 """Script tests reuse the server fixtures."""
 
-from tests.server.conftest import billing, link_for, new_meter, server, server_settings  # noqa: F401
+from tests.server.conftest import (  # noqa: F401
+    _history_writer_role,
+    billing,
+    link_for,
+    new_meter,
+    server,
+    server_settings,
+    write_readings,
+)

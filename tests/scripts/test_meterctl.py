@@ -4,20 +4,25 @@ billing periods, statements, and the script's output and exit codes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from common.billing import Billing
 from common.customers import Customer
 from common.eip712 import ReadingData, sign_reading
 from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
@@ -38,6 +43,8 @@ from operations.control import (
     statement_json,
 )
 from operations.tariffs import load_prices, load_version
+from server.app import ServerApp
+from tests.server.test_api_statements import issued_and_open, pdf_text
 
 HOUSEHOLD = "heat-pump-1"
 
@@ -365,6 +372,33 @@ def test_statement_holds_the_customer_the_issued_bills_the_open_period_and_the_t
     assert data["customer"]["name"] == "Ada Lovelace"
     assert [p["amountDue"] for p in data["issued"]] == [p.amount_due for p in statement.issued]
     assert data["open"]["energyWh"] == 300
+
+
+async def test_meterctl_statement_writes_the_same_pdf_and_csv_from_the_chain_as_the_api_serves_from_its_index(
+    snapshot: None, server: ServerApp, server_settings: Settings, new_meter: Any, write_readings: Any,
+    billing: Billing, tmp_path: Path,
+) -> None:
+    s = await issued_and_open(server, new_meter, write_readings, billing)
+    operator = {"X-API-Key": (server_settings.data_dir / "api" / "operator.key").read_text().strip()}
+    async with httpx.AsyncClient(base_url=server_settings.http_url, headers=operator, timeout=60) as api:
+        for period, state in ((1, "issued"), (2, "provisional")):
+            pdf, csv_file = tmp_path / f"{period}.pdf", tmp_path / f"{period}.csv"
+            result = await asyncio.to_thread(meterctl, server_settings, "statement", "meter-s", "--period",
+                                             str(period), "--pdf", str(pdf), "--csv", str(csv_file))
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.splitlines()[0].startswith(f"wrote {pdf}: period {period} ({state}), ")
+            served = (await api.get(f"/api/v1/meters/{s.meter.address}/bills/{period}/statement.csv")).text
+            written = csv_file.read_bytes().decode()
+            assert "drawn_up_at" in written and "reading," in written
+            drop = re.compile(r"^summary,drawn_up_at,.*$", re.M)  # the one line that depends on when
+            assert drop.sub("", written) == drop.sub("", served)
+            text = pdf_text(pdf.read_bytes())
+            assert ("Electricity statement (provisional)" in text) == (state == "provisional")
+            assert "Holder of meter-s" in text
+    refused = await asyncio.to_thread(meterctl, server_settings, "statement", "meter-s", "--period", "9", "--pdf")
+    assert refused.returncode == 1
+    assert "meter-s" in refused.stderr and "has no billing period 9: its periods are 1 to 2" in refused.stderr
+    assert meterctl(server_settings, "statement", "meter-s", "--period", "1").returncode == 2  # --period needs a file
 
 
 # ---------------------------------------------------------------- the script

@@ -640,7 +640,7 @@ async def test_every_route_declares_exactly_the_errors_it_answers_in_the_error_s
     answered: dict[tuple[str, str], set[int]] = {}
 
     async def ask(method: str, path: str, who: dict[str, str] | None = None, **kwargs) -> httpx.Response:
-        path = path.replace("{address}", first.address).replace("{ref}", own_ref)
+        path = path.replace("{address}", first.address).replace("{ref}", own_ref).replace("{period}", "1")
         response = await api.request(method, path, headers=who, **kwargs)
         if response.status_code != 200:
             code = response.json()["error"]["code"]

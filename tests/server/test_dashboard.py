@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from pypdf import PdfReader
 
 from common.eip712 import ReadingData
 from common.messages import Bill
@@ -182,7 +183,8 @@ async def test_operator_sees_the_fleet_update_live_and_the_meters_consumption_ch
     await link.close()
 
 
-async def test_customer_sees_only_their_own_meter(server, server_settings, new_meter, page):
+async def test_customer_sees_only_their_own_meter_and_downloads_its_statement(server, server_settings, new_meter,
+                                                                               page):
     mine, theirs = new_meter(region="east"), new_meter(region="east")
     key = secrets.token_urlsafe(24)
     name = "Kitchen <b>&amp;</b> hall"
@@ -201,6 +203,17 @@ async def test_customer_sees_only_their_own_meter(server, server_settings, new_m
     assert await page.locator("#fleet-table").count() == 0
     assert await page.get_by_text("All meters").count() == 0
     assert theirs.address not in await page.content()
+
+    # The open period's statement: a link cannot carry the key, so the page fetches it and hands it over.
+    link = page.locator('#bills-table tr[data-period="1"] .statement-link[data-format="pdf"]')
+    await expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+    async with page.expect_download() as started:
+        await link.click()
+    download = await started.value
+    assert download.suggested_filename == "statement-Kitchen-b-amp-b-hall-period-1-provisional.pdf"
+    saved = PdfReader(await download.path())
+    assert "Ava Jones" in saved.pages[0].extract_text() and "provisional" in saved.pages[0].extract_text()
+    await expect(page.locator("#statement-status")).to_have_text(f"Downloaded {download.suggested_filename}.")
 
     await page.evaluate("location.hash = '#/'")  # the fleet is not for customers: back to their meter
     await expect(page).to_have_url(f"{server_settings.http_url}/#/meter/{mine.address}")
