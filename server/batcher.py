@@ -194,7 +194,7 @@ class Batcher:
         started = time.monotonic()
         gas_limit = gas_limit_for(len(batch))
         calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
-        tx_hex = (await chain.send_transaction(calldata, gas_limit)).lower()
+        tx_hex = (await chain.send_transaction(calldata, gas_limit)).hash
         store.mark_submitted(batch, tx_hex)
         outcome, gas_used = await self._outcome(chain, tx_hex, gas_limit)
         # A mined batch decided every reading in it: the contract emits ReadingRecorded or
