@@ -35,7 +35,6 @@ if [ ! -d node_modules ] || ! stamp_ok package-lock.json node_modules/.package-l
 fi
 # Anvil's binary comes in a platform package npm picks by itself (its own install script, which
 # would fetch one from elsewhere, is not needed and npm may decline to run it).
-.venv/bin/python -m common.devchain anvil-binary >/dev/null
 [ -x "$(.venv/bin/python -m common.devchain anvil-binary)" ] \
   || say "warning: no Anvil binary for this platform in node_modules; CHAIN_NODE=anvil will not work here"
 
