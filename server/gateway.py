@@ -32,7 +32,17 @@ from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.eip712 import ReadingData
 from common.logs import clip, log_event
-from common.messages import SUBPROTOCOL, Ack, Auth, Reading, Welcome, encode, error_message, parse_message
+from common.messages import (
+    SUBPROTOCOLS,
+    Ack,
+    Auth,
+    Reading,
+    Welcome,
+    encode,
+    error_message,
+    parse_message,
+    protocol_version,
+)
 from common.settings import Settings
 from server.batcher import Batcher
 from server.hub import Hub
@@ -64,8 +74,9 @@ INTERNAL_ERROR = 1011
 
 
 def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Speak version 2 with a meter that offers it, version 1 (no subprotocol) with any other."""
-    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+    """Speak the newest version a meter offers, version 1 (no subprotocol) with one that offers none we know."""
+    known = [p for p in offered if p in SUBPROTOCOLS]
+    return Subprotocol(max(known, key=lambda p: SUBPROTOCOLS[p])) if known else None
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,8 @@ class Gateway:
             self.stats["login_failures"] += 1
             await self._refuse(ws, err, peer, close=True)
             return None
-        replaced = self.hub.add(meter, view.region, ws)
+        version = protocol_version(ws.subprotocol)
+        replaced = self.hub.add(meter, view.region, ws, version)
         if replaced is not None:
             log_event(log, "connection_replaced", meter=meter)
             asyncio.get_running_loop().create_task(replaced.outlet.close(1000, "replaced by a newer login"))
@@ -233,7 +245,7 @@ class Gateway:
             server_time=int(time.time()),
             # The last seq used up, accepted or refused for its content: only meters that speak version 2
             # expect it (version 1 meters refuse a field they do not know).
-            last_used_seq=cursor.seq if ws.subprotocol == SUBPROTOCOL else None,
+            last_used_seq=cursor.seq if version >= 2 else None,
         )
         await ws.send(encode(welcome))
         for alert in self.relay.alerts_for(view.region, time.time()):
@@ -241,7 +253,7 @@ class Gateway:
         self.hub.release(meter)
         self.stats["logins"] += 1
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
-                  region=view.region, protocol=ws.subprotocol or "v1")
+                  region=view.region, protocol=f"v{version}")
         return meter
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
@@ -302,10 +314,10 @@ class Gateway:
                 self._stage(_Staged(meter, ws, None, encode(Ack(seq=msg.seq, status="duplicate"))))
                 return None
             queued = self.store.get(meter, msg.seq)
-            # Still queued and not yet seen on chain: the meter resent it before its bill came back.
-            # (The batcher drops a reading from the queue a moment after its event is relayed.)
+            # Still queued and not yet final on chain: the meter resent it before its final bill came back.
+            # (The batcher drops a reading from the queue a moment after its block is final.)
             if (queued is not None and queued.signature.lower() == msg.signature.lower()
-                    and not self.relay.recorded(meter, msg.seq)):
+                    and not self.relay.settled(meter, msg.seq)):
                 return encode(Ack(seq=msg.seq, status="duplicate"))
         if self.store.count() >= self.settings.max_pending_readings:
             raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)
