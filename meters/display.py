@@ -47,7 +47,10 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     rows.add_row("Household", f"{status.archetype} · region {status.region or '-'}")
     rows.add_row("Register", f"{status.register_wh / 1000:,.3f} kWh")
     rows.add_row("Last reading", f"#{status.last_seq} · {_ago(status.last_reading_at, now)}")
-    rows.add_row("Live bill", Text(f"{format_pounds(status.amount_due)} due", style="bold"))
+    due = Text(f"{format_pounds(status.amount_due)} due", style="bold")
+    if not status.bill_final:
+        due.append("  provisional: its block may still be replaced", style="yellow")
+    rows.add_row("Live bill", due)
     rows.add_row("", f"{status.period_energy_wh / 1000:,.3f} kWh this period · bill for reading #{status.bill_seq}")
     rows.add_row("Tariff", _rate(status) if status.unit_rate else "-")
     rows.add_row("Connection", Text(f"{status.state.value} to {status.server}", style=STATE_STYLE[status.state]))
@@ -80,7 +83,8 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None) -> Group
         state = Text("no status" if stale else s.state.value, style="red" if stale else STATE_STYLE[s.state])
         table.add_row(
             s.name, s.region, state, f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
-            format_pounds(s.amount_due), str(s.waiting), s.last_error if s.last_error else "",
+            format_pounds(s.amount_due) + ("" if s.bill_final else " (provisional)"), str(s.waiting),
+            s.last_error if s.last_error else "",
         )
     lines: list[RenderableType] = []
     for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):

@@ -55,6 +55,8 @@ class MeterStatus:
     unit_rate: int = 0
     standing_charge: int = 0
     bill_block: int = 0
+    #: Whether the bill shown is final (False: provisional, its block may still be replaced).
+    bill_final: bool = True
     last_error: str = ""
     last_error_at: float = 0.0
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -205,7 +205,7 @@ class Gateway:
             address = session.begin_auth(msg, time.time())
             async with self._lookups:
                 raw_state = await self.chain.view("meterState", address)
-            view = decode_meter(address, raw_state)
+            view = latest = decode_meter(address, raw_state)
             meter = session.complete_auth(view)
         except errors.SmartMeterError as err:
             self.stats["login_failures"] += 1
@@ -216,20 +216,25 @@ class Gateway:
         if replaced is not None:
             log_event(log, "connection_replaced", meter=meter)
             asyncio.get_running_loop().create_task(replaced.outlet.close(1000, "replaced by a newer login"))
-        # Read the state for welcome only now that events for this meter are held for it.
+        # Read the state for welcome only now that events for this meter are held for it. The welcome tells the
+        # final state (what no reorganisation can undo), so that the meter drops only readings final on chain.
         try:
+            final_at = await self._final_block()
             async with self._lookups:
                 raw_state, raw_bill = await asyncio.gather(
-                    self.chain.view("meterState", meter), self.chain.view("openBill", meter)
+                    self.chain.view("meterState", meter, block=final_at),
+                    self.chain.view("openBill", meter, block=final_at),
                 )
             view, bill = decode_meter(meter, raw_state), decode_bill(raw_bill)
+            if final_at == "latest":
+                latest = view
         except errors.SmartMeterError as err:
             self.hub.remove(meter, ws)
             await self._refuse(ws, err, peer, close=True)
             return None
-        # The furthest of: the chain's, the store's, and the one in memory, which is ahead of the store
-        # while a previous connection's readings wait for this turn's commit.
-        known = (self.store.cursor(meter), Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh),
+        # The furthest of: the chain's (readings recorded but not final yet count), the store's, and the one in
+        # memory, which is ahead of the store while a previous connection's readings wait for this turn's commit.
+        known = (self.store.cursor(meter), Cursor(latest.last_seq, latest.last_timestamp, latest.last_energy_wh),
                  self.cursors.get(meter.lower()))
         cursor = max((c for c in known if c is not None), key=lambda c: c.seq)
         self.cursors[meter.lower()] = cursor
@@ -255,6 +260,16 @@ class Gateway:
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
                   region=view.region, protocol=f"v{version}")
         return meter
+
+    async def _final_block(self) -> int | str:
+        """The block whose state is final: ``latest`` when every block is (``CONFIRMATIONS=0``)."""
+        depth = self.settings.finality_depth
+        if depth == 0:
+            return "latest"
+        if self.relay.final is not None:
+            return max(self.relay.final, 0)
+        head = int(await self.chain.request("eth_blockNumber", []), 16)
+        return max(head - depth, 0)
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
         bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
