@@ -40,6 +40,7 @@ __all__ = [
     "TransactionLost",
     "DeploymentMissing",
     "AlreadyRunning",
+    "StorageError",
     "ApiError",
     "Unauthorized",
     "Forbidden",
@@ -285,6 +286,13 @@ class AlreadyRunning(SmartMeterError):
 
     code = "already_running"
     default_message = "another process already runs this meter"
+
+
+class StorageError(SmartMeterError):
+    """Raised when a database of the server cannot be opened or read; the message names the file and what to do."""
+
+    code = "storage_error"
+    default_message = "a database file of the server cannot be used; see the server's log"
 
 
 class ApiError(SmartMeterError):

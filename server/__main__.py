@@ -1,4 +1,7 @@
-"""``python -m server``: run the gateway, batcher and relay until Ctrl-C."""
+"""``python -m server``: run the gateway, batcher and relay until Ctrl-C.
+
+Exits with 1 and one plain sentence (no traceback) when it cannot start, or when a part of it
+ended unexpectedly and it stopped."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def main() -> int:
         settings = load_settings(**overrides)
         from server.app import run
 
-        asyncio.run(run(settings))
+        failure = asyncio.run(run(settings))
     except SmartMeterError as err:
         print(f"server: cannot start [{err.code}]: {err.message}", file=sys.stderr)
         return 1
@@ -34,6 +37,9 @@ def main() -> int:
             print(f"server: port in use ({err}); stop the other server or set SERVER_PORT / HTTP_PORT", file=sys.stderr)
             return 1
         raise
+    if failure is not None:
+        print(f"server: stopped: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

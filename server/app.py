@@ -1,7 +1,11 @@
 """Assembles the server (gateway, batcher, relay, indexer, REST API and dashboard) into one
 asyncio process and runs it until SIGINT or SIGTERM, then shuts down in order: stop
 accepting, finish the batch in flight, close connections with 1001, stop the relay, apply
-what the indexer has queued, close the databases."""
+what the indexer has queued, close the databases.
+
+The batcher, the relay and the indexer run under a ``Supervisor``, which starts one that fails
+again with back-off; if any task of the server ends before it is told to stop (a part, the HTTP
+server, the gateway), the server shuts down the same way and ``run`` says why."""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ import asyncio
 import asyncio.sslproto
 import logging
 import signal
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.chain import AsyncChainClient
 from common.customers import Customers
 from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
-from common.errors import ChainUnavailable
+from common.errors import ChainUnavailable, StorageError
 from common.logs import log_event
 from common.messages import TariffInfo
 from common.settings import Settings
@@ -23,16 +29,18 @@ from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
 from server.gateway import Gateway
+from server.health import HealthCheck
 from server.hub import Hub
 from server.index import Index
 from server.indexer import Indexer
 from server.live import LiveFeed
 from server.monitor import Rules
 from server.relay import Relay
-from server.store import Store
+from server.store import BUSY_TIMEOUT_MS, Store, queue_unusable
+from server.supervisor import Ended, Supervisor
 from server.tls import ensure_tls, server_context
 
-__all__ = ["ServerApp", "run", "open_index"]
+__all__ = ["ServerApp", "run", "open_index", "index_unusable"]
 
 log = logging.getLogger("server")
 SHUTDOWN_GRACE = 30.0
@@ -45,8 +53,24 @@ TLS_READ_BUFFER = 32 * 1024
 def open_index(settings: Settings, deployment: Deployment) -> Index:
     """The index database under ``DATA_DIR/index/`` for ``deployment``, with the consumption-alert settings."""
     rules = Rules(jump_factor=settings.jump_factor, jump_min_w=settings.jump_min_w)
-    return Index(settings.data_dir / "index" / "index.sqlite", settings.tz, rules, settings.hourly_limit_wh,
-                 source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
+    path = settings.data_dir / "index" / "index.sqlite"
+    try:
+        return Index(path, settings.tz, rules, settings.hourly_limit_wh,
+                     source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
+    except sqlite3.DatabaseError as err:
+        raise index_unusable(path, err) from err
+
+
+def index_unusable(path: Path, err: sqlite3.DatabaseError) -> StorageError:
+    """The error, in plain words with what to do, for an index database that cannot be opened or read."""
+    if isinstance(err, sqlite3.OperationalError):
+        return StorageError(
+            f"cannot use the API's index {path} ({err}): check that the data directory is writable, that the disk is "
+            "not full and that no other process (another server on the same DATA_DIR) holds the file")
+    return StorageError(
+        f"the API's index {path} is damaged ({err}): it is a cache of the chain, so move the file aside with its "
+        f"-wal and -shm files (for example to {path.name}.damaged) and start the server again, which rebuilds it "
+        "from the chain; hourly limits set through the API were kept only there and must be set again")
 
 
 @dataclass
@@ -65,68 +89,100 @@ class ServerApp:
     indexer: Indexer
     feed: LiveFeed
     http: HttpServer | None
+    supervisor: Supervisor
+    health: HealthCheck
+    #: The parts kept running by the supervisor: relay, batcher, indexer.
     tasks: list[asyncio.Task[None]]
 
     @classmethod
-    async def start(cls, settings: Settings, deployment: Deployment | None = None) -> ServerApp:
-        """Build every part and start them; returns once the gateway listens."""
+    async def start(cls, settings: Settings, deployment: Deployment | None = None,
+                    busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> ServerApp:
+        """Build every part and start them; returns once the gateway listens.
+
+        ``busy_timeout_ms``: how long a write to the queue waits for another connection's lock.
+        """
         deployment = deployment or load_deployment(settings)
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
         tls = ensure_tls(settings.data_dir / "tls")
-        store = Store(settings.data_dir / "gateway" / "queue.sqlite")
+        store = Store(settings.data_dir / "gateway" / "queue.sqlite", busy_timeout_ms=busy_timeout_ms)
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
+        index: Index | None = None
+        http: HttpServer | None = None
         try:
             chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
             raw_tariff = await chain.call("tariff", lambda: chain.contract.functions.tariff().call())
-        except ChainUnavailable:
-            store.close()
-            raise
-        if chain_id != deployment.chain_id:
-            store.close()
-            raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
-                                   f"not {deployment.chain_id} where the contract is recorded")
-        tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
-        hub = Hub()
-        feed = LiveFeed()
-        index = open_index(settings, deployment)
-        indexer = Indexer(deployment, index, chain, hub, feed)
-        http: HttpServer | None = None
-        try:
-            await indexer.catch_up()
+            if chain_id != deployment.chain_id:
+                raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
+                                       f"not {deployment.chain_id} where the contract is recorded")
+            tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
+            hub = Hub()
+            feed = LiveFeed()
+            index = open_index(settings, deployment)
+            indexer = Indexer(deployment, index, chain, hub, feed)
+            try:
+                await indexer.catch_up()
+            except sqlite3.DatabaseError as err:
+                raise index_unusable(index.path, err) from err
             if settings.http_port:
                 customers = Customers(settings.data_dir / "customers.json")
                 auth = Authenticator(settings, deployment.domain, customers)
                 api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub))
                 http = HttpServer(api, settings.server_host, settings.http_port)
+            batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
+                              settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
+            try:
+                await batcher.reconcile()
+            except sqlite3.DatabaseError as err:
+                raise queue_unusable(store.path, err) from err
+            relay = Relay(settings, deployment, store, hub, tariff)
+            gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
+            server = await gateway.start()
         except BaseException:
-            index.close()
+            if http is not None:
+                http.sock.close()
+            if index is not None:
+                index.close()
             store.close()
             await chain.close()
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
-        batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
-                          settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
-        relay = Relay(settings, deployment, store, hub, tariff)
         relay.listeners.append(indexer.on_event)
         relay.mined_listeners.append(batcher.mined)
-        gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
-        await batcher.reconcile()
+        supervisor = Supervisor()
+        tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
+                 supervisor.keep_running("indexer", indexer.run)]
+        health = HealthCheck(chain.request, deployment.chain_id, supervisor.parts, batcher, relay, indexer, store,
+                             index)
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(relay.run(), name="relay"), loop.create_task(batcher.run(), name="batcher"),
-                 loop.create_task(indexer.run(), name="indexer")]
-        await gateway.start()
+        supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
         if http is not None:
+            http.app.state.health = health
             http.start()
+            assert http.task is not None
+            supervisor.watch(http.task)
             log_event(log, "api_listening", url=settings.http_url, dashboard=settings.http_url + "/",
                       openapi=settings.http_url + "/api/v1/openapi.json")
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, queued=store.count())
-        return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http, tasks)
+        return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
+                   supervisor, health, tasks)
+
+    async def until(self, stop: asyncio.Event) -> Ended | None:
+        """Wait for ``stop``, or for one of the server's tasks to end before it (returns which, and why)."""
+        stopping = asyncio.ensure_future(stop.wait())
+        ending = asyncio.ensure_future(self.supervisor.ended())
+        try:
+            await asyncio.wait({stopping, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            ending.cancel()
+        return ending.result() if ending.done() and not ending.cancelled() else None
 
     async def stop(self) -> None:
         """Shut down in order; the batch in flight is allowed to finish."""
         log_event(log, "server_stopping", queued=self.store.count())
+        self.supervisor.stop()
         if self.http is not None:
             await self.http.stop()
         await self.gateway.close()
@@ -149,12 +205,13 @@ class ServerApp:
         log_event(log, "server_stopped")
 
 
-async def run(settings: Settings) -> None:
-    """Run the server until SIGINT or SIGTERM."""
+async def run(settings: Settings) -> str | None:
+    """Run the server until SIGINT or SIGTERM, or until one of its tasks ends unexpectedly (returns why)."""
     app = await ServerApp.start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    ended = await app.until(stop)
     await app.stop()
+    return None if ended is None else ended.sentence()

@@ -13,6 +13,15 @@ impossible to record twice.
 
 The senders run in a thread of their own (see ``server.threads``), with their own event loop,
 chain connection and database connection, so that a batch never waits behind meter traffic.
+If the thread dies all the same, the server's supervisor starts it again, and the new one puts
+what the old one had in hand back to pending, dropping first what the chain already took.
+
+A failing queue database (another process holding its lock past the busy timeout, a full disk)
+does not stop the senders: each failure is logged at once (``queue_storage_failed``) and counted
+for ``/health``, and the step is tried again with back-off while the batch's meters stay busy,
+so none of their later readings overtakes it. A batch whose transaction went out keeps waiting
+for its outcome even if recording its hash failed, and leaves the queue once mined, so it is
+never sent twice.
 
 A batch is known to be mined from the relay, which fetches every block's logs anyway: a
 ``submitReadings`` transaction with reading events was mined and decided all its readings (a
@@ -25,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 from eth_utils import to_checksum_address
 
@@ -48,6 +59,9 @@ log = logging.getLogger("batcher")
 REPORTED_LIMIT = 1_000
 #: Waits after a failed batch: from this, doubling, up to the cap (seconds).
 RETRY_FIRST, RETRY_CAP = 0.5, 10.0
+#: What the operator should do when the queue database fails (logged with each failure).
+STORAGE_ACTION = ("the readings stay queued and are tried again; if this goes on, check that no other process holds "
+                  "the queue database (an sqlite3 shell, a backup) and that the disk is not full")
 
 
 class Batcher:
@@ -79,6 +93,12 @@ class Batcher:
         self.readings_submitted = 0
         #: Batches whose outcome came from a receipt because the relay had not reported it in time.
         self.receipts_fetched = 0
+        #: For ``/health``: when a batch was last mined and taken off the queue, and the failed attempts since.
+        self.last_batch_at: float | None = None
+        self.failures_in_a_row = 0
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self._runs = 0
 
     def notify(self) -> None:
         """Tell the batcher a reading was queued (from any thread)."""
@@ -132,13 +152,24 @@ class Batcher:
 
     async def _in_thread(self) -> None:
         chain, store = self._connect(), self.store.connect_again()
+        self._runs += 1
         try:
+            if self._runs > 1:
+                self._recover(store)
             await self._senders(chain, store)
         except asyncio.CancelledError:
             log_event(log, "batcher_aborted", logging.WARNING, queued=store.count())
         finally:
             await chain.close()
             store.close()
+
+    def _recover(self, store: Store) -> None:
+        """After the senders' thread died: what it had in hand is pending again, and what the chain took goes first."""
+        self._busy.clear()
+        self._awaited.clear()
+        reset = store.reset_submitted()
+        self._dirty = True
+        log_event(log, "batcher_recovered", reset=reset, queued=store.count())
 
     async def _senders(self, chain: AsyncChainClient, store: Store) -> None:
         self._wake = asyncio.Event()
@@ -163,8 +194,16 @@ class Batcher:
         backoff = Backoff(RETRY_FIRST, RETRY_CAP)
         while not self._stopping:
             wake.clear()  # before looking: a reading queued from now on sets it again (see notify)
-            batch = self._take(store)
+            try:
+                batch = self._take(store)
+            except sqlite3.Error as err:
+                delay = backoff.failed()
+                self._storage_failed("read_queue", err, 0, delay)
+                await asyncio.sleep(delay)
+                continue
             if not batch:
+                if self.failures_in_a_row and not self._busy:
+                    self.failures_in_a_row, self.failing_since = 0, None  # nothing is queued, so nothing is failing
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=self.batch_max_wait)
                 except asyncio.TimeoutError:
@@ -175,16 +214,30 @@ class Batcher:
                     # A previous batch failed with its fate unknown: drop what the chain already holds
                     # before sending anything again.
                     self._dirty = False
-                    await self._drop_recorded(chain, store, {r.data.meter for r in batch})
+                    try:
+                        await self._drop_recorded(chain, store, {r.data.meter for r in batch})
+                    except BaseException:
+                        self._dirty = True  # not done: the next batch does it
+                        raise
                     continue
                 await self._submit(chain, store, batch)
                 backoff.succeeded()
             except (ChainError, ChainUnavailable, OSError, asyncio.TimeoutError) as err:
                 delay = backoff.failed()
+                self._failed(err)
                 log_event(log, "batch_failed", logging.WARNING, size=len(batch), error=str(err)[:300],
                           retry_in=f"{delay:.1f}s")
-                store.mark_submitted(batch, None)
                 self._dirty = True
+                try:
+                    store.mark_submitted(batch, None)
+                except sqlite3.Error as storage_err:
+                    # Its meters stay busy until the readings are pending again: none of their later ones overtakes.
+                    await self._write_again("put_back", partial(store.mark_submitted, batch, None), len(batch),
+                                            storage_err)
+                await asyncio.sleep(delay)
+            except sqlite3.Error as err:  # dropping what the chain holds: nothing of the batch was sent
+                delay = backoff.failed()
+                self._storage_failed("drop_recorded", err, len(batch), delay)
                 await asyncio.sleep(delay)
             finally:
                 self._busy.difference_update(r.data.meter for r in batch)
@@ -195,20 +248,68 @@ class Batcher:
         gas_limit = gas_limit_for(len(batch))
         calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
         tx_hex = (await chain.send_transaction(calldata, gas_limit)).hash
-        store.mark_submitted(batch, tx_hex)
+        try:
+            store.mark_submitted(batch, tx_hex)
+        except sqlite3.Error as err:
+            # The transaction is out and its outcome is awaited below all the same. Its meters stay busy
+            # meanwhile, so no other batch carries these readings; were the thread to die, its restart
+            # drops what the chain took before sending again, and the chain's sequence check refuses a
+            # second copy of one in flight.
+            self._storage_failed("mark_submitted", err, len(batch), None)
         outcome, gas_used = await self._outcome(chain, tx_hex, gas_limit)
         # A mined batch decided every reading in it: the contract emits ReadingRecorded or
         # ReadingRejected for each, so the whole batch leaves the queue (the events go to meters
         # through the relay).
-        store.remove_many([(r.data.meter, r.data.seq) for r in batch])
+        mined = [(r.data.meter, r.data.seq) for r in batch]
+        try:
+            store.remove_many(mined)
+        except sqlite3.Error as err:
+            # Its meters stay busy until the readings are gone, so none is sent again. If the batcher stops
+            # first, they stay queued and the next start drops them as already on chain.
+            if not await self._write_again("remove_mined", partial(store.remove_many, mined), len(batch), err):
+                return
+        now = time.time()
+        self.last_batch_at = now
+        self.failures_in_a_row, self.failing_since = 0, None
         self.batches += 1
         self.readings_submitted += len(batch)
         latency = time.monotonic() - started
-        oldest = time.time() - min(r.received_at for r in batch)
+        oldest = now - min(r.received_at for r in batch)
         gas = {} if gas_used is None else {"gas": gas_used, "gas_per_reading": gas_used // len(batch)}
         log_event(log, "batch_mined", size=len(batch), recorded=outcome.recorded, rejected=outcome.rejected,
                   **gas, block=outcome.block, tx=tx_hex, latency_ms=int(latency * 1000),
                   oldest_wait_ms=int(oldest * 1000), queued=store.count())
+
+    def _failed(self, err: BaseException) -> None:
+        """Count a failed attempt for ``/health``."""
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.failures_in_a_row += 1
+        self.last_error = f"{type(err).__name__}: {err}"[:300]
+
+    def _storage_failed(self, step: str, err: sqlite3.Error, size: int, retry_in: float | None) -> None:
+        """Count and log, at once, a failed read or write of the queue database."""
+        self._failed(err)
+        log_event(log, "queue_storage_failed", logging.ERROR, step=step, size=size, error=self.last_error,
+                  retry_in=None if retry_in is None else f"{retry_in:.1f}s", queue=str(self.store.path),
+                  action=STORAGE_ACTION)
+
+    async def _write_again(self, step: str, write: Callable[[], object], size: int, err: sqlite3.Error) -> bool:
+        """After a write to the queue failed with ``err``, retry it with back-off until it is done (True), or until
+        the batcher is stopping (False)."""
+        backoff = Backoff(RETRY_FIRST, RETRY_CAP)
+        while True:
+            if self._stopping:
+                self._storage_failed(step, err, size, None)
+                return False
+            delay = backoff.failed()
+            self._storage_failed(step, err, size, delay)
+            await asyncio.sleep(delay)
+            try:
+                write()
+                return True
+            except sqlite3.Error as again:
+                err = again
 
     async def _outcome(self, chain: AsyncChainClient, tx_hex: str, gas_limit: int) -> tuple[BatchOutcome, int | None]:
         """What the mined transaction decided, from the relay's report or else its receipt (with the gas used)."""

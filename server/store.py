@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.eip712 import ReadingData
+from common.errors import StorageError
 from server.validation import Cursor
 
-__all__ = ["QueuedReading", "Store"]
+__all__ = ["QueuedReading", "Store", "BUSY_TIMEOUT_MS", "queue_unusable"]
 
-#: How long a connection waits for another thread's write to finish before giving up.
+#: How long a connection waits for another connection's write to finish before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -80,20 +81,30 @@ class _Count:
 class Store:
     """The gateway's SQLite database: one connection per thread that uses it (``connect_again``)."""
 
-    def __init__(self, path: Path, durable_fsync: bool = False, count: _Count | None = None) -> None:
+    def __init__(self, path: Path, durable_fsync: bool = False, count: _Count | None = None,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        """Open (or create) the queue; raises ``StorageError`` saying what to do if the file cannot be used."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.durable_fsync = durable_fsync
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
-        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self.db.executescript(_SCHEMA)
-        self._count = count or _Count(int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]))
+        self.busy_timeout_ms = busy_timeout_ms
+        try:
+            self.db = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None,
+                                      check_same_thread=False)
+        except sqlite3.DatabaseError as err:
+            raise queue_unusable(path, err) from err
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
+            self.db.executescript(_SCHEMA)
+            self._count = count or _Count(int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]))
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise queue_unusable(path, err) from err
 
     def connect_again(self) -> Store:
         """Another connection to the same database, for another thread, sharing the queue's count."""
-        return Store(self.path, self.durable_fsync, self._count)
+        return Store(self.path, self.durable_fsync, self._count, self.busy_timeout_ms)
 
     def close(self) -> None:
         """Checkpoint and close the database."""
@@ -163,6 +174,11 @@ class Store:
         self._count.add(-removed)
         return int(removed)
 
+    def oldest_received_at(self) -> float | None:
+        """When the reading queued longest was received (None when the queue is empty)."""
+        row = self.db.execute("SELECT received_at FROM queue ORDER BY rowid LIMIT 1").fetchone()
+        return float(row[0]) if row else None
+
     def queued_meters(self) -> list[str]:
         """Meters with readings in the queue."""
         return [r[0] for r in self.db.execute("SELECT DISTINCT meter FROM queue").fetchall()]
@@ -195,6 +211,18 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET block=excluded.block, log_index=excluded.log_index",
                 (name, block, log_index),
             )
+
+
+def queue_unusable(path: Path, err: sqlite3.DatabaseError) -> StorageError:
+    """The error, in plain words with what to do, for a queue database that cannot be opened or read."""
+    if isinstance(err, sqlite3.OperationalError):
+        return StorageError(
+            f"cannot use the gateway's queue {path} ({err}): check that the data directory is writable, that the disk "
+            "is not full and that no other process (another server on the same DATA_DIR) holds the file")
+    return StorageError(
+        f"the gateway's queue {path} is damaged ({err}): move the file aside with its -wal and -shm files (for "
+        f"example to {path.name}.damaged) and start the server again; readings in it that are not on chain yet are "
+        "resent by the meters from their outboxes when they reconnect")
 
 
 def _row(row: tuple) -> QueuedReading:  # type: ignore[type-arg]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from eth_utils import to_checksum_address
-from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from common import errors
@@ -49,6 +49,7 @@ from server.api.schemas import (
     meter_out,
     tariff_out,
 )
+from server.health import HealthCheck
 from server.history import GroupBy, group_hours
 from server.hub import Hub
 from server.index import Index, MeterRecord
@@ -159,13 +160,20 @@ def _meter(ctx: ApiContext, who: Principal, address: str) -> MeterRecord:
 # ---------------------------------------------------------------- health and sign-in
 
 
-@router.get("/health", response_model=HealthOut, tags=["server"])
-async def health(ctx: Ctx) -> HealthOut:
-    """Whether the server is up, and how far the index has read the chain (no credentials needed)."""
+@router.get("/health", response_model=HealthOut, tags=["server"],
+            responses={503: {"model": HealthOut, "description": "a part of the server is down or degraded"}})
+async def health(ctx: Ctx, request: Request, response: Response) -> HealthOut:
+    """The server's state and each part's (chain, batcher, relay, indexer) with the reason: HTTP 200 when every
+    part is up, 503 otherwise; and how far the index has read the chain (no credentials needed)."""
+    check: HealthCheck = request.app.state.health
+    report = await check.report()
+    if report.status != "ok":
+        response.status_code = 503
     position = ctx.index.position()
-    return HealthOut(status="ok", chain_id=ctx.deployment.chain_id, contract=ctx.deployment.address,
-                     index_block=position[0] if position else None, meters=len(ctx.index.meters()),
-                     connected_meters=len(ctx.hub) if ctx.hub is not None else 0, timezone=ctx.settings.timezone)
+    return HealthOut(status=report.status, reason=report.reason, parts=report.parts, chain_id=ctx.deployment.chain_id,
+                     contract=ctx.deployment.address, index_block=position[0] if position else None,
+                     meters=len(ctx.index.meters()), connected_meters=len(ctx.hub) if ctx.hub is not None else 0,
+                     timezone=ctx.settings.timezone)
 
 
 @router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"])

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from common.customers import Customer
 from common.tariff import format_pounds
+from server.health import HealthParts
 from server.index import MeterRecord, Period
 
 __all__ = [
@@ -240,9 +241,14 @@ class MeOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """Whether the server is up and how far the index has read the chain."""
+    """Whether the server is up, each part with its state and the reason, and how far the index has read the chain."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok (HTTP 200) when every part is up; otherwise HTTP 503 with down when readings cannot reach the "
+                    "chain (the chain or the batcher is down) and degraded when another part is not up")
+    reason: str = Field(description="the parts that are not up and why, or 'every part is up'")
+    parts: HealthParts = Field(description="chain, batcher, relay and indexer, each with a state (up, degraded, "
+                                           "down), a reason and what it is judged on")
     chain_id: int
     contract: str
     index_block: int | None
