@@ -147,8 +147,10 @@ class ServerApp:
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
-        relay.listeners.append(indexer.on_event)
+        relay.followers.append(indexer)
         relay.mined_listeners.append(batcher.mined)
+        relay.final_listeners.append(batcher.finalized)
+        relay.rollback_listeners.append(batcher.rolled_back)
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
                  supervisor.keep_running("indexer", indexer.run)]

@@ -14,6 +14,7 @@ commit for them all costs what one did for each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import ssl
@@ -221,11 +222,19 @@ class Gateway:
         try:
             final_at = await self._final_block()
             async with self._lookups:
-                raw_state, raw_bill = await asyncio.gather(
-                    self.chain.view("meterState", meter, block=final_at),
-                    self.chain.view("openBill", meter, block=final_at),
-                )
-            view, bill = decode_meter(meter, raw_state), decode_bill(raw_bill)
+                try:
+                    raw_state, raw_bill = await asyncio.gather(
+                        self.chain.view("meterState", meter, block=final_at),
+                        self.chain.view("openBill", meter, block=final_at),
+                    )
+                    view = decode_meter(meter, raw_state)
+                except errors.ChainError as err:
+                    if final_at == "latest" or isinstance(err, errors.ChainUnavailable):
+                        raise
+                    # Registered in a block not final yet: none of its readings is final either.
+                    raw_bill = await self.chain.view("openBill", meter)
+                    view = dataclasses.replace(latest, last_seq=0)
+            bill = decode_bill(raw_bill)
             if final_at == "latest":
                 latest = view
         except errors.SmartMeterError as err:
