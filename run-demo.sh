@@ -3,6 +3,9 @@
 # contract, provisions twelve meters (first run only: the chain persists in data/chain),
 # starts the server (with the REST API and web dashboard) and the grid-alert emitter, then
 # twelve meters with the fleet view.
+# While the meters run it watches the chain and the server side: if either stops (the server or
+# the emitter, which run-server.sh stops together), it stops the meters, says which part
+# stopped, which log to read and that log's last lines, and tears the rest down (exit 1).
 # Ctrl-C tears everything down; running it again resumes the persisted chain.
 #   ./run-demo.sh [--count N] [--time-scale X]   (extra options go to the fleet)
 set -euo pipefail
@@ -11,29 +14,96 @@ say() { printf 'run-demo: %s\n' "$*"; }
 START=$(date +%s)
 
 scripts/bootstrap.sh
+PY=.venv/bin/python
+# Every script below uses this data directory (run-docker.sh reads DATA_DIR from the environment only).
+DATA_DIR="$($PY -c 'from common.settings import ROOT, load_settings; d = load_settings().data_dir; print(d.relative_to(ROOT) if d.is_relative_to(ROOT) else d)')"
+export DATA_DIR
+LOG_DIR="$DATA_DIR/logs"
+RUN_SERVER_LOG="$LOG_DIR/run-server.log"
+CHAIN_PID_FILE="$DATA_DIR/ganache.pid"
+CHAIN_LOG="$LOG_DIR/ganache.log"
+CHAIN_URL="$($PY -c 'from common.settings import load_settings; print(load_settings().chain_rpc_url)')"
+CHAIN_PID=""
+
 ./run-docker.sh
+if [ -f "$CHAIN_PID_FILE" ] && kill -0 "$(cat "$CHAIN_PID_FILE")" 2>/dev/null; then
+  CHAIN_PID="$(cat "$CHAIN_PID_FILE")"
+fi
 
 SERVER_PID=""
+CLIENTS_PID=""
+stop_clients() {
+  if [ -n "$CLIENTS_PID" ] && kill -0 "$CLIENTS_PID" 2>/dev/null; then
+    kill -TERM "$CLIENTS_PID" 2>/dev/null || true
+    wait "$CLIENTS_PID" 2>/dev/null || true
+  fi
+  CLIENTS_PID=""
+}
 teardown() {
   trap - INT TERM EXIT
   say "tearing down"
-  [ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  stop_clients
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   ./run-docker.sh --stop || true
   say "done; run ./run-demo.sh again to resume where it stopped"
 }
-trap teardown INT TERM EXIT
+trap teardown EXIT
+trap 'teardown; exit 130' INT TERM
 
-mkdir -p data/logs
-: > data/logs/run-server.log
-./run-server.sh > data/logs/run-server.log 2>&1 &
+# A part of the system stopped under the demo: stop the meters (whose screen would hide the
+# message), then say what stopped and show the end of its log. The EXIT trap tears down the rest.
+stopped() {  # WHAT LOG
+  stop_clients
+  say "$1 stopped while the demo was running, so the demo stops too; see $2. Its last lines:" >&2
+  tail -n 14 "$2" 2>/dev/null | sed 's/^/  | /' >&2 || true
+  exit 1
+}
+
+# A Ganache run-docker.sh started from node_modules has a live pid in its pid file; a chain in
+# Docker (or started some other way) is asked over RPC every few seconds, and counts as stopped
+# after two unanswered probes in a row.
+CHAIN_MISSES=0
+TICK=0
+chain_alive() {
+  if [ -n "$CHAIN_PID" ]; then
+    kill -0 "$CHAIN_PID" 2>/dev/null
+    return
+  fi
+  TICK=$((TICK + 1))
+  [ $((TICK % 5)) -ne 0 ] && return 0
+  if $PY -c "import sys; from common.devchain import rpc_answers; sys.exit(0 if rpc_answers('$CHAIN_URL', 5) else 1)"; then
+    CHAIN_MISSES=0
+  else
+    CHAIN_MISSES=$((CHAIN_MISSES + 1))
+  fi
+  [ "$CHAIN_MISSES" -lt 2 ]
+}
+
+mkdir -p "$LOG_DIR"
+: > "$RUN_SERVER_LOG"
+./run-server.sh > "$RUN_SERVER_LOG" 2>&1 &
 SERVER_PID=$!
-say "deploying, provisioning and starting the server (log: data/logs/run-server.log)"
-until grep -q "Ctrl-C stops" data/logs/run-server.log 2>/dev/null; do
+say "deploying, provisioning and starting the server (log: $RUN_SERVER_LOG)"
+until grep -q "Ctrl-C stops" "$RUN_SERVER_LOG" 2>/dev/null; do
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    say "the server side failed to start:"; tail -20 data/logs/run-server.log >&2; exit 1
+    say "the server side failed to start:"; tail -20 "$RUN_SERVER_LOG" >&2; exit 1
   fi
   sleep 0.5
 done
-grep "run-server:" data/logs/run-server.log | tail -4
-say "ready after $(( $(date +%s) - START )) s; logs in data/logs/ and data/meters/<name>/meter.log"
-./run-clients.sh "$@"
+grep "run-server:" "$RUN_SERVER_LOG" | tail -4
+say "ready after $(( $(date +%s) - START )) s; logs in $LOG_DIR/ and $DATA_DIR/meters/<name>/meter.log"
+
+./run-clients.sh "$@" &
+CLIENTS_PID=$!
+while kill -0 "$CLIENTS_PID" 2>/dev/null; do
+  kill -0 "$SERVER_PID" 2>/dev/null || stopped "the server side (run-server.sh)" "$RUN_SERVER_LOG"
+  chain_alive || stopped "the chain (Ganache at $CHAIN_URL)" "$CHAIN_LOG"
+  sleep 1
+done
+STATUS=0
+wait "$CLIENTS_PID" || STATUS=$?
+CLIENTS_PID=""
+exit "$STATUS"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Start the local chain: Ganache 7.9.2 on 127.0.0.1:8545, chain id 1337, deterministic accounts,
-# data kept in data/chain across restarts. Uses the Docker engine where `docker info` works,
-# otherwise the same Ganache from node_modules with the same flags and data directory.
+# Start the local chain: Ganache 7.9.2 on 127.0.0.1 at the port of CHAIN_RPC_URL (environment,
+# then .env; default 8545), chain id 1337, deterministic accounts, data kept in data/chain across
+# restarts. Uses the Docker engine where `docker info` works, otherwise the same Ganache from
+# node_modules with the same flags and data directory. It starts a chain on this machine only, so
+# it refuses a CHAIN_RPC_URL on another host, and a GANACHE_PORT (older setting, optional) or
+# CHAIN_WS_URL port that disagrees with CHAIN_RPC_URL's.
 #   ./run-docker.sh           start (or say it is already running) and wait until the RPC answers
 #   ./run-docker.sh --stop    stop it
 #   ./run-docker.sh --reset   stop it and delete the chain's data (deployments must be redone)
@@ -9,16 +12,71 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PORT="${GANACHE_PORT:-8545}"
 DATA_DIR="${DATA_DIR:-data}"
 CHAIN_DIR="$DATA_DIR/chain"
 PID_FILE="$DATA_DIR/ganache.pid"
 LOG_FILE="$DATA_DIR/logs/ganache.log"
 CONTAINER="smartmeter-ganache"
 IMAGE="trufflesuite/ganache:v7.9.2"
-URL="http://127.0.0.1:$PORT"
 
 say() { printf 'run-docker: %s\n' "$*"; }
+
+# The port to serve, from the settings every other part reads (so the chain starts where the server,
+# the meters and the tools look for it); prints a plain refusal and exits 2 when it cannot be ours.
+chain_port() {
+  .venv/bin/python - <<'PY'
+import ipaddress
+import os
+import sys
+from urllib.parse import urlsplit
+
+from common.errors import SmartMeterError
+from common.settings import load_settings
+
+
+def refuse(text: str) -> None:
+    print(f"run-docker: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def port_of(url: str) -> int | None:
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
+
+
+try:
+    settings = load_settings()
+except SmartMeterError as err:
+    refuse(f"{err.message} (check .env)")
+url = settings.chain_rpc_url
+parts = urlsplit(url)
+port = port_of(url)
+if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+    refuse(f"CHAIN_RPC_URL={url} is not an http://HOST:PORT address; run-docker.sh starts the chain at that "
+           "port, e.g. CHAIN_RPC_URL=http://127.0.0.1:8545")
+host = parts.hostname
+try:
+    loopback = host == "localhost" or ipaddress.ip_address(host) in ipaddress.ip_network("127.0.0.0/8")
+except ValueError:
+    loopback = False
+if not loopback:
+    refuse(f"CHAIN_RPC_URL={url} points to {host}, another machine; run-docker.sh starts a chain on this "
+           "machine only (127.0.0.1). Start that node there yourself, or set CHAIN_RPC_URL and CHAIN_WS_URL "
+           "to http://127.0.0.1:PORT and ws://127.0.0.1:PORT for a local chain.")
+ganache_port = os.environ.get("GANACHE_PORT", "").strip()
+if ganache_port and ganache_port != str(port):
+    refuse(f"GANACHE_PORT={ganache_port} and CHAIN_RPC_URL={url} disagree: the chain would start where the "
+           "server and the meters do not look for it. Unset GANACHE_PORT (CHAIN_RPC_URL alone sets the port) "
+           "or make them the same.")
+ws_port = port_of(settings.chain_ws_url)
+if ws_port != port:
+    refuse(f"CHAIN_WS_URL={settings.chain_ws_url} and CHAIN_RPC_URL={url} use different ports, but Ganache "
+           f"serves both on one: set CHAIN_WS_URL=ws://127.0.0.1:{port}")
+print(port)
+PY
+}
 
 answers() {
   curl -s -m 2 -X POST -H 'content-type: application/json' \
@@ -50,11 +108,18 @@ case "${1:-}" in
     rm -rf "$CHAIN_DIR" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" "$DATA_DIR/index" "$DATA_DIR/customers.json"
     say "deleted the chain's data, the recorded deployment and provisioned meters; run ./run-docker.sh to start afresh"
     exit 0 ;;
+  --status|"") ;;
+  *) echo "usage: $0 [--stop|--reset|--status]" >&2; exit 2 ;;
+esac
+
+scripts/bootstrap.sh
+PORT="$(chain_port)" || exit 2
+URL="http://127.0.0.1:$PORT"
+
+case "${1:-}" in
   --status)
     if answers; then say "the chain answers at $URL"; else say "no chain answers at $URL"; exit 1; fi
     exit 0 ;;
-  "" ) ;;
-  *) echo "usage: $0 [--stop|--reset|--status]" >&2; exit 2 ;;
 esac
 
 if answers; then
@@ -62,11 +127,10 @@ if answers; then
   exit 0
 fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-  say "port $PORT is in use by something that is not a JSON-RPC node; free it or set GANACHE_PORT"
+  say "port $PORT is in use by something that is not a JSON-RPC node; free it, or choose another port in CHAIN_RPC_URL and CHAIN_WS_URL (.env)"
   exit 1
 fi
 
-scripts/bootstrap.sh
 mkdir -p "$CHAIN_DIR" "$(dirname "$LOG_FILE")"
 
 if docker_works; then

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Start the server side: checks the chain answers, deploys the contract and provisions the
 # meters if needed, then runs the server (gateway, batcher, relay, indexer, REST API and
-# dashboard) and the grid-alert emitter with their logs in data/logs/. Ctrl-C stops both.
+# dashboard) and the grid-alert emitter. Each writes one log, every line once: its log lines
+# and anything else it prints (a crash's traceback, a warning) in data/logs/server.log and
+# data/logs/emitter.log (under DATA_DIR). Ctrl-C stops both; if either stops by itself, this says which, shows
+# the last lines of its log, stops the other and exits 1.
 #   ./run-server.sh [--no-emitter]
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
 
 PY=.venv/bin/python
-LOG_DIR="data/logs"
+DATA_DIR="$($PY -c 'from common.settings import ROOT, load_settings; d = load_settings().data_dir; print(d.relative_to(ROOT) if d.is_relative_to(ROOT) else d)')"
+LOG_DIR="$DATA_DIR/logs"
 mkdir -p "$LOG_DIR"
 say() { printf 'run-server: %s\n' "$*"; }
 
@@ -26,6 +30,8 @@ EMITTER=1
 [ "${1:-}" = "--no-emitter" ] && EMITTER=0
 
 PIDS=()
+NAMES=()
+LOGS=()
 stop_all() {
   trap - INT TERM EXIT
   say "stopping"
@@ -33,24 +39,42 @@ stop_all() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   say "stopped"
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+trap 'stop_all; exit 130' INT TERM
 
-$PY -m server --log-file "$LOG_DIR/server.log" 2>>"$LOG_DIR/server.stderr.log" &
-PIDS+=($!)
+# What stopped, in a sentence, with the last lines of its log.
+report_exit() {  # NAME LOG STATUS
+  how="exit status $3"
+  [ "$3" -gt 128 ] && how="killed by SIG$(kill -l "$(($3 - 128))" 2>/dev/null || echo "$(($3 - 128))")"
+  say "$1 stopped by itself ($how); its log is $2; its last lines:"
+  tail -n 8 "$2" | sed 's/^/  | /'
+}
+
+# One log a process, every line once: the processes log to stderr, and stdout and stderr both
+# go to the file (a traceback or a warning lands there too, in order).
+$PY -m server >>"$LOG_DIR/server.log" 2>&1 &
+PIDS+=($!); NAMES+=("the server (python -m server)"); LOGS+=("$LOG_DIR/server.log")
 for _ in $(seq 1 100); do
   grep -q "event=gateway_listening" "$LOG_DIR/server.log" 2>/dev/null && break
-  kill -0 "${PIDS[0]}" 2>/dev/null || { say "the server exited; see $LOG_DIR/server.log and $LOG_DIR/server.stderr.log"; tail -5 "$LOG_DIR/server.stderr.log" >&2; exit 1; }
+  if ! kill -0 "${PIDS[0]}" 2>/dev/null; then
+    status=0; wait "${PIDS[0]}" || status=$?
+    report_exit "${NAMES[0]}" "${LOGS[0]}" "$status" >&2
+    exit 1
+  fi
   sleep 0.2
 done
 if [ "$EMITTER" = 1 ]; then
-  $PY scripts/grid_alert_emitter.py --scenario scripts/scenarios/demo.json --log-file "$LOG_DIR/emitter.log" \
-    >>"$LOG_DIR/emitter.stdout.log" 2>&1 &
-  PIDS+=($!)
+  $PY scripts/grid_alert_emitter.py --scenario scripts/scenarios/demo.json >>"$LOG_DIR/emitter.log" 2>&1 &
+  PIDS+=($!); NAMES+=("the grid-alert emitter (scripts/grid_alert_emitter.py)"); LOGS+=("$LOG_DIR/emitter.log")
 fi
 WSS="$($PY -c 'from common.settings import load_settings; print(load_settings().server_url)')"
 DASHBOARD="$($PY -c 'from server.api.auth import dashboard_link; from common.settings import load_settings; print(dashboard_link(load_settings()))')"
 [ -n "$DASHBOARD" ] && say "dashboard and REST API (signed in as the operator): $DASHBOARD"
 say "server running: meters connect to $WSS"
 say "logs: $LOG_DIR/server.log$( [ "$EMITTER" = 1 ] && echo ", $LOG_DIR/emitter.log" ); Ctrl-C stops"
-wait -n "${PIDS[@]}" || true
-say "a server process exited; see the logs in $LOG_DIR"
+status=0
+wait -n "${PIDS[@]}" || status=$?
+for i in "${!PIDS[@]}"; do
+  kill -0 "${PIDS[$i]}" 2>/dev/null || report_exit "${NAMES[$i]}" "${LOGS[$i]}" "$status"
+done
+exit 1

@@ -89,6 +89,10 @@ class Settings:
     # API, dashboard and consumption alerts
     operator_api_key: str = ""
     api_token_ttl: float = 43_200.0
+    api_signin_rate_per_second: float = 1.0
+    api_signin_burst: int = 20
+    api_challenges_per_meter: int = 5
+    api_max_challenges: int = 100_000
     timezone: str = "Europe/London"
     hourly_limit_wh: int = 3_000
     jump_factor: float = 3.0
@@ -192,4 +196,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("MAX_FEE_GWEI and TX_REPLACE_AFTER must be positive")
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
+    if settings.api_signin_rate_per_second <= 0 or settings.api_signin_burst < 1:
+        raise ConfigError("API_SIGNIN_RATE_PER_SECOND must be positive and API_SIGNIN_BURST at least 1")
+    if not 1 <= settings.api_challenges_per_meter <= settings.api_max_challenges:
+        raise ConfigError("API_CHALLENGES_PER_METER must be at least 1 and at most API_MAX_CHALLENGES")
     return settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import signal
 import sys
@@ -47,6 +48,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--interactive", action="store_true", help="+ and - raise or lower consumption while running")
     p.add_argument("--source", default="model", help="'model' or 'csv:PATH' to replay a sensor CSV (timestamp, kWh)")
     p.add_argument("--plain", action="store_true", help="log lines instead of the live panel, even on a terminal")
+    p.add_argument("--quiet", action="store_true",
+                   help="log lines go to meter.log only, not to stderr too (how run-clients.sh runs meters, so "
+                        "their stderr holds only what is not a log line, such as a crash's traceback)")
     p.add_argument("--seed", type=int, help="seed for the reading intervals (default: random)")
     p.add_argument("--stop-after", type=int, help="take this many readings, wait until all are billed, then exit")
     return p.parse_args()
@@ -166,7 +170,8 @@ def main() -> int:
         print(f"meter {args.name}: cannot start [{err.code}]: {err.message}", file=sys.stderr)
         return 1
     to_terminal = sys.stdout.isatty() and not args.plain
-    setup_logging(path=str(directory / "meter.log"), stream=open("/dev/null", "w") if to_terminal else None)  # noqa: SIM115
+    silent = to_terminal or args.quiet
+    setup_logging(path=str(directory / "meter.log"), stream=open(os.devnull, "w") if silent else None)  # noqa: SIM115
     try:
         return asyncio.run(_main(args))
     except SmartMeterError as err:

@@ -30,7 +30,7 @@ from meters.link import MeterLink
 from meters.outbox import MeterPosition, Outbox
 from meters.schedule import IntervalSchedule
 from meters.sources import RegisterSource
-from meters.status import LinkState, MeterStatus, describe_failure
+from meters.status import HEARTBEAT_S, LinkState, MeterStatus, describe_failure, describe_sync
 
 __all__ = ["MeterClient", "DEFINITIVE_CODES", "DEMAND_RESPONSE_FACTOR"]
 
@@ -70,6 +70,7 @@ class MeterClient:
         time_scale: float = 1.0,
         rng: random.Random | None = None,
         stop_after: int | None = None,
+        heartbeat: float = HEARTBEAT_S,
     ) -> None:
         self.key = key
         self.domain = domain
@@ -84,6 +85,8 @@ class MeterClient:
         self.time_scale = time_scale
         self.rng = rng or random.Random()
         self.stop_after = stop_after
+        #: Seconds between status writes when nothing changes: the fleet view tells a stuck meter by their absence.
+        self.status.heartbeat_s = heartbeat
         self.taken = 0
         #: Set when ``stop_after`` readings were taken and every one of them was billed or rejected.
         self.finished = asyncio.Event()
@@ -102,6 +105,8 @@ class MeterClient:
         self.status.server = self.url
         self._changed()
         tasks = [asyncio.create_task(self._produce()), asyncio.create_task(self._connect_loop())]
+        if self.status_path is not None:
+            tasks.append(asyncio.create_task(self._heartbeat()))
         await stop.wait()
         for task in tasks:
             task.cancel()
@@ -120,6 +125,15 @@ class MeterClient:
             self.status.save(self.status_path)
         if self.on_change is not None:
             self.on_change(self.status)
+
+    async def _heartbeat(self) -> None:
+        """Write the status at least every ``heartbeat_s`` seconds, changed or not."""
+        while True:
+            due = self.status.updated_at + self.status.heartbeat_s - time.time()
+            if due <= 0:
+                self._changed()
+                due = self.status.heartbeat_s
+            await asyncio.sleep(due)
 
     # ---------------------------------------------------------------- readings
 
@@ -158,13 +172,16 @@ class MeterClient:
         self._changed()
         return Reading(meter=data.meter, seq=data.seq, timestamp=ts, energy_wh=wh, signature=signature)
 
-    async def _resend(self) -> None:
-        """Send every waiting reading, oldest first."""
+    async def _resend(self) -> int:
+        """Send every waiting reading, oldest first; returns how many."""
         assert self.link is not None
+        sent = 0
         for entry in self.outbox.pending():
             await self.link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
                                          energy_wh=entry.energy_wh, signature=entry.signature))
+            sent += 1
         self._last_resend = time.monotonic()
+        return sent
 
     async def _resend_stale(self) -> None:
         if self.link is None or not self._synced or not self.outbox.count():
@@ -189,8 +206,11 @@ class MeterClient:
                 backoff.succeeded()
                 self.link = link
                 self._on_welcome(welcome)
-                await self._resend()
+                resent = await self._resend()
                 self._synced = True
+                # Connected and up to date: whatever went wrong before is over.
+                self.status.resolved(describe_sync(self.url, resent))
+                self._changed()
                 while True:
                     self._on_message(await link.recv())
             except asyncio.CancelledError:
@@ -235,8 +255,6 @@ class MeterClient:
         s.period_energy_wh, s.amount_due = welcome.bill.period_energy_wh, welcome.bill.amount_due
         s.bill_seq = welcome.last_seq
         s.unit_rate, s.standing_charge = welcome.tariff.unit_rate, welcome.tariff.standing_charge
-        if s.last_error:
-            s.error(f"reconnected; {self.outbox.count()} reading(s) being resent")
         log_event(log, "logged_in", meter=s.name, last_seq=welcome.last_seq, already_on_chain=dropped,
                   resending=self.outbox.count())
         self._changed()
@@ -283,7 +301,7 @@ class MeterClient:
         elif msg.code == "sequence_gap" and self.link is not None:
             # The server expects an earlier reading: reconnect, which resends the outbox in order.
             asyncio.get_running_loop().create_task(self.link.close())
-            s.error(f"the server asked for earlier readings first; resending [{msg.code}]")
+            s.note(f"the server asked for earlier readings first; reconnecting to resend them [{msg.code}]")
         else:
             s.error(f"{msg.message} [{msg.code}]")
         log_event(log, "server_error", logging.WARNING, meter=s.name, code=msg.code, seq=msg.seq, detail=msg.message)

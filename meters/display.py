@@ -1,9 +1,15 @@
 """Renders a meter's status: a live ``rich`` panel on a terminal, one structured line per event
-otherwise; and the fleet table ``run-clients.sh`` shows for every meter at once."""
+otherwise; and the fleet table ``run-clients.sh`` shows for every meter at once.
+
+The fleet table tells a healthy meter from one that is stuck (its status not written for
+``STALE_AFTER_HEARTBEATS`` heartbeats: readings may be a minute apart, the heartbeat is not)
+and from one whose process has ended (the supervisor passes the exit codes)."""
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -12,9 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from common.tariff import format_pounds
-from meters.status import LinkState, MeterStatus
+from meters.status import LinkState, MeterStatus, readings_phrase
 
-__all__ = ["render_meter", "render_fleet", "SEVERITY_STYLE", "STATE_STYLE"]
+__all__ = ["render_meter", "render_fleet", "fleet_state", "describe_connection", "describe_exit",
+           "SEVERITY_STYLE", "STATE_STYLE"]
 
 SEVERITY_STYLE = {0: ("INFO", "bold cyan"), 1: ("WARNING", "bold yellow"), 2: ("CRITICAL", "bold white on red")}
 STATE_STYLE = {
@@ -31,6 +38,40 @@ def _ago(ts: float, now: float) -> str:
         return "never"
     seconds = int(now - ts)
     return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def describe_connection(state: LinkState, server: str) -> str:
+    """The connection in words: ``connected to wss://...``, ``disconnected from wss://...``."""
+    return {
+        LinkState.STARTING: "starting",
+        LinkState.CONNECTING: f"connecting to {server}",
+        LinkState.CONNECTED: f"connected to {server}",
+        LinkState.DISCONNECTED: f"disconnected from {server}",
+        LinkState.STOPPED: "stopped",
+    }[state]
+
+
+def describe_exit(code: int) -> str:
+    """How a meter process ended: ``exit code 1`` or ``killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def fleet_state(status: MeterStatus, now: float, exit_code: int | None = None) -> tuple[str, str]:
+    """The fleet table's state cell (text, style): the meter's own state unless it is stale or its process ended."""
+    if exit_code is not None:
+        if exit_code == 0 and status.state is LinkState.STOPPED:
+            return "stopped", STATE_STYLE[LinkState.STOPPED]
+        return f"ended ({describe_exit(exit_code)})", "bold red"
+    if status.stale(now):
+        if not status.updated_at:
+            return "no status yet", "bold red"
+        return f"no status for {_ago(status.updated_at, now).removesuffix(' ago')}", "bold red"
+    return status.state.value, STATE_STYLE[status.state]
 
 
 def _rate(status: MeterStatus) -> str:
@@ -53,8 +94,10 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     rows.add_row("Live bill", due)
     rows.add_row("", f"{status.period_energy_wh / 1000:,.3f} kWh this period · bill for reading #{status.bill_seq}")
     rows.add_row("Tariff", _rate(status) if status.unit_rate else "-")
-    rows.add_row("Connection", Text(f"{status.state.value} to {status.server}", style=STATE_STYLE[status.state]))
-    rows.add_row("Waiting", f"{status.waiting} reading(s) not yet billed")
+    rows.add_row("Connection", Text(describe_connection(status.state, status.server), style=STATE_STYLE[status.state]))
+    rows.add_row("Waiting", f"{readings_phrase(status.waiting)} not yet billed")
+    if status.last_event:
+        rows.add_row("Last event", f"{status.last_event} ({_ago(status.last_event_at, now)})")
     if status.demand_factor < 1.0 or status.multiplier != 1.0:
         rows.add_row("Usage", f"x{status.multiplier:.2f} consumption, x{status.demand_factor:.2f} demand response")
     parts: list[RenderableType] = [rows]
@@ -69,9 +112,14 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     return Panel(Group(*parts), title=f"Smart meter {status.name}", border_style=STATE_STYLE[status.state])
 
 
-def render_fleet(statuses: list[MeterStatus], now: float | None = None) -> Group:
-    """Every meter on one screen: bill, state and last problem; alerts in force above the table."""
+def render_fleet(statuses: list[MeterStatus], now: float | None = None,
+                 exit_codes: Mapping[str, int] | None = None) -> Group:
+    """Every meter on one screen: bill, state and last problem; alerts in force above the table.
+
+    ``exit_codes`` holds the meters whose process has ended, by name.
+    """
     now = time.time() if now is None else now
+    exit_codes = exit_codes or {}
     table = Table(title="Smart-meter fleet", expand=True)
     for col in ("Meter", "Region", "State", "Register kWh", "Reading", "Bill", "Waiting", "Last problem"):
         table.add_column(col, no_wrap=col != "Last problem")
@@ -79,12 +127,14 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None) -> Group
     for s in statuses:
         for alert in s.active_alerts(now):
             alerts[int(alert.get("id", 0))] = alert
-        stale = now - s.updated_at > 30 and s.state is not LinkState.STOPPED
-        state = Text("no status" if stale else s.state.value, style="red" if stale else STATE_STYLE[s.state])
+        code = exit_codes.get(s.name)
+        label, style = fleet_state(s, now, code)
+        problem = s.last_error
+        if code is not None and label != "stopped":
+            problem = f"the meter's process ended ({describe_exit(code)}); see its console.log and meter.log"
         table.add_row(
-            s.name, s.region, state, f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
-            format_pounds(s.amount_due) + ("" if s.bill_final else " (provisional)"), str(s.waiting),
-            s.last_error if s.last_error else "",
+            s.name, s.region, Text(label, style=style), f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
+            format_pounds(s.amount_due) + ("" if s.bill_final else " (provisional)"), str(s.waiting), problem,
         )
     lines: list[RenderableType] = []
     for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):

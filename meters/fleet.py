@@ -1,9 +1,11 @@
 """``python -m meters.fleet``: start a fleet of meter processes and show them on one screen.
 
-Each meter runs as its own process (``python -m meters NAME --plain``) with its log in
-``DATA_DIR/meters/NAME/meter.log``; this supervisor shows every meter's bill, state and last
-problem in one table (from each meter's ``status.json``), restarts nothing by itself, and on
-Ctrl-C stops them all cleanly (SIGTERM, then SIGKILL after a grace period).
+Each meter runs as its own process (``python -m meters NAME --plain --quiet``) with its log in
+``DATA_DIR/meters/NAME/meter.log`` and anything else it prints (a crash's traceback) in
+``console.log`` beside it; this supervisor shows every meter's bill, state and last problem in
+one table (from each meter's ``status.json``, and what it knows of the processes: a meter whose
+process ended says so), restarts nothing by itself, and on Ctrl-C stops them all cleanly
+(SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from common.settings import ROOT, load_settings
 from meters.identity import list_meters, meter_dir
-from meters.status import MeterStatus
+from meters.status import LinkState, MeterStatus
 
-__all__ = ["Fleet", "read_statuses"]
+__all__ = ["Fleet", "read_statuses", "fleet_rows"]
 
 STOP_GRACE = 10.0
 
@@ -34,6 +36,16 @@ def read_statuses(data_dir: Path, names: list[str]) -> list[MeterStatus]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def fleet_rows(data_dir: Path, names: list[str], exit_codes: dict[str, int]) -> list[MeterStatus]:
+    """The statuses to show: every meter that wrote one, and a bare row for a meter that ended without one."""
+    rows = read_statuses(data_dir, names)
+    known = {s.name for s in rows}
+    rows += [MeterStatus(name=n, meter="", state=LinkState.STOPPED)
+             for n in names if n in exit_codes and n not in known]
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(rows, key=lambda s: order.get(s.name, len(order)))
 
 
 class Fleet:
@@ -51,13 +63,17 @@ class Fleet:
             log_path = meter_dir(self.data_dir, name) / "console.log"
             out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "meters", name, "--plain", *self.extra_args],
+                [sys.executable, "-m", "meters", name, "--plain", "--quiet", *self.extra_args],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 
     def alive(self) -> int:
         """How many meters still run."""
         return sum(1 for p in self.procs.values() if p.poll() is None)
+
+    def exit_codes(self) -> dict[str, int]:
+        """The meters whose process has ended, with its exit code (negative: killed by that signal)."""
+        return {name: code for name, proc in self.procs.items() if (code := proc.poll()) is not None}
 
     def stop(self) -> None:
         """SIGTERM every meter, wait, SIGKILL stragglers."""
@@ -97,7 +113,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     fleet.start()
-    print(f"run-clients: started {len(names)} meters; logs in {settings.data_dir / 'meters'}/<name>/meter.log; "
+    meters = "1 meter" if len(names) == 1 else f"{len(names)} meters"
+    print(f"run-clients: started {meters}; logs in {settings.data_dir / 'meters'}/<name>/meter.log; "
           "Ctrl-C stops them", flush=True)
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
@@ -108,13 +125,18 @@ def main() -> int:
 
             with Live(render_fleet([]), refresh_per_second=1, screen=False) as live:
                 while not stop and fleet.alive() and (deadline is None or time.monotonic() < deadline):
-                    live.update(render_fleet(read_statuses(settings.data_dir, names)))
+                    codes = fleet.exit_codes()
+                    live.update(render_fleet(fleet_rows(settings.data_dir, names, codes), exit_codes=codes))
                     time.sleep(1)
         else:
+            from meters.display import fleet_state
+
             while not stop and fleet.alive() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(5)
-                for s in read_statuses(settings.data_dir, names):
-                    print(f"fleet meter={s.name} state={s.state.value} seq={s.last_seq} due={s.amount_due} "
+                codes, now = fleet.exit_codes(), time.time()
+                for s in fleet_rows(settings.data_dir, names, codes):
+                    state, _ = fleet_state(s, now, codes.get(s.name))
+                    print(f"fleet meter={s.name} state={state!r} seq={s.last_seq} due={s.amount_due} "
                           f"waiting={s.waiting} problem={s.last_error!r}", flush=True)
     finally:
         print("run-clients: stopping meters", flush=True)

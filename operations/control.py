@@ -58,6 +58,7 @@ __all__ = [
     "render_meters",
     "render_registered",
     "render_tariffs",
+    "render_tariff_change",
     "render_close",
     "render_statement",
     "statement_json",
@@ -300,6 +301,22 @@ def render_tariffs(current: TariffVersion, history: list[TariffVersion], tz: Zon
     head = (f"tariff in force: version {current.version}, {format_pence(current.unit_rate)}/kWh and "
             f"{format_pence(current.standing_charge)}/day, since {format_time(current.effective_from, tz)}")
     return "\n".join([head, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
+
+
+def render_tariff_change(before: TariffVersion, after: TariffVersion) -> str:
+    """What setting the tariff did: the new version, and each rate changed (old -> new) or unchanged."""
+
+    def rate(what: str, old: int, new: int, unit: str) -> str:
+        if old == new:
+            return f"  {what}: {format_pence(new)}/{unit} (unchanged)"
+        return f"  {what}: {format_pence(old)}/{unit} -> {format_pence(new)}/{unit} (changed)"
+
+    return "\n".join([
+        f"tariff version {after.version} set (was version {before.version}); "
+        "it applies to readings recorded from now on",
+        rate("unit rate", before.unit_rate, after.unit_rate, "kWh"),
+        rate("standing charge", before.standing_charge, after.standing_charge, "day"),
+    ])
 
 
 def render_close(result: CloseResult, tz: ZoneInfo) -> str:
@@ -636,13 +653,29 @@ class Operations:
         """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
         return [_tariff(e.args) for e in self._logs("TariffChanged")]
 
-    def set_tariff(self, unit_rate_pence: str, standing_charge_pence: str) -> TariffVersion:
+    def set_tariff(self, unit_rate_pence: str | None = None, standing_charge_pence: str | None = None
+                   ) -> TariffVersion:
         """Set a new tariff given in pence per kWh and pence per day (at most 3 decimals each).
 
-        It applies to readings recorded from the next block on; bills already accrued keep their rates.
+        A rate not given keeps its value in force. The tariff applies to readings recorded from
+        the next block on; bills already accrued keep their rates.
+
+        Raises:
+            InvalidRequest: neither rate given, a value the contract cannot hold, or nothing that
+                would change (both rates as in force), all before any transaction.
         """
-        unit_rate = parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
-        standing = parse_pence(standing_charge_pence, "standing charge", allow_zero=True)
+        if unit_rate_pence is None and standing_charge_pence is None:
+            raise InvalidRequest("give a new unit rate, a new standing charge or both, in pence")
+        new_unit = None if unit_rate_pence is None else parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
+        new_standing = (None if standing_charge_pence is None
+                        else parse_pence(standing_charge_pence, "standing charge", allow_zero=True))
+        current = self.tariff()
+        unit_rate = current.unit_rate if new_unit is None else new_unit
+        standing = current.standing_charge if new_standing is None else new_standing
+        if (unit_rate, standing) == (current.unit_rate, current.standing_charge):
+            raise InvalidRequest(
+                f"the tariff in force (version {current.version}) is already {format_pence(unit_rate)}/kWh and "
+                f"{format_pence(standing)}/day; nothing to change")
         try:
             receipt = self.billing.set_tariff(unit_rate, standing)
         except ChainError as err:

@@ -23,6 +23,7 @@ from operations.control import (  # noqa: E402
     render_meters,
     render_registered,
     render_statement,
+    render_tariff_change,
     render_tariffs,
     statement_json,
 )
@@ -50,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("reactivate", "accept a deactivated meter's readings again")]:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
 
-    tariff = commands.add_parser("tariff", help="show the tariff and its history, or set a new one")
-    tariff.add_argument("--unit-rate", help="new unit rate in pence per kWh, e.g. 24.67")
-    tariff.add_argument("--standing-charge", help="new standing charge in pence per day, e.g. 57.21")
+    tariff = commands.add_parser(
+        "tariff", help="show the tariff and its history, or set a new one (a rate not given is kept)")
+    tariff.add_argument("--unit-rate", help="new unit rate in pence per kWh, e.g. 24.67 (default: keep it)")
+    tariff.add_argument("--standing-charge", help="new standing charge in pence per day, e.g. 57.21 (default: keep it)")
 
     close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
     close.add_argument("meter", metavar="METER", nargs="?")
@@ -71,8 +73,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("register takes either --count N or --address 0x.. --region R")
         if args.address is not None and not args.region:
             parser.error("register --address needs --region (e.g. --region north)")
-    if args.command == "tariff" and (args.unit_rate is None) != (args.standing_charge is None):
-        parser.error("to set the tariff give both --unit-rate and --standing-charge (in pence)")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -94,9 +94,10 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
     elif args.command == "reactivate":
         print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
     elif args.command == "tariff":
-        if args.unit_rate is not None:
-            new = ops.set_tariff(args.unit_rate, args.standing_charge)
-            print(f"tariff version {new.version} set; it applies to readings recorded from now on")
+        if args.unit_rate is not None or args.standing_charge is not None:
+            before = ops.tariff()
+            print(render_tariff_change(before, ops.set_tariff(args.unit_rate, args.standing_charge)))
+            print()
         print(render_tariffs(ops.tariff(), ops.tariff_history(), tz))
     elif args.command == "close-period":
         results = ops.close_all() if args.all else [ops.close_period(args.meter)]

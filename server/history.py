@@ -6,6 +6,10 @@ A reading is a cumulative register, so the energy of one interval (between two r
 known but not when within it it was used. It is spread over the clock hours the interval
 covers in proportion to the time spent in each, in whole watt-hours that always add up to
 the interval's energy exactly (largest remainder), so hourly totals sum to the register.
+
+A window of time counts consumption by the same rule: it holds the clock hours that begin
+inside it, and a reading counts with its share in those hours (``window_hours``,
+``energy_in_hours``). So a window's readings and its hourly totals always add up to the same Wh.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ __all__ = [
     "HOUR",
     "GroupBy",
     "spread_over_hours",
+    "window_hours",
+    "energy_in_hours",
     "bucket_start",
     "bucket_end",
     "group_hours",
@@ -59,6 +65,17 @@ def spread_over_hours(start: int, end: int, energy_wh: int) -> list[tuple[int, i
     order = sorted(range(len(shares)), key=lambda i: (-shares[i][2], i))
     extra = set(order[:left])
     return [(hour, wh + (1 if i in extra else 0)) for i, (hour, wh, _) in enumerate(shares)]
+
+
+def window_hours(start: int, end: int) -> tuple[int, int]:
+    """The clock hours a window [start, end) counts, those beginning inside it, as [first, after)."""
+    return -(-start // HOUR) * HOUR, -(-end // HOUR) * HOUR
+
+
+def energy_in_hours(start: int, end: int, energy_wh: int, first: int, after: int) -> int:
+    """The share of ``energy_wh`` (used from ``start`` to ``end``) that ``spread_over_hours`` puts in hours
+    beginning in [first, after)."""
+    return sum(wh for hour, wh in spread_over_hours(start, end, energy_wh) if first <= hour < after)
 
 
 def bucket_start(ts: int, group_by: GroupBy, tz: ZoneInfo) -> int:

@@ -40,7 +40,7 @@ from common.events import ChainEvent
 from common.logs import log_event
 from common.messages import ConsumptionAlert
 from common.tariff import MeterLedger, RejectReason, Tariff, accrue
-from server.history import spread_over_hours
+from server.history import energy_in_hours, spread_over_hours
 from server.monitor import Rules, Trend, evaluate
 
 __all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS", "JOURNALED_TABLES"]
@@ -562,19 +562,31 @@ class Index:
             out.append(MeterRecord(*values))
         return out
 
-    def readings(self, meter: str, start: int, end: int, descending: bool, limit: int, offset: int
+    def readings(self, meter: str, first: int, after: int, descending: bool, limit: int, offset: int
                  ) -> tuple[int, list[dict[str, Any]]]:
-        """Recorded readings of ``meter`` taken in [start, end): (how many in all, one page)."""
-        where = "WHERE meter=? AND timestamp>=? AND timestamp<?"
-        params = (meter, start, end)
+        """Readings of ``meter`` with a share in the hours [first, after) (whole hours, as ``window_hours``
+        gives): (how many in all, one page), each with ``energy_in_window_wh``, its share in those hours."""
+        # A reading's hours run from its interval's start to the hour holding its end (the hour
+        # of its end alone when the interval is empty), as spread_over_hours lays them out. As a
+        # meter's readings follow one another, those starting before `after` end at the latest
+        # with the first reading at or after it: that bounds the scan of the time index.
+        where = ("WHERE meter=:meter AND timestamp>=:first AND timestamp<=COALESCE((SELECT MIN(timestamp) FROM "
+                 "readings WHERE meter=:meter AND timestamp>=:after), :after) AND ("
+                 "(timestamp>interval_start AND timestamp>:first AND interval_start<:after) OR "
+                 "(timestamp<=interval_start AND timestamp<:after))")
+        params = {"meter": meter, "first": first, "after": after}
         count = self.db.execute(f"SELECT COUNT(*) FROM readings {where}", params).fetchone()[0]
         rows = self.db.execute(
             "SELECT seq, timestamp, register_wh, energy_wh, interval_start, period_id, block, log_index, tx_hash "
-            f"FROM readings {where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?",
-            (*params, limit, offset)).fetchall()
+            f"FROM readings {where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT :limit OFFSET :offset",
+            {**params, "limit": limit, "offset": offset}).fetchall()
         keys = ("seq", "timestamp", "register_wh", "energy_wh", "interval_start", "period_id", "block", "log_index",
                 "tx_hash")
-        return int(count), [dict(zip(keys, r, strict=True)) for r in rows]
+        out = [dict(zip(keys, r, strict=True)) for r in rows]
+        for r in out:
+            r["energy_in_window_wh"] = energy_in_hours(r["interval_start"], r["timestamp"], r["energy_wh"], first,
+                                                       after)
+        return int(count), out
 
     def hours(self, meter: str, start: int, end: int) -> list[tuple[int, int]]:
         """(hour start, Wh) of ``meter`` for hours beginning in [start, end), in time order."""

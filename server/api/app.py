@@ -3,7 +3,8 @@ server's event loop.
 
 Errors are JSON with a stable code: ``{"error": {"code": "not_found", "message": "..."}}``.
 The dashboard is static files (``server/dashboard/``) plus Chart.js from the project's npm
-install, served locally: the machines it runs on are offline.
+install, and the API's browsable description (``/api/docs``) is Swagger UI from the same
+install (``swagger-ui-dist``): all served locally, as the machines it runs on are offline.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,18 +29,26 @@ from common import errors
 from common.logs import clip, log_event
 from common.settings import ROOT
 from server.api.routes import ApiContext, router
+from server.api.throttle import TooManyRequests
 
-__all__ = ["create_api", "HttpServer", "DASHBOARD_DIR", "CHART_JS"]
+__all__ = ["create_api", "HttpServer", "DASHBOARD_DIR", "CHART_JS", "SWAGGER_UI_DIR", "DOCS_URL"]
 
 log = logging.getLogger("api")
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 CHART_JS = ROOT / "node_modules" / "chart.js" / "dist" / "chart.umd.js"
+SWAGGER_UI_DIR = ROOT / "node_modules" / "swagger-ui-dist"
+DOCS_URL = "/api/docs"
+#: The files of swagger-ui-dist the docs page loads, by the name it is served under and its media type.
+SWAGGER_UI_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                     "favicon-32x32.png": "image/png"}
 STOP_GRACE = 5
 
 
 def _status(err: errors.SmartMeterError) -> int:
     if isinstance(err, errors.ApiError):
         return err.status
+    if isinstance(err, errors.RateLimited):
+        return 429
     if isinstance(err, errors.AuthError):
         return 401
     if isinstance(err, errors.ChainError):
@@ -45,8 +56,8 @@ def _status(err: errors.SmartMeterError) -> int:
     return 400
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def create_api(ctx: ApiContext) -> FastAPI:
@@ -56,9 +67,11 @@ def create_api(ctx: ApiContext) -> FastAPI:
         version="1",
         description="Meters, readings and consumption, bills, tariffs, grid and consumption alerts, read from an "
                     "index of the billing contract's events. Send `X-API-Key` (the operator's key or an account's) "
-                    "or `Authorization: Bearer <token>` (see /api/v1/auth/challenge).",
+                    "or `Authorization: Bearer <token>` (see /api/v1/auth/challenge). Every error is "
+                    "`{\"error\": {\"code\": ..., \"message\": ...}}` with a stable code (`ErrorOut`); each "
+                    "route lists the ones it answers.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.ctx = ctx
@@ -70,7 +83,8 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if status >= 500:
             log_event(log, "api_error", logging.WARNING, path=clip(request.url.path), code=err.code,
                       detail=clip(err.message))
-        return _error(status, err.code, err.message)
+        retry = {"Retry-After": str(err.retry_after)} if isinstance(err, TooManyRequests) else None
+        return _error(status, err.code, err.message, retry)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -80,8 +94,16 @@ def create_api(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:  # FastAPI's answer to a body it cannot decode: bad input like any other
+            return _error(422, errors.InvalidRequest.code, f"body: {err.detail}; send JSON")
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return _error(err.status_code, code, str(err.detail))
+        headers = dict(err.headers) if err.headers else None
+        if err.status_code == 405:
+            # Every method of the path, not only those of the one route Starlette tried (RFC 9110 Allow).
+            allowed = {method for route in router.routes if isinstance(route, APIRoute)
+                       and route.path_regex.match(request.url.path) for method in route.methods or ()}
+            headers = {"Allow": ", ".join(sorted(allowed))} if allowed else headers
+        return _error(err.status_code, code, str(err.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -98,6 +120,23 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if not CHART_JS.exists():
             raise errors.NotFound("Chart.js is not installed; run scripts/bootstrap.sh")
         return FileResponse(CHART_JS, media_type="text/javascript")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/api/v1/openapi.json", title=f"{app.title}: documentation",
+            swagger_js_url=f"{DOCS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_URL}/favicon-32x32.png",
+            # No badge from the online validator: the page must not reach beyond this server.
+            swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get(DOCS_URL + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in SWAGGER_UI_ASSETS:
+            raise errors.NotFound(f"no file {name} belongs to the API's documentation page")
+        if not (SWAGGER_UI_DIR / name).exists():
+            raise errors.NotFound("Swagger UI (swagger-ui-dist) is not installed; run scripts/bootstrap.sh")
+        return FileResponse(SWAGGER_UI_DIR / name, media_type=SWAGGER_UI_ASSETS[name])
 
     app.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     return app

@@ -5,6 +5,9 @@ operator's key, or a customer account's) or ``Authorization: Bearer <token>``. T
 sees every meter; a customer sees their own meter, its bills and alerts, the tariffs and the
 grid alerts for their region, and may set their own hourly limit. Lists are paged like UK
 suppliers' consumption APIs: ``page`` and ``page_size``, ``count``, ``next`` and ``previous``.
+
+Every route declares the errors it answers (``ErrorOut`` with its codes), and every number a
+query takes is bounded, so that what the description says is what the server does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from eth_utils import to_checksum_address
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, WebSocket
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.websockets import WebSocketDisconnect
 
 from common import errors
@@ -31,6 +35,7 @@ from server.api.schemas import (
     ChallengeOut,
     ConsumptionAlertOut,
     ConsumptionOut,
+    ErrorOut,
     GridAlertOut,
     HealthOut,
     MeOut,
@@ -49,18 +54,28 @@ from server.api.schemas import (
     meter_out,
     tariff_out,
 )
+from server.api.throttle import client_key
 from server.health import HealthCheck
-from server.history import GroupBy, group_hours
+from server.history import GroupBy, group_hours, window_hours
 from server.hub import Hub
 from server.index import Index, MeterRecord
 from server.live import LiveFeed, Update
 
-__all__ = ["ApiContext", "router", "parse_time"]
+__all__ = ["ApiContext", "router", "parse_time", "MAX_TIME", "MAX_PAGE", "MAX_PAGE_SIZE", "MAX_AMOUNT"]
 
 router = APIRouter(prefix="/api/v1")
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+UNIX_SECONDS = re.compile(r"[0-9]+")
 FAR_FUTURE = 2**32
+#: The last second ISO 8601 writes without extensions (9999-12-31T23:59:59Z): query times stop there.
+MAX_TIME = 253_402_300_799
 MAX_PAGE_SIZE = 10_000
+#: Pages beyond this are refused, so (page - 1) * page_size always fits SQLite's 64-bit OFFSET.
+MAX_PAGE = 1_000_000_000
+#: The largest amount SQLite's 64-bit integers compare (no bill comes near it).
+MAX_AMOUNT = 2**63 - 1
+#: The longest ISO 8601 time a query may give (with fractions of a second and an offset).
+MAX_TIME_TEXT = 40
 #: WebSocket close code for a refused live connection (policy violation).
 POLICY_VIOLATION = 1008
 
@@ -93,43 +108,99 @@ def _ctx(request: Request) -> ApiContext:
 
 Ctx = Annotated[ApiContext, Depends(_ctx)]
 
+# The two ways to give credentials, declared as OpenAPI security schemes; auto_error=False
+# leaves refusing to ``principal``, which answers with the API's own error shape.
+API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+                       description="the operator's API key, or a customer account's")
+BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False,
+                    description="a token from POST /api/v1/auth/token (signing in with the meter's key)")
+
 
 def principal(
-    ctx: Ctx,
-    x_api_key: Annotated[str | None, Header(description="the operator's or an account's API key")] = None,
-    authorization: Annotated[str | None, Header(description="Bearer <token> from /api/v1/auth/token")] = None,
+    ctx: Ctx, request: Request,
+    api_key: Annotated[str | None, Security(API_KEY)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> Principal:
     """The caller, from ``X-API-Key`` or ``Authorization: Bearer``."""
-    token = None
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise errors.Unauthorized("the Authorization header must be 'Bearer <token>'")
-        token = value.strip()
-    return ctx.auth.authenticate(x_api_key, token)
+    if bearer is None and request.headers.get("authorization"):
+        raise errors.Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return ctx.auth.authenticate(api_key, bearer.credentials.strip() if bearer else None)
+
+
+def _client(request: Request) -> str:
+    """Who a request without credentials comes from: its peer's address (IPv6 by /64)."""
+    return client_key(request.client.host if request.client else None)
+
+
+def signing_in(ctx: Ctx, request: Request) -> None:
+    """Count a sign-in request against its client's rate (the sign-in routes need no credentials)."""
+    ctx.auth.throttle(_client(request), time.monotonic())
 
 
 Caller = Annotated[Principal, Depends(principal)]
-PageNo = Annotated[int, Query(ge=1, description="page number, from 1")]
+MeterAddress = Annotated[str, Path(pattern=ADDRESS.pattern, description="the meter's address: 0x and 40 hex digits")]
+PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page number, from 1")]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="results per page")]
 OrderBy = Annotated[Literal["period", "-period"], Query(description="'period' oldest first, '-period' newest first")]
-TimeParam = Annotated[str | None, Query(description="ISO 8601 date or time (local time zone when none is "
-                                                    "given), or unix seconds")]
+TIME_TEXT = ("ISO 8601 date or time (local time zone when none is given), or unix seconds (ASCII digits); from "
+             "1970-01-01 to 9999-12-31")
+TimeParam = Annotated[str | None, Query(max_length=MAX_TIME_TEXT, description="the start (included): " + TIME_TEXT)]
+TimeParamTo = Annotated[str | None, Query(max_length=MAX_TIME_TEXT, description=(
+    "the end (not included), after period_from: " + TIME_TEXT))]
+MinAmount = Annotated[int, Query(ge=0, le=MAX_AMOUNT, description="only bills of at least this amount due")]
 
 
 def parse_time(value: str | None, name: str, tz: dt.tzinfo, default: int) -> int:
-    """A query time as unix seconds: unix seconds, an ISO 8601 time, or a date (local midnight)."""
+    """A query time as unix seconds: unix seconds, an ISO 8601 time, or a date (local midnight).
+
+    Only ASCII digits make unix seconds (``str.isdigit`` also takes '²' and other scripts'
+    digits), and the time must lie between 1970 and the end of 9999: InvalidRequest otherwise.
+    """
     if value is None or value == "":
         return default
-    if value.isdigit():
-        return int(value)
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as err:
-        raise errors.InvalidRequest(f"{name}: {value!r} is not an ISO 8601 date or time, nor unix seconds") from err
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    return int(parsed.timestamp())
+    if UNIX_SECONDS.fullmatch(value):
+        seconds = int(value)
+    else:
+        try:
+            if not value.isascii():
+                raise ValueError("not ASCII")
+            parsed = dt.datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=tz)
+            seconds = int(parsed.timestamp())
+        except (ValueError, OverflowError) as err:
+            raise errors.InvalidRequest(
+                f"{name}: {value!r} is not an ISO 8601 date or time, nor unix seconds") from err
+    if not 0 <= seconds <= MAX_TIME:
+        raise errors.InvalidRequest(f"{name}: {value!r} is outside 1970-01-01 to 9999-12-31")
+    return seconds
+
+
+# The errors routes answer, each with the codes it carries, for the OpenAPI description.
+UNAUTHORIZED = (401, "`unauthorized`: no credentials, or an API key or bearer token this server does not know "
+                     "(or an expired token)")
+FORBIDDEN = (403, "`forbidden`: a customer's credentials asking about another meter")
+NOT_FOUND = (404, "`not_found`: no meter is registered at this address")
+INVALID = (422, "`invalid_request`: a parameter or the body is missing, malformed or out of range; the message "
+                "names it")
+RATE_LIMITED = (429, "`rate_limited`: too many sign-in requests from this client address; wait `Retry-After` "
+                     "seconds")
+UNKNOWN_METER = (401, "`unknown_meter`: no meter is registered at this address")
+SIGN_IN_REFUSED = (401, "`challenge_mismatch` (the nonce was not issued for this meter, or was used), "
+                        "`challenge_expired`, `bad_login_signature` (not the meter's signature of the challenge) or "
+                        "`unknown_meter`")
+METER_ERRORS = (UNAUTHORIZED, FORBIDDEN, NOT_FOUND, INVALID)
+
+
+def answers(*errors_: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses for the errors a route answers: ``ErrorOut``, with the codes each carries."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, description in errors_:
+        out[status] = {"model": ErrorOut, "description": description}
+        if status == RATE_LIMITED[0]:
+            out[status]["headers"] = {"Retry-After": {"description": "seconds to wait before trying again",
+                                                      "schema": {"type": "integer"}}}
+    return out
 
 
 def _window(ctx: ApiContext, period_from: str | None, period_to: str | None) -> tuple[int, int]:
@@ -148,8 +219,6 @@ def _page(request: Request, count: int, page: int, page_size: int, results: list
 
 
 def _meter(ctx: ApiContext, who: Principal, address: str) -> MeterRecord:
-    if not ADDRESS.match(address):
-        raise errors.InvalidRequest(f"{address!r} is not a meter address (0x and 40 hex digits)")
     who.check_meter(address)
     meter = ctx.index.meter(address)
     if meter is None:
@@ -176,16 +245,20 @@ async def health(ctx: Ctx, request: Request, response: Response) -> HealthOut:
                      timezone=ctx.settings.timezone)
 
 
-@router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"])
-async def challenge(ctx: Ctx, meter: Annotated[str, Query(pattern=ADDRESS.pattern)]) -> ChallengeOut:
-    """A nonce for a meter's key to sign (EIP-712 ``Login``), good once and for ``CHALLENGE_TTL`` seconds."""
-    nonce, expires = ctx.auth.challenge(time.time())
+@router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"],
+             dependencies=[Depends(signing_in)], responses=answers(UNKNOWN_METER, INVALID, RATE_LIMITED))
+async def challenge(request: Request, ctx: Ctx, meter: Annotated[str, Query(pattern=ADDRESS.pattern)]
+                    ) -> ChallengeOut:
+    """A nonce for a registered meter's key to sign (EIP-712 ``Login``), good once and for ``CHALLENGE_TTL``
+    seconds. A meter holds a few at a time (``API_CHALLENGES_PER_METER``); requests are rate-limited per client."""
+    nonce, expires = ctx.auth.challenge(meter, _client(request), ctx.index.meter(meter) is not None, time.time())
     typed = login_typed_data(ctx.deployment.domain, meter, bytes.fromhex(nonce[2:]))
     typed["message"]["nonce"] = nonce
     return ChallengeOut(nonce=nonce, expires_at=iso(expires) or "", typed_data=typed)
 
 
-@router.post("/auth/token", response_model=TokenOut, tags=["sign-in"])
+@router.post("/auth/token", response_model=TokenOut, tags=["sign-in"],
+             dependencies=[Depends(signing_in)], responses=answers(SIGN_IN_REFUSED, INVALID, RATE_LIMITED))
 async def token(ctx: Ctx, body: TokenIn) -> TokenOut:
     """Trade a challenge signed by the meter's key for a bearer token to that meter's data."""
     known = ctx.index.meter(body.meter) is not None
@@ -193,7 +266,7 @@ async def token(ctx: Ctx, body: TokenIn) -> TokenOut:
     return TokenOut(token=value, expires_at=iso(until) or "", meter=to_checksum_address(body.meter))
 
 
-@router.get("/auth/me", response_model=MeOut, tags=["sign-in"])
+@router.get("/auth/me", response_model=MeOut, tags=["sign-in"], responses=answers(UNAUTHORIZED))
 async def me(who: Caller) -> MeOut:
     """Who these credentials belong to."""
     return MeOut(role=who.role, meter=who.meter)
@@ -202,37 +275,48 @@ async def me(who: Caller) -> MeOut:
 # ---------------------------------------------------------------- meters
 
 
-@router.get("/meters", response_model=list[MeterOut], tags=["meters"])
+@router.get("/meters", response_model=list[MeterOut], tags=["meters"], responses=answers(UNAUTHORIZED))
 async def meters(ctx: Ctx, who: Caller) -> list[MeterOut]:
     """Every meter (the operator), or the customer's own."""
     return [ctx.meter_out(m) for m in ctx.index.meters() if who.is_operator or m.address == who.meter]
 
 
-@router.get("/meters/{address}", response_model=MeterOut, tags=["meters"])
-async def meter(ctx: Ctx, who: Caller, address: str) -> MeterOut:
+@router.get("/meters/{address}", response_model=MeterOut, tags=["meters"], responses=answers(*METER_ERRORS))
+async def meter(ctx: Ctx, who: Caller, address: MeterAddress) -> MeterOut:
     """One meter: account reference, status, connection, last reading and open bill."""
     return ctx.meter_out(_meter(ctx, who, address))
 
 
-@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | ConsumptionOut], tags=["meters"])
+@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | ConsumptionOut], tags=["meters"],
+            responses=answers(*METER_ERRORS))
 async def readings(
-    request: Request, ctx: Ctx, who: Caller, address: str,
-    period_from: TimeParam = None, period_to: TimeParam = None,
+    request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
+    period_from: TimeParam = None, period_to: TimeParamTo = None,
     group_by: Annotated[GroupBy | None, Query(description="total by hour, day, week or month (local time); "
                                                           "without it, one result per reading")] = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
-    """Consumption in [period_from, period_to): per reading, or totalled by hour, day, week or month."""
+    """Consumption in [period_from, period_to): per reading, or totalled by hour, day, week or month.
+
+    Consumption is counted in clock hours. A reading's energy is spread over the hours its
+    interval (`interval_start` to `interval_end`) covers, in whole Wh that add up to it exactly,
+    and a window holds the hours that begin inside it (give whole hours or dates to count
+    exactly the time you mean). Per reading, the list holds every reading with a share in those
+    hours: its whole `energy_wh`, and `energy_in_window_wh`, its share in them. So the
+    `energy_in_window_wh` of a window's readings add up to the same Wh as its hours, days, weeks
+    or months.
+    """
     m = _meter(ctx, who, address)
-    start, end = _window(ctx, period_from, period_to)
+    first, after = window_hours(*_window(ctx, period_from, period_to))
     offset = (page - 1) * page_size
     if group_by is None:
-        count, rows = ctx.index.readings(m.address, start, end, order_by == "-period", page_size, offset)
+        count, rows = ctx.index.readings(m.address, first, after, order_by == "-period", page_size, offset)
         results = [ReadingOut(interval_start=iso(r["interval_start"]) or "", interval_end=iso(r["timestamp"]) or "",
-                              energy_wh=r["energy_wh"], consumption_kwh=r["energy_wh"] / 1000, seq=r["seq"],
+                              energy_wh=r["energy_wh"], consumption_kwh=r["energy_wh"] / 1000,
+                              energy_in_window_wh=r["energy_in_window_wh"], seq=r["seq"],
                               register_wh=r["register_wh"], block=r["block"], tx_hash=r["tx_hash"]) for r in rows]
         return _page(request, count, page, page_size, results)
-    buckets = group_hours(ctx.index.hours(m.address, start, end), group_by, ctx.settings.tz)
+    buckets = group_hours(ctx.index.hours(m.address, first, after), group_by, ctx.settings.tz)
     if order_by == "-period":
         buckets.reverse()
     chosen = buckets[offset:offset + page_size]
@@ -241,12 +325,13 @@ async def readings(
     return _page(request, len(buckets), page, page_size, grouped)
 
 
-@router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"])
+@router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"],
+            responses=answers(*METER_ERRORS))
 async def meter_bills(
-    request: Request, ctx: Ctx, who: Caller, address: str,
+    request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
     status: Annotated[Literal["open", "issued"] | None, Query()] = None,
-    period_from: TimeParam = None, period_to: TimeParam = None,
-    min_amount_micropence: Annotated[int, Query(ge=0)] = 0,
+    period_from: TimeParam = None, period_to: TimeParamTo = None,
+    min_amount_micropence: MinAmount = 0,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """A meter's billing periods: the open one and those issued, overlapping [period_from, period_to)."""
@@ -255,13 +340,14 @@ async def meter_bills(
                   page_size)
 
 
-@router.get("/bills", response_model=Page[BillOut], tags=["bills"])
+@router.get("/bills", response_model=Page[BillOut], tags=["bills"],
+            responses=answers(UNAUTHORIZED, FORBIDDEN, INVALID))
 async def bills(
     request: Request, ctx: Ctx, who: Caller,
     meter: Annotated[str | None, Query(pattern=ADDRESS.pattern, description="one meter's bills only")] = None,
     status: Annotated[Literal["open", "issued"] | None, Query()] = None,
-    period_from: TimeParam = None, period_to: TimeParam = None,
-    min_amount_micropence: Annotated[int, Query(ge=0)] = 0,
+    period_from: TimeParam = None, period_to: TimeParamTo = None,
+    min_amount_micropence: MinAmount = 0,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Billing periods of every meter (the operator) or of the customer's own, with filters."""
@@ -282,14 +368,16 @@ def _bills(request: Request, ctx: ApiContext, meter: str | None, status: str | N
     return _page(request, count, page, page_size, [bill_out(p) for p in rows])
 
 
-@router.get("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"])
-async def get_threshold(ctx: Ctx, who: Caller, address: str) -> ThresholdOut:
+@router.get("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"],
+            responses=answers(*METER_ERRORS))
+async def get_threshold(ctx: Ctx, who: Caller, address: MeterAddress) -> ThresholdOut:
     """A meter's hourly consumption limit and jump-alert settings."""
     return _threshold(ctx, _meter(ctx, who, address).address)
 
 
-@router.put("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"])
-async def put_threshold(ctx: Ctx, who: Caller, address: str, body: ThresholdIn) -> ThresholdOut:
+@router.put("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"],
+            responses=answers(*METER_ERRORS))
+async def put_threshold(ctx: Ctx, who: Caller, address: MeterAddress, body: ThresholdIn) -> ThresholdOut:
     """Set a meter's hourly consumption limit in Wh (0: no alerts; null: the default). Operator or customer."""
     m = _meter(ctx, who, address)
     ctx.index.set_limit(m.address, body.hourly_limit_wh, by=who.role)
@@ -302,20 +390,22 @@ def _threshold(ctx: ApiContext, meter: str) -> ThresholdOut:
                         jump_factor=ctx.index.rules.jump_factor, jump_min_w=ctx.index.rules.jump_min_w)
 
 
-@router.get("/meters/{address}/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"])
+@router.get("/meters/{address}/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"],
+            responses=answers(*METER_ERRORS))
 async def meter_consumption_alerts(
-    request: Request, ctx: Ctx, who: Caller, address: str,
-    period_from: TimeParam = None, period_to: TimeParam = None, page: PageNo = 1, page_size: PageSize = 100,
+    request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
+    period_from: TimeParam = None, period_to: TimeParamTo = None, page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """A meter's consumption alerts (hour over its limit, abrupt jump), newest first."""
     m = _meter(ctx, who, address)
     return _consumption_alerts(request, ctx, m.address, period_from, period_to, page, page_size)
 
 
-@router.get("/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"])
+@router.get("/consumption-alerts", response_model=Page[ConsumptionAlertOut], tags=["alerts"],
+            responses=answers(UNAUTHORIZED, INVALID))
 async def consumption_alerts(
     request: Request, ctx: Ctx, who: Caller,
-    period_from: TimeParam = None, period_to: TimeParam = None, page: PageNo = 1, page_size: PageSize = 100,
+    period_from: TimeParam = None, period_to: TimeParamTo = None, page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Consumption alerts of every meter (the operator) or the customer's own, newest first."""
     return _consumption_alerts(request, ctx, None if who.is_operator else who.meter, period_from, period_to, page,
@@ -332,13 +422,14 @@ def _consumption_alerts(request: Request, ctx: ApiContext, meter: str | None, pe
 # ---------------------------------------------------------------- tariffs and grid alerts
 
 
-@router.get("/tariffs", response_model=list[TariffOut], tags=["tariffs"])
+@router.get("/tariffs", response_model=list[TariffOut], tags=["tariffs"], responses=answers(UNAUTHORIZED))
 async def tariffs(ctx: Ctx, who: Caller) -> list[TariffOut]:
     """Every tariff set on chain, newest first (the first is in force)."""
     return [tariff_out(t) for t in ctx.index.tariffs()]
 
 
-@router.get("/grid-alerts", response_model=Page[GridAlertOut], tags=["grid alerts"])
+@router.get("/grid-alerts", response_model=Page[GridAlertOut], tags=["grid alerts"],
+            responses=answers(UNAUTHORIZED, INVALID))
 async def grid_alerts(
     request: Request, ctx: Ctx, who: Caller,
     active: Annotated[bool | None, Query(description="true: in force now; false: cleared or expired")] = None,

@@ -20,6 +20,7 @@ from server.index import MeterRecord, Period
 
 __all__ = [
     "iso",
+    "ERROR_CODES",
     "ErrorBody",
     "ErrorOut",
     "Page",
@@ -57,11 +58,19 @@ def iso(ts: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: Every code an API error carries, with its HTTP status.
+ERROR_CODES = {
+    "unauthorized": 401, "unknown_meter": 401, "challenge_mismatch": 401, "challenge_expired": 401,
+    "bad_login_signature": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
+    "invalid_request": 422, "rate_limited": 429, "internal_error": 500,
+}
+
+
 class ErrorBody(BaseModel):
     """What went wrong: a stable machine ``code`` and a sentence saying what to do."""
 
-    code: str
-    message: str
+    code: str = Field(description="stable: " + ", ".join(f"`{c}` ({s})" for c, s in ERROR_CODES.items()))
+    message: str = Field(description="what happened and what to do, for people (may change)")
 
 
 class ErrorOut(BaseModel):
@@ -147,6 +156,9 @@ class ConsumptionOut(BaseModel):
 class ReadingOut(ConsumptionOut):
     """One recorded reading: the consumption since the previous one, and where it is on chain."""
 
+    energy_in_window_wh: int = Field(description="the share of `energy_wh` in the hours of the asked window (a "
+                                                 "reading's energy is spread over the hours its interval covers, as "
+                                                 "hourly totals are)")
     seq: int
     register_wh: int
     block: int

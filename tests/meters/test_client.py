@@ -80,12 +80,12 @@ async def test_meter_keeps_readings_while_server_is_down_then_delivers_them_all(
     client, outbox = make_client(meter_settings, "meter-01")
     stop = asyncio.Event()
     task = asyncio.create_task(client.run(stop))
-    await wait_for(lambda: outbox.count() >= 3 and "cannot reach server" in client.status.last_error, 30,
+    await wait_for(lambda: outbox.count() >= 3 and "cannot connect to" in client.status.last_error, 30,
                    "readings to pile up while the server is down")
     console = Console(record=True, width=160)
     console.print(render_meter(client.status))
     screen = console.export_text()
-    assert f"cannot reach server at {meter_settings.server_url}: connection refused; retrying in" in screen
+    assert f"cannot connect to {meter_settings.server_url}: connection refused; retrying in" in screen
     assert re.search(r"retrying in \d+ s; \d+ readings? waiting", screen)
     assert client.status.state is LinkState.DISCONNECTED
 

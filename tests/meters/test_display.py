@@ -1,4 +1,5 @@
-"""The meter's display: live bill, connection state, plain-worded problems and grid alerts."""
+"""The meter's display: live bill, connection state, plain-worded problems and grid alerts, and the
+fleet table telling healthy meters from stuck or ended ones (with a fake clock)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import time
 
 from rich.console import Console
 
-from meters.display import render_fleet, render_meter
-from meters.status import LinkState, MeterStatus, describe_failure
+from meters.display import describe_connection, fleet_state, render_fleet, render_meter
+from meters.status import HEARTBEAT_S, LinkState, MeterStatus, describe_failure
 
 
 def text_of(renderable) -> str:
@@ -16,12 +17,24 @@ def text_of(renderable) -> str:
     return console.export_text()
 
 
+NOW = 1_800_000_000.0
+
+
 def test_a_connection_refused_reads_as_plain_words_with_the_retry_and_the_backlog():
     err = ConnectionRefusedError(111, "Connect call failed")
     text = describe_failure(err, "wss://127.0.0.1:8765", 8.2, 3)
-    assert text == (
-        "cannot reach server at wss://127.0.0.1:8765: connection refused; retrying in 8 s; 3 readings waiting"
-    )
+    assert text == "cannot connect to wss://127.0.0.1:8765: connection refused; retrying in 8 s; 3 readings waiting"
+
+
+def test_the_connection_reads_as_words_for_every_state():
+    server = "wss://127.0.0.1:8765"
+    assert describe_connection(LinkState.DISCONNECTED, server) == "disconnected from wss://127.0.0.1:8765"
+    assert describe_connection(LinkState.CONNECTED, server) == "connected to wss://127.0.0.1:8765"
+    assert describe_connection(LinkState.CONNECTING, server) == "connecting to wss://127.0.0.1:8765"
+    assert describe_connection(LinkState.STOPPED, server) == "stopped"
+    status = MeterStatus(name="m", meter="0x1", server=server, state=LinkState.DISCONNECTED)
+    text = text_of(render_meter(status, NOW))
+    assert "disconnected from wss://127.0.0.1:8765" in text and "disconnected to" not in text
 
 
 def test_panel_shows_bill_state_error_and_alert():
@@ -29,14 +42,15 @@ def test_panel_shows_bill_state_error_and_alert():
                          server="wss://127.0.0.1:8765", state=LinkState.DISCONNECTED, register_wh=12_345_678,
                          last_seq=340, amount_due=1_984_879_498, period_energy_wh=64_178, unit_rate=24_670,
                          standing_charge=57_210, waiting=2)
-    status.error("cannot reach server at wss://127.0.0.1:8765: connection refused; retrying in 4 s; 2 readings waiting")
+    status.error("cannot connect to wss://127.0.0.1:8765: connection refused; retrying in 4 s; 2 readings waiting")
     status.alerts["7"] = {"id": 7, "severity": 2, "kind": "reduce_usage", "region": "north",
                           "message": "Demand peak: please reduce usage", "expires_at": time.time() + 600}
     text = text_of(render_meter(status))
     assert "£19.85 due" in text
     assert "64.178 kWh this period" in text
     assert "24.67 p/kWh + 57.21 p/day" in text
-    assert "disconnected" in text
+    assert "disconnected from wss://127.0.0.1:8765" in text
+    assert "2 readings not yet billed" in text and "reading(s)" not in text
     assert "connection refused; retrying in 4 s; 2 readings waiting" in text
     assert "GRID ALERT CRITICAL: Demand peak: please reduce usage (north)" in text
 
@@ -51,7 +65,7 @@ def test_fleet_view_lists_every_meter_with_its_bill_and_problem():
     now = time.time()
     a = MeterStatus(name="meter-01", meter="0x1", state=LinkState.CONNECTED, amount_due=2_000_000_000, updated_at=now)
     b = MeterStatus(name="meter-02", meter="0x2", state=LinkState.DISCONNECTED, updated_at=now,
-                    last_error="cannot reach server at wss://x: connection refused; retrying in 2 s; 1 reading waiting")
+                    last_error="cannot connect to wss://x: connection refused; retrying in 2 s; 1 reading waiting")
     text = text_of(render_fleet([a, b], now))
     assert "meter-01" in text and "£20.00" in text and "connected" in text
     assert "meter-02" in text and "connection refused" in text
@@ -60,3 +74,55 @@ def test_fleet_view_lists_every_meter_with_its_bill_and_problem():
 def test_status_round_trips_through_json():
     status = MeterStatus(name="m", meter="0x1", state=LinkState.CONNECTED, amount_due=5, alerts={"1": {"id": 1}})
     assert MeterStatus.from_json(status.to_json()) == status
+
+
+def test_a_healthy_meter_whose_last_reading_was_55_s_ago_is_not_stale():
+    # Readings come up to 60 s apart; the heartbeat wrote the status 8 s ago.
+    status = MeterStatus(name="meter-01", meter="0x1", state=LinkState.CONNECTED, last_reading_at=int(NOW - 55),
+                         updated_at=NOW - 8)
+    assert not status.stale(NOW)
+    assert fleet_state(status, NOW)[0] == "connected"
+    text = text_of(render_fleet([status], NOW))
+    assert "connected" in text and "no status" not in text
+
+
+def test_a_running_meter_that_missed_three_heartbeats_shows_as_no_status():
+    threshold = 3 * HEARTBEAT_S
+    fresh = MeterStatus(name="meter-01", meter="0x1", state=LinkState.CONNECTED, updated_at=NOW - threshold + 1)
+    stuck = MeterStatus(name="meter-02", meter="0x2", state=LinkState.CONNECTED, updated_at=NOW - threshold - 1)
+    assert not fresh.stale(NOW) and stuck.stale(NOW)
+    assert fleet_state(stuck, NOW) == (f"no status for {int(threshold + 1)} s", "bold red")
+    text = text_of(render_fleet([fresh, stuck], NOW))
+    assert f"no status for {int(threshold + 1)} s" in text
+
+
+def test_the_staleness_threshold_follows_the_heartbeat_the_meter_announced():
+    slow = MeterStatus(name="m", meter="0x1", state=LinkState.CONNECTED, heartbeat_s=20.0, updated_at=NOW - 45)
+    assert not slow.stale(NOW)
+    assert slow.stale(NOW + 16)
+
+
+def test_a_stopped_meter_is_never_stale_and_an_ended_process_shows_as_such():
+    stopped = MeterStatus(name="meter-01", meter="0x1", state=LinkState.STOPPED, updated_at=NOW - 3600)
+    assert fleet_state(stopped, NOW) == ("stopped", "dim")
+    assert fleet_state(stopped, NOW, exit_code=0) == ("stopped", "dim")
+    # A meter that said it was connected and whose process is gone: killed, not stopped.
+    killed = MeterStatus(name="meter-02", meter="0x2", state=LinkState.CONNECTED, updated_at=NOW - 2)
+    assert fleet_state(killed, NOW, exit_code=-9) == ("ended (killed by SIGKILL)", "bold red")
+    crashed = MeterStatus(name="meter-03", meter="", state=LinkState.STOPPED)
+    assert fleet_state(crashed, NOW, exit_code=1) == ("ended (exit code 1)", "bold red")
+    text = text_of(render_fleet([stopped, killed, crashed], NOW, exit_codes={"meter-02": -9, "meter-03": 1}))
+    assert "ended (killed by SIGKILL)" in text and "ended (exit code 1)" in text
+    assert "see its console.log and meter.log" in text
+
+
+def test_informational_events_show_as_the_last_event_not_as_a_problem():
+    status = MeterStatus(name="meter-01", meter="0x1", state=LinkState.CONNECTED, server="wss://x", updated_at=NOW)
+    status.error("cannot connect to wss://x: connection refused; retrying in 2 s; 1 reading waiting", NOW - 20)
+    status.resolved("connected to wss://x; 1 reading resent", NOW - 5)
+    assert status.last_error == "" and status.last_event == "connected to wss://x; 1 reading resent"
+    panel = text_of(render_meter(status, NOW))
+    assert "Last event" in panel and "connected to wss://x; 1 reading resent (5 s ago)" in panel
+    assert "Problem" not in panel and "connection refused" not in panel
+    fleet = text_of(render_fleet([status], NOW))
+    assert "resent" not in fleet and "connection refused" not in fleet

@@ -22,11 +22,13 @@ from common.tariff import format_pounds
 from operations.control import (
     BillPeriod,
     Operations,
+    TariffVersion,
     format_kwh,
     format_pence,
     parse_pence,
     render_close,
     render_statement,
+    render_tariff_change,
     statement_json,
 )
 
@@ -199,6 +201,34 @@ def test_tariff_values_the_contract_cannot_hold_are_refused_before_any_transacti
     assert ops.billing.tariff().version == version
 
 
+def test_setting_one_rate_keeps_the_other_in_force(ops: Operations) -> None:
+    before = ops.tariff()
+    unit_only = ops.set_tariff(unit_rate_pence="30")
+    assert (unit_only.unit_rate, unit_only.standing_charge) == (30_000, before.standing_charge)
+    standing_only = ops.set_tariff(standing_charge_pence="61.5")
+    assert (standing_only.unit_rate, standing_only.standing_charge) == (30_000, 61_500)
+    assert ops.tariff() == standing_only and standing_only.version == before.version + 2
+
+
+def test_a_tariff_change_that_changes_nothing_is_refused_before_any_transaction(ops: Operations) -> None:
+    current = ops.tariff()
+    for unit_rate, standing in [(None, None), (format_pence(current.unit_rate)[:-1], None),
+                                (None, format_pence(current.standing_charge)[:-1])]:
+        with pytest.raises(InvalidRequest):
+            ops.set_tariff(unit_rate, standing)
+    assert ops.tariff() == current
+
+
+def test_the_tariff_change_says_which_rate_changed_and_which_stayed() -> None:
+    before = TariffVersion(1, 24_670, 57_210, 0)
+    after = TariffVersion(2, 30_000, 57_210, 60)
+    assert render_tariff_change(before, after).splitlines() == [
+        "tariff version 2 set (was version 1); it applies to readings recorded from now on",
+        "  unit rate: 24.67p/kWh -> 30.00p/kWh (changed)",
+        "  standing charge: 57.21p/day (unchanged)",
+    ]
+
+
 def test_pence_parse_into_millipence_and_amounts_print_in_their_units() -> None:
     assert parse_pence("24.67", "unit rate", allow_zero=False) == 24_670
     assert parse_pence(" 0.001 ", "unit rate", allow_zero=False) == 1
@@ -288,6 +318,21 @@ def test_meterctl_prints_a_statement_and_the_meter_list_and_exits_0(
     assert listing.returncode == 0, listing.stderr
     line = next(x for x in listing.stdout.splitlines() if x.startswith(HOUSEHOLD))
     assert household.address in line and "north" in line and "active" in line
+
+
+def test_meterctl_tariff_with_the_unit_rate_alone_keeps_the_standing_charge_and_says_so(
+    ops: Operations, settings: Settings
+) -> None:
+    before = ops.tariff()
+    result = meterctl(settings, "tariff", "--unit-rate", "30")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"tariff version {before.version + 1} set (was version {before.version}); "
+                        "it applies to readings recorded from now on")
+    assert lines[1] == f"  unit rate: {format_pence(before.unit_rate)}/kWh -> 30.00p/kWh (changed)"
+    assert lines[2] == f"  standing charge: {format_pence(before.standing_charge)}/day (unchanged)"
+    after = ops.tariff()
+    assert (after.unit_rate, after.standing_charge) == (30_000, before.standing_charge)
 
 
 def test_meterctl_reports_an_unknown_meter_on_stderr_with_its_code_and_exits_1(settings: Settings) -> None:

@@ -4,27 +4,38 @@ filters and access rules, and that what it answers matches the chain."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import random
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from playwright.async_api import async_playwright, expect
 from websockets.asyncio.client import connect
 
 from common.billing import Billing
 from common.eip712 import ReadingData
 from common.messages import Bill, ConsumptionAlert
-from server.api.auth import OPERATOR_KEY_FILE
+from server.api.auth import OPERATOR_KEY_FILE, ChallengeStore
+from server.api.routes import MAX_AMOUNT, MAX_PAGE, parse_time
+from server.api.schemas import ERROR_CODES
+from server.api.throttle import ClientLimiter, TooManyRequests, client_key
 from server.app import ServerApp
 from tests.server.conftest import indexed, last_event, meters_indexed
+from tests.server.test_dashboard import CHROMIUM, LAUNCH_ARGS, UI_TIMEOUT_MS
 from tests.server.test_gateway import next_of
 
 API = "/api/v1"
 HOUR = 3_600
+LONDON = ZoneInfo("Europe/London")
 
 
 def add_customer(app: ServerApp, account, name: str) -> str:
@@ -107,6 +118,56 @@ async def test_unknown_and_malformed_meters_get_not_found_and_invalid_request(ap
     assert error_of(await api.get(f"{API}/no-such-route", headers=op)) == (404, "not_found")
 
 
+async def test_numbers_and_times_out_of_range_are_refused_with_422_not_a_server_failure(api, op, server, new_meter):
+    meter = new_meter()
+    await meters_indexed(server, meter.address)
+    m = f"/meters/{meter.address}"
+    for path, params in (
+            (f"{m}/readings", {"page": str(10**30)}),
+            ("/bills", {"page": "4611686018427387904", "page_size": "10000"}),
+            ("/bills", {"min_amount_micropence": "9223372036854775808"}),
+            (f"{m}/bills", {"page": str(MAX_PAGE + 1)}),
+            (f"{m}/consumption-alerts", {"page": "86695328462575072", "page_size": "2546"}),
+            ("/consumption-alerts", {"page": str(MAX_PAGE + 1)}),
+            ("/grid-alerts", {"page": str(MAX_PAGE + 1)}),
+            (f"{m}/readings", {"period_from": "²"}),  # str.isdigit says yes
+            (f"{m}/readings", {"period_from": "１７９００００００"}),  # full-width digits: int() takes them
+            (f"{m}/readings", {"period_from": "1", "period_to": "99999999999999999999"}),
+            (f"{m}/readings", {"period_to": "9999-12-31T23:59:59-23:59"}),  # after 9999 in UTC
+            (f"{m}/readings", {"period_from": "1969-12-31T23:00:00+00:00"}),
+            (f"{m}/readings", {"period_from": "2026-02-30"}),
+            (f"{m}/bills", {"period_to": "2026-13-01"}),
+            (f"{m}/readings", {"period_from": "2026-11-24T10:00:00" + "0" * 40}),
+    ):
+        assert error_of(await api.get(API + path, headers=op, params=params)) == (422, "invalid_request"), params
+    # The bounds themselves are fine.
+    for path, params in ((f"{m}/readings", {"page": str(MAX_PAGE), "page_size": "10000"}),
+                         ("/bills", {"min_amount_micropence": str(MAX_AMOUNT)}),
+                         (f"{m}/readings", {"period_from": "0", "period_to": "9999-12-31T23:59:59+00:00"})):
+        answer = await api.get(API + path, headers=op, params=params)
+        assert answer.status_code == 200 and answer.json()["results"] == [], params
+    # A body that is not JSON is invalid too, and a wrong method is told which ones are allowed.
+    garbled = await api.put(f"{API}{m}/threshold", headers=op | {"Content-Type": "application/json"},
+                            content=b"\xff\xfe=")
+    assert error_of(garbled) == (422, "invalid_request")
+    wrong = await api.delete(f"{API}{m}/threshold", headers=op)
+    assert error_of(wrong) == (405, "method_not_allowed") and wrong.headers["Allow"] == "GET, PUT"
+    # A bearer token with characters beyond ASCII is refused as unknown, not a failure.
+    odd = {"Authorization": "Bearer v1.a.1.\xe9".encode("latin-1")}
+    assert error_of(await api.get(f"{API}/auth/me", headers=odd)) == (401, "unauthorized")
+
+
+def test_query_times_are_unix_seconds_in_ascii_digits_or_iso_8601_within_bounds():
+    assert parse_time("1790000000", "t", LONDON, 0) == 1_790_000_000
+    assert parse_time("2026-07-01", "t", LONDON, 0) == int(dt.datetime(2026, 6, 30, 23, tzinfo=dt.timezone.utc)
+                                                          .timestamp())
+    assert parse_time(None, "t", LONDON, 7) == 7
+    for bad in ("²", "１", "-5", "253402300800", "1e9", "2026-11-24T25:00"):
+        with pytest.raises(Exception) as refused:
+            parse_time(bad, "t", LONDON, 0)
+        assert getattr(refused.value, "code", None) == "invalid_request", bad
+
+
 # ---------------------------------------------------------------- customers
 
 
@@ -156,10 +217,96 @@ async def test_signing_in_with_the_meters_key_gives_a_token_for_that_meter_only(
 
 async def test_an_unregistered_key_cannot_sign_in(api):
     stranger = Account.create()
-    challenge = (await api.post(f"{API}/auth/challenge", params={"meter": stranger.address})).json()
-    signature = sign(stranger, challenge["typed_data"])
-    body = {"meter": stranger.address, "nonce": challenge["nonce"], "signature": signature}
-    assert error_of(await api.post(f"{API}/auth/token", json=body)) == (401, "unknown_meter")
+    # No challenge for a meter the chain does not know: they could only fill memory.
+    refused = await api.post(f"{API}/auth/challenge", params={"meter": stranger.address})
+    assert error_of(refused) == (401, "unknown_meter")
+    body = {"meter": stranger.address, "nonce": "0x" + "11" * 32, "signature": "0x" + "22" * 65}
+    assert error_of(await api.post(f"{API}/auth/token", json=body)) == (401, "challenge_mismatch")
+
+
+async def test_a_nonce_signs_in_only_the_meter_it_was_issued_for(api, metered):
+    first, second, _ = metered
+    challenge = (await api.post(f"{API}/auth/challenge", params={"meter": second.address})).json()
+    typed = challenge["typed_data"] | {"message": {"meter": first.address, "nonce": challenge["nonce"]}}
+    body = {"meter": first.address, "nonce": challenge["nonce"], "signature": sign(first, typed)}
+    assert error_of(await api.post(f"{API}/auth/token", json=body)) == (401, "challenge_mismatch")
+
+
+# ---------------------------------------------------------------- sign-in floods
+
+
+def test_10001_challenges_from_a_flooding_client_leave_another_meters_challenge_standing():
+    store = ChallengeStore(ttl=30, per_meter=5, limit=1_000)
+    customer, now = "0x" + "c0" * 20, 1_000.0
+    mine, _ = store.issue(customer, "192.0.2.7", now)
+    others = [f"0x{i:040x}" for i in range(1, 401)]
+    for i in range(10_001):
+        store.issue(others[i % len(others)], "198.51.100.9", now + i / 1_000)
+    assert len(store) <= 1_000 and max(store.held(m) for m in others) <= 5
+    # Past the cap in all, the client holding the most challenges (the flood) lost its own first.
+    assert store.held(customer) == 1 and store.take(customer, mine) == now + 30
+
+
+def test_a_flood_of_the_customers_own_meter_pushes_out_the_flooders_challenges_first():
+    store = ChallengeStore(ttl=30, per_meter=5, limit=100)
+    customer = "0x" + "c0" * 20
+    mine, _ = store.issue(customer, "192.0.2.7", 0.0)
+    for i in range(10_001):
+        store.issue(customer, "198.51.100.9", i / 1_000)
+    assert store.held(customer) == 5 and store.take(customer, mine) == 30
+
+
+def test_challenges_expire_and_are_forgotten():
+    store = ChallengeStore(ttl=30, per_meter=5, limit=100)
+    old, _ = store.issue("0x" + "aa" * 20, "192.0.2.7", 0.0)
+    store.issue("0x" + "bb" * 20, "192.0.2.7", 31.0)
+    assert len(store) == 1 and store.take("0x" + "aa" * 20, old) is None
+
+
+def test_a_client_past_its_rate_is_told_when_to_retry_and_ipv6_hosts_count_by_their_64():
+    limiter = ClientLimiter(rate=0.5, burst=3, max_clients=2)
+    for _ in range(3):
+        limiter.check("192.0.2.7", 10.0)
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.check("192.0.2.7", 10.0)
+    assert refused.value.code == "rate_limited" and refused.value.retry_after == 2
+    limiter.check("192.0.2.7", 12.0)  # a token back after 2 s
+    limiter.check("192.0.2.8", 12.0)
+    limiter.check("192.0.2.9", 12.0)
+    assert len(limiter) == 2  # the least recently seen client was forgotten
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" and client_key(None) == ""
+
+
+async def test_a_flooding_address_gets_429_and_a_customers_pending_challenge_survives_the_flood(
+        server_settings, deployment, new_meter):
+    customer, *others = [new_meter() for _ in range(3)]
+    settings = server_settings.replace(api_signin_rate_per_second=0.1, api_signin_burst=10,
+                                       api_challenges_per_meter=3, api_max_challenges=6)
+    app = await ServerApp.start(settings, deployment)
+    flooding = httpx.AsyncHTTPTransport(local_address="127.0.0.2")  # another loopback address: another client
+    try:
+        await meters_indexed(app, customer.address, *(m.address for m in others))
+        async with httpx.AsyncClient(base_url=settings.http_url, timeout=20) as api, \
+                httpx.AsyncClient(base_url=settings.http_url, timeout=20, transport=flooding) as flood:
+            mine = (await api.post(f"{API}/auth/challenge", params={"meter": customer.address})).json()
+            targets, began = [customer, *others] * 14, time.monotonic()
+            answered = [await flood.post(f"{API}/auth/challenge", params={"meter": m.address}) for m in targets]
+            issued = [r for r in answered if r.status_code == 200]
+            refused = [r for r in answered if r.status_code != 200]
+            # The burst, and one more per 10 s the flood took.
+            assert 10 <= len(issued) <= 11 + (time.monotonic() - began) / 10 and len(issued) + len(refused) == 42
+            assert {error_of(r) for r in refused} == {(429, "rate_limited")}
+            assert all(1 <= int(r.headers["Retry-After"]) <= 10 for r in refused)
+            held = app.http.app.state.ctx.auth.challenges
+            assert len(held) <= 6 and held.held(customer.address) <= 3
+            # The flood asked for the customer's own meter too, yet their challenge still signs in,
+            # and their address was never slowed down by the flooding one.
+            body = {"meter": customer.address, "nonce": mine["nonce"], "signature": sign(customer, mine["typed_data"])}
+            signed_in = await api.post(f"{API}/auth/token", json=body)
+            assert signed_in.status_code == 200, signed_in.text
+    finally:
+        await app.stop()
 
 
 # ---------------------------------------------------------------- readings
@@ -185,7 +332,8 @@ async def test_readings_are_filtered_by_period(api, op, metered):
     url = f"{API}/meters/{first.address}/readings"
     window = {"period_from": str(start + HOUR), "period_to": str(start + 2 * HOUR), "order_by": "period"}
     rows = (await api.get(url, headers=op, params=window)).json()["results"]
-    assert [r["seq"] for r in rows] == [6, 7, 8, 9, 10, 11]
+    # Readings count where their energy lies: seq 7 runs from start + 1 h to start + 1 h 10 min.
+    assert [(r["seq"], r["energy_in_window_wh"]) for r in rows] == [(seq, 400) for seq in range(7, 13)]
     iso_window = {"period_from": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(start + HOUR)),
                   "period_to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + 2 * HOUR))}
     assert (await api.get(url, headers=op, params=iso_window)).json()["count"] == 6
@@ -209,6 +357,34 @@ async def test_readings_group_by_hour_and_day_total_the_register(api, op, metere
     days = (await api.get(url, headers=op, params={"group_by": "day"})).json()
     assert sum(d["energy_wh"] for d in days["results"]) == 14_400 and 1 <= days["count"] <= 2
     assert error_of(await api.get(url, headers=op, params={"group_by": "year"})) == (422, "invalid_request")
+
+
+async def test_any_windows_readings_add_up_to_the_same_energy_as_its_hours_and_days(api, op, server, new_meter,
+                                                                                   write_readings):
+    rng = random.Random(8)
+    meter = new_meter()
+    ts, register, rows = int(time.time()) - 20 * HOUR, 10_000, []
+    for seq in range(1, 81):
+        step = rng.choice([60, 600, 1_800, rng.randint(1, 1_500)])
+        ts, register = ts + step, register + rng.randint(0, step // 2)
+        rows.append((seq, ts, register))
+    await indexed(server, await write_readings(meter, rows))
+    url = f"{API}/meters/{meter.address}/readings"
+    for i in range(20):
+        a, b = sorted(rng.randint(rows[0][1] - 2 * HOUR, ts + HOUR) for _ in range(2))
+        window = {"period_from": str(a), "period_to": str(b + 1)}
+        if i % 4 == 0:  # as ISO 8601 in local time
+            window = {k: dt.datetime.fromtimestamp(int(v), LONDON).replace(tzinfo=None).isoformat()
+                      for k, v in window.items()}
+        listed = (await api.get(url, headers=op, params=window | {"page_size": 10_000})).json()
+        in_window = sum(r["energy_in_window_wh"] for r in listed["results"])
+        assert listed["count"] == len(listed["results"])
+        assert all(0 <= r["energy_in_window_wh"] <= r["energy_wh"] for r in listed["results"])
+        for group_by in ("hour", "day"):
+            grouped = (await api.get(url, headers=op, params=window | {"group_by": group_by})).json()
+            assert sum(g["energy_wh"] for g in grouped["results"]) == in_window, (window, group_by)
+    everything = (await api.get(url, headers=op, params={"page_size": 10_000})).json()["results"]
+    assert sum(r["energy_in_window_wh"] for r in everything) == register - 10_000
 
 
 # ---------------------------------------------------------------- bills and tariffs
@@ -384,3 +560,118 @@ async def test_openapi_describes_every_route(api):
     readings = spec["paths"][f"{API}/meters/{{address}}/readings"]["get"]
     assert {"period_from", "period_to", "page", "page_size", "order_by", "group_by"} <= {
         p["name"] for p in readings["parameters"]}
+
+
+def bad_value(schema: dict) -> str | None:
+    """A value a query parameter of this schema refuses, if there is one."""
+    schema = next((s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"), schema)
+    if schema.get("type") in ("integer", "boolean"):
+        return "nope"
+    if "pattern" in schema or "enum" in schema or "maxLength" in schema:
+        return "x" * (schema.get("maxLength", 0) + 1) if "maxLength" in schema else "nope"
+    return None
+
+
+async def test_every_route_declares_exactly_the_errors_it_answers_in_the_error_shape(api, op, server, metered):
+    """Walk the description: for each route, a bad key, another meter, a missing meter, every bad
+    parameter and a flood of sign-ins, and compare what the server answers with what it declares."""
+    first, second, _ = metered
+    customer = {"X-API-Key": add_customer(server, first, "meter-a")}
+    spec = (await api.get(f"{API}/openapi.json")).json()
+    assert "HTTPValidationError" not in json.dumps(spec) and "ValidationError" not in spec["components"]["schemas"]
+    error_shape = spec["components"]["schemas"]["ErrorOut"]
+    assert error_shape["required"] == ["error"]
+    assert set(spec["components"]["schemas"]["ErrorBody"]["required"]) == {"code", "message"}
+    schemes = spec["components"]["securitySchemes"]
+    assert {(s["type"], s.get("in"), s.get("name"), s.get("scheme")) for s in schemes.values()} == {
+        ("apiKey", "header", "X-API-Key", None), ("http", None, None, "bearer")}
+    stranger = Account.create().address
+    unsecured = set()
+    declared: dict[tuple[str, str], set[int]] = {}
+    answered: dict[tuple[str, str], set[int]] = {}
+
+    async def ask(method: str, path: str, who: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+        response = await api.request(method, path.replace("{address}", first.address), headers=who, **kwargs)
+        if response.status_code != 200:
+            code = response.json()["error"]["code"]
+            assert ERROR_CODES[code] == response.status_code and set(response.json()["error"]) == {"code", "message"}
+        return response
+
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            declared[method, path] = {int(status) for status in operation["responses"] if status != "200"}
+            for status in declared[method, path]:
+                content = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+                assert content == {"$ref": "#/components/schemas/ErrorOut"}, (path, status)
+            observed = []
+            params = [p for p in operation.get("parameters", []) if p["in"] == "query"]
+            body = {"json": {"hourly_limit_wh": None}} if path.endswith("/threshold") else {}
+            if operation.get("security"):
+                assert operation["security"] == [{name: []} for name in schemes], path
+                observed.append(await ask(method, path, {"X-API-Key": "not-a-key"}, **body))
+                if "{address}" in path:
+                    observed.append(await ask(method, path.replace("{address}", second.address), customer, **body))
+                    observed.append(await ask(method, path.replace("{address}", stranger), op, **body))
+                    observed.append(await ask(method, path.replace("{address}", "0x1234"), op, **body))
+                if any(p["name"] == "meter" for p in params):
+                    observed.append(await ask(method, path, customer, params={"meter": second.address}))
+                who = op
+            else:
+                unsecured.add(path)
+                if path.endswith("/auth/challenge"):
+                    observed.append(await ask(method, path, params={"meter": stranger}))
+                if path.endswith("/auth/token"):
+                    signed = {"meter": first.address, "nonce": "0x" + "11" * 32, "signature": "0x" + "22" * 65}
+                    observed.append(await ask(method, path, json=signed))
+                who = None
+            for param in params:
+                value = bad_value(param["schema"])
+                if param["name"].startswith("period_"):
+                    value = "yesterday"
+                if value is not None:
+                    observed.append(await ask(method, path, who, params={param["name"]: value}))
+            if "requestBody" in operation:
+                observed.append(await ask(method, path, who, json={}))
+            answered[method, path] = {r.status_code for r in observed}
+    # Last, as the two share each client's rate: a flood of sign-ins, answered 429 with Retry-After.
+    for path in (f"{API}/auth/challenge", f"{API}/auth/token"):
+        flood = [await ask("post", path, params={"meter": first.address}, json={}) for _ in range(40)]
+        answered["post", path].add(flood[-1].status_code)
+        assert "Retry-After" in spec["paths"][path]["post"]["responses"]["429"]["headers"]
+        assert int(flood[-1].headers["Retry-After"]) >= 1
+    # 503 (the chain or index unreachable) is the only error not provoked here.
+    assert answered == {key: statuses - {503} for key, statuses in declared.items()}
+    assert unsecured == {f"{API}/health", f"{API}/auth/challenge", f"{API}/auth/token"}
+
+
+# ---------------------------------------------------------------- the documentation page
+
+
+async def test_the_docs_page_and_everything_it_loads_are_served_by_this_server(api):
+    page = await api.get("/api/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "//" not in re.sub(r"<!--.*?-->", "", page.text)  # no URL of another host
+    loads = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert len(loads) == 4  # stylesheet, icon, script and the OpenAPI description
+    for url in loads:
+        assert urlsplit(url).netloc == "" and url.startswith("/"), url
+        asset = await api.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 500, url
+    assert (await api.get("/api/docs/package.json")).status_code == 404  # only the page's own files
+
+
+async def test_the_docs_page_shows_every_route_in_a_browser_that_reaches_nothing_else(api, server):
+    operations = sum(len(methods) for methods in (await api.get(f"{API}/openapi.json")).json()["paths"].values())
+    origin = server.settings.http_url
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            tab = await chromium.new_page()
+            elsewhere: list[str] = []
+            tab.on("request", lambda r: None if r.url.startswith(origin + "/") else elsewhere.append(r.url))
+            await tab.goto(f"{origin}/api/docs")
+            await expect(tab.locator(".opblock")).to_have_count(operations, timeout=UI_TIMEOUT_MS)
+            await expect(tab.locator(".title")).to_contain_text("Smart-meter billing API")
+            assert elsewhere == []
+        finally:
+            await chromium.close()

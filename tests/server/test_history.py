@@ -8,7 +8,16 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.history import GroupBy, bucket_end, bucket_start, group_hours, interval_power_w, spread_over_hours
+from server.history import (
+    GroupBy,
+    bucket_end,
+    bucket_start,
+    energy_in_hours,
+    group_hours,
+    interval_power_w,
+    spread_over_hours,
+    window_hours,
+)
 
 LONDON = ZoneInfo("Europe/London")
 H = 3_600
@@ -67,3 +76,27 @@ def test_grouping_hours_totals_them_per_local_day():
 def test_interval_power_is_mean_watts():
     assert interval_power_w(500, 900) == 2000
     assert interval_power_w(10, 0) == 0
+
+
+def test_a_window_holds_the_hours_that_begin_inside_it():
+    ten = ts("2026-11-24T10:00:00+00:00")
+    assert window_hours(ten, ten + 2 * H) == (ten, ten + 2 * H)
+    assert window_hours(ten + 1, ten + 2 * H + 1) == (ten + H, ten + 3 * H)
+    assert window_hours(ten + 1, ten + 2) == (ten + H, ten + H)  # no hour begins inside it
+
+
+def test_a_reading_across_a_windows_edge_counts_its_share_of_the_hours_inside():
+    start = ts("2026-11-24T10:30:00+00:00")
+    # 10:30 to 12:30, 1000 Wh: 250 in the 10 o'clock hour, 500 in the 11, 250 in the 12.
+    assert energy_in_hours(start, start + 2 * H, 1000, start + H // 2, start + 5 * H // 2) == 750
+    assert energy_in_hours(start, start + 2 * H, 1000, start - H // 2, start + H // 2) == 250
+    assert energy_in_hours(start, start + 2 * H, 1000, start + 3 * H, start + 4 * H) == 0
+
+
+@given(st.integers(0, 2**31), st.integers(1, 10 * H), st.integers(0, 10**7), st.integers(0, 12 * H))
+def test_the_hours_of_a_window_and_the_rest_share_a_readings_energy_exactly(start, length, energy, cut):
+    first, after = window_hours(start - H, start + cut)
+    inside = energy_in_hours(start, start + length, energy, first, after)
+    outside = energy_in_hours(start, start + length, energy, after, 2**40)
+    before = energy_in_hours(start, start + length, energy, 0, first)
+    assert inside + outside + before == energy and 0 <= inside <= energy

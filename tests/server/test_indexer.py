@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from common.chain import AsyncChainClient
+from common.events import ChainEvent
 from common.settings import ROOT
 from server.app import open_index
+from server.history import GroupBy, group_hours, spread_over_hours, window_hours
 from server.index import DERIVED_TABLES, Index
 from server.indexer import Indexer, rebuild
 
 HOUR = 3_600
+LONDON = ZoneInfo("Europe/London")
 
 
 @pytest.fixture
@@ -143,4 +148,43 @@ def test_an_index_of_another_deployment_is_emptied_when_opened(tmp_path, base_se
     index.close()
     index = open_index(settings, redeployed)
     assert index.position() is None
+    index.close()
+
+
+def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
+    """For any window, the readings listed with their share in it and the hourly (and daily) totals
+    agree to the Wh, and the list holds exactly the readings with a share in the window's hours."""
+    rng = random.Random(12)
+    index = Index(tmp_path / "index.sqlite", LONDON)
+    meter, opened = "0x" + "ab" * 20, 1_790_000_000
+    events = [ChainEvent("TariffChanged", {"version": 1, "unitRate": 24_670, "standingCharge": 57_210,
+                                           "effectiveFrom": opened}, 1, 0, "0x01"),
+              ChainEvent("MeterRegistered", {"meter": meter, "accountRef": b"\x42" * 32, "region": b"north",
+                                             "openingWh": 10_000, "openedAt": opened}, 1, 1, "0x01")]
+    ts, register, span = opened, 10_000, []
+    for seq in range(1, 301):
+        # Intervals from a second to five hours, some ending on the hour, with any energy.
+        ts += rng.choice([1, 59, 600, 1_234, 3_600, 7_200, 18_000, rng.randint(1, 5 * HOUR)])
+        if rng.random() < 0.1:
+            ts += -ts % HOUR
+        register += rng.choice([0, 1, rng.randint(0, 40), rng.randint(0, 5_000)])
+        events.append(ChainEvent("ReadingRecorded", {"meter": meter, "seq": seq, "timestamp": ts,
+                                                     "energyWh": register}, 2 + seq, 0, "0x02"))
+        span.append(ts)
+    index.apply(events, {1: opened})
+    everything = index.readings(meter, 0, 2**40, False, 10_000, 0)[1]
+    assert len(everything) == 300 and sum(r["energy_in_window_wh"] for r in everything) == register - 10_000
+    for _ in range(300):
+        a, b = sorted(rng.randint(opened - 2 * HOUR, ts + 2 * HOUR) for _ in range(2))
+        if rng.random() < 0.3:
+            a, b = a - a % HOUR, b - b % HOUR
+        first, after = window_hours(a, b + 1)
+        count, listed = index.readings(meter, first, after, rng.random() < 0.5, 10_000, 0)
+        hours = index.hours(meter, first, after)
+        in_window = sum(r["energy_in_window_wh"] for r in listed)
+        assert in_window == sum(wh for _, wh in hours) == sum(
+            wh for _, _, wh in group_hours(hours, GroupBy.DAY, LONDON)), (a, b)
+        sharing = {r["seq"] for r in everything if any(
+            first <= hour < after for hour, _ in spread_over_hours(r["interval_start"], r["timestamp"], 1))}
+        assert count == len(listed) and {r["seq"] for r in listed} == sharing, (a, b)
     index.close()

@@ -1,0 +1,186 @@
+"""The shell scripts run for real: run-docker.sh takes the chain's port from CHAIN_RPC_URL and
+refuses what it cannot serve; run-demo.sh, when its server dies under it, says so with the log to
+read, writes every log line once, and tears down the chain it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.devchain import GanacheProcess, free_port, rpc_answers
+from common.settings import ROOT, Settings
+
+
+def script_env(tmp_path: Path, port: int | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a script run: no .env, data under ``tmp_path``, the chain at ``port``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GANACHE_PORT", "CHAIN_RPC_URL", "CHAIN_WS_URL")}
+    env.update(SMARTMETER_ENV_FILE=str(tmp_path / "none.env"), DATA_DIR=str(tmp_path / "data"),
+               DEPLOYMENTS_DIR=str(tmp_path / "deployments"))
+    if port is not None:
+        env.update(CHAIN_RPC_URL=f"http://127.0.0.1:{port}", CHAIN_WS_URL=f"ws://127.0.0.1:{port}")
+    env.update(extra)
+    return env
+
+
+def run_docker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["./run-docker.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def stop_chain_after(tmp_path: Path) -> Iterator[list[dict[str, str]]]:
+    """Environments of chains a test may have started: each is stopped with ``run-docker.sh --stop``."""
+    started: list[dict[str, str]] = []
+    yield started
+    for env in started:
+        run_docker(env, "--stop")
+
+
+# ---------------------------------------------------------------- run-docker.sh
+
+
+def test_run_docker_status_looks_at_the_port_of_chain_rpc_url_from_the_environment_or_the_env_file(
+    tmp_path: Path, ganache: GanacheProcess
+) -> None:
+    port = free_port()
+    from_env = run_docker(script_env(tmp_path, port), "--status")
+    assert (from_env.returncode, from_env.stdout) == (1, f"run-docker: no chain answers at http://127.0.0.1:{port}\n")
+
+    env_file = tmp_path / "settings.env"
+    env_file.write_text(f"CHAIN_RPC_URL={ganache.rpc_url}\nCHAIN_WS_URL={ganache.ws_url}\n")
+    from_file = run_docker(script_env(tmp_path, SMARTMETER_ENV_FILE=str(env_file)), "--status")
+    assert (from_file.returncode, from_file.stdout) == (0, f"run-docker: the chain answers at {ganache.rpc_url}\n")
+
+
+@pytest.mark.parametrize(("settings", "refusal"), [
+    ({"CHAIN_RPC_URL": "http://10.1.2.3:8545", "CHAIN_WS_URL": "ws://10.1.2.3:8545"},
+     "CHAIN_RPC_URL=http://10.1.2.3:8545 points to 10.1.2.3, another machine; run-docker.sh starts a chain on "
+     "this machine only"),
+    ({"CHAIN_RPC_URL": "http://127.0.0.1:{port}", "CHAIN_WS_URL": "ws://127.0.0.1:{port}", "GANACHE_PORT": "{other}"},
+     "GANACHE_PORT={other} and CHAIN_RPC_URL=http://127.0.0.1:{port} disagree"),
+    ({"CHAIN_RPC_URL": "http://127.0.0.1:{port}", "CHAIN_WS_URL": "ws://127.0.0.1:{other}"},
+     "CHAIN_WS_URL=ws://127.0.0.1:{other} and CHAIN_RPC_URL=http://127.0.0.1:{port} use different ports"),
+    ({"CHAIN_RPC_URL": "127.0.0.1:{port}"}, "CHAIN_RPC_URL=127.0.0.1:{port} is not an http://HOST:PORT address"),
+])
+def test_run_docker_refuses_a_chain_it_cannot_start_where_the_settings_say_and_starts_nothing(
+    tmp_path: Path, stop_chain_after: list[dict[str, str]], settings: dict[str, str], refusal: str
+) -> None:
+    port, other = free_port(), free_port()
+    env = script_env(tmp_path, **{k: v.format(port=port, other=other) for k, v in settings.items()})
+    stop_chain_after.append(env)
+    result = run_docker(env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("run-docker: " + refusal.format(port=port, other=other))
+    assert not (tmp_path / "data" / "ganache.pid").exists()
+    assert "Ganache" not in result.stdout and not rpc_answers(f"http://127.0.0.1:{port}")
+
+
+def test_run_docker_starts_the_chain_at_the_port_of_chain_rpc_url_and_stops_it(
+    tmp_path: Path, stop_chain_after: list[dict[str, str]]
+) -> None:
+    port = free_port()
+    env = script_env(tmp_path, port)
+    stop_chain_after.append(env)
+    started = run_docker(env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"the chain answers at http://127.0.0.1:{port}" in started.stdout
+    assert rpc_answers(f"http://127.0.0.1:{port}", 5)
+    stopped = run_docker(env, "--stop")
+    assert stopped.returncode == 0 and "stopped Ganache" in stopped.stdout
+    assert not rpc_answers(f"http://127.0.0.1:{port}")
+
+
+# ---------------------------------------------------------------- run-demo.sh
+
+
+class Output:
+    """A child's combined output, read by a thread so the child never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.text = ""
+        assert proc.stdout is not None
+        self._pipe = proc.stdout
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._pipe:
+            self.text += line
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.text:
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s; output:\n{self.text}"
+            time.sleep(0.2)
+
+
+def children(pid: int) -> list[tuple[int, list[str]]]:
+    """Every descendant of ``pid`` with its command line."""
+    table: dict[int, tuple[int, list[str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry.name)] = (ppid, argv)
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, argv) in table.items():
+            if ppid == parent:
+                found.append((child, argv))
+                todo.append(child)
+    return found
+
+
+def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_everything_down(
+    tmp_path: Path, base_settings: Settings, deployment: object, stop_chain_after: list[dict[str, str]]
+) -> None:
+    chain_port = free_port()
+    env = script_env(tmp_path, chain_port, SERVER_PORT=str(free_port()), HTTP_PORT=str(free_port()),
+                     METER_COUNT="1", HISTORY_DAYS="0", TIME_SCALE="10",
+                     BUILD_DIR=str(base_settings.build_dir))  # compiled by the session's deployment
+    stop_chain_after.append(env)
+    demo = subprocess.Popen(["./run-demo.sh", "--count", "1", "--plain"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = Output(demo)
+    try:
+        out.wait_for("run-clients: started 1 meter;", 180)
+        out.wait_for("state='connected'", 60)
+        servers = [pid for pid, argv in children(demo.pid) if argv[-2:] == ["-m", "server"]]
+        assert len(servers) == 1, children(demo.pid)
+        os.kill(servers[0], signal.SIGKILL)
+        assert demo.wait(60) == 1
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    logs = tmp_path / "data" / "logs"
+    assert (f"run-demo: the server side (run-server.sh) stopped while the demo was running, so the demo stops too; "
+            f"see {logs / 'run-server.log'}. Its last lines:") in out.text
+    assert f"run-server: the server (python -m server) stopped by itself (killed by SIGKILL); its log is " \
+           f"{logs / 'server.log'}; its last lines:" in out.text
+    assert "event=" in out.text.split("stopped by itself")[1], "the server log's last lines are shown"
+    # The message comes after the meters have stopped (their screen would hide it), then the teardown.
+    assert out.text.index("run-clients: stopping meters") < out.text.index("stopped while the demo was running")
+    assert out.text.rstrip().endswith("run-demo: done; run ./run-demo.sh again to resume where it stopped")
+    assert not rpc_answers(f"http://127.0.0.1:{chain_port}"), "the demo stopped the chain it started"
+    assert not [argv for _, argv in children(demo.pid)]
+
+    # Every log line is written once: one log per process, no stderr copies beside them.
+    assert sorted(p.name for p in logs.iterdir()) == ["emitter.log", "ganache.log", "run-server.log", "server.log"]
+    server_log = (logs / "server.log").read_text().splitlines()
+    assert sum("event=gateway_listening" in line for line in server_log) == 1
+    assert len(server_log) == len(set(server_log))
+    meter = tmp_path / "data" / "meters" / "meter-01"
+    assert "event=meter_started" in (meter / "meter.log").read_text()
+    assert "event=" not in (meter / "console.log").read_text()
