@@ -116,8 +116,9 @@ case "${1:-}" in
   --stop) stop_chain; exit 0 ;;
   --reset)
     stop_chain
-    rm -rf "$DATA_DIR/chain" "$DATA_DIR/chain-anvil" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" "$DATA_DIR/index" "$DATA_DIR/customers.json"
-    say "deleted the chain's data, the recorded deployment and provisioned meters; run ./run-docker.sh to start afresh"
+    rm -rf "$DATA_DIR/chain" "$DATA_DIR/chain-anvil" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" \
+      "$DATA_DIR/index" "$DATA_DIR/customers.json" "$DATA_DIR"/api/messages.sqlite*
+    say "deleted the chain's data, the recorded deployment, provisioned meters and their messages; run ./run-docker.sh to start afresh"
     exit 0 ;;
   --status|"") ;;
   *) echo "usage: $0 [--stop|--reset|--status]" >&2; exit 2 ;;

@@ -46,6 +46,8 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "InvalidRequest",
+    "ConversationFull",
+    "TooManyMessages",
     "ERROR_CODES",
     "error_for_code",
 ]
@@ -333,6 +335,27 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
     default_message = "a parameter of the request is missing or invalid"
     status = 422
+
+
+class ConversationFull(ApiError):
+    """Raised when an account's conversation holds as many messages as an account may keep."""
+
+    code = "conversation_full"
+    default_message = "this conversation holds the most messages an account may keep"
+    status = 409
+
+
+class TooManyMessages(ApiError):
+    """Raised when a side sends messages to one account faster than the limit; answered 429 with
+    ``Retry-After``, the whole seconds ``retry_after`` until a message would be accepted."""
+
+    code = "too_many_messages"
+    default_message = "too many messages in a minute; wait before sending another"
+    status = 429
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _all_subclasses(cls: type[SmartMeterError]) -> list[type[SmartMeterError]]:

@@ -97,6 +97,10 @@ class Settings:
     hourly_limit_wh: int = 3_000
     jump_factor: float = 3.0
     jump_min_w: int = 1_000
+    # messages between customers and the operator
+    message_max_chars: int = 2_000
+    message_rate_per_minute: int = 10
+    message_max_per_account: int = 10_000
     # meters
     meter_count: int = 12
     reading_min_interval: float = 15.0
@@ -200,4 +204,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("API_SIGNIN_RATE_PER_SECOND must be positive and API_SIGNIN_BURST at least 1")
     if not 1 <= settings.api_challenges_per_meter <= settings.api_max_challenges:
         raise ConfigError("API_CHALLENGES_PER_METER must be at least 1 and at most API_MAX_CHALLENGES")
+    for name in ("message_max_chars", "message_rate_per_minute", "message_max_per_account"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     return settings

@@ -28,6 +28,7 @@ from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
+from server.conversations import Conversations
 from server.gateway import Gateway
 from server.health import HealthCheck
 from server.hub import Hub
@@ -40,7 +41,7 @@ from server.store import BUSY_TIMEOUT_MS, Store, queue_unusable
 from server.supervisor import Ended, Supervisor
 from server.tls import ensure_tls, server_context
 
-__all__ = ["ServerApp", "run", "open_index", "index_unusable"]
+__all__ = ["ServerApp", "run", "open_index", "index_unusable", "open_conversations"]
 
 log = logging.getLogger("server")
 SHUTDOWN_GRACE = 30.0
@@ -73,6 +74,26 @@ def index_unusable(path: Path, err: sqlite3.DatabaseError) -> StorageError:
         "from the chain; hourly limits set through the API were kept only there and must be set again")
 
 
+def open_conversations(settings: Settings) -> Conversations:
+    """The customers' and operator's messages, ``DATA_DIR/api/messages.sqlite``: personal data, kept apart from the
+    index (a cache of the chain, rebuilt at will) so that it can be exported or erased on its own."""
+    path = settings.data_dir / "api" / "messages.sqlite"
+    try:
+        return Conversations(path, max_chars=settings.message_max_chars,
+                             rate_per_minute=settings.message_rate_per_minute,
+                             max_per_account=settings.message_max_per_account)
+    except sqlite3.DatabaseError as err:
+        if isinstance(err, sqlite3.OperationalError):
+            raise StorageError(
+                f"cannot use the messages database {path} ({err}): check that the data directory is writable, that "
+                "the disk is not full and that no other process (another server on the same DATA_DIR) holds the file"
+            ) from err
+        raise StorageError(
+            f"the messages database {path} is damaged ({err}): it is not a cache, it holds the customers' messages; "
+            "restore it from a backup, or move it aside with its -wal and -shm files (for example to "
+            f"{path.name}.damaged) and start the server again with an empty one") from err
+
+
 @dataclass
 class ServerApp:
     """The running parts of the server."""
@@ -93,6 +114,7 @@ class ServerApp:
     health: HealthCheck
     #: The parts kept running by the supervisor: relay, batcher, indexer.
     tasks: list[asyncio.Task[None]]
+    conversations: Conversations | None = None
 
     @classmethod
     async def start(cls, settings: Settings, deployment: Deployment | None = None,
@@ -108,6 +130,7 @@ class ServerApp:
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
         index: Index | None = None
         http: HttpServer | None = None
+        conversations: Conversations | None = None
         try:
             chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
             raw_tariff = await chain.call("tariff", lambda: chain.contract.functions.tariff().call())
@@ -126,7 +149,8 @@ class ServerApp:
             if settings.http_port:
                 customers = Customers(settings.data_dir / "customers.json")
                 auth = Authenticator(settings, deployment.domain, customers)
-                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub))
+                conversations = open_conversations(settings)
+                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub, conversations))
                 http = HttpServer(api, settings.server_host, settings.http_port)
             batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
                               settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
@@ -142,6 +166,8 @@ class ServerApp:
                 http.sock.close()
             if index is not None:
                 index.close()
+            if conversations is not None:
+                conversations.close()
             store.close()
             await chain.close()
             raise
@@ -168,7 +194,7 @@ class ServerApp:
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, queued=store.count())
         return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
-                   supervisor, health, tasks)
+                   supervisor, health, tasks, conversations)
 
     async def until(self, stop: asyncio.Event) -> Ended | None:
         """Wait for ``stop``, or for one of the server's tasks to end before it (returns which, and why)."""
@@ -203,6 +229,8 @@ class ServerApp:
                 log_event(log, "task_failed", logging.ERROR, task=task.get_name(), error=repr(task.exception()))
         self.store.close()
         self.index.close()
+        if self.conversations is not None:
+            self.conversations.close()
         await self.chain.close()
         log_event(log, "server_stopped")
 

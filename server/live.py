@@ -2,8 +2,9 @@
 may see it.
 
 The indexer publishes bills, meter changes, tariffs, grid alerts and consumption alerts once
-they are in the index; the hub publishes meters connecting and disconnecting. Each update
-names the meter it concerns (or none, for what everybody may see), and a subscriber limited
+they are in the index; the hub publishes meters connecting and disconnecting; the messages API
+publishes messages and read marks. Each update names the meter it concerns, or the meters of
+the account it concerns (a message), or none, for what everybody may see; a subscriber limited
 to one meter receives only that meter's updates and the public ones. A subscriber that falls
 ``max_queue`` updates behind is dropped (its page reconnects and reloads).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +26,15 @@ log = logging.getLogger("live")
 
 @dataclass(frozen=True)
 class Update:
-    """One live update: its ``kind`` (bill, meter, connection, tariff, grid_alert, consumption_alert),
-    the meter it concerns, and for a grid alert the region it concerns ("" for all)."""
+    """One live update: its ``kind`` (bill, meter, connection, tariff, grid_alert, consumption_alert,
+    message, messages_read), the meter it concerns, for a grid alert the region it concerns ("" for
+    all), and for an update about an account the lower-case addresses of its meters."""
 
     kind: str
     meter: str | None
     payload: Any
     region: str = ""
+    meters: frozenset[str] | None = None
 
 
 class Subscription:
@@ -46,6 +50,8 @@ class Subscription:
         """Whether this subscriber may see the update."""
         if self.meter is None:
             return True
+        if update.meters is not None:
+            return self.meter in update.meters
         if update.meter is None:
             return not update.region or update.region == self.region
         return update.meter.lower() == self.meter
@@ -68,11 +74,12 @@ class LiveFeed:
         """Stop receiving updates."""
         self.subscribers.discard(sub)
 
-    def publish(self, kind: str, meter: str | None, payload: Any, region: str = "") -> None:
-        """Queue an update for every subscriber that may see it."""
+    def publish(self, kind: str, meter: str | None, payload: Any, region: str = "", *,
+                meters: Iterable[str] | None = None) -> None:
+        """Queue an update for every subscriber that may see it; given ``meters``, only theirs and the operator's."""
         if not self.subscribers:
             return
-        update = Update(kind, meter, payload, region)
+        update = Update(kind, meter, payload, region, None if meters is None else frozenset(m.lower() for m in meters))
         for sub in list(self.subscribers):
             if not sub.wants(update):
                 continue

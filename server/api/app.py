@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common import errors
 from common.logs import clip, log_event
 from common.settings import ROOT
+from server.api import messages
 from server.api.routes import ApiContext, router
 from server.api.throttle import TooManyRequests
 
@@ -76,6 +77,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.include_router(router)
+    app.include_router(messages.router)
 
     @app.exception_handler(errors.SmartMeterError)
     async def _domain_error(request: Request, err: errors.SmartMeterError) -> JSONResponse:
@@ -83,13 +85,17 @@ def create_api(ctx: ApiContext) -> FastAPI:
         if status >= 500:
             log_event(log, "api_error", logging.WARNING, path=clip(request.url.path), code=err.code,
                       detail=clip(err.message))
-        retry = {"Retry-After": str(err.retry_after)} if isinstance(err, TooManyRequests) else None
+        retry = ({"Retry-After": str(err.retry_after)}
+                 if isinstance(err, (TooManyRequests, errors.TooManyMessages)) else None)
         return _error(status, err.code, err.message, retry)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path", "header"))
+        loc = tuple(first.get("loc", ()))
+        if loc[:1] in (("query",), ("body",), ("path",), ("header",)):
+            loc = loc[1:]  # where the value came from, not its name (a body's field may be called "body")
+        where = ".".join(str(p) for p in loc)
         return _error(422, errors.InvalidRequest.code, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)

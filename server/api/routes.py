@@ -55,6 +55,7 @@ from server.api.schemas import (
     tariff_out,
 )
 from server.api.throttle import client_key
+from server.conversations import Conversations
 from server.health import HealthCheck
 from server.history import GroupBy, group_hours, window_hours
 from server.hub import Hub
@@ -91,6 +92,7 @@ class ApiContext:
     customers: Customers
     feed: LiveFeed
     hub: Hub | None = None
+    conversations: Conversations | None = None
 
     def connected(self, meter: str) -> bool:
         """Whether the meter is logged in to the gateway now."""
@@ -461,12 +463,14 @@ def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
         return {"type": "grid_alert", "alert": grid_alert_out(payload, int(time.time())).model_dump()}
     if update.kind == "consumption_alert":
         return {"type": "consumption_alert", "alert": consumption_alert_out(payload).model_dump()}
+    if update.kind in ("message", "messages_read"):
+        return {"type": update.kind, **payload}  # already JSON, built by server.api.messages
     return None
 
 
 @router.websocket("/live")
 async def live(ws: WebSocket, key: str | None = None, token: str | None = None) -> None:
-    """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts.
+    """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts, messages.
 
     Credentials go in the query (``?key=`` or ``?token=``), as browsers cannot set headers on a
     WebSocket. Refused credentials get an ``error`` message and close code 1008.

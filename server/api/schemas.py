@@ -62,7 +62,8 @@ def iso(ts: int | None) -> str | None:
 ERROR_CODES = {
     "unauthorized": 401, "unknown_meter": 401, "challenge_mismatch": 401, "challenge_expired": 401,
     "bad_login_signature": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
-    "invalid_request": 422, "rate_limited": 429, "internal_error": 500,
+    "conversation_full": 409, "invalid_request": 422, "rate_limited": 429, "too_many_messages": 429,
+    "internal_error": 500,
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from common.eip712 import ReadingData
 from common.settings import ROOT
+from server.conversations import Conversations
 from server.store import Store
 
 PAGE = 4096
@@ -61,3 +62,24 @@ def test_a_damaged_index_stops_the_server_saying_it_is_rebuilt_from_the_chain(se
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("server: cannot start [storage_error]: the API's index ")
     assert str(index) in last and "rebuilds it from the chain" in last
+
+
+@pytest.mark.parametrize("damage", ["garbage", "corrupt_pages"])
+def test_a_damaged_messages_database_stops_the_server_saying_it_holds_the_customers_messages(
+        server_settings, deployment, damage):
+    messages = server_settings.data_dir / "api" / "messages.sqlite"
+    messages.parent.mkdir(parents=True)
+    if damage == "garbage":
+        messages.write_bytes(os.urandom(3 * PAGE))
+    else:
+        store = Conversations(messages, rate_per_minute=1_000)
+        for i in range(300):
+            store.add("0x" + "ab" * 32, "customer", f"message {i} " + "x" * 100, time.time())
+        store.close()
+        damage_beyond_the_first_page(messages)
+    done = run_server(server_settings)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("server: cannot start [storage_error]: the messages database ")
+    assert str(messages) in last and "holds the customers' messages" in last and "restore it from a backup" in last
