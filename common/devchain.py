@@ -72,7 +72,9 @@ def anvil_flags(port: int, state_path: str, host: str = "127.0.0.1", block_time:
     """The flags every Anvil of this project runs with; ``block_time`` 0 mines each transaction at once.
 
     The chain is kept in ``state_path`` (a JSON file Anvil loads at start, dumps every second
-    and on exit), so a restarted node carries on from it, blocks and logs included.
+    and on exit), so a restarted node carries on from it, blocks and logs included, and with the
+    state of recent blocks too (``--preserve-historical-states``): without them a restarted node
+    can neither answer ``eth_call`` at a block before the restart nor reorganise past it.
     """
     flags = [
         "--mnemonic", DEV_MNEMONIC,
@@ -85,6 +87,7 @@ def anvil_flags(port: int, state_path: str, host: str = "127.0.0.1", block_time:
         "--port", str(port),
         "--state", state_path,
         "--state-interval", "1",
+        "--preserve-historical-states",
         "--silent",
     ]
     if block_time > 0:
