@@ -554,6 +554,13 @@ class AsyncChainClient:
         await self._resend(tx, fees)
         return None
 
+    async def send_again(self, tx: SentTransaction) -> None:
+        """Send ``tx`` again with its own nonce, as it was or at the fees the chain asks now if higher (its block
+        was replaced, and the node forgot it); its wait starts anew."""
+        suggested, _ = await self._suggested(fresh=True)
+        tx.first_sent_at = time.monotonic()
+        await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei))
+
     def _hold(self, tx: SentTransaction, suggested: Fees) -> None:
         """Leave ``tx`` as it is: replacing it would pass ``MAX_FEE_GWEI`` (said once in the log)."""
         if not tx.held:

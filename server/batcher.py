@@ -24,9 +24,14 @@ for its outcome even if recording its hash failed, and leaves the queue once min
 never sent twice.
 
 A mined batch's readings stay in the queue, marked with their block, until the relay says the
-block is final (with ``CONFIRMATIONS=0`` at once, so they leave as soon as they are mined); if
-the relay says the block was replaced, they go back to pending (unless the new chain holds
-their transaction too) and are submitted again, and the nonce is read back from the chain.
+block is final (with ``CONFIRMATIONS=0`` at once, so they leave as soon as they are mined). If
+the relay says the block was replaced, the batch's transaction is sent again as it was, with
+its own nonce (as geth does with the transactions of replaced blocks, and Anvil does not), unless
+the new chain holds it already: the gateway's later transactions, still waiting in the node's
+pool with higher nonces, then go after it, so a meter's readings reach the chain in order (the
+contract takes any seq above the last, so a later reading mined first would make an earlier one
+stale). A batch whose transaction is not known (mined before a restart) goes back to pending,
+and the nonce is read back from the chain.
 Readings found on chain after a failure or a restart are dropped only once final there.
 Replacing a transaction that waits, sending a dropped one again and holding at the fee ceiling
 happen in the chain client (``common.chain``).
@@ -53,7 +58,7 @@ from eth_utils import to_checksum_address
 
 from common.backoff import Backoff
 from common.batches import gas_limit_for, submit_readings_calldata
-from common.chain import AsyncChainClient, Mined
+from common.chain import AsyncChainClient, Mined, SentTransaction
 from common.errors import ChainError, ChainUnavailable, FeesTooHigh
 from common.events import BatchOutcome, EventDecoder
 from common.logs import log_event
@@ -102,7 +107,12 @@ class Batcher:
         self._thread_chain: AsyncChainClient | None = None
         self._early: list[tuple[str, tuple[object, ...]]] = []
         self._early_lock = threading.Lock()
+        #: In the senders' loop: transactions mined in blocks not final yet, with their block and readings, to be
+        #: sent again as they were if their block is replaced.
+        self._unfinal_txs: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
+        self._resending: set[asyncio.Task[None]] = set()
         self.rollbacks = 0
+        self.resent_after_reorg = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._main: asyncio.Task[None] | None = None
@@ -177,6 +187,7 @@ class Batcher:
     def _on_final(self, final: int) -> None:
         """Blocks up to ``final`` are final: their readings leave the queue."""
         self._final = max(self._final, final)
+        self._unfinal_txs = [entry for entry in self._unfinal_txs if entry[1] > self._final]
         store = self._thread_store
         if self.confirmations == 0 or store is None:
             return  # every mined reading left at once
@@ -186,27 +197,79 @@ class Batcher:
             self._storage_failed("remove_final", err, 0, None)
 
     def _on_rollback(self, fork: int, remined: dict[str, BatchOutcome]) -> None:
-        """Blocks after ``fork`` were replaced: their readings go back to pending, the nonce is read again."""
+        """Blocks after ``fork`` were replaced: their transactions are sent again as they were (their readings
+        wait for them, as mined batches do); readings of transactions not known go back to pending."""
         self._generation += 1
         self._forks = [*self._forks[-99:], (self._generation, fork)]
         self._final = min(self._final, fork)
         self.rollbacks += 1
-        for tx in [tx for tx, (outcome, _) in self._reported.items() if outcome.block > fork]:
-            del self._reported[tx]
-        if self._thread_chain is not None:
-            self._thread_chain.forget_nonce()
-        store = self._thread_store
+        for tx_hash in [h for h, (outcome, _) in self._reported.items() if outcome.block > fork]:
+            del self._reported[tx_hash]
+        vanished = sorted((entry for entry in self._unfinal_txs
+                           if entry[1] > fork and not any(h in remined for h in entry[0].hashes)),
+                          key=lambda entry: entry[0].nonce)
+        kept: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
+        for tx, block, readings in self._unfinal_txs:
+            again = next((remined[h].block for h in tx.hashes if h in remined), None)
+            if again is not None and block > fork:
+                kept.append((tx, again, readings))  # the new chain holds it too, in another block
+            elif block <= fork:
+                kept.append((tx, block, readings))
+        self._unfinal_txs = kept
+        chain, store = self._thread_chain, self._thread_store
         back = 0
         if store is not None:
             try:
-                back = store.unmine_after(fork, {tx: o.block for tx, o in remined.items()})
+                back = store.unmine_after(fork, {tx: o.block for tx, o in remined.items()},
+                                          keep={tx.hash: readings for tx, _, readings in vanished})
             except sqlite3.Error as err:
                 self._storage_failed("unmine", err, 0, None)
                 self._dirty = True  # the next batch first settles the queue against the chain
-        log_event(log, "batches_rolled_back", logging.WARNING, fork=fork, readings_back_to_pending=back,
-                  remined=len(remined))
+        if back and chain is not None:
+            chain.forget_nonce()  # their transactions are not known: the chain says which nonce is next
+        if chain is not None and store is not None:
+            for tx, _, readings in vanished:
+                task = asyncio.get_running_loop().create_task(self._send_again(chain, store, tx, readings))
+                self._resending.add(task)
+                task.add_done_callback(self._resending.discard)
+        log_event(log, "batches_rolled_back", logging.WARNING, fork=fork, sent_again=len(vanished),
+                  readings_back_to_pending=back, remined=len(remined))
         if self._wake is not None:
             self._wake.set()
+
+    async def _send_again(self, chain: AsyncChainClient, store: Store, tx: SentTransaction,
+                          readings: list[tuple[str, int]]) -> None:
+        """Send a transaction of a replaced block again, with its nonce, and see it mined anew."""
+        self.resent_after_reorg += 1
+        try:
+            await chain.send_again(tx)
+            found = await chain.until_mined(tx, self._reported_any, self.confirm_wait)
+            outcome, generation, _ = self._outcome(found, tx.gas)
+            if self._replaced_since(generation, outcome.block):
+                return  # replaced again: the rollback that said so sent it again already
+            self._record_mined(store, tx, found.tx_hash, outcome.block, readings)
+            log_event(log, "batch_mined_again", size=len(readings), block=outcome.block, tx=found.tx_hash)
+        except (ChainError, OSError, asyncio.TimeoutError, sqlite3.Error) as err:
+            log_event(log, "batch_not_sent_again", logging.WARNING, size=len(readings), error=str(err)[:300],
+                      action="its readings go back to pending and are submitted anew")
+            try:
+                store.put_back(readings)
+            except sqlite3.Error as storage_err:
+                self._storage_failed("put_back", storage_err, len(readings), None)
+            self._dirty = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def _record_mined(self, store: Store, tx: SentTransaction, tx_hash: str, block: int,
+                      readings: list[tuple[str, int]]) -> bool:
+        """Record a batch mined in ``block``: gone from the queue if final, else kept with its block (and its
+        transaction, to be sent again if the block is replaced). Returns whether it was final."""
+        if self.confirmations == 0 or block <= self._final:
+            store.remove_many(readings)
+            return True
+        store.mark_mined(readings, tx_hash, block)
+        self._unfinal_txs.append((tx, block, readings))
+        return False
 
     def _replaced_since(self, generation: int, block: int) -> bool:
         """Whether a rollback since ``generation`` replaced ``block``."""
@@ -373,8 +436,7 @@ class Batcher:
         # each (the events go to meters through the relay). The batch leaves the queue once its block is final.
         mined = [(r.data.meter, r.data.seq) for r in batch]
         final_now = self.confirmations == 0 or outcome.block <= self._final
-        write = partial(store.remove_many, mined) if final_now else partial(store.mark_mined, mined, found.tx_hash,
-                                                                            outcome.block)
+        write = partial(self._record_mined, store, tx, found.tx_hash, outcome.block, mined)
         try:
             write()
         except sqlite3.Error as err:

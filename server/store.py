@@ -193,17 +193,29 @@ class Store:
         self._count.add(-removed)
         return removed
 
-    def unmine_after(self, fork: int, remined: dict[str, int]) -> int:
+    def unmine_after(self, fork: int, remined: dict[str, int], keep: dict[str, list[tuple[str, int]]] | None = None
+                     ) -> int:
         """Blocks after ``fork`` were replaced: readings mined in them go back to pending, except those whose
-        transaction (``remined``: hash -> block) the new chain holds too; returns how many went back."""
+        transaction (``remined``: hash -> block) the new chain holds too, and those of the transactions in
+        ``keep`` (hash -> their readings), which are sent again and stay submitted; returns how many went back."""
+        kept = [tx for tx, block in remined.items() if block > fork]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE queue SET mined_block=? WHERE mined_block>? AND tx_hash=?",
-                                [(block, fork, tx) for tx, block in remined.items() if block > fork])
-            kept = [tx for tx, block in remined.items() if block > fork]
+                                [(remined[tx], fork, tx) for tx in kept])
+            self.db.executemany("UPDATE queue SET mined_block=NULL WHERE meter=? AND seq=? AND mined_block>?",
+                                [(meter.lower(), seq, fork) for readings in (keep or {}).values()
+                                 for meter, seq in readings])
             spared = f" AND tx_hash NOT IN ({','.join('?' * len(kept))})" if kept else ""
             return int(self.db.execute(f"UPDATE queue SET tx_hash=NULL, mined_block=NULL WHERE mined_block>?{spared}",
                                        (fork, *kept)).rowcount)
+
+    def put_back(self, readings: list[tuple[str, int]]) -> None:
+        """Put these (meter, seq) readings back to pending."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE queue SET tx_hash=NULL, mined_block=NULL WHERE meter=? AND seq=?",
+                                [(meter.lower(), seq) for meter, seq in readings])
 
     def mined_count(self) -> int:
         """How many queued readings are mined and wait for their block to be final."""

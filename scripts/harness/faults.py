@@ -64,6 +64,8 @@ class FaultReport:
     index_differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: The chain's rejections by reason (``stale_sequence``: a second copy of a recorded reading, refused).
+    rejections: Counter[str] = field(default_factory=Counter)
 
     @property
     def sent(self) -> int:
@@ -93,7 +95,9 @@ class FaultReport:
         injected = sum(self.faults.values())
         return (f"readings sent {self.sent} by {len(self.verdicts)} meters; faults injected {injected} "
                 f"({kinds}); lost {self.lost}; duplicated {self.duplicated}; bills equal to the recomputation "
-                f"{bills}/{len(self.verdicts)}; index equals a fresh reindex: "
+                f"{bills}/{len(self.verdicts)}; rejected on chain: "
+                f"{', '.join(f'{n} {r}' for r, n in sorted(self.rejections.items())) or 'none'}; "
+                f"index equals a fresh reindex: "
                 f"{'yes' if not self.index_differences else 'NO: ' + '; '.join(self.index_differences)}; "
                 f"{self.seconds:.0f} s")
 
@@ -220,8 +224,9 @@ def run_faults(config: FaultConfig, base: Path | None = None,
         # Meters finish on final bills only; give the index the last final blocks too.
         time.sleep(config.block_time * (config.max_reorg_depth + 3))
         server.stop()
-        verdicts = verify(settings, names)
+        verdicts = _strict(settings, verify(settings, names))
         differences = index_differences(settings)
+        rejections = _rejections(settings)
     finally:
         for proc in meters.values():
             proc.kill()
@@ -230,4 +235,38 @@ def run_faults(config: FaultConfig, base: Path | None = None,
         node.stop()
         if tmp is not None:
             tmp.cleanup()
-    return FaultReport(verdicts, faults, differences, time.monotonic() - started, notes)
+    return FaultReport(verdicts, faults, differences, time.monotonic() - started, notes, rejections)
+
+
+def _strict(settings: Settings, verdicts: list[MeterVerdict]) -> list[MeterVerdict]:
+    """Count as lost a reading the chain refused only as ``stale_sequence`` without ever recording it: the
+    contract takes any seq above the last, so that is a reading overtaken by a later one, not a duplicate."""
+    from common.chain import ChainClient
+    from common.tariff import RejectReason
+    from meters.identity import MeterIdentity, meter_dir
+
+    deployment = load_deployment(settings)
+    contract = ChainClient(settings).contract(deployment)
+    recorded: dict[str, set[int]] = {}
+    for e in contract.events.ReadingRecorded().get_logs(from_block=deployment.block):
+        recorded.setdefault(e.args.meter.lower(), set()).add(int(e.args.seq))
+    stale_only: dict[str, set[int]] = {}
+    for e in contract.events.ReadingRejected().get_logs(from_block=deployment.block):
+        if RejectReason(int(e.args.reason)) is RejectReason.STALE_SEQUENCE:
+            stale_only.setdefault(e.args.meter.lower(), set()).add(int(e.args.seq))
+    for verdict in verdicts:
+        address = MeterIdentity.load(meter_dir(settings.data_dir, verdict.name)).address.lower()
+        overtaken = stale_only.get(address, set()) - recorded.get(address, set())
+        verdict.lost = sorted(set(verdict.lost) | overtaken)
+    return verdicts
+
+
+def _rejections(settings: Settings) -> Counter[str]:
+    """The chain's ``ReadingRejected`` events by reason."""
+    from common.chain import ChainClient
+    from common.tariff import RejectReason
+
+    deployment = load_deployment(settings)
+    contract = ChainClient(settings).contract(deployment)
+    events = contract.events.ReadingRejected().get_logs(from_block=deployment.block)
+    return Counter(RejectReason(int(e.args.reason)).name.lower() for e in events)
