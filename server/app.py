@@ -57,7 +57,8 @@ def open_index(settings: Settings, deployment: Deployment) -> Index:
     path = settings.data_dir / "index" / "index.sqlite"
     try:
         return Index(path, settings.tz, rules, settings.hourly_limit_wh,
-                     source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
+                     source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}",
+                     journal=settings.finality_depth > 0)
     except sqlite3.DatabaseError as err:
         raise index_unusable(path, err) from err
 

@@ -121,14 +121,14 @@ class Hub:
             asyncio.get_running_loop().create_task(peer.outlet.close(1008, "too slow to receive"))
             return False
 
-    def send_versioned(self, meter: str, by_version: dict[int, str]) -> bool:
-        """Queue for a meter the message of the newest version its connection speaks (``by_version``: the
-        lowest version each form is for); nothing when no form suits it."""
+    def send_versioned(self, meter: str, render: Callable[[int], str | None]) -> bool:
+        """Queue for a meter the message ``render`` makes for the protocol version its connection speaks (None:
+        nothing for that version); rendered only when the meter is connected."""
         peer = self.peers.get(meter.lower())
         if peer is None:
             return False
-        suits = [v for v in by_version if v <= peer.version]
-        return self.send(meter, by_version[max(suits)]) if suits else False
+        message = render(peer.version)
+        return self.send(meter, message) if message is not None else False
 
     def broadcast(self, message: str, region: str = "") -> int:
         """Queue a message for every meter (or only those in ``region``); returns how many."""

@@ -219,8 +219,11 @@ class Index:
     """The SQLite index of contract events; one instance per process, used from one thread."""
 
     def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0,
-                 source: str = "") -> None:
+                 source: str = "", journal: bool = True) -> None:
         """Open (or create) the index; ``source`` names the chain and contract its events come from.
+
+        ``journal`` false (``CONFIRMATIONS=0``: every block is final at once) leaves out the undo
+        journal's triggers, so that writing an event costs what it did before there was one.
 
         An index holding another source's events (the chain was reset, the contract redeployed)
         is emptied of them first, so that it is rebuilt from the new one.
@@ -237,10 +240,11 @@ class Index:
         self.db.execute("PRAGMA recursive_triggers=ON")
         self.db.executescript(_SCHEMA)
         self._shapes = _shapes(self.db)
+        self.journal = journal
         with self.db:
             for shape in self._shapes.values():
-                for statement in _journal_triggers(shape):
-                    self.db.execute(statement)
+                for statement in _journal_triggers(shape) if journal else _journal_triggers(shape)[:3]:
+                    self.db.execute(statement)  # without the journal: only the DROPs
             self.db.execute("UPDATE journal_block SET block=NULL")
         self._load()
         row = self.db.execute("SELECT value FROM meta WHERE name='source'").fetchone()
@@ -298,7 +302,7 @@ class Index:
                 self.db.execute("BEGIN")
                 journaling: int | None = None
                 for i, event in enumerate(todo):
-                    block = event.block if final is not None and event.block > final else None
+                    block = event.block if self.journal and final is not None and event.block > final else None
                     if block != journaling:
                         self.db.execute("UPDATE journal_block SET block=?", (block,))
                         journaling = block
@@ -332,6 +336,9 @@ class Index:
     def finalize(self, final: int) -> None:
         """Blocks up to ``final`` are final: forget their journal (the hash of the newest is kept)."""
         if self.final is not None and final <= self.final:
+            return
+        if not self.journal:
+            self.final = final  # nothing is journaled: nothing to forget
             return
         with self.db:
             self.db.execute("BEGIN")

@@ -40,6 +40,7 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from common.backoff import Backoff
@@ -81,6 +82,14 @@ class ChainFollower(Protocol):
 
     def on_rollback(self, fork: int, deep: bool) -> None:
         """Blocks after ``fork`` were replaced: undo what they brought (``deep``: some of it was final)."""
+
+
+def _bill_for(bill: Bill, final: bool, version: int) -> str | None:
+    """A bill as a meter of protocol ``version`` gets it: with ``final`` from version 3; before it, final bills
+    only, without the field they do not know."""
+    if version >= 3:
+        return encode(bill.model_copy(update={"final": final}))
+    return encode(bill) if final else None
 
 
 class ChainReplaced(Exception):
@@ -144,8 +153,8 @@ class Relay:
         self._position: tuple[int, int] | None = None
         self._saved: tuple[int, int] | None = None
         self._position_name = f"{POSITION_PREFIX}:{deployment.chain_id}:{deployment.address.lower()}"
-        #: Messages held until their block is final: block -> [(meter, wire forms by version)].
-        self._unfinal: OrderedDict[int, list[tuple[str, dict[int, str]]]] = OrderedDict()
+        #: Messages held until their block is final: block -> [(meter, the message by protocol version)].
+        self._unfinal: OrderedDict[int, list[tuple[str, Callable[[int], str | None]]]] = OrderedDict()
         # In the relay's thread: the trail of block hashes, how far logs are read, the final block told.
         self._trail: BlockTrail | None = None
         # In the server's loop: the trail as the thread last handed it over, and as last written to the store.
@@ -452,8 +461,8 @@ class Relay:
             block = next(iter(self._unfinal))
             if block > final:
                 break
-            for meter, forms in self._unfinal.pop(block):
-                self.hub.send_versioned(meter, forms)
+            for meter, render in self._unfinal.pop(block):
+                self.hub.send_versioned(meter, render)
 
     def _handle_logs(self, logs: list[Any], final: int) -> None:
         """Relay each new event of fetched logs, in chain order (blocks up to ``final`` are final)."""
@@ -477,12 +486,12 @@ class Relay:
             self._position = event.position
             self.events_processed += 1
 
-    def _when_final(self, event: ChainEvent, meter: str, forms: dict[int, str]) -> None:
-        """Send ``forms`` to ``meter`` now if the event's block is final, or once it is."""
+    def _when_final(self, event: ChainEvent, meter: str, render: Callable[[int], str | None]) -> None:
+        """Send ``meter`` what ``render`` makes for its version now if the event's block is final, or once it is."""
         if self.final is not None and event.block <= self.final:
-            self.hub.send_versioned(meter, forms)
+            self.hub.send_versioned(meter, render)
         else:
-            self._unfinal.setdefault(event.block, []).append((meter, forms))
+            self._unfinal.setdefault(event.block, []).append((meter, render))
 
     def _dispatch(self, event: ChainEvent) -> None:
         args = event.args
@@ -505,11 +514,9 @@ class Relay:
                 amount_due=int(args["amountDue"]),
                 tariff=self.tariff,
             )
-            # Meters of versions 1 and 2 get the final bill only, without the field they do not know.
-            final_forms = {1: encode(bill), 3: encode(bill.model_copy(update={"final": True}))}
             if self.final is None or event.block > self.final:
-                self.hub.send_versioned(meter, {3: encode(bill.model_copy(update={"final": False}))})
-            self._when_final(event, meter, final_forms)
+                self.hub.send_versioned(meter, partial(_bill_for, bill, False))
+            self._when_final(event, meter, partial(_bill_for, bill, True))
         elif name == "ReadingRejected":
             meter, seq = args["meter"], int(args["seq"])
             reason = RejectReason(int(args["reason"]))
@@ -521,7 +528,8 @@ class Relay:
             log_event(log, "reading_rejected_on_chain", logging.WARNING, meter=meter, seq=seq, code=err.code,
                       block=event.block)
             # Told once final: a meter drops a rejected reading, which a replaced block could still undo.
-            self._when_final(event, meter, {1: encode(ErrorMessage(code=err.code, message=err.message, seq=seq))})
+            rejection = encode(ErrorMessage(code=err.code, message=err.message, seq=seq))
+            self._when_final(event, meter, lambda version: rejection)
         elif name == "GridAlert":
             alert = self._track_alert(event)
             assert alert is not None

@@ -56,7 +56,7 @@ async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at
     upto_fork.apply([e for e in everything if e.block <= fork], {})
     expected = rows(upto_fork)
 
-    live = open_index(base_settings.replace(data_dir=tmp_path / "live"), deployment)
+    live = open_index(base_settings.replace(data_dir=tmp_path / "live", confirmations=2), deployment)
     live.apply([e for e in everything if e.block <= final], {}, final)
     live.apply([e for e in everything if e.block > final], {}, final)
     assert live.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0] > 0
@@ -83,7 +83,7 @@ async def test_events_of_final_blocks_leave_no_journal(tmp_path, base_settings, 
                                                       new_meter, write_readings):
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 3, 10_000))
-    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
+    index = open_index(base_settings.replace(data_dir=tmp_path, confirmations=2), deployment)
     indexer = Indexer(deployment, index, chain_client)
     events = await events_of(chain_client, deployment, indexer)
     index.apply(events, {}, final=max(e.block for e in events))
@@ -96,7 +96,7 @@ async def test_catching_up_undoes_blocks_replaced_while_the_server_was_stopped(
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):  # noqa: F811
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 3, 10_000))
-    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
+    index = open_index(base_settings.replace(data_dir=tmp_path, confirmations=2), deployment)
     indexer = Indexer(deployment, index, chain_client)
     events = await events_of(chain_client, deployment, indexer)
     last = max(e.block for e in events)
