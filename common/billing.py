@@ -11,10 +11,13 @@ from typing import Any, Sequence
 
 from eth_utils import to_checksum_address
 
+from common.batches import pack_reading
 from common.chain import ChainClient
 from common.deployment import Deployment
 from common.eip712 import ReadingData
+from common.events import unpack_record
 from common.messages import BillState, TariffInfo
+from common.tariff import PERIOD_SECONDS, ClockTable, Schedule, TariffVersion
 
 __all__ = [
     "MeterView",
@@ -56,11 +59,12 @@ class MeterView:
     last_seq: int
     last_timestamp: int
     last_energy_wh: int
+    last_export_wh: int = 0
 
 
 def decode_meter(address: str, raw: Sequence[Any]) -> MeterView:
     """Build a MeterView from the ``meterState`` view's return tuple."""
-    registered, active, account_ref, region, last_seq, last_ts, last_wh = raw
+    registered, active, account_ref, region, last_seq, last_ts, last_wh, last_export = raw
     return MeterView(
         to_checksum_address(address),
         bool(registered),
@@ -70,17 +74,20 @@ def decode_meter(address: str, raw: Sequence[Any]) -> MeterView:
         int(last_seq),
         int(last_ts),
         int(last_wh),
+        int(last_export),
     )
 
 
 def decode_bill(raw: Sequence[Any]) -> BillState:
     """Build a BillState from the ``openBill`` view's return tuple."""
-    period_id, start, _end, energy, cost, standing, due = raw
+    period_id, start, _end, imported, exported, cost, credit, standing, due = raw
     return BillState(
         period_id=int(period_id),
         period_start=int(start),
-        period_energy_wh=int(energy),
+        period_energy_wh=int(imported),
+        period_export_wh=int(exported),
         energy_cost=int(cost),
+        export_credit=int(credit),
         standing_charge=int(standing),
         amount_due=int(due),
     )
@@ -104,10 +111,36 @@ class Billing:
         """The meter's open billing period."""
         return decode_bill(self.contract.functions.openBill(to_checksum_address(address)).call())
 
-    def tariff(self) -> TariffInfo:
-        """The tariff in force."""
-        unit_rate, standing, _from, version = self.contract.functions.tariff().call()
-        return TariffInfo(unit_rate=int(unit_rate), standing_charge=int(standing), version=int(version))
+    def now(self) -> int:
+        """The latest block's timestamp."""
+        return int(self.client.w3.eth.get_block("latest")["timestamp"])
+
+    def tariff(self, at: int | None = None) -> TariffInfo:
+        """The tariff in force at ``at`` (default: the latest block's time), with its prices then."""
+        at = self.now() if at is None else at
+        fn = self.contract.functions
+        version = int(fn.tariffVersionAt(at).call())
+        spec = TariffVersion.from_struct(fn.tariffVersion(version).call())
+        import_price, export_price = fn.pricesAt(at).call()
+        return TariffInfo(unit_rate=int(import_price), export_rate=int(export_price),
+                          standing_charge=spec.standing_charge, version=version)
+
+    def versions(self) -> list[TariffVersion]:
+        """Every tariff version, oldest first (the newest may not be in force yet)."""
+        fn = self.contract.functions
+        return [TariffVersion.from_struct(fn.tariffVersion(v).call()) for v in range(1, fn.tariffCount().call() + 1)]
+
+    def schedule(self) -> Schedule:
+        """Everything that prices a period, read from the chain: versions, clock changes, day-ahead prices."""
+        events = self.contract.events
+        start = self.deployment.block
+        clock = ClockTable().with_changes(
+            (int(e.args.at), int(e.args.offsetMinutes)) for e in events.ClockChangeAdded().get_logs(from_block=start)
+        )
+        schedule = Schedule(self.versions(), clock)
+        for e in events.DayAheadPricesPublished().get_logs(from_block=start):
+            schedule.publish(int(e.args["from"]) // PERIOD_SECONDS, e.args.importPrices, e.args.exportPrices)
+        return schedule
 
     def meters(self) -> list[str]:
         """Every meter ever registered, in registration order."""
@@ -154,9 +187,17 @@ class Billing:
         """Reactivate a meter (operator key)."""
         return self.client.transact(self.settings.operator_key, self.contract.functions.reactivateMeter(address))
 
-    def set_tariff(self, unit_rate: int, standing_charge: int) -> Any:
-        """Set the tariff (operator key)."""
-        call = self.contract.functions.setTariff(unit_rate, standing_charge)
+    def set_tariff(self, version: TariffVersion) -> Any:
+        """Add a tariff version (operator key); ``effective_from`` 0 means the next period it may start."""
+        return self.client.transact(self.settings.operator_key, self.contract.functions.setTariff(version.as_struct()))
+
+    def set_flat_tariff(self, unit_rate: int, standing_charge: int, effective_from: int = 0) -> Any:
+        """Add a flat import tariff without export payments (operator key)."""
+        return self.set_tariff(TariffVersion.flat(unit_rate, standing_charge, effective_from))
+
+    def publish_day_ahead(self, start: int, import_prices: Sequence[int], export_prices: Sequence[int] = ()) -> Any:
+        """Publish day-ahead prices for consecutive periods from ``start`` (operator key)."""
+        call = self.contract.functions.publishDayAheadPrices(start, list(import_prices), list(export_prices))
         return self.client.transact(self.settings.operator_key, call)
 
     def close_billing_period(self, address: str) -> Any:
@@ -165,12 +206,10 @@ class Billing:
 
     # gateway
     def submit_readings(self, signed: Sequence[tuple[ReadingData, str]], wait: bool = True) -> Any:
-        """Submit meter-signed readings in one batch (gateway key)."""
-        readings = [(to_checksum_address(r.meter), r.seq, r.timestamp, r.energy_wh) for r, _ in signed]
-        sigs = [bytes.fromhex(s.removeprefix("0x")) for _, s in signed]
-        return self.client.transact(
-            self.settings.gateway_key, self.contract.functions.submitReadings(readings, sigs), wait=wait
-        )
+        """Submit meter-signed readings in one packed batch (gateway key; the node estimates the gas)."""
+        batch = b"".join(pack_reading(r, s) for r, s in signed)
+        return self.client.transact(self.settings.gateway_key, self.contract.functions.submitReadings(batch),
+                                    wait=wait)
 
     # grid operator
     def raise_grid_alert(
@@ -185,7 +224,13 @@ class Billing:
         return self.client.transact(self.settings.grid_operator_key, self.contract.functions.clearGridAlert(alert_id))
 
     def events(self, name: str, receipt: Any) -> list[Any]:
-        """Decode the named event's logs from a receipt (other events are skipped quietly)."""
+        """Decode the named event's logs from a receipt (other events are skipped quietly); a
+        ``ReadingRecorded`` event's ``record`` is unpacked into its named fields beside it."""
+        from web3.datastructures import AttributeDict
         from web3.logs import DISCARD
 
-        return list(getattr(self.contract.events, name)().process_receipt(receipt, errors=DISCARD))
+        found = list(getattr(self.contract.events, name)().process_receipt(receipt, errors=DISCARD))
+        if name != "ReadingRecorded":
+            return found
+        return [AttributeDict({**e, "args": AttributeDict({**e.args, **unpack_record(int(e.args.record))})})
+                for e in found]

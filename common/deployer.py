@@ -12,10 +12,14 @@ from common.deployment import Deployment, deployment_path, load_deployment, save
 from common.errors import ConfigError, DeploymentMissing
 from common.logs import log_event
 from common.settings import Settings
+from common.tariff import uk_clock_changes
 
 __all__ = ["deploy", "ROLE_SETTINGS"]
 
 log = logging.getLogger("deploy")
+
+#: The UK clock changes the constructor publishes (later ones: ``addClockChanges``).
+CLOCK_CHANGE_YEARS = (2000, 2060)
 
 #: Contract role constant name -> the setting holding the key that gets it.
 ROLE_SETTINGS = {
@@ -67,9 +71,12 @@ def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
             admin,
             settings.tariff_unit_rate,
             settings.tariff_standing_charge,
+            settings.tariff_export_rate,
             settings.max_power_w,
             settings.max_future_skew,
+            uk_clock_changes(*CLOCK_CHANGE_YEARS),
         ),
+        gas=8_000_000,
     )
     address = receipt["contractAddress"]
     contract = client.w3.eth.contract(address=address, abi=artifact.abi)

@@ -41,6 +41,7 @@ READING_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "seq", "type": "uint64"},
         {"name": "timestamp", "type": "uint64"},
         {"name": "energyWh", "type": "uint64"},
+        {"name": "exportWh", "type": "uint64"},
     ]
 }
 
@@ -54,7 +55,9 @@ LOGIN_TYPES: dict[str, list[dict[str, str]]] = {
 _EIP712_DOMAIN_TYPEHASH = keccak(
     text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
-_READING_TYPEHASH = keccak(text="Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh)")
+_READING_TYPEHASH = keccak(
+    text="Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh,uint64 exportWh)"
+)
 _LOGIN_TYPEHASH = keccak(text="Login(address meter,bytes32 nonce)")
 
 
@@ -102,12 +105,13 @@ class Domain:
 
 @dataclass(frozen=True)
 class ReadingData:
-    """The signed fields of one reading."""
+    """The signed fields of one reading: ``energy_wh`` is the import register, ``export_wh`` the export one."""
 
     meter: str
     seq: int
     timestamp: int
     energy_wh: int
+    export_wh: int = 0
 
     def as_message(self) -> dict[str, Any]:
         """The reading as an EIP-712 message dictionary."""
@@ -116,6 +120,7 @@ class ReadingData:
             "seq": self.seq,
             "timestamp": self.timestamp,
             "energyWh": self.energy_wh,
+            "exportWh": self.export_wh,
         }
 
 
@@ -127,6 +132,7 @@ def reading_digest(domain_separator: bytes, reading: ReadingData) -> bytes:
         + _word(reading.seq)
         + _word(reading.timestamp)
         + _word(reading.energy_wh)
+        + _word(reading.export_wh)
     )
     return keccak(b"\x19\x01" + domain_separator + struct_hash)
 

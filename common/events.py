@@ -17,7 +17,22 @@ from eth_utils import event_abi_to_log_topic
 
 from common.eip712 import checksum_address
 
-__all__ = ["BatchOutcome", "ChainEvent", "EventDecoder"]
+__all__ = ["BatchOutcome", "ChainEvent", "EventDecoder", "RECORD_FIELDS", "unpack_record"]
+
+#: The fields packed into ``ReadingRecorded``'s ``record`` word: (name, lowest bit, bits).
+RECORD_FIELDS = (
+    ("seq", 0, 32),
+    ("timestamp", 32, 32),
+    ("energyWh", 64, 48),
+    ("exportWh", 112, 48),
+    ("periodImportCost", 160, 48),
+    ("periodExportCredit", 208, 48),
+)
+
+
+def unpack_record(record: int) -> dict[str, int]:
+    """The named fields of a ``ReadingRecorded`` event's packed ``record`` (see the contract's NatSpec)."""
+    return {name: (record >> low) & ((1 << bits) - 1) for name, low, bits in RECORD_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -133,7 +148,11 @@ class EventDecoder:
         else:
             values = abi_decode(shape.data_types, data)
             for name, kind, value in zip(shape.data_names, shape.data_types, values, strict=True):
-                args[name] = checksum_address(bytes.fromhex(value[2:])) if kind == "address" else value
+                if kind == "address":
+                    value = checksum_address(bytes.fromhex(value[2:]))
+                args[name] = list(value) if isinstance(value, tuple) else value
+        if shape.name == "ReadingRecorded" and "record" in args:
+            args.update(unpack_record(int(args["record"])))
         return ChainEvent(
             name=shape.name,
             args=args,

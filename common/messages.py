@@ -77,15 +77,18 @@ class _ServerModel(_Model):
 
 
 class TariffInfo(_ServerModel):
-    """The tariff in force: millipence per kWh and millipence per day."""
+    """The tariff in force: this period's import and export prices (millipence per kWh) and the
+    standing charge (millipence per day)."""
 
     unit_rate: int
     standing_charge: int
     version: int = 0
+    export_rate: int = 0
 
 
 class BillState(_ServerModel):
-    """A meter's open billing period (amounts in micropence)."""
+    """A meter's open billing period: energy imported and exported (Wh), import cost, export
+    credit, standing charge and the amount due (micropence; negative when in credit)."""
 
     period_id: int
     period_start: int
@@ -93,6 +96,8 @@ class BillState(_ServerModel):
     energy_cost: int
     standing_charge: int
     amount_due: int
+    period_export_wh: int = 0
+    export_credit: int = 0
 
 
 # ---------------------------------------------------------------- server -> meter
@@ -124,6 +129,8 @@ class Welcome(_ServerModel):
     bill: BillState
     tariff: TariffInfo
     server_time: int
+    #: The export register on chain (0 for a meter that never exported).
+    last_export_wh: int = 0
     #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
     last_used_seq: int | None = None
 
@@ -137,7 +144,9 @@ class Ack(_ServerModel):
 
 
 class Bill(_ServerModel):
-    """The live bill after a reading was recorded on chain (from the ``BillUpdated`` event).
+    """The live bill after a reading was recorded on chain (from its ``ReadingRecorded`` event):
+    the registers, the open period's import and export, import cost, export credit, standing
+    charge and amount due (micropence; negative when in credit), and the tariff of its period.
 
     ``final`` (version 3): whether the block holding it is final (``CONFIRMATIONS`` deep). A
     provisional bill (``final`` false) may still be undone by a reorganisation; its final one
@@ -153,6 +162,11 @@ class Bill(_ServerModel):
     period_energy_wh: int
     amount_due: int
     tariff: TariffInfo
+    export_wh: int = 0
+    period_export_wh: int = 0
+    energy_cost: int = 0
+    export_credit: int = 0
+    standing_charge: int = 0
     #: Version 3: whether the bill's block is final; absent for meters of versions 1 and 2 (final bills only).
     final: bool | None = None
 
@@ -205,13 +219,14 @@ class Auth(_Model):
 
 
 class Reading(_Model):
-    """One signed cumulative register reading."""
+    """One signed reading of both cumulative registers: ``energyWh`` import, ``exportWh`` export."""
 
     type: Literal["reading"] = "reading"
     meter: Address
     seq: Uint64
     timestamp: Uint64
     energy_wh: Uint64
+    export_wh: Uint64
     signature: HexSignature
 
 

@@ -67,6 +67,8 @@ class Settings:
     # contract parameters (used at deployment)
     tariff_unit_rate: int = 24_670
     tariff_standing_charge: int = 57_210
+    #: Opening export rate, millipence per kWh (a typical Smart Export Guarantee rate; 0 for none).
+    tariff_export_rate: int = 15_000
     max_power_w: int = 24_000
     max_future_skew: int = 300
     # server

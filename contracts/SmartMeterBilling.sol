@@ -3,35 +3,78 @@ pragma solidity ^0.8.24;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 /// @title SmartMeterBilling
-/// @notice The source of truth for meters, tariffs, readings, live bills and grid alerts.
-/// @dev Units: energy in watt-hours (Wh); tariff rates in millipence (1/1000 p) per kWh and per
-/// day; accrued amounts in micropence (1/1,000,000 p). Sequence numbers and timestamps fit 32 bits,
-/// registers 48 bits (larger values are rejected as `OutOfRange`). Energy cost is exact
-/// (Wh x millipence/kWh = micropence); the standing charge for the time between two readings is
-/// rounded down to the micropence. Meters sign each reading as EIP-712 typed data; the gateway
-/// relays batches and pays the gas but cannot forge or alter a reading.
+/// @notice The source of truth for meters, time-of-use tariffs, import and export readings, live bills
+/// and grid alerts.
+/// @dev Units: energy in watt-hours (Wh); prices in millipence (1/1000 p) per kWh, standing charges in
+/// millipence per day; accrued amounts in micropence (1/1,000,000 p). Times are unix seconds and days
+/// are counted in UTC: a settlement period is the UTC half hour [1800 p, 1800 (p + 1)).
+///
+/// Pricing: the energy between two readings is split over the settlement periods it spans in
+/// proportion to time (`_accrue`: cumulative floors, so the parts add up to the register delta exactly)
+/// and each part is priced at its period's price (Wh x millipence/kWh = micropence, exact). A period's
+/// price comes from the tariff version in force at its start: flat, a daily band table, or day-ahead
+/// prices published per period with a fallback. Versions start at period boundaries at least
+/// `maxFutureSkew` ahead of the block, and day-ahead prices are published as far ahead, so no price of
+/// a period any recorded reading covers ever changes: a new tariff never reprices consumption.
+///
+/// Clock time: band tables are written in local half hours, either GMT all year (`clock` 0, Economy 7)
+/// or UK clock time (`clock` 1). The contract cannot know the UK's clock changes (they are law, not
+/// arithmetic), so the operator publishes them from the IANA time zone database: the constructor takes
+/// the transitions, `addClockChanges` appends later ones. The local half hour of period p is
+/// (p + offset) mod 48, with the offset in half hours at the period's start: on the 46-period spring
+/// day local 01:00-02:00 never occurs, on the 50-period autumn day it occurs twice and both UTC periods
+/// take its band. See docs/tariffs.md for the layouts and the gas budget.
+///
+/// Meters sign each reading as EIP-712 typed data; the gateway relays packed batches and pays the gas
+/// but cannot forge or alter a reading.
 contract SmartMeterBilling is AccessControl, EIP712 {
-    /// @notice Registers, deactivates and reactivates meters, sets tariffs, closes billing periods.
+    /// @notice Registers, deactivates and reactivates meters, sets tariffs and prices, closes periods.
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     /// @notice Submits batches of meter-signed readings.
     bytes32 public constant GATEWAY_ROLE = keccak256("GATEWAY_ROLE");
     /// @notice Raises and clears grid alerts.
     bytes32 public constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
 
-    /// @notice EIP-712 type hash of a reading.
+    /// @notice EIP-712 type hash of a reading: `energyWh` is the import register, `exportWh` the export one.
     bytes32 public constant READING_TYPEHASH =
-        keccak256("Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh)");
+        keccak256("Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh,uint64 exportWh)");
 
     /// @notice Largest batch `submitReadings` accepts, to stay far below the block gas limit.
     uint256 public constant MAX_BATCH = 250;
+    /// @notice Bytes per reading in `submitReadings`' packed batch.
+    uint256 public constant RECORD_BYTES = 104;
+    /// @notice Seconds in a settlement period.
+    uint256 public constant PERIOD_SECONDS = 1800;
+    /// @notice Most day-ahead prices one call publishes (two local days).
+    uint256 public constant MAX_PRICES = 100;
+
+    /// @notice Price kinds: the version's rate for every period.
+    uint8 public constant FLAT = 0;
+    /// @notice Price kinds: the band of the period's local half hour.
+    uint8 public constant BANDED = 1;
+    /// @notice Price kinds: the published day-ahead price, the rate where none was published.
+    uint8 public constant DAY_AHEAD = 2;
+    /// @notice Band clocks: band tables in GMT all year.
+    uint8 public constant CLOCK_GMT = 0;
+    /// @notice Band clocks: band tables in UK clock time (the published clock changes).
+    uint8 public constant CLOCK_LOCAL = 1;
 
     uint256 private constant SECONDS_PER_DAY = 86_400;
     uint256 private constant MICRO_PER_MILLI = 1_000;
+    uint256 private constant PERIODS_PER_DAY = 48;
+    uint256 private constant MAX_COST = type(uint48).max;
+    uint256 private constant MAX_CREDIT = 2 ** 47 - 1;
+    uint256 private constant BAND_BITS = 144;
+    uint256 private constant CLOCK_BUCKET_SHIFT = 25;
+    uint256 private constant CLOCK_SLOTS = 6;
+    uint256 private constant PRICE_CACHE = 64;
+    uint256 private constant HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     /// @notice Why a reading was not recorded (carried by `ReadingRejected`).
+    /// @dev `OutOfRange` is kept for its number: the packed batch cannot encode a seq or timestamp above
+    /// 32 bits or a register above 48 bits, so such a reading never reaches the contract.
     enum RejectReason {
         None,
         BadSignature,
@@ -45,24 +88,27 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         PeriodOverflow
     }
 
-    /// @notice One cumulative register reading, as the meter signs it.
-    struct Reading {
-        address meter;
-        uint64 seq;
-        uint64 timestamp;
-        uint64 energyWh;
+    /// @notice A tariff version: when it starts, the standing charge and how import and export are priced.
+    /// @dev Bands: 48 x 3 bits, local half hour h (0 = 00:00-00:30) at bits 3h holding its band 0..7.
+    /// Band rates: 8 x 32 bits, band b at bits 32b, millipence per kWh.
+    struct Tariff {
+        uint32 effectiveFrom;
+        uint32 standingCharge;
+        uint8 clock;
+        uint8 importKind;
+        uint32 importRate;
+        uint8 exportKind;
+        uint32 exportRate;
+        uint256 importBands;
+        uint256 importBandRates;
+        uint256 exportBands;
+        uint256 exportBandRates;
     }
 
-    /// @dev The per-reading state of a meter. Stored packed into one word (see `_pack`), so that a
-    /// reading costs one storage read and one storage write.
-    struct MeterState {
-        bool active;
-        uint32 lastSeq;
-        uint32 lastTimestamp;
-        uint48 lastEnergyWh;
-        uint48 periodEnergyWh;
-        uint48 periodEnergyCost;
-        uint40 periodStandingCharge;
+    /// @notice A change of the UK's clock: from `at` the local time is UTC + `offsetMinutes`.
+    struct ClockChange {
+        uint32 at;
+        int16 offsetMinutes;
     }
 
     /// @dev What a meter keeps that readings do not touch.
@@ -72,14 +118,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         uint32 periodStart;
         uint32 periodId;
         bool registered;
-    }
-
-    /// @notice The tariff in force, in one slot.
-    struct Tariff {
-        uint32 unitRate;
-        uint32 standingCharge;
-        uint32 effectiveFrom;
-        uint32 version;
+        uint48 periodStartImportWh;
+        uint48 periodStartExportWh;
     }
 
     /// @dev A grid alert's bookkeeping; its text lives in the `GridAlert` event.
@@ -88,19 +128,30 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         bool active;
     }
 
-    /// @notice Greatest plausible supply power in watts (a reading implying more is rejected).
+    /// @notice Greatest plausible supply power in watts (import or export implying more is rejected).
     uint64 public immutable maxPowerW;
     /// @notice Seconds a reading's timestamp may lie ahead of the block's.
     uint64 public immutable maxFutureSkew;
 
+    /// @dev The per-reading state of a meter, one word, low to high bits: active (1), last seq (32), last
+    /// timestamp (32), import register (48), export register (48), the open period's import cost (48) and
+    /// export credit (47). A reading costs one storage read and one write.
     mapping(address meter => uint256 packedState) private _state;
     mapping(address meter => MeterInfo) private _info;
     address[] private _meters;
-    Tariff private _tariff;
+    Tariff[] private _versions;
+    /// @dev Day-ahead prices: key (p >> 3) << 1 | side (0 import, 1 export), 8 x 32 bits of price + 1.
+    mapping(uint256 key => uint256 prices) private _dayAhead;
+    /// @dev Clock changes by bucket (t >> 25): bits 0-7 offset at the bucket's start + 128 (in half
+    /// hours; 0 = not published), then per change 32 bits of time and 8 bits of the offset after + 128.
+    mapping(uint256 bucket => uint256 changes) private _clock;
+    uint32 private _clockLastAt;
+    uint32 private _clockLastBucket;
+    int16 private _clockLastOffset;
     mapping(uint64 id => Alert) private _alerts;
     uint64 private _nextAlertId;
 
-    /// @notice Emitted when a meter is registered.
+    /// @notice Emitted when a meter is registered (its export register opens at 0).
     event MeterRegistered(
         address indexed meter, bytes32 accountRef, bytes32 region, uint64 openingWh, uint64 openedAt
     );
@@ -108,24 +159,45 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     event MeterDeactivated(address indexed meter);
     /// @notice Emitted when a deactivated meter is reactivated.
     event MeterReactivated(address indexed meter);
-    /// @notice Emitted when the operator sets a new tariff; it applies to readings recorded after it.
-    event TariffChanged(uint32 indexed version, uint32 unitRate, uint32 standingCharge, uint64 effectiveFrom);
-    /// @notice Emitted when a reading is recorded.
-    event ReadingRecorded(address indexed meter, uint64 seq, uint64 timestamp, uint64 energyWh);
+    /// @notice Emitted when a tariff version is added; it prices the periods from `effectiveFrom` on.
+    event TariffChanged(
+        uint32 indexed version,
+        uint64 effectiveFrom,
+        uint32 standingCharge,
+        uint8 clock,
+        uint8 importKind,
+        uint32 importRate,
+        uint256 importBands,
+        uint256 importBandRates,
+        uint8 exportKind,
+        uint32 exportRate,
+        uint256 exportBands,
+        uint256 exportBandRates
+    );
+    /// @notice Emitted when day-ahead prices are published for the periods from `from` on (an empty
+    /// list leaves that side as it was).
+    event DayAheadPricesPublished(uint64 indexed from, uint32[] importPrices, uint32[] exportPrices);
+    /// @notice Emitted when a UK clock change is published.
+    event ClockChangeAdded(uint64 at, int16 offsetMinutes);
+    /// @notice Emitted when a reading is recorded. `record` holds, low to high bits: seq (32), timestamp
+    /// (32), import register (48), export register (48), the open period's import cost (48) and export
+    /// credit (48), in Wh and micropence.
+    event ReadingRecorded(address indexed meter, uint256 record);
     /// @notice Emitted when a reading in a batch is rejected; the rest of the batch goes on.
     event ReadingRejected(address indexed meter, uint64 seq, RejectReason reason);
-    /// @notice Emitted with the open period's totals each time a reading is recorded.
-    event BillUpdated(address indexed meter, uint64 seq, uint64 periodEnergyWh, uint64 amountDue);
-    /// @notice Emitted when the operator closes a billing period and issues its bill.
+    /// @notice Emitted when the operator closes a billing period and issues its bill (amount due may be
+    /// negative: the customer is in credit).
     event BillIssued(
         address indexed meter,
         uint32 periodId,
         uint64 periodStart,
         uint64 periodEnd,
-        uint64 energyWh,
-        uint64 energyCost,
+        uint64 importWh,
+        uint64 exportWh,
+        uint64 importCost,
+        uint64 exportCredit,
         uint64 standingCharge,
-        uint64 amountDue
+        int256 amountDue
     );
     /// @notice Emitted when the grid operator raises an alert (region zero means every region).
     event GridAlert(
@@ -148,12 +220,34 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     error OpeningInFuture(uint64 openedAt, uint64 blockTimestamp);
     /// @notice Thrown when a value does not fit the packed field that stores it.
     error ValueTooLarge(uint256 value, uint256 max);
-    /// @notice Thrown when a tariff has a zero unit rate.
+    /// @notice Thrown when a flat or day-ahead import rate is zero.
     error InvalidTariff(uint32 unitRate, uint32 standingCharge);
+    /// @notice Thrown when a price kind is not FLAT, BANDED or DAY_AHEAD.
+    error InvalidPriceKind(uint8 kind);
+    /// @notice Thrown when a band clock is not CLOCK_GMT or CLOCK_LOCAL.
+    error InvalidClock(uint8 clock);
+    /// @notice Thrown when a band table sets bits beyond its 48 entries.
+    error InvalidBandTable(uint256 bands);
+    /// @notice Thrown when a time that must start a settlement period does not.
+    error NotPeriodBoundary(uint64 time);
+    /// @notice Thrown when a tariff or price would start before `earliest` (it could reprice a reading).
+    error TooSoon(uint64 time, uint64 earliest);
+    /// @notice Thrown when a tariff version would not start after the last one.
+    error NotAfterLastVersion(uint64 effectiveFrom, uint64 lastEffectiveFrom);
+    /// @notice Thrown when a day-ahead publication has no prices, too many, or import and export differ.
+    error BadPriceCount(uint256 importCount, uint256 exportCount);
+    /// @notice Thrown when a clock change is not after the last one published.
+    error ClockChangeOutOfOrder(uint64 at, uint64 lastAt);
+    /// @notice Thrown when a clock offset is not a whole number of half hours within a day.
+    error InvalidClockOffset(int16 offsetMinutes);
+    /// @notice Thrown when more clock changes fall into one 388-day bucket than it holds.
+    error TooManyClockChanges(uint64 at);
     /// @notice Thrown when parallel array arguments differ in length.
     error LengthMismatch(uint256 readings, uint256 signatures);
     /// @notice Thrown when a batch (of readings or registrations) is empty or larger than `MAX_BATCH`.
     error BadBatchSize(uint256 size, uint256 max);
+    /// @notice Thrown when a packed batch is not a whole number of `RECORD_BYTES` records.
+    error BadBatchLength(uint256 length);
     /// @notice Thrown when closing a period in which no reading was recorded.
     error EmptyBillingPeriod(address meter, uint32 periodId);
     /// @notice Thrown when an alert's expiry is not in the future.
@@ -164,28 +258,43 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     error AlertNotActive(uint64 id);
 
     /// @param admin Holds DEFAULT_ADMIN_ROLE and can grant the other roles.
-    /// @param unitRate Opening unit rate in millipence per kWh.
+    /// @param unitRate Opening flat import rate in millipence per kWh (version 1, in force from time 0).
     /// @param standingCharge Opening standing charge in millipence per day.
+    /// @param exportRate Opening flat export rate in millipence per kWh (0: export is not paid).
     /// @param maxPowerW_ Greatest plausible supply power in watts.
     /// @param maxFutureSkew_ Seconds a reading may be ahead of the block timestamp.
-    constructor(address admin, uint32 unitRate, uint32 standingCharge, uint64 maxPowerW_, uint64 maxFutureSkew_)
-        EIP712("SmartMeterBilling", "1")
-    {
+    /// @param clockChanges The UK's clock changes, in time order (from the IANA time zone database).
+    constructor(
+        address admin,
+        uint32 unitRate,
+        uint32 standingCharge,
+        uint32 exportRate,
+        uint64 maxPowerW_,
+        uint64 maxFutureSkew_,
+        ClockChange[] memory clockChanges
+    ) EIP712("SmartMeterBilling", "1") {
         if (admin == address(0)) revert ZeroAddress();
         maxPowerW = maxPowerW_;
         maxFutureSkew = maxFutureSkew_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        _setTariff(unitRate, standingCharge);
+        Tariff memory opening;
+        opening.standingCharge = standingCharge;
+        opening.importRate = unitRate;
+        opening.exportRate = exportRate;
+        _addVersion(opening);
+        for (uint256 i = 0; i < clockChanges.length; ++i) {
+            _addClockChange(clockChanges[i].at, clockChanges[i].offsetMinutes);
+        }
     }
 
     // ------------------------------------------------------------------ meters
 
-    /// @notice Registers a meter with its opening register value.
+    /// @notice Registers a meter with its opening import register (its export register opens at 0).
     /// @dev The opening date lets a meter installed in the past receive its history.
     /// @param meter The meter's signing address.
     /// @param accountRef An opaque account reference (never personal data).
     /// @param region The grid region the meter is in (short text, right-padded).
-    /// @param openingWh The register value at opening, in Wh.
+    /// @param openingWh The import register at opening, in Wh.
     /// @param openedAt When the opening value was read (0 for now); starts the first billing period.
     function registerMeter(address meter, bytes32 accountRef, bytes32 region, uint64 openingWh, uint64 openedAt)
         external
@@ -198,7 +307,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @param meters The meters' signing addresses.
     /// @param accountRefs One opaque account reference per meter.
     /// @param regions One grid region per meter.
-    /// @param openingWh One opening register value per meter, in Wh.
+    /// @param openingWh One opening import register per meter, in Wh.
     /// @param openedAt When the opening values were read (0 for now), shared by all.
     function registerMeters(
         address[] calldata meters,
@@ -232,17 +341,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         info.region = region;
         info.periodStart = uint32(openedAt);
         info.periodId = 1;
-        _state[meter] = _pack(
-            MeterState({
-                active: true,
-                lastSeq: 0,
-                lastTimestamp: uint32(openedAt),
-                lastEnergyWh: uint48(openingWh),
-                periodEnergyWh: 0,
-                periodEnergyCost: 0,
-                periodStandingCharge: 0
-            })
-        );
+        info.periodStartImportWh = uint48(openingWh);
+        _state[meter] = 1 | (uint256(openedAt) << 33) | (uint256(openingWh) << 65);
         _meters.push(meter);
         emit MeterRegistered(meter, accountRef, region, openingWh, openedAt);
     }
@@ -251,10 +351,9 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @param meter The meter to deactivate.
     function deactivateMeter(address meter) external onlyRole(OPERATOR_ROLE) {
         if (!_info[meter].registered) revert UnknownMeter(meter);
-        MeterState memory s = _unpack(_state[meter]);
-        if (!s.active) revert MeterNotActive(meter);
-        s.active = false;
-        _state[meter] = _pack(s);
+        uint256 word = _state[meter];
+        if (word & 1 == 0) revert MeterNotActive(meter);
+        _state[meter] = word & ~uint256(1);
         emit MeterDeactivated(meter);
     }
 
@@ -262,157 +361,403 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @param meter The meter to reactivate.
     function reactivateMeter(address meter) external onlyRole(OPERATOR_ROLE) {
         if (!_info[meter].registered) revert UnknownMeter(meter);
-        MeterState memory s = _unpack(_state[meter]);
-        if (s.active) revert MeterAlreadyActive(meter);
-        s.active = true;
-        _state[meter] = _pack(s);
+        uint256 word = _state[meter];
+        if (word & 1 == 1) revert MeterAlreadyActive(meter);
+        _state[meter] = word | 1;
         emit MeterReactivated(meter);
     }
 
-    // ------------------------------------------------------------------ tariff
+    // ------------------------------------------------------------------ tariffs and prices
 
-    /// @notice Sets the tariff for readings recorded from now on.
-    /// @param unitRate Unit rate in millipence per kWh (must be non-zero).
-    /// @param standingCharge Daily standing charge in millipence.
-    function setTariff(uint32 unitRate, uint32 standingCharge) external onlyRole(OPERATOR_ROLE) {
-        _setTariff(unitRate, standingCharge);
+    /// @notice Adds a tariff version, in force from its `effectiveFrom` until the next version.
+    /// @dev `effectiveFrom` must be a period boundary at least `maxFutureSkew` from now and after the last
+    /// version's start; 0 means the first such boundary. Later versions cannot be withdrawn: to change a
+    /// scheduled one, add another after it.
+    /// @param t The version (its `effectiveFrom` as above).
+    /// @return version The new version's number (1 is the constructor's).
+    function setTariff(Tariff calldata t) external onlyRole(OPERATOR_ROLE) returns (uint32 version) {
+        uint256 earliest = block.timestamp + maxFutureSkew;
+        uint256 from = t.effectiveFrom;
+        if (from == 0) from = ((earliest + PERIOD_SECONDS - 1) / PERIOD_SECONDS) * PERIOD_SECONDS;
+        if (from % PERIOD_SECONDS != 0) revert NotPeriodBoundary(uint64(from));
+        if (from < earliest) revert TooSoon(uint64(from), uint64(earliest));
+        uint256 last = _versions[_versions.length - 1].effectiveFrom;
+        if (from <= last) revert NotAfterLastVersion(uint64(from), uint64(last));
+        if (from > type(uint32).max) revert ValueTooLarge(from, type(uint32).max);
+        Tariff memory v = t;
+        v.effectiveFrom = uint32(from);
+        return _addVersion(v);
     }
 
-    function _setTariff(uint32 unitRate, uint32 standingCharge) private {
-        if (unitRate == 0) revert InvalidTariff(unitRate, standingCharge);
-        uint32 version = _tariff.version + 1;
-        _tariff = Tariff(unitRate, standingCharge, uint32(block.timestamp), version);
-        emit TariffChanged(version, unitRate, standingCharge, uint64(block.timestamp));
+    function _addVersion(Tariff memory v) private returns (uint32 version) {
+        if (v.clock > CLOCK_LOCAL) revert InvalidClock(v.clock);
+        if (v.importKind > DAY_AHEAD) revert InvalidPriceKind(v.importKind);
+        if (v.exportKind > DAY_AHEAD) revert InvalidPriceKind(v.exportKind);
+        if (v.importKind != BANDED && v.importRate == 0) revert InvalidTariff(v.importRate, v.standingCharge);
+        if (v.importBands >> BAND_BITS != 0) revert InvalidBandTable(v.importBands);
+        if (v.exportBands >> BAND_BITS != 0) revert InvalidBandTable(v.exportBands);
+        _versions.push(v);
+        version = uint32(_versions.length);
+        emit TariffChanged(
+            version,
+            v.effectiveFrom,
+            v.standingCharge,
+            v.clock,
+            v.importKind,
+            v.importRate,
+            v.importBands,
+            v.importBandRates,
+            v.exportKind,
+            v.exportRate,
+            v.exportBands,
+            v.exportBandRates
+        );
+    }
+
+    /// @notice Publishes day-ahead prices for consecutive settlement periods (a local day is 46, 48 or
+    /// 50 of them from local midnight). Periods published again are overwritten.
+    /// @param from The first period's start: a period boundary at least `maxFutureSkew` from now.
+    /// @param importPrices Millipence per kWh for each period, or empty to leave import as it was.
+    /// @param exportPrices Millipence per kWh for each period, or empty to leave export as it was.
+    function publishDayAheadPrices(uint64 from, uint32[] calldata importPrices, uint32[] calldata exportPrices)
+        external
+        onlyRole(OPERATOR_ROLE)
+    {
+        uint256 earliest = block.timestamp + maxFutureSkew;
+        if (from % PERIOD_SECONDS != 0) revert NotPeriodBoundary(from);
+        if (from < earliest) revert TooSoon(from, uint64(earliest));
+        uint256 ni = importPrices.length;
+        uint256 ne = exportPrices.length;
+        if (ni + ne == 0 || ni > MAX_PRICES || ne > MAX_PRICES || (ni != 0 && ne != 0 && ni != ne)) {
+            revert BadPriceCount(ni, ne);
+        }
+        uint256 first = from / PERIOD_SECONDS;
+        _publish(first, importPrices, 0);
+        _publish(first, exportPrices, 1);
+        emit DayAheadPricesPublished(from, importPrices, exportPrices);
+    }
+
+    function _publish(uint256 first, uint32[] calldata prices, uint256 side) private {
+        uint256 n = prices.length;
+        uint256 i = 0;
+        while (i < n) {
+            uint256 p = first + i;
+            uint256 key = ((p >> 3) << 1) | side;
+            uint256 word = _dayAhead[key];
+            do {
+                uint256 price = prices[i];
+                if (price == type(uint32).max) revert ValueTooLarge(price, type(uint32).max - 1);
+                uint256 shift = 32 * (p & 7);
+                word = (word & ~(uint256(type(uint32).max) << shift)) | ((price + 1) << shift);
+                ++i;
+                p = first + i;
+            } while (i < n && p & 7 != 0);
+            _dayAhead[key] = word;
+        }
+    }
+
+    /// @notice Publishes UK clock changes after the last one published, each at least `maxFutureSkew` ahead.
+    /// @param changes The changes in time order (offsets in minutes, whole half hours).
+    function addClockChanges(ClockChange[] calldata changes) external onlyRole(OPERATOR_ROLE) {
+        uint256 earliest = block.timestamp + maxFutureSkew;
+        for (uint256 i = 0; i < changes.length; ++i) {
+            if (changes[i].at < earliest) revert TooSoon(changes[i].at, uint64(earliest));
+            _addClockChange(changes[i].at, changes[i].offsetMinutes);
+        }
+    }
+
+    function _addClockChange(uint32 at, int16 offsetMinutes) private {
+        if (offsetMinutes % 30 != 0 || offsetMinutes < -1440 || offsetMinutes > 1440) {
+            revert InvalidClockOffset(offsetMinutes);
+        }
+        uint32 lastAt = _clockLastAt;
+        if (at <= lastAt) revert ClockChangeOutOfOrder(at, lastAt);
+        int16 lastOffset = _clockLastOffset;
+        uint256 bucket = uint256(at) >> CLOCK_BUCKET_SHIFT;
+        uint256 word;
+        if (lastAt == 0 || bucket > _clockLastBucket) {
+            // Buckets between the last change and this one hold the last offset and no change.
+            uint256 carried = uint256(int256(lastOffset) + 128);
+            if (lastAt != 0) {
+                for (uint256 b = uint256(_clockLastBucket) + 1; b < bucket; ++b) {
+                    _clock[b] = carried;
+                }
+            }
+            word = carried;
+        } else {
+            word = _clock[bucket];
+        }
+        uint256 k = 0;
+        while (k < CLOCK_SLOTS && uint32(word >> (8 + 40 * k)) != 0) ++k;
+        if (k == CLOCK_SLOTS) revert TooManyClockChanges(at);
+        int16 halfHours = offsetMinutes / 30;
+        word |= (uint256(at) << (8 + 40 * k)) | (uint256(int256(halfHours) + 128) << (40 + 40 * k));
+        _clock[bucket] = word;
+        _clockLastAt = at;
+        _clockLastBucket = uint32(bucket);
+        _clockLastOffset = halfHours;
+        emit ClockChangeAdded(at, offsetMinutes);
+    }
+
+    /// @dev The UK clock's offset from UTC at `t`, in half hours (0 before the first published change,
+    /// the last published offset after the last).
+    function _offsetAt(uint256 t) private view returns (int256 offset) {
+        uint256 bucket = t >> CLOCK_BUCKET_SHIFT;
+        uint256 word = _clock[bucket];
+        if (word == 0) {
+            return _clockLastAt != 0 && bucket > _clockLastBucket ? int256(_clockLastOffset) : int256(0);
+        }
+        offset = int256(word & 0xff) - 128;
+        for (uint256 k = 0; k < CLOCK_SLOTS; ++k) {
+            uint256 at = uint32(word >> (8 + 40 * k));
+            if (at == 0 || at > t) break;
+            offset = int256((word >> (40 + 40 * k)) & 0xff) - 128;
+        }
+    }
+
+    /// @dev The index in `_versions` of the version in force at `t` (version 1 starts at 0).
+    function _versionIndexAt(uint256 t) private view returns (uint256 i) {
+        i = _versions.length - 1;
+        while (_versions[i].effectiveFrom > t) --i;
+    }
+
+    /// @dev The import and export prices of settlement period `p`, in millipence per kWh.
+    function _pricesOf(uint256 p) private view returns (uint256 importPrice, uint256 exportPrice) {
+        uint256 t = p * PERIOD_SECONDS;
+        Tariff storage v = _versions[_versionIndexAt(t)];
+        uint8 importKind = v.importKind;
+        uint8 exportKind = v.exportKind;
+        uint256 h = p % PERIODS_PER_DAY;
+        if (v.clock == CLOCK_LOCAL && (importKind == BANDED || exportKind == BANDED)) {
+            h = uint256(int256(p + PERIODS_PER_DAY) + _offsetAt(t)) % PERIODS_PER_DAY;
+        }
+        if (importKind == FLAT) importPrice = v.importRate;
+        else if (importKind == BANDED) importPrice = _band(v.importBands, v.importBandRates, h);
+        else importPrice = _dayAheadPrice(p, 0, v.importRate);
+        if (exportKind == FLAT) exportPrice = v.exportRate;
+        else if (exportKind == BANDED) exportPrice = _band(v.exportBands, v.exportBandRates, h);
+        else exportPrice = _dayAheadPrice(p, 1, v.exportRate);
+    }
+
+    function _band(uint256 bands, uint256 rates, uint256 h) private pure returns (uint256) {
+        return uint32(rates >> (32 * ((bands >> (3 * h)) & 7)));
+    }
+
+    function _dayAheadPrice(uint256 p, uint256 side, uint256 fallbackRate) private view returns (uint256) {
+        uint256 entry = uint32(_dayAhead[((p >> 3) << 1) | side] >> (32 * (p & 7)));
+        return entry == 0 ? fallbackRate : entry - 1;
+    }
+
+    /// @dev Prices of period `p` through the batch's memory cache (64 entries, direct-mapped on p mod 64, so
+    /// a batch of readings after a day's gap prices each half hour once;
+    /// entry: (p + 1) << 64 | import price << 32 | export price).
+    function _cachedPrices(uint256 p, uint256[PRICE_CACHE] memory cache) private view returns (uint256, uint256) {
+        uint256 entry = cache[p % PRICE_CACHE];
+        if (entry >> 64 == p + 1) return (uint32(entry >> 32), uint32(entry));
+        (uint256 importPrice, uint256 exportPrice) = _pricesOf(p);
+        cache[p % PRICE_CACHE] = ((p + 1) << 64) | (importPrice << 32) | exportPrice;
+        return (importPrice, exportPrice);
+    }
+
+    /// @dev The standing charge for [start, end) in micropence: each version's daily charge for the
+    /// seconds it was in force, summed, rounded down once.
+    function _standing(uint256 start, uint256 end) private view returns (uint256) {
+        if (end <= start) return 0;
+        uint256 n = _versions.length;
+        uint256 total = 0;
+        for (uint256 i = _versionIndexAt(start); i < n; ++i) {
+            uint256 from = _versions[i].effectiveFrom;
+            if (from >= end) break;
+            if (from < start) from = start;
+            uint256 to = end;
+            if (i + 1 < n && _versions[i + 1].effectiveFrom < end) to = _versions[i + 1].effectiveFrom;
+            total += (to - from) * _versions[i].standingCharge;
+        }
+        return (total * MICRO_PER_MILLI) / SECONDS_PER_DAY;
     }
 
     // ------------------------------------------------------------------ readings
 
     /// @notice Records a batch of meter-signed readings; bad ones are rejected one by one.
-    /// @dev Each reading is checked in turn against the state its predecessors in the batch left,
-    /// so a batch may carry several readings of one meter in sequence order. A rejected reading
-    /// emits `ReadingRejected` and changes nothing else.
-    /// @param readings The readings, each signed by its meter as EIP-712 typed data.
-    /// @param signatures One 65-byte signature (r, s, v) per reading, in the same order.
-    function submitReadings(Reading[] calldata readings, bytes[] calldata signatures)
-        external
-        onlyRole(GATEWAY_ROLE)
-    {
-        uint256 n = readings.length;
-        if (n != signatures.length) revert LengthMismatch(n, signatures.length);
+    /// @dev `batch` is `RECORD_BYTES`-byte records without padding: meter (20 bytes), seq (4), timestamp
+    /// (4), import register `energyWh` (6), export register `exportWh` (6), signature r (32) and
+    /// yParity << 255 | s (32, EIP-2098). Each reading is checked against the state its predecessors in the
+    /// batch left, so a batch may carry several readings of one meter in sequence order. A rejected
+    /// reading emits `ReadingRejected` and changes nothing else.
+    /// @param batch The packed readings (see `common/batches.py`).
+    function submitReadings(bytes calldata batch) external onlyRole(GATEWAY_ROLE) {
+        uint256 n = batch.length / RECORD_BYTES;
+        if (n * RECORD_BYTES != batch.length) revert BadBatchLength(batch.length);
         if (n == 0 || n > MAX_BATCH) revert BadBatchSize(n, MAX_BATCH);
-        Tariff memory tariff = _tariff;
-        for (uint256 i = 0; i < n; ++i) {
-            _record(readings[i], signatures[i], tariff.unitRate, tariff.standingCharge);
+        bytes32 domain = _domainSeparatorV4();
+        uint256 horizon = block.timestamp + maxFutureSkew;
+        uint256 maxPower = maxPowerW;
+        uint256[PRICE_CACHE] memory cache;
+        uint256 at;
+        assembly ("memory-safe") {
+            at := batch.offset
+        }
+        for (uint256 end = at + n * RECORD_BYTES; at < end; at += RECORD_BYTES) {
+            _record(at, domain, horizon, maxPower, cache);
         }
     }
 
-    /// @dev The hot path: one storage read, one storage write, one ecrecover and two events per
-    /// recorded reading. Fields are copied from calldata once and the packed word is worked on directly.
-    function _record(Reading calldata r, bytes calldata signature, uint256 unitRate, uint256 standingRate) private {
-        address meter = r.meter;
-        uint256 seq = r.seq;
-        uint256 timestamp = r.timestamp;
-        uint256 energyWh = r.energyWh;
+    /// @dev The hot path: one storage read, one storage write, one ecrecover and one event per recorded
+    /// reading. `at` is the record's calldata offset.
+    function _record(uint256 at, bytes32 domain, uint256 horizon, uint256 maxPower, uint256[PRICE_CACHE] memory cache)
+        private
+    {
+        address meter;
+        uint256 fields;
+        assembly ("memory-safe") {
+            meter := shr(96, calldataload(at))
+            // Bytes 8..39: the meter's last 12 bytes, then seq, timestamp, import and export registers.
+            fields := calldataload(add(at, 8))
+        }
+        uint256 seq = uint32(fields >> 128);
+        uint256 timestamp = uint32(fields >> 96);
+        uint256 importWh = uint48(fields >> 48);
+        uint256 exportWh = uint48(fields);
         uint256 word = _state[meter];
-        RejectReason reason = _check(word, seq, timestamp, energyWh);
-        if (reason == RejectReason.None && !_signedByMeter(meter, seq, timestamp, energyWh, signature)) {
+        RejectReason reason = _check(word, seq, timestamp, importWh, exportWh, horizon, maxPower);
+        if (reason == RejectReason.None && !_signedByMeter(meter, seq, timestamp, importWh, exportWh, at, domain)) {
             reason = RejectReason.BadSignature;
         }
         if (reason != RejectReason.None) {
             emit ReadingRejected(meter, uint64(seq), reason);
             return;
         }
-        uint256 periodWh;
-        uint256 energyCost;
-        uint256 standing;
+        (uint256 cost, uint256 credit) = _accrue(
+            uint32(word >> 33), timestamp, importWh - uint48(word >> 65), exportWh - uint48(word >> 113), cache
+        );
         unchecked {
-            // _check bounds every operand: the register and timestamps only grow and fit 48 and 32 bits,
-            // rates fit 32 bits, so no product or sum below can approach 2^256.
-            uint256 deltaWh = energyWh - uint48(word >> 72);
-            uint256 elapsed = timestamp - uint32(word >> 40);
-            periodWh = uint48(word >> 120) + deltaWh;
-            energyCost = uint48(word >> 168) + deltaWh * unitRate;
-            standing = uint40(word >> 216) + (elapsed * standingRate * MICRO_PER_MILLI) / SECONDS_PER_DAY;
+            // Each part is at most 2^48 Wh x 2^32 millipence/kWh, far below 2^256.
+            cost += uint48(word >> 161);
+            credit += word >> 209;
         }
-        if (energyCost > type(uint48).max || standing > type(uint40).max || periodWh > type(uint48).max) {
+        if (cost > MAX_COST || credit > MAX_CREDIT) {
             // The open period has outgrown its fields: the operator must close it first.
             emit ReadingRejected(meter, uint64(seq), RejectReason.PeriodOverflow);
             return;
         }
-        _state[meter] = 1 | (seq << 8) | (timestamp << 40) | (energyWh << 72) | (periodWh << 120)
-            | (energyCost << 168) | (standing << 216);
-        emit ReadingRecorded(meter, uint64(seq), uint64(timestamp), uint64(energyWh));
-        emit BillUpdated(meter, uint64(seq), uint64(periodWh), uint64(energyCost + standing));
+        word = 1 | (seq << 1) | (timestamp << 33) | (importWh << 65) | (exportWh << 113) | (cost << 161)
+            | (credit << 209);
+        _state[meter] = word;
+        emit ReadingRecorded(meter, word >> 1);
     }
 
     /// @dev The contract's checks on a reading (all but the signature), on the packed state word.
-    function _check(uint256 word, uint256 seq, uint256 timestamp, uint256 energyWh)
-        private
-        view
-        returns (RejectReason)
-    {
+    function _check(
+        uint256 word,
+        uint256 seq,
+        uint256 timestamp,
+        uint256 importWh,
+        uint256 exportWh,
+        uint256 horizon,
+        uint256 maxPower
+    ) private pure returns (RejectReason) {
         if (word & 1 == 0) return RejectReason.MeterNotActive;
-        if (seq > type(uint32).max || timestamp > type(uint32).max || energyWh > type(uint48).max) {
-            return RejectReason.OutOfRange;
-        }
-        uint256 lastTimestamp = uint32(word >> 40);
-        uint256 lastEnergyWh = uint48(word >> 72);
-        if (seq <= uint32(word >> 8)) return RejectReason.StaleSequence;
+        if (seq <= uint32(word >> 1)) return RejectReason.StaleSequence;
+        uint256 lastTimestamp = uint32(word >> 33);
         if (timestamp <= lastTimestamp) return RejectReason.StaleTimestamp;
-        if (timestamp > block.timestamp + maxFutureSkew) return RejectReason.FutureTimestamp;
-        if (energyWh < lastEnergyWh) return RejectReason.RegisterDecreased;
-        // deltaWh x 3600 <= maxPowerW x elapsed seconds, kept in integers.
-        if ((energyWh - lastEnergyWh) * 3600 > maxPowerW * (timestamp - lastTimestamp)) {
-            return RejectReason.ImplausibleDelta;
+        if (timestamp > horizon) return RejectReason.FutureTimestamp;
+        uint256 lastImport = uint48(word >> 65);
+        uint256 lastExport = uint48(word >> 113);
+        if (importWh < lastImport || exportWh < lastExport) return RejectReason.RegisterDecreased;
+        unchecked {
+            // delta x 3600 <= maxPowerW x elapsed seconds, for import and export, kept in integers
+            // (48-bit deltas and 32-bit times cannot overflow).
+            uint256 limit = maxPower * (timestamp - lastTimestamp);
+            if ((importWh - lastImport) * 3600 > limit || (exportWh - lastExport) * 3600 > limit) {
+                return RejectReason.ImplausibleDelta;
+            }
         }
         return RejectReason.None;
     }
 
-    /// @dev Whether `signature` is the meter's EIP-712 signature of the reading.
-    function _signedByMeter(address meter, uint256 seq, uint256 readAt, uint256 energyWh, bytes calldata signature)
+    /// @dev The cost of `dImport` and credit of `dExport` Wh used over [t0, t1): split over the settlement
+    /// periods in proportion to time by cumulative floors (the parts add up to the deltas exactly) and
+    /// priced per period. `common.tariff.split` is the same rule in Python.
+    function _accrue(uint256 t0, uint256 t1, uint256 dImport, uint256 dExport, uint256[PRICE_CACHE] memory cache)
         private
         view
-        returns (bool)
+        returns (uint256 cost, uint256 credit)
     {
-        if (signature.length != 65) return false;
+        if (dImport | dExport == 0) return (0, 0);
+        uint256 p = t0 / PERIOD_SECONDS;
+        uint256 last = (t1 - 1) / PERIOD_SECONDS;
+        uint256 importPrice;
+        uint256 exportPrice;
+        // Unchecked: deltas fit 48 bits, times 32 and prices 32, so no product or sum nears 2^256, and
+        // the cumulative floors only grow (cum <= delta), so no difference underflows.
+        unchecked {
+            if (p == last) {
+                (importPrice, exportPrice) = _cachedPrices(p, cache);
+                return (dImport * importPrice, dExport * exportPrice);
+            }
+            uint256 span = t1 - t0;
+            uint256 doneImport = 0;
+            uint256 doneExport = 0;
+            for (; p < last; ++p) {
+                uint256 upTo = (p + 1) * PERIOD_SECONDS - t0;
+                uint256 cumImport = (dImport * upTo) / span;
+                uint256 cumExport = (dExport * upTo) / span;
+                if (cumImport != doneImport || cumExport != doneExport) {
+                    (importPrice, exportPrice) = _cachedPrices(p, cache);
+                    cost += (cumImport - doneImport) * importPrice;
+                    credit += (cumExport - doneExport) * exportPrice;
+                    doneImport = cumImport;
+                    doneExport = cumExport;
+                }
+            }
+            if (dImport != doneImport || dExport != doneExport) {
+                (importPrice, exportPrice) = _cachedPrices(last, cache);
+                cost += (dImport - doneImport) * importPrice;
+                credit += (dExport - doneExport) * exportPrice;
+            }
+        }
+    }
+
+    /// @dev Whether the record at calldata offset `at` carries the meter's EIP-712 signature of the
+    /// reading (compact EIP-2098 form, low s only, as OpenZeppelin's ECDSA requires).
+    function _signedByMeter(
+        address meter,
+        uint256 seq,
+        uint256 readAt,
+        uint256 importWh,
+        uint256 exportWh,
+        uint256 at,
+        bytes32 domain
+    ) private view returns (bool ok) {
         bytes32 typeHash = READING_TYPEHASH;
-        bytes32 structHash;
-        bytes32 sigR;
-        bytes32 sigS;
-        uint8 v;
+        uint256 halfOrder = HALF_ORDER;
         assembly ("memory-safe") {
-            // abi.encode(READING_TYPEHASH, meter, seq, timestamp, energyWh) in scratch memory past the free pointer.
+            // Scratch memory past the free pointer: abi.encode(typeHash, meter, seq, timestamp, import,
+            // export), then "\x19\x01" || domain || structHash, then ecrecover's input.
             let ptr := mload(0x40)
             mstore(ptr, typeHash)
             mstore(add(ptr, 0x20), meter)
             mstore(add(ptr, 0x40), seq)
             mstore(add(ptr, 0x60), readAt)
-            mstore(add(ptr, 0x80), energyWh)
-            structHash := keccak256(ptr, 0xa0)
-            sigR := calldataload(signature.offset)
-            sigS := calldataload(add(signature.offset, 0x20))
-            v := byte(0, calldataload(add(signature.offset, 0x40)))
+            mstore(add(ptr, 0x80), importWh)
+            mstore(add(ptr, 0xa0), exportWh)
+            let structHash := keccak256(ptr, 0xc0)
+            mstore(ptr, shl(240, 0x1901))
+            mstore(add(ptr, 0x02), domain)
+            mstore(add(ptr, 0x22), structHash)
+            let digest := keccak256(ptr, 0x42)
+            let vs := calldataload(add(at, 72))
+            let s := and(vs, 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)
+            if iszero(gt(s, halfOrder)) {
+                mstore(ptr, digest)
+                mstore(add(ptr, 0x20), add(27, shr(255, vs)))
+                mstore(add(ptr, 0x40), calldataload(add(at, 40)))
+                mstore(add(ptr, 0x60), s)
+                mstore(add(ptr, 0x80), 0)
+                let success := staticcall(gas(), 1, ptr, 0x80, add(ptr, 0x80), 0x20)
+                ok := and(success, eq(mload(add(ptr, 0x80)), meter))
+            }
         }
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_hashTypedDataV4(structHash), v, sigR, sigS);
-        return err == ECDSA.RecoverError.NoError && signer == meter;
-    }
-
-    /// @dev Bit layout, low to high: active (8), lastSeq (32), lastTimestamp (32), lastEnergyWh (48),
-    /// periodEnergyWh (48), periodEnergyCost (48), periodStandingCharge (40) = 256 bits.
-    function _pack(MeterState memory s) private pure returns (uint256 word) {
-        word = (s.active ? 1 : 0) | (uint256(s.lastSeq) << 8) | (uint256(s.lastTimestamp) << 40)
-            | (uint256(s.lastEnergyWh) << 72) | (uint256(s.periodEnergyWh) << 120)
-            | (uint256(s.periodEnergyCost) << 168) | (uint256(s.periodStandingCharge) << 216);
-    }
-
-    function _unpack(uint256 word) private pure returns (MeterState memory s) {
-        s.active = word & 1 == 1;
-        s.lastSeq = uint32(word >> 8);
-        s.lastTimestamp = uint32(word >> 40);
-        s.lastEnergyWh = uint48(word >> 72);
-        s.periodEnergyWh = uint48(word >> 120);
-        s.periodEnergyCost = uint48(word >> 168);
-        s.periodStandingCharge = uint40(word >> 216);
     }
 
     // ------------------------------------------------------------------ billing periods
@@ -422,22 +767,36 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     function closeBillingPeriod(address meter) external onlyRole(OPERATOR_ROLE) {
         MeterInfo storage info = _info[meter];
         if (!info.registered) revert UnknownMeter(meter);
-        MeterState memory s = _unpack(_state[meter]);
+        uint256 word = _state[meter];
         uint32 periodId = info.periodId;
         uint64 periodStart = info.periodStart;
-        uint64 periodEnd = s.lastTimestamp;
+        uint64 periodEnd = uint32(word >> 33);
         if (periodEnd == periodStart) revert EmptyBillingPeriod(meter, periodId);
-        uint64 energyWh = s.periodEnergyWh;
-        uint64 energyCost = s.periodEnergyCost;
-        uint64 standing = s.periodStandingCharge;
+        uint48 importRegister = uint48(word >> 65);
+        uint48 exportRegister = uint48(word >> 113);
+        uint64 importWh = importRegister - info.periodStartImportWh;
+        uint64 exportWh = exportRegister - info.periodStartExportWh;
+        uint64 cost = uint48(word >> 161);
+        uint64 credit = uint64(word >> 209);
+        uint64 standing = uint64(_standing(periodStart, periodEnd));
 
-        s.periodEnergyWh = 0;
-        s.periodEnergyCost = 0;
-        s.periodStandingCharge = 0;
-        _state[meter] = _pack(s);
+        _state[meter] = word & ((uint256(1) << 161) - 1);
         info.periodStart = uint32(periodEnd);
         info.periodId = periodId + 1;
-        emit BillIssued(meter, periodId, periodStart, periodEnd, energyWh, energyCost, standing, energyCost + standing);
+        info.periodStartImportWh = importRegister;
+        info.periodStartExportWh = exportRegister;
+        emit BillIssued(
+            meter,
+            periodId,
+            periodStart,
+            periodEnd,
+            importWh,
+            exportWh,
+            cost,
+            credit,
+            standing,
+            int256(uint256(cost) + standing) - int256(uint256(credit))
+        );
     }
 
     // ------------------------------------------------------------------ grid alerts
@@ -479,7 +838,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @return region Its grid region.
     /// @return lastSeq The sequence number of its last recorded reading.
     /// @return lastTimestamp The timestamp of its last recorded reading (or its opening date).
-    /// @return lastEnergyWh Its register at the last recorded reading, in Wh.
+    /// @return lastEnergyWh Its import register at the last recorded reading, in Wh.
+    /// @return lastExportWh Its export register at the last recorded reading, in Wh.
     function meterState(address meter)
         external
         view
@@ -490,12 +850,22 @@ contract SmartMeterBilling is AccessControl, EIP712 {
             bytes32 region,
             uint64 lastSeq,
             uint64 lastTimestamp,
-            uint64 lastEnergyWh
+            uint64 lastEnergyWh,
+            uint64 lastExportWh
         )
     {
         MeterInfo storage info = _info[meter];
-        MeterState memory s = _unpack(_state[meter]);
-        return (info.registered, s.active, info.accountRef, info.region, s.lastSeq, s.lastTimestamp, s.lastEnergyWh);
+        uint256 word = _state[meter];
+        return (
+            info.registered,
+            word & 1 == 1,
+            info.accountRef,
+            info.region,
+            uint32(word >> 1),
+            uint32(word >> 33),
+            uint48(word >> 65),
+            uint48(word >> 113)
+        );
     }
 
     /// @notice A meter's open billing period.
@@ -503,10 +873,12 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @return periodId The period's number (1 for the first).
     /// @return periodStart When the period began.
     /// @return periodEnd The last reading's timestamp so far.
-    /// @return energyWh Energy used in the period, in Wh.
-    /// @return energyCost Energy charge in micropence.
-    /// @return standingCharge Standing charge accrued in micropence.
-    /// @return amountDue The sum of both, in micropence.
+    /// @return importWh Energy imported in the period, in Wh.
+    /// @return exportWh Energy exported in the period, in Wh.
+    /// @return importCost Import charge in micropence.
+    /// @return exportCredit Export credit in micropence.
+    /// @return standingCharge Standing charge accrued from the period's start to its last reading.
+    /// @return amountDue Import cost plus standing charge minus export credit (negative: in credit).
     function openBill(address meter)
         external
         view
@@ -514,38 +886,70 @@ contract SmartMeterBilling is AccessControl, EIP712 {
             uint32 periodId,
             uint64 periodStart,
             uint64 periodEnd,
-            uint64 energyWh,
-            uint64 energyCost,
+            uint64 importWh,
+            uint64 exportWh,
+            uint64 importCost,
+            uint64 exportCredit,
             uint64 standingCharge,
-            uint64 amountDue
+            int256 amountDue
         )
     {
         MeterInfo storage info = _info[meter];
         if (!info.registered) revert UnknownMeter(meter);
-        MeterState memory s = _unpack(_state[meter]);
-        return (
-            info.periodId,
-            info.periodStart,
-            s.lastTimestamp,
-            s.periodEnergyWh,
-            s.periodEnergyCost,
-            s.periodStandingCharge,
-            uint64(s.periodEnergyCost) + s.periodStandingCharge
-        );
+        uint256 word = _state[meter];
+        periodId = info.periodId;
+        periodStart = info.periodStart;
+        periodEnd = uint32(word >> 33);
+        importWh = uint48(word >> 65) - info.periodStartImportWh;
+        exportWh = uint48(word >> 113) - info.periodStartExportWh;
+        importCost = uint48(word >> 161);
+        exportCredit = uint64(word >> 209);
+        standingCharge = uint64(_standing(periodStart, periodEnd));
+        amountDue = int256(uint256(importCost) + standingCharge) - int256(uint256(exportCredit));
     }
 
-    /// @notice The tariff in force.
-    /// @return unitRate Millipence per kWh.
-    /// @return standingCharge Millipence per day.
-    /// @return effectiveFrom When it was set.
-    /// @return version Its version number (1 for the first).
-    function tariff()
-        external
-        view
-        returns (uint32 unitRate, uint32 standingCharge, uint64 effectiveFrom, uint32 version)
-    {
-        Tariff memory t = _tariff;
-        return (t.unitRate, t.standingCharge, t.effectiveFrom, t.version);
+    /// @notice How many tariff versions there are (the newest may not be in force yet).
+    /// @return The count.
+    function tariffCount() external view returns (uint256) {
+        return _versions.length;
+    }
+
+    /// @notice A tariff version by number (1 for the first).
+    /// @param version The version's number.
+    /// @return The version.
+    function tariffVersion(uint32 version) external view returns (Tariff memory) {
+        return _versions[version - 1];
+    }
+
+    /// @notice The number of the tariff version in force at `time`.
+    /// @param time Unix seconds.
+    /// @return The version's number.
+    function tariffVersionAt(uint64 time) external view returns (uint32) {
+        return uint32(_versionIndexAt(time) + 1);
+    }
+
+    /// @notice The import and export prices of the settlement period that contains `time`.
+    /// @param time Unix seconds.
+    /// @return importPrice Millipence per kWh.
+    /// @return exportPrice Millipence per kWh.
+    function pricesAt(uint64 time) external view returns (uint32 importPrice, uint32 exportPrice) {
+        (uint256 i, uint256 e) = _pricesOf(time / PERIOD_SECONDS);
+        return (uint32(i), uint32(e));
+    }
+
+    /// @notice The UK clock's offset from UTC at `time`, as published.
+    /// @param time Unix seconds.
+    /// @return Minutes ahead of UTC.
+    function clockOffsetAt(uint64 time) external view returns (int16) {
+        return int16(_offsetAt(time) * 30);
+    }
+
+    /// @notice The standing charge for the seconds [start, end), rounded down once.
+    /// @param start Unix seconds.
+    /// @param end Unix seconds.
+    /// @return Micropence.
+    function standingChargeBetween(uint64 start, uint64 end) external view returns (uint256) {
+        return _standing(start, end);
     }
 
     /// @notice Whether an alert is active (raised, not cleared, not expired).

@@ -25,7 +25,6 @@ from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
 from meters.identity import MeterIdentity, meter_dir
-from meters.load_model import LoadModel
 from meters.lock import MeterLock
 from meters.outbox import Outbox
 from meters.schedule import IntervalSchedule
@@ -56,11 +55,13 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _source(args: argparse.Namespace, identity: MeterIdentity, t: float, wh: int) -> RegisterSource:
+def _source(args: argparse.Namespace, identity: MeterIdentity, t: float, wh: int, export_wh: int) -> RegisterSource:
     if args.source == "model":
-        return ModelSource(LoadModel(identity.archetype, identity.seed, args.multiplier, identity.ev), t, wh)
+        return ModelSource(identity.household(args.multiplier), t, wh, export_wh)
     if args.source.startswith("csv:"):
-        return CsvReplaySource(CsvSource(args.source[4:]), t, wh)
+        source = CsvReplaySource(CsvSource(args.source[4:]), t, wh)
+        source.restart(t, wh, export_wh)
+        return source
     raise SmartMeterError(f"--source must be 'model' or 'csv:PATH', not {args.source!r}")
 
 
@@ -97,7 +98,8 @@ async def _main(args: argparse.Namespace) -> int:
     outbox = Outbox(directory / "outbox.sqlite", identity.address)
     pos = outbox.position()
     now = time.time()
-    source = _source(args, identity, pos.last_timestamp if pos else now, pos.last_energy_wh if pos else 0)
+    source = _source(args, identity, pos.last_timestamp if pos else now, pos.last_energy_wh if pos else 0,
+                     pos.last_export_wh if pos else 0)
     schedule = IntervalSchedule(
         args.min_interval or settings.reading_min_interval,
         args.max_interval or settings.reading_max_interval,
@@ -105,7 +107,7 @@ async def _main(args: argparse.Namespace) -> int:
         random.Random(args.seed),
     )
     status = MeterStatus(name=identity.name, meter=identity.address, region=identity.region,
-                         archetype=identity.archetype + (" + EV" if identity.ev else ""), multiplier=args.multiplier)
+                         archetype=identity.describe(), multiplier=args.multiplier)
     try:
         ssl_context = client_context(Path(ca))
     except FileNotFoundError:

@@ -98,6 +98,10 @@ class MeterClient:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then close the link and record the stopped state."""
+        if self.outbox.needs_resign:
+            resigned = self.outbox.resign(lambda data: sign_reading(self.key, self.domain, data))
+            log_event(log, "outbox_resigned", meter=self.status.name, readings=resigned,
+                      reason="the outbox was written before readings carried exportWh")
         pos = self.outbox.position()
         if pos is not None:
             self.status.last_seq, self.status.register_wh = pos.last_seq, pos.last_energy_wh
@@ -162,15 +166,18 @@ class MeterClient:
         if ts <= pos.last_timestamp:
             return None
         wh = max(self.source.register_at(now), pos.last_energy_wh)
-        data = ReadingData(self.status.meter, pos.last_seq + 1, ts, wh)
+        exported = max(self.source.export_at(now), pos.last_export_wh)
+        data = ReadingData(self.status.meter, pos.last_seq + 1, ts, wh, exported)
         signature = sign_reading(self.key, self.domain, data)
         self.outbox.add(data, signature)
         self.taken += 1
         self.status.last_seq, self.status.register_wh, self.status.last_reading_at = data.seq, wh, ts
-        log_event(log, "reading_taken", meter=self.status.name, seq=data.seq, energy_wh=wh,
+        self.status.export_register_wh = exported
+        log_event(log, "reading_taken", meter=self.status.name, seq=data.seq, energy_wh=wh, export_wh=exported,
                   waiting=self.outbox.count())
         self._changed()
-        return Reading(meter=data.meter, seq=data.seq, timestamp=ts, energy_wh=wh, signature=signature)
+        return Reading(meter=data.meter, seq=data.seq, timestamp=ts, energy_wh=wh, export_wh=exported,
+                       signature=signature)
 
     async def _resend(self) -> int:
         """Send every waiting reading, oldest first; returns how many."""
@@ -178,7 +185,8 @@ class MeterClient:
         sent = 0
         for entry in self.outbox.pending():
             await self.link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
-                                         energy_wh=entry.energy_wh, signature=entry.signature))
+                                         energy_wh=entry.energy_wh, export_wh=entry.export_wh,
+                                         signature=entry.signature))
             sent += 1
         self._last_resend = time.monotonic()
         return sent
@@ -236,16 +244,17 @@ class MeterClient:
         if pos is None or pos.last_seq < welcome.last_seq:
             # The chain knows more than this meter remembers (its data was lost): carry on from the chain,
             # numbering after the last seq the gateway used.
-            chain_pos = MeterPosition(used, welcome.last_timestamp, welcome.last_energy_wh)
+            chain_pos = MeterPosition(used, welcome.last_timestamp, welcome.last_energy_wh, welcome.last_export_wh)
             self.outbox.set_position(chain_pos)
-            self.source.restart(max(welcome.last_timestamp, time.time()), welcome.last_energy_wh)
+            self.source.restart(max(welcome.last_timestamp, time.time()), welcome.last_energy_wh,
+                                welcome.last_export_wh)
             self.status.last_seq, self.status.register_wh = chain_pos.last_seq, chain_pos.last_energy_wh
             log_event(log, "position_adopted_from_chain", logging.WARNING, meter=self.status.name,
                       last_seq=welcome.last_seq, last_used_seq=used)
         elif pos.last_seq < used:
             # Numbers were used up that this meter does not remember (it lost track of refused readings): skip
             # them, or its next readings would be refused as stale_sequence.
-            self.outbox.set_position(MeterPosition(used, pos.last_timestamp, pos.last_energy_wh))
+            self.outbox.set_position(MeterPosition(used, pos.last_timestamp, pos.last_energy_wh, pos.last_export_wh))
             self.status.last_seq = used
             log_event(log, "sequence_adopted_from_server", logging.WARNING, meter=self.status.name,
                       was=pos.last_seq, last_used_seq=used)
@@ -253,8 +262,10 @@ class MeterClient:
         s.state = LinkState.CONNECTED
         s.region = welcome.region
         s.period_energy_wh, s.amount_due = welcome.bill.period_energy_wh, welcome.bill.amount_due
+        s.period_export_wh, s.export_credit = welcome.bill.period_export_wh, welcome.bill.export_credit
         s.bill_seq = welcome.last_seq
         s.unit_rate, s.standing_charge = welcome.tariff.unit_rate, welcome.tariff.standing_charge
+        s.export_rate = welcome.tariff.export_rate
         log_event(log, "logged_in", meter=s.name, last_seq=welcome.last_seq, already_on_chain=dropped,
                   resending=self.outbox.count())
         self._changed()
@@ -270,8 +281,10 @@ class MeterClient:
                 self.outbox.done(msg.seq)
             if msg.seq > s.bill_seq or (msg.seq == s.bill_seq and final):
                 s.bill_seq, s.period_energy_wh, s.amount_due = msg.seq, msg.period_energy_wh, msg.amount_due
+                s.period_export_wh, s.export_credit = msg.period_export_wh, msg.export_credit
                 s.bill_block, s.bill_final = msg.block, final
                 s.unit_rate, s.standing_charge = msg.tariff.unit_rate, msg.tariff.standing_charge
+                s.export_rate = msg.tariff.export_rate
             s.bills_received += 1
             log_event(log, "bill", meter=s.name, seq=msg.seq, amount_due=msg.amount_due,
                       period_energy_wh=msg.period_energy_wh, block=msg.block, final=final)

@@ -75,7 +75,8 @@ def fleet_state(status: MeterStatus, now: float, exit_code: int | None = None) -
 
 
 def _rate(status: MeterStatus) -> str:
-    return f"{status.unit_rate / 1000:.2f} p/kWh + {status.standing_charge / 1000:.2f} p/day"
+    export = f" · export {status.export_rate / 1000:.2f} p/kWh" if status.export_rate else ""
+    return f"{status.unit_rate / 1000:.2f} p/kWh + {status.standing_charge / 1000:.2f} p/day{export}"
 
 
 def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
@@ -86,13 +87,18 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     rows.add_column()
     rows.add_row("Meter", f"{status.name}  {status.meter}")
     rows.add_row("Household", f"{status.archetype} · region {status.region or '-'}")
-    rows.add_row("Register", f"{status.register_wh / 1000:,.3f} kWh")
+    exported = f" · exported {status.export_register_wh / 1000:,.3f} kWh" if status.export_register_wh else ""
+    rows.add_row("Register", f"{status.register_wh / 1000:,.3f} kWh{exported}")
     rows.add_row("Last reading", f"#{status.last_seq} · {_ago(status.last_reading_at, now)}")
-    due = Text(f"{format_pounds(status.amount_due)} due", style="bold")
+    due = Text(f"{format_pounds(-status.amount_due)} in credit" if status.amount_due < 0
+               else f"{format_pounds(status.amount_due)} due", style="bold")
     if not status.bill_final:
         due.append("  provisional: its block may still be replaced", style="yellow")
     rows.add_row("Live bill", due)
     rows.add_row("", f"{status.period_energy_wh / 1000:,.3f} kWh this period · bill for reading #{status.bill_seq}")
+    if status.period_export_wh or status.export_credit:
+        rows.add_row("", f"{status.period_export_wh / 1000:,.3f} kWh exported · "
+                         f"{format_pounds(status.export_credit)} credit")
     rows.add_row("Tariff", _rate(status) if status.unit_rate else "-")
     rows.add_row("Connection", Text(describe_connection(status.state, status.server), style=STATE_STYLE[status.state]))
     rows.add_row("Waiting", f"{readings_phrase(status.waiting)} not yet billed")

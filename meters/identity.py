@@ -13,6 +13,8 @@ from pathlib import Path
 from eth_account import Account
 
 from common.errors import ConfigError
+from meters.household import Battery, Household, SolarModel
+from meters.load_model import LoadModel
 
 __all__ = ["MeterIdentity", "meter_dir", "list_meters"]
 
@@ -36,10 +38,13 @@ class MeterIdentity:
     region: str
     account_ref: str
     ev: bool = False
+    #: Rooftop solar panels' peak rating in kW (0: none) and home battery capacity in kWh (0: none).
+    solar_kwp: float = 0.0
+    battery_kwh: float = 0.0
 
     @staticmethod
     def create(directory: Path, name: str, archetype: str, seed: int, region: str, account_ref: str,
-               ev: bool = False) -> MeterIdentity:
+               ev: bool = False, solar_kwp: float = 0.0, battery_kwh: float = 0.0) -> MeterIdentity:
         """Make a new key and write the meter's files (the key readable by its owner only)."""
         directory.mkdir(parents=True, exist_ok=True)
         account = Account.create()
@@ -47,7 +52,8 @@ class MeterIdentity:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(bytes(account.key).hex())
-        identity = MeterIdentity(name, account.address, archetype, seed, region, account_ref, ev)
+        identity = MeterIdentity(name, account.address, archetype, seed, region, account_ref, ev, solar_kwp,
+                                 battery_kwh)
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(identity), indent=2) + "\n")
         return identity
 
@@ -58,6 +64,19 @@ class MeterIdentity:
         if not path.exists():
             raise ConfigError(f"no meter at {directory}; provision meters with scripts/provision.py")
         return MeterIdentity(**json.loads(path.read_text()))
+
+    def household(self, multiplier: float = 1.0) -> Household:
+        """The simulated home behind this meter: its demand, solar panels and battery."""
+        load = LoadModel(self.archetype, self.seed, multiplier, self.ev)
+        solar = SolarModel(self.solar_kwp, self.seed) if self.solar_kwp > 0 else None
+        battery = Battery(self.battery_kwh * 1_000) if self.battery_kwh > 0 and solar is not None else None
+        return Household(load, solar, battery)
+
+    def describe(self) -> str:
+        """The household in a few words: archetype, EV, solar and battery."""
+        extras = [" + EV" if self.ev else "", f" + {self.solar_kwp:g} kWp solar" if self.solar_kwp else "",
+                  f" + {self.battery_kwh:g} kWh battery" if self.battery_kwh and self.solar_kwp else ""]
+        return self.archetype + "".join(extras)
 
     def key(self, directory: Path) -> bytes:
         """The meter's private key (refuses a key file others can read)."""

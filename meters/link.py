@@ -39,6 +39,7 @@ def signed_reading(key: bytes | str, domain: Domain, data: ReadingData) -> Readi
         seq=data.seq,
         timestamp=data.timestamp,
         energy_wh=data.energy_wh,
+        export_wh=data.export_wh,
         signature=sign_reading(key, domain, data),
     )
 

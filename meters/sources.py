@@ -1,4 +1,5 @@
-"""Where a meter's register values come from: the household load model, or a replayed CSV."""
+"""Where a meter's register values come from: the household model (demand, solar, battery), or a
+replayed CSV (import only)."""
 
 from __future__ import annotations
 
@@ -6,35 +7,47 @@ import bisect
 from typing import Protocol
 
 from meters.csv_source import CsvSource
-from meters.load_model import LoadModel, Register
+from meters.household import Household, Registers
+from meters.load_model import LoadModel
 
 __all__ = ["RegisterSource", "ModelSource", "CsvReplaySource"]
 
 
 class RegisterSource(Protocol):
-    """Gives the cumulative register (Wh) at a unix time; never goes down."""
+    """Gives the cumulative import and export registers (Wh) at a unix time; they never go down."""
 
     def register_at(self, t: float) -> int:
-        """The register value at time ``t`` (t never goes backwards between calls)."""
+        """The import register at time ``t`` (t never goes backwards between calls)."""
 
-    def restart(self, t: float, wh: int) -> None:
+    def export_at(self, t: float) -> int:
+        """The export register at time ``t`` (after ``register_at`` for the same time)."""
+
+    def restart(self, t: float, wh: int, export_wh: int = 0) -> None:
         """Continue from a known point (after provisioning, a restart or adopting the chain's state)."""
 
 
 class ModelSource:
-    """A register driven by the household load model."""
+    """Registers driven by the household model; ``model`` is its demand (for the +/- control and
+    demand response)."""
 
-    def __init__(self, model: LoadModel, t: float, wh: int) -> None:
-        self.model = model
-        self.register = Register(model, t, wh)
+    def __init__(self, household: Household | LoadModel, t: float, wh: int, export_wh: int = 0) -> None:
+        if isinstance(household, LoadModel):  # demand alone: a home without panels or a battery
+            household = Household(household)
+        self.household = household
+        self.model = household.load
+        self.registers = Registers(household, t, wh, export_wh)
 
     def register_at(self, t: float) -> int:
-        """Advance the register to ``t``."""
-        return int(self.register.advance(max(t, self.register.time)))
+        """Advance the registers to ``t``; the import register."""
+        return self.registers.advance(max(t, self.registers.time))[0]
 
-    def restart(self, t: float, wh: int) -> None:
-        """Start a new register at (t, wh)."""
-        self.register = Register(self.model, t, wh)
+    def export_at(self, t: float) -> int:
+        """Advance the registers to ``t``; the export register."""
+        return self.registers.advance(max(t, self.registers.time))[1]
+
+    def restart(self, t: float, wh: int, export_wh: int = 0) -> None:
+        """Start new registers at (t, wh, export_wh)."""
+        self.registers = Registers(self.household, t, wh, export_wh)
 
 
 class CsvReplaySource:
@@ -56,8 +69,13 @@ class CsvReplaySource:
             return self._base
         return self._base + int(self._values[i]) - int(self._values[0])
 
-    def restart(self, t: float, wh: int) -> None:
+    def export_at(self, t: float) -> int:
+        """A recorded import file carries no export: the export register stays where it was."""
+        return self._export
+
+    def restart(self, t: float, wh: int, export_wh: int = 0) -> None:
         """Replay the file from ``t`` on top of register ``wh``."""
+        self._export = export_wh
         rows = self.csv.retime(t).readings()
         self._times = [ts for ts, _ in rows]
         self._values = [v for _, v in rows]

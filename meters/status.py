@@ -57,6 +57,7 @@ class MeterStatus:
     server: str = ""
     state: LinkState = LinkState.STARTING
     register_wh: int = 0
+    export_register_wh: int = 0
     last_seq: int = 0
     last_reading_at: int = 0
     waiting: int = 0
@@ -64,8 +65,11 @@ class MeterStatus:
     bills_received: int = 0
     bill_seq: int = 0
     period_energy_wh: int = 0
+    period_export_wh: int = 0
+    export_credit: int = 0
     amount_due: int = 0
     unit_rate: int = 0
+    export_rate: int = 0
     standing_charge: int = 0
     bill_block: int = 0
     #: Whether the bill shown is final (False: provisional, its block may still be replaced).

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from eth_utils import to_checksum_address
 
+from common import tariff as ref
 from common.billing import Billing
 from common.chain import ChainClient
 from common.customers import Customer, Customers, load_customers, save_customers
@@ -39,6 +40,7 @@ from common.settings import Settings
 from common.tariff import MAX_REGISTER_WH, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from operations.provisioning import provision
+from operations.tariffs import band_names
 
 __all__ = [
     "Operations",
@@ -48,6 +50,8 @@ __all__ = [
     "TariffVersion",
     "BillPeriod",
     "CloseResult",
+    "HalfHour",
+    "render_half_hours",
     "Statement",
     "COMMAND",
     "parse_pence",
@@ -124,23 +128,56 @@ class RegisteredMeter:
 
 @dataclass(frozen=True)
 class TariffVersion:
-    """One tariff from a ``TariffChanged`` event: millipence per kWh and per day."""
+    """One tariff version from a ``TariffChanged`` event: its number, the import rate (flat, or a
+    day-ahead fallback; 0 when banded), the standing charge (millipence) and the whole version."""
 
     version: int
     unit_rate: int
     standing_charge: int
     effective_from: int
+    spec: ref.TariffVersion | None = None
+
+    def describe(self) -> tuple[str, str]:
+        """Import and export pricing in words."""
+        if self.spec is None:
+            return f"flat {format_pence(self.unit_rate)}/kWh", "none"
+        clock = " (GMT)" if self.spec.clock == ref.CLOCK_GMT else ""
+        return _rule_text(self.spec.import_rule) + clock, _rule_text(self.spec.export_rule)
+
+
+def _rule_text(rule: ref.PriceRule) -> str:
+    if rule.kind == ref.FLAT:
+        return f"flat {format_pence(rule.rate)}/kWh" if rule.rate else "none"
+    if rule.kind == ref.DAY_AHEAD:
+        return f"day-ahead, else {format_pence(rule.rate)}/kWh"
+    names = band_names(rule)
+    parts = []
+    for band in sorted(names, key=lambda b: rule.band_rates[b]):
+        hours = [h for h in range(48) if rule.bands[h] == band]
+        spans, start = [], hours[0]
+        for a, b in zip(hours, [*hours[1:], None], strict=True):
+            if b != a + 1:
+                spans.append(f"{start // 2:02d}:{start % 2 * 30:02d}-{(a + 1) // 2:02d}:{(a + 1) % 2 * 30:02d}")
+                if b is not None:
+                    start = b
+        parts.append(f"{names[band]} {format_pence(rule.band_rates[band])} {'+'.join(spans) if len(spans) < 3 else ''}"
+                     .rstrip())
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class BillPeriod:
-    """A billing period, issued (``BillIssued``) or still open (``openBill``); amounts in micropence."""
+    """A billing period, issued (``BillIssued``) or still open (``openBill``), in the contract's order:
+    energy imported and exported (Wh), import cost, export credit, standing charge and the amount
+    due (micropence; negative when in credit)."""
 
     period_id: int
     period_start: int
     period_end: int
     energy_wh: int
+    export_wh: int
     energy_cost: int
+    export_credit: int
     standing_charge: int
     amount_due: int
 
@@ -148,6 +185,22 @@ class BillPeriod:
     def empty(self) -> bool:
         """Whether no reading was recorded in the period (the contract will not close it)."""
         return self.period_end == self.period_start
+
+
+@dataclass(frozen=True)
+class HalfHour:
+    """One settlement period of a meter, computed from the chain: energy, prices and money."""
+
+    number: int
+    start: int
+    import_wh: int
+    export_wh: int
+    band: int | None
+    import_price: int
+    export_price: int
+    import_cost: int
+    export_credit: int
+    actual: bool
 
 
 @dataclass(frozen=True)
@@ -249,22 +302,25 @@ def _period_cells(period: BillPeriod, tz: ZoneInfo) -> list[str]:
         format_time(period.period_end, tz),
         format_kwh(period.energy_wh),
         format_pounds(period.energy_cost),
+        format_kwh(period.export_wh),
+        format_pounds(period.export_credit),
         format_pounds(period.standing_charge),
         format_pounds(period.amount_due),
     ]
 
 
-_PERIOD_HEADERS = ["Period", "From", "To", "Energy", "Energy charge", "Standing charge", "Amount due"]
-_PERIOD_ALIGN = "<<<>>>>"
+_PERIOD_HEADERS = ["Period", "From", "To", "Import", "Import charge", "Export", "Export credit", "Standing charge",
+                   "Amount due"]
+_PERIOD_ALIGN = "<<<>>>>>>"
 
 
 def _tariff_table(tariffs: list[TariffVersion], tz: ZoneInfo) -> list[str]:
     rows = [
-        [str(t.version), format_time(t.effective_from, tz), format_pence(t.unit_rate) + "/kWh",
-         format_pence(t.standing_charge) + "/day"]
+        [str(t.version), format_time(t.effective_from, tz) if t.effective_from else "the start",
+         format_pence(t.standing_charge) + "/day", *t.describe()]
         for t in tariffs
     ]
-    return _table(["Version", "From", "Unit rate", "Standing charge"], rows, "><>>")
+    return _table(["Version", "From", "Standing charge", "Import", "Export"], rows, "><><<")
 
 
 def render_meters(rows: list[MeterRow], tz: ZoneInfo) -> str:
@@ -297,26 +353,53 @@ def render_registered(meters: list[RegisteredMeter], customers_file: str) -> str
 
 
 def render_tariffs(current: TariffVersion, history: list[TariffVersion], tz: ZoneInfo) -> str:
-    """The tariff in force, then every tariff the contract has had."""
-    head = (f"tariff in force: version {current.version}, {format_pence(current.unit_rate)}/kWh and "
-            f"{format_pence(current.standing_charge)}/day, since {format_time(current.effective_from, tz)}")
-    return "\n".join([head, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
+    """The tariff in force, the versions coming, then every version the contract has had."""
+    imports, exports = current.describe()
+    since = format_time(current.effective_from, tz) if current.effective_from else "the start"
+    lines = [f"tariff in force: version {current.version} since {since}: standing charge "
+             f"{format_pence(current.standing_charge)}/day; import {imports}; export {exports}"]
+    coming = [t for t in history if t.version > current.version]
+    if coming:
+        lines += ["", "Coming:", *("  " + row for row in _tariff_table(coming, tz))]
+    else:
+        lines.append("no version is scheduled after it")
+    return "\n".join([*lines, "", f"History (times in {tz.key}):", *_tariff_table(history, tz)])
 
 
-def render_tariff_change(before: TariffVersion, after: TariffVersion) -> str:
-    """What setting the tariff did: the new version, and each rate changed (old -> new) or unchanged."""
+def render_tariff_change(before: TariffVersion, after: TariffVersion, tz: ZoneInfo) -> str:
+    """What adding a version did: its number and start, and each flat rate changed (old -> new) or unchanged."""
 
     def rate(what: str, old: int, new: int, unit: str) -> str:
         if old == new:
             return f"  {what}: {format_pence(new)}/{unit} (unchanged)"
         return f"  {what}: {format_pence(old)}/{unit} -> {format_pence(new)}/{unit} (changed)"
 
+    def export_rate(t: TariffVersion) -> int:
+        return t.spec.export_rule.rate if t.spec is not None else 0
+
     return "\n".join([
-        f"tariff version {after.version} set (was version {before.version}); "
-        "it applies to readings recorded from now on",
+        f"tariff version {after.version} added (version {before.version} is in force); it prices energy used from "
+        f"{format_time(after.effective_from, tz)} on (energy used before keeps the prices it had)",
         rate("unit rate", before.unit_rate, after.unit_rate, "kWh"),
         rate("standing charge", before.standing_charge, after.standing_charge, "day"),
+        rate("export rate", export_rate(before), export_rate(after), "kWh"),
     ])
+
+
+def render_half_hours(meter: MeterRef, day: date, rows: list[HalfHour], tz: ZoneInfo) -> str:
+    """A meter's settlement periods of one local day as a table, with the day's totals."""
+    if not rows:
+        return f"{meter.label}: no readings cover {day.isoformat()}"
+    cells = [[str(r.number), format_time(r.start, tz)[11:], f"{r.import_wh:,}", f"{r.export_wh:,}",
+              "-" if r.band is None else str(r.band), format_pence(r.import_price), format_pence(r.export_price),
+              format_pounds(r.import_cost), format_pounds(r.export_credit), "actual" if r.actual else "estimated"]
+             for r in rows]
+    total = ["total", "", f"{sum(r.import_wh for r in rows):,}", f"{sum(r.export_wh for r in rows):,}", "", "", "",
+             format_pounds(sum(r.import_cost for r in rows)), format_pounds(sum(r.export_credit for r in rows)), ""]
+    headers = ["SP", "From", "Import Wh", "Export Wh", "Band", "Import p/kWh", "Export p/kWh", "Cost", "Credit",
+               "Data"]
+    head = f"{meter.label}: {day.isoformat()}, {len(rows)} settlement periods (times in {tz.key})"
+    return "\n".join([head, *_table(headers, [*cells, total], "><>><>>>><")])
 
 
 def render_close(result: CloseResult, tz: ZoneInfo) -> str:
@@ -367,7 +450,9 @@ def _period_json(p: BillPeriod, tz: ZoneInfo) -> dict[str, Any]:
         "periodStart": _iso(p.period_start, tz),
         "periodEnd": _iso(p.period_end, tz),
         "energyWh": p.energy_wh,
+        "exportWh": p.export_wh,
         "energyCost": p.energy_cost,
+        "exportCredit": p.export_credit,
         "standingCharge": p.standing_charge,
         "amountDue": p.amount_due,
     }
@@ -398,16 +483,18 @@ def _period(args: dict[str, Any]) -> BillPeriod:
         period_id=int(args["periodId"]),
         period_start=int(args["periodStart"]),
         period_end=int(args["periodEnd"]),
-        energy_wh=int(args["energyWh"]),
-        energy_cost=int(args["energyCost"]),
+        energy_wh=int(args["importWh"]),
+        export_wh=int(args["exportWh"]),
+        energy_cost=int(args["importCost"]),
+        export_credit=int(args["exportCredit"]),
         standing_charge=int(args["standingCharge"]),
         amount_due=int(args["amountDue"]),
     )
 
 
 def _tariff(args: dict[str, Any]) -> TariffVersion:
-    return TariffVersion(int(args["version"]), int(args["unitRate"]), int(args["standingCharge"]),
-                         int(args["effectiveFrom"]))
+    spec = ref.TariffVersion.from_event(args)
+    return TariffVersion(int(args["version"]), spec.import_rule.rate, spec.standing_charge, spec.effective_from, spec)
 
 
 # ---------------------------------------------------------------- the chain
@@ -489,6 +576,14 @@ class Operations:
         if name == "AccessControlUnauthorizedAccount":
             return ChainError(f"the operator key does not hold OPERATOR_ROLE on the contract at "
                               f"{self.deployment.address}; set OPERATOR_KEY to the key the deployment granted it to")
+        if name == "TooSoon":
+            return InvalidRequest(f"{err.message}: a tariff or price may start no sooner than the contract's "
+                                  "skew window ahead (5 minutes by default), so that no recorded reading is repriced")
+        if name == "NotPeriodBoundary":
+            return InvalidRequest(f"{err.message}: tariffs and prices start on the hour or half hour")
+        if name == "NotAfterLastVersion":
+            return InvalidRequest(f"{err.message}: a new version must start after the last one scheduled; see them "
+                                  f"with: {COMMAND} tariff")
         if ref is None:
             return err
         if name == "MeterNotActive":
@@ -529,9 +624,8 @@ class Operations:
     # ------------------------------------------------------------ meters
 
     def _open_period(self, address: str) -> BillPeriod:
-        period_id, start, end, energy, cost, standing, due = self.billing.contract.functions.openBill(
-            to_checksum_address(address)).call()
-        return BillPeriod(int(period_id), int(start), int(end), int(energy), int(cost), int(standing), int(due))
+        raw = self.billing.contract.functions.openBill(to_checksum_address(address)).call()
+        return BillPeriod(*(int(v) for v in raw))
 
     def meters(self) -> list[MeterRow]:
         """Every meter registered on chain, in registration order, with its open period's totals."""
@@ -645,42 +739,74 @@ class Operations:
     # ------------------------------------------------------------ tariff
 
     def tariff(self) -> TariffVersion:
-        """The tariff in force, from the contract's view."""
-        unit_rate, standing, effective_from, version = self.billing.contract.functions.tariff().call()
-        return TariffVersion(int(version), int(unit_rate), int(standing), int(effective_from))
+        """The tariff version in force now, from the contract's views."""
+        fn = self.billing.contract.functions
+        number = int(fn.tariffVersionAt(self.billing.now()).call())
+        spec = ref.TariffVersion.from_struct(fn.tariffVersion(number).call())
+        return TariffVersion(number, spec.import_rule.rate, spec.standing_charge, spec.effective_from, spec)
 
     def tariff_history(self) -> list[TariffVersion]:
         """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
         return [_tariff(e.args) for e in self._logs("TariffChanged")]
 
-    def set_tariff(self, unit_rate_pence: str | None = None, standing_charge_pence: str | None = None
-                   ) -> TariffVersion:
-        """Set a new tariff given in pence per kWh and pence per day (at most 3 decimals each).
+    def set_tariff(self, unit_rate_pence: str | None = None, standing_charge_pence: str | None = None,
+                   export_rate_pence: str | None = None, effective_from: int = 0) -> TariffVersion:
+        """Add a flat tariff given in pence per kWh imported, per day and per kWh exported (at most 3
+        decimals each); a rate not given keeps its value in the newest version (in force or coming).
 
-        A rate not given keeps its value in force. The tariff applies to readings recorded from
-        the next block on; bills already accrued keep their rates.
+        It starts at ``effective_from`` (a half-hour boundary, unix seconds) or, with 0, at the first
+        half hour the contract allows (about five minutes ahead, to the next half hour): energy
+        used before it keeps the prices it had.
 
         Raises:
-            InvalidRequest: neither rate given, a value the contract cannot hold, or nothing that
-                would change (both rates as in force), all before any transaction.
+            InvalidRequest: no rate given, a value the contract cannot hold, a rate left out while the
+                tariff in force is not flat, or nothing that would change, all before any transaction.
         """
-        if unit_rate_pence is None and standing_charge_pence is None:
-            raise InvalidRequest("give a new unit rate, a new standing charge or both, in pence")
+        if unit_rate_pence is None and standing_charge_pence is None and export_rate_pence is None:
+            raise InvalidRequest("give a new unit rate, standing charge or export rate (or several), in pence")
         new_unit = None if unit_rate_pence is None else parse_pence(unit_rate_pence, "unit rate", allow_zero=False)
         new_standing = (None if standing_charge_pence is None
                         else parse_pence(standing_charge_pence, "standing charge", allow_zero=True))
-        current = self.tariff()
+        new_export = (None if export_rate_pence is None
+                      else parse_pence(export_rate_pence, "export rate", allow_zero=True))
+        current = self.tariff_history()[-1]
+        spec = current.spec
+        flat = spec is None or (spec.import_rule.kind == ref.FLAT and spec.export_rule.kind == ref.FLAT)
+        if not flat and (new_unit is None or new_export is None):
+            raise InvalidRequest(f"the newest tariff (version {current.version}) is not flat: give the unit rate "
+                                 "and the export rate, or a tariff file with --file")
         unit_rate = current.unit_rate if new_unit is None else new_unit
         standing = current.standing_charge if new_standing is None else new_standing
-        if (unit_rate, standing) == (current.unit_rate, current.standing_charge):
+        in_force_export = spec.export_rule.rate if spec is not None else 0
+        export = in_force_export if new_export is None else new_export
+        if flat and (unit_rate, standing, export) == (current.unit_rate, current.standing_charge, in_force_export):
             raise InvalidRequest(
-                f"the tariff in force (version {current.version}) is already {format_pence(unit_rate)}/kWh and "
-                f"{format_pence(standing)}/day; nothing to change")
+                f"the newest tariff (version {current.version}) is already {format_pence(unit_rate)}/kWh, "
+                f"{format_pence(standing)}/day and {format_pence(export)}/kWh exported; nothing to change")
+        return self.set_tariff_version(ref.TariffVersion.flat(unit_rate, standing, effective_from, export))
+
+    def set_tariff_version(self, version: ref.TariffVersion) -> TariffVersion:
+        """Add any tariff version (flat, banded or day-ahead import and export); with ``effective_from`` 0 it
+        starts at the first half hour the contract allows that is after the newest version's start."""
+        if version.effective_from == 0:
+            period = ref.PERIOD_SECONDS
+            # A minute's margin: the transaction is mined a moment after the clock is read.
+            earliest = -(-(self.billing.now() + self.settings.max_future_skew + 60) // period) * period
+            newest = self.tariff_history()[-1].effective_from
+            version = replace(version, effective_from=max(earliest, newest + period))
         try:
-            receipt = self.billing.set_tariff(unit_rate, standing)
+            receipt = self.billing.set_tariff(version)
         except ChainError as err:
             raise self._refusal(err) from err
         return _tariff(self._receipt_event(receipt, "TariffChanged").args)
+
+    def publish_prices(self, start: int, import_prices: list[int], export_prices: list[int]) -> int:
+        """Publish day-ahead prices for consecutive half hours from ``start``; returns how many periods."""
+        try:
+            self.billing.publish_day_ahead(start, import_prices, export_prices)
+        except ChainError as err:
+            raise self._refusal(err) from err
+        return max(len(import_prices), len(export_prices))
 
     # ------------------------------------------------------------ billing periods
 
@@ -703,6 +829,39 @@ class Operations:
         return [self._close(MeterRef(names.get(a.lower()), to_checksum_address(a))) for a in self.billing.meters()]
 
     # ------------------------------------------------------------ statements
+
+    def half_hours(self, meter: str, day: date) -> tuple[MeterRef, list[HalfHour]]:
+        """A meter's settlement periods of one local day (46, 48 or 50), straight from the chain: each
+        reading's energy split over the half hours as the contract splits it, priced as it prices them."""
+        who = self.resolve(meter)
+        tz = self.settings.tz
+        start = int(datetime.combine(day, datetime.min.time(), tzinfo=tz).timestamp())
+        end = int(datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=tz).timestamp())
+        wanted = {sp.period: sp for sp in ref.settlement_periods(start, end, tz)}
+        registered = self._logs("MeterRegistered", who.address)
+        if not registered:
+            raise UnknownMeter(f"{who.label} is not registered on this chain")
+        t, imported, exported = (int(registered[0].args["openedAt"]), int(registered[0].args["openingWh"]), 0)
+        schedule = self.billing.schedule()
+        totals: dict[int, list[int]] = {}
+        for event in self._logs("ReadingRecorded", who.address):
+            ts, wh, ex = int(event.args["timestamp"]), int(event.args["energyWh"]), int(event.args["exportWh"])
+            if ts > start and t < end:
+                for p, part_in, part_out in ref.split_pair(t, ts, wh - imported, ex - exported):
+                    if p in wanted:
+                        row = totals.setdefault(p, [0, 0, 0])
+                        row[0] += part_in
+                        row[1] += part_out
+                        row[2] = max(row[2], ts - t)
+            t, imported, exported = ts, wh, ex
+        rows = []
+        for p in sorted(totals):
+            part_in, part_out, longest = totals[p]
+            price_in, price_out = schedule.prices(p)
+            rows.append(HalfHour(wanted[p].number, p * ref.PERIOD_SECONDS, part_in, part_out, schedule.band_of(p)[0],
+                                 price_in, price_out, part_in * price_in, part_out * price_out,
+                                 ref.is_actual(longest, p, t)))
+        return who, rows
 
     def statement(self, meter: str) -> Statement:
         """A customer's statement, entirely from the chain but for the customer's details.

@@ -11,10 +11,15 @@ Scenario files are JSON: either a list of steps or ``{"steps": [...]}``, each st
 previous step (from the start for the first), so steps are played in file order. A step of kind
 ``all_clear`` clears every alert this emitter raised that is still active and then raises an info
 alert saying so (its severity is always 0), so households see the all-clear on their screens.
+A step of kind ``day_ahead_prices`` publishes the next local day's half-hourly import and export
+prices (Agile-like, ``operations.tariffs.agile_like_prices``) with the operator's key
+(``OPERATOR_KEY``: prices are the supplier's to set), for tariff versions that use day-ahead
+prices, then tells households with an info alert naming the cheapest and dearest hours.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import logging
@@ -34,9 +39,11 @@ from common.backoff import backoff_delay
 from common.billing import Billing
 from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing
 from common.logs import log_event
+from operations.tariffs import agile_like_prices
 
 __all__ = [
     "ALL_CLEAR",
+    "DAY_AHEAD_PRICES",
     "ALL_REGIONS",
     "ALL_REGIONS_LABEL",
     "DEFAULT_REGIONS",
@@ -62,6 +69,8 @@ log = logging.getLogger("emitter")
 
 #: The kind that clears this emitter's alerts instead of warning about something.
 ALL_CLEAR = "all_clear"
+#: The kind that publishes tomorrow's day-ahead prices, then says so.
+DAY_AHEAD_PRICES = "day_ahead_prices"
 #: The region text that means "every region" (zero bytes32 on chain).
 ALL_REGIONS = ""
 #: Regions random alerts are drawn from; ``ALL_REGIONS`` makes some alerts grid-wide.
@@ -137,7 +146,7 @@ class AlertSpec:
         _check_text32("region", self.region)
         if isinstance(self.severity, bool) or self.severity not in tuple(Severity):
             raise ValueError(f"severity must be 0 (info), 1 (warning) or 2 (critical), not {self.severity!r}")
-        if not self.message and self.kind != ALL_CLEAR:
+        if not self.message and self.kind not in (ALL_CLEAR, DAY_AHEAD_PRICES):
             raise ValueError("message must say something to households")
         if not math.isfinite(self.duration_s) or self.duration_s < MIN_DURATION_S:
             raise ValueError(f"duration_s must be at least {MIN_DURATION_S:g} second, not {self.duration_s!r}")
@@ -205,7 +214,7 @@ def _step(raw: Any) -> AlertSpec:
         kind=kind,
         severity=severity,
         region=_text(raw, "region", ALL_REGIONS),
-        message=_text(raw, "message", "" if kind == ALL_CLEAR else None),
+        message=_text(raw, "message", "" if kind in (ALL_CLEAR, DAY_AHEAD_PRICES) else None),
         duration_s=_number(raw, "duration_s", DEFAULT_DURATION_S),
         after_s=_number(raw, "after_s", 0.0),
     )
@@ -417,6 +426,11 @@ class Emitter:
         if spec.kind == ALL_CLEAR:
             self.clear_all(reason="all_clear")
             spec = replace(spec, severity=Severity.INFO, message=spec.message or ALL_CLEAR_MESSAGE)
+        if spec.kind == DAY_AHEAD_PRICES:
+            told = self.publish_prices()
+            if told is None:
+                return None
+            spec = replace(spec, severity=Severity.INFO, message=spec.message or told)
         reason = "chain_failures"
         for attempt in range(1, self.retry_attempts + 1):
             raised_at = self.clock()
@@ -447,6 +461,27 @@ class Emitter:
         log_event(log, "grid_alert_dropped", logging.WARNING, kind=spec.kind, region=_region_label(spec.region),
                   reason=reason)
         return None
+
+    def publish_prices(self) -> str | None:
+        """Publish the next local day's day-ahead prices; a sentence for households, None on failure."""
+        tz = self.billing.settings.tz
+        tomorrow = dt.datetime.fromtimestamp(self.clock(), tz).date() + dt.timedelta(days=1)
+        start = int(dt.datetime.combine(tomorrow, dt.time(), tzinfo=tz).timestamp())
+        imports, exports = agile_like_prices(start, tz)
+        try:
+            self.billing.publish_day_ahead(start, imports, exports)
+        except CHAIN_FAILURES as err:
+            log_event(log, "day_ahead_prices_failed", logging.WARNING, day=tomorrow.isoformat(), error=_short(err))
+            return None
+        cheap, dear = imports.index(min(imports)), imports.index(max(imports))
+
+        def at(i: int) -> str:
+            return dt.datetime.fromtimestamp(start + i * 1_800, tz).strftime("%H:%M")
+
+        log_event(log, "day_ahead_prices_published", day=tomorrow.isoformat(), periods=len(imports),
+                  cheapest=at(cheap), dearest=at(dear))
+        return (f"Tomorrow's half-hourly prices are out: cheapest at {at(cheap)} ({min(imports) / 1000:.2f}p/kWh), "
+                f"dearest at {at(dear)} ({max(imports) / 1000:.2f}p/kWh).")
 
     def clear(self, alert_id: int, reason: str = "requested") -> bool:
         """Clear one alert this emitter raised; True when it is no longer active on chain.

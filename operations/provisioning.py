@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.batches import gas_limit_for
+from common.batches import extra_periods, gas_limit_for, pack_reading
 from common.billing import Billing
 from common.chain import ChainClient
 from common.customers import Customer, load_customers, save_customers
@@ -23,8 +23,8 @@ from common.deployment import load_deployment
 from common.eip712 import ReadingData, sign_reading
 from common.logs import log_event
 from common.settings import Settings
+from meters.household import household_history
 from meters.identity import MeterIdentity, meter_dir
-from meters.load_model import LoadModel, history
 from meters.lock import MeterLock
 from meters.outbox import MeterPosition, Outbox
 
@@ -36,6 +36,11 @@ REGIONS = ("north", "south", "east", "west")
 ARCHETYPE_CYCLE = ("medium", "low", "high")
 #: Every fourth home charges an electric vehicle.
 EV_EVERY = 4
+#: Every third home (meter-02, -05, -08, -11) has rooftop solar of 3-4 kWp and exports; of those, every
+#: other one (meter-05, -11) also has a 5 kWh home battery.
+SOLAR_EVERY = 3
+SOLAR_KWP = (3.0, 3.5, 4.0, 3.2)
+BATTERY_KWH = 5.0
 HALF_HOUR = 1_800
 HISTORY_BATCH = 100
 _FIRST = ("Amelia", "Oliver", "Isla", "George", "Ava", "Noah", "Mia", "Arthur", "Freya", "Leo", "Grace", "Oscar")
@@ -97,10 +102,13 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
                 outbox.clear()
                 outbox.close()
         else:
+            solar = i % SOLAR_EVERY == 1
             identity = MeterIdentity.create(
                 directory, name, ARCHETYPE_CYCLE[i % len(ARCHETYPE_CYCLE)], seed=1_000 + i,
                 region=REGIONS[i % len(REGIONS)], account_ref="0x" + secrets.token_hex(32),
                 ev=(i % EV_EVERY == EV_EVERY - 1),
+                solar_kwp=SOLAR_KWP[(i // SOLAR_EVERY) % len(SOLAR_KWP)] if solar else 0.0,
+                battery_kwh=BATTERY_KWH if solar and (i // SOLAR_EVERY) % 2 == 1 else 0.0,
             )
             created.append(name)
         customers.setdefault(identity.address.lower(), _customer(i, identity))
@@ -119,22 +127,22 @@ def provision(settings: Settings, count: int = 12, history_days: int | None = No
     signed: list[tuple[int, str, ReadingData, str]] = []
     ends: dict[str, MeterPosition] = {}
     for identity, directory, opening_wh in todo:
-        model = LoadModel(identity.archetype, identity.seed, ev=identity.ev)
         key = identity.key(directory)
-        points = history(model, opened_at, end, HALF_HOUR, opening_wh) if end > opened_at else []
-        for seq, (ts, wh) in enumerate(points, start=1):
-            data = ReadingData(identity.address, seq, ts, int(wh))
+        household = identity.household()
+        points = household_history(household, opened_at, end, HALF_HOUR, opening_wh) if end > opened_at else []
+        for seq, (ts, wh, exported) in enumerate(points, start=1):
+            data = ReadingData(identity.address, seq, ts, wh, exported)
             signed.append((ts, identity.address, data, sign_reading(key, deployment.domain, data)))
-        last_ts, last_wh = points[-1] if points else (opened_at, opening_wh)
-        ends[identity.address] = MeterPosition(len(points), last_ts, int(last_wh))
+        last_ts, last_wh, last_export = points[-1] if points else (opened_at, opening_wh, 0)
+        ends[identity.address] = MeterPosition(len(points), last_ts, last_wh, last_export)
     signed.sort(key=lambda item: (item[0], item[1]))
     contract = billing.contract
     for i in range(0, len(signed), HISTORY_BATCH):
         chunk = signed[i:i + HISTORY_BATCH]
-        readings = [(d.meter, d.seq, d.timestamp, d.energy_wh) for _, _, d, _ in chunk]
-        sigs = [bytes.fromhex(s[2:]) for _, _, _, s in chunk]
-        billing.client.transact(settings.gateway_key, contract.functions.submitReadings(readings, sigs),
-                                gas=gas_limit_for(len(chunk)))
+        batch = b"".join(pack_reading(d, s) for _, _, d, s in chunk)
+        spans = extra_periods((d.timestamp - HALF_HOUR, d.timestamp) for _, _, d, _ in chunk)
+        billing.client.transact(settings.gateway_key, contract.functions.submitReadings(batch),
+                                gas=gas_limit_for(len(chunk), spans))
     for identity, directory, _ in todo:
         on_chain = billing.meter(identity.address)
         expected = ends[identity.address]

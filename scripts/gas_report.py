@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Print gas per reading for batches of 1, 10 and 100 readings, after each meter's first reading.
+"""Print gas per reading for batches of 1, 10 and 100 readings, with the floor arithmetic beside it.
 
-Runs against the chain in the settings (default: Ganache on 127.0.0.1:8545) using a fresh
-deployment recorded in a temporary directory, so it never touches the demo's deployment.
+Starts a Ganache of its own (temporary, so it never touches the demo's chain or deployment),
+deploys, registers meters, gives each its first reading, then sets a time-of-use tariff (banded
+import and export in UK clock time), moves the chain's clock past its start and submits
+batches of readings with import and export, each within one settlement period (as live meters'
+readings are). A second table shows day-ahead prices and readings that cross a period boundary.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,54 +22,153 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eth_account import Account  # noqa: E402
 
+from common.batches import extra_periods, gas_limit_for, pack_reading, submit_readings_calldata  # noqa: E402
+from common.billing import Billing  # noqa: E402
 from common.chain import ChainClient  # noqa: E402
 from common.deployer import deploy  # noqa: E402
+from common.devchain import GanacheProcess  # noqa: E402
 from common.eip712 import ReadingData, sign_reading  # noqa: E402
 from common.settings import load_settings  # noqa: E402
+from common.tariff import CLOCK_LOCAL, PERIOD_SECONDS, PriceRule, TariffVersion  # noqa: E402
+
+#: Off-peak 00:30-05:30 at 8.5 p, peak 16:00-19:00 at 35 p, day rate 24.67 p otherwise (clock time).
+BANDS = [0 if 1 <= h < 11 else 2 if 32 <= h < 38 else 1 for h in range(48)]
+TIME_OF_USE = TariffVersion(0, 57_210, PriceRule.banded(BANDS, [8_500, 24_670, 35_000]),
+                            PriceRule.banded(BANDS, [4_100, 15_000, 25_000]), CLOCK_LOCAL)
+DAY_AHEAD = TariffVersion(0, 57_210, PriceRule.day_ahead(24_670), PriceRule.day_ahead(15_000))
+
+#: Opcode costs the floor is made of (Shanghai).
+ECRECOVER = 3_000 + 100  # the precompile and a warm staticcall
+COLD_SLOAD, SSTORE_CHANGE = 2_100, 2_900
+LOG2_ONE_WORD = 375 + 2 * 375 + 32 * 8
+TX_BASE = 21_000
+
+
+def calldata_gas(data: bytes) -> int:
+    """Intrinsic gas of calldata: 16 a non-zero byte, 4 a zero byte."""
+    return sum(16 if b else 4 for b in data)
+
+
+class Run:
+    """A deployment with meters whose next readings we sign."""
+
+    def __init__(self, billing: Billing, count: int, start: int) -> None:
+        self.billing = billing
+        self.meters = [Account.create() for _ in range(count)]
+        self.state = {m.address: (0, start, 1_000, 0) for m in self.meters}
+        self.spans: list[tuple[int, int]] = []
+        for i in range(0, count, 100):
+            billing.register_meters([(m.address, b"\x01" * 32, "north", 1_000)
+                                     for m in self.meters[i:i + 100]], opened_at=start)
+
+    def signed(self, selected: list[Any], at: int, import_wh: int, export_wh: int) -> list[tuple[ReadingData, str]]:
+        out = []
+        self.spans = []
+        for m in selected:
+            seq, ts, wh, ex = self.state[m.address]
+            self.spans.append((ts, at))
+            r = ReadingData(m.address, seq + 1, at, wh + import_wh, ex + export_wh)
+            self.state[m.address] = (r.seq, r.timestamp, r.energy_wh, r.export_wh)
+            out.append((r, sign_reading(m.key, self.billing.deployment.domain, r)))
+        return out
+
+    def submit(self, signed: list[tuple[ReadingData, str]]) -> tuple[int, int, bytes]:
+        """Send one batch; (gas used, readings recorded, the packed batch)."""
+        batch = b"".join(pack_reading(d, s) for d, s in signed)
+        call = self.billing.contract.functions.submitReadings(batch)
+        receipt = self.billing.client.transact(self.billing.settings.gateway_key, call,
+                                               gas=gas_limit_for(len(signed), extra_periods(self.spans)))
+        return int(receipt["gasUsed"]), len(self.billing.events("ReadingRecorded", receipt)), batch
+
+
+def advance(client: ChainClient, seconds: int) -> None:
+    """Move the (own, temporary) chain's clock forward."""
+    client.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    client.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+def measure(sizes: list[int]) -> dict[str, Any]:
+    """Run every scenario on a fresh Ganache and return the figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = GanacheProcess(Path(tmp) / "db", log_path=Path(tmp) / "ganache.log").start()
+        try:
+            settings = load_settings(env_file=Path(tmp) / "no.env", chain_rpc_url=chain.rpc_url,
+                                     chain_ws_url=chain.ws_url, deployments_dir=Path(tmp) / "dep",
+                                     data_dir=Path(tmp) / "data")
+            deployment, _ = deploy(settings, force=True)
+            client = ChainClient(settings)
+            billing = Billing(client, deployment)
+            now = billing.now()
+            run = Run(billing, max(sizes), now - 86_400)
+            first = run.signed(run.meters, now - 3_600, 500, 0)
+            for i in range(0, len(first), 20):  # every meter's first reading (a 23-hour span, 46 half hours each)
+                run.spans = [(now - 86_400, now - 3_600)] * len(first[i:i + 20])
+                run.submit(first[i:i + 20])
+            billing.set_tariff(TIME_OF_USE)
+            advance(client, 2 * PERIOD_SECONDS)
+            period = billing.now() // PERIOD_SECONDS * PERIOD_SECONDS
+            at = period + 5
+            warm = run.signed(run.meters, at, 20, 7)  # every meter's last reading in this period, as live meters'
+            for i in range(0, len(warm), 100):
+                run.submit(warm[i:i + 100])
+            rows = []
+            for size in sizes:
+                at += 60
+                gas, recorded, batch = run.submit(run.signed(run.meters[:size], at, 20, 7))
+                assert recorded == size, f"only {recorded} of {size} readings recorded"
+                rows.append({"batch": size, "gas": gas, "gas_per_reading": gas // size,
+                             "calldata_gas": calldata_gas(submit_readings_calldata([])[:4] + batch) // size})
+            # Day-ahead prices, and readings that cross a period boundary.
+            start = (billing.now() + settings.max_future_skew) // PERIOD_SECONDS * PERIOD_SECONDS + PERIOD_SECONDS
+            billing.set_tariff(replace(DAY_AHEAD, effective_from=start))
+            billing.publish_day_ahead(start, [20_000 + 100 * i for i in range(48)], [9_000] * 48)
+            advance(client, start + PERIOD_SECONDS - billing.now() + 30)
+            extra = []
+            base = billing.now() // PERIOD_SECONDS * PERIOD_SECONDS
+            run.submit(run.signed(run.meters[:100], base + 10, 20, 7))
+            for name, t in (("day-ahead, within a period", base + 20), ("day-ahead, across a boundary", base + 1_830)):
+                if t > billing.now():
+                    advance(client, t - billing.now() + 5)
+                gas, recorded, _ = run.submit(run.signed(run.meters[:100], t, 20, 7))
+                assert recorded == 100
+                extra.append({"case": name, "batch": 100, "gas": gas, "gas_per_reading": gas // 100})
+            return {"time_of_use": rows, "other": extra}
+        finally:
+            chain.stop()
 
 
 def main() -> int:
-    """Deploy, register meters, submit batches and print a gas table."""
+    """Print the gas table and the floor arithmetic."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1,10,100", help="batch sizes (comma-separated)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(deployments_dir=Path(tmp))
-        deployment, _ = deploy(settings, force=True)
-    client = ChainClient(settings)
-    contract = client.contract(deployment)
-    meters = [Account.create() for _ in range(max(sizes))]
-    start = int(time.time()) - 86_400
-    for m in meters:
-        client.transact(settings.operator_key, contract.functions.registerMeter(
-            m.address, b"\x01" * 32, b"\x00" * 32, 1_000, start), wait=False)
-    state = {m.address: (0, start, 1_000) for m in meters}
-
-    def batch(selected: list[Any]) -> tuple[int, int]:
-        readings, sigs = [], []
-        for m in selected:
-            seq, ts, wh = state[m.address]
-            r = ReadingData(m.address, seq + 1, ts + 1_800, wh + 250)
-            state[m.address] = (r.seq, r.timestamp, r.energy_wh)
-            readings.append((r.meter, r.seq, r.timestamp, r.energy_wh))
-            sigs.append(bytes.fromhex(sign_reading(m.key, deployment.domain, r)[2:]))
-        receipt = client.transact(settings.gateway_key, contract.functions.submitReadings(readings, sigs))
-        recorded = len(contract.events.ReadingRecorded().process_receipt(receipt))
-        return int(receipt["gasUsed"]), recorded
-
-    for i in range(0, len(meters), 100):  # every meter's first reading
-        batch(meters[i:i + 100])
-    rows = []
-    print(f"{'batch':>6} {'gas used':>10} {'gas/reading':>12} {'recorded':>9}")
-    for size in sizes:
-        gas, recorded = batch(meters[:size])
-        assert recorded == size, f"only {recorded} of {size} readings recorded"
-        rows.append({"batch": size, "gas": gas, "gas_per_reading": gas // size})
-        print(f"{size:>6} {gas:>10,} {gas // size:>12,} {recorded:>9}")
+    figures = measure([int(s) for s in args.sizes.split(",")])
+    print("Time-of-use (banded import and export, UK clock time), readings with import and export:")
+    print(f"{'batch':>6} {'gas used':>11} {'gas/reading':>12}")
+    for row in figures["time_of_use"]:
+        print(f"{row['batch']:>6} {row['gas']:>11,} {row['gas_per_reading']:>12,}")
+    last = figures["time_of_use"][-1]
+    n = last["batch"]
+    floor = {
+        "calldata (104 bytes, measured)": last["calldata_gas"],
+        "ecrecover (precompile + staticcall)": ECRECOVER,
+        "state word: cold SLOAD + SSTORE": COLD_SLOAD + SSTORE_CHANGE,
+        "event: LOG2 with one data word": LOG2_ONE_WORD,
+        f"transaction base / {n}": TX_BASE // n,
+    }
+    print(f"\nFloor for one reading in a batch of {n}:")
+    for what, gas in floor.items():
+        print(f"  {what:<40} {gas:>7,}")
+    total = sum(floor.values())
+    print(f"  {'floor':<40} {total:>7,}")
+    print(f"  {'measured':<40} {last['gas_per_reading']:>7,}")
+    print(f"  {'the rest: hashing, checks, split, price':<40} {last['gas_per_reading'] - total:>7,}")
+    print("\nOther cases (batch of 100):")
+    for row in figures["other"]:
+        print(f"  {row['case']:<40} {row['gas_per_reading']:>7,} gas/reading")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from datetime import date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -19,7 +21,9 @@ from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
 from operations.control import (  # noqa: E402
     Operations,
+    format_time,
     render_close,
+    render_half_hours,
     render_meters,
     render_registered,
     render_statement,
@@ -27,6 +31,7 @@ from operations.control import (  # noqa: E402
     render_tariffs,
     statement_json,
 )
+from operations.tariffs import load_prices, load_version, parse_time  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +57,29 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
 
     tariff = commands.add_parser(
-        "tariff", help="show the tariff and its history, or set a new one (a rate not given is kept)")
-    tariff.add_argument("--unit-rate", help="new unit rate in pence per kWh, e.g. 24.67 (default: keep it)")
-    tariff.add_argument("--standing-charge", help="new standing charge in pence per day, e.g. 57.21 (default: keep it)")
+        "tariff", help="show the tariff in force, coming and past; add a flat (a rate not given is kept), banded "
+                       "or day-ahead version; publish day-ahead prices")
+    tariff.add_argument("--unit-rate", help="a flat tariff: unit rate in pence per kWh, e.g. 24.67 (default: keep it)")
+    tariff.add_argument("--standing-charge", help="a flat tariff: standing charge in pence per day, e.g. 57.21 "
+                                                  "(default: keep it)")
+    tariff.add_argument("--export-rate", help="a flat tariff: export rate in pence per kWh, e.g. 15 (default: keep it)")
+    tariff.add_argument("--file", type=Path, help="a tariff version in JSON: flat, banded or day-ahead import and "
+                                                   "export (see operations/tariffs.py)")
+    tariff.add_argument("--from", dest="effective_from",
+                        help="when the new version starts (local time, e.g. '2026-12-05 00:00'; default: the next "
+                             "half hour the contract allows)")
+    tariff.add_argument("--prices", type=Path, help="publish day-ahead prices from a CSV (start,import,export) or "
+                                                     "JSON file of half-hourly prices")
 
     close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
     close.add_argument("meter", metavar="METER", nargs="?")
     close.add_argument("--all", action="store_true", help="close every meter's period")
+
+    halfhours = commands.add_parser(
+        "halfhours", help="a meter's day in settlement periods: import, export, band, prices, cost, actual or "
+                          "estimated")
+    halfhours.add_argument("meter", metavar="METER")
+    halfhours.add_argument("--date", help="the local day, e.g. 2026-12-02 (default: today)")
 
     statement = commands.add_parser("statement", help="a customer's statement")
     statement.add_argument("meter", metavar="METER")
@@ -73,6 +94,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("register takes either --count N or --address 0x.. --region R")
         if args.address is not None and not args.region:
             parser.error("register --address needs --region (e.g. --region north)")
+    if args.command == "tariff":
+        rates = (args.unit_rate, args.standing_charge, args.export_rate)
+        if args.file is not None and any(r is not None for r in rates):
+            parser.error("give either rates (--unit-rate, --standing-charge, --export-rate) or --file, not both")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -94,15 +119,31 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
     elif args.command == "reactivate":
         print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
     elif args.command == "tariff":
-        if args.unit_rate is not None or args.standing_charge is not None:
+        start = parse_time(args.effective_from, tz) if args.effective_from else 0
+        if any(r is not None for r in (args.unit_rate, args.standing_charge, args.export_rate)):
             before = ops.tariff()
-            print(render_tariff_change(before, ops.set_tariff(args.unit_rate, args.standing_charge)))
+            new = ops.set_tariff(args.unit_rate, args.standing_charge, args.export_rate, start)
+            print(render_tariff_change(before, new, tz))
             print()
+        elif args.file is not None:
+            version, _ = load_version(args.file, tz)
+            new = ops.set_tariff_version(replace(version, effective_from=start or version.effective_from))
+            print(f"tariff version {new.version} added; it prices energy used from "
+                  f"{format_time(new.effective_from, tz)} on (energy used before keeps the prices it had)")
+            print()
+        if args.prices is not None:
+            first, imports, exports = load_prices(args.prices, tz)
+            count = ops.publish_prices(first, imports, exports)
+            print(f"published day-ahead prices for {count} half hours from {format_time(first, tz)}")
         print(render_tariffs(ops.tariff(), ops.tariff_history(), tz))
     elif args.command == "close-period":
         results = ops.close_all() if args.all else [ops.close_period(args.meter)]
         for result in results:
             print(render_close(result, tz))
+    elif args.command == "halfhours":
+        day = date.fromisoformat(args.date) if args.date else datetime.now(tz).date()
+        meter, rows = ops.half_hours(args.meter, day)
+        print(render_half_hours(meter, day, rows, tz))
     elif args.command == "statement":
         statement = ops.statement(args.meter)
         print(json.dumps(statement_json(statement, tz), indent=2) if args.json else render_statement(statement, tz))

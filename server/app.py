@@ -23,7 +23,6 @@ from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
 from common.errors import ChainUnavailable, StorageError
 from common.logs import log_event
-from common.messages import TariffInfo
 from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
@@ -134,11 +133,9 @@ class ServerApp:
         conversations: Conversations | None = None
         try:
             chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
-            raw_tariff = await chain.call("tariff", lambda: chain.contract.functions.tariff().call())
             if chain_id != deployment.chain_id:
                 raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
                                        f"not {deployment.chain_id} where the contract is recorded")
-            tariff = TariffInfo(unit_rate=raw_tariff[0], standing_charge=raw_tariff[1], version=raw_tariff[3])
             hub = Hub()
             feed = LiveFeed()
             index = open_index(settings, deployment)
@@ -159,7 +156,7 @@ class ServerApp:
                 await batcher.reconcile()
             except sqlite3.DatabaseError as err:
                 raise queue_unusable(store.path, err) from err
-            relay = Relay(settings, deployment, store, hub, tariff)
+            relay = Relay(settings, deployment, store, hub, index)
             gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
             server = await gateway.start()
         except BaseException:

@@ -57,7 +57,7 @@ from functools import partial
 from eth_utils import to_checksum_address
 
 from common.backoff import Backoff
-from common.batches import gas_limit_for, submit_readings_calldata
+from common.batches import MAX_BATCH_GAS, extra_periods, gas_limit_for, submit_readings_calldata
 from common.chain import AsyncChainClient, Mined, SentTransaction
 from common.errors import ChainError, ChainUnavailable, FeesTooHigh
 from common.events import BatchOutcome, EventDecoder
@@ -339,9 +339,15 @@ class Batcher:
     def _take(self, store: Store) -> list[QueuedReading]:
         """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
         batch: list[QueuedReading] = []
+        extra = 0
         for reading in store.pending(self.batch_max_size * 2):
             if reading.data.meter not in self._busy:
+                # Readings after a gap price every half hour they span: keep the batch's gas bound within a block.
+                spans = extra_periods([(reading.prev_timestamp, reading.data.timestamp)])
+                if batch and gas_limit_for(len(batch) + 1, extra + spans) > MAX_BATCH_GAS:
+                    break
                 batch.append(reading)
+                extra += spans
                 if len(batch) == self.batch_max_size:
                     break
         self._busy.update(r.data.meter for r in batch)
@@ -415,7 +421,7 @@ class Batcher:
 
     async def _submit(self, chain: AsyncChainClient, store: Store, batch: list[QueuedReading]) -> None:
         started = time.monotonic()
-        gas_limit = gas_limit_for(len(batch))
+        gas_limit = gas_limit_for(len(batch), extra_periods((r.prev_timestamp, r.data.timestamp) for r in batch))
         calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
         tx = await chain.send_transaction(calldata, gas_limit)
         tx_hex = tx.hash

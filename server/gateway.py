@@ -86,7 +86,8 @@ class _Staged:
 
     meter: str
     ws: ServerConnection
-    reading: tuple[ReadingData, str] | None
+    #: The reading, its signature and its meter's previous reading's time.
+    reading: tuple[ReadingData, str, int] | None
     reply: str
 
 
@@ -243,7 +244,8 @@ class Gateway:
             return None
         # The furthest of: the chain's (readings recorded but not final yet count), the store's, and the one in
         # memory, which is ahead of the store while a previous connection's readings wait for this turn's commit.
-        known = (self.store.cursor(meter), Cursor(latest.last_seq, latest.last_timestamp, latest.last_energy_wh),
+        on_chain = Cursor(latest.last_seq, latest.last_timestamp, latest.last_energy_wh, latest.last_export_wh)
+        known = (self.store.cursor(meter), on_chain,
                  self.cursors.get(meter.lower()))
         cursor = max((c for c in known if c is not None), key=lambda c: c.seq)
         self.cursors[meter.lower()] = cursor
@@ -254,6 +256,7 @@ class Gateway:
             last_seq=view.last_seq,
             last_timestamp=view.last_timestamp,
             last_energy_wh=view.last_energy_wh,
+            last_export_wh=view.last_export_wh,
             bill=bill,
             tariff=self.relay.tariff,
             server_time=int(time.time()),
@@ -355,10 +358,10 @@ class Gateway:
             if msg.seq == cursor.seq + 1:
                 # A reading refused for its content uses up its sequence number (as an on-chain
                 # rejection does), so the meter drops it and carries on with the next.
-                self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh))
+                self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
             raise
-        self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh))
-        self._stage(_Staged(meter, ws, (data, msg.signature), encode(Ack(seq=msg.seq))))
+        self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh, data.export_wh))
+        self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(Ack(seq=msg.seq))))
         self._staged_signatures[(key, data.seq)] = msg.signature
         return None
 

@@ -19,8 +19,21 @@ import enum
 from statistics import median
 from zoneinfo import ZoneInfo
 
+from common.tariff import (
+    ACTUAL_MAX_INTERVAL,
+    PERIOD_SECONDS,
+    SettlementPeriod,
+    is_actual,
+    settlement_periods,
+)
+
 __all__ = [
     "HOUR",
+    "PERIOD",
+    "ACTUAL_MAX_INTERVAL",
+    "SettlementPeriod",
+    "settlement_periods",
+    "is_actual",
     "GroupBy",
     "spread_over_hours",
     "window_hours",
@@ -33,11 +46,14 @@ __all__ = [
 ]
 
 HOUR = 3_600
+PERIOD = PERIOD_SECONDS
 
 
 class GroupBy(str, enum.Enum):
-    """How consumption is totalled, as UK suppliers' consumption APIs offer it."""
+    """How consumption is totalled, as UK suppliers' consumption APIs offer it (``halfhour``: the
+    settlement periods of each local day, 48, or 46 and 50 on the clock-change days)."""
 
+    HALFHOUR = "halfhour"
     HOUR = "hour"
     DAY = "day"
     WEEK = "week"

@@ -6,10 +6,12 @@ position of the last one, in one transaction: a batch is applied whole or not at
 event at or before the recorded position is skipped, so applying is idempotent and a restart
 resumes where the last commit left off.
 
-Besides storing events, applying them keeps for each meter the open billing period's
-breakdown (energy charge and standing charge, which ``BillUpdated`` only gives summed),
-computed with the contract's own arithmetic (``common.tariff``) and checked against every
-``BillUpdated``; hourly totals (``server.history``); and the consumption alerts of
+Besides storing events, applying them keeps the tariff schedule (versions, day-ahead prices,
+clock changes: ``common.tariff.Schedule``); for each meter the open billing period's breakdown
+(import cost and export credit from each ``ReadingRecorded``, checked against the reference
+arithmetic of ``common.tariff``, and the standing charge, which depends only on time);
+half-hourly settlement data (each reading split over periods as the contract splits it, priced
+at each period's price); hourly totals (``server.history``); and the consumption alerts of
 ``server.monitor``.
 
 **Undoing replaced blocks.** Events of blocks that are not final yet (``apply``'s ``final``) are
@@ -39,7 +41,15 @@ from common.billing import from_text32
 from common.events import ChainEvent
 from common.logs import log_event
 from common.messages import ConsumptionAlert
-from common.tariff import MeterLedger, RejectReason, Tariff, accrue
+from common.tariff import (
+    ClockTable,
+    RejectReason,
+    Schedule,
+    TariffVersion,
+    cost_of,
+    split_pair,
+    standing_charge,
+)
 from server.history import energy_in_hours, spread_over_hours
 from server.monitor import Rules, Trend, evaluate
 
@@ -51,6 +61,8 @@ log = logging.getLogger("index")
 TIME_EVENTS = frozenset({"MeterRegistered", "MeterDeactivated", "MeterReactivated", "TariffChanged", "BillIssued",
                          "GridAlert", "GridAlertCleared"})
 POSITION = "index"
+#: The tables' layout; an index written with another is emptied and rebuilt from the chain.
+LAYOUT = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -58,14 +70,25 @@ CREATE TABLE IF NOT EXISTS meters (
     opening_wh INTEGER NOT NULL, opened_at INTEGER NOT NULL, registered_at INTEGER NOT NULL,
     active INTEGER NOT NULL, status_changed_at INTEGER NOT NULL,
     last_seq INTEGER NOT NULL, last_timestamp INTEGER NOT NULL, last_energy_wh INTEGER NOT NULL,
-    last_block INTEGER, last_tx TEXT, rejected INTEGER NOT NULL DEFAULT 0
+    last_block INTEGER, last_tx TEXT, rejected INTEGER NOT NULL DEFAULT 0, last_export_wh INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS readings (
     meter TEXT NOT NULL, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL, register_wh INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL, interval_start INTEGER NOT NULL, period_id INTEGER NOT NULL,
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL,
+    export_register_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, import_cost INTEGER NOT NULL,
+    export_credit INTEGER NOT NULL,
     PRIMARY KEY (meter, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS halfhourly (
+    meter TEXT NOT NULL, period INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
+    import_cost INTEGER NOT NULL, export_credit INTEGER NOT NULL, longest_interval INTEGER NOT NULL,
+    PRIMARY KEY (meter, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS day_ahead (
+    period INTEGER NOT NULL, side INTEGER NOT NULL, price INTEGER NOT NULL, PRIMARY KEY (period, side)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clock_changes (at INTEGER PRIMARY KEY, offset_minutes INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS readings_by_time ON readings (meter, timestamp);
 CREATE TABLE IF NOT EXISTS rejections (
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, meter TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -79,11 +102,12 @@ CREATE TABLE IF NOT EXISTS periods (
     meter TEXT NOT NULL, period_id INTEGER NOT NULL, period_start INTEGER NOT NULL, period_end INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL, energy_cost INTEGER NOT NULL, standing_charge INTEGER NOT NULL,
     amount_due INTEGER NOT NULL, status TEXT NOT NULL, issued_at INTEGER, issued_tx TEXT,
+    export_wh INTEGER NOT NULL DEFAULT 0, export_credit INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (meter, period_id)
 );
 CREATE TABLE IF NOT EXISTS tariffs (
     version INTEGER PRIMARY KEY, unit_rate INTEGER NOT NULL, standing_charge INTEGER NOT NULL,
-    effective_from INTEGER NOT NULL, block INTEGER NOT NULL, tx_hash TEXT NOT NULL
+    effective_from INTEGER NOT NULL, block INTEGER NOT NULL, tx_hash TEXT NOT NULL, spec TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS grid_alerts (
     id INTEGER PRIMARY KEY, severity INTEGER NOT NULL, kind TEXT NOT NULL, region TEXT NOT NULL,
@@ -111,11 +135,11 @@ CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NUL
 """
 
 #: Tables rebuilt from the chain; ``thresholds`` is the operators' and customers' own setting.
-DERIVED_TABLES = ("meters", "readings", "rejections", "hourly", "periods", "tariffs", "grid_alerts",
-                  "consumption_alerts", "position", "journal", "blocks")
+DERIVED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
+                  "clock_changes", "grid_alerts", "consumption_alerts", "position", "journal", "blocks")
 #: Tables whose changes by events of blocks not yet final are journaled, to be undone if the blocks are replaced.
-JOURNALED_TABLES = ("meters", "readings", "rejections", "hourly", "periods", "tariffs", "grid_alerts",
-                    "consumption_alerts", "position")
+JOURNALED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
+                    "clock_changes", "grid_alerts", "consumption_alerts", "position")
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,9 @@ def _journal_triggers(shape: _Shape) -> list[str]:
 
 @dataclass
 class Period:
-    """A billing period of one meter (amounts in micropence)."""
+    """A billing period of one meter: import (``energy_wh``, ``energy_cost``), export
+    (``export_wh``, ``export_credit``), standing charge and the amount due (micropence; negative
+    when in credit)."""
 
     meter: str
     period_id: int
@@ -173,6 +199,8 @@ class Period:
     status: str = "open"
     issued_at: int | None = None
     issued_tx: str | None = None
+    export_wh: int = 0
+    export_credit: int = 0
 
 
 @dataclass
@@ -194,6 +222,7 @@ class MeterRecord:
     last_tx: str | None
     rejected: int
     period: Period
+    last_export_wh: int = 0
 
 
 @dataclass
@@ -212,7 +241,7 @@ _ALERT_KEYS = ("id", "severity", "kind", "region", "message", "expires_at", "rai
 _METER_COLUMNS = ("address, account_ref, region, opening_wh, opened_at, registered_at, active, status_changed_at, "
                   "last_seq, last_timestamp, last_energy_wh, last_block, last_tx, rejected")
 _PERIOD_COLUMNS = ("meter, period_id, period_start, period_end, energy_wh, energy_cost, standing_charge, amount_due, "
-                   "status, issued_at, issued_tx")
+                   "status, issued_at, issued_tx, export_wh, export_credit")
 
 
 class Index:
@@ -236,9 +265,20 @@ class Index:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in tables:
+            layout = self.db.execute("SELECT value FROM meta WHERE name='layout'").fetchone()
+            if layout is None or layout[0] != LAYOUT:
+                log_event(log, "index_layout_changed", was=layout[0] if layout else "1", now=LAYOUT,
+                          reason="an older version wrote this index; it is rebuilt from the chain")
+                with self.db:
+                    for table in DERIVED_TABLES:
+                        self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
         # A REPLACE deletes the row it replaces; only with recursive triggers does that deletion reach the journal.
         self.db.execute("PRAGMA recursive_triggers=ON")
         self.db.executescript(_SCHEMA)
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (LAYOUT,))
         self._shapes = _shapes(self.db)
         self.journal = journal
         with self.db:
@@ -256,8 +296,17 @@ class Index:
 
     def _load(self) -> None:
         self._meters: dict[str, MeterRecord] = {m.address.lower(): m for m in self._query_meters("", ())}
-        row = self.db.execute("SELECT unit_rate, standing_charge FROM tariffs ORDER BY version DESC LIMIT 1").fetchone()
-        self._tariff = Tariff(int(row[0]), int(row[1])) if row else None
+        versions = [_version_from_spec(r[0]) for r in self.db.execute("SELECT spec FROM tariffs ORDER BY version")]
+        clock = ClockTable(tuple((int(a), int(m)) for a, m in self.db.execute(
+            "SELECT at, offset_minutes FROM clock_changes ORDER BY at")))
+        #: Everything that prices a period, as the chain published it (shared with the relay).
+        self.schedule = getattr(self, "schedule", None) or Schedule([])
+        self.schedule.versions[:] = versions
+        self.schedule.clock = clock
+        self.schedule.day_ahead_import.clear()
+        self.schedule.day_ahead_export.clear()
+        for period, side, price in self.db.execute("SELECT period, side, price FROM day_ahead"):
+            (self.schedule.day_ahead_export if side else self.schedule.day_ahead_import)[int(period)] = int(price)
         self._limits = {m: int(w) for m, w in self.db.execute("SELECT meter, hourly_limit_wh FROM thresholds")}
         self._trends: dict[str, Trend] = {}
         row = self.db.execute("SELECT value FROM meta WHERE name='final'").fetchone()
@@ -390,18 +439,6 @@ class Index:
         args, name = event.args, event.name
         if name == "ReadingRecorded":
             self._record(event, out)
-        elif name == "BillUpdated":
-            meter = self._meters.get(args["meter"].lower())
-            if meter is None:
-                return
-            due = int(args["amountDue"])
-            if meter.period.amount_due != due or meter.period.energy_wh != int(args["periodEnergyWh"]):
-                log_event(log, "index_bill_mismatch", logging.ERROR, meter=meter.address, seq=int(args["seq"]),
-                          chain=due, index=meter.period.amount_due,
-                          hint="the index missed an event; rebuild it with scripts/reindex.py")
-                meter.period.amount_due = due
-                self._write_period(meter.period)
-            out.bills.append(meter)
         elif name == "ReadingRejected":
             reason = RejectReason(int(args["reason"])).name.lower()
             self.db.execute("INSERT OR IGNORE INTO rejections VALUES (?,?,?,?,?,?)",
@@ -421,12 +458,25 @@ class Index:
                                 (int(meter.active), block_time, meter.address))
                 out.meters.append(meter)
         elif name == "TariffChanged":
-            row = {"version": int(args["version"]), "unit_rate": int(args["unitRate"]),
-                   "standing_charge": int(args["standingCharge"]), "effective_from": int(args["effectiveFrom"])}
-            self.db.execute("INSERT OR REPLACE INTO tariffs VALUES (?,?,?,?,?,?)",
-                            (*row.values(), event.block, event.tx_hash))
-            self._tariff = Tariff(row["unit_rate"], row["standing_charge"])
-            out.tariffs.append(row)
+            version = TariffVersion.from_event(args)
+            number = int(args["version"])
+            self.db.execute("INSERT OR REPLACE INTO tariffs VALUES (?,?,?,?,?,?,?)",
+                            (number, version.import_rule.rate, version.standing_charge, version.effective_from,
+                             event.block, event.tx_hash, json.dumps(_spec(version))))
+            if number > len(self.schedule.versions):
+                self.schedule.add_version(version)
+            out.tariffs.append(tariff_row(number, version, event.block, event.tx_hash))
+        elif name == "DayAheadPricesPublished":
+            first = int(args["from"]) // 1_800
+            for side, prices in ((0, args["importPrices"]), (1, args["exportPrices"])):
+                self.db.executemany("INSERT OR REPLACE INTO day_ahead VALUES (?,?,?)",
+                                    [(first + i, side, int(price)) for i, price in enumerate(prices)])
+            self.schedule.publish(first, args["importPrices"], args["exportPrices"])
+        elif name == "ClockChangeAdded":
+            at, minutes = int(args["at"]), int(args["offsetMinutes"])
+            self.db.execute("INSERT OR REPLACE INTO clock_changes VALUES (?,?)", (at, minutes))
+            if not self.schedule.clock.changes or self.schedule.clock.changes[-1][0] < at:
+                self.schedule.clock = self.schedule.clock.with_changes([(at, minutes)])
         elif name == "BillIssued":
             self._issue(event, block_time, out)
         elif name == "GridAlert":
@@ -452,8 +502,8 @@ class Index:
             status_changed_at=block_time, last_seq=0, last_timestamp=opened, last_energy_wh=int(args["openingWh"]),
             last_block=None, last_tx=None, rejected=0, period=period,
         )
-        self.db.execute(f"INSERT OR REPLACE INTO meters ({_METER_COLUMNS}) VALUES ({','.join('?' * 14)})",
-                        _meter_row(meter))
+        self.db.execute(f"INSERT OR REPLACE INTO meters ({_METER_COLUMNS}, last_export_wh) "
+                        f"VALUES ({','.join('?' * 15)})", (*_meter_row(meter), 0))
         self._write_period(period)
         self._meters[address.lower()] = meter
         out.meters.append(meter)
@@ -461,25 +511,45 @@ class Index:
     def _record(self, event: ChainEvent, out: Applied) -> None:
         args = event.args
         meter = self._meters.get(args["meter"].lower())
-        if meter is None or self._tariff is None:
+        if meter is None or not self.schedule.versions:
             log_event(log, "index_unknown_meter", logging.ERROR, meter=args["meter"], block=event.block)
             return
-        seq, ts, register = int(args["seq"]), int(args["timestamp"]), int(args["energyWh"])
-        start, energy = meter.last_timestamp, register - meter.last_energy_wh
+        seq, ts = int(args["seq"]), int(args["timestamp"])
+        register, exported = int(args["energyWh"]), int(args["exportWh"])
+        start, energy, export = meter.last_timestamp, register - meter.last_energy_wh, exported - meter.last_export_wh
         p = meter.period
-        ledger = accrue(MeterLedger(True, meter.last_seq, start, meter.last_energy_wh, p.energy_wh, p.energy_cost,
-                                    p.standing_charge), seq, ts, register, self._tariff)
-        p.energy_wh, p.energy_cost = ledger.period_energy_wh, ledger.period_energy_cost
-        p.standing_charge, p.amount_due, p.period_end = ledger.period_standing_charge, ledger.amount_due, ts
-        meter.last_seq, meter.last_timestamp, meter.last_energy_wh = seq, ts, register
+        cost, credit = int(args["periodImportCost"]) - p.energy_cost, int(args["periodExportCredit"]) - p.export_credit
+        expected = cost_of(self.schedule, start, ts, energy, export)
+        if expected != (cost, credit):
+            log_event(log, "index_bill_mismatch", logging.ERROR, meter=meter.address, seq=seq,
+                      chain=f"{cost}/{credit}", index=f"{expected[0]}/{expected[1]}",
+                      hint="the index missed an event; rebuild it with scripts/reindex.py")
+        p.energy_wh += energy
+        p.export_wh += export
+        p.energy_cost, p.export_credit = int(args["periodImportCost"]), int(args["periodExportCredit"])
+        p.standing_charge = standing_charge(self.schedule.versions, p.period_start, ts)
+        p.amount_due = p.energy_cost + p.standing_charge - p.export_credit
+        p.period_end = ts
+        meter.last_seq, meter.last_timestamp, meter.last_energy_wh, meter.last_export_wh = seq, ts, register, exported
         meter.last_block, meter.last_tx = event.block, event.tx_hash
         db = self.db
-        db.execute("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?)",
+        db.execute("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    (meter.address, seq, ts, register, energy, start, p.period_id, event.block, event.log_index,
-                    event.tx_hash))
-        db.execute("UPDATE meters SET last_seq=?, last_timestamp=?, last_energy_wh=?, last_block=?, last_tx=? "
-                   "WHERE address=?", (seq, ts, register, event.block, event.tx_hash, meter.address))
+                    event.tx_hash, exported, export, cost, credit))
+        db.execute("UPDATE meters SET last_seq=?, last_timestamp=?, last_energy_wh=?, last_export_wh=?, last_block=?, "
+                   "last_tx=? WHERE address=?", (seq, ts, register, exported, event.block, event.tx_hash,
+                                                 meter.address))
         self._write_period(p)
+        span = ts - start
+        for period, wh_in, wh_out in split_pair(start, ts, energy, export):
+            price_in, price_out = self.schedule.prices(period)
+            db.execute("INSERT INTO halfhourly VALUES (?,?,?,?,?,?,?) ON CONFLICT(meter, period) DO UPDATE SET "
+                       "import_wh=import_wh+excluded.import_wh, export_wh=export_wh+excluded.export_wh, "
+                       "import_cost=import_cost+excluded.import_cost, "
+                       "export_credit=export_credit+excluded.export_credit, "
+                       "longest_interval=max(longest_interval, excluded.longest_interval)",
+                       (meter.address, period, wh_in, wh_out, wh_in * price_in, wh_out * price_out, span))
+        out.bills.append(meter)
         totals = []
         for hour, wh in spread_over_hours(start, ts, energy):
             total = db.execute("INSERT INTO hourly VALUES (?,?,?) ON CONFLICT(meter, hour_start) DO UPDATE "
@@ -502,17 +572,19 @@ class Index:
         if meter is None:
             return
         issued = Period(meter.address, int(args["periodId"]), int(args["periodStart"]), int(args["periodEnd"]),
-                        int(args["energyWh"]), int(args["energyCost"]), int(args["standingCharge"]),
-                        int(args["amountDue"]), "issued", block_time, event.tx_hash)
+                        int(args["importWh"]), int(args["importCost"]), int(args["standingCharge"]),
+                        int(args["amountDue"]), "issued", block_time, event.tx_hash, int(args["exportWh"]),
+                        int(args["exportCredit"]))
         self._write_period(issued)
         meter.period = Period(meter.address, issued.period_id + 1, issued.period_end, issued.period_end)
         self._write_period(meter.period)
         out.bills.append(meter)
 
     def _write_period(self, p: Period) -> None:
-        self.db.execute(f"INSERT OR REPLACE INTO periods ({_PERIOD_COLUMNS}) VALUES ({','.join('?' * 11)})",
+        self.db.execute(f"INSERT OR REPLACE INTO periods ({_PERIOD_COLUMNS}) VALUES ({','.join('?' * 13)})",
                         (p.meter, p.period_id, p.period_start, p.period_end, p.energy_wh, p.energy_cost,
-                         p.standing_charge, p.amount_due, p.status, p.issued_at, p.issued_tx))
+                         p.standing_charge, p.amount_due, p.status, p.issued_at, p.issued_tx, p.export_wh,
+                         p.export_credit))
 
     def _trend(self, meter: str) -> Trend:
         trend = self._trends.get(meter)
@@ -559,13 +631,13 @@ class Index:
         return sorted(self._meters.values(), key=lambda m: (m.registered_at, m.address))
 
     def _query_meters(self, where: str, params: tuple[Any, ...]) -> list[MeterRecord]:
-        rows = self.db.execute(f"SELECT {_METER_COLUMNS} FROM meters {where}", params).fetchall()
+        rows = self.db.execute(f"SELECT {_METER_COLUMNS}, last_export_wh FROM meters {where}", params).fetchall()
         out = []
         for row in rows:
             period_row = self.db.execute(
                 f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE meter=? ORDER BY period_id DESC LIMIT 1", (row[0],)
             ).fetchone()
-            values: list[Any] = [*row[:6], bool(row[6]), *row[7:], Period(*period_row)]
+            values: list[Any] = [*row[:6], bool(row[6]), *row[7:14], Period(*period_row), row[14]]
             out.append(MeterRecord(*values))
         return out
 
@@ -583,12 +655,12 @@ class Index:
                  "(timestamp<=interval_start AND timestamp<:after))")
         params = {"meter": meter, "first": first, "after": after}
         count = self.db.execute(f"SELECT COUNT(*) FROM readings {where}", params).fetchone()[0]
+        keys = ("seq", "timestamp", "register_wh", "energy_wh", "interval_start", "period_id", "block", "log_index",
+                "tx_hash", "export_register_wh", "export_wh", "import_cost", "export_credit")
         rows = self.db.execute(
-            "SELECT seq, timestamp, register_wh, energy_wh, interval_start, period_id, block, log_index, tx_hash "
+            f"SELECT {', '.join(keys)} "
             f"FROM readings {where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT :limit OFFSET :offset",
             {**params, "limit": limit, "offset": offset}).fetchall()
-        keys = ("seq", "timestamp", "register_wh", "energy_wh", "interval_start", "period_id", "block", "log_index",
-                "tx_hash")
         out = [dict(zip(keys, r, strict=True)) for r in rows]
         for r in out:
             r["energy_in_window_wh"] = energy_in_hours(r["interval_start"], r["timestamp"], r["energy_wh"], first,
@@ -601,11 +673,15 @@ class Index:
                                "AND hour_start<? ORDER BY hour_start", (meter, start, end)).fetchall()
         return [(int(h), int(w)) for h, w in rows]
 
-    def periods(self, meter: str | None, status: str | None, start: int, end: int, min_amount: int,
+    def periods(self, meter: str | None, status: str | None, start: int, end: int, min_amount: int | None,
                 descending: bool, limit: int, offset: int) -> tuple[int, list[Period]]:
-        """Billing periods overlapping [start, end), optionally of one meter and status."""
-        where = ["period_start<?", "period_end>=?", "amount_due>=?"]
-        params: list[Any] = [end, start, min_amount]
+        """Billing periods overlapping [start, end), optionally of one meter and status and of at least
+        ``min_amount`` due (None: any, bills in credit included)."""
+        where = ["period_start<?", "period_end>=?"]
+        params: list[Any] = [end, start]
+        if min_amount is not None:
+            where.append("amount_due>=?")
+            params.append(min_amount)
         if meter:
             where.append("meter=?")
             params.append(meter)
@@ -621,11 +697,16 @@ class Index:
         return int(count), [Period(*r) for r in rows]
 
     def tariffs(self) -> list[dict[str, Any]]:
-        """Every tariff ever set, newest first."""
-        rows = self.db.execute("SELECT version, unit_rate, standing_charge, effective_from, block, tx_hash "
-                               "FROM tariffs ORDER BY version DESC").fetchall()
-        keys = ("version", "unit_rate", "standing_charge", "effective_from", "block", "tx_hash")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        """Every tariff version ever set, newest first."""
+        rows = self.db.execute("SELECT version, spec, block, tx_hash FROM tariffs ORDER BY version DESC").fetchall()
+        return [tariff_row(int(v), _version_from_spec(spec), int(b), tx) for v, spec, b, tx in rows]
+
+    def half_hours(self, meter: str, first: int, last: int) -> dict[int, tuple[int, int, int, int, int]]:
+        """Settlement periods ``first`` .. ``last`` of ``meter`` that readings cover, by period:
+        (import Wh, export Wh, import cost, export credit, the longest reading interval over it)."""
+        rows = self.db.execute("SELECT period, import_wh, export_wh, import_cost, export_credit, longest_interval "
+                               "FROM halfhourly WHERE meter=? AND period>=? AND period<=?", (meter, first, last))
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows}
 
     def grid_alerts(self, active: bool | None, region: str | None, now: int, limit: int, offset: int
                     ) -> tuple[int, list[dict[str, Any]]]:
@@ -673,3 +754,27 @@ class Index:
 def _meter_row(m: MeterRecord) -> tuple[Any, ...]:
     return (m.address, m.account_ref, m.region, m.opening_wh, m.opened_at, m.registered_at, int(m.active),
             m.status_changed_at, m.last_seq, m.last_timestamp, m.last_energy_wh, m.last_block, m.last_tx, m.rejected)
+
+
+def _spec(version: TariffVersion) -> dict[str, Any]:
+    """A version as JSON (the contract's struct, field by field)."""
+    return {"struct": list(version.as_struct())}
+
+
+def _version_from_spec(text: str) -> TariffVersion:
+    return TariffVersion.from_struct(json.loads(text)["struct"])
+
+
+def tariff_row(number: int, version: TariffVersion, block: int, tx_hash: str) -> dict[str, Any]:
+    """A tariff version as the API and the live feed show it."""
+    def rule(r: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": {0: "flat", 1: "banded", 2: "day_ahead"}[r.kind], "rate": r.rate}
+        if r.kind == 1:
+            out["bands"] = list(r.bands)
+            out["band_rates"] = list(r.band_rates)
+        return out
+
+    return {"version": number, "effective_from": version.effective_from, "standing_charge": version.standing_charge,
+            "unit_rate": version.import_rule.rate, "clock": "gmt" if version.clock == 0 else "local",
+            "import": rule(version.import_rule), "export": rule(version.export_rule), "block": block,
+            "tx_hash": tx_hash}

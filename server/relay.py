@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +53,14 @@ from common.logs import log_event
 from common.messages import Bill, ErrorMessage, GridAlertMessage, TariffInfo, encode
 from common.rpc_socket import RpcSocket
 from common.settings import Settings
-from common.tariff import REJECT_ERRORS, RejectReason
+from common.tariff import REJECT_ERRORS, RejectReason, Schedule, standing_charge
 from server.blocktrail import BlockTrail
 from server.hub import Hub
+from server.index import Index
 from server.store import Store
 from server.threads import run_in_own_thread
 
-__all__ = ["Relay", "ChainFollower", "LAST_LOG"]
+__all__ = ["Relay", "ChainFollower", "LAST_LOG", "tariff_at"]
 
 log = logging.getLogger("relay")
 #: The store keeps the relay's position per contract, so that a redeployed contract is followed from its
@@ -113,13 +115,16 @@ class Relay:
         deployment: Deployment,
         store: Store,
         hub: Hub,
-        tariff: TariffInfo,
+        index: Index,
     ) -> None:
         self.settings = settings
         self.deployment = deployment
         self.store = store
         self.hub = hub
-        self.tariff = tariff
+        #: The index (caught up before the relay starts) knows each meter's open period and the tariff
+        #: schedule; the relay follows billing periods itself as it relays, to be exact about their starts.
+        self.index = index
+        self._periods: dict[str, tuple[int, int, int]] = {}
         self.confirmations = settings.finality_depth
         self.decoder = EventDecoder(deployment.abi)
         #: Told every event, finality and rollback, in the server's loop.
@@ -148,7 +153,6 @@ class Relay:
         self.final: int | None = None
         self.active_alerts: dict[int, GridAlertMessage] = {}
         self._alert_blocks: dict[int, int] = {}
-        self._tariffs: list[tuple[int, TariffInfo]] = []
         self._alerts_loaded = False
         self._position: tuple[int, int] | None = None
         self._saved: tuple[int, int] | None = None
@@ -162,6 +166,41 @@ class Relay:
         self._saved_trail: dict[int, str] = {}
         self._complete = deployment.block - 1
         self._final_told = -1
+
+    @property
+    def tariff(self) -> TariffInfo:
+        """The tariff in force now, with this period's prices."""
+        return tariff_at(self.index.schedule, int(time.time()))
+
+    def _period_of(self, meter: str) -> tuple[int, int, int] | None:
+        """(start, import and export registers at the start) of the meter's open billing period."""
+        known = self._periods.get(meter)
+        if known is None:
+            record = self.index.meter(meter)
+            if record is None:
+                return None
+            p = record.period
+            known = (p.period_start, record.last_energy_wh - p.energy_wh, record.last_export_wh - p.export_wh)
+            self._periods[meter] = known
+        return known
+
+    def _bill(self, event: ChainEvent) -> Bill:
+        """The live bill a ``ReadingRecorded`` event makes: the chain's import cost and export credit,
+        the standing charge since the period began (it depends only on time) and the amount due."""
+        args = event.args
+        meter, ts = args["meter"], int(args["timestamp"])
+        start, start_import, start_export = self._period_of(meter.lower()) or (ts, int(args["energyWh"]),
+                                                                               int(args["exportWh"]))
+        cost, credit = int(args["periodImportCost"]), int(args["periodExportCredit"])
+        standing = standing_charge(self.index.schedule.versions, start, ts)
+        return Bill(
+            meter=meter, seq=int(args["seq"]), tx_hash=event.tx_hash, block=event.block,
+            energy_wh=int(args["energyWh"]), export_wh=int(args["exportWh"]),
+            period_energy_wh=int(args["energyWh"]) - start_import,
+            period_export_wh=int(args["exportWh"]) - start_export,
+            energy_cost=cost, export_credit=credit, standing_charge=standing, amount_due=cost + standing - credit,
+            tariff=tariff_at(self.index.schedule, ts),
+        )
 
     def stop(self) -> None:
         """Stop following the chain (from any thread); events already fetched are still relayed."""
@@ -497,26 +536,22 @@ class Relay:
         args = event.args
         name = event.name
         if name == "ReadingRecorded":
-            key = (args["meter"].lower(), int(args["seq"]))
-            self._registers[key] = _Recorded(int(args["energyWh"]), event.block)
+            meter, seq = args["meter"], int(args["seq"])
+            self._registers[(meter.lower(), seq)] = _Recorded(int(args["energyWh"]), event.block)
             if len(self._registers) > RECENT_LIMIT:
                 self._registers.popitem(last=False)
-        elif name == "BillUpdated":
-            meter, seq = args["meter"], int(args["seq"])
-            recorded = self._registers.get((meter.lower(), seq))
-            bill = Bill(
-                meter=meter,
-                seq=seq,
-                tx_hash=event.tx_hash,
-                block=event.block,
-                energy_wh=recorded.energy_wh if recorded is not None else 0,
-                period_energy_wh=int(args["periodEnergyWh"]),
-                amount_due=int(args["amountDue"]),
-                tariff=self.tariff,
-            )
+            bill = self._bill(event)
             if self.final is None or event.block > self.final:
                 self.hub.send_versioned(meter, partial(_bill_for, bill, False))
             self._when_final(event, meter, partial(_bill_for, bill, True))
+        elif name == "MeterRegistered":
+            self._periods[args["meter"].lower()] = (int(args["openedAt"]), int(args["openingWh"]), 0)
+        elif name == "BillIssued":
+            key = args["meter"].lower()
+            start = self._period_of(key)
+            if start is not None:
+                self._periods[key] = (int(args["periodEnd"]), start[1] + int(args["importWh"]),
+                                      start[2] + int(args["exportWh"]))
         elif name == "ReadingRejected":
             meter, seq = args["meter"], int(args["seq"])
             reason = RejectReason(int(args["reason"]))
@@ -541,13 +576,9 @@ class Relay:
             sent = self.hub.broadcast(encode(GridAlertMessage(id=int(args["id"]), active=False)))
             log_event(log, "grid_alert_cleared_relayed", id=int(args["id"]), meters=sent)
         elif name == "TariffChanged":
-            self._tariffs.append((event.block, self.tariff))
-            self.tariff = TariffInfo(
-                unit_rate=int(args["unitRate"]),
-                standing_charge=int(args["standingCharge"]),
-                version=int(args["version"]),
-            )
-            log_event(log, "tariff_changed", unit_rate=self.tariff.unit_rate, standing=self.tariff.standing_charge)
+            log_event(log, "tariff_changed", version=int(args["version"]), effective_from=int(args["effectiveFrom"]),
+                      standing=int(args["standingCharge"]), import_kind=int(args["importKind"]),
+                      export_kind=int(args["exportKind"]))
         elif name == "MeterDeactivated":
             meter = args["meter"]
             notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")
@@ -564,10 +595,19 @@ class Relay:
         for alert_id in [i for i, b in self._alert_blocks.items() if b > fork]:
             self.active_alerts.pop(alert_id, None)
             del self._alert_blocks[alert_id]
-        while self._tariffs and self._tariffs[-1][0] > fork:
-            self.tariff = self._tariffs.pop()[1]
+        self._periods.clear()  # a billing period closed in a replaced block: read again from the index
         if deep and self.final is not None:
             self.final = min(self.final, fork)
         for follower in self.followers:
             follower.on_rollback(fork, deep)
         log_event(log, "relay_rolled_back", fork=fork, deep=deep, position=f"{self.position[0]}:{self.position[1]}")
+
+
+def tariff_at(schedule: Schedule, t: int) -> TariffInfo:
+    """The tariff in force at ``t`` with the import and export prices of its period."""
+    if not schedule.versions:
+        return TariffInfo(unit_rate=0, standing_charge=0)
+    number = schedule.version_index_at(t) + 1
+    import_price, export_price = schedule.prices(t // 1_800)
+    return TariffInfo(unit_rate=import_price, export_rate=export_price,
+                      standing_charge=schedule.versions[number - 1].standing_charge, version=number)

@@ -14,6 +14,7 @@ commit.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -22,12 +23,19 @@ from pathlib import Path
 
 from common.eip712 import ReadingData
 from common.errors import StorageError
+from common.logs import log_event
 from server.validation import Cursor
 
-__all__ = ["QueuedReading", "Store", "BUSY_TIMEOUT_MS", "queue_unusable"]
+__all__ = ["QueuedReading", "Store", "BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "queue_unusable"]
+
+log = logging.getLogger("store")
 
 #: How long a connection waits for another connection's write to finish before giving up.
 BUSY_TIMEOUT_MS = 10_000
+
+#: The queue's layout version (``PRAGMA user_version``): 2 added the export register and the
+#: previous reading's time (for the batch's gas bound).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -35,6 +43,8 @@ CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL,
+    export_wh INTEGER NOT NULL,
+    prev_timestamp INTEGER NOT NULL,
     signature TEXT NOT NULL,
     received_at REAL NOT NULL,
     tx_hash TEXT,
@@ -44,7 +54,8 @@ CREATE TABLE IF NOT EXISTS cursor (
     meter TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
-    energy_wh INTEGER NOT NULL
+    energy_wh INTEGER NOT NULL,
+    export_wh INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS relay_blocks (
     name TEXT NOT NULL,
@@ -60,9 +71,11 @@ CREATE TABLE IF NOT EXISTS position (
 """
 
 _UPSERT_CURSOR = (
-    "INSERT INTO cursor (meter, seq, timestamp, energy_wh) VALUES (?,?,?,?) "
-    "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, energy_wh=excluded.energy_wh"
+    "INSERT INTO cursor (meter, seq, timestamp, energy_wh, export_wh) VALUES (?,?,?,?,?) "
+    "ON CONFLICT(meter) DO UPDATE SET seq=excluded.seq, timestamp=excluded.timestamp, energy_wh=excluded.energy_wh, "
+    "export_wh=excluded.export_wh"
 )
+_COLUMNS = "meter, seq, timestamp, energy_wh, export_wh, prev_timestamp, signature, received_at, tx_hash"
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ class QueuedReading:
     signature: str
     received_at: float
     tx_hash: str | None
+    #: The meter's previous reading's time: the batch's gas bound grows with the periods a reading spans.
+    prev_timestamp: int = 0
 
 
 class _Count:
@@ -105,6 +120,7 @@ class Store:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
+            _migrate(self.db, path)
             self.db.executescript(_SCHEMA)
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(queue)")}
             if "mined_block" not in columns:  # a queue from before finality was tracked
@@ -126,24 +142,26 @@ class Store:
 
     # ---------------------------------------------------------------- queue
 
-    def put(self, readings: list[tuple[ReadingData, str]], cursors: dict[str, Cursor]) -> None:
-        """Queue accepted readings (with their signatures) and move meters' cursors, all in one transaction."""
+    def put(self, readings: list[tuple[ReadingData, str, int]], cursors: dict[str, Cursor]) -> None:
+        """Queue accepted readings (with their signatures and their meter's previous reading's time)
+        and move meters' cursors, all in one transaction."""
         now = time.time()
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO queue (meter, seq, timestamp, energy_wh, signature, received_at) VALUES (?,?,?,?,?,?)",
-                [(d.meter.lower(), d.seq, d.timestamp, d.energy_wh, sig, now) for d, sig in readings],
+                "INSERT INTO queue (meter, seq, timestamp, energy_wh, export_wh, prev_timestamp, signature, "
+                "received_at) VALUES (?,?,?,?,?,?,?,?)",
+                [(d.meter.lower(), d.seq, d.timestamp, d.energy_wh, d.export_wh, prev, sig, now)
+                 for d, sig, prev in readings],
             )
-            self.db.executemany(_UPSERT_CURSOR, [(m.lower(), c.seq, c.timestamp, c.energy_wh)
+            self.db.executemany(_UPSERT_CURSOR, [(m.lower(), c.seq, c.timestamp, c.energy_wh, c.export_wh)
                                                  for m, c in cursors.items()])
         self._count.add(len(readings))
 
     def get(self, meter: str, seq: int) -> QueuedReading | None:
         """A queued reading, if still queued."""
         row = self.db.execute(
-            "SELECT meter, seq, timestamp, energy_wh, signature, received_at, tx_hash FROM queue "
-            "WHERE meter=? AND seq=?",
+            f"SELECT {_COLUMNS} FROM queue WHERE meter=? AND seq=?",
             (meter.lower(), seq),
         ).fetchone()
         return _row(row) if row else None
@@ -151,8 +169,7 @@ class Store:
     def pending(self, limit: int) -> list[QueuedReading]:
         """The oldest readings not yet in a transaction, in arrival order."""
         rows = self.db.execute(
-            "SELECT meter, seq, timestamp, energy_wh, signature, received_at, tx_hash FROM queue "
-            "WHERE tx_hash IS NULL ORDER BY rowid LIMIT ?",
+            f"SELECT {_COLUMNS} FROM queue WHERE tx_hash IS NULL ORDER BY rowid LIMIT ?",
             (limit,),
         ).fetchall()
         return [_row(r) for r in rows]
@@ -256,7 +273,7 @@ class Store:
     def cursor(self, meter: str) -> Cursor | None:
         """The last reading the gateway accepted from ``meter``, if any."""
         row = self.db.execute(
-            "SELECT seq, timestamp, energy_wh FROM cursor WHERE meter=?", (meter.lower(),)
+            "SELECT seq, timestamp, energy_wh, export_wh FROM cursor WHERE meter=?", (meter.lower(),)
         ).fetchone()
         return Cursor(*row) if row else None
 
@@ -310,5 +327,29 @@ def queue_unusable(path: Path, err: sqlite3.DatabaseError) -> StorageError:
 
 
 def _row(row: tuple) -> QueuedReading:  # type: ignore[type-arg]
-    meter, seq, ts, wh, sig, received, tx = row
-    return QueuedReading(ReadingData(meter, int(seq), int(ts), int(wh)), sig, float(received), tx)
+    meter, seq, ts, wh, export, prev, sig, received, tx = row
+    return QueuedReading(ReadingData(meter, int(seq), int(ts), int(wh), int(export)), sig, float(received), tx,
+                         int(prev))
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a queue written by an older version to this layout.
+
+    A version-1 queue holds readings signed without an export register, under the old EIP-712
+    type: no contract that takes the new type can record them, and the meters keep them in their
+    outboxes until they are on chain. So they are moved aside into ``queue_v1`` (kept, not
+    submitted) and logged, and the cursors are dropped (they are rebuilt from the chain at login).
+    """
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if version < SCHEMA_VERSION and "queue" in tables:
+        with db:
+            db.execute("BEGIN")
+            db.execute("DROP TABLE IF EXISTS queue_v1")
+            db.execute("ALTER TABLE queue RENAME TO queue_v1")
+            db.execute("DROP TABLE IF EXISTS cursor")
+        kept = int(db.execute("SELECT COUNT(*) FROM queue_v1").fetchone()[0])
+        log_event(log, "queue_migrated", logging.WARNING, path=str(path), kept_aside=kept,
+                  reason="readings queued by the previous version were signed without exportWh; they stay in "
+                         "queue_v1 and the meters resend what the chain lacks")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -22,12 +22,13 @@ class Cursor:
     """Where a meter stands at the gateway (or the chain's state before any reading reached it).
 
     ``seq`` is the last seq used up, by a reading accepted or one refused for its content;
-    ``timestamp`` and ``energy_wh`` are those of the last reading accepted.
+    ``timestamp``, ``energy_wh`` (import) and ``export_wh`` are those of the last reading accepted.
     """
 
     seq: int
     timestamp: int
     energy_wh: int
+    export_wh: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def validate_reading(
     seq = reading.seq
     if reading.meter.lower() != session_meter.lower():
         raise errors.WrongMeter(f"this connection is logged in as {session_meter}, not {reading.meter}", seq=seq)
-    ledger = MeterLedger(True, cursor.seq, cursor.timestamp, cursor.energy_wh)
-    reason = check_reading(ledger, seq, reading.timestamp, reading.energy_wh, now=now,
+    ledger = MeterLedger(True, cursor.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh)
+    reason = check_reading(ledger, seq, reading.timestamp, reading.energy_wh, reading.export_wh, now=now,
                            max_power_w=limits.max_power_w, max_future_skew=limits.max_future_skew)
     if reason is RejectReason.OUT_OF_RANGE or reason is RejectReason.STALE_SEQUENCE:
         raise _refusal(reason, reading, cursor, now, limits)
@@ -66,7 +67,7 @@ def validate_reading(
         raise errors.SequenceGap(f"seq {seq} skips from {cursor.seq}; send seq {cursor.seq + 1} first", seq=seq)
     if reason is not RejectReason.NONE:
         raise _refusal(reason, reading, cursor, now, limits)
-    data = ReadingData(reading.meter, seq, reading.timestamp, reading.energy_wh)
+    data = ReadingData(reading.meter, seq, reading.timestamp, reading.energy_wh, reading.export_wh)
     signer = recover_reading_signer(domain_separator, data, reading.signature)
     if signer is None or signer.lower() != reading.meter.lower():
         raise errors.BadSignature("the signature does not recover to the reading's meter", seq=seq)
@@ -77,15 +78,21 @@ def _refusal(reason: RejectReason, reading: Reading, cursor: Cursor, now: int,
              limits: Limits) -> errors.SmartMeterError:
     """The error for a rule ``check_reading`` found broken, with a sentence giving the figures."""
     seq, ts, wh = reading.seq, reading.timestamp, reading.energy_wh
-    delta, elapsed = wh - cursor.energy_wh, ts - cursor.timestamp
+    # The register that broke the rule: import, unless only export did.
+    if wh >= cursor.energy_wh and (reading.export_wh < cursor.export_wh
+                                   or reading.export_wh - cursor.export_wh > wh - cursor.energy_wh):
+        name, wh, last = "export register", reading.export_wh, cursor.export_wh
+    else:
+        name, last = "register", cursor.energy_wh
+    delta, elapsed = wh - last, ts - cursor.timestamp
     message = {
-        RejectReason.OUT_OF_RANGE: "seq and timestamp must fit 32 bits and energyWh 48 bits",
+        RejectReason.OUT_OF_RANGE: "seq and timestamp must fit 32 bits and energyWh and exportWh 48 bits",
         RejectReason.STALE_SEQUENCE: f"seq {seq} is used up: the last seq used is {cursor.seq} (by a reading "
                                      f"accepted, or refused for its content); the next free seq is {cursor.seq + 1}",
         RejectReason.STALE_TIMESTAMP: f"timestamp {ts} is not after the previous reading's {cursor.timestamp}",
         RejectReason.FUTURE_TIMESTAMP: f"timestamp {ts} is {ts - now} s ahead of the server clock",
-        RejectReason.REGISTER_DECREASED: f"register {wh} Wh is below the previous {cursor.energy_wh} Wh",
-        RejectReason.IMPLAUSIBLE_DELTA: f"{delta} Wh in {elapsed} s is an average of "
+        RejectReason.REGISTER_DECREASED: f"{name} {wh} Wh is below the previous {last} Wh",
+        RejectReason.IMPLAUSIBLE_DELTA: f"{name} {delta} Wh in {elapsed} s is an average of "
                                         f"{delta * 3600 // max(elapsed, 1)} W, above the {limits.max_power_w} W "
                                         "supply limit",
     }.get(reason)

@@ -24,8 +24,9 @@ from common.chain import ChainClient
 from common.deployer import deploy
 from common.deployment import load_deployment
 from common.devchain import GanacheProcess, free_port
+from common.events import unpack_record
 from common.settings import ROOT, Settings, load_settings
-from common.tariff import MeterLedger, Tariff, accrue
+from common.tariff import MeterLedger, accrue
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox
 from operations.provisioning import provision
@@ -152,7 +153,7 @@ def verify(settings: Settings, names: list[str]) -> list[MeterVerdict]:
     deployment = load_deployment(settings)
     billing = Billing(client, deployment)
     contract = billing.contract
-    tariff_events = contract.events.TariffChanged().get_logs(from_block=deployment.block)
+    schedule = billing.schedule()
     verdicts = []
     for name in names:
         directory = meter_dir(settings.data_dir, name)
@@ -165,7 +166,8 @@ def verify(settings: Settings, names: list[str]) -> list[MeterVerdict]:
         recorded = contract.events.ReadingRecorded().get_logs(from_block=deployment.block, argument_filters=filt)
         rejected = contract.events.ReadingRejected().get_logs(from_block=deployment.block, argument_filters=filt)
         registered = contract.events.MeterRegistered().get_logs(from_block=deployment.block, argument_filters=filt)[0]
-        seqs = [int(e.args.seq) for e in recorded]
+        records = [unpack_record(int(e.args.record)) for e in recorded]
+        seqs = [r["seq"] for r in records]
         rejected_seqs = {int(e.args.seq) for e in rejected}
         duplicated = sorted({s for s in seqs if seqs.count(s) > 1})
         produced = position.last_seq if position else 0
@@ -174,11 +176,10 @@ def verify(settings: Settings, names: list[str]) -> list[MeterVerdict]:
         register_ok = state.last_energy_wh == (position.last_energy_wh if position is not None and not waiting
                                                 else state.last_energy_wh)
         ledger = MeterLedger(True, 0, int(registered.args.openedAt), int(registered.args.openingWh))
-        for event in recorded:
-            in_force = [t for t in tariff_events if (t.blockNumber, t.logIndex) < (event.blockNumber, event.logIndex)]
-            tariff = Tariff(int(in_force[-1].args.unitRate), int(in_force[-1].args.standingCharge))
-            ledger = accrue(ledger, int(event.args.seq), int(event.args.timestamp), int(event.args.energyWh), tariff)
-        bill_ok = billing.bill(identity.address).amount_due == ledger.amount_due
+        for r in records:
+            ledger = accrue(ledger, r["seq"], r["timestamp"], r["energyWh"], r["exportWh"], schedule)
+        bill = billing.bill(identity.address)
+        bill_ok = (bill.energy_cost, bill.export_credit) == (ledger.period_import_cost, ledger.period_export_credit)
         verdicts.append(MeterVerdict(name, produced, len(seqs), len(rejected_seqs), lost, duplicated,
                                      register_ok, bill_ok))
     return verdicts

@@ -27,6 +27,7 @@ from typing import Any
 from common.deployer import deploy
 from common.deployment import load_deployment
 from common.devchain import AnvilProcess, free_port
+from common.events import unpack_record
 from common.settings import Settings, load_settings
 from meters.identity import list_meters
 from operations.provisioning import provision
@@ -249,7 +250,7 @@ def _strict(settings: Settings, verdicts: list[MeterVerdict]) -> list[MeterVerdi
     contract = ChainClient(settings).contract(deployment)
     recorded: dict[str, set[int]] = {}
     for e in contract.events.ReadingRecorded().get_logs(from_block=deployment.block):
-        recorded.setdefault(e.args.meter.lower(), set()).add(int(e.args.seq))
+        recorded.setdefault(e.args.meter.lower(), set()).add(unpack_record(int(e.args.record))["seq"])
     stale_only: dict[str, set[int]] = {}
     for e in contract.events.ReadingRejected().get_logs(from_block=deployment.block):
         if RejectReason(int(e.args.reason)) is RejectReason.STALE_SEQUENCE:

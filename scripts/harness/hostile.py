@@ -156,10 +156,11 @@ def _auth(t: HostileTarget, challenge: dict[str, Any], *, meter: LocalAccount | 
 
 
 def _reading(t: HostileTarget, seq: int | None = None, ts: int | None = None, wh: int | None = None,
-             key: bytes | None = None, domain: Domain | None = None, meter: str | None = None) -> str:
+             key: bytes | None = None, domain: Domain | None = None, meter: str | None = None,
+             export: int = 0) -> str:
     base_seq, base_ts, base_wh = t.base
     data = ReadingData(meter or t.victim.address, base_seq + 1 if seq is None else seq,
-                       base_ts + 60 if ts is None else ts, base_wh + 10 if wh is None else wh)
+                       base_ts + 60 if ts is None else ts, base_wh + 10 if wh is None else wh, export)
     msg = signed_reading(key or t.victim.key, domain or t.domain, data)
     return encode(msg)
 
@@ -329,6 +330,7 @@ def _cases() -> list[Case]:
         Case("missing type", "malformed_message", _after_login(lambda t: _field(t, type=_DROP))),
         Case("missing signature", "malformed_message", _after_login(lambda t: _field(t, signature=_DROP))),
         Case("missing seq", "malformed_message", _after_login(lambda t: _field(t, seq=_DROP))),
+        Case("missing exportWh", "malformed_message", _after_login(lambda t: _field(t, exportWh=_DROP))),
         Case("seq as a string", "malformed_message", _after_login(lambda t: _field(t, seq="5"))),
         Case("seq as a float", "malformed_message", _after_login(lambda t: _field(t, seq=1.5))),
         Case("seq as a boolean", "malformed_message", _after_login(lambda t: _field(t, seq=True))),
@@ -374,6 +376,9 @@ def _cases() -> list[Case]:
         Case("sequence zero", "stale_sequence", _after_login(lambda t: _reading(t, seq=0))),
         Case("sequence beyond 32 bits", "out_of_range", _after_login(lambda t: _reading(t, seq=2**32))),
         Case("register beyond 48 bits", "out_of_range", _after_login(lambda t: _reading(t, wh=2**48))),
+        Case("export register beyond 48 bits", "out_of_range", _after_login(lambda t: _reading(t, export=2**48))),
+        Case("export above the supply limit", "implausible_delta",
+             _after_login(lambda t: _reading(t, export=24_000 * 60 // 3_600 + 1))),
         Case("timestamp far in the future", "future_timestamp",
              _after_login(lambda t: _reading(t, ts=int(time.time()) + far // 1000))),
         Case("timestamp far in the past", "stale_timestamp", _after_login(lambda t: _reading(t, ts=1_000))),

@@ -31,6 +31,7 @@ from common.eip712 import login_typed_data
 from common.settings import Settings
 from server.api.auth import Authenticator, Principal
 from server.api.schemas import (
+    BandCostOut,
     BillOut,
     ChallengeOut,
     ConsumptionAlertOut,
@@ -42,6 +43,7 @@ from server.api.schemas import (
     MeterOut,
     Page,
     ReadingOut,
+    SettlementPeriodOut,
     TariffOut,
     ThresholdIn,
     ThresholdOut,
@@ -57,7 +59,7 @@ from server.api.schemas import (
 from server.api.throttle import client_key
 from server.conversations import Conversations
 from server.health import HealthCheck
-from server.history import GroupBy, group_hours, window_hours
+from server.history import PERIOD, GroupBy, group_hours, is_actual, settlement_periods, window_hours
 from server.hub import Hub
 from server.index import Index, MeterRecord
 from server.live import LiveFeed, Update
@@ -149,7 +151,8 @@ TIME_TEXT = ("ISO 8601 date or time (local time zone when none is given), or uni
 TimeParam = Annotated[str | None, Query(max_length=MAX_TIME_TEXT, description="the start (included): " + TIME_TEXT)]
 TimeParamTo = Annotated[str | None, Query(max_length=MAX_TIME_TEXT, description=(
     "the end (not included), after period_from: " + TIME_TEXT))]
-MinAmount = Annotated[int, Query(ge=0, le=MAX_AMOUNT, description="only bills of at least this amount due")]
+MinAmount = Annotated[int | None, Query(ge=0, le=MAX_AMOUNT, description="only bills of at least this amount due "
+                                                                       "(without it, bills in credit too)")]
 
 
 def parse_time(value: str | None, name: str, tz: dt.tzinfo, default: int) -> int:
@@ -289,13 +292,15 @@ async def meter(ctx: Ctx, who: Caller, address: MeterAddress) -> MeterOut:
     return ctx.meter_out(_meter(ctx, who, address))
 
 
-@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | ConsumptionOut], tags=["meters"],
-            responses=answers(*METER_ERRORS))
+@router.get("/meters/{address}/readings", response_model=Page[ReadingOut | SettlementPeriodOut | ConsumptionOut],
+            tags=["meters"], responses=answers(*METER_ERRORS))
 async def readings(
     request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
-    group_by: Annotated[GroupBy | None, Query(description="total by hour, day, week or month (local time); "
-                                                          "without it, one result per reading")] = None,
+    group_by: Annotated[GroupBy | None, Query(description="halfhour: settlement periods with import, export, "
+                                                          "price, cost and actual/estimated; or total by hour, "
+                                                          "day, week or month (local time); without it, one "
+                                                          "result per reading")] = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Consumption in [period_from, period_to): per reading, or totalled by hour, day, week or month.
@@ -309,8 +314,14 @@ async def readings(
     or months.
     """
     m = _meter(ctx, who, address)
-    first, after = window_hours(*_window(ctx, period_from, period_to))
+    start, end = _window(ctx, period_from, period_to)
+    first, after = window_hours(start, end)
     offset = (page - 1) * page_size
+    if group_by is GroupBy.HALFHOUR:
+        periods = _settlement(ctx, m, start, end)
+        if order_by == "-period":
+            periods.reverse()
+        return _page(request, len(periods), page, page_size, periods[offset:offset + page_size])
     if group_by is None:
         count, rows = ctx.index.readings(m.address, first, after, order_by == "-period", page_size, offset)
         results = [ReadingOut(interval_start=iso(r["interval_start"]) or "", interval_end=iso(r["timestamp"]) or "",
@@ -327,13 +338,58 @@ async def readings(
     return _page(request, len(buckets), page, page_size, grouped)
 
 
+def _settlement(ctx: ApiContext, m: MeterRecord, start: int, end: int) -> list[SettlementPeriodOut]:
+    """The meter's settlement periods that begin in [start, end) and that its readings cover, in time order."""
+    first = max(start, m.opened_at) // PERIOD
+    last = (min(end, m.last_timestamp + PERIOD) - 1) // PERIOD
+    rows = ctx.index.half_hours(m.address, first, last) if last >= first else {}
+    if not rows:
+        return []
+    schedule = ctx.index.schedule
+    named = {sp.period: sp for sp in settlement_periods(min(rows) * PERIOD, (max(rows) + 1) * PERIOD, ctx.settings.tz)}
+    out = []
+    for p in sorted(rows):
+        imported, exported, cost, credit, longest = rows[p]
+        price_in, price_out = schedule.prices(p)
+        actual = is_actual(longest, p, m.last_timestamp)
+        sp = named[p]
+        out.append(SettlementPeriodOut(
+            interval_start=iso(p * PERIOD) or "", interval_end=iso((p + 1) * PERIOD) or "",
+            settlement_date=sp.settlement_date.isoformat(), settlement_period=sp.number, import_wh=imported,
+            export_wh=exported, import_band=schedule.band_of(p)[0], import_price_millipence_per_kwh=price_in,
+            export_price_millipence_per_kwh=price_out, import_cost_micropence=cost, export_credit_micropence=credit,
+            estimated=not actual, status="actual" if actual else "estimated"))
+    return out
+
+
+@router.get("/meters/{address}/band-costs", response_model=list[BandCostOut], tags=["meters"],
+            responses=answers(*METER_ERRORS))
+async def band_costs(
+    ctx: Ctx, who: Caller, address: MeterAddress, period_from: TimeParam = None, period_to: TimeParamTo = None,
+) -> list[BandCostOut]:
+    """What the meter's energy cost at each import band or price in [period_from, period_to), cheapest first
+    (from the settlement periods: a customer sees what off-peak, day and peak each cost them)."""
+    m = _meter(ctx, who, address)
+    start, end = _window(ctx, period_from, period_to)
+    totals: dict[tuple[int | None, int], list[int]] = {}
+    for sp in _settlement(ctx, m, start, end):
+        key = (sp.import_band, sp.import_price_millipence_per_kwh)
+        row = totals.setdefault(key, [0, 0, 0, 0, 0])
+        for i, value in enumerate((1, sp.import_wh, sp.import_cost_micropence, sp.export_wh,
+                                   sp.export_credit_micropence)):
+            row[i] += value
+    return [BandCostOut(band=band, import_price_millipence_per_kwh=price, periods=n, import_wh=wh,
+                        import_cost_micropence=cost, export_wh=ex, export_credit_micropence=credit)
+            for (band, price), (n, wh, cost, ex, credit) in sorted(totals.items(), key=lambda kv: kv[0][1])]
+
+
 @router.get("/meters/{address}/bills", response_model=Page[BillOut], tags=["bills"],
             responses=answers(*METER_ERRORS))
 async def meter_bills(
     request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
     status: Annotated[Literal["open", "issued"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
-    min_amount_micropence: MinAmount = 0,
+    min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """A meter's billing periods: the open one and those issued, overlapping [period_from, period_to)."""
@@ -349,7 +405,7 @@ async def bills(
     meter: Annotated[str | None, Query(pattern=ADDRESS.pattern, description="one meter's bills only")] = None,
     status: Annotated[Literal["open", "issued"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
-    min_amount_micropence: MinAmount = 0,
+    min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
 ) -> dict[str, Any]:
     """Billing periods of every meter (the operator) or of the customer's own, with filters."""
@@ -363,7 +419,8 @@ async def bills(
 
 
 def _bills(request: Request, ctx: ApiContext, meter: str | None, status: str | None, period_from: str | None,
-           period_to: str | None, min_amount: int, order_by: str, page: int, page_size: int) -> dict[str, Any]:
+           period_to: str | None, min_amount: int | None, order_by: str, page: int, page_size: int
+           ) -> dict[str, Any]:
     start, end = _window(ctx, period_from, period_to)
     count, rows = ctx.index.periods(meter, status, start, end, min_amount, order_by == "-period", page_size,
                                     (page - 1) * page_size)
@@ -426,7 +483,8 @@ def _consumption_alerts(request: Request, ctx: ApiContext, meter: str | None, pe
 
 @router.get("/tariffs", response_model=list[TariffOut], tags=["tariffs"], responses=answers(UNAUTHORIZED))
 async def tariffs(ctx: Ctx, who: Caller) -> list[TariffOut]:
-    """Every tariff set on chain, newest first (the first is in force)."""
+    """Every tariff version set on chain, newest first: the first may still be to come (``effective_from``
+    ahead); each prices the energy used from its ``effective_from`` until the next."""
     return [tariff_out(t) for t in ctx.index.tariffs()]
 
 

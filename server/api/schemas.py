@@ -31,6 +31,9 @@ __all__ = [
     "ConsumptionOut",
     "ReadingOut",
     "TariffOut",
+    "PricingOut",
+    "SettlementPeriodOut",
+    "BandCostOut",
     "GridAlertOut",
     "ConsumptionAlertOut",
     "ThresholdIn",
@@ -90,18 +93,22 @@ class Page(BaseModel, Generic[T]):
 
 
 class BillOut(BaseModel):
-    """A billing period: open (the live bill) or issued when the operator closed it."""
+    """A billing period: open (the live bill) or issued when the operator closed it. The amount due
+    is the import charge plus the standing charge minus the export credit; negative when in credit."""
 
     meter: str
     period_id: int
     status: Literal["open", "issued"]
     period_start: str
     period_end: str
-    energy_wh: int
-    energy_charge_micropence: int
+    energy_wh: int = Field(description="energy imported in the period")
+    export_wh: int = Field(description="energy exported in the period")
+    energy_charge_micropence: int = Field(description="what the imported energy cost")
+    export_credit_micropence: int = Field(description="what the exported energy earned")
     standing_charge_micropence: int
-    amount_due_micropence: int
-    amount_due_pounds: str = Field(description="amount due rounded to the penny, e.g. '£12.34'")
+    amount_due_micropence: int = Field(description="negative when the customer is in credit")
+    amount_due_pounds: str = Field(description="amount due rounded to the penny, e.g. '£12.34' or '-£1.20'")
+    in_credit: bool = Field(description="the export credit exceeds the charges")
     issued_at: str | None = None
     tx_hash: str | None = None
     final: bool = Field(True, description="false while the newest reading in it is in a block not final yet "
@@ -166,15 +173,58 @@ class ReadingOut(ConsumptionOut):
     tx_hash: str
 
 
+class PricingOut(BaseModel):
+    """How one side (import or export) of a tariff version is priced, in millipence per kWh."""
+
+    kind: Literal["flat", "banded", "day_ahead"]
+    rate: int = Field(description="the flat rate, or the day-ahead fallback (0 when banded)")
+    bands: list[int] | None = Field(None, description="banded: the band of each local half hour from 00:00 (48)")
+    band_rates: list[int] | None = Field(None, description="banded: the rate of each band (8)")
+
+
 class TariffOut(BaseModel):
-    """A tariff the operator set; it applies to readings recorded after it."""
+    """A tariff version the operator set; it prices the energy used from ``effective_from`` on."""
 
     version: int
-    unit_rate_millipence_per_kwh: int
+    unit_rate_millipence_per_kwh: int = Field(description="the import rate when flat (or the day-ahead fallback)")
     standing_charge_millipence_per_day: int
     effective_from: str
+    clock: Literal["gmt", "local"] = Field(description="band tables in GMT all year, or in UK clock time")
+    import_pricing: PricingOut
+    export_pricing: PricingOut
     block: int
     tx_hash: str
+
+
+class SettlementPeriodOut(BaseModel):
+    """One half-hourly settlement period of a meter: its energy, price and cost."""
+
+    interval_start: str
+    interval_end: str
+    settlement_date: str = Field(description="the local day it belongs to")
+    settlement_period: int = Field(description="1-48 within the local day (1-46 and 1-50 on clock-change days)")
+    import_wh: int
+    export_wh: int
+    import_band: int | None = Field(description="the import band (banded tariffs), else null")
+    import_price_millipence_per_kwh: int
+    export_price_millipence_per_kwh: int
+    import_cost_micropence: int
+    export_credit_micropence: int
+    estimated: bool = Field(description="a gap in the readings spans it: its energy is interpolated from the "
+                                        "registers on either side; it becomes actual if later readings allow")
+    status: Literal["actual", "estimated"]
+
+
+class BandCostOut(BaseModel):
+    """What the energy priced at one import price or band cost, over a window."""
+
+    band: int | None = Field(description="the band number for banded tariffs, else null")
+    import_price_millipence_per_kwh: int
+    periods: int
+    import_wh: int
+    import_cost_micropence: int
+    export_wh: int
+    export_credit_micropence: int
 
 
 class GridAlertOut(BaseModel):
@@ -275,8 +325,9 @@ def bill_out(p: Period, final: bool = True) -> BillOut:
     return BillOut(final=final, 
         meter=p.meter, period_id=p.period_id, status=p.status,  # type: ignore[arg-type]
         period_start=iso(p.period_start) or "", period_end=iso(p.period_end) or "", energy_wh=p.energy_wh,
-        energy_charge_micropence=p.energy_cost, standing_charge_micropence=p.standing_charge,
-        amount_due_micropence=p.amount_due, amount_due_pounds=format_pounds(p.amount_due),
+        export_wh=p.export_wh, energy_charge_micropence=p.energy_cost, export_credit_micropence=p.export_credit,
+        standing_charge_micropence=p.standing_charge, amount_due_micropence=p.amount_due,
+        amount_due_pounds=format_pounds(p.amount_due), in_credit=p.amount_due < 0,
         issued_at=iso(p.issued_at), tx_hash=p.issued_tx,
     )
 
@@ -303,7 +354,9 @@ def tariff_out(t: dict[str, Any]) -> TariffOut:
     """A tariff row for the API."""
     return TariffOut(version=t["version"], unit_rate_millipence_per_kwh=t["unit_rate"],
                      standing_charge_millipence_per_day=t["standing_charge"],
-                     effective_from=iso(t["effective_from"]) or "", block=t["block"], tx_hash=t["tx_hash"])
+                     effective_from=iso(t["effective_from"]) or "", clock=t["clock"],
+                     import_pricing=PricingOut(**t["import"]), export_pricing=PricingOut(**t["export"]),
+                     block=t["block"], tx_hash=t["tx_hash"])
 
 
 def grid_alert_out(a: dict[str, Any], now: int) -> GridAlertOut:

@@ -69,10 +69,23 @@
 
   /** Micropence as pounds and pence, half a penny rounding up (as the server's statements do). */
   function pounds(micropence) {
-    const pence = Math.floor((Number(micropence) + MICROPENCE_PER_PENNY / 2) / MICROPENCE_PER_PENNY);
-    const sign = pence < 0 ? "-" : "";
-    const abs = Math.abs(pence);
+    const value = Number(micropence);
+    const sign = value < 0 ? "-" : "";  // in credit: the amount rounds as common.tariff.format_pounds does
+    const abs = Math.floor((Math.abs(value) + MICROPENCE_PER_PENNY / 2) / MICROPENCE_PER_PENNY);
     return `${sign}£${Math.floor(abs / 100).toLocaleString("en-GB")}.${String(abs % 100).padStart(2, "0")}`;
+  }
+
+  /** The tariff version in force now (the list is newest first; versions may be scheduled ahead). */
+  function inForce(tariffs) {
+    const now = Date.now();
+    return tariffs.find((t) => new Date(t.effective_from).getTime() <= now) || tariffs[tariffs.length - 1] || null;
+  }
+
+  function describePricing(pricing) {
+    if (!pricing) return "—";
+    if (pricing.kind === "banded") return "time of use";
+    if (pricing.kind === "day_ahead") return "day-ahead";
+    return `${pencePerUnit(pricing.rate)} p/kWh`;
   }
 
   function kwh(wh, digits = 2) {
@@ -458,7 +471,7 @@
       } else {
         $("fleet-error").innerHTML = errorBox(meters.reason);
       }
-      if (tariffs.status === "fulfilled") this.tariff = tariffs.value[0] || null;
+      if (tariffs.status === "fulfilled") this.tariff = inForce(tariffs.value);
       this.gridAlerts = grid.status === "fulfilled" ? grid.value.results : [];
       this.consumptionAlerts = consumption.status === "fulfilled" ? consumption.value.results : [];
       this.renderGridAlerts(grid.status === "rejected" ? grid.reason : null);
@@ -482,8 +495,11 @@
           break;
         }
         case "tariff":
-          this.tariff = message.tariff;
-          this.renderSummary();
+          // A new version may be scheduled ahead: it shows once it is in force (the next load).
+          if (new Date(message.tariff.effective_from).getTime() <= Date.now()) {
+            this.tariff = message.tariff;
+            this.renderSummary();
+          }
           break;
         case "grid_alert":
           this.gridAlerts = this.gridAlerts.filter((a) => a.id !== message.alert.id);
@@ -564,8 +580,9 @@
       const meters = [...this.meters.values()];
       const due = meters.reduce((sum, m) => sum + Number(m.open_bill.amount_due_micropence), 0);
       const tariff = this.tariff
-        ? html`${pencePerUnit(this.tariff.unit_rate_millipence_per_kwh)} p/kWh,
-            ${pencePerUnit(this.tariff.standing_charge_millipence_per_day)} p/day
+        ? html`${describePricing(this.tariff.import_pricing)},
+            ${pencePerUnit(this.tariff.standing_charge_millipence_per_day)} p/day,
+            export ${describePricing(this.tariff.export_pricing)}
             <span class="muted">(v${this.tariff.version})</span>`
         : html`<span class="muted">none set</span>`;
       const stat = (label, value) => html`<div class="stat"><span class="stat-label">${label}</span>
@@ -639,6 +656,17 @@
             </div>
           </div>
         </section>
+        <section class="panel" id="settlement">
+          <div class="panel-head">
+            <h2>Half-hourly: energy and price</h2>
+            <p class="muted small">The day shown above, in settlement periods: import (up) and export (down)
+              in kWh, the import price as a line. Hatched bars are estimated (a gap in the readings spans them).</p>
+          </div>
+          <div id="settlement-error"></div>
+          <div class="chart-box"><canvas id="halfhour-chart" aria-label="half-hourly import, export and price"></canvas></div>
+          <h3>What each price cost this day</h3>
+          <div class="table-wrap" id="band-costs"><p class="muted">Loading…</p></div>
+        </section>
         <section class="panel">
           <h2>Bills</h2>
           <div class="table-wrap" id="bills"><p class="muted">Loading…</p></div>
@@ -670,6 +698,7 @@
         if (!event.target.value) return;
         this.day = event.target.value;
         this.loadHours();
+        this.loadHalfHours();
       });
       for (const button of document.querySelectorAll("#consumption .toggle button")) {
         button.addEventListener("click", () => this.setChartType(button.dataset.type));
@@ -693,6 +722,8 @@
       clearTimeout(this.reloadTimer);
       if (this.chart) this.chart.destroy();
       this.chart = null;
+      if (this.halfHourChart) this.halfHourChart.destroy();
+      this.halfHourChart = null;
     }
 
     path(suffix = "") { return `/meters/${this.address}${suffix}`; }
@@ -715,8 +746,8 @@
       remember(meter);
       $("meter-error").innerHTML = "";
       this.renderMeter(false);
-      await Promise.all([this.loadHours(), this.loadBills(), this.loadGridAlerts(), this.loadConsumptionAlerts(),
-        this.loadThreshold()]);
+      await Promise.all([this.loadHours(), this.loadHalfHours(), this.loadBills(), this.loadGridAlerts(),
+        this.loadConsumptionAlerts(), this.loadThreshold()]);
     }
 
     onLive(message) {
@@ -760,7 +791,10 @@
         if (!this.alive) return;
         this.loadBills();
         const read = this.meter.last_reading ? isoDate(new Date(this.meter.last_reading.read_at)) : null;
-        if (this.day === isoDate(new Date()) || this.day === read) this.loadHours();
+        if (this.day === isoDate(new Date()) || this.day === read) {
+          this.loadHours();
+          this.loadHalfHours();
+        }
       }, RELOAD_DELAY_MS);
     }
 
@@ -779,6 +813,8 @@
           <dl class="breakdown">
             <dt>Energy used</dt><dd data-field="energy"></dd>
             <dt>Energy charge</dt><dd data-field="energy-charge"></dd>
+            <dt>Energy exported</dt><dd data-field="export"></dd>
+            <dt>Export credit</dt><dd data-field="export-credit"></dd>
             <dt>Standing charge</dt><dd data-field="standing-charge"></dd>
             <dt class="total">Amount due</dt><dd class="total amount-due" data-field="amount"></dd>
           </dl>`;
@@ -787,8 +823,10 @@
         period: html`Period ${bill.period_id}: ${when(bill.period_start)} to ${when(bill.period_end)}`,
         energy: html`${kwh(bill.energy_wh, 3)} kWh`,
         "energy-charge": html`${pounds(bill.energy_charge_micropence)}`,
+        export: html`${kwh(bill.export_wh, 3)} kWh`,
+        "export-credit": html`−${pounds(bill.export_credit_micropence)}`,
         "standing-charge": html`${pounds(bill.standing_charge_micropence)}`,
-        amount: html`${pounds(bill.amount_due_micropence)}${provisionalBadge(bill)}`,
+        amount: html`${pounds(bill.amount_due_micropence)}${bill.in_credit ? " (in credit)" : ""}${provisionalBadge(bill)}`,
       };
       for (const element of breakdown.querySelectorAll("[data-field]")) {
         updateCell(element, values[element.dataset.field], flash);
@@ -899,6 +937,80 @@
       });
     }
 
+    // ---- half-hourly settlement periods: 48 bars (46 or 50 on clock-change days) and the price
+
+    async loadHalfHours() {
+      const [, end] = dayBounds(this.day);
+      const range = { period_from: this.day, period_to: isoDate(end) };
+      let page;
+      let bands;
+      try {
+        [page, bands] = await Promise.all([
+          api(`${this.path("/readings")}?${query({ ...range, group_by: "halfhour", order_by: "period", page_size: 100 })}`),
+          api(`${this.path("/band-costs")}?${query(range)}`),
+        ]);
+      } catch (err) {
+        if (this.alive) $("settlement-error").innerHTML = errorBox(err);
+        return;
+      }
+      if (!this.alive) return;
+      $("settlement-error").innerHTML = "";
+      this.halfHours = page.results;
+      this.renderBandCosts(bands);
+      this.drawHalfHours();
+    }
+
+    renderBandCosts(bands) {
+      const names = ["off-peak", "day", "peak"];
+      const label = (b, i) => (b.band === null ? `${pencePerUnit(b.import_price_millipence_per_kwh)} p/kWh`
+        : `${bands.length === 3 ? names[i] : `band ${b.band}`} (${pencePerUnit(b.import_price_millipence_per_kwh)} p/kWh)`);
+      const rows = bands.map((b, i) => html`<tr><td>${label(b, i)}</td><td class="num">${b.periods}</td>
+        <td class="num">${kwh(b.import_wh, 3)}</td><td class="num">${pounds(b.import_cost_micropence)}</td>
+        <td class="num">${kwh(b.export_wh, 3)}</td><td class="num">${pounds(b.export_credit_micropence)}</td></tr>`);
+      $("band-costs").innerHTML = html`<table class="data" id="band-costs-table">
+        <thead><tr><th>Price</th><th class="num">Half hours</th><th class="num">Import kWh</th>
+          <th class="num">Cost</th><th class="num">Export kWh</th><th class="num">Credit</th></tr></thead>
+        <tbody>${rows.length ? rows : html`<tr><td colspan="6" class="empty muted">No readings this day.</td></tr>`}
+        </tbody></table>`;
+    }
+
+    drawHalfHours() {
+      if (typeof window.Chart !== "function") return;
+      const periods = this.halfHours || [];
+      const labels = periods.map((p) => hourFormat.format(new Date(p.interval_start)));
+      const imports = periods.map((p) => p.import_wh / 1000);
+      const exports = periods.map((p) => -p.export_wh / 1000);
+      const prices = periods.map((p) => p.import_price_millipence_per_kwh / 1000);
+      const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#2563eb";
+      const estimated = (colour) => periods.map((p) => (p.estimated ? `${colour}66` : colour));
+      if (this.halfHourChart) this.halfHourChart.destroy();
+      this.halfHourChart = new window.Chart($("halfhour-chart"), {
+        data: {
+          labels,
+          datasets: [
+            { type: "bar", label: "Import kWh", data: imports, backgroundColor: estimated(accent), yAxisID: "y",
+              stack: "energy" },
+            { type: "bar", label: "Export kWh", data: exports, backgroundColor: estimated("#16a34a"), yAxisID: "y",
+              stack: "energy" },
+            { type: "line", label: "Import price p/kWh", data: prices, borderColor: "#dc2626", borderWidth: 2,
+              pointRadius: 0, stepped: true, yAxisID: "price" },
+          ],
+        },
+        options: {
+          responsive: true,
+          maintainAspectRatio: false,
+          animation: { duration: 300 },
+          plugins: { legend: { display: true, position: "bottom" } },
+          scales: {
+            x: { stacked: true, grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 8 } },
+            y: { stacked: true, title: { display: true, text: "kWh" } },
+            price: { position: "right", beginAtZero: true, grid: { display: false },
+              title: { display: true, text: "p/kWh" } },
+          },
+        },
+      });
+    }
+
     // ---- bills
 
     async loadBills() {
@@ -916,14 +1028,16 @@
         <td>${b.status === "open" ? badge("open", "info") : badge("issued", "ok")}</td>
         <td class="num">${kwh(b.energy_wh, 3)}</td>
         <td class="num">${pounds(b.energy_charge_micropence)}</td>
+        <td class="num">${pounds(b.export_credit_micropence)}</td>
         <td class="num">${pounds(b.standing_charge_micropence)}</td>
         <td class="num"><strong>${pounds(b.amount_due_micropence)}</strong></td>
         <td class="nowrap">${b.issued_at ? when(b.issued_at) : "—"}</td>
       </tr>`);
       $("bills").innerHTML = html`<table class="data" id="bills-table">
         <thead><tr><th>#</th><th>Period</th><th>Status</th><th class="num">kWh</th><th class="num">Energy</th>
-          <th class="num">Standing</th><th class="num">Amount due</th><th>Issued</th></tr></thead>
-        <tbody>${rows.length ? rows : html`<tr><td colspan="8" class="empty muted">No bills yet.</td></tr>`}</tbody>
+          <th class="num">Export credit</th><th class="num">Standing</th><th class="num">Amount due</th><th>Issued</th>
+          </tr></thead>
+        <tbody>${rows.length ? rows : html`<tr><td colspan="9" class="empty muted">No bills yet.</td></tr>`}</tbody>
       </table>
       ${page.count > page.results.length ? html`<p class="muted small">The newest ${page.results.length} of
         ${page.count} bills.</p>` : ""}`;

@@ -24,7 +24,7 @@ from common.eip712 import (
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 METER = Account.from_key("0x" + "11" * 32)
 DOMAIN = Domain(1337, "0x" + "ab" * 20)
-READING = ReadingData(METER.address, 17, 1_790_000_000, 123_456_789)
+READING = ReadingData(METER.address, 17, 1_790_000_000, 123_456_789, 4_321)
 NONCE = bytes(range(32))
 
 
@@ -79,11 +79,12 @@ def test_reading_signature_with_v_as_zero_or_one_is_refused_as_on_chain() -> Non
 @pytest.mark.parametrize(
     "altered",
     [
-        ReadingData(READING.meter, READING.seq + 1, READING.timestamp, READING.energy_wh),
-        ReadingData(READING.meter, READING.seq, READING.timestamp + 1, READING.energy_wh),
-        ReadingData(READING.meter, READING.seq, READING.timestamp, READING.energy_wh + 1),
+        ReadingData(READING.meter, READING.seq + 1, READING.timestamp, READING.energy_wh, READING.export_wh),
+        ReadingData(READING.meter, READING.seq, READING.timestamp + 1, READING.energy_wh, READING.export_wh),
+        ReadingData(READING.meter, READING.seq, READING.timestamp, READING.energy_wh + 1, READING.export_wh),
+        ReadingData(READING.meter, READING.seq, READING.timestamp, READING.energy_wh, READING.export_wh + 1),
     ],
-    ids=["seq", "timestamp", "energy"],
+    ids=["seq", "timestamp", "energy", "export"],
 )
 def test_altered_reading_does_not_recover_to_its_meter(altered: ReadingData) -> None:
     signature = sign_reading(METER.key, DOMAIN, READING)

@@ -64,14 +64,15 @@ MESSAGES: list[BaseModel] = [
     ErrorMessage(code="stale_sequence", message="the sequence number is not above the last accepted one", seq=4),
     ErrorMessage(code="rate_limited", message="too many messages; slow down"),
     Auth(meter=ADDRESS, nonce=NONCE, signature=SIGNATURE),
-    Reading(meter=ADDRESS, seq=2**64 - 1, timestamp=1_790_000_000, energy_wh=0, signature=SIGNATURE),
+    Reading(meter=ADDRESS, seq=2**64 - 1, timestamp=1_790_000_000, energy_wh=0, export_wh=2**64 - 1,
+            signature=SIGNATURE),
 ]
 
 
 def _reading(**changes: object) -> dict[str, object]:
     wire: dict[str, object] = {
         "type": "reading", "meter": ADDRESS, "seq": 5, "timestamp": 1_790_000_000, "energyWh": 12_345,
-        "signature": SIGNATURE,
+        "exportWh": 678, "signature": SIGNATURE,
     }
     wire.update(changes)
     return {k: v for k, v in wire.items() if v is not None}
@@ -87,9 +88,11 @@ def test_every_message_round_trips_through_encode_and_parse(message: BaseModel) 
 
 
 def test_encoded_fields_are_camel_case_and_none_is_left_out() -> None:
-    wire = json.loads(encode(Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, signature=SIGNATURE)))
+    wire = json.loads(encode(Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, export_wh=4,
+                                     signature=SIGNATURE)))
     assert wire == {
-        "type": "reading", "meter": ADDRESS, "seq": 1, "timestamp": 2, "energyWh": 3, "signature": SIGNATURE
+        "type": "reading", "meter": ADDRESS, "seq": 1, "timestamp": 2, "energyWh": 3, "exportWh": 4,
+        "signature": SIGNATURE,
     }
     assert "seq" not in json.loads(encode(ErrorMessage(code="overloaded", message="busy")))
     assert json.loads(encode(MESSAGES[1]))["bill"]["periodEnergyWh"] == 1_500
@@ -97,7 +100,14 @@ def test_encoded_fields_are_camel_case_and_none_is_left_out() -> None:
 
 def test_valid_reading_from_the_wire_parses_to_a_reading() -> None:
     parsed = parse_message(json.dumps(_reading()))
-    assert parsed == Reading(meter=ADDRESS, seq=5, timestamp=1_790_000_000, energy_wh=12_345, signature=SIGNATURE)
+    assert parsed == Reading(meter=ADDRESS, seq=5, timestamp=1_790_000_000, energy_wh=12_345, export_wh=678,
+                             signature=SIGNATURE)
+
+
+def test_a_reading_without_its_export_register_is_malformed() -> None:
+    with pytest.raises(MalformedMessage) as excinfo:
+        parse_message(json.dumps(_reading(exportWh=None)))
+    assert "exportWh" in excinfo.value.message
 
 
 @pytest.mark.parametrize(
@@ -212,8 +222,8 @@ def test_snake_case_names_are_refused_in_nested_objects_too() -> None:
 
 
 def test_python_code_still_builds_messages_by_field_name_and_they_go_out_camel_case() -> None:
-    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, signature=SIGNATURE)
-    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading)
+    reading = Reading(meter=ADDRESS, seq=1, timestamp=2, energy_wh=3, export_wh=4, signature=SIGNATURE)
+    assert reading.energy_wh == 3 and '"energyWh":3' in encode(reading) and '"exportWh":4' in encode(reading)
 
 
 @pytest.mark.parametrize(

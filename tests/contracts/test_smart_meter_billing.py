@@ -10,23 +10,36 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_keys import keys
 from eth_utils import keccak
 from web3.exceptions import ContractPanicError
 
+from common.batches import extra_periods, gas_limit_for, pack_reading, submit_readings_calldata
 from common.billing import Billing, text32
 from common.chain import ChainClient, ErrorDecoder
 from common.deployment import Deployment
-from common.eip712 import Domain, ReadingData, reading_digest, sign_reading
+from common.eip712 import Domain, ReadingData, sign_reading
 from common.errors import ChainError
 from common.settings import Settings
-from common.tariff import MeterLedger, RejectReason, Tariff, accrue
+from common.tariff import (
+    CLOCK_LOCAL,
+    PERIOD_SECONDS,
+    MeterLedger,
+    PriceRule,
+    RejectReason,
+    Schedule,
+    TariffVersion,
+    accrue,
+    split,
+    standing_charge,
+)
 
 OPERATOR_ROLE = keccak(text="OPERATOR_ROLE")
 GATEWAY_ROLE = keccak(text="GATEWAY_ROLE")
 GRID_OPERATOR_ROLE = keccak(text="GRID_OPERATOR_ROLE")
 DEFAULT_ADMIN_ROLE = bytes(32)
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+HALF_ORDER = SECP256K1_N // 2
+PEAK = [0 if 1 <= h < 11 else 2 if 32 <= h < 38 else 1 for h in range(48)]  # off-peak 00:30-05:30, peak 16-19
 ACCOUNT_REF = b"\x42" * 32
 DAY = 86_400
 
@@ -35,9 +48,10 @@ EVENT_NAMES = (
     "MeterDeactivated",
     "MeterReactivated",
     "TariffChanged",
+    "DayAheadPricesPublished",
+    "ClockChangeAdded",
     "ReadingRecorded",
     "ReadingRejected",
-    "BillUpdated",
     "BillIssued",
     "GridAlert",
     "GridAlertCleared",
@@ -48,7 +62,6 @@ METER_EVENTS = (
     "MeterReactivated",
     "ReadingRecorded",
     "ReadingRejected",
-    "BillUpdated",
     "BillIssued",
 )
 
@@ -88,22 +101,45 @@ def refused(billing: Billing, send: Callable[[], Any]) -> str:
 
 
 def logged(billing: Billing, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every contract event in the receipt, in log order, as (name, args)."""
+    """Every contract event in the receipt, in log order, as (name, args); a ``ReadingRecorded``'s
+    packed record is given by its named fields."""
     found = []
     for name in EVENT_NAMES:
         for event in billing.events(name, receipt):
-            found.append((event["logIndex"], name, dict(event["args"])))
+            args = dict(event["args"])
+            args.pop("record", None)
+            found.append((event["logIndex"], name, args))
     return [(name, args) for _, name, args in sorted(found, key=lambda item: item[0])]
+
+
+def advance(billing: Billing, seconds: int) -> None:
+    """Move the chain's clock forward (the snapshot fixture puts it back)."""
+    billing.client.w3.provider.make_request("evm_increaseTime", [seconds])
+    billing.client.w3.provider.make_request("evm_mine", [])
+
+
+def next_boundary(billing: Billing, after: int = 0) -> int:
+    """The first period boundary a tariff or price may start at (skew ahead of now), plus ``after``."""
+    earliest = chain_now(billing) + billing.settings.max_future_skew + 15
+    return -(-earliest // PERIOD_SECONDS) * PERIOD_SECONDS + after
 
 
 def key_of(account: LocalAccount) -> bytes:
     return bytes(account.key)
 
 
-def signed(meter: LocalAccount, domain: Domain, seq: int, timestamp: int, energy_wh: int) -> tuple[ReadingData, str]:
+def signed(
+    meter: LocalAccount, domain: Domain, seq: int, timestamp: int, energy_wh: int, export_wh: int = 0
+) -> tuple[ReadingData, str]:
     """A reading and its meter's signature."""
-    reading = ReadingData(meter.address, seq, timestamp, energy_wh)
+    reading = ReadingData(meter.address, seq, timestamp, energy_wh, export_wh)
     return reading, sign_reading(key_of(meter), domain, reading)
+
+
+def send_raw(billing: Billing, batch: bytes) -> Any:
+    """Submit a packed batch as it is (for records the encoder would refuse)."""
+    call = billing.contract.functions.submitReadings(batch)
+    return billing.client.transact(billing.settings.gateway_key, call)
 
 
 def snapshot_of(billing: Billing, meter: str) -> tuple[Any, Any]:
@@ -112,19 +148,17 @@ def snapshot_of(billing: Billing, meter: str) -> tuple[Any, Any]:
     return contract.functions.meterState(meter).call(), contract.functions.openBill(meter).call()
 
 
-def current_tariff(billing: Billing) -> Tariff:
-    info = billing.tariff()
-    return Tariff(info.unit_rate, info.standing_charge)
-
-
-def recorded(meter: str, seq: int, timestamp: int, energy_wh: int, ledger: MeterLedger) -> list[tuple[str, dict]]:
-    """The two events a recorded reading emits."""
+def recorded(meter: str, ledger: MeterLedger) -> list[tuple[str, dict]]:
+    """The one event a recorded reading emits, for the ledger after it."""
     return [
-        ("ReadingRecorded", {"meter": meter, "seq": seq, "timestamp": timestamp, "energyWh": energy_wh}),
         (
-            "BillUpdated",
-            {"meter": meter, "seq": seq, "periodEnergyWh": ledger.period_energy_wh, "amountDue": ledger.amount_due},
-        ),
+            "ReadingRecorded",
+            {
+                "meter": meter, "seq": ledger.last_seq, "timestamp": ledger.last_timestamp,
+                "energyWh": ledger.last_energy_wh, "exportWh": ledger.last_export_wh,
+                "periodImportCost": ledger.period_import_cost, "periodExportCredit": ledger.period_export_credit,
+            },
+        )
     ]
 
 
@@ -133,7 +167,8 @@ def rejected(meter: str, seq: int, reason: RejectReason) -> tuple[str, dict]:
 
 
 class OpenMeter:
-    """A registered meter opened a day ago at 10,000 Wh, with one recorded reading (seq 1, +1 h, +1 kWh)."""
+    """A registered meter opened a day ago at 10,000 Wh, with one recorded reading (seq 1, +1 h,
+    +1 kWh imported, 500 Wh exported)."""
 
     def __init__(self, billing: Billing) -> None:
         self.billing = billing
@@ -142,15 +177,17 @@ class OpenMeter:
         self.opened = chain_now(billing) - DAY
         billing.register_meter(self.address, ACCOUNT_REF, "north", 10_000, self.opened)
         self.ledger = MeterLedger(True, 0, self.opened, 10_000)
-        self.submit(1, self.opened + 3_600, 11_000)
+        self.submit(1, self.opened + 3_600, 11_000, 500)
 
-    def sign(self, seq: int, timestamp: int, energy_wh: int) -> tuple[ReadingData, str]:
-        return signed(self.account, self.billing.deployment.domain, seq, timestamp, energy_wh)
+    def sign(self, seq: int, timestamp: int, energy_wh: int, export_wh: int | None = None) -> tuple[ReadingData, str]:
+        export = self.ledger.last_export_wh if export_wh is None else export_wh
+        return signed(self.account, self.billing.deployment.domain, seq, timestamp, energy_wh, export)
 
-    def submit(self, seq: int, timestamp: int, energy_wh: int) -> Any:
-        receipt = self.billing.submit_readings([self.sign(seq, timestamp, energy_wh)])
+    def submit(self, seq: int, timestamp: int, energy_wh: int, export_wh: int | None = None) -> Any:
+        export = self.ledger.last_export_wh if export_wh is None else export_wh
+        receipt = self.billing.submit_readings([self.sign(seq, timestamp, energy_wh, export)])
         if logged(self.billing, receipt)[0][0] == "ReadingRecorded":
-            self.ledger = accrue(self.ledger, seq, timestamp, energy_wh, current_tariff(self.billing))
+            self.ledger = accrue(self.ledger, seq, timestamp, energy_wh, export, self.billing.schedule())
         return receipt
 
 
@@ -196,11 +233,11 @@ def test_register_meter_records_the_meter_and_emits_meter_registered(billing: Bi
         )
     ]
     assert billing.contract.functions.meterState(meter).call() == [
-        True, True, ACCOUNT_REF, text32("south-east"), 0, opened, 123_456
+        True, True, ACCOUNT_REF, text32("south-east"), 0, opened, 123_456, 0
     ]
     assert billing.contract.functions.meterCount().call() == count_before + 1
     assert billing.contract.functions.meterAt(count_before).call() == meter
-    assert billing.contract.functions.openBill(meter).call() == [1, opened, opened, 0, 0, 0, 0]
+    assert billing.contract.functions.openBill(meter).call() == [1, opened, opened, 0, 0, 0, 0, 0, 0]
 
 
 def test_register_meter_with_opened_at_zero_opens_it_at_the_block_time(billing: Billing) -> None:
@@ -261,7 +298,7 @@ def test_reactivate_meter_emits_meter_reactivated_and_readings_are_accepted_agai
     assert logged(billing, receipt) == [("MeterReactivated", {"meter": meter.address})]
     assert billing.meter(meter.address).active is True
     receipt = meter.submit(2, meter.opened + 7_200, 11_500)
-    assert logged(billing, receipt) == recorded(meter.address, 2, meter.opened + 7_200, 11_500, meter.ledger)
+    assert logged(billing, receipt) == recorded(meter.address, meter.ledger)
 
 
 def test_reactivating_an_active_meter_reverts_with_meter_already_active(meter: OpenMeter) -> None:
@@ -279,84 +316,199 @@ def test_operations_on_an_unregistered_meter_revert_with_unknown_meter(billing: 
 # ---------------------------------------------------------------- setTariff
 
 
-def test_set_tariff_emits_tariff_changed_with_the_next_version(billing: Billing) -> None:
-    _, _, _, version = billing.contract.functions.tariff().call()
-    receipt = billing.set_tariff(30_000, 60_000)
+def test_deployed_tariff_is_version_one_flat_from_time_zero_with_the_configured_rates(
+    billing: Billing, base_settings: Settings
+) -> None:
+    fn = billing.contract.functions
+    assert fn.tariffCount().call() == 1
+    version = TariffVersion.from_struct(fn.tariffVersion(1).call())
+    assert version == TariffVersion.flat(base_settings.tariff_unit_rate, base_settings.tariff_standing_charge, 0,
+                                         base_settings.tariff_export_rate)
+    assert fn.tariffVersionAt(0).call() == 1
+    assert fn.pricesAt(chain_now(billing)).call() == [base_settings.tariff_unit_rate, base_settings.tariff_export_rate]
+
+
+def test_set_tariff_with_effective_from_zero_starts_at_the_first_boundary_beyond_the_skew(billing: Billing) -> None:
+    version = TariffVersion(0, 60_000, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]), PriceRule.flat(15_000),
+                            CLOCK_LOCAL)
+    receipt = billing.set_tariff(version)
     block_time = billing.client.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
-    assert logged(billing, receipt) == [
-        (
-            "TariffChanged",
-            {"version": version + 1, "unitRate": 30_000, "standingCharge": 60_000, "effectiveFrom": block_time},
-        )
-    ]
-    assert billing.contract.functions.tariff().call() == [30_000, 60_000, block_time, version + 1]
+    start = -(-(block_time + billing.settings.max_future_skew) // PERIOD_SECONDS) * PERIOD_SECONDS
+    (event,) = billing.events("TariffChanged", receipt)
+    assert event.args.version == 2
+    assert TariffVersion.from_event(event.args) == TariffVersion(
+        start, 60_000, version.import_rule, version.export_rule, CLOCK_LOCAL)
+    assert TariffVersion.from_struct(billing.contract.functions.tariffVersion(2).call()).effective_from == start
+    assert billing.contract.functions.tariffVersionAt(start - 1).call() == 1
+    assert billing.contract.functions.tariffVersionAt(start).call() == 2
 
 
-def test_deployed_tariff_is_version_one_with_the_configured_rates(billing: Billing, base_settings: Settings) -> None:
-    unit_rate, standing, _, version = billing.contract.functions.tariff().call()
-    assert (unit_rate, standing, version) == (base_settings.tariff_unit_rate, base_settings.tariff_standing_charge, 1)
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda b, v: TariffVersion.flat(0, 5, next_boundary(b)), "InvalidTariff(0, 5)"),
+        (lambda b, v: TariffVersion.flat(1, 1, next_boundary(b) + 60), "NotPeriodBoundary({t})"),
+        (lambda b, v: TariffVersion.flat(1, 1, next_boundary(b) - 2 * PERIOD_SECONDS), "TooSoon({t}, *)"),
+        (lambda b, v: TariffVersion(next_boundary(b), 1, PriceRule.flat(1), PriceRule.flat(0), 2), "InvalidClock(2)"),
+    ],
+    ids=["zero-flat-rate", "not-a-boundary", "too-soon", "bad-clock"],
+)
+def test_set_tariff_refuses_a_version_that_could_misprice(billing: Billing, change: Any, error: str) -> None:
+    version = change(billing, None)
+    reason = refused(billing, lambda: billing.set_tariff(version))
+    pattern = re.escape(error.format(t=version.effective_from)).replace(r"\*", r"\d+")
+    assert re.fullmatch(pattern, reason), reason
 
 
-def test_set_tariff_with_a_zero_unit_rate_reverts_with_invalid_tariff(billing: Billing) -> None:
-    assert refused(billing, lambda: billing.set_tariff(0, 5)) == "InvalidTariff(0, 5)"
+def test_set_tariff_refuses_a_price_kind_and_a_band_table_out_of_range(billing: Billing) -> None:
+    good = TariffVersion.flat(1, 1, next_boundary(billing))
+    call = billing.contract.functions.setTariff((good.effective_from, 1, 0, 3, 1, 0, 0, 0, 0, 0, 0))
+    assert refused(billing, lambda: billing.client.transact(billing.settings.operator_key, call)) == \
+        "InvalidPriceKind(3)"
+    call = billing.contract.functions.setTariff((good.effective_from, 1, 0, 1, 1, 0, 0, 1 << 144, 0, 0, 0))
+    assert refused(billing, lambda: billing.client.transact(billing.settings.operator_key, call)) == \
+        f"InvalidBandTable({1 << 144})"
 
 
-def test_tariff_change_applies_only_to_readings_recorded_after_it(meter: OpenMeter) -> None:
+def test_a_version_must_start_after_the_last_one(billing: Billing) -> None:
+    later = next_boundary(billing, 4 * PERIOD_SECONDS)
+    billing.set_tariff(TariffVersion.flat(30_000, 1, later))
+    reason = refused(billing, lambda: billing.set_tariff(TariffVersion.flat(30_000, 1, later - PERIOD_SECONDS)))
+    assert reason == f"NotAfterLastVersion({later - PERIOD_SECONDS}, {later})"
+
+
+def test_a_new_tariff_never_reprices_consumption_before_it_took_effect(meter: OpenMeter) -> None:
     billing = meter.billing
-    old = current_tariff(billing)
-    before_change = billing.bill(meter.address)
-    billing.set_tariff(old.unit_rate * 2, old.standing_charge * 3)
-    assert billing.bill(meter.address) == before_change
-    receipt = meter.submit(2, meter.opened + 7_200, 12_000)
-    expected = accrue(
-        accrue(MeterLedger(True, 0, meter.opened, 10_000), 1, meter.opened + 3_600, 11_000, old),
-        2, meter.opened + 7_200, 12_000, Tariff(old.unit_rate * 2, old.standing_charge * 3),
-    )
-    assert logged(billing, receipt) == recorded(meter.address, 2, meter.opened + 7_200, 12_000, expected)
-    assert billing.bill(meter.address).energy_cost == 1_000 * old.unit_rate + 1_000 * old.unit_rate * 2
-    assert billing.bill(meter.address).standing_charge == (
-        3_600 * old.standing_charge * 1_000 // DAY + 3_600 * old.standing_charge * 3 * 1_000 // DAY
-    )
-    assert billing.bill(meter.address).amount_due == expected.amount_due
+    start = next_boundary(billing)
+    new = TariffVersion(start, 90_000, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]),
+                        PriceRule.banded(PEAK, [1_000, 5_000, 30_000]), CLOCK_LOCAL)
+    billing.set_tariff(new)
+    t = chain_now(billing) - 5  # a reading just before the change, priced wholly at version 1
+    meter.submit(2, t, 11_500, 600)
+    before = billing.bill(meter.address)
+    advance(billing, start + 1_200 - chain_now(billing))
+    receipt = meter.submit(3, start + 1_200, 12_100, 900)  # spans the change
+    assert logged(billing, receipt) == recorded(meter.address, meter.ledger)
+    schedule = billing.schedule()
+    old, old_export = billing.settings.tariff_unit_rate, billing.settings.tariff_export_rate
+    new_in, new_out = schedule.prices(start // PERIOD_SECONDS)
+    imports, exports = split(t, start + 1_200, 600), split(t, start + 1_200, 300)
+    assert meter.ledger.period_import_cost - before.energy_cost == sum(
+        wh * (old if p * PERIOD_SECONDS < start else new_in) for p, wh in imports)
+    assert meter.ledger.period_export_credit - before.export_credit == sum(
+        wh * (old_export if p * PERIOD_SECONDS < start else new_out) for p, wh in exports)
+    assert sum(wh for p, wh in imports if p * PERIOD_SECONDS >= start) == 600 - 600 * (start - t) // (start + 1_200 - t)
+    bill = billing.bill(meter.address)
+    assert bill.standing_charge == standing_charge(schedule.versions, meter.opened, start + 1_200)
+    assert bill.standing_charge == ((start - meter.opened) * billing.settings.tariff_standing_charge
+                                    + 1_200 * 90_000) * 1_000 // DAY
+    assert bill.amount_due == meter.ledger.period_import_cost + bill.standing_charge - meter.ledger.period_export_credit
+
+
+# ---------------------------------------------------------------- day-ahead prices and clock changes
+
+
+def test_day_ahead_prices_price_their_periods_and_the_fallback_the_rest(meter: OpenMeter) -> None:
+    billing = meter.billing
+    start = next_boundary(billing)
+    billing.set_tariff(TariffVersion(start, 50_000, PriceRule.day_ahead(20_000), PriceRule.day_ahead(4_000)))
+    receipt = billing.publish_day_ahead(start, [31_000, 0], [7_000, 7_500])
+    assert logged(billing, receipt) == [
+        ("DayAheadPricesPublished", {"from": start, "importPrices": [31_000, 0], "exportPrices": [7_000, 7_500]})
+    ]
+    fn = billing.contract.functions
+    assert fn.pricesAt(start).call() == [31_000, 7_000]
+    assert fn.pricesAt(start + PERIOD_SECONDS + 5).call() == [0, 7_500]  # a published zero is a price
+    assert fn.pricesAt(start + 2 * PERIOD_SECONDS).call() == [20_000, 4_000]  # not published: the fallback
+
+
+@pytest.mark.parametrize(
+    ("imports", "exports", "error"),
+    [([], [], "BadPriceCount(0, 0)"), ([1, 2], [3], "BadPriceCount(2, 1)"), ([1] * 101, [], "BadPriceCount(101, 0)")],
+)
+def test_publishing_day_ahead_prices_refuses_bad_counts(
+    billing: Billing, imports: list[int], exports: list[int], error: str
+) -> None:
+    assert refused(billing, lambda: billing.publish_day_ahead(next_boundary(billing), imports, exports)) == error
+
+
+def test_publishing_day_ahead_prices_for_a_period_readings_may_already_cover_is_refused(billing: Billing) -> None:
+    soon = next_boundary(billing) - PERIOD_SECONDS
+    assert re.fullmatch(rf"TooSoon\({soon}, \d+\)", refused(billing, lambda: billing.publish_day_ahead(soon, [1])))
+    assert refused(billing, lambda: billing.publish_day_ahead(soon + PERIOD_SECONDS + 1, [1])) == \
+        f"NotPeriodBoundary({soon + PERIOD_SECONDS + 1})"
+
+
+def test_the_published_uk_clock_gives_bst_in_summer_and_gmt_in_winter(billing: Billing) -> None:
+    fn = billing.contract.functions
+    spring, autumn = 1_774_746_000, 1_792_890_000  # 2026-03-29 01:00 UTC, 2026-10-25 01:00 UTC
+    assert [fn.clockOffsetAt(t).call() for t in (spring - 1, spring, autumn - 1, autumn)] == [0, 60, 60, 0]
+    assert fn.clockOffsetAt(946_684_800 - DAY).call() == 0  # before the first change published
+
+
+def test_clock_changes_are_appended_in_order_and_only_ahead(billing: Billing) -> None:
+    far = 2_900_000_000  # beyond the deployer's last change (2060)
+    receipt = billing.client.transact(billing.settings.operator_key,
+                                      billing.contract.functions.addClockChanges([(far, 60), (far + 200 * DAY, 0)]))
+    assert logged(billing, receipt) == [("ClockChangeAdded", {"at": far, "offsetMinutes": 60}),
+                                        ("ClockChangeAdded", {"at": far + 200 * DAY, "offsetMinutes": 0})]
+    assert billing.contract.functions.clockOffsetAt(far + DAY).call() == 60
+    call = billing.contract.functions.addClockChanges([(far, 0)])
+    key = billing.settings.operator_key
+    assert refused(billing, lambda: billing.client.transact(key, call)) == \
+        f"ClockChangeOutOfOrder({far}, {far + 200 * DAY})"
+    call = billing.contract.functions.addClockChanges([(far + 400 * DAY, 45)])
+    assert refused(billing, lambda: billing.client.transact(key, call)) == "InvalidClockOffset(45)"
+
+
+def test_clock_time_bands_follow_the_clock_and_gmt_bands_do_not(billing: Billing) -> None:
+    """Peak 16:00-19:00 local is 15:00-18:00 UTC in summer; a GMT table keeps its UTC hours all year."""
+    schedule = billing.schedule()
+    summer = 1_782_000_000 // DAY * DAY  # a day in July 2026, 00:00 UTC
+    local = TariffVersion(0, 1, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]), clock=CLOCK_LOCAL)
+    gmt = TariffVersion(0, 1, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]))
+    for version, peak_utc_hour in ((local, 15), (gmt, 16)):
+        s = Schedule([version], schedule.clock)
+        assert s.prices((summer + peak_utc_hour * 3_600) // PERIOD_SECONDS)[0] == 35_000
+        assert s.prices((summer + (peak_utc_hour - 1) * 3_600) // PERIOD_SECONDS)[0] == 24_670
 
 
 # ---------------------------------------------------------------- submitReadings
 
 
-def test_signed_reading_is_recorded_with_reading_recorded_and_bill_updated(billing: Billing) -> None:
+def test_signed_reading_is_recorded_with_one_reading_recorded_event(billing: Billing) -> None:
     account = Account.create()
     opened = chain_now(billing) - DAY
     billing.register_meter(account.address, ACCOUNT_REF, "north", 1_000, opened)
-    receipt = billing.submit_readings([signed(account, billing.deployment.domain, 1, opened + 1_800, 1_500)])
-    ledger = accrue(MeterLedger(True, 0, opened, 1_000), 1, opened + 1_800, 1_500, current_tariff(billing))
-    assert logged(billing, receipt) == recorded(account.address, 1, opened + 1_800, 1_500, ledger)
+    receipt = billing.submit_readings([signed(account, billing.deployment.domain, 1, opened + 1_800, 1_500, 40)])
+    ledger = accrue(MeterLedger(True, 0, opened, 1_000), 1, opened + 1_800, 1_500, 40, billing.schedule())
+    assert logged(billing, receipt) == recorded(account.address, ledger)
     assert billing.contract.functions.meterState(account.address).call() == [
-        True, True, ACCOUNT_REF, text32("north"), 1, opened + 1_800, 1_500
+        True, True, ACCOUNT_REF, text32("north"), 1, opened + 1_800, 1_500, 40
     ]
+    standing = standing_charge(billing.schedule().versions, opened, opened + 1_800)
     assert billing.contract.functions.openBill(account.address).call() == [
-        1, opened, opened + 1_800, 500, ledger.period_energy_cost, ledger.period_standing_charge, ledger.amount_due
+        1, opened, opened + 1_800, 500, 40, ledger.period_import_cost, ledger.period_export_credit, standing,
+        ledger.period_import_cost + standing - ledger.period_export_credit,
     ]
 
 
 def test_several_readings_of_one_meter_in_one_batch_are_checked_in_order(meter: OpenMeter) -> None:
     billing = meter.billing
     t = meter.opened
-    receipt = billing.submit_readings([meter.sign(2, t + 4_000, 11_100), meter.sign(3, t + 5_000, 11_300)])
-    tariff = current_tariff(billing)
-    second = accrue(meter.ledger, 2, t + 4_000, 11_100, tariff)
-    third = accrue(second, 3, t + 5_000, 11_300, tariff)
-    assert logged(billing, receipt) == [
-        *recorded(meter.address, 2, t + 4_000, 11_100, second),
-        *recorded(meter.address, 3, t + 5_000, 11_300, third),
-    ]
+    receipt = billing.submit_readings([meter.sign(2, t + 4_000, 11_100), meter.sign(3, t + 5_000, 11_300, 510)])
+    schedule = billing.schedule()
+    second = accrue(meter.ledger, 2, t + 4_000, 11_100, 500, schedule)
+    third = accrue(second, 3, t + 5_000, 11_300, 510, schedule)
+    assert logged(billing, receipt) == [*recorded(meter.address, second), *recorded(meter.address, third)]
 
 
 def test_reading_at_exactly_the_maximum_plausible_power_is_recorded(meter: OpenMeter, base_settings: Settings) -> None:
     elapsed = 360
     limit = base_settings.max_power_w * elapsed // 3_600
     last = meter.ledger
-    receipt = meter.submit(2, last.last_timestamp + elapsed, last.last_energy_wh + limit)
-    assert [name for name, _ in logged(meter.billing, receipt)] == ["ReadingRecorded", "BillUpdated"]
+    receipt = meter.submit(2, last.last_timestamp + elapsed, last.last_energy_wh + limit, last.last_export_wh + limit)
+    assert [name for name, _ in logged(meter.billing, receipt)] == ["ReadingRecorded"]
 
 
 def test_mixed_batch_records_the_good_readings_and_rejects_the_bad_ones_without_reverting(meter: OpenMeter) -> None:
@@ -375,30 +527,26 @@ def test_mixed_batch_records_the_good_readings_and_rejects_the_bad_ones_without_
         meter.sign(3, t + 4_300, 11_400),
     ]
     receipt = billing.submit_readings(batch)
-    tariff = current_tariff(billing)
-    m2 = accrue(meter.ledger, 2, t + 4_000, 11_100, tariff)
-    o1 = accrue(MeterLedger(True, 0, t, 0), 1, t + 60, 10, tariff)
-    m3 = accrue(m2, 3, t + 4_300, 11_400, tariff)
+    schedule = billing.schedule()
+    m2 = accrue(meter.ledger, 2, t + 4_000, 11_100, 500, schedule)
+    o1 = accrue(MeterLedger(True, 0, t, 0), 1, t + 60, 10, 0, schedule)
+    m3 = accrue(m2, 3, t + 4_300, 11_400, 500, schedule)
     assert receipt["status"] == 1
     assert logged(billing, receipt) == [
-        *recorded(meter.address, 2, t + 4_000, 11_100, m2),
+        *recorded(meter.address, m2),
         rejected(other.address, 1, RejectReason.BAD_SIGNATURE),
         rejected(meter.address, 2, RejectReason.STALE_SEQUENCE),
-        *recorded(other.address, 1, t + 60, 10, o1),
+        *recorded(other.address, o1),
         rejected(meter.address, 3, RejectReason.REGISTER_DECREASED),
-        *recorded(meter.address, 3, t + 4_300, 11_400, m3),
+        *recorded(meter.address, m3),
     ]
-    assert billing.bill(meter.address).amount_due == m3.amount_due
-    assert billing.bill(other.address).amount_due == o1.amount_due
+    assert billing.bill(meter.address).energy_cost == m3.period_import_cost
+    assert billing.bill(other.address).energy_cost == o1.period_import_cost
 
 
-def test_batch_with_fewer_signatures_than_readings_reverts_with_length_mismatch(meter: OpenMeter) -> None:
-    billing = meter.billing
-    reading, signature = meter.sign(2, meter.opened + 4_000, 11_100)
-    row = (reading.meter, reading.seq, reading.timestamp, reading.energy_wh)
-    call = billing.contract.functions.submitReadings([row, row], [bytes.fromhex(signature[2:])])
-    reason = refused(billing, lambda: billing.client.transact(billing.settings.gateway_key, call))
-    assert reason == "LengthMismatch(2, 1)"
+def test_batch_that_is_not_whole_records_reverts_with_bad_batch_length(meter: OpenMeter) -> None:
+    record = pack_reading(*meter.sign(2, meter.opened + 4_000, 11_100))
+    assert refused(meter.billing, lambda: send_raw(meter.billing, record + record[:50])) == "BadBatchLength(154)"
 
 
 def test_empty_batch_reverts_with_bad_batch_size(billing: Billing) -> None:
@@ -408,81 +556,106 @@ def test_empty_batch_reverts_with_bad_batch_size(billing: Billing) -> None:
 def test_batch_above_max_batch_reverts_with_bad_batch_size(meter: OpenMeter) -> None:
     billing = meter.billing
     assert billing.contract.functions.MAX_BATCH().call() == 250
-    one = meter.sign(2, meter.opened + 4_000, 11_100)
-    assert refused(billing, lambda: billing.submit_readings([one] * 251)) == "BadBatchSize(251, 250)"
+    one = pack_reading(*meter.sign(2, meter.opened + 4_000, 11_100))
+    assert refused(billing, lambda: send_raw(billing, one * 251)) == "BadBatchSize(251, 250)"
+
+
+def test_submit_readings_calldata_is_the_packed_batch_the_contract_decodes(meter: OpenMeter) -> None:
+    pair = meter.sign(2, meter.opened + 4_000, 11_100, 777)
+    data = submit_readings_calldata([pair])
+    assert data[:4] == bytes.fromhex(billing_selector(meter.billing, "submitReadings")[2:])
+    assert len(data) == 4 + 32 + 32 + 128  # offset, length, one 104-byte record padded to 128
+    receipt = meter.billing.client.transact(
+        meter.billing.settings.gateway_key, meter.billing.contract.functions.submitReadings(data[68:68 + 104]))
+    assert [a["exportWh"] for _, a in logged(meter.billing, receipt)] == [777]
+
+
+def billing_selector(billing: Billing, name: str) -> str:
+    """The 4-byte selector of a contract function, from the ABI."""
+    from eth_utils import function_abi_to_4byte_selector
+
+    (fn,) = [i for i in billing.deployment.abi if i.get("type") == "function" and i["name"] == name]
+    return "0x" + function_abi_to_4byte_selector(fn).hex()
+
+
+@pytest.mark.parametrize(
+    ("seq", "timestamp", "energy", "export"),
+    [(2**32, 1, 1, 0), (1, 2**32, 1, 0), (1, 1, 2**48, 0), (1, 1, 1, 2**48)],
+    ids=["seq-over-32-bits", "timestamp-over-32-bits", "import-over-48-bits", "export-over-48-bits"],
+)
+def test_the_packed_batch_cannot_carry_values_out_of_range(seq: int, timestamp: int, energy: int, export: int) -> None:
+    account = Account.create()
+    reading = ReadingData(account.address, seq, timestamp, energy, export)
+    with pytest.raises(ValueError):
+        pack_reading(reading, sign_reading(key_of(account), Domain(1337, account.address), reading))
 
 
 # ---------------------------------------------------------------- every ReadingRejected reason
 
 
-def _bad_reading(meter: OpenMeter, case: str, max_power_w: int) -> tuple[ReadingData, str]:
-    """A reading of ``meter`` that fails in the way ``case`` names (state: seq 1 at opened + 1 h)."""
+def _bad_reading(meter: OpenMeter, case: str, max_power_w: int) -> bytes:
+    """The packed record of a reading of ``meter`` that fails in the way ``case`` names (state: seq 1
+    at opened + 1 h, 11,000 Wh imported, 500 Wh exported)."""
     last = meter.ledger
-    t, wh = last.last_timestamp, last.last_energy_wh
+    t, wh, ex = last.last_timestamp, last.last_energy_wh, last.last_export_wh
     stranger = Account.create()
     domain = meter.billing.deployment.domain
     if case == "signed by another key":
-        reading = ReadingData(meter.address, 2, t + 60, wh + 10)
-        return reading, sign_reading(key_of(stranger), domain, reading)
+        reading = ReadingData(meter.address, 2, t + 60, wh + 10, ex)
+        return pack_reading(reading, sign_reading(key_of(stranger), domain, reading))
     if case == "signature of another reading":
-        return ReadingData(meter.address, 2, t + 60, wh + 11), meter.sign(2, t + 60, wh + 10)[1]
-    if case == "signature not 65 bytes":
-        return ReadingData(meter.address, 2, t + 60, wh + 10), meter.sign(2, t + 60, wh + 10)[1][:-2]
+        return pack_reading(ReadingData(meter.address, 2, t + 60, wh + 11, ex), meter.sign(2, t + 60, wh + 10)[1])
+    if case == "signature of another export register":
+        return pack_reading(ReadingData(meter.address, 2, t + 60, wh + 10, ex + 1), meter.sign(2, t + 60, wh + 10)[1])
     if case == "signed for another verifying contract":
-        return signed(meter.account, Domain(domain.chain_id, stranger.address), 2, t + 60, wh + 10)
+        return pack_reading(*signed(meter.account, Domain(domain.chain_id, stranger.address), 2, t + 60, wh + 10, ex))
     if case == "signed for another chain id":
-        return signed(meter.account, Domain(1, domain.verifying_contract), 2, t + 60, wh + 10)
+        return pack_reading(*signed(meter.account, Domain(1, domain.verifying_contract), 2, t + 60, wh + 10, ex))
     if case == "high-s signature":
-        reading, signature = meter.sign(2, t + 60, wh + 10)
-        raw = bytes.fromhex(signature[2:])
-        high_s = (SECP256K1_N - int.from_bytes(raw[32:64], "big")).to_bytes(32, "big")
-        flipped = raw[:32] + high_s + bytes([55 - raw[64]])
-        digest = reading_digest(domain.separator(), reading)
-        r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(high_s, "big")
-        malleable = keys.Signature(vrs=(flipped[64] - 27, r, s))
-        # The flipped signature is valid secp256k1 for the meter: only the low-s rule rejects it.
-        assert malleable.recover_public_key_from_msg_hash(digest).to_checksum_address() == meter.address
-        return reading, "0x" + flipped.hex()
+        record = pack_reading(*meter.sign(2, t + 60, wh + 10))
+        parity = record[72] & 0x80
+        return record[:72] + ((parity << 248) | (HALF_ORDER + 1)).to_bytes(32, "big")
+    if case == "wrong parity":
+        record = pack_reading(*meter.sign(2, t + 60, wh + 10))
+        return record[:72] + bytes([record[72] ^ 0x80]) + record[73:]
     if case == "unknown meter":
-        return signed(stranger, domain, 1, t + 60, 10)
+        return pack_reading(*signed(stranger, domain, 1, t + 60, 10))
     if case == "stale sequence":
-        return meter.sign(1, t + 60, wh + 10)
+        return pack_reading(*meter.sign(1, t + 60, wh + 10))
     if case == "equal timestamp":
-        return meter.sign(2, t, wh)
+        return pack_reading(*meter.sign(2, t, wh))
     if case == "earlier timestamp":
-        return meter.sign(2, t - 1, wh)
+        return pack_reading(*meter.sign(2, t - 1, wh))
     if case == "future timestamp":
-        return meter.sign(2, chain_now(meter.billing) + 3_600, wh + 10)
+        return pack_reading(*meter.sign(2, chain_now(meter.billing) + 3_600, wh + 10))
     if case == "register decreased":
-        return meter.sign(2, t + 60, wh - 1)
+        return pack_reading(*meter.sign(2, t + 60, wh - 1))
+    if case == "export register decreased":
+        return pack_reading(*meter.sign(2, t + 60, wh + 1, ex - 1))
     if case == "implausible delta":
-        return meter.sign(2, t + 360, wh + max_power_w * 360 // 3_600 + 1)
-    if case == "sequence above 32 bits":
-        return meter.sign(2**32, t + 60, wh + 10)
-    if case == "timestamp above 32 bits":
-        return meter.sign(2, 2**32, wh + 10)
-    if case == "register above 48 bits":
-        return meter.sign(2, t + 60, 2**48)
+        return pack_reading(*meter.sign(2, t + 360, wh + max_power_w * 360 // 3_600 + 1))
+    if case == "implausible export":
+        return pack_reading(*meter.sign(2, t + 360, wh, ex + max_power_w * 360 // 3_600 + 1))
     raise AssertionError(case)
 
 
 REJECTIONS = [
     ("signed by another key", RejectReason.BAD_SIGNATURE),
     ("signature of another reading", RejectReason.BAD_SIGNATURE),
-    ("signature not 65 bytes", RejectReason.BAD_SIGNATURE),
+    ("signature of another export register", RejectReason.BAD_SIGNATURE),
     ("signed for another verifying contract", RejectReason.BAD_SIGNATURE),
     ("signed for another chain id", RejectReason.BAD_SIGNATURE),
     ("high-s signature", RejectReason.BAD_SIGNATURE),
+    ("wrong parity", RejectReason.BAD_SIGNATURE),
     ("unknown meter", RejectReason.METER_NOT_ACTIVE),
     ("stale sequence", RejectReason.STALE_SEQUENCE),
     ("equal timestamp", RejectReason.STALE_TIMESTAMP),
     ("earlier timestamp", RejectReason.STALE_TIMESTAMP),
     ("future timestamp", RejectReason.FUTURE_TIMESTAMP),
     ("register decreased", RejectReason.REGISTER_DECREASED),
+    ("export register decreased", RejectReason.REGISTER_DECREASED),
     ("implausible delta", RejectReason.IMPLAUSIBLE_DELTA),
-    ("sequence above 32 bits", RejectReason.OUT_OF_RANGE),
-    ("timestamp above 32 bits", RejectReason.OUT_OF_RANGE),
-    ("register above 48 bits", RejectReason.OUT_OF_RANGE),
+    ("implausible export", RejectReason.IMPLAUSIBLE_DELTA),
 ]
 
 
@@ -491,10 +664,14 @@ def test_bad_reading_is_rejected_with_its_reason_and_changes_nothing(
     meter: OpenMeter, base_settings: Settings, case: str, reason: RejectReason
 ) -> None:
     billing = meter.billing
-    reading, signature = _bad_reading(meter, case, base_settings.max_power_w)
+    record = _bad_reading(meter, case, base_settings.max_power_w)
     before = snapshot_of(billing, meter.address)
-    receipt = billing.submit_readings([(reading, signature)])
-    assert logged(billing, receipt) == [rejected(reading.meter, reading.seq, reason)]
+    receipt = send_raw(billing, record)
+    meter_address = "0x" + record[:20].hex()
+    seq = int.from_bytes(record[20:24], "big")
+    ((name, args),) = logged(billing, receipt)
+    assert (name, args["meter"].lower(), args["seq"], args["reason"]) == (
+        "ReadingRejected", meter_address, seq, int(reason))
     assert snapshot_of(billing, meter.address) == before
 
 
@@ -509,13 +686,15 @@ def test_reading_of_a_deactivated_meter_is_rejected_as_meter_not_active(meter: O
 
 def test_reading_that_would_overflow_the_open_period_is_rejected_as_period_overflow(meter: OpenMeter) -> None:
     billing = meter.billing
-    billing.set_tariff(2**32 - 1, 0)
-    last = meter.ledger
-    # 70,000 Wh at 2^32-1 millipence/kWh is 3.0e14 micropence, above the 48-bit energy-cost field.
-    elapsed = 70_000 * 3_600 // 24_000 + 1
+    start = next_boundary(billing)
+    billing.set_tariff(TariffVersion.flat(2**32 - 2, 0, start))
+    advance(billing, start + 3 * 3_600 - chain_now(billing))
+    # 70,000 Wh at 2^32-2 millipence/kWh is 3.0e14 micropence, above the 48-bit import-cost field.
+    t = start + 70_000 * 3_600 // 24_000 + 1
+    meter.submit(2, start, meter.ledger.last_energy_wh)
     before = snapshot_of(billing, meter.address)
-    receipt = billing.submit_readings([meter.sign(2, last.last_timestamp + elapsed, last.last_energy_wh + 70_000)])
-    assert logged(billing, receipt) == [rejected(meter.address, 2, RejectReason.PERIOD_OVERFLOW)]
+    receipt = billing.submit_readings([meter.sign(2 + 1, t, meter.ledger.last_energy_wh + 70_000)])
+    assert logged(billing, receipt) == [rejected(meter.address, 3, RejectReason.PERIOD_OVERFLOW)]
     assert snapshot_of(billing, meter.address) == before
 
 
@@ -525,8 +704,10 @@ def test_reading_that_would_overflow_the_open_period_is_rejected_as_period_overf
 def test_close_billing_period_issues_the_bill_and_opens_a_period_at_zero(meter: OpenMeter) -> None:
     billing = meter.billing
     t = meter.opened
-    meter.submit(2, t + 7_200, 11_800)
+    meter.submit(2, t + 7_200, 11_800, 2_600)
     issued = meter.ledger
+    schedule = billing.schedule()
+    standing = standing_charge(schedule.versions, t, t + 7_200)
     receipt = billing.close_billing_period(meter.address)
     assert logged(billing, receipt) == [
         (
@@ -536,23 +717,41 @@ def test_close_billing_period_issues_the_bill_and_opens_a_period_at_zero(meter: 
                 "periodId": 1,
                 "periodStart": t,
                 "periodEnd": t + 7_200,
-                "energyWh": 1_800,
-                "energyCost": issued.period_energy_cost,
-                "standingCharge": issued.period_standing_charge,
-                "amountDue": issued.amount_due,
+                "importWh": 1_800,
+                "exportWh": 2_600,
+                "importCost": issued.period_import_cost,
+                "exportCredit": issued.period_export_credit,
+                "standingCharge": standing,
+                "amountDue": issued.period_import_cost + standing - issued.period_export_credit,
             },
         )
     ]
-    assert issued.period_energy_cost == 1_800 * current_tariff(billing).unit_rate
-    assert billing.contract.functions.openBill(meter.address).call() == [2, t + 7_200, t + 7_200, 0, 0, 0, 0]
+    assert issued.period_import_cost == 1_800 * billing.settings.tariff_unit_rate
+    assert billing.contract.functions.openBill(meter.address).call() == [2, t + 7_200, t + 7_200, 0, 0, 0, 0, 0, 0]
     assert billing.meter(meter.address).last_energy_wh == 11_800
 
-    receipt = meter.submit(3, t + 10_800, 12_000)
-    fresh = accrue(MeterLedger(True, 2, t + 7_200, 11_800), 3, t + 10_800, 12_000, current_tariff(billing))
-    assert logged(billing, receipt) == recorded(meter.address, 3, t + 10_800, 12_000, fresh)
+    receipt = meter.submit(3, t + 10_800, 12_000, 2_700)
+    fresh = accrue(MeterLedger(True, 2, t + 7_200, 11_800, 2_600), 3, t + 10_800, 12_000, 2_700, schedule)
+    assert logged(billing, receipt) == recorded(meter.address, fresh)
+    standing = standing_charge(schedule.versions, t + 7_200, t + 10_800)
     assert billing.contract.functions.openBill(meter.address).call() == [
-        2, t + 7_200, t + 10_800, 200, fresh.period_energy_cost, fresh.period_standing_charge, fresh.amount_due
+        2, t + 7_200, t + 10_800, 200, 100, fresh.period_import_cost, fresh.period_export_credit, standing,
+        fresh.period_import_cost + standing - fresh.period_export_credit,
     ]
+
+
+def test_a_bill_whose_export_credit_exceeds_its_charges_is_issued_with_a_negative_amount(meter: OpenMeter) -> None:
+    billing = meter.billing
+    start = next_boundary(billing)
+    billing.set_tariff(TariffVersion(start, 0, PriceRule.flat(1_000), PriceRule.flat(50_000)))
+    advance(billing, start + 1_800 - chain_now(billing))
+    meter.submit(2, start, meter.ledger.last_energy_wh)
+    billing.close_billing_period(meter.address)
+    meter.submit(3, start + 1_800, meter.ledger.last_energy_wh + 100, meter.ledger.last_export_wh + 3_000)
+    (event,) = billing.events("BillIssued", billing.close_billing_period(meter.address))
+    assert (event.args.importCost, event.args.exportCredit, event.args.standingCharge) == (
+        100_000, 150_000_000, 0)
+    assert event.args.amountDue == 100_000 - 150_000_000
 
 
 def test_closing_a_period_with_no_reading_reverts_with_empty_billing_period(billing: Billing) -> None:
@@ -646,7 +845,7 @@ def test_alert_is_no_longer_active_once_its_expiry_has_passed(billing: Billing) 
 
 def test_meter_state_of_an_unregistered_meter_is_all_zero(billing: Billing) -> None:
     assert billing.contract.functions.meterState(Account.create().address).call() == [
-        False, False, bytes(32), bytes(32), 0, 0, 0
+        False, False, bytes(32), bytes(32), 0, 0, 0, 0
     ]
 
 
@@ -686,9 +885,11 @@ GATED: list[tuple[str, Callable[[str], tuple[Any, ...]], str, bytes]] = [
     ("registerMeter", lambda m: (m, ACCOUNT_REF, bytes(32), 0, 0), "admin_key", OPERATOR_ROLE),
     ("deactivateMeter", lambda m: (m,), "gateway_key", OPERATOR_ROLE),
     ("reactivateMeter", lambda m: (m,), "grid_operator_key", OPERATOR_ROLE),
-    ("setTariff", lambda m: (1, 1), "grid_operator_key", OPERATOR_ROLE),
+    ("setTariff", lambda m: (TariffVersion.flat(1, 1).as_struct(),), "grid_operator_key", OPERATOR_ROLE),
+    ("publishDayAheadPrices", lambda m: (0, [1], []), "gateway_key", OPERATOR_ROLE),
+    ("addClockChanges", lambda m: ([(2**31, 60)],), "grid_operator_key", OPERATOR_ROLE),
     ("closeBillingPeriod", lambda m: (m,), "gateway_key", OPERATOR_ROLE),
-    ("submitReadings", lambda m: ([(m, 1, 1, 1)], [bytes(65)]), "operator_key", GATEWAY_ROLE),
+    ("submitReadings", lambda m: (bytes(104),), "operator_key", GATEWAY_ROLE),
     ("raiseGridAlert", lambda m: (0, bytes(32), bytes(32), "m", 2**40), "operator_key", GRID_OPERATOR_ROLE),
     ("clearGridAlert", lambda m: (1,), "gateway_key", GRID_OPERATOR_ROLE),
     ("grantRole", lambda m: (OPERATOR_ROLE, m), "operator_key", DEFAULT_ADMIN_ROLE),
@@ -708,8 +909,30 @@ def test_role_gated_function_called_by_the_wrong_account_reverts_with_access_con
 
 
 def test_chain_error_message_names_the_decoded_custom_error(billing: Billing) -> None:
-    call = billing.contract.functions.setTariff(1, 1)
+    call = billing.contract.functions.setTariff(TariffVersion.flat(1, 1).as_struct())
     with pytest.raises(ChainError) as excinfo:
         billing.client.transact(billing.settings.gateway_key, call)
     gateway = Account.from_key(billing.settings.gateway_key).address
     assert f"AccessControlUnauthorizedAccount({gateway.lower()}, 0x{OPERATOR_ROLE.hex()})" in str(excinfo.value)
+
+
+def test_a_reading_after_a_three_day_gap_is_priced_half_hour_by_half_hour_within_the_batch_gas_bound(
+    meter: OpenMeter,
+) -> None:
+    billing = meter.billing
+    start = next_boundary(billing)
+    day_ahead = TariffVersion(start, 50_000, PriceRule.banded(PEAK, [8_500, 24_670, 35_000]),
+                              PriceRule.day_ahead(4_000), CLOCK_LOCAL)
+    billing.set_tariff(day_ahead)
+    billing.publish_day_ahead(start, [0] * 48, [5_000 + 10 * i for i in range(48)])
+    advance(billing, start + 3 * DAY + 600 - chain_now(billing))
+    meter.submit(2, start + 17, meter.ledger.last_energy_wh + 1)
+    before = meter.ledger
+    reading = meter.sign(3, start + 3 * DAY + 17, before.last_energy_wh + 30_000, before.last_export_wh + 9_000)
+    extra = extra_periods([(before.last_timestamp, reading[0].timestamp)])
+    assert extra == 144
+    call = billing.contract.functions.submitReadings(pack_reading(*reading))
+    receipt = billing.client.transact(billing.settings.gateway_key, call, gas=gas_limit_for(1, extra))
+    expected = accrue(before, 3, reading[0].timestamp, reading[0].energy_wh, reading[0].export_wh, billing.schedule())
+    assert logged(billing, receipt) == recorded(meter.address, expected)
+    assert receipt["gasUsed"] < gas_limit_for(1, extra) * 0.8

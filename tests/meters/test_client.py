@@ -20,6 +20,7 @@ from common.billing import Billing
 from common.chain import ChainClient
 from common.deployment import load_deployment
 from common.eip712 import ReadingData
+from common.events import unpack_record
 from common.messages import ErrorMessage
 from common.settings import ROOT
 from common.tls import client_context
@@ -48,7 +49,7 @@ def recorded_seqs(settings, address: str) -> list[int]:
     contract = ChainClient(settings).contract(deployment)
     logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block,
                                                       argument_filters={"meter": address})
-    return [int(e.args.seq) for e in logs]
+    return [unpack_record(int(e.args.record))["seq"] for e in logs]
 
 
 def make_client(settings, name: str, source=None, time_scale: float = 30.0) -> tuple[MeterClient, Outbox]:

@@ -55,6 +55,17 @@ def test_panel_shows_bill_state_error_and_alert():
     assert "GRID ALERT CRITICAL: Demand peak: please reduce usage (north)" in text
 
 
+def test_panel_shows_the_export_register_the_export_credit_and_a_bill_in_credit():
+    status = MeterStatus(name="meter-05", meter="0x" + "ab" * 20, register_wh=5_000_000, export_register_wh=12_345,
+                         amount_due=-1_250_000, period_export_wh=12_345, export_credit=185_175_000,
+                         unit_rate=24_670, standing_charge=57_210, export_rate=15_000)
+    text = text_of(render_meter(status, NOW))
+    assert "exported 12.345 kWh" in text
+    assert "£0.01 in credit" in text and "due" not in text.split("Live bill")[1].split("\n")[0]
+    assert "12.345 kWh exported · £1.85 credit" in text
+    assert "export 15.00 p/kWh" in text
+
+
 def test_expired_alerts_are_not_shown():
     status = MeterStatus(name="m", meter="0x" + "ab" * 20)
     status.alerts["1"] = {"id": 1, "severity": 1, "message": "old news", "expires_at": time.time() - 1}

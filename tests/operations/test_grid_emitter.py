@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,12 +27,14 @@ from operations.grid_emitter import (
     ALL_CLEAR,
     ALL_CLEAR_MESSAGE,
     CATALOGUE,
+    DAY_AHEAD_PRICES,
     AlertSpec,
     Emitter,
     RandomAlerts,
     Scenario,
     StopReason,
 )
+from operations.tariffs import agile_like_prices
 
 CLI = [sys.executable, "scripts/grid_alert_emitter.py"]
 CLI_TIMEOUT_S = 60
@@ -323,3 +326,21 @@ def test_cli_says_to_deploy_when_the_contract_is_not_deployed(cli_env, tmp_path)
     assert done.returncode == 1
     assert ".venv/bin/python scripts/deploy.py" in done.stderr and "Traceback" not in done.stderr
 
+
+
+def test_a_day_ahead_prices_step_publishes_tomorrows_half_hours_and_tells_households(snapshot, billing):
+    clock = FakeClock()
+    emitter = fast_emitter(billing, clock)
+    scenario = Scenario.from_json([{"after_s": 0, "kind": DAY_AHEAD_PRICES, "duration_s": 600}])
+    alert = emitter.raise_alert(scenario.steps[0])
+    assert alert is not None and alert.kind == DAY_AHEAD_PRICES and "cheapest at" in alert.message
+    tz = billing.settings.tz
+    tomorrow = datetime.fromtimestamp(clock(), tz).date() + timedelta(days=1)
+    start = int(datetime.combine(tomorrow, datetime.min.time(), tzinfo=tz).timestamp())
+    imports, exports = agile_like_prices(start, tz)
+    schedule = billing.schedule()
+    assert [schedule.day_ahead_import[start // 1_800 + i] for i in range(len(imports))] == imports
+    assert [schedule.day_ahead_export[start // 1_800 + i] for i in range(len(exports))] == exports
+    assert len(imports) in (46, 48, 50)
+    peak = datetime.fromtimestamp(start + imports.index(max(imports)) * 1_800, tz)
+    assert 16 <= peak.hour < 19

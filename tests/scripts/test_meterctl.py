@@ -4,11 +4,15 @@ billing periods, statements, and the script's output and exit codes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from eth_account import Account
@@ -27,10 +31,13 @@ from operations.control import (
     format_pence,
     parse_pence,
     render_close,
+    render_half_hours,
     render_statement,
     render_tariff_change,
+    render_tariffs,
     statement_json,
 )
+from operations.tariffs import load_prices, load_version
 
 HOUSEHOLD = "heat-pump-1"
 
@@ -78,8 +85,9 @@ def issued_on_chain(ops: Operations, address: str) -> list[BillPeriod]:
     """Every BillIssued event of the meter, through web3's own log decoding."""
     logs = ops.billing.contract.events.BillIssued().get_logs(from_block=ops.deployment.block,
                                                              argument_filters={"meter": address})
-    return [BillPeriod(*(int(log.args[k]) for k in ("periodId", "periodStart", "periodEnd", "energyWh",
-                                                    "energyCost", "standingCharge", "amountDue"))) for log in logs]
+    return [BillPeriod(*(int(log.args[k]) for k in ("periodId", "periodStart", "periodEnd", "importWh", "exportWh",
+                                                    "importCost", "exportCredit", "standingCharge", "amountDue")))
+            for log in logs]
 
 
 def customers(settings: Settings) -> dict[str, dict[str, str]]:
@@ -178,13 +186,69 @@ def test_deactivate_and_reactivate_change_the_meter_on_chain_and_refuse_to_repea
 # ---------------------------------------------------------------- tariff
 
 
-def test_setting_the_tariff_in_pence_puts_millipence_on_chain_and_into_the_history(ops: Operations) -> None:
+def advance_past(ops: Operations, t: int) -> None:
+    """Move the chain's clock past ``t`` (the snapshot puts it back after the test)."""
+    ops.billing.client.w3.provider.make_request("evm_increaseTime", [max(0, t - ops.billing.now()) + 5])
+    ops.billing.client.w3.provider.make_request("evm_mine", [])
+
+
+def test_setting_the_tariff_in_pence_puts_millipence_on_chain_from_the_next_half_hour(ops: Operations) -> None:
     before = ops.tariff_history()
-    new = ops.set_tariff("25.5", "60.125")
+    current = ops.tariff()
+    new = ops.set_tariff("25.5", "60.125", "15")
+    assert new.effective_from % 1_800 == 0 and new.effective_from >= ops.billing.now() + 300
+    assert ops.tariff() == current  # coming, not yet in force
+    assert "Coming:" in render_tariffs(ops.tariff(), ops.tariff_history(), ops.settings.tz)
+    advance_past(ops, new.effective_from)
     on_chain = ops.billing.tariff()
-    assert (on_chain.unit_rate, on_chain.standing_charge, on_chain.version) == (25_500, 60_125, new.version)
+    assert (on_chain.unit_rate, on_chain.export_rate, on_chain.standing_charge, on_chain.version) == (
+        25_500, 15_000, 60_125, new.version)
     assert ops.tariff() == new
     assert ops.tariff_history() == [*before, new] and new.version == before[-1].version + 1
+
+
+def test_a_banded_tariff_file_and_a_day_ahead_price_file_reach_the_chain(ops: Operations, tmp_path: Path) -> None:
+    tz = ops.settings.tz
+    start = (ops.billing.now() + 3_600) // 1_800 * 1_800
+    (tmp_path / "tou.json").write_text(json.dumps({
+        "standing_charge": 50, "clock": "local",
+        "import": {"kind": "banded", "otherwise": {"name": "day", "rate": 24.67},
+                   "bands": [{"name": "off-peak", "from": "00:30", "to": "05:30", "rate": 8.5},
+                             {"name": "peak", "from": "16:00", "to": "19:00", "rate": 35}]},
+        "export": {"kind": "day_ahead", "fallback": 4.1}}))
+    version, names = load_version(tmp_path / "tou.json", tz)
+    new = ops.set_tariff_version(replace(version, effective_from=start))
+    assert names["import"] == {0: "day", 1: "off-peak", 2: "peak"}
+    rows = ["start,import,export"] + [
+        f"{dt.datetime.fromtimestamp(start + i * 1_800, tz):%Y-%m-%d %H:%M},{20 + i},{5 + i / 10}" for i in range(4)]
+    (tmp_path / "prices.csv").write_text("\n".join(rows) + "\n")
+    first, imports, exports = load_prices(tmp_path / "prices.csv", tz)
+    assert (first, imports, exports) == (start, [20_000, 21_000, 22_000, 23_000], [5_000, 5_100, 5_200, 5_300])
+    assert ops.publish_prices(first, imports, exports) == 4
+    fn = ops.billing.contract.functions
+    local = dt.datetime.fromtimestamp(start, tz)
+    band = version.import_rule.bands[local.hour * 2 + local.minute // 30]
+    assert version.import_rule.band_rates[:3] == (24_670, 8_500, 35_000)  # otherwise, off-peak, peak
+    assert fn.pricesAt(start).call() == [version.import_rule.band_rates[band], 5_000]
+    assert fn.pricesAt(start + 3 * 1_800).call()[1] == 5_300
+    assert fn.pricesAt(start + 4 * 1_800).call()[1] == 4_100  # not published: the fallback
+    assert new.describe()[1] == "day-ahead, else 4.10p/kWh"
+
+
+@pytest.mark.parametrize("text", [
+    '{"standing_charge": 50, "import": {"kind": "flat", "rate": 0}}',
+    '{"standing_charge": 50, "import": {"kind": "banded", "otherwise": {"rate": 20}, "bands": '
+    '[{"from": "01:00", "to": "03:00", "rate": 5}, {"from": "02:00", "to": "04:00", "rate": 6}]}}',
+    '{"standing_charge": 50, "import": {"kind": "banded", "otherwise": {"rate": 20}, "bands": '
+    '[{"from": "01:15", "to": "03:00", "rate": 5}]}}',
+    '{"standing_charge": 50, "clock": "bst", "import": {"kind": "flat", "rate": 20}}',
+    '{"standing_charge": 50, "import": {"kind": "hourly", "rate": 20}}',
+], ids=["zero-rate", "overlapping-bands", "off-the-half-hour", "unknown-clock", "unknown-kind"])
+def test_a_tariff_file_the_contract_cannot_hold_is_refused_with_a_reason(text: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(InvalidRequest) as refused:
+        load_version(tmp_path / "bad.json", ZoneInfo("Europe/London"))
+    assert refused.value.code == "invalid_request" and refused.value.message
 
 
 @pytest.mark.parametrize(("unit_rate", "standing"), [
@@ -201,12 +265,14 @@ def test_tariff_values_the_contract_cannot_hold_are_refused_before_any_transacti
     assert ops.billing.tariff().version == version
 
 
-def test_setting_one_rate_keeps_the_other_in_force(ops: Operations) -> None:
+def test_setting_one_rate_keeps_the_others_of_the_newest_version(ops: Operations) -> None:
     before = ops.tariff()
     unit_only = ops.set_tariff(unit_rate_pence="30")
     assert (unit_only.unit_rate, unit_only.standing_charge) == (30_000, before.standing_charge)
     standing_only = ops.set_tariff(standing_charge_pence="61.5")
     assert (standing_only.unit_rate, standing_only.standing_charge) == (30_000, 61_500)
+    assert standing_only.effective_from == unit_only.effective_from + 1_800  # queued after the coming one
+    advance_past(ops, standing_only.effective_from)
     assert ops.tariff() == standing_only and standing_only.version == before.version + 2
 
 
@@ -221,11 +287,13 @@ def test_a_tariff_change_that_changes_nothing_is_refused_before_any_transaction(
 
 def test_the_tariff_change_says_which_rate_changed_and_which_stayed() -> None:
     before = TariffVersion(1, 24_670, 57_210, 0)
-    after = TariffVersion(2, 30_000, 57_210, 60)
-    assert render_tariff_change(before, after).splitlines() == [
-        "tariff version 2 set (was version 1); it applies to readings recorded from now on",
+    after = TariffVersion(2, 30_000, 57_210, 1_800)
+    assert render_tariff_change(before, after, ZoneInfo("UTC")).splitlines() == [
+        "tariff version 2 added (version 1 is in force); it prices energy used from 1970-01-01 00:30 on "
+        "(energy used before keeps the prices it had)",
         "  unit rate: 24.67p/kWh -> 30.00p/kWh (changed)",
         "  standing charge: 57.21p/day (unchanged)",
+        "  export rate: 0.00p/kWh (unchanged)",
     ]
 
 
@@ -327,11 +395,11 @@ def test_meterctl_tariff_with_the_unit_rate_alone_keeps_the_standing_charge_and_
     result = meterctl(settings, "tariff", "--unit-rate", "30")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == (f"tariff version {before.version + 1} set (was version {before.version}); "
-                        "it applies to readings recorded from now on")
+    assert lines[0].startswith(f"tariff version {before.version + 1} added (version {before.version} is in force); "
+                               "it prices energy used from ")
     assert lines[1] == f"  unit rate: {format_pence(before.unit_rate)}/kWh -> 30.00p/kWh (changed)"
     assert lines[2] == f"  standing charge: {format_pence(before.standing_charge)}/day (unchanged)"
-    after = ops.tariff()
+    after = ops.tariff_history()[-1]
     assert (after.unit_rate, after.standing_charge) == (30_000, before.standing_charge)
 
 
@@ -340,3 +408,27 @@ def test_meterctl_reports_an_unknown_meter_on_stderr_with_its_code_and_exits_1(s
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("meterctl: error [unknown_meter]: no meter is named 'meter-99'")
     assert "meterctl.py meters" in result.stderr
+
+
+def test_halfhours_gives_a_meters_day_in_settlement_periods_priced_as_the_contract_prices_them(
+    ops: Operations, settings: Settings, household: LocalAccount
+) -> None:
+    start = ops.billing.meter(household.address).last_timestamp
+    advance_past(ops, start + 8_400)
+    read(ops, household, (600, 100), (600, 110), (7_200, 1_300))
+    end = start + 8_400
+    day = datetime.fromtimestamp(end, settings.tz).date()
+    meter, rows = ops.half_hours(HOUSEHOLD, day)
+    assert meter.address == household.address and rows
+    day_start = int(datetime.combine(day, datetime.min.time(), tzinfo=settings.tz).timestamp())
+    if start >= day_start:  # every reading in the day: the parts add up to the register's growth
+        assert sum(r.import_wh for r in rows) == 1_510
+    schedule = ops.billing.schedule()
+    for r in rows:
+        assert (r.import_price, r.export_price) == schedule.prices(r.start // 1_800)
+        assert r.import_cost == r.import_wh * r.import_price
+    assert not rows[-1].actual  # spanned by the two-hour gap
+    result = meterctl(settings, "halfhours", HOUSEHOLD, "--date", day.isoformat())
+    assert result.returncode == 0, result.stderr
+    assert "estimated" in result.stdout and "total" in result.stdout
+    assert render_half_hours(meter, day, rows, settings.tz).splitlines()[0].startswith(f"{HOUSEHOLD}")

@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from common.batches import gas_limit_for
+from common.batches import pack_reading
 from common.billing import Billing
 from common.devchain import free_port
 from common.eip712 import ReadingData, sign_reading
@@ -83,24 +83,22 @@ def _history_writer_role(chain, deployment) -> str:
 
 @pytest.fixture
 def write_readings(chain, deployment, _history_writer_role) -> Callable[..., Awaitable[tuple[int, int]]]:
-    """Put signed readings of a meter on chain directly: ``await write(account, [(seq, ts, wh), ...])``.
+    """Put signed readings of a meter on chain directly: ``await write(account, [(seq, ts, wh[, export_wh]), ...])``.
 
     Returns the position of the last event written (wait for the index with ``indexed``).
     """
     contract = chain.contract(deployment)
 
-    def submit(account: LocalAccount, rows: list[tuple[int, int, int]]) -> tuple[int, int]:
+    def submit(account: LocalAccount, rows: list[tuple[int, ...]]) -> tuple[int, int]:
         position = (0, 0)
         for i in range(0, len(rows), 100):
-            chunk = [ReadingData(account.address, seq, ts, wh) for seq, ts, wh in rows[i:i + 100]]
-            call = contract.functions.submitReadings(
-                [(d.meter, d.seq, d.timestamp, d.energy_wh) for d in chunk],
-                [bytes.fromhex(sign_reading(account.key, deployment.domain, d)[2:]) for d in chunk],
-            )
-            position = last_event(chain.transact(_history_writer_role, call, gas=gas_limit_for(len(chunk))))
+            chunk = [ReadingData(account.address, *row) for row in rows[i:i + 100]]  # (seq, ts, wh[, export])
+            batch = b"".join(pack_reading(d, sign_reading(account.key, deployment.domain, d)) for d in chunk)
+            call = contract.functions.submitReadings(batch)
+            position = last_event(chain.transact(_history_writer_role, call))
         return position
 
-    async def write(account: LocalAccount, rows: list[tuple[int, int, int]]) -> tuple[int, int]:
+    async def write(account: LocalAccount, rows: list[tuple[int, ...]]) -> tuple[int, int]:
         return await asyncio.to_thread(submit, account, rows)
 
     return write

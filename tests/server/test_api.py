@@ -24,9 +24,10 @@ from websockets.asyncio.client import connect
 from common.billing import Billing
 from common.eip712 import ReadingData
 from common.messages import Bill, ConsumptionAlert
+from common.tariff import CLOCK_LOCAL, PriceRule, TariffVersion
 from server.api.auth import OPERATOR_KEY_FILE, ChallengeStore
 from server.api.routes import MAX_AMOUNT, MAX_PAGE, parse_time
-from server.api.schemas import ERROR_CODES
+from server.api.schemas import ERROR_CODES, iso
 from server.api.throttle import ClientLimiter, TooManyRequests, client_key
 from server.app import ServerApp
 from tests.server.conftest import indexed, last_event, meters_indexed
@@ -411,18 +412,65 @@ async def test_closing_a_period_issues_a_bill_listed_with_filters(api, op, serve
     assert second.address not in {b["meter"] for b in rich["results"]}
 
 
-async def test_tariff_history_lists_every_change_newest_first(api, op, server, billing):
-    old = billing.tariff()
-    try:
-        await indexed(server, last_event(await asyncio.to_thread(billing.set_tariff, 30_000, 60_000)))
-        tariffs = (await api.get(f"{API}/tariffs", headers=op)).json()
-        assert tariffs[0]["version"] == billing.tariff().version
-        assert (tariffs[0]["unit_rate_millipence_per_kwh"], tariffs[0]["standing_charge_millipence_per_day"]) == (
-            30_000, 60_000)
-        assert tariffs[-1]["version"] == 1 and [t["version"] for t in tariffs] == sorted(
-            (t["version"] for t in tariffs), reverse=True)
-    finally:
-        await asyncio.to_thread(billing.set_tariff, old.unit_rate, old.standing_charge)
+async def test_tariff_history_lists_every_version_newest_first_with_its_pricing(snapshot, api, op, server, billing):
+    bands = [0 if 1 <= h < 11 else 2 if 32 <= h < 38 else 1 for h in range(48)]
+    version = TariffVersion(0, 60_000, PriceRule.banded(bands, [8_500, 24_670, 35_000]), PriceRule.flat(15_000),
+                            CLOCK_LOCAL)
+    await indexed(server, last_event(await asyncio.to_thread(billing.set_tariff, version)))
+    tariffs = (await api.get(f"{API}/tariffs", headers=op)).json()
+    newest = tariffs[0]
+    assert newest["version"] == len(billing.versions()) and newest["clock"] == "local"
+    assert newest["standing_charge_millipence_per_day"] == 60_000
+    assert newest["import_pricing"] == {"kind": "banded", "rate": 0, "bands": bands,
+                                        "band_rates": [8_500, 24_670, 35_000, 0, 0, 0, 0, 0]}
+    assert newest["export_pricing"] == {"kind": "flat", "rate": 15_000, "bands": None, "band_rates": None}
+    assert tariffs[-1]["version"] == 1 and tariffs[-1]["import_pricing"]["kind"] == "flat"
+    assert [t["version"] for t in tariffs] == sorted((t["version"] for t in tariffs), reverse=True)
+
+
+async def test_half_hourly_settlement_periods_carry_import_export_price_cost_and_whether_estimated(
+        api, op, server, new_meter, write_readings, billing):
+    meter = new_meter()
+    opened = billing.meter(meter.address).last_timestamp
+    base = (opened // 1_800 + 2) * 1_800
+    # Readings every 10 minutes for an hour from base, then a 2-hour gap, then one more 10 minutes later.
+    rows = [(1, base, 10_050, 0), (2, base + 600, 10_100, 0), (3, base + 1_200, 10_200, 30),
+            (4, base + 1_800, 10_300, 60), (5, base + 2_400, 10_400, 90), (6, base + 3_000, 10_500, 120),
+            (7, base + 3_600, 10_600, 150), (8, base + 10_800, 11_800, 150), (9, base + 11_400, 11_900, 160)]
+    await indexed(server, await write_readings(meter, rows))
+    url = f"{API}/meters/{meter.address}/readings"
+    page = (await api.get(url, headers=op, params={"group_by": "halfhour", "period_from": base,
+                                                   "order_by": "period"})).json()
+    periods = page["results"]
+    assert page["count"] == len(periods) == 7  # base .. base + 3.5 h, which the readings cover
+    assert [p["interval_start"] for p in periods][:2] == [iso(base), iso(base + 1_800)]
+    assert sum(p["import_wh"] for p in periods) == 11_900 - 10_050
+    assert sum(p["export_wh"] for p in periods) == 160
+    schedule = billing.schedule()
+    for p in periods:
+        prices = schedule.prices(time_of(p["interval_start"]) // 1_800)
+        assert (p["import_price_millipence_per_kwh"], p["export_price_millipence_per_kwh"]) == prices
+        assert p["import_cost_micropence"] == p["import_wh"] * prices[0]
+    # Read every 10 minutes: actual. Spanned by the 2-hour gap, or not yet read to its end: estimated.
+    assert [p["status"] for p in periods] == ["actual", "actual"] + ["estimated"] * 5
+    assert all(p["estimated"] == (p["status"] == "estimated") for p in periods)
+    assert periods[0]["settlement_date"] and 1 <= periods[0]["settlement_period"] <= 50
+    later = [(10, base + 12_600, 12_000, 170)]
+    await indexed(server, await write_readings(meter, later))
+    again = (await api.get(url, headers=op, params={"group_by": "halfhour", "period_from": base + 10_800})).json()
+    assert [p["status"] for p in again["results"]] == ["actual"]  # the later reading made it actual
+    bands = (await api.get(f"{API}/meters/{meter.address}/band-costs", headers=op,
+                           params={"period_from": base})).json()
+    assert sum(b["import_wh"] for b in bands) == 12_000 - 10_050
+    assert sum(b["import_cost_micropence"] for b in bands) == sum(
+        p["import_cost_micropence"] for p in periods) + again["results"][0]["import_cost_micropence"] - periods[-1][
+        "import_cost_micropence"]
+
+
+def time_of(text: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp())
 
 
 # ---------------------------------------------------------------- grid alerts

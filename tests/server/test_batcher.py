@@ -15,6 +15,7 @@ from web3 import Web3
 
 from common.chain import AsyncChainClient
 from common.eip712 import ReadingData, sign_reading
+from common.events import unpack_record
 from common.messages import Ack, Bill
 from server import batcher as batcher_module
 from server.app import ServerApp
@@ -30,7 +31,7 @@ def recorded(w3: Web3, deployment, meter: str) -> list[int]:
     """The sequence numbers the chain recorded for ``meter``, one entry per ReadingRecorded event."""
     contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
     logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block, argument_filters={"meter": meter})
-    return sorted(e.args.seq for e in logs)
+    return sorted(unpack_record(int(e.args.record))["seq"] for e in logs)
 
 
 def lock_queue(path: Path) -> sqlite3.Connection:
@@ -137,7 +138,9 @@ async def test_a_batch_whose_queue_write_fails_after_sending_reaches_the_chain_o
     store = Store(tmp_path / "queue.sqlite", busy_timeout_ms=BUSY_MS)
     now = int(time.time())
     rows = [ReadingData(meter.address, seq, now - 300 + 60 * seq, 10_000 + 100 * seq) for seq in (1, 2, 3)]
-    store.put([(d, sign_reading(meter.key, deployment.domain, d)) for d in rows], {})
+    # Each with its previous reading's time (the first's is the meter's opening a day ago), for the gas bound.
+    store.put([(d, sign_reading(meter.key, deployment.domain, d), now - 86_400 if d.seq == 1 else d.timestamp - 60)
+               for d in rows], {})
     clients: list[LocksTheQueueOnceSent] = []
 
     def connect() -> AsyncChainClient:

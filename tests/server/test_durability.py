@@ -10,6 +10,7 @@ import pytest
 from web3 import Web3
 
 from common.eip712 import ReadingData
+from common.events import unpack_record
 from common.messages import Ack, Bill
 from tests.server.test_gateway import next_of
 from tests.support import ServerProcess  # noqa: F401 - other tests import it from here too
@@ -18,7 +19,7 @@ from tests.support import ServerProcess  # noqa: F401 - other tests import it fr
 def recorded_count(w3: Web3, deployment, meter: str, seq: int) -> int:
     contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
     logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block, argument_filters={"meter": meter})
-    return sum(1 for e in logs if e.args.seq == seq)
+    return sum(1 for e in logs if unpack_record(int(e.args.record))["seq"] == seq)
 
 
 @pytest.mark.parametrize("chain_loses_the_transaction", [False, True], ids=["tx-survives", "tx-lost"])

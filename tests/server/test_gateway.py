@@ -236,7 +236,7 @@ async def test_reading_message_is_validated_before_the_queue(server, new_meter, 
     meter = new_meter()
     link = link_for(meter)
     await link.connect()
-    bad = Reading(meter=meter.address, seq=1, timestamp=int(time.time()), energy_wh=10_010,
+    bad = Reading(meter=meter.address, seq=1, timestamp=int(time.time()), energy_wh=10_010, export_wh=0,
                   signature="0x" + "00" * 65)
     await link.send(bad)
     assert (await next_of(link, ErrorMessage)).code == "bad_signature"

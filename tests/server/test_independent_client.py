@@ -33,13 +33,14 @@ def sign(key, domain: dict, primary: str, fields: list[dict], message: dict) -> 
     return "0x" + bytes(Account.sign_message(encode_typed_data(full_message=typed), key).signature).hex()
 
 
-def reading(key, domain: dict, meter: str, seq: int, timestamp: int, energy_wh: int) -> dict:
+def reading(key, domain: dict, meter: str, seq: int, timestamp: int, energy_wh: int, export_wh: int) -> dict:
     fields = [{"name": "meter", "type": "address"}, {"name": "seq", "type": "uint64"},
-              {"name": "timestamp", "type": "uint64"}, {"name": "energyWh", "type": "uint64"}]
+              {"name": "timestamp", "type": "uint64"}, {"name": "energyWh", "type": "uint64"},
+              {"name": "exportWh", "type": "uint64"}]
     sig = sign(key, domain, "Reading", fields, {"meter": meter, "seq": seq, "timestamp": timestamp,
-                                                  "energyWh": energy_wh})
+                                                  "energyWh": energy_wh, "exportWh": export_wh})
     return {"type": "reading", "meter": meter, "seq": seq, "timestamp": timestamp, "energyWh": energy_wh,
-            "signature": sig}
+            "exportWh": export_wh, "signature": sig}
 
 
 async def login(url: str, ca_file: str, account, domain: dict):
@@ -71,10 +72,11 @@ async def test_independent_client_logs_in_sends_a_reading_and_gets_its_bill(serv
     domain = load_domain(server_settings.deployments_dir)
     ws, welcome = await login(server_settings.server_url, str(server_settings.ca_cert_path), account, domain)
     seq, register = welcome["lastSeq"] + 1, welcome["lastEnergyWh"] + 321
-    await ws.send(json.dumps(reading(account.key, domain, account.address, seq, int(time.time()) - 5, register)))
+    await ws.send(json.dumps(reading(account.key, domain, account.address, seq, int(time.time()) - 5, register, 45)))
     assert (await next_of(ws, "ack"))["seq"] == seq
     bill = await next_of(ws, "bill")
     assert (bill["seq"], bill["energyWh"], bill["periodEnergyWh"]) == (seq, register, 321)
+    assert (bill["exportWh"], bill["periodExportWh"]) == (45, 45)
     assert bill["amountDue"] == billing.bill(account.address).amount_due
     await ws.close()
 
@@ -84,7 +86,7 @@ async def test_reading_with_a_bad_signature_gets_a_code_and_never_reaches_the_ch
     account = new_meter()
     domain = load_domain(server_settings.deployments_dir)
     ws, welcome = await login(server_settings.server_url, str(server_settings.ca_cert_path), account, domain)
-    forged = reading(Account.create().key, domain, account.address, 1, int(time.time()) - 5, 10_100)
+    forged = reading(Account.create().key, domain, account.address, 1, int(time.time()) - 5, 10_100, 0)
     await ws.send(json.dumps(forged))
     error = await next_of(ws, "error")
     assert (error["code"], error["seq"]) == ("bad_signature", 1)

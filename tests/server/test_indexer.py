@@ -17,6 +17,7 @@ import pytest
 from common.chain import AsyncChainClient
 from common.events import ChainEvent
 from common.settings import ROOT
+from common.tariff import CLOCK_LOCAL, PriceRule, TariffVersion
 from server.app import open_index
 from server.history import GroupBy, group_hours, spread_over_hours, window_hours
 from server.index import DERIVED_TABLES, Index
@@ -60,7 +61,7 @@ async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_event
     assert await indexer.catch_up() == 0  # idempotent: nothing after the recorded position
     await write_readings(meter, readings(start + 8 * 900, 9, 4, 10_000 + 8 * 300))
     resumed = Indexer(deployment, index, chain_client)  # a restart: only the position on disk carries over
-    assert await resumed.catch_up() == 8  # four ReadingRecorded and four BillUpdated
+    assert await resumed.catch_up() == 4  # four ReadingRecorded
     count, rows = index.readings(meter.address, 0, 2**32, False, 100, 0)
     assert count == 12 and [r["seq"] for r in rows] == list(range(1, 13))
     index.close()
@@ -84,22 +85,25 @@ async def test_applying_the_same_events_again_changes_nothing(
 
 
 async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(
-        tmp_path, base_settings, deployment, chain_client, new_meter, write_readings, billing):
+        snapshot, tmp_path, base_settings, deployment, chain_client, new_meter, write_readings, billing):
     index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
     meter = new_meter()
-    start = int(time.time()) - 20 * HOUR
-    old = billing.tariff()
-    try:
-        await write_readings(meter, readings(start, 1, 5, 10_000))
-        await asyncio.to_thread(billing.set_tariff, 31_234, 61_111)
-        await write_readings(meter, readings(start + 5 * 900, 6, 5, 11_500, 777))
-    finally:
-        await asyncio.to_thread(billing.set_tariff, old.unit_rate, old.standing_charge)
+    now = billing.now()
+    change = (now + base_settings.max_future_skew) // 1_800 * 1_800 + 1_800
+    start = change - 5 * 900
+    await write_readings(meter, [(1, now - 20 * HOUR, 10_000, 0)])
+    bands = [0 if 1 <= h < 11 else 2 if 32 <= h < 38 else 1 for h in range(48)]
+    await asyncio.to_thread(billing.set_tariff, TariffVersion(
+        change, 61_111, PriceRule.banded(bands, [8_500, 31_234, 35_000]), PriceRule.flat(15_000), CLOCK_LOCAL))
+    billing.client.w3.provider.make_request("evm_increaseTime", [change + 6 * 900 - now])
+    billing.client.w3.provider.make_request("evm_mine", [])
+    await write_readings(meter, [(2 + i, start + i * 900, 10_300 + i * 300, 50 * i) for i in range(10)])
     await Indexer(deployment, index, chain_client).catch_up()
     period, chain = index.meter(meter.address).period, billing.bill(meter.address)
     assert (period.energy_wh, period.energy_cost, period.standing_charge, period.amount_due) == (
         chain.period_energy_wh, chain.energy_cost, chain.standing_charge, chain.amount_due)
-    assert period.energy_cost != 1500 * old.unit_rate + 5 * 777 * old.unit_rate  # the new rate was applied
+    assert (period.export_wh, period.export_credit) == (chain.period_export_wh, chain.export_credit) == (
+        450, 250 * base_settings.tariff_export_rate + 200 * 15_000)  # 250 Wh before the change, 200 after
     index.close()
 
 
@@ -157,8 +161,10 @@ def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
     rng = random.Random(12)
     index = Index(tmp_path / "index.sqlite", LONDON)
     meter, opened = "0x" + "ab" * 20, 1_790_000_000
-    events = [ChainEvent("TariffChanged", {"version": 1, "unitRate": 24_670, "standingCharge": 57_210,
-                                           "effectiveFrom": opened}, 1, 0, "0x01"),
+    tariff = dict(zip(("effectiveFrom", "standingCharge", "clock", "importKind", "importRate", "exportKind",
+                       "exportRate", "importBands", "importBandRates", "exportBands", "exportBandRates"),
+                      TariffVersion.flat(24_670, 57_210).as_struct(), strict=True))  # as version 1: from time 0
+    events = [ChainEvent("TariffChanged", {"version": 1, **tariff}, 1, 0, "0x01"),
               ChainEvent("MeterRegistered", {"meter": meter, "accountRef": b"\x42" * 32, "region": b"north",
                                              "openingWh": 10_000, "openedAt": opened}, 1, 1, "0x01")]
     ts, register, span = opened, 10_000, []
@@ -169,7 +175,9 @@ def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
             ts += -ts % HOUR
         register += rng.choice([0, 1, rng.randint(0, 40), rng.randint(0, 5_000)])
         events.append(ChainEvent("ReadingRecorded", {"meter": meter, "seq": seq, "timestamp": ts,
-                                                     "energyWh": register}, 2 + seq, 0, "0x02"))
+                                                     "energyWh": register, "exportWh": 0,
+                                                     "periodImportCost": (register - 10_000) * 24_670,
+                                                     "periodExportCredit": 0}, 2 + seq, 0, "0x02"))
         span.append(ts)
     index.apply(events, {1: opened})
     everything = index.readings(meter, 0, 2**40, False, 10_000, 0)[1]

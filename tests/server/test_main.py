@@ -40,7 +40,8 @@ def test_a_damaged_queue_stops_the_server_with_storage_error_and_what_to_do(serv
         queue.write_bytes(b"this is not a database, it was overwritten by a careless copy\n" * 100)
     else:
         store = Store(queue)
-        rows = [(ReadingData("0x" + f"{i:040x}", 1, int(time.time()), 10_000), "0x" + "ab" * 65) for i in range(300)]
+        rows = [(ReadingData("0x" + f"{i:040x}", 1, int(time.time()), 10_000), "0x" + "ab" * 65, int(time.time()) - 60)
+                for i in range(300)]
         store.put(rows, {})
         store.close()
         damage_beyond_the_first_page(queue)

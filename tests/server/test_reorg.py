@@ -19,6 +19,7 @@ from common.billing import Billing
 from common.chain import ChainClient
 from common.devchain import AnvilProcess, free_port
 from common.eip712 import ReadingData, sign_login
+from common.events import unpack_record
 from common.messages import Ack, Auth, Bill, encode
 from common.settings import Settings
 from common.tls import client_context
@@ -69,7 +70,7 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
 def recorded(billing: Billing, meter: str) -> list[int]:
     events = billing.contract.events.ReadingRecorded().get_logs(from_block=billing.deployment.block,
                                                                 argument_filters={"meter": meter})
-    return [int(e.args.seq) for e in events]
+    return [unpack_record(int(e.args.record))["seq"] for e in events]
 
 
 async def test_a_bill_is_provisional_until_its_block_is_final_and_the_reading_stays_queued_till_then(

@@ -1,0 +1,68 @@
+"""The gateway's durable queue keeps both registers and the previous reading's time, and a queue
+written by the previous version is set aside cleanly rather than submitted."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from common.eip712 import ReadingData
+from server.store import SCHEMA_VERSION, Store
+from server.validation import Cursor
+
+METER = "0x" + "ab" * 20
+
+
+def test_a_queued_reading_keeps_its_export_register_and_its_previous_readings_time(tmp_path):
+    store = Store(tmp_path / "queue.sqlite")
+    store.put([(ReadingData(METER, 3, 2_000, 9_000, 450), "0x" + "11" * 65, 1_200)],
+              {METER: Cursor(3, 2_000, 9_000, 450)})
+    (queued,) = store.pending(10)
+    assert queued.data == ReadingData(METER, 3, 2_000, 9_000, 450) and queued.prev_timestamp == 1_200
+    assert store.cursor(METER) == Cursor(3, 2_000, 9_000, 450)
+    store.close()
+
+
+def test_a_queue_from_before_the_export_register_is_moved_aside_not_submitted(tmp_path):
+    path = tmp_path / "queue.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE queue (meter TEXT NOT NULL, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+            energy_wh INTEGER NOT NULL, signature TEXT NOT NULL, received_at REAL NOT NULL, tx_hash TEXT,
+            PRIMARY KEY (meter, seq));
+        CREATE TABLE cursor (meter TEXT PRIMARY KEY, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL,
+            energy_wh INTEGER NOT NULL);
+        INSERT INTO queue VALUES ('0xabab', 1, 100, 5000, '0xsig', 1.0, NULL);
+        INSERT INTO cursor VALUES ('0xabab', 1, 100, 5000);
+    """)
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.count() == 0 and store.pending(10) == [] and store.cursor("0xabab") is None
+    assert store.db.execute("SELECT meter, seq FROM queue_v1").fetchall() == [("0xabab", 1)]
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+    again = Store(path)  # opening again changes nothing
+    assert again.db.execute("SELECT COUNT(*) FROM queue_v1").fetchone()[0] == 1
+    again.close()
+
+
+def test_the_batcher_cuts_a_batch_of_long_gaps_short_so_its_gas_bound_fits_a_block(tmp_path, base_settings,
+                                                                                   deployment):
+    from common.batches import MAX_BATCH_GAS, extra_periods, gas_limit_for
+    from common.chain import AsyncChainClient
+    from server.batcher import Batcher
+
+    store = Store(tmp_path / "queue.sqlite")
+    meters = ["0x" + f"{i:040x}" for i in range(1, 101)]
+    ten_days = 10 * 86_400
+    store.put([(ReadingData(m, 1, 2_000_000_000, 9_000), "0x" + "11" * 65, 2_000_000_000 - ten_days) for m in meters],
+              {})
+    chain = AsyncChainClient(base_settings, deployment, base_settings.gateway_key)
+    batcher = Batcher(chain, store, lambda: chain, batch_max_size=100, batch_max_wait=0.1)
+    batch = batcher._take(store)
+    each = extra_periods([(2_000_000_000 - ten_days, 2_000_000_000)])
+    assert 1 <= len(batch) < 100
+    assert gas_limit_for(len(batch), len(batch) * each) <= MAX_BATCH_GAS < gas_limit_for(len(batch) + 1,
+                                                                                       (len(batch) + 1) * each)
+    assert [r.data.meter for r in batch] == meters[:len(batch)]  # the oldest first, in order
+    store.close()
