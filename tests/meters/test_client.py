@@ -248,7 +248,10 @@ class _SteadySource:
     def register_at(self, t: float) -> int:
         return 1_000_000 + int(t % 1_000) * 10
 
-    def restart(self, t: float, wh: int) -> None:
+    def export_at(self, t: float) -> int:
+        return 0
+
+    def restart(self, t: float, wh: int, export_wh: int = 0) -> None:
         pass
 
 
