@@ -21,7 +21,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from common.batches import gas_limit_for, submit_readings_calldata
+from common.batches import gas_limit_for, pack_reading, submit_readings_calldata
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployer import deploy
@@ -253,8 +253,8 @@ def _gas(settings: Settings, billing: Billing, sizes: tuple[int, ...], opened: i
         return int(billing.submit_readings(signed)["gasUsed"]) if len(signed) <= 100 else _big(signed)
 
     def _big(signed: list[Any]) -> int:
-        rows = [(d.meter, d.seq, d.timestamp, d.energy_wh) for d, _ in signed]
-        call = billing.contract.functions.submitReadings(rows, [bytes.fromhex(s[2:]) for _, s in signed])
+        batch = b"".join(pack_reading(r, sig) for r, sig in signed)
+        call = billing.contract.functions.submitReadings(batch)
         return int(billing.client.transact(settings.gateway_key, call, gas=gas_limit_for(len(signed)))["gasUsed"])
 
     for i in range(0, len(accounts), 100):
