@@ -8,6 +8,8 @@
 # stopped, which log to read and that log's last lines, and tears the rest down (exit 1).
 # Ctrl-C tears everything down; running it again resumes the persisted chain.
 #   ./run-demo.sh [--count N] [--time-scale X]   (extra options go to the fleet)
+#   CHAIN_NODE=anvil BLOCK_TIME=1 ./run-demo.sh   the same on Anvil, a block a second (two confirmations
+#                                                 unless CONFIRMATIONS is set)
 set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf 'run-demo: %s\n' "$*"; }
@@ -21,7 +23,12 @@ export DATA_DIR
 LOG_DIR="$DATA_DIR/logs"
 RUN_SERVER_LOG="$LOG_DIR/run-server.log"
 CHAIN_PID_FILE="$DATA_DIR/ganache.pid"
-CHAIN_LOG="$LOG_DIR/ganache.log"
+export CHAIN_NODE="${CHAIN_NODE:-ganache}"
+CHAIN_LOG="$LOG_DIR/$CHAIN_NODE.log"
+if [ "$CHAIN_NODE" = anvil ] && [ "${BLOCK_TIME:-0}" != 0 ] \
+    && [ "$($PY -c 'from common.settings import load_settings; print(load_settings().confirmations)')" = -1 ]; then
+  export CONFIRMATIONS=2  # blocks come every BLOCK_TIME seconds and may be replaced: bills turn final two blocks on
+fi
 CHAIN_URL="$($PY -c 'from common.settings import load_settings; print(load_settings().chain_rpc_url)')"
 CHAIN_PID=""
 
@@ -100,7 +107,7 @@ say "ready after $(( $(date +%s) - START )) s; logs in $LOG_DIR/ and $DATA_DIR/m
 CLIENTS_PID=$!
 while kill -0 "$CLIENTS_PID" 2>/dev/null; do
   kill -0 "$SERVER_PID" 2>/dev/null || stopped "the server side (run-server.sh)" "$RUN_SERVER_LOG"
-  chain_alive || stopped "the chain (Ganache at $CHAIN_URL)" "$CHAIN_LOG"
+  chain_alive || stopped "the chain ($CHAIN_NODE at $CHAIN_URL)" "$CHAIN_LOG"
   sleep 1
 done
 STATUS=0

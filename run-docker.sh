@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Start the local chain: Ganache 7.9.2 on 127.0.0.1 at the port of CHAIN_RPC_URL (environment,
-# then .env; default 8545), chain id 1337, deterministic accounts, data kept in data/chain across
-# restarts. Uses the Docker engine where `docker info` works, otherwise the same Ganache from
-# node_modules with the same flags and data directory. It starts a chain on this machine only, so
-# it refuses a CHAIN_RPC_URL on another host, and a GANACHE_PORT (older setting, optional) or
-# CHAIN_WS_URL port that disagrees with CHAIN_RPC_URL's.
+# Start the local chain: Ganache 7.9.2 (the default) or Foundry's Anvil (CHAIN_NODE=anvil) on
+# 127.0.0.1 at the port of CHAIN_RPC_URL (environment, then .env; default 8545), chain id 1337,
+# deterministic accounts (the same keys on both), data kept across restarts (Ganache's in
+# data/chain, Anvil's in data/chain-anvil/state.json). Ganache runs in Docker where `docker info`
+# works, otherwise from node_modules with the same flags and data directory; Anvil runs from
+# node_modules. Ganache mines each transaction at once; Anvil does too unless BLOCK_TIME=N, when
+# it mines a block every N seconds as a real network does (set CONFIRMATIONS for it, e.g. 2). It
+# starts a chain on this machine only, so it refuses a CHAIN_RPC_URL on another host, and a
+# GANACHE_PORT (older setting, optional) or CHAIN_WS_URL port that disagrees with CHAIN_RPC_URL's.
 #   ./run-docker.sh           start (or say it is already running) and wait until the RPC answers
 #   ./run-docker.sh --stop    stop it
 #   ./run-docker.sh --reset   stop it and delete the chain's data (deployments must be redone)
 #   ./run-docker.sh --status  say whether it runs
+#   CHAIN_NODE=anvil BLOCK_TIME=1 ./run-docker.sh    Anvil, a block a second
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR="${DATA_DIR:-data}"
-CHAIN_DIR="$DATA_DIR/chain"
+CHAIN_NODE="${CHAIN_NODE:-ganache}"
+BLOCK_TIME="${BLOCK_TIME:-0}"
+case "$CHAIN_NODE" in
+  ganache) CHAIN_DIR="$DATA_DIR/chain"; NODE_NAME="Ganache" ;;
+  anvil) CHAIN_DIR="$DATA_DIR/chain-anvil"; NODE_NAME="Anvil" ;;
+  *) echo "run-docker: CHAIN_NODE=$CHAIN_NODE is not a node this script starts; use ganache or anvil" >&2; exit 2 ;;
+esac
+# The pid file names whichever node this script started (run-demo.sh watches it).
 PID_FILE="$DATA_DIR/ganache.pid"
-LOG_FILE="$DATA_DIR/logs/ganache.log"
+LOG_FILE="$DATA_DIR/logs/$CHAIN_NODE.log"
 CONTAINER="smartmeter-ganache"
 IMAGE="trufflesuite/ganache:v7.9.2"
 
@@ -95,7 +106,7 @@ stop_chain() {
       kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
       for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
       kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
-      say "stopped Ganache (pid $pid)"
+      say "stopped the chain (pid $pid)"
     fi
     rm -f "$PID_FILE"
   fi
@@ -105,8 +116,8 @@ case "${1:-}" in
   --stop) stop_chain; exit 0 ;;
   --reset)
     stop_chain
-    rm -rf "$CHAIN_DIR" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" "$DATA_DIR/index" "$DATA_DIR/customers.json" \
-      "$DATA_DIR"/api/messages.sqlite*
+    rm -rf "$DATA_DIR/chain" "$DATA_DIR/chain-anvil" deployments/1337.json "$DATA_DIR/meters" "$DATA_DIR/gateway" \
+      "$DATA_DIR/index" "$DATA_DIR/customers.json" "$DATA_DIR"/api/messages.sqlite*
     say "deleted the chain's data, the recorded deployment, provisioned meters and their messages; run ./run-docker.sh to start afresh"
     exit 0 ;;
   --status|"") ;;
@@ -134,7 +145,14 @@ fi
 
 mkdir -p "$CHAIN_DIR" "$(dirname "$LOG_FILE")"
 
-if docker_works; then
+if [ "$CHAIN_NODE" = anvil ]; then
+  ANVIL="$(.venv/bin/python -m common.devchain anvil-binary)"
+  [ -x "$ANVIL" ] || { say "Anvil is not installed in node_modules; run scripts/bootstrap.sh"; exit 1; }
+  say "starting Anvil from node_modules ($( [ "$BLOCK_TIME" = 0 ] && echo "mining each transaction at once" || echo "a block every $BLOCK_TIME s"))"
+  mapfile -t FLAGS < <(.venv/bin/python -m common.devchain anvil-flags "$PORT" "$CHAIN_DIR/state.json" 127.0.0.1 "$BLOCK_TIME")
+  setsid "$ANVIL" "${FLAGS[@]}" >>"$LOG_FILE" 2>&1 < /dev/null &
+  echo $! > "$PID_FILE"
+elif docker_works; then
   say "starting Ganache in Docker ($IMAGE)"
   mapfile -t FLAGS < <(.venv/bin/python -m common.devchain flags 8545 /data 0.0.0.0)
   docker run -d --rm --name "$CONTAINER" -p "127.0.0.1:$PORT:8545" \
@@ -147,8 +165,8 @@ else
 fi
 
 for _ in $(seq 1 150); do
-  if answers; then say "the chain answers at $URL (chain id 1337, data in $CHAIN_DIR)"; exit 0; fi
+  if answers; then say "$NODE_NAME answers at $URL (chain id 1337, data in $CHAIN_DIR)"; exit 0; fi
   sleep 0.2
 done
-say "Ganache did not answer at $URL within 30 s; see $LOG_FILE"
+say "$NODE_NAME did not answer at $URL within 30 s; see $LOG_FILE"
 exit 1

@@ -1,9 +1,15 @@
-"""The one client layer to the chain: connecting, signing transactions locally, nonces, gas,
-retries of transient RPC failures and decoding the contract's custom errors.
+"""The one client layer to the chain: connecting, signing transactions locally, nonces, gas and
+fees, retries of transient RPC failures, transactions that wait too long, and decoding the
+contract's custom errors.
 
 Transactions are signed with local keys (eth-account), never by node-unlocked accounts, so the
-same code works against any JSON-RPC node. ``ChainClient`` is synchronous (scripts, tests);
-``AsyncChainClient`` is its asyncio twin for the server. Both share the pure helpers here.
+same code works against any JSON-RPC node. They carry EIP-1559 fees where the chain has a base
+fee and a legacy gas price otherwise (``common.fees``), never above ``MAX_FEE_GWEI``.
+``ChainClient`` is synchronous (scripts, tests); ``AsyncChainClient`` is its asyncio twin for
+the server, which also sees a transaction through to its block: one that waits unmined for
+``TX_REPLACE_AFTER`` seconds is replaced with the same nonce at higher fees (up to the ceiling,
+where it is held and the log says so), one the node dropped is sent again, and after any nonce
+error the nonce is read back from the chain.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Awaitable, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 import aiohttp
 from eth_abi import decode as abi_decode
@@ -26,13 +33,16 @@ from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCErro
 
 from common.backoff import backoff_delay
 from common.deployment import Deployment
-from common.errors import ChainError, ChainUnavailable, ConfigError
+from common.errors import ChainError, ChainUnavailable, ConfigError, FeesTooHigh, TransactionLost
+from common.fees import FEE_HISTORY_BLOCKS, Fees, SendProblem, classify_send_error, suggest_fees
 from common.logs import log_event
 from common.settings import GANACHE_DEV_KEYS, LOCAL_CHAIN_ID, Settings
 
 __all__ = [
     "ChainClient",
     "AsyncChainClient",
+    "SentTransaction",
+    "Mined",
     "ErrorDecoder",
     "GAS_MARGIN",
     "refuse_dev_keys_off_local",
@@ -43,11 +53,19 @@ __all__ = [
 
 log = logging.getLogger("chain")
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Multiplier on estimated gas so a batch whose state moved since estimation still fits.
 GAS_MARGIN = 1.25
-#: Seconds a gas price read from the node is reused for the server's transactions.
-GAS_PRICE_TTL = 30.0
+#: Seconds fees read from the node are reused for the server's transactions (a transaction the node
+#: refuses as underpriced, or one replaced, reads them afresh).
+FEE_TTL = 30.0
+#: The gateway's key counts as running low when its balance would pay for fewer transactions than
+#: this at the current fees: a warning is logged (at most every ``FEE_TTL``) while there is time to fund it.
+LOW_FUNDS_TRANSACTIONS = 200
+#: A transaction behind a missing earlier nonce is given up (and what it carried sent again) after
+#: this many ``TX_REPLACE_AFTER`` periods: the gap may be another transaction in flight about to fill it.
+NONCE_GAP_PERIODS = 2
 #: Waits between retries of a failed RPC call: from this, doubling, up to the cap (seconds).
 RPC_RETRY_FIRST, RPC_RETRY_CAP = 0.2, 5.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)
@@ -123,13 +141,20 @@ class ErrorDecoder:
         return str(err)
 
 
-def _tx_fields(account: LocalAccount, chain_id: int, nonce: int, gas: int, gas_price: int) -> dict[str, Any]:
-    return {"from": account.address, "chainId": chain_id, "nonce": nonce, "gas": gas, "gasPrice": gas_price}
+def _tx_fields(account: LocalAccount, chain_id: int, nonce: int, gas: int, fees: Fees) -> dict[str, Any]:
+    return {"from": account.address, "chainId": chain_id, "nonce": nonce, "gas": gas, **fees.fields()}
 
 
 def _is_nonce_error(err: Exception) -> bool:
-    text = str(err).lower()
-    return "nonce" in text and any(w in text for w in ("too low", "already", "incorrect", "correct nonce"))
+    return classify_send_error(str(err)) in (SendProblem.NONCE_USED, SendProblem.NONCE_TAKEN)
+
+
+def _fees_or_hold(fees: Fees, floor: int, ceiling: int) -> Fees:
+    """``fees`` capped at ``ceiling``; FeesTooHigh when even the next block's floor is above it."""
+    if floor > ceiling:
+        raise FeesTooHigh(f"the chain asks at least {floor / 1e9:.3g} gwei per gas, above MAX_FEE_GWEI="
+                          f"{ceiling / 1e9:g}; holding transactions until fees fall (or raise MAX_FEE_GWEI)")
+    return fees.capped(ceiling)
 
 
 class ChainClient:
@@ -151,6 +176,22 @@ class ChainClient:
                 "start it with ./run-docker.sh"
             ) from err
         return chain_id
+
+    def fees(self) -> Fees:
+        """Fees for the next block, capped at ``MAX_FEE_GWEI`` (FeesTooHigh when the chain asks more)."""
+        try:
+            history: dict[str, Any] | None = dict(self.w3.eth.fee_history(FEE_HISTORY_BLOCKS, "latest", [50]))
+        except (Web3RPCError, ValueError):
+            history = None
+        tip: int | None = None
+        if history is not None:
+            try:
+                tip = int(self.w3.eth.max_priority_fee)
+            except (Web3RPCError, ValueError):
+                tip = None
+        price = None if history else int(self.w3.eth.gas_price)
+        fees, floor = suggest_fees(history, tip, price)
+        return _fees_or_hold(fees, floor, self.settings.max_fee_wei)
 
     def contract(self, deployment: Deployment) -> Any:
         """A contract object for the recorded deployment."""
@@ -175,7 +216,7 @@ class ChainClient:
                 else:
                     use_gas = gas
                 tx = call.build_transaction(
-                    _tx_fields(account, self.w3.eth.chain_id, nonce, use_gas, self.w3.eth.gas_price)
+                    _tx_fields(account, self.w3.eth.chain_id, nonce, use_gas, self.fees())
                 )
                 signed = account.sign_transaction(tx)
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -223,8 +264,43 @@ async def _retry(settings: Settings, what: str, op: Callable[[], Awaitable[T]]) 
     raise ChainUnavailable(f"the chain at {settings.chain_rpc_url} kept failing ({what}); is it running?")
 
 
+@dataclass
+class SentTransaction:
+    """A transaction the client sent and sees through to its block: every version sent, newest last.
+
+    Replacing it (same nonce, higher fees) adds a version; whichever is mined settles it.
+    """
+
+    nonce: int
+    data: bytes
+    gas: int
+    fees: Fees
+    hashes: list[str]
+    #: ``time.monotonic()`` when the newest version was sent (or the wait last started again).
+    sent_at: float
+    #: When it was first sent (a transaction stuck behind a missing nonce is given up after a while).
+    first_sent_at: float
+    #: Whether it waits at the fee ceiling (said once in the log).
+    held: bool = False
+
+    @property
+    def hash(self) -> str:
+        """The newest version's hash."""
+        return self.hashes[-1]
+
+
+@dataclass(frozen=True)
+class Mined(Generic[R]):
+    """How a transaction was found mined: by the caller's own report (``report``), or else its ``receipt``."""
+
+    tx_hash: str
+    report: R | None = None
+    receipt: dict[str, Any] | None = None
+
+
 class AsyncChainClient:
-    """The asyncio twin of ChainClient for the server: one key, local nonce management."""
+    """The asyncio twin of ChainClient for the server: one key, local nonce management, and
+    transactions seen through to their block (replaced when they wait, sent again when dropped)."""
 
     def __init__(self, settings: Settings, deployment: Deployment, key: str) -> None:
         self.settings = settings
@@ -236,11 +312,14 @@ class AsyncChainClient:
         )
         self.decoder = ErrorDecoder(deployment.abi)
         self._nonce: int | None = None
-        self._gas_price: tuple[int, float] | None = None
+        #: (fees, the next block's floor, when read)
+        self._fees: tuple[Fees, int, float] | None = None
         self._lock = asyncio.Lock()
         self._views = _view_signatures(deployment.abi)
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
+        self.replaced = 0
+        self.resent = 0
 
     async def close(self) -> None:
         """Close the HTTP sessions."""
@@ -248,15 +327,15 @@ class AsyncChainClient:
             await self._session.close()
         await self.w3.provider.disconnect()
 
-    async def view(self, name: str, *args: Any) -> tuple[Any, ...]:
+    async def view(self, name: str, *args: Any, block: int | str = "latest") -> tuple[Any, ...]:
         """Call a view function with a raw ``eth_call`` on a kept-alive connection (the hot path).
 
         Skips web3's per-call machinery, which costs milliseconds of CPU per call: the gateway
-        reads a meter's state at every login.
+        reads a meter's state at every login. ``block`` reads the state as of an earlier block.
         """
         selector, in_types, out_types = self._views[name]
         data = "0x" + (selector + abi_encode(in_types, list(args))).hex()
-        params = [{"to": self.deployment.address, "data": data}, "latest"]
+        params = [{"to": self.deployment.address, "data": data}, hex(block) if isinstance(block, int) else block]
         result = await self.request("eth_call", params)
         return tuple(abi_decode(out_types, bytes.fromhex(result.removeprefix("0x"))))
 
@@ -287,37 +366,226 @@ class AsyncChainClient:
         """Run a read-only RPC with retries."""
         return await _retry(self.settings, what, op)
 
-    async def send_transaction(self, data: bytes, gas: int) -> str:
-        """Sign a call of the contract with ``data`` as calldata and send it; returns the 0x tx hash.
+    # ---------------------------------------------------------------- fees
+
+    async def fees(self, fresh: bool = False, gas: int = 0) -> Fees:
+        """Fees for the next block, capped at ``MAX_FEE_GWEI``; FeesTooHigh when the chain asks more than that.
+
+        Read from the node at most every ``FEE_TTL`` seconds (or now, if ``fresh``); each reading
+        also checks the key's balance against ``gas`` at these fees (see ``LOW_FUNDS_TRANSACTIONS``).
+        """
+        fees, floor = await self._suggested(fresh, gas)
+        return _fees_or_hold(fees, floor, self.settings.max_fee_wei)
+
+    async def _suggested(self, fresh: bool, gas: int = 0) -> tuple[Fees, int]:
+        """The node's fees for the next block (uncapped) and the lowest max fee that block accepts."""
+        now = time.monotonic()
+        if fresh or self._fees is None or now - self._fees[2] > FEE_TTL:
+            try:
+                history = await self.request("eth_feeHistory", [hex(FEE_HISTORY_BLOCKS), "latest", [50]])
+            except ChainError as err:
+                if isinstance(err, ChainUnavailable):
+                    raise
+                history = None  # a node without EIP-1559 fee history: a legacy gas price
+            tip = price = None
+            if history and (history.get("baseFeePerGas") or []):
+                try:
+                    tip = int(await self.request("eth_maxPriorityFeePerGas", []), 16)
+                except ChainError as err:
+                    if isinstance(err, ChainUnavailable):
+                        raise
+            else:
+                price = int(await self.request("eth_gasPrice", []), 16)
+            fees, floor = suggest_fees(history, tip, price)
+            self._fees = (fees, floor, now)
+            if gas:
+                await self._check_funds(fees, gas)
+        return self._fees[0], self._fees[1]
+
+    async def _check_funds(self, fees: Fees, gas: int) -> None:
+        """Warn while the key's balance would pay for fewer than ``LOW_FUNDS_TRANSACTIONS`` transactions."""
+        balance = int(await self.request("eth_getBalance", [self.account.address, "latest"]), 16)
+        per_tx = gas * fees.max_fee
+        if balance < LOW_FUNDS_TRANSACTIONS * per_tx:
+            log_event(log, "gateway_funds_low", logging.WARNING, account=self.account.address,
+                      balance_eth=f"{balance / 1e18:.6g}", transactions_left=balance // max(per_tx, 1),
+                      action=f"send funds to {self.account.address}: transactions fail once it cannot pay for gas")
+
+    # ---------------------------------------------------------------- sending
+
+    def forget_nonce(self) -> None:
+        """Read the nonce from the chain before the next transaction (after blocks were replaced)."""
+        self._nonce = None
+
+    async def _next_nonce(self) -> int:
+        if self._nonce is None:
+            self._nonce = int(await self.request("eth_getTransactionCount", [self.account.address, "pending"]), 16)
+        return self._nonce
+
+    async def _nonce_mined(self) -> int:
+        """How many of the key's transactions are mined (the next nonce the chain expects)."""
+        return int(await self.request("eth_getTransactionCount", [self.account.address, "latest"]), 16)
+
+    def _sign(self, data: bytes, gas: int, nonce: int, fees: Fees) -> tuple[str, str]:
+        """(raw 0x transaction, 0x hash) of a call of the contract."""
+        tx: dict[str, Any] = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas, "nonce": nonce,
+                              "chainId": self.settings.chain_id, **fees.fields()}
+        signed = self.account.sign_transaction(tx)
+        return "0x" + bytes(signed.raw_transaction).hex(), "0x" + bytes(signed.hash).hex()
+
+    async def send_transaction(self, data: bytes, gas: int) -> SentTransaction:
+        """Sign a call of the contract with ``data`` as calldata and send it.
 
         Built and signed here without web3's contract machinery (which spends about a millisecond
         per reading validating and encoding a batch); transient failures are retried and a nonce
-        the node disagrees with is fetched again. Transactions go out one at a time, in nonce order:
-        a node that mines on arrival (Ganache's instamine) can stall for the length of the request
-        timeout when a later nonce reaches it first. A caller with the next transaction ready waits
-        here and sends it the moment the previous one is accepted.
+        the node disagrees with is read back from the chain. Transactions go out one at a time, in
+        nonce order: a node that mines on arrival (Ganache's instamine) can stall for the length of
+        the request timeout when a later nonce reaches it first. A caller with the next transaction
+        ready waits here and sends it the moment the previous one is accepted. Raises FeesTooHigh
+        (nothing sent) while the chain asks more than ``MAX_FEE_GWEI``.
         """
         async with self._lock:
-            for _ in range(3):
+            fresh = False
+            for _ in range(4):
+                fees = await self.fees(fresh=fresh, gas=gas)
+                nonce = await self._next_nonce()
                 try:
-                    if self._nonce is None:
-                        self._nonce = int(await self.request("eth_getTransactionCount",
-                                                             [self.account.address, "pending"]), 16)
-                    now = time.monotonic()
-                    if self._gas_price is None or now - self._gas_price[1] > GAS_PRICE_TTL:
-                        self._gas_price = (int(await self.request("eth_gasPrice", []), 16), now)
-                    tx: dict[str, Any] = {"to": self.deployment.address, "data": data, "value": 0, "gas": gas,
-                          "gasPrice": self._gas_price[0], "nonce": self._nonce, "chainId": self.settings.chain_id}
-                    raw = "0x" + bytes(self.account.sign_transaction(tx).raw_transaction).hex()
-                    tx_hash = str(await self.request("eth_sendRawTransaction", [raw]))
-                    self._nonce += 1
-                    return tx_hash
-                except ChainError as err:  # ChainUnavailable too: the nonce is fetched again either way
+                    raw, tx_hash = self._sign(data, gas, nonce, fees)
+                    await self.request("eth_sendRawTransaction", [raw])
+                except ChainError as err:  # ChainUnavailable too: the nonce is read again either way
+                    problem = classify_send_error(str(err))
+                    if problem == SendProblem.ALREADY_KNOWN:  # a retried send the node had taken the first time
+                        self._nonce = nonce + 1
+                        now = time.monotonic()
+                        return SentTransaction(nonce, data, gas, fees, [tx_hash], now, now)
                     self._nonce = None
-                    if _is_nonce_error(err):
+                    if problem in (SendProblem.NONCE_USED, SendProblem.NONCE_TAKEN):
                         continue
+                    if problem == SendProblem.FEE_TOO_LOW:
+                        fresh = True
+                        continue
+                    if problem == SendProblem.NO_FUNDS:
+                        log_event(log, "gateway_out_of_funds", logging.ERROR, account=self.account.address,
+                                  action=f"send funds to {self.account.address}; readings wait in the queue")
+                        raise ChainError(f"the gateway's account {self.account.address} cannot pay for gas; "
+                                         "fund it (its readings wait in the queue)") from err
                     raise
-            raise ChainError("could not agree a nonce with the node")
+                self._nonce = nonce + 1
+                now = time.monotonic()
+                return SentTransaction(nonce, data, gas, fees, [tx_hash], now, now)
+            raise ChainError("could not agree a nonce and fees with the node")
+
+    async def until_mined(self, tx: SentTransaction,
+                          reported: Callable[[list[str], float], Awaitable[tuple[str, R] | None]],
+                          check_every: float = 2.0) -> Mined[R]:
+        """Wait until a version of ``tx`` is mined, replacing it while it waits; how it was found.
+
+        ``reported(hashes, timeout)`` is the caller's own way to hear of it (the relay reads every
+        block's logs anyway), waited on for ``check_every`` seconds at a time; between waits the
+        receipt is asked for. A transaction unmined after ``TX_REPLACE_AFTER`` seconds is
+        replaced with the same nonce at higher fees, or sent again if the node dropped it; at the
+        fee ceiling it is held (and the log says so). Raises TransactionLost when it can never be
+        mined (its nonce went to another transaction, or an earlier nonce stayed missing).
+        """
+        replace_after = self.settings.tx_replace_after
+        while True:
+            wait = max(0.05, min(check_every, tx.sent_at + replace_after - time.monotonic()))
+            report = await reported(list(tx.hashes), wait)
+            if report is not None:
+                return Mined(report[0], report=report[1])
+            receipt = await self._receipt_of(tx)
+            if receipt is not None:
+                return Mined(str(receipt["transactionHash"]).lower(), receipt=receipt)
+            if time.monotonic() - tx.sent_at >= replace_after:
+                receipt = await self._unstick(tx)
+                if receipt is not None:
+                    return Mined(str(receipt["transactionHash"]).lower(), receipt=receipt)
+
+    async def _receipt_of(self, tx: SentTransaction) -> dict[str, Any] | None:
+        """The receipt of whichever version of ``tx`` was mined, if any (newest asked first)."""
+        for tx_hash in reversed(tx.hashes):
+            receipt = await self.request("eth_getTransactionReceipt", [tx_hash])
+            if receipt is not None:
+                return receipt  # type: ignore[no-any-return]
+        return None
+
+    async def _unstick(self, tx: SentTransaction) -> dict[str, Any] | None:
+        """``tx`` waited too long: find out why and act (returns a receipt if it turns out mined)."""
+        mined = await self._nonce_mined()
+        if mined > tx.nonce:
+            receipt = await self._receipt_of(tx)  # mined a moment ago, or the nonce went to another transaction
+            if receipt is None:
+                self.forget_nonce()
+                raise TransactionLost(f"transaction {tx.hash} (nonce {tx.nonce}) was never mined: another "
+                                      "transaction of the gateway's took its nonce")
+            return receipt
+        if mined < tx.nonce:
+            # An earlier nonce is missing (its transaction vanished with replaced blocks, or was dropped):
+            # this one waits behind it. Another transaction in flight may fill the gap; if none does, give up.
+            if time.monotonic() - tx.first_sent_at >= NONCE_GAP_PERIODS * self.settings.tx_replace_after:
+                self.forget_nonce()
+                raise TransactionLost(f"transaction {tx.hash} (nonce {tx.nonce}) waits behind nonce {mined}, "
+                                      "which nothing fills")
+            tx.sent_at = time.monotonic()
+            return None
+        known = await self.request("eth_getTransactionByHash", [tx.hash])
+        suggested, floor = await self._suggested(fresh=True)
+        ceiling = self.settings.max_fee_wei
+        if known is None:
+            # Dropped from the node's pool (evicted when the base fee rose past its max fee, or lost with a
+            # node's restart): sent again, at the fees the chain asks now if it can be at all.
+            if floor > ceiling:
+                self._hold(tx, suggested)
+                return None
+            fees = tx.fees.at_least(suggested).capped(ceiling)
+            log_event(log, "tx_resent", logging.WARNING, nonce=tx.nonce, tx=tx.hash,
+                      reason="the node no longer has it (dropped from its pool)", fees_gwei=fees.gwei())
+            self.resent += 1
+        else:
+            needed = tx.fees.bumped()  # the least a node takes to replace it
+            fees = needed.at_least(suggested).capped(ceiling)
+            if fees.max_fee < needed.max_fee or (fees.priority_fee or 0) < (needed.priority_fee or 0):
+                self._hold(tx, suggested)
+                return None
+            log_event(log, "tx_replaced", logging.WARNING, nonce=tx.nonce, old=tx.hash,
+                      waited_s=int(time.monotonic() - tx.sent_at), old_fees_gwei=tx.fees.gwei(), fees_gwei=fees.gwei())
+            self.replaced += 1
+        tx.held = False
+        await self._resend(tx, fees)
+        return None
+
+    async def send_again(self, tx: SentTransaction) -> None:
+        """Send ``tx`` again with its own nonce, as it was or at the fees the chain asks now if higher (its block
+        was replaced, and the node forgot it); its wait starts anew."""
+        suggested, _ = await self._suggested(fresh=True)
+        tx.first_sent_at = time.monotonic()
+        await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei))
+
+    def _hold(self, tx: SentTransaction, suggested: Fees) -> None:
+        """Leave ``tx`` as it is: replacing it would pass ``MAX_FEE_GWEI`` (said once in the log)."""
+        if not tx.held:
+            log_event(log, "tx_held_at_fee_ceiling", logging.WARNING, nonce=tx.nonce, tx=tx.hash,
+                      fees_gwei=tx.fees.gwei(), chain_asks_gwei=suggested.gwei(),
+                      max_fee_gwei=self.settings.max_fee_gwei,
+                      action="the batch waits until the chain's fees fall (or raise MAX_FEE_GWEI)")
+            tx.held = True
+        tx.sent_at = time.monotonic()
+
+    async def _resend(self, tx: SentTransaction, fees: Fees) -> None:
+        """Send ``tx`` again with ``fees`` (a new version when they differ) and start its wait again."""
+        raw, tx_hash = self._sign(tx.data, tx.gas, tx.nonce, fees)
+        try:
+            await self.request("eth_sendRawTransaction", [raw])
+        except ChainError as err:
+            problem = classify_send_error(str(err))
+            if problem == SendProblem.NONCE_USED:
+                return  # a version was mined meanwhile: the next look finds its receipt (or the nonce gone)
+            if problem not in (SendProblem.ALREADY_KNOWN, SendProblem.NONCE_TAKEN, SendProblem.FEE_TOO_LOW):
+                raise
+        if tx_hash not in tx.hashes:
+            tx.hashes.append(tx_hash)
+        tx.fees = fees
+        tx.sent_at = time.monotonic()
 
     async def wait_receipt(self, tx_hash: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (the node's JSON: numbers as 0x-hex)."""

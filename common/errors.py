@@ -36,6 +36,8 @@ __all__ = [
     "Overloaded",
     "ChainError",
     "ChainUnavailable",
+    "FeesTooHigh",
+    "TransactionLost",
     "DeploymentMissing",
     "AlreadyRunning",
     "StorageError",
@@ -258,6 +260,21 @@ class ChainUnavailable(ChainError):
 
     code = "chain_unavailable"
     default_message = "cannot reach the blockchain node; is it running? start it with ./run-docker.sh"
+
+
+class FeesTooHigh(ChainError):
+    """Raised when the chain's fees are above ``MAX_FEE_GWEI``: the gateway holds its batches until they fall."""
+
+    code = "fees_too_high"
+    default_message = "the chain's fees are above MAX_FEE_GWEI; transactions wait until they fall"
+
+
+class TransactionLost(ChainError):
+    """Raised when a submitted transaction can no longer be mined (its nonce went to another of the
+    sender's transactions, or an earlier nonce is missing): what it carried must be sent again."""
+
+    code = "transaction_lost"
+    default_message = "the transaction will never be mined; what it carried must be sent again"
 
 
 class DeploymentMissing(ChainError):

@@ -44,6 +44,8 @@ class ChainEvent:
     block: int
     log_index: int
     tx_hash: str
+    #: The hash of the event's block (empty where the log did not say): which chain it belongs to.
+    block_hash: str = ""
 
     @property
     def position(self) -> tuple[int, int]:
@@ -157,6 +159,7 @@ class EventDecoder:
             block=_int(log["blockNumber"]),
             log_index=_int(log["logIndex"]),
             tx_hash="0x" + _bytes(log["transactionHash"]).hex(),
+            block_hash="0x" + _bytes(log["blockHash"]).hex() if log.get("blockHash") else "",
         )
 
     def batch_outcomes(self, logs: list[Any]) -> dict[str, BatchOutcome]:

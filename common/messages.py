@@ -24,6 +24,8 @@ from common.logs import UNTRUSTED_LIMIT, clip, escape
 
 __all__ = [
     "SUBPROTOCOL",
+    "SUBPROTOCOLS",
+    "protocol_version",
     "Address",
     "HexSignature",
     "Challenge",
@@ -43,9 +45,13 @@ __all__ = [
     "error_message",
 ]
 
-#: The WebSocket subprotocol of this version of the protocol (version 2). A meter offers it; a
-#: connection without it is served version 1 (the same messages without the fields added since).
-SUBPROTOCOL = "smartmeter.v2"
+#: The WebSocket subprotocol of this version of the protocol (version 3). A meter offers it (and
+#: the older ones it can speak); a connection without any is served version 1 (the same messages
+#: without the fields added since).
+SUBPROTOCOL = "smartmeter.v3"
+#: Every subprotocol the server speaks, by version: version 2 added ``welcome.lastUsedSeq``, version 3
+#: provisional bills (``bill.final``).
+SUBPROTOCOLS: dict[str, int] = {"smartmeter.v2": 2, "smartmeter.v3": 3}
 #: Characters of a key, tag or field name the peer sent that an error message quotes.
 QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
@@ -140,7 +146,12 @@ class Ack(_ServerModel):
 class Bill(_ServerModel):
     """The live bill after a reading was recorded on chain (from its ``ReadingRecorded`` event):
     the registers, the open period's import and export, import cost, export credit, standing
-    charge and amount due (micropence; negative when in credit), and the tariff of its period."""
+    charge and amount due (micropence; negative when in credit), and the tariff of its period.
+
+    ``final`` (version 3): whether the block holding it is final (``CONFIRMATIONS`` deep). A
+    provisional bill (``final`` false) may still be undone by a reorganisation; its final one
+    follows. Meters of versions 1 and 2 get only final bills, without the field.
+    """
 
     type: Literal["bill"] = "bill"
     meter: Address
@@ -156,6 +167,8 @@ class Bill(_ServerModel):
     energy_cost: int = 0
     export_credit: int = 0
     standing_charge: int = 0
+    #: Version 3: whether the bill's block is final; absent for meters of versions 1 and 2 (final bills only).
+    final: bool | None = None
 
 
 class GridAlertMessage(_ServerModel):
@@ -294,6 +307,11 @@ def parse_message(raw: str | bytes, max_bytes: int | None = None) -> Any:
         return _ADAPTER.validate_python(data, by_alias=True, by_name=False)
     except ValidationError as err:
         raise MalformedMessage(clip(_describe(err.errors(include_url=False)), UNTRUSTED_LIMIT), seq=seq) from err
+
+
+def protocol_version(subprotocol: str | None) -> int:
+    """The protocol version a connection speaks, from the subprotocol its handshake agreed (none: 1)."""
+    return SUBPROTOCOLS.get(subprotocol or "", 1)
 
 
 def encode(message: BaseModel) -> str:

@@ -17,10 +17,15 @@ from dotenv import dotenv_values
 
 from common.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "ROOT", "GANACHE_DEV_KEYS", "LOCAL_CHAIN_ID"]
+__all__ = ["Settings", "load_settings", "ROOT", "GANACHE_DEV_KEYS", "LOCAL_CHAIN_ID", "REMOTE_CONFIRMATIONS"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CHAIN_ID = 1337
+#: Blocks on top of a block before it counts as final on any chain but the local one, when
+#: ``CONFIRMATIONS`` is left automatic: deeper than any reorganisation Ethereum's proof-of-stake
+#: chains have seen since the merge (their reorgs are of one or two blocks), and short enough
+#: (2.4 minutes at 12 s blocks) that a meter's bill turns final within minutes.
+REMOTE_CONFIRMATIONS = 12
 
 #: Ganache's well-known keys for ``--wallet.deterministic``: local development only.
 GANACHE_DEV_KEYS: tuple[str, ...] = (
@@ -49,6 +54,13 @@ class Settings:
     operator_key: str = GANACHE_DEV_KEYS[1]
     gateway_key: str = GANACHE_DEV_KEYS[2]
     grid_operator_key: str = GANACHE_DEV_KEYS[3]
+    #: Blocks on top of a block before it counts as final; -1: automatic (0 on the local chain id, whose
+    #: automining node never replaces a block, ``REMOTE_CONFIRMATIONS`` on any other).
+    confirmations: int = -1
+    #: The most the gateway pays per gas (EIP-1559 max fee, or legacy gas price), in gwei.
+    max_fee_gwei: float = 100.0
+    #: Seconds a submitted transaction may wait unmined before it is replaced at a higher fee.
+    tx_replace_after: float = 60.0
     deployments_dir: Path = ROOT / "deployments"
     build_dir: Path = ROOT / "build"
     solc_binary: str = ""
@@ -97,6 +109,18 @@ class Settings:
     reading_max_interval: float = 60.0
     time_scale: float = 1.0
     history_days: int = 7
+
+    @property
+    def finality_depth(self) -> int:
+        """``CONFIRMATIONS`` in force: the setting, or the automatic choice for the chain id."""
+        if self.confirmations >= 0:
+            return self.confirmations
+        return 0 if self.chain_id == LOCAL_CHAIN_ID else REMOTE_CONFIRMATIONS
+
+    @property
+    def max_fee_wei(self) -> int:
+        """``MAX_FEE_GWEI`` in wei."""
+        return int(self.max_fee_gwei * 10**9)
 
     @property
     def server_url(self) -> str:
@@ -171,6 +195,11 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"TIMEZONE={settings.timezone!r} is not a known time zone (e.g. Europe/London)") from err
     if not 1 <= settings.batch_pipeline <= 8:
         raise ConfigError("BATCH_PIPELINE must be between 1 and 8 (batches in flight at once)")
+    if settings.confirmations < -1:
+        raise ConfigError("CONFIRMATIONS must be 0 or more (or -1 for automatic: 0 on chain 1337, "
+                          f"{REMOTE_CONFIRMATIONS} elsewhere)")
+    if settings.max_fee_gwei <= 0 or settings.tx_replace_after <= 0:
+        raise ConfigError("MAX_FEE_GWEI and TX_REPLACE_AFTER must be positive")
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
     if settings.api_signin_rate_per_second <= 0 or settings.api_signin_burst < 1:

@@ -3,9 +3,10 @@ over the secure link, and keeps its status (bill, connection, errors, alerts) cu
 
 Runs with no user input. Readings go to the on-disk outbox first; delivery retries with
 exponential back-off and jitter while the server is unreachable; after every login the meter
-drops what the chain already holds (``welcome.lastSeq``), carries on numbering after the last
-seq the server used (``welcome.lastUsedSeq``) and resends the rest in order. A reading leaves
-the outbox when its bill arrives or the server rejects it for good.
+drops what the chain already holds for good (``welcome.lastSeq``, the final state), carries on
+numbering after the last seq the server used (``welcome.lastUsedSeq``) and resends the rest in
+order. A reading leaves the outbox when its final bill arrives or the server rejects it for good;
+a provisional bill (its block may still be replaced) is shown as provisional meanwhile.
 """
 
 from __future__ import annotations
@@ -272,16 +273,21 @@ class MeterClient:
     def _on_message(self, msg: object) -> None:
         s = self.status
         if isinstance(msg, Bill):
-            self.outbox.done(msg.seq)
-            if msg.seq >= s.bill_seq:
+            # A provisional bill (version 3: final false) is shown as such, and the reading stays in the outbox
+            # until its final bill: a reorganisation could still undo it. A server that predates version 3 sends
+            # final bills only, without the field.
+            final = msg.final is not False
+            if final:
+                self.outbox.done(msg.seq)
+            if msg.seq > s.bill_seq or (msg.seq == s.bill_seq and final):
                 s.bill_seq, s.period_energy_wh, s.amount_due = msg.seq, msg.period_energy_wh, msg.amount_due
                 s.period_export_wh, s.export_credit = msg.period_export_wh, msg.export_credit
-                s.bill_block = msg.block
+                s.bill_block, s.bill_final = msg.block, final
                 s.unit_rate, s.standing_charge = msg.tariff.unit_rate, msg.tariff.standing_charge
                 s.export_rate = msg.tariff.export_rate
             s.bills_received += 1
             log_event(log, "bill", meter=s.name, seq=msg.seq, amount_due=msg.amount_due,
-                      period_energy_wh=msg.period_energy_wh, block=msg.block)
+                      period_energy_wh=msg.period_energy_wh, block=msg.block, final=final)
         elif isinstance(msg, ErrorMessage):
             self._on_error(msg)
         elif isinstance(msg, GridAlertMessage):

@@ -90,9 +90,11 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     exported = f" · exported {status.export_register_wh / 1000:,.3f} kWh" if status.export_register_wh else ""
     rows.add_row("Register", f"{status.register_wh / 1000:,.3f} kWh{exported}")
     rows.add_row("Last reading", f"#{status.last_seq} · {_ago(status.last_reading_at, now)}")
-    due = (f"{format_pounds(-status.amount_due)} in credit" if status.amount_due < 0
-           else f"{format_pounds(status.amount_due)} due")
-    rows.add_row("Live bill", Text(due, style="bold"))
+    due = Text(f"{format_pounds(-status.amount_due)} in credit" if status.amount_due < 0
+               else f"{format_pounds(status.amount_due)} due", style="bold")
+    if not status.bill_final:
+        due.append("  provisional: its block may still be replaced", style="yellow")
+    rows.add_row("Live bill", due)
     rows.add_row("", f"{status.period_energy_wh / 1000:,.3f} kWh this period · bill for reading #{status.bill_seq}")
     if status.period_export_wh or status.export_credit:
         rows.add_row("", f"{status.period_export_wh / 1000:,.3f} kWh exported · "
@@ -138,7 +140,7 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None,
             problem = f"the meter's process ended ({describe_exit(code)}); see its console.log and meter.log"
         table.add_row(
             s.name, s.region, Text(label, style=style), f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
-            format_pounds(s.amount_due), str(s.waiting), problem,
+            format_pounds(s.amount_due) + ("" if s.bill_final else " (provisional)"), str(s.waiting), problem,
         )
     lines: list[RenderableType] = []
     for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):

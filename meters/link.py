@@ -17,7 +17,17 @@ from websockets.typing import Subprotocol
 
 from common import errors
 from common.eip712 import Domain, ReadingData, sign_login, sign_reading
-from common.messages import SUBPROTOCOL, Auth, Challenge, ErrorMessage, Reading, Welcome, encode, parse_message
+from common.messages import (
+    SUBPROTOCOLS,
+    Auth,
+    Challenge,
+    ErrorMessage,
+    Reading,
+    Welcome,
+    encode,
+    parse_message,
+    protocol_version,
+)
 
 __all__ = ["MeterLink", "signed_reading"]
 
@@ -49,12 +59,19 @@ class MeterLink:
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
 
+    @property
+    def version(self) -> int:
+        """The protocol version the server agreed to speak on this connection."""
+        return protocol_version(self.ws.subprotocol if self.ws is not None else None)
+
     async def connect(self) -> Welcome:
         """Connect, answer the challenge and wait for ``welcome`` (raises the server's error)."""
-        # Offering version 2 gets welcome.lastUsedSeq; a server that predates it answers version 1.
+        # Offering every version, newest first: version 3 gets provisional bills (bill.final), version 2
+        # welcome.lastUsedSeq; a server that predates them answers an older one, or none (version 1).
         self.ws = await connect(self.url, ssl=self.ssl_context, open_timeout=self.open_timeout,
                                 ping_interval=self.ping_interval, max_size=2**20, compression=None,
-                                subprotocols=[Subprotocol(SUBPROTOCOL)])
+                                subprotocols=[Subprotocol(p) for p, _ in sorted(SUBPROTOCOLS.items(),
+                                                                                 key=lambda pv: -pv[1])])
         challenge = await self.recv()
         if not isinstance(challenge, Challenge):
             raise errors.UnexpectedMessage(f"expected a challenge, got '{challenge.type}'")

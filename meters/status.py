@@ -72,6 +72,8 @@ class MeterStatus:
     export_rate: int = 0
     standing_charge: int = 0
     bill_block: int = 0
+    #: Whether the bill shown is final (False: provisional, its block may still be replaced).
+    bill_final: bool = True
     last_error: str = ""
     last_error_at: float = 0.0
     last_event: str = ""

@@ -24,12 +24,15 @@ def main() -> int:
     p.add_argument("--idle", default="1000", help="idle connection counts for the memory benchmark")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--hardhat", default="100", help="fleet sizes to run against a Hardhat node ('' to skip)")
+    p.add_argument("--anvil", default="", help="fleet sizes to run against Anvil with a block a second and two "
+                                               "confirmations, timed to final bills (e.g. 100,1000; '' to skip)")
     p.add_argument("--json", type=Path, default=Path("build/bench.json"))
     args = p.parse_args()
     setup_logging("WARNING")
     config = BenchConfig(fleets=tuple(int(x) for x in args.fleets.split(",") if x),
                          idle=tuple(int(x) for x in args.idle.split(",") if x), latency_seconds=args.latency_seconds,
-                         hardhat_fleets=tuple(int(x) for x in args.hardhat.split(",") if x))
+                         hardhat_fleets=tuple(int(x) for x in args.hardhat.split(",") if x),
+                         anvil_fleets=tuple(int(x) for x in args.anvil.split(",") if x))
     results = asyncio.run(run_bench(config))
     print(format_report(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)

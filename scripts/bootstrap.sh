@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent set-up of .venv (Python packages) and node_modules (Ganache, solc, OpenZeppelin,
-# Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is skipped while
-# the file it was built from is unchanged. With --browser (the tests) it also installs Debian's
-# Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses.
+# Idempotent set-up of .venv (Python packages) and node_modules (Ganache, Foundry's Anvil, solc,
+# OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
+# skipped while the file it was built from is unchanged. With --browser (the tests) it also
+# installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,10 @@ if [ ! -d node_modules ] || ! stamp_ok package-lock.json node_modules/.package-l
   npm ci --no-audit --no-fund --loglevel=error
   stamp_write package-lock.json node_modules/.package-lock.sha256
 fi
+# Anvil's binary comes in a platform package npm picks by itself (its own install script, which
+# would fetch one from elsewhere, is not needed and npm may decline to run it).
+[ -x "$(.venv/bin/python -m common.devchain anvil-binary)" ] \
+  || say "warning: no Anvil binary for this platform in node_modules; CHAIN_NODE=anvil will not work here"
 
 if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
   say "installing Debian's chromium for the dashboard's browser test"

@@ -56,7 +56,8 @@ def open_index(settings: Settings, deployment: Deployment) -> Index:
     path = settings.data_dir / "index" / "index.sqlite"
     try:
         return Index(path, settings.tz, rules, settings.hourly_limit_wh,
-                     source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}")
+                     source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}",
+                     journal=settings.finality_depth > 0)
     except sqlite3.DatabaseError as err:
         raise index_unusable(path, err) from err
 
@@ -170,8 +171,10 @@ class ServerApp:
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
-        relay.listeners.append(indexer.on_event)
+        relay.followers.append(indexer)
         relay.mined_listeners.append(batcher.mined)
+        relay.final_listeners.append(batcher.finalized)
+        relay.rollback_listeners.append(batcher.rolled_back)
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
                  supervisor.keep_running("indexer", indexer.run)]

@@ -23,6 +23,19 @@ so none of their later readings overtakes it. A batch whose transaction went out
 for its outcome even if recording its hash failed, and leaves the queue once mined, so it is
 never sent twice.
 
+A mined batch's readings stay in the queue, marked with their block, until the relay says the
+block is final (with ``CONFIRMATIONS=0`` at once, so they leave as soon as they are mined). If
+the relay says the block was replaced, the batch's transaction is sent again as it was, with
+its own nonce (as geth does with the transactions of replaced blocks, and Anvil does not), unless
+the new chain holds it already: the gateway's later transactions, still waiting in the node's
+pool with higher nonces, then go after it, so a meter's readings reach the chain in order (the
+contract takes any seq above the last, so a later reading mined first would make an earlier one
+stale). A batch whose transaction is not known (mined before a restart) goes back to pending,
+and the nonce is read back from the chain.
+Readings found on chain after a failure or a restart are dropped only once final there.
+Replacing a transaction that waits, sending a dropped one again and holding at the fee ceiling
+happen in the chain client (``common.chain``).
+
 A batch is known to be mined from the relay, which fetches every block's logs anyway: a
 ``submitReadings`` transaction with reading events was mined and decided all its readings (a
 reverted one emits none). Only when the relay has not reported it within ``confirm_wait`` does
@@ -35,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,8 +58,8 @@ from eth_utils import to_checksum_address
 
 from common.backoff import Backoff
 from common.batches import MAX_BATCH_GAS, extra_periods, gas_limit_for, submit_readings_calldata
-from common.chain import AsyncChainClient
-from common.errors import ChainError, ChainUnavailable
+from common.chain import AsyncChainClient, Mined, SentTransaction
+from common.errors import ChainError, ChainUnavailable, FeesTooHigh
 from common.events import BatchOutcome, EventDecoder
 from common.logs import log_event
 from server.store import QueuedReading, Store
@@ -79,9 +93,26 @@ class Batcher:
         self.pipeline = pipeline
         self.confirm_wait = confirm_wait
         self._decoder = EventDecoder(chain.deployment.abi)
-        #: In the senders' loop: outcomes reported by the relay, and the senders waiting for one.
-        self._reported: OrderedDict[str, BatchOutcome] = OrderedDict()
-        self._awaited: dict[str, asyncio.Future[BatchOutcome]] = {}
+        self.confirmations = chain.settings.finality_depth
+        #: In the senders' loop: outcomes reported by the relay (with the rollback generation they were reported
+        #: in), and the senders waiting for one.
+        self._reported: OrderedDict[str, tuple[BatchOutcome, int]] = OrderedDict()
+        self._awaited: dict[str, asyncio.Future[tuple[str, tuple[BatchOutcome, int]]]] = {}
+        #: In the senders' loop: the newest final block, rollbacks so far and their forks, the thread's
+        #: connections; and the relay's word that came before the loop ran (applied when it starts).
+        self._final = -1
+        self._generation = 0
+        self._forks: list[tuple[int, int]] = []
+        self._thread_store: Store | None = None
+        self._thread_chain: AsyncChainClient | None = None
+        self._early: list[tuple[str, tuple[object, ...]]] = []
+        self._early_lock = threading.Lock()
+        #: In the senders' loop: transactions mined in blocks not final yet, with their block and readings, to be
+        #: sent again as they were if their block is replaced.
+        self._unfinal_txs: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
+        self._resending: set[asyncio.Task[None]] = set()
+        self.rollbacks = 0
+        self.resent_after_reorg = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._main: asyncio.Task[None] | None = None
@@ -115,16 +146,134 @@ class Batcher:
             except RuntimeError:  # the senders' loop closed meanwhile: the batcher has stopped
                 pass
 
+    def finalized(self, final: int) -> None:
+        """Take the relay's word that blocks up to ``final`` are final (from any thread)."""
+        self._hand_over("final", (final,))
+
+    def rolled_back(self, fork: int, remined: dict[str, BatchOutcome]) -> None:
+        """Take the relay's word that blocks after ``fork`` were replaced; ``remined``: the transactions the new
+        chain shows mined (from any thread)."""
+        self._hand_over("rollback", (fork, remined))
+
+    def _hand_over(self, kind: str, args: tuple[object, ...]) -> None:
+        with self._early_lock:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self._early.append((kind, args))  # the senders' loop is not running (yet): applied when it starts
+                return
+        try:
+            loop.call_soon_threadsafe(self._apply_word, kind, args)
+        except RuntimeError:
+            with self._early_lock:
+                self._early.append((kind, args))
+
+    def _apply_word(self, kind: str, args: tuple[object, ...]) -> None:
+        if kind == "final":
+            self._on_final(int(args[0]))  # type: ignore[call-overload]
+        else:
+            self._on_rollback(int(args[0]), args[1])  # type: ignore[call-overload, arg-type]
+
     def _on_mined(self, outcomes: dict[str, BatchOutcome]) -> None:
         for tx, outcome in outcomes.items():
             waiter = self._awaited.pop(tx, None)
             if waiter is not None:
                 if not waiter.done():
-                    waiter.set_result(outcome)
+                    waiter.set_result((tx, (outcome, self._generation)))
                 continue
-            self._reported[tx] = outcome
+            self._reported[tx] = (outcome, self._generation)
             if len(self._reported) > REPORTED_LIMIT:
                 self._reported.popitem(last=False)
+
+    def _on_final(self, final: int) -> None:
+        """Blocks up to ``final`` are final: their readings leave the queue."""
+        self._final = max(self._final, final)
+        self._unfinal_txs = [entry for entry in self._unfinal_txs if entry[1] > self._final]
+        store = self._thread_store
+        if self.confirmations == 0 or store is None:
+            return  # every mined reading left at once
+        try:
+            store.remove_final(final)
+        except sqlite3.Error as err:  # tried again with the next final block
+            self._storage_failed("remove_final", err, 0, None)
+
+    def _on_rollback(self, fork: int, remined: dict[str, BatchOutcome]) -> None:
+        """Blocks after ``fork`` were replaced: their transactions are sent again as they were (their readings
+        wait for them, as mined batches do); readings of transactions not known go back to pending."""
+        self._generation += 1
+        self._forks = [*self._forks[-99:], (self._generation, fork)]
+        self._final = min(self._final, fork)
+        self.rollbacks += 1
+        for tx_hash in [h for h, (outcome, _) in self._reported.items() if outcome.block > fork]:
+            del self._reported[tx_hash]
+        vanished = sorted((entry for entry in self._unfinal_txs
+                           if entry[1] > fork and not any(h in remined for h in entry[0].hashes)),
+                          key=lambda entry: entry[0].nonce)
+        kept: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
+        for tx, block, readings in self._unfinal_txs:
+            again = next((remined[h].block for h in tx.hashes if h in remined), None)
+            if again is not None and block > fork:
+                kept.append((tx, again, readings))  # the new chain holds it too, in another block
+            elif block <= fork:
+                kept.append((tx, block, readings))
+        self._unfinal_txs = kept
+        chain, store = self._thread_chain, self._thread_store
+        back = 0
+        if store is not None:
+            try:
+                back = store.unmine_after(fork, {tx: o.block for tx, o in remined.items()},
+                                          keep={tx.hash: readings for tx, _, readings in vanished})
+            except sqlite3.Error as err:
+                self._storage_failed("unmine", err, 0, None)
+                self._dirty = True  # the next batch first settles the queue against the chain
+        if back and chain is not None:
+            chain.forget_nonce()  # their transactions are not known: the chain says which nonce is next
+        if chain is not None and store is not None:
+            for tx, _, readings in vanished:
+                task = asyncio.get_running_loop().create_task(self._send_again(chain, store, tx, readings))
+                self._resending.add(task)
+                task.add_done_callback(self._resending.discard)
+        log_event(log, "batches_rolled_back", logging.WARNING, fork=fork, sent_again=len(vanished),
+                  readings_back_to_pending=back, remined=len(remined))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _send_again(self, chain: AsyncChainClient, store: Store, tx: SentTransaction,
+                          readings: list[tuple[str, int]]) -> None:
+        """Send a transaction of a replaced block again, with its nonce, and see it mined anew."""
+        self.resent_after_reorg += 1
+        try:
+            await chain.send_again(tx)
+            found = await chain.until_mined(tx, self._reported_any, self.confirm_wait)
+            outcome, generation, _ = self._outcome(found, tx.gas)
+            if self._replaced_since(generation, outcome.block):
+                return  # replaced again: the rollback that said so sent it again already
+            self._record_mined(store, tx, found.tx_hash, outcome.block, readings)
+            log_event(log, "batch_mined_again", size=len(readings), block=outcome.block, tx=found.tx_hash)
+        except (ChainError, OSError, asyncio.TimeoutError, sqlite3.Error) as err:
+            log_event(log, "batch_not_sent_again", logging.WARNING, size=len(readings), error=str(err)[:300],
+                      action="its readings go back to pending and are submitted anew")
+            try:
+                store.put_back(readings)
+            except sqlite3.Error as storage_err:
+                self._storage_failed("put_back", storage_err, len(readings), None)
+            self._dirty = True
+            if self._wake is not None:
+                self._wake.set()
+
+    def _record_mined(self, store: Store, tx: SentTransaction, tx_hash: str, block: int,
+                      readings: list[tuple[str, int]]) -> bool:
+        """Record a batch mined in ``block``: gone from the queue if final, else kept with its block (and its
+        transaction, to be sent again if the block is replaced). Returns whether it was final."""
+        if self.confirmations == 0 or block <= self._final:
+            store.remove_many(readings)
+            return True
+        store.mark_mined(readings, tx_hash, block)
+        self._unfinal_txs.append((tx, block, readings))
+        return False
+
+    def _replaced_since(self, generation: int, block: int) -> bool:
+        """Whether a rollback since ``generation`` replaced ``block``."""
+        return any(g > generation and fork < block for g, fork in self._forks)
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``."""
@@ -173,9 +322,19 @@ class Batcher:
 
     async def _senders(self, chain: AsyncChainClient, store: Store) -> None:
         self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        self._thread_store, self._thread_chain = store, chain
         self._main = asyncio.current_task()
-        await asyncio.gather(*(self._sender(chain, store) for _ in range(self.pipeline)))
+        with self._early_lock:
+            self._loop = asyncio.get_running_loop()
+            early, self._early = self._early, []
+        for kind, args in early:
+            self._apply_word(kind, args)
+        try:
+            await asyncio.gather(*(self._sender(chain, store) for _ in range(self.pipeline)))
+        finally:
+            with self._early_lock:
+                self._loop = None
+            self._thread_store = self._thread_chain = None
 
     def _take(self, store: Store) -> list[QueuedReading]:
         """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
@@ -228,6 +387,17 @@ class Batcher:
                     continue
                 await self._submit(chain, store, batch)
                 backoff.succeeded()
+            except FeesTooHigh as err:  # nothing was sent: the readings wait, pending
+                delay = backoff.failed()
+                self._failed(err)
+                log_event(log, "batch_held", logging.WARNING, size=len(batch), reason=err.message,
+                          retry_in=f"{delay:.1f}s")
+                try:
+                    store.mark_submitted(batch, None)
+                except sqlite3.Error as storage_err:
+                    await self._write_again("put_back", partial(store.mark_submitted, batch, None), len(batch),
+                                            storage_err)
+                await asyncio.sleep(delay)
             except (ChainError, ChainUnavailable, OSError, asyncio.TimeoutError) as err:
                 delay = backoff.failed()
                 self._failed(err)
@@ -253,7 +423,8 @@ class Batcher:
         started = time.monotonic()
         gas_limit = gas_limit_for(len(batch), extra_periods((r.prev_timestamp, r.data.timestamp) for r in batch))
         calldata = submit_readings_calldata([(r.data, r.signature) for r in batch])
-        tx_hex = (await chain.send_transaction(calldata, gas_limit)).lower()
+        tx = await chain.send_transaction(calldata, gas_limit)
+        tx_hex = tx.hash
         try:
             store.mark_submitted(batch, tx_hex)
         except sqlite3.Error as err:
@@ -262,17 +433,22 @@ class Batcher:
             # drops what the chain took before sending again, and the chain's sequence check refuses a
             # second copy of one in flight.
             self._storage_failed("mark_submitted", err, len(batch), None)
-        outcome, gas_used = await self._outcome(chain, tx_hex, gas_limit)
-        # A mined batch decided every reading in it: the contract emits ReadingRecorded or
-        # ReadingRejected for each, so the whole batch leaves the queue (the events go to meters
-        # through the relay).
+        found = await chain.until_mined(tx, self._reported_any, self.confirm_wait)
+        outcome, generation, gas_used = self._outcome(found, gas_limit)
+        if self._replaced_since(generation, outcome.block):
+            raise ChainError(f"batch transaction {found.tx_hash}'s block {outcome.block} was replaced by a "
+                             "reorganisation; its readings are submitted again")
+        # A mined batch decided every reading in it: the contract emits ReadingRecorded or ReadingRejected for
+        # each (the events go to meters through the relay). The batch leaves the queue once its block is final.
         mined = [(r.data.meter, r.data.seq) for r in batch]
+        final_now = self.confirmations == 0 or outcome.block <= self._final
+        write = partial(self._record_mined, store, tx, found.tx_hash, outcome.block, mined)
         try:
-            store.remove_many(mined)
+            write()
         except sqlite3.Error as err:
-            # Its meters stay busy until the readings are gone, so none is sent again. If the batcher stops
-            # first, they stay queued and the next start drops them as already on chain.
-            if not await self._write_again("remove_mined", partial(store.remove_many, mined), len(batch), err):
+            # Its meters stay busy until the readings are recorded as mined, so none is sent again. If the batcher
+            # stops first, they stay queued and the next start drops them once final on chain.
+            if not await self._write_again("remove_mined", write, len(batch), err):
                 return
         now = time.time()
         self.last_batch_at = now
@@ -283,7 +459,7 @@ class Batcher:
         oldest = now - min(r.received_at for r in batch)
         gas = {} if gas_used is None else {"gas": gas_used, "gas_per_reading": gas_used // len(batch)}
         log_event(log, "batch_mined", size=len(batch), recorded=outcome.recorded, rejected=outcome.rejected,
-                  **gas, block=outcome.block, tx=tx_hex, latency_ms=int(latency * 1000),
+                  **gas, block=outcome.block, final=final_now, tx=found.tx_hash, latency_ms=int(latency * 1000),
                   oldest_wait_ms=int(oldest * 1000), queued=store.count())
 
     def _failed(self, err: BaseException) -> None:
@@ -317,31 +493,53 @@ class Batcher:
             except sqlite3.Error as again:
                 err = again
 
-    async def _outcome(self, chain: AsyncChainClient, tx_hex: str, gas_limit: int) -> tuple[BatchOutcome, int | None]:
-        """What the mined transaction decided, from the relay's report or else its receipt (with the gas used)."""
-        outcome = self._reported.pop(tx_hex, None)
-        if outcome is not None:
-            return outcome, None
-        waiter: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
-        self._awaited[tx_hex] = waiter
+    async def _reported_any(self, hashes: list[str], timeout: float) -> tuple[str, tuple[BatchOutcome, int]] | None:
+        """The relay's report of whichever of ``hashes`` was mined, waiting up to ``timeout`` seconds for it."""
+        for tx_hash in hashes:
+            reported = self._reported.pop(tx_hash, None)
+            if reported is not None:
+                return tx_hash, reported
+        waiter: asyncio.Future[tuple[str, tuple[BatchOutcome, int]]] = asyncio.get_running_loop().create_future()
+        for tx_hash in hashes:
+            self._awaited[tx_hash] = waiter
         try:
-            return await asyncio.wait_for(waiter, timeout=self.confirm_wait), None
+            return await asyncio.wait_for(waiter, timeout=timeout)
         except asyncio.TimeoutError:
-            pass
+            return None
         finally:
-            self._awaited.pop(tx_hex, None)
-        receipt = await chain.wait_receipt(tx_hex)
+            for tx_hash in hashes:
+                if self._awaited.get(tx_hash) is waiter:
+                    del self._awaited[tx_hash]
+
+    def _outcome(self, found: Mined[tuple[BatchOutcome, int]], gas_limit: int) -> tuple[BatchOutcome, int, int | None]:
+        """What the mined transaction decided, from the relay's report or else its receipt: (outcome, the rollback
+        generation it was learnt in, the gas used when the receipt says)."""
+        if found.report is not None:
+            return found.report[0], found.report[1], None
+        receipt = found.receipt
+        assert receipt is not None
         self.receipts_fetched += 1
         gas_used = int(receipt["gasUsed"], 16)
         if int(receipt["status"], 16) != 1:
-            raise ChainError(f"batch transaction {tx_hex} reverted (gas used {gas_used} of {gas_limit})")
-        found = self._decoder.batch_outcomes(receipt["logs"]).get(tx_hex)
-        return found or BatchOutcome(int(receipt["blockNumber"], 16), 0, 0), gas_used
+            raise ChainError(f"batch transaction {found.tx_hash} reverted (gas used {gas_used} of {gas_limit})")
+        outcome = self._decoder.batch_outcomes(receipt["logs"]).get(found.tx_hash)
+        return outcome or BatchOutcome(int(receipt["blockNumber"], 16), 0, 0), self._generation, gas_used
 
     async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]) -> None:
-        """Drop queued readings at or below each meter's last sequence number on chain."""
+        """Drop queued readings at or below each meter's last sequence number in the chain's final state; count
+        those recorded in blocks not final yet as mined (at the head), so that they are not sent again."""
+        final_at: int | str = "latest"
+        head = 0
+        if self.confirmations:
+            head = int(await chain.request("eth_blockNumber", []), 16)
+            final_at = max(head - self.confirmations, 0)
         for meter in meters:
-            state = await chain.view("meterState", to_checksum_address(meter))
+            address = to_checksum_address(meter)
+            state = await chain.view("meterState", address, block=final_at)
             dropped = store.remove_upto(meter, int(state[4]))
             if dropped:
                 log_event(log, "already_on_chain", meter=meter, dropped=dropped)
+            if self.confirmations:
+                latest = await chain.view("meterState", address)
+                if store.mark_on_chain(meter, int(latest[4]), head):
+                    log_event(log, "on_chain_not_final", meter=meter, seq=int(latest[4]), counted_at_block=head)

@@ -14,6 +14,7 @@ commit for them all costs what one did for each.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import ssl
@@ -32,7 +33,17 @@ from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.eip712 import ReadingData
 from common.logs import clip, log_event
-from common.messages import SUBPROTOCOL, Ack, Auth, Reading, Welcome, encode, error_message, parse_message
+from common.messages import (
+    SUBPROTOCOLS,
+    Ack,
+    Auth,
+    Reading,
+    Welcome,
+    encode,
+    error_message,
+    parse_message,
+    protocol_version,
+)
 from common.settings import Settings
 from server.batcher import Batcher
 from server.hub import Hub
@@ -64,8 +75,9 @@ INTERNAL_ERROR = 1011
 
 
 def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Speak version 2 with a meter that offers it, version 1 (no subprotocol) with any other."""
-    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
+    """Speak the newest version a meter offers, version 1 (no subprotocol) with one that offers none we know."""
+    known = [p for p in offered if p in SUBPROTOCOLS]
+    return Subprotocol(max(known, key=lambda p: SUBPROTOCOLS[p])) if known else None
 
 
 @dataclass(frozen=True)
@@ -195,30 +207,44 @@ class Gateway:
             address = session.begin_auth(msg, time.time())
             async with self._lookups:
                 raw_state = await self.chain.view("meterState", address)
-            view = decode_meter(address, raw_state)
+            view = latest = decode_meter(address, raw_state)
             meter = session.complete_auth(view)
         except errors.SmartMeterError as err:
             self.stats["login_failures"] += 1
             await self._refuse(ws, err, peer, close=True)
             return None
-        replaced = self.hub.add(meter, view.region, ws)
+        version = protocol_version(ws.subprotocol)
+        replaced = self.hub.add(meter, view.region, ws, version)
         if replaced is not None:
             log_event(log, "connection_replaced", meter=meter)
             asyncio.get_running_loop().create_task(replaced.outlet.close(1000, "replaced by a newer login"))
-        # Read the state for welcome only now that events for this meter are held for it.
+        # Read the state for welcome only now that events for this meter are held for it. The welcome tells the
+        # final state (what no reorganisation can undo), so that the meter drops only readings final on chain.
         try:
+            final_at = await self._final_block()
             async with self._lookups:
-                raw_state, raw_bill = await asyncio.gather(
-                    self.chain.view("meterState", meter), self.chain.view("openBill", meter)
-                )
-            view, bill = decode_meter(meter, raw_state), decode_bill(raw_bill)
+                try:
+                    raw_state, raw_bill = await asyncio.gather(
+                        self.chain.view("meterState", meter, block=final_at),
+                        self.chain.view("openBill", meter, block=final_at),
+                    )
+                    view = decode_meter(meter, raw_state)
+                except errors.ChainError as err:
+                    if final_at == "latest" or isinstance(err, errors.ChainUnavailable):
+                        raise
+                    # Registered in a block not final yet: none of its readings is final either.
+                    raw_bill = await self.chain.view("openBill", meter)
+                    view = dataclasses.replace(latest, last_seq=0)
+            bill = decode_bill(raw_bill)
+            if final_at == "latest":
+                latest = view
         except errors.SmartMeterError as err:
             self.hub.remove(meter, ws)
             await self._refuse(ws, err, peer, close=True)
             return None
-        # The furthest of: the chain's, the store's, and the one in memory, which is ahead of the store
-        # while a previous connection's readings wait for this turn's commit.
-        on_chain = Cursor(view.last_seq, view.last_timestamp, view.last_energy_wh, view.last_export_wh)
+        # The furthest of: the chain's (readings recorded but not final yet count), the store's, and the one in
+        # memory, which is ahead of the store while a previous connection's readings wait for this turn's commit.
+        on_chain = Cursor(latest.last_seq, latest.last_timestamp, latest.last_energy_wh, latest.last_export_wh)
         known = (self.store.cursor(meter), on_chain,
                  self.cursors.get(meter.lower()))
         cursor = max((c for c in known if c is not None), key=lambda c: c.seq)
@@ -236,7 +262,7 @@ class Gateway:
             server_time=int(time.time()),
             # The last seq used up, accepted or refused for its content: only meters that speak version 2
             # expect it (version 1 meters refuse a field they do not know).
-            last_used_seq=cursor.seq if ws.subprotocol == SUBPROTOCOL else None,
+            last_used_seq=cursor.seq if version >= 2 else None,
         )
         await ws.send(encode(welcome))
         for alert in self.relay.alerts_for(view.region, time.time()):
@@ -244,8 +270,18 @@ class Gateway:
         self.hub.release(meter)
         self.stats["logins"] += 1
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
-                  region=view.region, protocol=ws.subprotocol or "v1")
+                  region=view.region, protocol=f"v{version}")
         return meter
+
+    async def _final_block(self) -> int | str:
+        """The block whose state is final: ``latest`` when every block is (``CONFIRMATIONS=0``)."""
+        depth = self.settings.finality_depth
+        if depth == 0:
+            return "latest"
+        if self.relay.final is not None:
+            return max(self.relay.final, 0)
+        head = int(await self.chain.request("eth_blockNumber", []), 16)
+        return max(head - depth, 0)
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
         bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
@@ -305,10 +341,10 @@ class Gateway:
                 self._stage(_Staged(meter, ws, None, encode(Ack(seq=msg.seq, status="duplicate"))))
                 return None
             queued = self.store.get(meter, msg.seq)
-            # Still queued and not yet seen on chain: the meter resent it before its bill came back.
-            # (The batcher drops a reading from the queue a moment after its event is relayed.)
+            # Still queued and not yet final on chain: the meter resent it before its final bill came back.
+            # (The batcher drops a reading from the queue a moment after its block is final.)
             if (queued is not None and queued.signature.lower() == msg.signature.lower()
-                    and not self.relay.recorded(meter, msg.seq)):
+                    and not self.relay.settled(meter, msg.seq)):
                 return encode(Ack(seq=msg.seq, status="duplicate"))
         if self.store.count() >= self.settings.max_pending_readings:
             raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)

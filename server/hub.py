@@ -40,6 +40,8 @@ class Peer:
     region: str
     outlet: Outlet
     max_queue: int = 256
+    #: The protocol version the connection speaks (``common.messages.protocol_version``).
+    version: int = 1
     queue: asyncio.Queue[str] = field(init=False)
     ready: asyncio.Event = field(init=False)
     writer: asyncio.Task[None] | None = None
@@ -77,13 +79,13 @@ class Hub:
     def __len__(self) -> int:
         return len(self.peers)
 
-    def add(self, meter: str, region: str, outlet: Outlet) -> Peer | None:
-        """Register a logged-in meter; returns the peer it replaced, if any.
+    def add(self, meter: str, region: str, outlet: Outlet, version: int = 1) -> Peer | None:
+        """Register a logged-in meter speaking protocol ``version``; returns the peer it replaced, if any.
 
         Messages for the meter queue up but are held until ``release``: the gateway registers the
         meter before reading its state for ``welcome``, so no event falls between the two.
         """
-        peer = Peer(meter.lower(), region, outlet, self.max_queue)
+        peer = Peer(meter.lower(), region, outlet, self.max_queue, version)
         peer.writer = asyncio.get_running_loop().create_task(peer._write())
         old = self.peers.get(peer.meter)
         self.peers[peer.meter] = peer
@@ -118,6 +120,15 @@ class Hub:
             log_event(log, "slow_meter_disconnected", logging.WARNING, meter=meter, queued=peer.queue.qsize())
             asyncio.get_running_loop().create_task(peer.outlet.close(1008, "too slow to receive"))
             return False
+
+    def send_versioned(self, meter: str, render: Callable[[int], str | None]) -> bool:
+        """Queue for a meter the message ``render`` makes for the protocol version its connection speaks (None:
+        nothing for that version); rendered only when the meter is connected."""
+        peer = self.peers.get(meter.lower())
+        if peer is None:
+            return False
+        message = render(peer.version)
+        return self.send(meter, message) if message is not None else False
 
     def broadcast(self, message: str, region: str = "") -> int:
         """Queue a message for every meter (or only those in ``region``); returns how many."""

@@ -13,6 +13,16 @@ arithmetic of ``common.tariff``, and the standing charge, which depends only on 
 half-hourly settlement data (each reading split over periods as the contract splits it, priced
 at each period's price); hourly totals (``server.history``); and the consumption alerts of
 ``server.monitor``.
+
+**Undoing replaced blocks.** Events of blocks that are not final yet (``apply``'s ``final``) are
+written with an undo journal: SQLite triggers on every derived table copy each row's image
+before it changes (or the key of a row inserted) into ``journal``, keyed by the block being
+applied, and the hash of each such block goes into ``blocks``. ``rollback(fork)`` replays the
+journal of the blocks after ``fork`` backwards, which puts every row (readings, hourly totals,
+periods, meter state, consumption alerts, the position) back as it was, whatever the event set
+that changed them; ``finalize`` forgets the journal of blocks that became final. Events of final
+blocks are written without it, so a chain with ``CONFIRMATIONS=0`` pays nothing. A fork below
+the final block cannot be undone this way: the index is then rebuilt from the chain.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from common.tariff import (
 from server.history import energy_in_hours, spread_over_hours
 from server.monitor import Rules, Trend, evaluate
 
-__all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS"]
+__all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS", "JOURNALED_TABLES"]
 
 log = logging.getLogger("index")
 
@@ -115,11 +125,62 @@ CREATE TABLE IF NOT EXISTS thresholds (
 );
 CREATE TABLE IF NOT EXISTS position (name TEXT PRIMARY KEY, block INTEGER NOT NULL, log_index INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, block INTEGER NOT NULL, tbl TEXT NOT NULL, op TEXT NOT NULL,
+    key TEXT NOT NULL, image TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_by_block ON journal (block);
+CREATE TABLE IF NOT EXISTS journal_block (id INTEGER PRIMARY KEY CHECK (id = 1), block INTEGER);
+INSERT OR IGNORE INTO journal_block VALUES (1, NULL);
+CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
 #: Tables rebuilt from the chain; ``thresholds`` is the operators' and customers' own setting.
 DERIVED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
-                  "clock_changes", "grid_alerts", "consumption_alerts", "position")
+                  "clock_changes", "grid_alerts", "consumption_alerts", "position", "journal", "blocks")
+#: Tables whose changes by events of blocks not yet final are journaled, to be undone if the blocks are replaced.
+JOURNALED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
+                    "clock_changes", "grid_alerts", "consumption_alerts", "position")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A journaled table's columns and primary key."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+
+
+def _shapes(db: sqlite3.Connection) -> dict[str, _Shape]:
+    out = {}
+    for table in JOURNALED_TABLES:
+        info = db.execute(f"PRAGMA table_info({table})").fetchall()  # (cid, name, type, notnull, default, pk)
+        columns = tuple(row[1] for row in info)
+        key = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
+        out[table] = _Shape(table, columns, key)
+    return out
+
+
+def _journal_triggers(shape: _Shape) -> list[str]:
+    """The SQL of the triggers that journal ``shape``'s changes while ``journal_block`` names a block."""
+    t = shape.table
+
+    def obj(row: str, names: tuple[str, ...]) -> str:
+        return "json_object(" + ", ".join(f"'{c}', {row}.{c}" for c in names) + ")"
+
+    when = "WHEN (SELECT block FROM journal_block) IS NOT NULL"
+    insert = "INSERT INTO journal (block, tbl, op, key, image) VALUES ((SELECT block FROM journal_block), "
+    return [
+        f"DROP TRIGGER IF EXISTS journal_{t}_i", f"DROP TRIGGER IF EXISTS journal_{t}_u",
+        f"DROP TRIGGER IF EXISTS journal_{t}_d",
+        f"CREATE TRIGGER journal_{t}_i AFTER INSERT ON {t} {when} BEGIN "
+        f"{insert}'{t}', 'i', {obj('NEW', shape.key)}, NULL); END",
+        f"CREATE TRIGGER journal_{t}_u AFTER UPDATE ON {t} {when} BEGIN "
+        f"{insert}'{t}', 'u', {obj('NEW', shape.key)}, {obj('OLD', shape.columns)}); END",
+        f"CREATE TRIGGER journal_{t}_d AFTER DELETE ON {t} {when} BEGIN "
+        f"{insert}'{t}', 'd', {obj('OLD', shape.key)}, {obj('OLD', shape.columns)}); END",
+    ]
 
 
 @dataclass
@@ -188,8 +249,11 @@ class Index:
     """The SQLite index of contract events; one instance per process, used from one thread."""
 
     def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0,
-                 source: str = "") -> None:
+                 source: str = "", journal: bool = True) -> None:
         """Open (or create) the index; ``source`` names the chain and contract its events come from.
+
+        ``journal`` false (``CONFIRMATIONS=0``: every block is final at once) leaves out the undo
+        journal's triggers, so that writing an event costs what it did before there was one.
 
         An index holding another source's events (the chain was reset, the contract redeployed)
         is emptied of them first, so that it is rebuilt from the new one.
@@ -211,9 +275,18 @@ class Index:
                 with self.db:
                     for table in DERIVED_TABLES:
                         self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
+        # A REPLACE deletes the row it replaces; only with recursive triggers does that deletion reach the journal.
+        self.db.execute("PRAGMA recursive_triggers=ON")
         self.db.executescript(_SCHEMA)
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (LAYOUT,))
+        self._shapes = _shapes(self.db)
+        self.journal = journal
+        with self.db:
+            for shape in self._shapes.values():
+                for statement in _journal_triggers(shape) if journal else _journal_triggers(shape)[:3]:
+                    self.db.execute(statement)  # without the journal: only the DROPs
+            self.db.execute("UPDATE journal_block SET block=NULL")
         self._load()
         row = self.db.execute("SELECT value FROM meta WHERE name='source'").fetchone()
         if row is not None and row[0] != source:
@@ -237,6 +310,9 @@ class Index:
             (self.schedule.day_ahead_export if side else self.schedule.day_ahead_import)[int(period)] = int(price)
         self._limits = {m: int(w) for m, w in self.db.execute("SELECT meter, hourly_limit_wh FROM thresholds")}
         self._trends: dict[str, Trend] = {}
+        row = self.db.execute("SELECT value FROM meta WHERE name='final'").fetchone()
+        #: The newest block known final (None: everything applied counts as final).
+        self.final: int | None = int(row[0]) if row else None
 
     def close(self) -> None:
         """Close the database."""
@@ -253,14 +329,17 @@ class Index:
         """Forget everything derived from the chain (thresholds stay), to rebuild from the chain."""
         with self.db:
             self.db.execute("BEGIN")
+            self.db.execute("UPDATE journal_block SET block=NULL")
             for table in DERIVED_TABLES:
                 self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            self.db.execute("DELETE FROM meta WHERE name='final'")
         self._load()
 
-    def apply(self, events: list[ChainEvent], block_times: dict[int, int]) -> Applied:
+    def apply(self, events: list[ChainEvent], block_times: dict[int, int], final: int | None = None) -> Applied:
         """Write events (in chain order) and the new position in one transaction; skips seen ones.
 
-        ``block_times`` maps the blocks of ``TIME_EVENTS`` events to their timestamps.
+        ``block_times`` maps the blocks of ``TIME_EVENTS`` events to their timestamps. Events of
+        blocks after ``final`` are journaled so that ``rollback`` can undo them (None: all final).
         """
         out = Applied()
         position = self.position() or (-1, -1)
@@ -271,17 +350,91 @@ class Index:
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                for event in todo:
+                journaling: int | None = None
+                for i, event in enumerate(todo):
+                    block = event.block if self.journal and final is not None and event.block > final else None
+                    if block != journaling:
+                        self.db.execute("UPDATE journal_block SET block=?", (block,))
+                        journaling = block
+                        if block is not None:
+                            self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?,?)", (block, event.block_hash))
                     self._apply_one(event, block_times.get(event.block, 0), out, touched)
-                last = todo[-1]
-                self.db.execute(
-                    "INSERT INTO position (name, block, log_index) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
-                    "SET block=excluded.block, log_index=excluded.log_index", (POSITION, last.block, last.log_index))
+                    last_of_block = i + 1 == len(todo) or todo[i + 1].block != event.block
+                    if last_of_block and (journaling is not None or i + 1 == len(todo)):
+                        # A journaled block moves the position itself, so that undoing it puts the position back
+                        # to the end of the block before.
+                        self._set_position(event)
+                if journaling is not None:
+                    self.db.execute("UPDATE journal_block SET block=NULL")
         except BaseException:
             self._load()  # the transaction rolled back: drop what memory took from it
             raise
         out.events = len(todo)
         return out
+
+    def _set_position(self, event: ChainEvent) -> None:
+        self.db.execute("INSERT INTO position (name, block, log_index) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
+                        "SET block=excluded.block, log_index=excluded.log_index",
+                        (POSITION, event.block, event.log_index))
+
+    # ---------------------------------------------------------------- replaced blocks
+
+    def is_final(self, block: int | None) -> bool:
+        """Whether what block ``block`` brought is final (no block, or no finality known: yes)."""
+        return block is None or self.final is None or block <= self.final
+
+    def finalize(self, final: int) -> None:
+        """Blocks up to ``final`` are final: forget their journal (the hash of the newest is kept)."""
+        if self.final is not None and final <= self.final:
+            return
+        if not self.journal:
+            self.final = final  # nothing is journaled: nothing to forget
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM journal WHERE block<=?", (final,))
+            self.db.execute("DELETE FROM blocks WHERE number < (SELECT MAX(number) FROM blocks WHERE number<=?)",
+                            (final,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('final', ?)", (str(final),))
+        self.final = final
+
+    def recent_blocks(self) -> list[tuple[int, str]]:
+        """(number, hash) of the blocks whose events are journaled, and the newest final one with events."""
+        return [(int(n), str(h)) for n, h in self.db.execute("SELECT number, hash FROM blocks ORDER BY number")]
+
+    def rollback(self, fork: int) -> list[MeterRecord]:
+        """Undo everything the blocks after ``fork`` brought; returns the meters whose state went back.
+
+        Only blocks that were not final when applied can be undone: for a fork below ``final``
+        rebuild the index instead (``reset`` and catch up).
+        """
+        affected: set[str] = set()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("UPDATE journal_block SET block=NULL")
+            rows = self.db.execute("SELECT tbl, op, key, image FROM journal WHERE block>? ORDER BY id DESC",
+                                   (fork,)).fetchall()
+            for table, op, key, image in rows:
+                shape = self._shapes[table]
+                keys = json.loads(key)
+                where = " AND ".join(f"{c}=?" for c in shape.key)
+                if op in ("i", "u"):
+                    self.db.execute(f"DELETE FROM {table} WHERE {where}",  # noqa: S608 - names from the schema
+                                    [keys[c] for c in shape.key])
+                if op in ("u", "d"):
+                    old = json.loads(image)
+                    self.db.execute(f"INSERT INTO {table} ({', '.join(shape.columns)}) "  # noqa: S608
+                                    f"VALUES ({', '.join('?' * len(shape.columns))})",
+                                    [old[c] for c in shape.columns])
+                meter = keys.get("address") or keys.get("meter")
+                if table in ("meters", "periods", "readings") and meter:
+                    affected.add(str(meter).lower())
+            self.db.execute("DELETE FROM journal WHERE block>?", (fork,))
+            self.db.execute("DELETE FROM blocks WHERE number>?", (fork,))
+        self._load()
+        if rows:
+            log_event(log, "index_rolled_back", fork=fork, changes=len(rows), meters=len(affected))
+        return [m for m in (self._meters.get(a) for a in affected) if m is not None]
 
     def _apply_one(self, event: ChainEvent, block_time: int, out: Applied, touched: dict[str, MeterRecord]) -> None:
         args, name = event.args, event.name
@@ -440,9 +593,10 @@ class Index:
             rows = self.db.execute("SELECT energy_wh, timestamp - interval_start FROM readings WHERE meter=? "
                                    "ORDER BY seq DESC LIMIT ?", (meter, self.rules.window + 64)).fetchall()
             trend = Trend(deque(maxlen=self.rules.window))
-            # The newest row is the reading being applied now (already inserted): leave it out.
+            # The newest row is the reading being applied now (already inserted): leave it out. Replaying the
+            # rule over the rows before also finds whether the meter was in a jump (no second alert for it).
             for wh, seconds in reversed(rows[1:]):
-                trend.powers.append(trend.power(int(seconds), int(wh), self.rules.min_span))
+                trend.observe(trend.power(int(seconds), int(wh), self.rules.min_span), self.rules)
             self._trends[meter] = trend
         return trend
 

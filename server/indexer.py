@@ -1,10 +1,14 @@
 """Feeds the index from the chain and tells the dashboard and the meters what changed.
 
-On start it catches up with ``eth_getLogs`` from its own recorded position to the chain's
-head; from then on it takes the events the relay follows live (a relay listener), applies
-whatever has arrived in one transaction, and publishes the result: bills, meter changes,
-tariffs and grid alerts to the live feed, consumption alerts to the live feed and to the
-meter concerned. ``rebuild`` empties the index and replays the whole chain into it.
+On start it checks that the blocks it recorded but that were not final yet still stand (a
+chain replaced while the server was stopped is undone back to the fork), then catches up with
+``eth_getLogs`` from its own recorded position to the chain's head; from then on it follows the
+relay (a ``ChainFollower``): it applies whatever events have arrived in one transaction, those of
+blocks not yet final with an undo journal, forgets the journal of blocks as they become final,
+and undoes the blocks the relay says were replaced. It publishes the result: bills, meter
+changes, tariffs and grid alerts to the live feed, consumption alerts to the live feed and to
+the meter concerned, and after a rollback the corrected bills. ``rebuild`` empties the index
+and replays the whole chain into it; a replaced block that was already final is repaired so.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from common.chain import AsyncChainClient, logs_between
@@ -34,8 +39,23 @@ ALERT_FRESHNESS = 900
 BLOCK_TIME_CACHE = 4_096
 
 
+@dataclass(frozen=True)
+class _Final:
+    """Blocks up to ``block`` are final."""
+
+    block: int
+
+
+@dataclass(frozen=True)
+class _Rollback:
+    """Blocks after ``fork`` were replaced (``deep``: some of them were final)."""
+
+    fork: int
+    deep: bool
+
+
 class Indexer:
-    """Keeps ``index`` up to date with the contract's events."""
+    """Keeps ``index`` up to date with the contract's events (a ``server.relay.ChainFollower``)."""
 
     def __init__(self, deployment: Deployment, index: Index, chain: AsyncChainClient,
                  hub: Hub | None = None, feed: LiveFeed | None = None) -> None:
@@ -44,30 +64,62 @@ class Indexer:
         self.chain = chain
         self.hub = hub
         self.feed = feed
+        self.confirmations = chain.settings.finality_depth
         self.decoder = EventDecoder(deployment.abi)
-        self._queue: asyncio.Queue[ChainEvent | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[ChainEvent | _Final | _Rollback | None] = asyncio.Queue()
         self._block_times: OrderedDict[int, int] = OrderedDict()
+        #: Meters whose bill in the index is provisional, by the block it is from (published again when final).
+        self._provisional: dict[str, int] = {}
         #: The last failure to apply events, as (unix time, error), for ``/health``.
         self.last_failure: tuple[float, str] | None = None
+        self.rollbacks = 0
 
     # ---------------------------------------------------------------- feeding
 
     async def catch_up(self) -> int:
-        """Apply every event from the index's position to the chain's head; returns how many."""
+        """Undo blocks replaced since the index last read the chain, then apply every event from the index's
+        position to the chain's head; returns how many."""
         head = int(await self.chain.request("eth_blockNumber", []), 16)
+        final = head - self.confirmations
+        await self._check_recent_blocks()
         position = self.index.position()
         start = max(position[0] if position else 0, self.deployment.block)
         applied = 0
         started = time.monotonic()
         async for logs in logs_between(self.chain.request, self.deployment.address, start, head):
             events = [e for e in (self.decoder.decode(raw) for raw in logs) if e is not None]
-            applied += (await self._apply(events)).events
-        log_event(log, "index_caught_up", head=head, events=applied, seconds=f"{time.monotonic() - started:.1f}")
+            applied += (await self._apply(events, final)).events
+        self._finalize(final)
+        log_event(log, "index_caught_up", head=head, final=final, events=applied,
+                  seconds=f"{time.monotonic() - started:.1f}")
         return applied
 
+    async def _check_recent_blocks(self) -> None:
+        """Undo what the index holds of blocks no longer on the node's chain (replaced while it was not reading)."""
+        recent = self.index.recent_blocks()
+        if not recent:
+            return
+        fork: int | None = None
+        for number, block_hash in reversed(recent):
+            block = await self.chain.request("eth_getBlockByNumber", [hex(number), False])
+            if block is not None and block["hash"].lower() == block_hash.lower():
+                fork = number
+                break
+        if fork == recent[-1][0]:
+            return
+        await self._roll_back(_Rollback(fork if fork is not None else recent[0][0] - 1, fork is None))
+
     def on_event(self, event: ChainEvent) -> None:
-        """Relay listener: queue a live event for the next transaction."""
+        """Relay follower: queue a live event for the next transaction."""
         self._queue.put_nowait(event)
+
+    def on_final(self, block: int) -> None:
+        """Relay follower: blocks up to ``block`` are final (events of those blocks need no journal)."""
+        self._queue.put_nowait(_Final(block))
+
+    def on_rollback(self, fork: int, deep: bool) -> None:
+        """Relay follower: blocks after ``fork`` were replaced; undo them before the new chain's events."""
+        self._queue.put_nowait(_Rollback(fork, deep))
 
     @property
     def backlog(self) -> int:
@@ -79,28 +131,77 @@ class Indexer:
         self._queue.put_nowait(None)
 
     async def run(self) -> None:
-        """Apply queued events as they come, several at a time, until stopped."""
+        """Apply queued events as they come, several at a time, and the relay's word on finality and
+        replaced blocks in their turn, until stopped."""
         while True:
-            first = await self._queue.get()
-            batch = [first]
+            batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            events = [e for e in batch if e is not None]
-            if events:
-                try:
-                    await self._apply(events)
-                except Exception as err:  # noqa: BLE001 - the index is a cache: log, catch up later
-                    self.last_failure = (time.time(), f"{type(err).__name__}: {err}"[:300])
-                    log_event(log, "index_apply_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300],
-                              hint="the index catches up from the chain at the next start")
+            events: list[ChainEvent] = []
+            for item in batch:
+                if isinstance(item, ChainEvent):
+                    events.append(item)
+                    continue
+                await self._apply_safely(events)
+                events = []
+                if isinstance(item, _Final):
+                    self._finalize(item.block)
+                elif isinstance(item, _Rollback):
+                    await self._roll_back(item)
+            await self._apply_safely(events)
             if None in batch:
                 return
 
-    async def _apply(self, events: list[ChainEvent]) -> Applied:
+    async def _apply_safely(self, events: list[ChainEvent]) -> None:
+        if not events:
+            return
+        try:
+            await self._apply(events, self.index.final)
+        except Exception as err:  # noqa: BLE001 - the index is a cache: log, catch up later
+            self.last_failure = (time.time(), f"{type(err).__name__}: {err}"[:300])
+            log_event(log, "index_apply_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300],
+                      hint="the index catches up from the chain at the next start")
+
+    async def _apply(self, events: list[ChainEvent], final: int | None) -> Applied:
         times = {e.block: await self._block_time(e.block) for e in events if e.name in TIME_EVENTS}
-        applied = self.index.apply(events, times)
+        applied = self.index.apply(events, times, final)
         self._publish(applied)
         return applied
+
+    def _finalize(self, final: int) -> None:
+        """Blocks up to ``final`` are final: drop their journal, and show bills that became final as such."""
+        try:
+            self.index.finalize(final)
+        except Exception as err:  # noqa: BLE001 - the index is a cache: log, catch up later
+            log_event(log, "index_finalize_failed", logging.ERROR, error=f"{type(err).__name__}: {err}"[:300])
+            return
+        settled = [m for m, block in self._provisional.items() if block <= final]
+        for address in settled:
+            del self._provisional[address]
+            meter = self.index.meter(address)
+            if meter is not None and self.feed is not None:
+                self.feed.publish("bill", meter.address, meter)
+
+    async def _roll_back(self, rollback: _Rollback) -> None:
+        """Undo the blocks after the fork (or rebuild, when some were final) and publish the corrected bills."""
+        self.rollbacks += 1
+        for block in [b for b in self._block_times if b > rollback.fork]:
+            del self._block_times[block]
+        final = self.index.final
+        if rollback.deep or (final is not None and rollback.fork < final):
+            log_event(log, "index_rebuilt_after_deep_reorganisation", logging.ERROR, fork=rollback.fork, final=final,
+                      hint="blocks already final were replaced: raise CONFIRMATIONS")
+            self.index.reset()
+            self._provisional.clear()
+            await self.catch_up()
+            meters = self.index.meters()
+        else:
+            meters = self.index.rollback(rollback.fork)
+        for address in [a for a, block in self._provisional.items() if block > rollback.fork]:
+            del self._provisional[address]
+        if self.feed is not None:
+            for meter in meters:
+                self.feed.publish("bill", meter.address, meter)
 
     async def _block_time(self, block: int) -> int:
         cached = self._block_times.get(block)
@@ -122,6 +223,10 @@ class Indexer:
                 self.hub.send(alert.meter, encode(alert))
             log_event(log, "consumption_alert", logging.WARNING, meter=alert.meter, kind=alert.kind,
                       energy_wh=alert.energy_wh, limit_wh=alert.limit_wh, power_w=alert.power_w)
+        if self.confirmations:
+            for meter in applied.bills:
+                if not self.index.is_final(meter.last_block) and meter.last_block is not None:
+                    self._provisional[meter.address.lower()] = meter.last_block
         feed = self.feed
         if feed is None or not feed.subscribers:
             return

@@ -56,6 +56,19 @@ class Trend:
                 break
         return interval_power_w(wh, span)
 
+    def observe(self, power: int, rules: Rules) -> tuple[bool, float]:
+        """Take the next interval's power: (whether a jump begins with it, the usual power it was compared with)."""
+        usual = trailing_median(list(self.powers))
+        jump = (
+            len(self.powers) >= rules.min_samples
+            and power > rules.jump_factor * usual
+            and power - usual >= rules.jump_min_w
+        )
+        begins = jump and not self.jumping
+        self.jumping = jump
+        self.powers.append(power)
+        return begins, usual
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -100,18 +113,11 @@ def evaluate(
                     message=f"consumption {span} reached {_kwh(total)}, above the limit of {_kwh(limit_wh)}",
                 )))
     power = trend.power(end - start, energy_wh, rules.min_span)
-    usual = trailing_median(list(trend.powers))
-    jump = (
-        len(trend.powers) >= rules.min_samples
-        and power > rules.jump_factor * usual
-        and power - usual >= rules.jump_min_w
-    )
-    if jump and not trend.jumping:
+    begins, usual = trend.observe(power, rules)
+    if begins:
         out.append(Candidate(end, ConsumptionAlert(
             meter=meter, kind="sudden_jump", at=end, energy_wh=energy_wh, power_w=power,
             message=f"power jumped to {_kw(power)}, over {rules.jump_factor:g} times the usual {_kw(usual)}; "
                     "check for an appliance left on",
         )))
-    trend.jumping = jump
-    trend.powers.append(power)
     return out

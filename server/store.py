@@ -1,12 +1,15 @@
-"""The gateway's durable state in SQLite (WAL mode): queued readings, per-meter cursors and
-the relay's position in the chain's log.
+"""The gateway's durable state in SQLite (WAL mode): queued readings, per-meter cursors, and
+the relay's position in the chain's log with the hashes of the recent blocks it read.
 
-A reading is committed here before its meter gets ``ack``; it leaves when the transaction that
-carried it is mined (the contract then emitted ``ReadingRecorded`` or ``ReadingRejected`` for
-it), or, after a failure, when it is found at or below its meter's last sequence number on
-chain. WAL with ``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a
-committed row; set ``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too,
-at a cost per commit.
+A reading is committed here before its meter gets ``ack``; it leaves when the block of the
+transaction that carried it is final (the contract then emitted ``ReadingRecorded`` or
+``ReadingRejected`` for it), or, after a failure, when it is found at or below its meter's last
+sequence number in the chain's final state. Until then a mined reading is kept with its block
+(``mined_block``), and goes back to pending if that block is replaced. With ``CONFIRMATIONS=0``
+every mined block is final, and a reading leaves as soon as it is mined. WAL with
+``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a committed row;
+set ``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too, at a cost per
+commit.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ CREATE TABLE IF NOT EXISTS cursor (
     timestamp INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL,
     export_wh INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_blocks (
+    name TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (name, number)
 );
 CREATE TABLE IF NOT EXISTS position (
     name TEXT PRIMARY KEY,
@@ -113,6 +122,11 @@ class Store:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable_fsync else 'NORMAL'}")
             _migrate(self.db, path)
             self.db.executescript(_SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(queue)")}
+            if "mined_block" not in columns:  # a queue from before finality was tracked
+                self.db.execute("ALTER TABLE queue ADD COLUMN mined_block INTEGER")
+            self.db.execute("CREATE INDEX IF NOT EXISTS queue_by_block ON queue (mined_block) "
+                            "WHERE mined_block IS NOT NULL")
             self._count = count or _Count(int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]))
         except sqlite3.DatabaseError as err:
             self.db.close()
@@ -172,7 +186,57 @@ class Store:
     def reset_submitted(self) -> int:
         """Put every reading back to pending (on start: their transaction's fate is unknown)."""
         with self.db:
-            return self.db.execute("UPDATE queue SET tx_hash=NULL WHERE tx_hash IS NOT NULL").rowcount
+            return int(self.db.execute("UPDATE queue SET tx_hash=NULL, mined_block=NULL "
+                                       "WHERE tx_hash IS NOT NULL").rowcount)
+
+    def mark_mined(self, readings: list[tuple[str, int]], tx_hash: str, block: int) -> None:
+        """Record that these (meter, seq) readings were mined in ``block`` (they stay until it is final)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE queue SET tx_hash=?, mined_block=? WHERE meter=? AND seq=?",
+                                [(tx_hash, block, meter.lower(), seq) for meter, seq in readings])
+
+    def mark_on_chain(self, meter: str, seq: int, block: int) -> int:
+        """Count readings of ``meter`` up to ``seq`` as mined in ``block`` (found on chain, not final yet)."""
+        with self.db:
+            return int(self.db.execute(
+                "UPDATE queue SET tx_hash=COALESCE(tx_hash, 'on_chain'), mined_block=? "
+                "WHERE meter=? AND seq<=? AND mined_block IS NULL", (block, meter.lower(), seq)).rowcount)
+
+    def remove_final(self, final: int) -> int:
+        """Drop the readings mined in blocks up to ``final`` (they are final now)."""
+        with self.db:
+            removed = int(self.db.execute("DELETE FROM queue WHERE mined_block<=?", (final,)).rowcount)
+        self._count.add(-removed)
+        return removed
+
+    def unmine_after(self, fork: int, remined: dict[str, int], keep: dict[str, list[tuple[str, int]]] | None = None
+                     ) -> int:
+        """Blocks after ``fork`` were replaced: readings mined in them go back to pending, except those whose
+        transaction (``remined``: hash -> block) the new chain holds too, and those of the transactions in
+        ``keep`` (hash -> their readings), which are sent again and stay submitted; returns how many went back."""
+        kept = [tx for tx, block in remined.items() if block > fork]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE queue SET mined_block=? WHERE mined_block>? AND tx_hash=?",
+                                [(remined[tx], fork, tx) for tx in kept])
+            self.db.executemany("UPDATE queue SET mined_block=NULL WHERE meter=? AND seq=? AND mined_block>?",
+                                [(meter.lower(), seq, fork) for readings in (keep or {}).values()
+                                 for meter, seq in readings])
+            spared = f" AND tx_hash NOT IN ({','.join('?' * len(kept))})" if kept else ""
+            return int(self.db.execute(f"UPDATE queue SET tx_hash=NULL, mined_block=NULL WHERE mined_block>?{spared}",
+                                       (fork, *kept)).rowcount)
+
+    def put_back(self, readings: list[tuple[str, int]]) -> None:
+        """Put these (meter, seq) readings back to pending."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE queue SET tx_hash=NULL, mined_block=NULL WHERE meter=? AND seq=?",
+                                [(meter.lower(), seq) for meter, seq in readings])
+
+    def mined_count(self) -> int:
+        """How many queued readings are mined and wait for their block to be final."""
+        return int(self.db.execute("SELECT COUNT(*) FROM queue WHERE mined_block IS NOT NULL").fetchone()[0])
 
     def remove_many(self, readings: list[tuple[str, int]]) -> int:
         """Drop several (meter, seq) readings in one transaction."""
@@ -219,6 +283,26 @@ class Store:
         """The (block, log index) of the last log the named consumer processed."""
         row = self.db.execute("SELECT block, log_index FROM position WHERE name=?", (name,)).fetchone()
         return (int(row[0]), int(row[1])) if row else None
+
+    def relay_trail(self, name: str) -> list[tuple[int, str]]:
+        """(number, hash) of the recent blocks the named follower read, oldest first."""
+        return [(int(n), str(h)) for n, h in self.db.execute(
+            "SELECT number, hash FROM relay_blocks WHERE name=? ORDER BY number", (name,))]
+
+    def save_relay_state(self, name: str, position: tuple[int, int], trail: dict[int, str],
+                         saved: dict[int, str]) -> None:
+        """Record the follower's position and its trail of recent blocks (``saved``: the trail last recorded)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO position (name, block, log_index) VALUES (?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET block=excluded.block, log_index=excluded.log_index",
+                (name, *position),
+            )
+            self.db.executemany("DELETE FROM relay_blocks WHERE name=? AND number=?",
+                                [(name, n) for n in saved if n not in trail])
+            self.db.executemany("INSERT OR REPLACE INTO relay_blocks (name, number, hash) VALUES (?,?,?)",
+                                [(name, n, h) for n, h in trail.items() if saved.get(n) != h])
 
     def set_position(self, name: str, block: int, log_index: int) -> None:
         """Record the last processed log."""

@@ -1,5 +1,6 @@
 """Shared fixtures: one real Ganache per test session on a free port, a fresh deployment,
-and per-test isolation through ``evm_snapshot`` / ``evm_revert``."""
+and per-test isolation through ``evm_snapshot`` / ``evm_revert``; and, for the tests of
+finality, reorganisations and fees, one Anvil mining a block a second, with its own deployment."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from common.chain import ChainClient  # noqa: E402
 from common.deployer import deploy  # noqa: E402
 from common.deployment import Deployment  # noqa: E402
-from common.devchain import GanacheProcess  # noqa: E402
+from common.devchain import AnvilProcess, GanacheProcess  # noqa: E402
 from common.settings import Settings, load_settings  # noqa: E402
 
 
@@ -45,6 +46,43 @@ def base_settings(ganache: GanacheProcess, tmp_path_factory: pytest.TempPathFact
 def deployment(base_settings: Settings) -> Deployment:
     """The contract deployed once per session."""
     dep, _ = deploy(base_settings, force=True)
+    return dep
+
+
+#: Anvil's block time in the tests: short, so that blocks turn final within seconds.
+ANVIL_BLOCK_TIME = 1.0
+#: Blocks on top before a block counts as final in the tests on Anvil.
+ANVIL_CONFIRMATIONS = 2
+
+
+@pytest.fixture(scope="session")
+def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilProcess]:
+    """A real Anvil on 127.0.0.1 mining a block every second, for the whole session (started on first use)."""
+    base = tmp_path_factory.mktemp("anvil")
+    node = AnvilProcess(base / "chain", log_path=base / "anvil.log", block_time=ANVIL_BLOCK_TIME).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def anvil_settings(anvil: AnvilProcess, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the session's Anvil: two confirmations, quick replacement of waiting transactions."""
+    base = tmp_path_factory.mktemp("anvil-settings")
+    return load_settings(
+        env_file=base / "no.env",
+        chain_rpc_url=anvil.rpc_url,
+        chain_ws_url=anvil.ws_url,
+        deployments_dir=base / "deployments",
+        data_dir=base / "data",
+        confirmations=ANVIL_CONFIRMATIONS,
+        tx_replace_after=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def anvil_deployment(anvil_settings: Settings) -> Deployment:
+    """The contract deployed once per session on Anvil."""
+    dep, _ = deploy(anvil_settings, force=True)
     return dep
 
 

@@ -1,6 +1,7 @@
-"""The whole system end to end: real Ganache, deployment, provisioning, the server, the
-grid-alert emitter and twelve meter processes with accelerated intervals; the server is
-killed and restarted mid-run."""
+"""The whole system end to end, on each node: real Ganache (automine) and real Anvil (a block a
+second, two confirmations, so bills are provisional before they are final), deployment,
+provisioning, the server, the grid-alert emitter and twelve meter processes with accelerated
+intervals; the server is killed and restarted mid-run."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from common.chain import ChainClient
 from common.deployment import load_deployment
 from common.devchain import free_port
 from common.events import unpack_record
-from common.settings import ROOT
+from common.settings import ROOT, Settings
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from meters.outbox import Outbox
 from meters.status import MeterStatus
@@ -27,7 +28,9 @@ from operations.provisioning import provision
 from tests.support import ServerProcess
 
 METERS = 12
-READINGS_EACH = 14
+#: Readings per meter on each node, and when the server is killed (seconds after the meters start): Anvil's
+#: blocks come once a second, so its run is kept short.
+RUNS = {"ganache": (14, 6.0), "anvil": (6, 3.0)}
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +47,7 @@ def write_scenario(path) -> None:
     ]}))
 
 
-async def check_api_matches_chain(settings) -> None:
+async def check_api_matches_chain(settings, readings_each: int) -> None:
     """The REST API, after the server was killed and restarted, agrees with the chain for every meter,
     and a customer's key reads only its own meter."""
     billing = Billing(ChainClient(settings), load_deployment(settings))
@@ -54,7 +57,8 @@ async def check_api_matches_chain(settings) -> None:
         deadline = time.monotonic() + 30
         while True:
             listed = {m["address"]: m for m in (await api.get("/meters")).json()}
-            if all(listed[c["meter"]]["last_reading"]["seq"] == READINGS_EACH for c in customers):
+            if all(listed[c["meter"]]["last_reading"]["seq"] == readings_each
+                   and listed[c["meter"]]["open_bill"]["final"] for c in customers):
                 break
             assert time.monotonic() < deadline, "the index did not catch up with the chain"
             await asyncio.sleep(0.5)
@@ -65,14 +69,26 @@ async def check_api_matches_chain(settings) -> None:
             assert shown["open_bill"]["energy_wh"] == bill.period_energy_wh
             assert shown["last_reading"]["register_wh"] == view.last_energy_wh
             readings = (await api.get(f"/meters/{address}/readings", params={"page_size": 1})).json()
-            assert readings["count"] == READINGS_EACH and readings["results"][0]["seq"] == READINGS_EACH
+            assert readings["count"] == readings_each and readings["results"][0]["seq"] == readings_each
         own, other = customers[0], customers[1]
         mine = await api.get(f"/meters/{own['meter']}", headers={"X-API-Key": own["api_key"]})
         theirs = await api.get(f"/meters/{other['meter']}", headers={"X-API-Key": own["api_key"]})
         assert mine.status_code == 200 and theirs.status_code == 403
 
 
-async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_settings, deployment, tmp_path):
+@pytest.fixture(params=list(RUNS))
+def node(request: pytest.FixtureRequest) -> tuple[str, Settings]:
+    """Each node in turn: its settings, with the contract deployed on it."""
+    if request.param == "ganache":
+        request.getfixturevalue("deployment")
+        return "ganache", request.getfixturevalue("base_settings")
+    request.getfixturevalue("anvil_deployment")
+    return "anvil", request.getfixturevalue("anvil_settings")
+
+
+async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(node, tmp_path):
+    kind, base_settings = node
+    readings_each, kill_after = RUNS[kind]
     settings = base_settings.replace(data_dir=tmp_path / "data", server_port=free_port(), http_port=free_port(),
                                      batch_max_wait=0.05)
     provision(settings, count=METERS, history_days=0)
@@ -97,13 +113,13 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
         await asyncio.sleep(0.2)
     meters = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "meters", name, "--plain", "--stop-after", str(READINGS_EACH)],
+            [sys.executable, "-m", "meters", name, "--plain", "--stop-after", str(readings_each)],
             cwd=ROOT, env=env, stdout=open(tmp_path / f"{name}.out", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         for name in names
     }
     try:
-        await asyncio.sleep(6)
+        await asyncio.sleep(kill_after)
         server.kill()  # mid-run, with readings queued and in flight
         await asyncio.sleep(3)
         await server.start()
@@ -113,7 +129,7 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
                 assert time.monotonic() < deadline, f"{name} did not finish; see {tmp_path}/{name}.out"
                 await asyncio.sleep(0.5)
             assert proc.returncode == 0, (tmp_path / f"{name}.out").read_text()[-2000:]
-        await check_api_matches_chain(settings)
+        await check_api_matches_chain(settings, readings_each)
     finally:
         for proc in meters.values():
             if proc.poll() is None:
@@ -130,10 +146,11 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
         identity = MeterIdentity.load(directory)
         status = MeterStatus.from_json((directory / "status.json").read_text())
         outbox = Outbox(directory / "outbox.sqlite", identity.address)
-        assert outbox.count() == 0 and outbox.position().last_seq == READINGS_EACH
+        assert outbox.count() == 0 and outbox.position().last_seq == readings_each
         on_chain = billing.meter(identity.address)
-        assert on_chain.last_seq == READINGS_EACH, f"{name}: a reading was lost"
+        assert on_chain.last_seq == readings_each, f"{name}: a reading was lost"
         assert status.bills_received >= 3, f"{name} received only {status.bills_received} bills"
+        assert status.bill_final, f"{name} ended on a provisional bill"
         assert status.bill_seq == on_chain.last_seq
         assert status.amount_due == billing.bill(identity.address).amount_due, f"{name}: shown bill differs"
         assert status.register_wh == on_chain.last_energy_wh
@@ -141,8 +158,10 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
         contract = billing.contract
         seqs = [unpack_record(int(e.args.record))["seq"] for e in contract.events.ReadingRecorded().get_logs(
             from_block=billing.deployment.block, argument_filters={"meter": identity.address})]
-        assert seqs == list(range(1, READINGS_EACH + 1)), f"{name}: recorded {seqs}"
+        assert seqs == list(range(1, readings_each + 1)), f"{name}: recorded {seqs}"
         log = (directory / "meter.log").read_text()
+        if kind == "anvil":  # blocks come once a second and turn final two later: bills were provisional first
+            assert "final=False" in log and "final=True" in log, f"{name} saw no provisional bill"
         shown = {line.split(" id=")[1].split()[0] for line in log.splitlines() if "event=grid_alert " in line}
         assert alert_id in shown, f"{name} never showed the emitter's grid alert {alert_id}"
 
@@ -159,5 +178,5 @@ async def test_twelve_meters_get_bills_and_an_alert_through_a_server_crash(base_
     assert check.returncode == 0, check.stdout + check.stderr
     rows = check.stdout.splitlines()[1:-1]
     assert len(rows) == METERS and all(row.endswith("agrees") for row in rows)
-    assert next(r for r in rows if r.startswith(exporter)).split()[1:3] == [str(READINGS_EACH), "1"]
+    assert next(r for r in rows if r.startswith(exporter)).split()[1:3] == [str(readings_each), "1"]
     assert check.stdout.splitlines()[-1].endswith("all agree with the contract")

@@ -1,6 +1,9 @@
 """Benchmarks on loopback: end-to-end ingest through the gateway against the raw capacity of the
-same chain, latency sent -> bill, gas per reading by batch size, and the gateway's memory with
-idle authenticated connections. Figures are printed and written as JSON, never asserted."""
+same chain, latency sent -> final bill, gas per reading by batch size, and the gateway's memory
+with idle authenticated connections; on Ganache (automine), a Hardhat node, and Anvil mining a
+block a second with two confirmations (where a bill is final two blocks after its own, and the
+raw chain's run is timed to the same depth). Figures are printed and written as JSON, never
+asserted."""
 
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from common.batches import gas_limit_for, submit_readings_calldata
+from common.batches import gas_limit_for, pack_reading, submit_readings_calldata
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployer import deploy
-from common.devchain import GanacheProcess, free_port
+from common.devchain import AnvilProcess, GanacheProcess, free_port
 from common.eip712 import ReadingData, sign_reading
 from common.messages import Bill, encode
 from common.settings import ROOT, Settings, load_settings
@@ -48,6 +51,12 @@ class BenchConfig:
     gas_batches: tuple[int, ...] = (1, 10, 50, 100, 200)
     idle: tuple[int, ...] = (1_000,)
     hardhat_fleets: tuple[int, ...] = ()
+    anvil_fleets: tuple[int, ...] = ()
+    anvil_readings_per_meter: dict[int, int] = field(default_factory=lambda: {100: 10, 1_000: 3})
+    anvil_block_time: float = 1.0
+    anvil_confirmations: int = 2
+    #: Batches in flight on Anvil: with a block a second, two would cap the gateway at 200 readings a block.
+    anvil_pipeline: int = 8
 
 
 def _raise_fd_limit() -> None:
@@ -84,7 +93,7 @@ class _Server:
     async def start(self) -> None:
         s = self.settings
         env = {**os.environ, **s.as_env(), "BATCH_MAX_WAIT": "0.02",
-               "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "1000"}
+               "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "1000", "AUTH_TIMEOUT": "60"}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "--log-level", "WARNING", "--log-file", str(self.log), cwd=ROOT, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
@@ -122,7 +131,7 @@ def _own_cpu_seconds() -> float:
 
 async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount], per_meter: int, server_pid: int,
                   opened: int, chain_pid: int) -> dict[str, float]:
-    """Every meter sends ``per_meter`` readings at once; time until every bill is back.
+    """Every meter sends ``per_meter`` readings at once; time until every final bill is back.
 
     The simulated meters only look for ``bill`` frames (no schema validation of each message),
     so that the harness takes as little of the machine's CPU from the gateway and chain as it can.
@@ -150,7 +159,7 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
         got = 0
         while got < per_meter:
             frame = str(await asyncio.wait_for(link.ws.recv(), timeout=600))
-            if '"type":"bill"' in frame:
+            if '"type":"bill"' in frame and '"final":false' not in frame:  # the final bill
                 latencies.append(time.monotonic() - sent_at[(a.address, json.loads(frame)["seq"])])
                 got += 1
 
@@ -167,7 +176,8 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
 
 async def _paced_latency(settings: Settings, domain: Any, accounts: list[LocalAccount], seconds: float,
                          opened: int) -> dict[str, float]:
-    """Each meter sends one reading every second (as a live fleet does); latency sent -> bill."""
+    """Each meter sends one reading every second (as a live fleet does, or as soon as its last one's final bill
+    is back when that takes longer); latency sent -> final bill."""
     links = await _connect_all(settings, domain, accounts)
     latencies: list[float] = []
 
@@ -181,7 +191,7 @@ async def _paced_latency(settings: Settings, domain: Any, accounts: list[LocalAc
                                                                       OPENING_WH + 10 * seq)))
             while True:
                 msg = await link.recv(timeout=60)
-                if isinstance(msg, Bill) and msg.seq == seq:
+                if isinstance(msg, Bill) and msg.seq == seq and msg.final is not False:
                     latencies.append(time.monotonic() - sent)
                     break
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
@@ -195,7 +205,8 @@ async def _paced_latency(settings: Settings, domain: Any, accounts: list[LocalAc
 def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, opened: int,
                chain_pid: int) -> dict[str, float]:
     """The chain's own time for the same kind of batches: transactions encoded and signed beforehand,
-    sent back to back with the gateway key, then each receipt checked (the clock stops at the last)."""
+    sent back to back with the gateway key, then each receipt checked (the clock stops at the last, or,
+    with ``CONFIRMATIONS``, once the last one's block is that deep: when the gateway's bills are final)."""
     accounts = [Account.create() for _ in range(batch)]
     billing.register_meters([(a.address, b"\x01" * 32, "bench", OPENING_WH) for a in accounts], opened)
     queued = []
@@ -215,8 +226,13 @@ def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, ope
         raw_txs.append(gateway.sign_transaction(tx).raw_transaction)
     started, chain0 = time.monotonic(), _cpu_seconds(chain_pid)
     sent = [w3.eth.send_raw_transaction(raw) for raw in raw_txs]
+    last = 0
     for tx_hash in sent:
-        assert w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.005)["status"] == 1
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.005)
+        assert receipt["status"] == 1
+        last = max(last, int(receipt["blockNumber"]))
+    while settings.finality_depth and w3.eth.block_number < last + settings.finality_depth:
+        time.sleep(0.01)
     elapsed = time.monotonic() - started
     return {"readings": len(queued), "seconds": elapsed, "throughput": len(queued) / elapsed,
             "chain_cpu_ms_per_reading": (_cpu_seconds(chain_pid) - chain0) / len(queued) * 1000}
@@ -237,8 +253,8 @@ def _gas(settings: Settings, billing: Billing, sizes: tuple[int, ...], opened: i
         return int(billing.submit_readings(signed)["gasUsed"]) if len(signed) <= 100 else _big(signed)
 
     def _big(signed: list[Any]) -> int:
-        rows = [(d.meter, d.seq, d.timestamp, d.energy_wh) for d, _ in signed]
-        call = billing.contract.functions.submitReadings(rows, [bytes.fromhex(s[2:]) for _, s in signed])
+        batch = b"".join(pack_reading(r, sig) for r, sig in signed)
+        call = billing.contract.functions.submitReadings(batch)
         return int(billing.client.transact(settings.gateway_key, call, gas=gas_limit_for(len(signed)))["gasUsed"])
 
     for i in range(0, len(accounts), 100):
@@ -366,6 +382,42 @@ async def _hardhat(config: BenchConfig, say: Any) -> dict[str, Any]:
         node.wait()
 
 
+async def _anvil(config: BenchConfig, say: Any) -> dict[str, Any]:
+    """Ingest and latency against Anvil mining a block every ``anvil_block_time`` seconds, to final bills."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        node = AnvilProcess(base / "chain", log_path=base / "anvil.log", block_time=config.anvil_block_time).start()
+        try:
+            assert node.proc is not None
+            settings = load_settings(env_file=base / "none.env", chain_rpc_url=node.rpc_url, chain_ws_url=node.ws_url,
+                                     deployments_dir=base / "deployments", data_dir=base / "data",
+                                     server_port=free_port(), http_port=free_port(),
+                                     confirmations=config.anvil_confirmations, batch_pipeline=config.anvil_pipeline)
+            deployment, _ = deploy(settings, force=True)
+            billing = Billing(ChainClient(settings), deployment)
+            opened = int(time.time()) - 30 * 86_400
+            server = _Server(settings, base / "server.log")
+            await server.start()
+            out: dict[str, Any] = {"block_time": config.anvil_block_time,
+                                   "confirmations": config.anvil_confirmations}
+            try:
+                out["ingest"] = await _ingest_suite(settings, deployment, billing, server, node.proc.pid, opened,
+                                                    lambda m: say("anvil: " + m), config.anvil_fleets,
+                                                    config.anvil_readings_per_meter)
+                if config.latency_seconds > 0:
+                    accounts = [Account.create() for _ in range(12)]
+                    await asyncio.to_thread(billing.register_meters,
+                                            [(a.address, b"\x01" * 32, "lat", OPENING_WH) for a in accounts], opened)
+                    out["latency_12_paced"] = await _paced_latency(settings, deployment.domain, accounts,
+                                                                   config.latency_seconds, opened)
+                    say(f"anvil: latency to the final bill, 12 meters: {out['latency_12_paced']}")
+            finally:
+                await server.stop()
+            return out
+        finally:
+            node.stop()
+
+
 async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
     """Run every benchmark on its own Ganache and server; returns the figures."""
     _raise_fd_limit()
@@ -407,6 +459,8 @@ async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
             chain.stop()
     if config.hardhat_fleets:
         results["hardhat"] = await _hardhat(config, say)
+    if config.anvil_fleets:
+        results["anvil"] = await _anvil(config, say)
     results["machine"]["load_after"] = os.getloadavg()
     return results
 
@@ -444,6 +498,19 @@ def format_report(r: dict[str, Any]) -> str:
                      f"reading: gateway {g['gateway_cpu_ms_per_reading']:.2f}, "
                      f"chain {g['chain_cpu_ms_per_reading']:.2f} (raw run {g['raw_chain_cpu_ms_per_reading']:.2f}), "
                      f"harness {g['harness_cpu_ms_per_reading']:.2f}; p99 {g['p99']:.2f} s")
+    anvil = r.get("anvil")
+    if anvil:
+        bound = (anvil["confirmations"] + 1) * anvil["block_time"] + 1
+        for fleet, g in anvil.get("ingest", {}).items():
+            lines.append(f"anvil ({anvil['block_time']:g} s blocks, {anvil['confirmations']} confirmations), {fleet} "
+                         f"meters, {g['readings']} readings to final bills: gateway {g['throughput']:.1f} r/s, raw "
+                         f"chain {g['raw_chain_throughput']:.1f} r/s ({g['gateway_vs_chain']:.0%}; again after: "
+                         f"{_after(g)} r/s); p50 {g['p50']:.2f} s, p99 {g['p99']:.2f} s")
+        lat = anvil.get("latency_12_paced")
+        if lat:
+            verdict = "PASS" if lat["p99"] <= bound else "MISS"
+            lines.append(f"anvil, 12 meters, sent -> final bill: p50 {lat['p50']:.2f} s, p95 {lat['p95']:.2f} s, "
+                         f"p99 {lat['p99']:.2f} s over {lat['readings']} readings (goal p99 <= {bound:g} s: {verdict})")
     lines.append("\ngas per reading by batch size")
     for g in r.get("gas", []):
         lines.append(f"{g['batch']:>5} {g['gas']:>12,} {g['gas_per_reading']:>8,}")

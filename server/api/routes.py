@@ -103,7 +103,7 @@ class ApiContext:
     def meter_out(self, m: MeterRecord) -> MeterOut:
         """A meter as the API shows it."""
         return meter_out(m, self.connected(m.address), self.index.limit_for(m.address),
-                         self.customers.by_meter(m.address))
+                         self.customers.by_meter(m.address), self.index.is_final(m.last_block))
 
 
 def _ctx(request: Request) -> ApiContext:

@@ -111,6 +111,8 @@ class BillOut(BaseModel):
     in_credit: bool = Field(description="the export credit exceeds the charges")
     issued_at: str | None = None
     tx_hash: str | None = None
+    final: bool = Field(True, description="false while the newest reading in it is in a block not final yet "
+                                          "(CONFIRMATIONS deep): a provisional bill, which a reorganisation may undo")
 
 
 class LastReading(BaseModel):
@@ -318,9 +320,9 @@ class HealthOut(BaseModel):
     timezone: str = Field(description="the time zone dates without a time are read in, and days are counted in")
 
 
-def bill_out(p: Period) -> BillOut:
-    """A billing period for the API."""
-    return BillOut(
+def bill_out(p: Period, final: bool = True) -> BillOut:
+    """A billing period for the API (``final`` false: provisional)."""
+    return BillOut(final=final, 
         meter=p.meter, period_id=p.period_id, status=p.status,  # type: ignore[arg-type]
         period_start=iso(p.period_start) or "", period_end=iso(p.period_end) or "", energy_wh=p.energy_wh,
         export_wh=p.export_wh, energy_charge_micropence=p.energy_cost, export_credit_micropence=p.export_credit,
@@ -330,8 +332,9 @@ def bill_out(p: Period) -> BillOut:
     )
 
 
-def meter_out(m: MeterRecord, connected: bool, limit_wh: int, customer: Customer | None) -> MeterOut:
-    """A meter for the API."""
+def meter_out(m: MeterRecord, connected: bool, limit_wh: int, customer: Customer | None,
+              final: bool = True) -> MeterOut:
+    """A meter for the API (``final`` false: its open bill is provisional)."""
     last = None
     if m.last_seq > 0:
         last = LastReading(seq=m.last_seq, read_at=iso(m.last_timestamp) or "", register_wh=m.last_energy_wh,
@@ -340,7 +343,7 @@ def meter_out(m: MeterRecord, connected: bool, limit_wh: int, customer: Customer
         address=m.address, name=customer.meter_name if customer else None, account_ref=m.account_ref,
         region=m.region, status="active" if m.active else "inactive", connected=connected,
         opened_at=iso(m.opened_at) or "", registered_at=iso(m.registered_at) or "",
-        status_changed_at=iso(m.status_changed_at) or "", last_reading=last, open_bill=bill_out(m.period),
+        status_changed_at=iso(m.status_changed_at) or "", last_reading=last, open_bill=bill_out(m.period, final),
         hourly_limit_wh=limit_wh, rejected_readings=m.rejected,
         customer=CustomerOut(name=customer.name, postal_address=customer.address, email=customer.email)
         if customer else None,

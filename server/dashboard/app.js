@@ -118,6 +118,12 @@
   function connectedBadge(connected) {
     return connected ? badge("connected", "ok") : badge("not connected", "muted");
   }
+  /** A bill whose newest reading is in a block not final yet: a reorganisation may still change it. */
+  function provisionalBadge(bill) {
+    return bill.final === false
+      ? html` <span class="badge badge-warning provisional" title="its newest reading is in a block not final yet">provisional</span>`
+      : "";
+  }
 
   // ---------------------------------------------------------------- the REST API
 
@@ -558,7 +564,7 @@
         connection: connectedBadge(m.connected),
         last: html`${last ? when(last.read_at) : "no reading yet"}`,
         energy: html`${kwh(m.open_bill.energy_wh)}`,
-        amount: html`${pounds(m.open_bill.amount_due_micropence)}`,
+        amount: html`${pounds(m.open_bill.amount_due_micropence)}${provisionalBadge(m.open_bill)}`,
       };
     }
 
@@ -852,7 +858,7 @@
         export: html`${kwh(bill.export_wh, 3)} kWh`,
         "export-credit": html`−${pounds(bill.export_credit_micropence)}`,
         "standing-charge": html`${pounds(bill.standing_charge_micropence)}`,
-        amount: html`${pounds(bill.amount_due_micropence)}${bill.in_credit ? " (in credit)" : ""}`,
+        amount: html`${pounds(bill.amount_due_micropence)}${bill.in_credit ? " (in credit)" : ""}${provisionalBadge(bill)}`,
       };
       for (const element of breakdown.querySelectorAll("[data-field]")) {
         updateCell(element, values[element.dataset.field], flash);

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -239,3 +240,56 @@ async def test_a_meter_that_lost_track_of_a_used_up_seq_numbers_its_next_reading
     assert any(f.get("event") == "sequence_adopted_from_server" and f.get("last_used_seq") == start.last_seq + 1
                for f in fields)
     assert recorded_seqs(meter_settings, identity.address)[0] == start.last_seq + 2
+
+
+class _SteadySource:
+    """A register that rises 10 Wh a second."""
+
+    def register_at(self, t: float) -> int:
+        return 1_000_000 + int(t % 1_000) * 10
+
+    def export_at(self, t: float) -> int:
+        return 0
+
+    def restart(self, t: float, wh: int, export_wh: int = 0) -> None:
+        pass
+
+
+def test_a_provisional_bill_is_shown_as_such_and_the_reading_stays_until_its_final_bill(tmp_path):
+    from eth_account import Account
+
+    from common.eip712 import Domain
+    from common.messages import Bill, TariffInfo
+
+    account = Account.create()
+    outbox = Outbox(tmp_path / "outbox.sqlite", account.address)
+    outbox.set_position(MeterPosition(0, int(time.time()) - 60, 1_000_000))
+    client = MeterClient(key=account.key, domain=Domain(1337, "0x" + "12" * 20), url="wss://127.0.0.1:1",
+                         ssl_context=ssl.create_default_context(),
+                         outbox=outbox, source=_SteadySource(), schedule=IntervalSchedule(15, 15, 1.0),
+                         status=MeterStatus(name="meter-x", meter=account.address))
+    reading = client.take_reading(time.time())
+    assert reading is not None and outbox.count() == 1
+
+    def bill(final: bool | None) -> Bill:
+        return Bill(meter=account.address, seq=reading.seq, tx_hash="0x" + "ab" * 32, block=9,
+                    energy_wh=reading.energy_wh, period_energy_wh=12, amount_due=345,
+                    tariff=TariffInfo(unit_rate=24_670, standing_charge=57_210), final=final)
+
+    client._on_message(bill(False))
+    assert outbox.count() == 1, "a provisional bill must not drop the reading: its block may be replaced"
+    assert client.status.bill_seq == reading.seq and not client.status.bill_final
+    console = Console(record=True, width=140)
+    console.print(render_meter(client.status))
+    assert "provisional" in console.export_text()
+    client._on_message(bill(True))
+    assert outbox.count() == 0 and client.status.bill_final
+    console = Console(record=True, width=140)
+    console.print(render_meter(client.status))
+    assert "provisional" not in console.export_text()
+    # A server that predates version 3 sends final bills only, without the field.
+    second = client.take_reading(time.time() + 20)
+    assert second is not None and outbox.count() == 1
+    client._on_message(bill(None).model_copy(update={"seq": second.seq}))
+    assert outbox.count() == 0
+    outbox.close()

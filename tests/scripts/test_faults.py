@@ -1,0 +1,23 @@
+"""The real-network fault run in its quick form, on Anvil with a block a second: reorganisations,
+a fee spike, a dropped pending transaction, a node restart and a gateway SIGKILL; nothing lost,
+nothing duplicated, every bill as the chain's events make it, the index as a fresh reindex."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.harness.faults import FaultConfig, run_faults
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_fault_run_on_a_reorganising_chain_loses_and_duplicates_nothing(tmp_path):
+    report = run_faults(FaultConfig(meters=3, readings=30, reorgs=2, fee_spikes=1, drops=1), base=tmp_path,
+                        say=lambda _: None)
+    assert sum(n for kind, n in report.faults.items() if kind.startswith("reorg")) == 2
+    assert report.faults["gateway SIGKILL"] == 1 and report.faults["node restart from its state file"] == 1
+    assert report.faults["fee spike x10"] == 1 and report.faults["pending transaction dropped"] == 1, report.notes
+    assert report.lost == 0 and report.duplicated == 0, report.summary()
+    assert all(v.register_ok and v.bill_ok for v in report.verdicts), report.summary()
+    assert not report.index_differences, report.summary()
+    assert all(v.recorded >= 30 for v in report.verdicts)

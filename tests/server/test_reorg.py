@@ -1,0 +1,195 @@
+"""Finality and reorganisations against a real Anvil mining a block a second, with CONFIRMATIONS=2:
+bills are provisional until their block is final, the gateway keeps a reading queued until then,
+and a reorganisation that removes a batch has its reading submitted again and recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from common.billing import Billing
+from common.chain import ChainClient
+from common.devchain import AnvilProcess, free_port
+from common.eip712 import ReadingData, sign_login
+from common.events import unpack_record
+from common.messages import Ack, Auth, Bill, encode
+from common.settings import Settings
+from common.tls import client_context
+from meters.link import MeterLink, signed_reading
+from server.app import ServerApp
+from tests.server.test_gateway import next_of
+from tests.server.test_index_rollback import rows
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def reorg_settings(anvil_settings: Settings, tmp_path) -> Settings:
+    return anvil_settings.replace(data_dir=tmp_path / "data", server_port=free_port(), http_port=0,
+                                  batch_max_wait=0.05)
+
+
+@pytest.fixture
+def anvil_billing(anvil_settings: Settings, anvil_deployment) -> Billing:
+    return Billing(ChainClient(anvil_settings), anvil_deployment)
+
+
+@pytest.fixture
+async def anvil_server(reorg_settings: Settings, anvil_deployment) -> AsyncIterator[ServerApp]:
+    app = await ServerApp.start(reorg_settings, anvil_deployment)
+    await asyncio.wait_for(app.relay.caught_up.wait(), timeout=30)
+    yield app
+    await app.stop()
+
+
+@pytest.fixture
+def anvil_meter(anvil_billing: Billing) -> Callable[[], LocalAccount]:
+    def make() -> LocalAccount:
+        account = Account.create()
+        anvil_billing.register_meter(account.address, b"\x42" * 32, "north", 10_000, int(time.time()) - 86_400)
+        return account
+
+    return make
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def recorded(billing: Billing, meter: str) -> list[int]:
+    events = billing.contract.events.ReadingRecorded().get_logs(from_block=billing.deployment.block,
+                                                                argument_filters={"meter": meter})
+    return [unpack_record(int(e.args.record))["seq"] for e in events]
+
+
+async def test_a_bill_is_provisional_until_its_block_is_final_and_the_reading_stays_queued_till_then(
+        anvil_server, anvil_meter, reorg_settings, anvil_deployment, anvil):
+    meter = anvil_meter()
+    link = MeterLink(reorg_settings.server_url, client_context(reorg_settings.ca_cert_path), meter.key,
+                     anvil_deployment.domain)
+    await link.connect()
+    assert link.version == 3
+    await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 30, 10_100))
+    await next_of(link, Ack)
+    provisional = await next_of(link, Bill, timeout=30)
+    assert provisional.seq == 1 and provisional.final is False
+    assert anvil_server.store.count() == 1  # mined, not final: still queued
+    assert not anvil_server.index.is_final(provisional.block) or anvil_server.index.final is None
+    final = await next_of(link, Bill, timeout=30)
+    assert final.seq == 1 and final.final is True and final.block == provisional.block
+    head = int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+    assert head - final.block >= reorg_settings.finality_depth
+    await until(lambda: anvil_server.store.count() == 0, 10, "the final reading to leave the queue")
+    await until(lambda: anvil_server.index.is_final(anvil_server.index.meter(meter.address).last_block), 10,
+                "the index to count the bill final")
+    await link.close()
+
+
+async def test_a_meter_of_version_2_gets_only_the_final_bill_without_the_new_field(
+        anvil_server, anvil_meter, reorg_settings, anvil_deployment, anvil):
+    meter = anvil_meter()
+    ws = await connect(reorg_settings.server_url, ssl=client_context(reorg_settings.ca_cert_path),
+                       subprotocols=[Subprotocol("smartmeter.v2")])
+    assert ws.subprotocol == "smartmeter.v2"
+    challenge = json.loads(await ws.recv())
+    sig = sign_login(meter.key, anvil_deployment.domain, bytes.fromhex(challenge["nonce"][2:]))
+    await ws.send(encode(Auth(meter=meter.address, nonce=challenge["nonce"], signature=sig)))
+    assert json.loads(await ws.recv())["type"] == "welcome"
+    data = ReadingData(meter.address, 1, int(time.time()) - 30, 10_100)
+    await ws.send(encode(signed_reading(meter.key, anvil_deployment.domain, data)))
+    bills = []
+    deadline = time.monotonic() + 30
+    while not bills:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.monotonic())))
+        if message["type"] == "bill":
+            bills.append(message)
+            head = int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+            assert head - message["block"] >= reorg_settings.finality_depth, "a provisional bill reached version 2"
+    assert "final" not in bills[0]
+    await ws.close()
+
+
+async def test_a_reorganisation_that_removes_a_batch_has_its_reading_submitted_again_and_recorded_once(
+        anvil_server, anvil_meter, anvil_billing, reorg_settings, anvil_deployment, anvil: AnvilProcess):
+    meter = anvil_meter()
+    link = MeterLink(reorg_settings.server_url, client_context(reorg_settings.ca_cert_path), meter.key,
+                     anvil_deployment.domain)
+    await link.connect()
+    await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 30, 10_100))
+    await next_of(link, Ack)
+    provisional = await next_of(link, Bill, timeout=30)
+    assert provisional.final is False
+    head = int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+    provisional_block_hash = anvil.rpc("eth_getBlockByNumber", [hex(provisional.block), False])["hash"]  # type: ignore[index]
+    depth = head - provisional.block + 1
+    assert depth <= reorg_settings.finality_depth, "the block turned final before the test could replace it"
+    anvil.rpc("anvil_reorg", [depth, []])  # the batch's block is replaced by an empty one: its transaction is gone
+    assert anvil.rpc("eth_getTransactionByHash", [provisional.tx_hash]) is None
+    # The gateway still holds the reading: it submits it again, and the final bill comes from the new chain.
+    while True:
+        bill = await next_of(link, Bill, timeout=60)
+        if bill.final:
+            break
+    # Submitted again from the gateway's queue (the same batch with the same nonce may make the very same
+    # transaction): mined in a block of the new chain.
+    receipt = anvil.rpc("eth_getTransactionReceipt", [bill.tx_hash])
+    assert bill.seq == 1 and receipt is not None and int(receipt["blockNumber"], 16) == bill.block  # type: ignore[index]
+    assert anvil.rpc("eth_getBlockByNumber", [hex(provisional.block), False])["hash"] != \
+        provisional_block_hash  # type: ignore[index]
+    assert recorded(anvil_billing, meter.address) == [1], "the reading was lost or recorded twice"
+    assert anvil_server.relay.reorganisations >= 1 and anvil_server.batcher.rollbacks >= 1
+    await until(lambda: anvil_server.store.count() == 0, 10, "the queue to empty")
+    # The index undid the vanished block and read the new one: the same as rebuilt from the chain.
+    await until(lambda: (anvil_server.index.meter(meter.address) or None) is not None
+                and anvil_server.index.meter(meter.address).last_seq == 1, 10, "the index to catch up")
+    count, found = anvil_server.index.readings(meter.address, 0, 2**32, False, 10, 0)
+    assert count == 1 and found[0]["tx_hash"] == bill.tx_hash and found[0]["block"] == bill.block
+    await link.close()
+
+
+async def test_the_index_after_reorganisations_equals_one_rebuilt_from_the_chain(
+        anvil_server, anvil_meter, reorg_settings, anvil_deployment, anvil, tmp_path):
+    from server.app import open_index
+    from server.indexer import rebuild
+
+    meter = anvil_meter()
+    link = MeterLink(reorg_settings.server_url, client_context(reorg_settings.ca_cert_path), meter.key,
+                     anvil_deployment.domain)
+    await link.connect()
+    now = int(time.time())
+    for seq in (1, 2, 3):
+        await link.send_reading(ReadingData(meter.address, seq, now - 300 + seq * 60, 10_000 + seq * 100))
+        await next_of(link, Ack)
+        provisional = await next_of(link, Bill, timeout=30)
+        head = int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+        anvil.rpc("anvil_reorg", [min(head - provisional.block + 1, 2), []])
+    while True:
+        bill = await next_of(link, Bill, timeout=60)
+        if bill.final and bill.seq == 3:
+            break
+    await until(lambda: anvil_server.store.count() == 0, 15, "the queue to empty")
+    head = int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+    await until(lambda: (anvil_server.index.position() or (0, 0))[0] >= bill.block
+                and (anvil_server.index.final or 0) >= bill.block, 15, "the index to reach the last bill")
+    copy = open_index(reorg_settings.replace(data_dir=tmp_path / "copy"), anvil_deployment)
+    await rebuild(reorg_settings, anvil_deployment, copy)
+    live, rebuilt = rows(anvil_server.index), rows(copy)
+    mine = meter.address.lower()
+    for table in ("readings", "hourly", "periods", "meters", "consumption_alerts", "rejections"):
+        assert [r for r in live[table] if str(r[0]).lower() == mine] == \
+            [r for r in rebuilt[table] if str(r[0]).lower() == mine], table
+    assert anvil_server.index.meter(meter.address).last_seq == 3
+    copy.close()
+    await link.close()
+    assert head > 0
