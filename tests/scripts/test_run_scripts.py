@@ -89,10 +89,10 @@ def test_run_docker_starts_the_chain_at_the_port_of_chain_rpc_url_and_stops_it(
     stop_chain_after.append(env)
     started = run_docker(env)
     assert started.returncode == 0, started.stdout + started.stderr
-    assert f"the chain answers at http://127.0.0.1:{port}" in started.stdout
+    assert f"Ganache answers at http://127.0.0.1:{port} (chain id 1337" in started.stdout
     assert rpc_answers(f"http://127.0.0.1:{port}", 5)
     stopped = run_docker(env, "--stop")
-    assert stopped.returncode == 0 and "stopped Ganache" in stopped.stdout
+    assert stopped.returncode == 0 and "run-docker: stopped the chain (pid " in stopped.stdout
     assert not rpc_answers(f"http://127.0.0.1:{port}")
 
 
