@@ -242,6 +242,34 @@ class GridAlertOut(BaseModel):
     tx_hash: str
 
 
+class ParticipationOut(BaseModel):
+    """A targeted meter's part in a demand-response event: its opt state and, once credited, its figures."""
+
+    meter: str
+    state: Literal["participating", "opted_out", "credited"]
+    baseline_wh: int | None = Field(description="the baseline the credit was computed from (credited only)")
+    actual_wh: int | None
+    credit: int | None = Field(description="micropence put against the billing period `period_id`")
+    period_id: int | None
+
+
+class DemandResponseEventOut(BaseModel):
+    """A demand-response event on chain (OpenADR 2.0b's model) and each targeted meter's participation."""
+
+    id: int
+    modification: int
+    programme: str
+    status: Literal["far", "near", "active", "completed", "cancelled"]
+    notice_at: str
+    start: str
+    end: str
+    signal_kind: Literal["level", "price"]
+    signal_value: int = Field(description="a level 0-3, or millipence per kWh")
+    credit_rate: int = Field(description="millipence per kWh of reduction")
+    regions: list[str]
+    meters: list[ParticipationOut]
+
+
 class ConsumptionAlertOut(BaseModel):
     """Consumption ran high: an hour over the meter's limit, or an abrupt jump in power."""
 

@@ -56,4 +56,4 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     assert [(m.event_id, m.meter) for m in mismatches] == [(later, b.address)]
     assert f"credit {250 * RATE} micropence, recomputed" in mismatches[0].reason
     assert command.main(["verify"]) == 1
-    assert "MISMATCH event 2" in capsys.readouterr().out
+    assert f"MISMATCH event {later}, meter {b.address}" in capsys.readouterr().out
