@@ -20,6 +20,8 @@ from common.chain import ChainClient, ErrorDecoder
 from common.deployment import Deployment
 from common.errors import DeploymentMissing
 from common.events import unpack_record
+from common.statement import CreditLine
+from common.tariff import format_kwh
 
 __all__ = [
     "Status",
@@ -31,6 +33,7 @@ __all__ = [
     "MeterResponse",
     "DemandResponse",
     "measure_event",
+    "statement_credits",
 ]
 
 
@@ -209,9 +212,11 @@ class DemandResponse:
                                                         argument_filters={"eventId": event_id})
         return {to_checksum_address(e.args.meter) for e in logs}
 
-    def credits(self, event_id: int | None = None) -> list[CreditRecord]:
-        """Every credit recorded (``CreditApplied`` logs), for one event or all."""
-        filters = {} if event_id is None else {"eventId": event_id}
+    def credits(self, event_id: int | None = None, meter: str | None = None) -> list[CreditRecord]:
+        """Every credit recorded (``CreditApplied`` logs), for one event or all, one meter or all."""
+        filters: dict[str, Any] = {} if event_id is None else {"eventId": event_id}
+        if meter is not None:
+            filters["meter"] = to_checksum_address(meter)
         logs = self.contract.events.CreditApplied().get_logs(from_block=self.deployment.block,
                                                              argument_filters=filters)
         return [CreditRecord(to_checksum_address(e.args.meter), int(e.args.eventId), int(e.args.periodId),
@@ -254,3 +259,13 @@ def measure_event(dr: DemandResponse, event: DrEvent) -> list[MeterResponse]:
             m = None
         out.append(MeterResponse(meter, False, m))
     return out
+
+
+def statement_credits(client: ChainClient, deployment: Deployment, meter: str, period_id: int) -> list[CreditLine]:
+    """The demand-response credits on a meter's billing period, as statement lines (none without the contract)."""
+    if deployment.demand_response is None:
+        return []
+    dr = DemandResponse(client, deployment)
+    return [CreditLine("demand_response", f"Demand response: event {c.event_id}, "
+                       f"{format_kwh(c.baseline_wh - c.actual_wh)} below the baseline", c.amount)
+            for c in dr.credits(meter=meter) if c.period_id == period_id and c.amount > 0]

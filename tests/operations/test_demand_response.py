@@ -8,6 +8,7 @@ import pytest
 from common.demand_response import DemandResponse, Participation
 from common.eip712 import sign_optout
 from common.settings import Settings
+from operations.control import Operations
 from operations.demand_response import settle, verify
 from scripts import demand_response as command
 from tests.contracts.test_demand_response import HOUR, POWER_W, RATE, dr, make_scene  # noqa: F401
@@ -38,6 +39,10 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     assert dr.credit_of(c.address, 1) == 0
     assert dr.participation(scene.event_id, c.address) == Participation.OPTED_OUT
     assert verify(dr) == ([], 2)
+
+    statement = Operations(base_settings).statement_document(a.address)  # the open period, from the chain
+    assert [(c.kind, c.amount) for c in statement.credits][1:] == [("demand_response", (BASELINE_WH - 100) * RATE)]
+    assert statement.amount_due == dr.billing.bill(a.address).amount_due - (BASELINE_WH - 100) * RATE
 
     # A second event whose credit for b was submitted by hand with an inflated baseline.
     monkeypatch.setenv("CHAIN_RPC_URL", base_settings.chain_rpc_url)
