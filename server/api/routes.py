@@ -29,7 +29,7 @@ from common.chain import ChainClient
 from common.customers import Customers
 from common.demand_response import DemandResponse, Participation
 from common.deployment import Deployment
-from common.eip712 import login_typed_data
+from common.eip712 import login_typed_data, recover_optout_signer
 from common.settings import Settings
 from server.api.auth import Authenticator, Principal
 from server.api.schemas import (
@@ -44,6 +44,8 @@ from server.api.schemas import (
     HealthOut,
     MeOut,
     MeterOut,
+    OptOutIn,
+    OptOutOut,
     Page,
     ParticipationOut,
     ReadingOut,
@@ -516,6 +518,39 @@ async def demand_response_events(ctx: Ctx, who: Caller) -> list[DemandResponseEv
     targeted meter's participation, with the baseline, actual and credit once credited. A customer sees
     the events that target their meter, and only their meter in them."""
     return await asyncio.to_thread(_demand_response_events, ctx, who)
+
+
+OPT_OUT_REFUSED = (409, "`opt_out_refused`: the contract refused the opt-out (the event started or was cancelled, "
+                         "does not target the meter, or the meter opted out already)")
+
+
+@router.post("/demand-response/events/{event_id}/opt-out", response_model=OptOutOut, tags=["demand response"],
+             responses=answers(UNAUTHORIZED, FORBIDDEN, INVALID, OPT_OUT_REFUSED))
+async def demand_response_opt_out(
+    ctx: Ctx, who: Caller, event_id: Annotated[int, Path(ge=1, le=2**64 - 1)], body: OptOutIn,
+) -> OptOutOut:
+    """Relay a meter's signed opt-out of an event to the chain (``RELAYER_KEY`` pays): the meter signs the
+    EIP-712 ``OptOut(meter, eventId)`` under the DemandResponse domain with its own key. Refused before any
+    transaction when the signature is not the meter's; the contract refuses it at or after the start."""
+    who.check_meter(body.meter)
+    if ctx.deployment.demand_response is None:
+        raise errors.NotFound("this deployment has no demand-response contract")
+    signer = recover_optout_signer(ctx.deployment.demand_response_domain, body.meter, event_id, body.signature)
+    if signer is None or signer.lower() != body.meter.lower():
+        raise errors.InvalidRequest("the signature is not the meter's EIP-712 OptOut(meter, eventId) for this event")
+    return await asyncio.to_thread(_relay_opt_out, ctx, event_id, body)
+
+
+def _relay_opt_out(ctx: ApiContext, event_id: int, body: OptOutIn) -> OptOutOut:
+    dr = DemandResponse(ChainClient(ctx.settings), ctx.deployment)
+    try:
+        receipt = dr.opt_out(event_id, body.meter, body.signature, key=ctx.settings.relayer_key)
+    except errors.ChainError as err:
+        if "refused the call" not in str(err):
+            raise
+        raise errors.OptOutRefused(str(err).split("refused the call: ", 1)[-1]) from err
+    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter),
+                     tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
 
 
 def _demand_response_events(ctx: ApiContext, who: Principal) -> list[DemandResponseEventOut]:

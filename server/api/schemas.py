@@ -65,7 +65,8 @@ def iso(ts: int | None) -> str | None:
 ERROR_CODES = {
     "unauthorized": 401, "unknown_meter": 401, "challenge_mismatch": 401, "challenge_expired": 401,
     "bad_login_signature": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
-    "conversation_full": 409, "invalid_request": 422, "rate_limited": 429, "too_many_messages": 429,
+    "conversation_full": 409, "opt_out_refused": 409, "invalid_request": 422, "rate_limited": 429,
+    "too_many_messages": 429,
     "internal_error": 500, "statement_mismatch": 500,
 }
 
@@ -313,6 +314,21 @@ class TokenIn(BaseModel):
     meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     nonce: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class OptOutIn(BaseModel):
+    """A meter's EIP-712 ``OptOut(meter, eventId)`` signature, made with its own key."""
+
+    meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class OptOutOut(BaseModel):
+    """A relayed opt-out, recorded on chain."""
+
+    event_id: int
+    meter: str
+    tx_hash: str
 
 
 class TokenOut(BaseModel):

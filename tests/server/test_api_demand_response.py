@@ -39,4 +39,20 @@ async def test_events_show_their_modification_number_and_each_meters_participati
     mine = (await api.get(f"{API}/demand-response/events", headers=customer)).json()
     assert [e["id"] for e in mine if e["id"] == event_id] == [event_id]
     assert {m["meter"] for e in mine for m in e["meters"]} == {first.address}
+
+    # The customer opts out through the API with the meter's signature; the relayer pays.
+    url = f"{API}/demand-response/events/{event_id}/opt-out"
+    domain = server.deployment.demand_response_domain
+    forged = sign_optout(bytes(second.key), domain, event_id)
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": forged})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (422, "invalid_request")
+    reply = await api.post(url, headers=customer, json={"meter": second.address, "signature": forged})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (403, "forbidden")
+    signature = sign_optout(bytes(first.key), domain, event_id)
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": signature})
+    assert reply.status_code == 200 and reply.json()["meter"] == first.address
+    assert dr.opted_out(event_id) == {first.address, second.address}
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": signature})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (409, "opt_out_refused")
+    assert reply.json()["error"]["message"].startswith(f"AlreadyOptedOut({event_id}, ")
     chain.decoder = None
