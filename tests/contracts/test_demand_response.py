@@ -213,3 +213,14 @@ def test_a_meter_that_opted_out_gets_no_credit_and_credits_go_on_the_open_period
     with pytest.raises(ChainError) as err:
         dr.credit(scene.event_id, [(a.address, 500, 100)])
     assert error_of(err) == f"AlreadyCredited({scene.event_id}, {a.address.lower()})"
+
+
+def test_deploy_records_the_contract_with_its_roles_and_the_billing_contract_it_reads(dr: DemandResponse) -> None:
+    fn = dr.contract.functions
+    assert fn.billing().call() == dr.deployment.address
+    operator = Account.from_key(dr.settings.operator_key).address
+    grid = Account.from_key(dr.settings.grid_operator_key).address
+    assert fn.hasRole(fn.SETTLER_ROLE().call(), operator).call()
+    assert fn.hasRole(fn.GRID_OPERATOR_ROLE().call(), grid).call()
+    assert not fn.hasRole(fn.SETTLER_ROLE().call(), grid).call()
+    assert fn.domainSeparator().call() == dr.deployment.demand_response_domain.separator()
