@@ -17,10 +17,12 @@ import solcx
 from common.errors import ConfigError
 from common.settings import ROOT, Settings
 
-__all__ = ["Artifact", "compile_contract", "CONTRACT_NAME", "SOURCE_PATH"]
+__all__ = ["Artifact", "compile_contract", "CONTRACT_NAME", "DEMAND_RESPONSE_NAME", "SOURCE_PATH"]
 
 CONTRACT_NAME = "SmartMeterBilling"
 SOURCE_PATH = ROOT / "contracts" / f"{CONTRACT_NAME}.sol"
+#: The demand-response contract, compiled and deployed beside the billing one.
+DEMAND_RESPONSE_NAME = "DemandResponse"
 SHIM_PATH = ROOT / "scripts" / "solc-shim.js"
 EVM_VERSION = "shanghai"
 
@@ -36,10 +38,10 @@ class Artifact:
     source_hash: str
 
 
-def _standard_input(source: str) -> dict[str, Any]:
+def _standard_input(source: str, name: str) -> dict[str, Any]:
     return {
         "language": "Solidity",
-        "sources": {f"contracts/{CONTRACT_NAME}.sol": {"content": source}},
+        "sources": {f"contracts/{name}.sol": {"content": source}},
         "settings": {
             "evmVersion": EVM_VERSION,
             "viaIR": True,
@@ -64,15 +66,15 @@ def _imports_hash() -> str:
     return oz.read_text() if oz.exists() else ""
 
 
-def compile_contract(settings: Settings) -> Artifact:
-    """Compile (or load from the cache) the billing contract."""
-    source = SOURCE_PATH.read_text()
+def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:
+    """Compile (or load from the cache) the billing contract, or another in ``contracts/`` by name."""
+    source = (SOURCE_PATH if name == CONTRACT_NAME else ROOT / "contracts" / f"{name}.sol").read_text()
     binary = _solc_binary(settings)
-    standard_input = _standard_input(source)
+    standard_input = _standard_input(source, name)
     digest = hashlib.sha256(
         (source + json.dumps(standard_input["settings"], sort_keys=True) + binary + _imports_hash()).encode()
     ).hexdigest()[:16]
-    cache = settings.build_dir / f"{CONTRACT_NAME}-{digest}.json"
+    cache = settings.build_dir / f"{name}-{digest}.json"
     if cache.exists():
         data = json.loads(cache.read_text())
         return Artifact(**data)
@@ -80,9 +82,9 @@ def compile_contract(settings: Settings) -> Artifact:
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise ConfigError("contract compilation failed:\n" + "\n".join(e["formattedMessage"] for e in errors))
-    contract = output["contracts"][f"contracts/{CONTRACT_NAME}.sol"][CONTRACT_NAME]
+    contract = output["contracts"][f"contracts/{name}.sol"][name]
     artifact = Artifact(
-        name=CONTRACT_NAME,
+        name=name,
         abi=contract["abi"],
         bytecode="0x" + contract["evm"]["bytecode"]["object"],
         runtime_bytecode="0x" + contract["evm"]["deployedBytecode"]["object"],

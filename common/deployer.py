@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from eth_account import Account
 
 from common.chain import ChainClient, refuse_dev_keys_off_local
-from common.compiler import compile_contract
-from common.deployment import Deployment, deployment_path, load_deployment, save_deployment
+from common.compiler import DEMAND_RESPONSE_NAME, compile_contract
+from common.deployment import ContractRecord, Deployment, deployment_path, load_deployment, save_deployment
 from common.errors import ConfigError, DeploymentMissing
 from common.logs import log_event
 from common.settings import Settings
@@ -26,6 +27,12 @@ ROLE_SETTINGS = {
     "OPERATOR_ROLE": "operator_key",
     "GATEWAY_ROLE": "gateway_key",
     "GRID_OPERATOR_ROLE": "grid_operator_key",
+}
+
+#: DemandResponse's roles: the grid operator raises events, the operator (who issues bills) settles credits.
+DEMAND_RESPONSE_ROLE_SETTINGS = {
+    "GRID_OPERATOR_ROLE": "grid_operator_key",
+    "SETTLER_ROLE": "operator_key",
 }
 
 
@@ -61,6 +68,10 @@ def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
         recorded = _reusable(client, settings, chain_id, artifact.source_hash)
         if recorded is not None:
             log_event(log, "deployment_reused", address=recorded.address, block=recorded.block)
+            if _demand_response_live(client, recorded, settings):
+                return recorded, False
+            recorded = _with_demand_response(client, settings, recorded)
+            save_deployment(settings, recorded)
             return recorded, False
 
     admin = Account.from_key(settings.admin_key).address
@@ -94,9 +105,34 @@ def deploy(settings: Settings, force: bool = False) -> tuple[Deployment, bool]:
         source_hash=artifact.source_hash,
         roles=roles,
     )
+    deployment = _with_demand_response(client, settings, deployment)
     path = save_deployment(settings, deployment)
     log_event(log, "deployed", address=address, block=deployment.block, gas=receipt["gasUsed"], file=str(path))
     return deployment, True
+
+
+def _demand_response_live(client: ChainClient, deployment: Deployment, settings: Settings) -> bool:
+    """Whether the recorded DemandResponse is deployed from today's source."""
+    record = deployment.demand_response
+    if record is None or record.source_hash != compile_contract(settings, DEMAND_RESPONSE_NAME).source_hash:
+        return False
+    return len(client.w3.eth.get_code(client.w3.to_checksum_address(record.address))) > 0
+
+
+def _with_demand_response(client: ChainClient, settings: Settings, deployment: Deployment) -> Deployment:
+    """Deploy DemandResponse against the billing contract and grant its roles; the deployment with it."""
+    artifact = compile_contract(settings, DEMAND_RESPONSE_NAME)
+    admin = Account.from_key(settings.admin_key).address
+    factory = client.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    receipt = client.transact(settings.admin_key, factory.constructor(admin, deployment.address), gas=4_000_000)
+    address = receipt["contractAddress"]
+    contract = client.w3.eth.contract(address=address, abi=artifact.abi)
+    for role_name, setting in DEMAND_RESPONSE_ROLE_SETTINGS.items():
+        role = contract.functions[role_name]().call()
+        holder = Account.from_key(getattr(settings, setting)).address
+        client.transact(settings.admin_key, contract.functions.grantRole(role, holder))
+    log_event(log, "deployed", contract=DEMAND_RESPONSE_NAME, address=address, gas=receipt["gasUsed"])
+    return dataclasses.replace(deployment, demand_response=ContractRecord(address, artifact.abi, artifact.source_hash))
 
 
 def describe(settings: Settings, deployment: Deployment) -> str:

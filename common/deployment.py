@@ -11,11 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.eip712 import Domain
+from common.eip712 import DEMAND_RESPONSE_DOMAIN_NAME, Domain
 from common.errors import DeploymentMissing
 from common.settings import Settings
 
-__all__ = ["Deployment", "deployment_path", "load_deployment", "save_deployment"]
+__all__ = ["ContractRecord", "Deployment", "deployment_path", "load_deployment", "save_deployment"]
+
+
+@dataclass(frozen=True)
+class ContractRecord:
+    """A contract deployed beside the billing one (demand response): where it is and its ABI."""
+
+    address: str
+    abi: list[dict[str, Any]]
+    source_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's JSON form inside the deployment file."""
+        return {"address": self.address, "sourceHash": self.source_hash, "abi": self.abi}
 
 
 @dataclass(frozen=True)
@@ -28,15 +41,25 @@ class Deployment:
     block: int
     source_hash: str
     roles: dict[str, str]
+    #: The DemandResponse contract, or None on a deployment made before it existed.
+    demand_response: ContractRecord | None = None
 
     @property
     def domain(self) -> Domain:
         """The EIP-712 domain readings must be signed under for this deployment."""
         return Domain(self.chain_id, self.address)
 
+    @property
+    def demand_response_domain(self) -> Domain:
+        """The EIP-712 domain meters sign demand-response opt-outs under (DeploymentMissing without it)."""
+        if self.demand_response is None:
+            raise DeploymentMissing("this deployment has no DemandResponse contract; run: .venv/bin/python "
+                                    "scripts/deploy.py")
+        return Domain(self.chain_id, self.demand_response.address, DEMAND_RESPONSE_DOMAIN_NAME)
+
     def to_json(self) -> dict[str, Any]:
         """The file's JSON form."""
-        return {
+        data = {
             "chainId": self.chain_id,
             "address": self.address,
             "block": self.block,
@@ -45,6 +68,9 @@ class Deployment:
             "eip712": self.domain.as_dict(),
             "abi": self.abi,
         }
+        if self.demand_response is not None:
+            data["demandResponse"] = self.demand_response.to_json()
+        return data
 
 
 def deployment_path(settings: Settings, chain_id: int | None = None) -> Path:
@@ -58,6 +84,7 @@ def load_deployment(settings: Settings, chain_id: int | None = None) -> Deployme
     if not path.exists():
         raise DeploymentMissing(f"no deployment recorded at {path}; run: .venv/bin/python scripts/deploy.py")
     data = json.loads(path.read_text())
+    dr = data.get("demandResponse")
     return Deployment(
         chain_id=int(data["chainId"]),
         address=data["address"],
@@ -65,6 +92,7 @@ def load_deployment(settings: Settings, chain_id: int | None = None) -> Deployme
         block=int(data["block"]),
         source_hash=data.get("sourceHash", ""),
         roles=data.get("roles", {}),
+        demand_response=None if dr is None else ContractRecord(dr["address"], dr["abi"], dr.get("sourceHash", "")),
     )
 
 

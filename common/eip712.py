@@ -1,4 +1,4 @@
-"""The EIP-712 types meters sign: readings (checked on chain) and login challenges.
+"""The EIP-712 types meters sign: readings and demand-response opt-outs (checked on chain) and login challenges.
 
 One definition, imported by the meters (to sign), the gateway (to check before paying gas)
 and the tests. The domain binds every signature to one chain and one deployment, so a reading
@@ -20,7 +20,12 @@ __all__ = [
     "DOMAIN_VERSION",
     "READING_TYPES",
     "LOGIN_TYPES",
+    "OPT_OUT_TYPES",
+    "DEMAND_RESPONSE_DOMAIN_NAME",
     "Domain",
+    "optout_digest",
+    "sign_optout",
+    "recover_optout_signer",
     "ReadingData",
     "reading_digest",
     "sign_reading",
@@ -52,6 +57,16 @@ LOGIN_TYPES: dict[str, list[dict[str, str]]] = {
     ]
 }
 
+#: A meter's opt-out of a demand-response event, signed under the DemandResponse contract's domain.
+OPT_OUT_TYPES: dict[str, list[dict[str, str]]] = {
+    "OptOut": [
+        {"name": "meter", "type": "address"},
+        {"name": "eventId", "type": "uint64"},
+    ]
+}
+
+DEMAND_RESPONSE_DOMAIN_NAME = "DemandResponse"
+
 _EIP712_DOMAIN_TYPEHASH = keccak(
     text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -59,6 +74,7 @@ _READING_TYPEHASH = keccak(
     text="Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh,uint64 exportWh)"
 )
 _LOGIN_TYPEHASH = keccak(text="Login(address meter,bytes32 nonce)")
+_OPT_OUT_TYPEHASH = keccak(text="OptOut(address meter,uint64 eventId)")
 
 
 @lru_cache(maxsize=65_536)
@@ -78,15 +94,16 @@ def _address_word(address: str) -> bytes:
 
 @dataclass(frozen=True)
 class Domain:
-    """The EIP-712 domain of one deployment of the contract."""
+    """The EIP-712 domain of one deployment of a contract (the billing one unless ``name`` says otherwise)."""
 
     chain_id: int
     verifying_contract: str
+    name: str = DOMAIN_NAME
 
     def as_dict(self) -> dict[str, Any]:
         """The domain as eth-account's typed-data dictionaries expect it."""
         return {
-            "name": DOMAIN_NAME,
+            "name": self.name,
             "version": DOMAIN_VERSION,
             "chainId": self.chain_id,
             "verifyingContract": to_checksum_address(self.verifying_contract),
@@ -96,7 +113,7 @@ class Domain:
         """The domain separator, as the contract's ``domainSeparator()`` returns it."""
         return keccak(
             _EIP712_DOMAIN_TYPEHASH
-            + keccak(text=DOMAIN_NAME)
+            + keccak(text=self.name)
             + keccak(text=DOMAIN_VERSION)
             + _word(self.chain_id)
             + _address_word(self.verifying_contract)
@@ -217,5 +234,31 @@ def recover_login_signer(domain: Domain, meter: str, nonce: bytes, signature: st
     """The address that signed a login for ``meter`` and ``nonce``, or None if malformed."""
     try:
         return _recover(login_digest(domain.separator(), meter, nonce), signature)
+    except ValueError:
+        return None
+
+
+def optout_digest(domain: Domain, meter: str, event_id: int) -> bytes:
+    """The EIP-712 digest of a meter's opt-out of event ``event_id`` (as DemandResponse computes it)."""
+    struct_hash = keccak(_OPT_OUT_TYPEHASH + _address_word(meter) + _word(event_id))
+    return keccak(b"\x19\x01" + domain.separator() + struct_hash)
+
+
+def sign_optout(private_key: bytes | str, domain: Domain, event_id: int) -> str:
+    """Sign an opt-out of a demand-response event with the meter's key; returns the signature as 0x-hex."""
+    meter = Account.from_key(private_key).address
+    signed = Account.sign_typed_data(
+        private_key,
+        domain_data=domain.as_dict(),
+        message_types=OPT_OUT_TYPES,
+        message_data={"meter": meter, "eventId": event_id},
+    )
+    return "0x" + bytes(signed.signature).hex()
+
+
+def recover_optout_signer(domain: Domain, meter: str, event_id: int, signature: str) -> str | None:
+    """The address that signed an opt-out of ``event_id`` for ``meter``, or None if malformed."""
+    try:
+        return _recover(optout_digest(domain, meter, event_id), signature)
     except ValueError:
         return None

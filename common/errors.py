@@ -366,6 +366,15 @@ class TooManyMessages(ApiError):
         self.retry_after = retry_after
 
 
+class OptOutRefused(ApiError):
+    """Raised when the chain refuses a meter's opt-out (the event started, was cancelled, does not target
+    the meter, or the meter opted out already); the message gives the contract's reason."""
+
+    code = "opt_out_refused"
+    default_message = "the demand-response contract refused this opt-out"
+    status = 409
+
+
 def _all_subclasses(cls: type[SmartMeterError]) -> list[type[SmartMeterError]]:
     out: list[type[SmartMeterError]] = [cls]
     for sub in cls.__subclasses__():

@@ -54,6 +54,8 @@ class Settings:
     operator_key: str = GANACHE_DEV_KEYS[1]
     gateway_key: str = GANACHE_DEV_KEYS[2]
     grid_operator_key: str = GANACHE_DEV_KEYS[3]
+    #: Pays the gas of meters' signed demand-response opt-outs the API relays (its own nonces, not the batcher's).
+    relayer_key: str = GANACHE_DEV_KEYS[4]
     #: Blocks on top of a block before it counts as final; -1: automatic (0 on the local chain id, whose
     #: automining node never replaces a block, ``REMOTE_CONFIRMATIONS`` on any other).
     confirmations: int = -1

@@ -26,6 +26,7 @@ from common import tariff as ref
 from common.billing import Billing
 from common.chain import ChainClient
 from common.customers import Customer, Customers, load_customers, save_customers
+from common.demand_response import statement_credits
 from common.deployment import load_deployment
 from common.errors import (
     ChainError,
@@ -901,13 +902,14 @@ class Operations:
         opening = ((before[-1].import_register_wh, before[-1].export_register_wh) if before
                    else (int(opened["openingWh"]), 0))
         customer = Customers(self.customers_path).by_meter(ref.address)
+        credits = statement_credits(self.billing.client, self.deployment, ref.address, figures.period_id)
         return document.build_statement(
             account=document.Account(ref.address, ref.name, view.account_ref, view.region,
                                       customer.name if customer else "", customer.address if customer else ""),
             chain=document.ChainPlace(self.deployment.chain_id, to_checksum_address(self.deployment.address)),
-            figures=ref_bill(figures), amount_due=figures.amount_due, issue=issue, opening=opening,
-            readings=[r for r in recorded if figures.period_start < r.timestamp <= figures.period_end],
-            schedule=self.billing.schedule(), tz=self.settings.tz, drawn_up_at=int(time.time()),
+            figures=ref_bill(figures), amount_due=figures.amount_due - sum(c.amount for c in credits), issue=issue,
+            opening=opening, readings=[r for r in recorded if figures.period_start < r.timestamp <= figures.period_end],
+            schedule=self.billing.schedule(), tz=self.settings.tz, drawn_up_at=int(time.time()), credits=credits,
         )
 
 

@@ -15,6 +15,10 @@ A step of kind ``day_ahead_prices`` publishes the next local day's half-hourly i
 prices (Agile-like, ``operations.tariffs.agile_like_prices``) with the operator's key
 (``OPERATOR_KEY``: prices are the supplier's to set), for tariff versions that use day-ahead
 prices, then tells households with an info alert naming the cheapest and dearest hours.
+A step of kind ``demand_response`` creates a demand-response event on chain (``DemandResponse``, the
+grid operator's key) for the step's region (every meter's region when empty): half an hour from the
+next half hour at least ``DR_NOTICE_S`` ahead, at a signal level of the step's severity + 1, paying
+``DR_CREDIT_RATE``; then it tells households with a warning naming the event, its time and how to opt out.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from web3.exceptions import Web3Exception
 
 from common.backoff import backoff_delay
 from common.billing import Billing
+from common.demand_response import DemandResponse, Signal, Terms
 from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing
 from common.logs import log_event
 from operations.tariffs import agile_like_prices
@@ -44,6 +49,7 @@ from operations.tariffs import agile_like_prices
 __all__ = [
     "ALL_CLEAR",
     "DAY_AHEAD_PRICES",
+    "DEMAND_RESPONSE",
     "ALL_REGIONS",
     "ALL_REGIONS_LABEL",
     "DEFAULT_REGIONS",
@@ -71,6 +77,13 @@ log = logging.getLogger("emitter")
 ALL_CLEAR = "all_clear"
 #: The kind that publishes tomorrow's day-ahead prices, then says so.
 DAY_AHEAD_PRICES = "day_ahead_prices"
+#: The kind that creates a demand-response event on chain, then tells households.
+DEMAND_RESPONSE = "demand_response"
+#: A demand-response event's notice (at least), length and credit rate (millipence per kWh: 300p, as DFS paid).
+DR_NOTICE_S = 900
+DR_DURATION_S = 1_800
+DR_CREDIT_RATE = 300_000
+DR_PROGRAMME = "flex-demo"
 #: The region text that means "every region" (zero bytes32 on chain).
 ALL_REGIONS = ""
 #: Regions random alerts are drawn from; ``ALL_REGIONS`` makes some alerts grid-wide.
@@ -146,7 +159,7 @@ class AlertSpec:
         _check_text32("region", self.region)
         if isinstance(self.severity, bool) or self.severity not in tuple(Severity):
             raise ValueError(f"severity must be 0 (info), 1 (warning) or 2 (critical), not {self.severity!r}")
-        if not self.message and self.kind not in (ALL_CLEAR, DAY_AHEAD_PRICES):
+        if not self.message and self.kind not in (ALL_CLEAR, DAY_AHEAD_PRICES, DEMAND_RESPONSE):
             raise ValueError("message must say something to households")
         if not math.isfinite(self.duration_s) or self.duration_s < MIN_DURATION_S:
             raise ValueError(f"duration_s must be at least {MIN_DURATION_S:g} second, not {self.duration_s!r}")
@@ -214,7 +227,7 @@ def _step(raw: Any) -> AlertSpec:
         kind=kind,
         severity=severity,
         region=_text(raw, "region", ALL_REGIONS),
-        message=_text(raw, "message", "" if kind in (ALL_CLEAR, DAY_AHEAD_PRICES) else None),
+        message=_text(raw, "message", "" if kind in (ALL_CLEAR, DAY_AHEAD_PRICES, DEMAND_RESPONSE) else None),
         duration_s=_number(raw, "duration_s", DEFAULT_DURATION_S),
         after_s=_number(raw, "after_s", 0.0),
     )
@@ -431,6 +444,11 @@ class Emitter:
             if told is None:
                 return None
             spec = replace(spec, severity=Severity.INFO, message=spec.message or told)
+        if spec.kind == DEMAND_RESPONSE:
+            told = self.raise_demand_response(spec)
+            if told is None:
+                return None
+            spec = replace(spec, severity=Severity.WARNING, message=spec.message or told)
         reason = "chain_failures"
         for attempt in range(1, self.retry_attempts + 1):
             raised_at = self.clock()
@@ -461,6 +479,28 @@ class Emitter:
         log_event(log, "grid_alert_dropped", logging.WARNING, kind=spec.kind, region=_region_label(spec.region),
                   reason=reason)
         return None
+
+    def raise_demand_response(self, spec: AlertSpec) -> str | None:
+        """Create a demand-response event for the step's region; a sentence for households, None on failure."""
+        tz = self.billing.settings.tz
+        now = max(int(self.clock()), self.billing.now())
+        start = -(-(now + DR_NOTICE_S) // 1_800) * 1_800
+        regions = [spec.region] if spec.region else sorted(
+            {self.billing.meter(m).region for m in self.billing.meters()} or set(DEFAULT_REGIONS) - {ALL_REGIONS})
+        level = min(3, int(spec.severity) + 1)
+        terms = Terms(start, DR_DURATION_S, DR_NOTICE_S, Signal.LEVEL, level, DR_CREDIT_RATE)
+        try:
+            event_id = DemandResponse(self.billing.client, self.billing.deployment).create_event(
+                DR_PROGRAMME, terms, regions=regions)
+        except CHAIN_FAILURES as err:
+            log_event(log, "demand_response_failed", logging.WARNING, regions=",".join(regions), error=_short(err))
+            return None
+        begins = dt.datetime.fromtimestamp(start, tz).strftime("%H:%M")
+        ends = dt.datetime.fromtimestamp(terms.end, tz).strftime("%H:%M")
+        log_event(log, "demand_response_event", id=event_id, regions=",".join(regions), start=start, level=level)
+        return (f"Demand response event {event_id}: use less from {begins} to {ends} and earn "
+                f"{DR_CREDIT_RATE / 100_000:.2f} pounds for each kWh below your usual use; opt out before {begins} "
+                "if you cannot.")
 
     def publish_prices(self) -> str | None:
         """Publish the next local day's day-ahead prices; a sentence for households, None on failure."""

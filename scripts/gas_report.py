@@ -5,7 +5,8 @@ Starts a Ganache of its own (temporary, so it never touches the demo's chain or 
 deploys, registers meters, gives each its first reading, then sets a time-of-use tariff (banded
 import and export in UK clock time), moves the chain's clock past its start and submits
 batches of readings with import and export, each within one settlement period (as live meters'
-readings are). A second table shows day-ahead prices and readings that cross a period boundary.
+readings are). A second table shows day-ahead prices and readings that cross a period boundary, and
+the last lines demand response: a meter's signed opt-out and crediting 100 meters in one transaction.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from eth_account import Account  # noqa: E402
 from common.batches import extra_periods, gas_limit_for, pack_reading, submit_readings_calldata  # noqa: E402
 from common.billing import Billing  # noqa: E402
 from common.chain import ChainClient  # noqa: E402
+from common.demand_response import DemandResponse, Signal, Terms  # noqa: E402
 from common.deployer import deploy  # noqa: E402
 from common.devchain import GanacheProcess  # noqa: E402
-from common.eip712 import ReadingData, sign_reading  # noqa: E402
+from common.eip712 import ReadingData, sign_optout, sign_reading  # noqa: E402
 from common.settings import load_settings  # noqa: E402
 from common.tariff import CLOCK_LOCAL, PERIOD_SECONDS, PriceRule, TariffVersion  # noqa: E402
 
@@ -87,6 +89,21 @@ def advance(client: ChainClient, seconds: int) -> None:
     client.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
 
+def demand_response(client: ChainClient, deployment: Any, run: Run) -> dict[str, int]:
+    """Gas of a meter's signed opt-out and of crediting 100 meters of a completed event in one transaction."""
+    dr = DemandResponse(client, deployment)
+    meters = run.meters[:100]
+    start = (dr.billing.now() + 2 * PERIOD_SECONDS) // PERIOD_SECONDS * PERIOD_SECONDS
+    terms = Terms(start, PERIOD_SECONDS * 2, 0, Signal.LEVEL, 2, 100_000)
+    listed = dr.create_event("gas", terms, meters=[m.address for m in meters])
+    other = dr.create_event("gas", terms, meters=[meters[0].address])
+    opt_out = dr.opt_out(other, meters[0].address,
+                         sign_optout(bytes(meters[0].key), deployment.demand_response_domain, other))
+    advance(client, terms.end - dr.billing.now() + 5)
+    credited = dr.credit(listed, [(m.address, 500, 100) for m in meters])
+    return {"opt_out": int(opt_out["gasUsed"]), "credit_100": int(credited["gasUsed"]), "meters": len(meters)}
+
+
 def measure(sizes: list[int]) -> dict[str, Any]:
     """Run every scenario on a fresh Ganache and return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +149,7 @@ def measure(sizes: list[int]) -> dict[str, Any]:
                 gas, recorded, _ = run.submit(run.signed(run.meters[:100], t, 20, 7))
                 assert recorded == 100
                 extra.append({"case": name, "batch": 100, "gas": gas, "gas_per_reading": gas // 100})
-            return {"time_of_use": rows, "other": extra}
+            return {"time_of_use": rows, "other": extra, "demand_response": demand_response(client, deployment, run)}
         finally:
             chain.stop()
 
@@ -167,6 +184,11 @@ def main() -> int:
     print("\nOther cases (batch of 100):")
     for row in figures["other"]:
         print(f"  {row['case']:<40} {row['gas_per_reading']:>7,} gas/reading")
+    dr = figures["demand_response"]
+    print("\nDemand response:")
+    print(f"  {'opt-out (signed by the meter, relayed)':<40} {dr['opt_out']:>9,} gas")
+    print(f"  {'credit ' + str(dr['meters']) + ' meters in one transaction':<40} {dr['credit_100']:>9,} gas "
+          f"({dr['credit_100'] // dr['meters']:,} a meter)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

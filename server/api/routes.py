@@ -25,9 +25,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.websockets import WebSocketDisconnect
 
 from common import errors
+from common.chain import ChainClient
 from common.customers import Customers
+from common.demand_response import DemandResponse, Participation
 from common.deployment import Deployment
-from common.eip712 import login_typed_data
+from common.eip712 import login_typed_data, recover_optout_signer
 from common.settings import Settings
 from server.api.auth import Authenticator, Principal
 from server.api.schemas import (
@@ -36,12 +38,16 @@ from server.api.schemas import (
     ChallengeOut,
     ConsumptionAlertOut,
     ConsumptionOut,
+    DemandResponseEventOut,
     ErrorOut,
     GridAlertOut,
     HealthOut,
     MeOut,
     MeterOut,
+    OptOutIn,
+    OptOutOut,
     Page,
+    ParticipationOut,
     ReadingOut,
     SettlementPeriodOut,
     TariffOut,
@@ -503,6 +509,80 @@ async def grid_alerts(
     now = int(time.time())
     count, rows = ctx.index.grid_alerts(active, region, now, page_size, (page - 1) * page_size)
     return _page(request, count, page, page_size, [grid_alert_out(r, now) for r in rows])
+
+
+@router.get("/demand-response/events", response_model=list[DemandResponseEventOut], tags=["demand response"],
+            responses=answers(UNAUTHORIZED))
+async def demand_response_events(ctx: Ctx, who: Caller) -> list[DemandResponseEventOut]:
+    """Demand-response events, newest first, read from the chain: status, modification number and each
+    targeted meter's participation, with the baseline, actual and credit once credited. A customer sees
+    the events that target their meter, and only their meter in them."""
+    return await asyncio.to_thread(_demand_response_events, ctx, who)
+
+
+OPT_OUT_REFUSED = (409, "`opt_out_refused`: the contract refused the opt-out (the event started or was cancelled, "
+                         "does not target the meter, or the meter opted out already)")
+
+
+@router.post("/demand-response/events/{event_id}/opt-out", response_model=OptOutOut, tags=["demand response"],
+             responses=answers(UNAUTHORIZED, FORBIDDEN, INVALID, OPT_OUT_REFUSED))
+async def demand_response_opt_out(
+    ctx: Ctx, who: Caller, event_id: Annotated[int, Path(ge=1, le=2**64 - 1)], body: OptOutIn,
+) -> OptOutOut:
+    """Relay a meter's signed opt-out of an event to the chain (``RELAYER_KEY`` pays): the meter signs the
+    EIP-712 ``OptOut(meter, eventId)`` under the DemandResponse domain with its own key. Refused before any
+    transaction when the signature is not the meter's; the contract refuses it at or after the start."""
+    who.check_meter(body.meter)
+    if ctx.deployment.demand_response is None:
+        raise errors.NotFound("this deployment has no demand-response contract")
+    signer = recover_optout_signer(ctx.deployment.demand_response_domain, body.meter, event_id, body.signature)
+    if signer is None or signer.lower() != body.meter.lower():
+        raise errors.InvalidRequest("the signature is not the meter's EIP-712 OptOut(meter, eventId) for this event")
+    return await asyncio.to_thread(_relay_opt_out, ctx, event_id, body)
+
+
+def _relay_opt_out(ctx: ApiContext, event_id: int, body: OptOutIn) -> OptOutOut:
+    dr = DemandResponse(ChainClient(ctx.settings), ctx.deployment)
+    try:
+        receipt = dr.opt_out(event_id, body.meter, body.signature, key=ctx.settings.relayer_key)
+    except errors.ChainError as err:
+        if "refused the call" not in str(err):
+            raise
+        raise errors.OptOutRefused(str(err).split("refused the call: ", 1)[-1]) from err
+    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter),
+                     tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
+
+
+def _demand_response_events(ctx: ApiContext, who: Principal) -> list[DemandResponseEventOut]:
+    if ctx.deployment.demand_response is None:
+        return []
+    dr = DemandResponse(ChainClient(ctx.settings), ctx.deployment)
+    out = []
+    for event_id in reversed(dr.event_ids()):
+        ev = dr.event(event_id)
+        targeted = dr.targeted(ev)
+        if not who.is_operator:
+            targeted = [m for m in targeted if m.lower() == (who.meter or "").lower()]
+            if not targeted:
+                continue
+        credits = {c.meter: c for c in dr.credits(event_id)}
+        rows = []
+        for meter in targeted:
+            c = credits.get(meter)
+            state = dr.participation(event_id, meter)
+            rows.append(ParticipationOut(
+                meter=meter,
+                state="opted_out" if state == Participation.OPTED_OUT else "credited" if c else "participating",
+                baseline_wh=c.baseline_wh if c else None, actual_wh=c.actual_wh if c else None,
+                credit=c.amount if c else None, period_id=c.period_id if c else None))
+        out.append(DemandResponseEventOut(
+            id=ev.id, modification=ev.modification, programme=ev.programme,
+            status=ev.status.name.lower(),  # type: ignore[arg-type]
+            notice_at=iso(ev.notice_at) or "", start=iso(ev.terms.start) or "", end=iso(ev.terms.end) or "",
+            signal_kind=ev.terms.signal_kind.name.lower(),  # type: ignore[arg-type]
+            signal_value=ev.terms.signal_value, credit_rate=ev.terms.credit_rate, regions=list(ev.regions),
+            meters=rows))
+    return out
 
 
 # ---------------------------------------------------------------- live updates

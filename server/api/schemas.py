@@ -65,7 +65,8 @@ def iso(ts: int | None) -> str | None:
 ERROR_CODES = {
     "unauthorized": 401, "unknown_meter": 401, "challenge_mismatch": 401, "challenge_expired": 401,
     "bad_login_signature": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
-    "conversation_full": 409, "invalid_request": 422, "rate_limited": 429, "too_many_messages": 429,
+    "conversation_full": 409, "opt_out_refused": 409, "invalid_request": 422, "rate_limited": 429,
+    "too_many_messages": 429,
     "internal_error": 500, "statement_mismatch": 500,
 }
 
@@ -242,6 +243,34 @@ class GridAlertOut(BaseModel):
     tx_hash: str
 
 
+class ParticipationOut(BaseModel):
+    """A targeted meter's part in a demand-response event: its opt state and, once credited, its figures."""
+
+    meter: str
+    state: Literal["participating", "opted_out", "credited"]
+    baseline_wh: int | None = Field(description="the baseline the credit was computed from (credited only)")
+    actual_wh: int | None
+    credit: int | None = Field(description="micropence put against the billing period `period_id`")
+    period_id: int | None
+
+
+class DemandResponseEventOut(BaseModel):
+    """A demand-response event on chain (OpenADR 2.0b's model) and each targeted meter's participation."""
+
+    id: int
+    modification: int
+    programme: str
+    status: Literal["far", "near", "active", "completed", "cancelled"]
+    notice_at: str
+    start: str
+    end: str
+    signal_kind: Literal["level", "price"]
+    signal_value: int = Field(description="a level 0-3, or millipence per kWh")
+    credit_rate: int = Field(description="millipence per kWh of reduction")
+    regions: list[str]
+    meters: list[ParticipationOut]
+
+
 class ConsumptionAlertOut(BaseModel):
     """Consumption ran high: an hour over the meter's limit, or an abrupt jump in power."""
 
@@ -285,6 +314,21 @@ class TokenIn(BaseModel):
     meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     nonce: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class OptOutIn(BaseModel):
+    """A meter's EIP-712 ``OptOut(meter, eventId)`` signature, made with its own key."""
+
+    meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
+
+
+class OptOutOut(BaseModel):
+    """A relayed opt-out, recorded on chain."""
+
+    event_id: int
+    meter: str
+    tx_hash: str
 
 
 class TokenOut(BaseModel):

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
+from common.chain import ChainClient
+from common.demand_response import statement_credits
 from common.errors import NotFound
 from common.statement import Account, ChainPlace, Issue, Statement, build_statement
 from common.statement_render import filename, to_csv, to_pdf
@@ -84,12 +86,14 @@ def statement_of(ctx: ApiContext, who: Principal, address: str, period_id: int) 
              if period.status == "issued" and period.issued_tx else None)
     figures = OpenBill(period.period_id, period.period_start, period.period_end, period.energy_wh, period.export_wh,
                        period.energy_cost, period.export_credit, period.standing_charge)
+    credits = statement_credits(ChainClient(ctx.settings), ctx.deployment, meter.address, period_id)
     return build_statement(
         account=Account(meter.address, customer.meter_name if customer else None, meter.account_ref, meter.region,
                         customer.name if customer else "", customer.address if customer else ""),
         chain=ChainPlace(ctx.deployment.chain_id, ctx.deployment.address), figures=figures,
-        amount_due=period.amount_due, issue=issue, opening=opening, readings=[r for r, _, _ in readings],
-        schedule=ctx.index.schedule, tz=ctx.settings.tz, drawn_up_at=int(time.time()))
+        amount_due=period.amount_due - sum(c.amount for c in credits), issue=issue, opening=opening,
+        readings=[r for r, _, _ in readings], schedule=ctx.index.schedule, tz=ctx.settings.tz,
+        drawn_up_at=int(time.time()), credits=credits)
 
 
 def _download(st: Statement, extension: str) -> dict[str, str]:
@@ -103,7 +107,7 @@ def _download(st: Statement, extension: str) -> dict[str, str]:
 async def statement_pdf(ctx: Ctx, who: Caller, address: MeterAddress, period: PeriodNo) -> Response:
     """A billing period's statement as PDF: account, customer, period, registers, consumption by day, tariffs, energy
     and standing charges, credits, amount due, and an appendix of every reading with its block and transaction."""
-    st = statement_of(ctx, who, address, period)
+    st = await asyncio.to_thread(statement_of, ctx, who, address, period)
     return PdfResponse(await asyncio.to_thread(to_pdf, st), headers=_download(st, "pdf"))
 
 
@@ -114,5 +118,5 @@ async def statement_pdf(ctx: Ctx, who: Caller, address: MeterAddress, period: Pe
                        **STATEMENT_ERRORS})
 async def statement_csv(ctx: Ctx, who: Caller, address: MeterAddress, period: PeriodNo) -> Response:
     """A billing period's statement as CSV: the PDF's content in the project's integer units, one section a table."""
-    st = statement_of(ctx, who, address, period)
+    st = await asyncio.to_thread(statement_of, ctx, who, address, period)
     return CsvResponse(await asyncio.to_thread(to_csv, st), headers=_download(st, "csv"))

@@ -254,7 +254,8 @@ def test_a_malformed_scenario_file_is_refused_naming_the_file_and_step(tmp_path,
 
 def test_the_demo_scenario_loads():
     demo = Scenario.load(ROOT / "scripts" / "scenarios" / "demo.json")
-    assert [s.kind for s in demo.steps] == ["frequency_dip", "reduce_usage", "maintenance", ALL_CLEAR]
+    assert [s.kind for s in demo.steps] == ["frequency_dip", "reduce_usage", "demand_response", "maintenance",
+                                            ALL_CLEAR]
     assert demo.length_s == 150
 
 
@@ -344,3 +345,21 @@ def test_a_day_ahead_prices_step_publishes_tomorrows_half_hours_and_tells_househ
     assert len(imports) in (46, 48, 50)
     peak = datetime.fromtimestamp(start + imports.index(max(imports)) * 1_800, tz)
     assert 16 <= peak.hour < 19
+
+
+def test_a_demand_response_step_creates_an_event_on_chain_and_warns_its_region(snapshot, billing):
+    from common.demand_response import DemandResponse, Status
+    from operations.grid_emitter import DEMAND_RESPONSE, DR_CREDIT_RATE, DR_NOTICE_S
+
+    clock = FakeClock(billing.now())
+    emitter = fast_emitter(billing, clock)
+    scenario = Scenario.from_json([{"after_s": 0, "kind": DEMAND_RESPONSE, "region": "north", "severity": 1,
+                                    "duration_s": 600}])
+    alert = emitter.raise_alert(scenario.steps[0])
+    dr = DemandResponse(billing.client, billing.deployment)
+    event = dr.event(dr.event_ids()[-1])
+    assert alert is not None and alert.region == "north" and f"Demand response event {event.id}" in alert.message
+    assert (event.regions, event.status, event.terms.signal_value, event.terms.credit_rate) == (
+        ("north",), Status.FAR, 2, DR_CREDIT_RATE)
+    assert event.terms.start % 1_800 == 0 and event.terms.start >= clock() + DR_NOTICE_S
+    billing.client.decoder = None

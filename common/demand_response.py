@@ -1,0 +1,271 @@
+"""Typed, synchronous access to the DemandResponse contract, and each meter's measured response from the chain.
+
+``DemandResponse`` wraps the contract's functions and views in named types (as ``common.billing`` does
+for billing). ``measure_event`` computes every targeted meter's baseline, actual and credit for one
+event from on-chain data alone (the billing contract's readings, the events' windows), so the
+settlement (``operations.demand_response.settle``) and the recomputation share one implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from eth_utils import to_checksum_address
+
+from common.baseline import Measurement, half_hourly, measure
+from common.billing import Billing, from_text32, text32
+from common.chain import ChainClient, ErrorDecoder
+from common.deployment import Deployment
+from common.errors import DeploymentMissing
+from common.events import unpack_record
+from common.statement import CreditLine
+from common.tariff import format_kwh
+
+__all__ = [
+    "Status",
+    "Signal",
+    "Terms",
+    "DrEvent",
+    "Participation",
+    "CreditRecord",
+    "MeterResponse",
+    "DemandResponse",
+    "measure_event",
+    "statement_credits",
+]
+
+
+class Status(enum.IntEnum):
+    """An event's status (OpenADR 2.0b's eiEventStatus), as the contract derives it from the time."""
+
+    FAR = 0
+    NEAR = 1
+    ACTIVE = 2
+    COMPLETED = 3
+    CANCELLED = 4
+
+
+class Signal(enum.IntEnum):
+    """What an event's signal value means: a level 0-3, or a price in millipence per kWh."""
+
+    LEVEL = 0
+    PRICE = 1
+
+
+class Participation(enum.IntEnum):
+    """A meter's part in an event: none recorded yet, opted out, credited."""
+
+    NONE = 0
+    OPTED_OUT = 1
+    CREDITED = 2
+
+
+@dataclass(frozen=True)
+class Terms:
+    """When an event runs, what it signals and what it pays (millipence per kWh of reduction)."""
+
+    start: int
+    duration: int
+    ramp_up: int
+    signal_kind: Signal
+    signal_value: int
+    credit_rate: int
+
+    @property
+    def end(self) -> int:
+        """When the active period ends."""
+        return self.start + self.duration
+
+    def as_struct(self) -> tuple[int, int, int, int, int, int]:
+        """The contract's ``Terms`` tuple."""
+        return (self.start, self.duration, self.ramp_up, int(self.signal_kind), self.signal_value, self.credit_rate)
+
+    @classmethod
+    def from_struct(cls, raw: Sequence[Any]) -> Terms:
+        """Terms from the contract's tuple."""
+        start, duration, ramp_up, kind, value, rate = raw
+        return cls(int(start), int(duration), int(ramp_up), Signal(int(kind)), int(value), int(rate))
+
+
+@dataclass(frozen=True)
+class DrEvent:
+    """An event as the contract holds it now, with its target from its creation event."""
+
+    id: int
+    programme: str
+    modification: int
+    notice_at: int
+    terms: Terms
+    status: Status
+    regions: tuple[str, ...]
+    meters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CreditRecord:
+    """A ``CreditApplied`` event: the figures the settler submitted and the amount credited (micropence)."""
+
+    meter: str
+    event_id: int
+    period_id: int
+    baseline_wh: int
+    actual_wh: int
+    amount: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class MeterResponse:
+    """A targeted meter's response to an event as recomputed from the chain."""
+
+    meter: str
+    opted_out: bool
+    measurement: Measurement | None
+
+    def credit(self, rate: int) -> int:
+        """The credit due at ``rate`` millipence per kWh, in micropence (none when opted out or unmeasured)."""
+        if self.opted_out or self.measurement is None:
+            return 0
+        return self.measurement.reduction_wh * rate
+
+
+class DemandResponse:
+    """The DemandResponse contract through one ChainClient, with one method per operation."""
+
+    def __init__(self, client: ChainClient, deployment: Deployment) -> None:
+        if deployment.demand_response is None:
+            raise DeploymentMissing("this deployment has no DemandResponse contract; run: .venv/bin/python "
+                                    "scripts/deploy.py")
+        self.client = client
+        self.deployment = deployment
+        self.billing = Billing(client, deployment)
+        record = deployment.demand_response
+        self.contract = client.w3.eth.contract(address=to_checksum_address(record.address), abi=record.abi)
+        client.decoder = ErrorDecoder(deployment.abi + record.abi)
+        self.settings = client.settings
+
+    # grid operator
+    def create_event(self, programme: str, terms: Terms, regions: Sequence[str] = (),
+                     meters: Sequence[str] = ()) -> int:
+        """Announce an event to regions or listed meters (grid operator key); returns its id."""
+        call = self.contract.functions.createEvent(text32(programme), terms.as_struct(),
+                                                   [text32(r) for r in regions],
+                                                   [to_checksum_address(m) for m in meters])
+        receipt = self.client.transact(self.settings.grid_operator_key, call)
+        return int(self.contract.events.DemandResponseEvent().process_receipt(receipt)[0].args.id)
+
+    def modify_event(self, event_id: int, terms: Terms) -> Any:
+        """Change an event's terms before it starts (grid operator key)."""
+        call = self.contract.functions.modifyEvent(event_id, terms.as_struct())
+        return self.client.transact(self.settings.grid_operator_key, call)
+
+    def cancel_event(self, event_id: int) -> Any:
+        """Cancel an event before it starts (grid operator key)."""
+        return self.client.transact(self.settings.grid_operator_key, self.contract.functions.cancelEvent(event_id))
+
+    # anyone, with the meter's signature (the gateway pays)
+    def opt_out(self, event_id: int, meter: str, signature: str, key: str | None = None) -> Any:
+        """Relay a meter's signed opt-out (paid by ``key``, the gateway's by default)."""
+        call = self.contract.functions.optOut(event_id, to_checksum_address(meter), bytes.fromhex(signature[2:]))
+        return self.client.transact(key or self.settings.gateway_key, call)
+
+    # settler
+    def credit(self, event_id: int, credits: Sequence[tuple[str, int, int]]) -> Any:
+        """Record (meter, baseline Wh, actual Wh) of many meters for a completed event (operator key)."""
+        call = self.contract.functions.credit(event_id, [(to_checksum_address(m), b, a) for m, b, a in credits])
+        return self.client.transact(self.settings.operator_key, call)
+
+    # views
+    def event_ids(self) -> list[int]:
+        """Every event's id, oldest first."""
+        return list(range(1, int(self.contract.functions.eventCount().call()) + 1))
+
+    def event(self, event_id: int) -> DrEvent:
+        """An event's current terms, status and target."""
+        terms, programme, modification, notice_at, status = self.contract.functions.eventOf(event_id).call()
+        created = self.contract.events.DemandResponseEvent().get_logs(
+            from_block=self.deployment.block, argument_filters={"id": event_id})
+        first = next(e for e in created if int(e.args.modification) == 0)
+        return DrEvent(event_id, from_text32(programme), int(modification), int(notice_at), Terms.from_struct(terms),
+                       Status(int(status)), tuple(from_text32(r) for r in first.args.regions),
+                       tuple(to_checksum_address(m) for m in first.args.meters))
+
+    def targeted(self, event: DrEvent) -> list[str]:
+        """The meters an event targets (its listed meters, or every registered meter of its regions)."""
+        if event.meters:
+            return list(event.meters)
+        return [m for m in self.billing.meters() if self.billing.meter(m).region in event.regions]
+
+    def participation(self, event_id: int, meter: str) -> Participation:
+        """A meter's participation in an event."""
+        return Participation(int(self.contract.functions.participation(event_id, to_checksum_address(meter)).call()))
+
+    def credit_of(self, meter: str, period_id: int) -> int:
+        """The demand-response credits recorded against a meter's billing period, in micropence."""
+        return int(self.contract.functions.creditOf(to_checksum_address(meter), period_id).call())
+
+    def opted_out(self, event_id: int) -> set[str]:
+        """The meters that opted out of an event (from ``OptedOut`` logs)."""
+        logs = self.contract.events.OptedOut().get_logs(from_block=self.deployment.block,
+                                                        argument_filters={"eventId": event_id})
+        return {to_checksum_address(e.args.meter) for e in logs}
+
+    def credits(self, event_id: int | None = None, meter: str | None = None) -> list[CreditRecord]:
+        """Every credit recorded (``CreditApplied`` logs), for one event or all, one meter or all."""
+        filters: dict[str, Any] = {} if event_id is None else {"eventId": event_id}
+        if meter is not None:
+            filters["meter"] = to_checksum_address(meter)
+        logs = self.contract.events.CreditApplied().get_logs(from_block=self.deployment.block,
+                                                             argument_filters=filters)
+        return [CreditRecord(to_checksum_address(e.args.meter), int(e.args.eventId), int(e.args.periodId),
+                             int(e.args.baselineWh), int(e.args.actualWh), int(e.args.amount),
+                             "0x" + bytes(e.transactionHash).hex()) for e in logs]
+
+    def windows(self) -> list[tuple[int, int]]:
+        """The active periods of every event not cancelled (days holding one are no baseline days)."""
+        out = []
+        for i in self.event_ids():
+            ev = self.event(i)
+            if ev.status != Status.CANCELLED:
+                out.append((ev.terms.start, ev.terms.end))
+        return out
+
+
+def _usage(billing: Billing, meter: str) -> Any:
+    """A meter's half-hourly import energy from its ``MeterRegistered`` and ``ReadingRecorded`` events."""
+    events = billing.contract.events
+    start = billing.deployment.block
+    reg = events.MeterRegistered().get_logs(from_block=start, argument_filters={"meter": meter})[-1]
+    recorded = events.ReadingRecorded().get_logs(from_block=reg.blockNumber, argument_filters={"meter": meter})
+    fields = (unpack_record(int(e.args.record)) for e in recorded)
+    return half_hourly((int(reg.args.openedAt), int(reg.args.openingWh)),
+                       ((f["timestamp"], f["energyWh"]) for f in fields))
+
+
+def measure_event(dr: DemandResponse, event: DrEvent) -> list[MeterResponse]:
+    """Every targeted meter's response to a completed event, from the chain alone."""
+    windows = dr.windows()
+    opted = dr.opted_out(event.id)
+    out = []
+    for meter in dr.targeted(event):
+        if meter in opted:
+            out.append(MeterResponse(meter, True, None))
+            continue
+        try:
+            m = measure(_usage(dr.billing, meter), event.terms.start, event.terms.end, windows)
+        except ValueError:
+            m = None
+        out.append(MeterResponse(meter, False, m))
+    return out
+
+
+def statement_credits(client: ChainClient, deployment: Deployment, meter: str, period_id: int) -> list[CreditLine]:
+    """The demand-response credits on a meter's billing period, as statement lines (none without the contract)."""
+    if deployment.demand_response is None:
+        return []
+    dr = DemandResponse(client, deployment)
+    return [CreditLine("demand_response", f"Demand response: event {c.event_id}, "
+                       f"{format_kwh(c.baseline_wh - c.actual_wh)} below the baseline", c.amount)
+            for c in dr.credits(meter=meter) if c.period_id == period_id and c.amount > 0]

@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+
+/// @notice The views of SmartMeterBilling that demand response reads.
+interface IMeterBilling {
+    /// @notice A meter's registration and reading state (see SmartMeterBilling).
+    function meterState(address meter)
+        external
+        view
+        returns (bool, bool, bytes32, bytes32, uint64, uint64, uint64, uint64);
+
+    /// @notice A meter's open billing period (see SmartMeterBilling).
+    function openBill(address meter)
+        external
+        view
+        returns (uint32, uint64, uint64, uint64, uint64, uint64, uint64, uint64, int256);
+}
+
+/// @title DemandResponse
+/// @notice Demand-response events after OpenADR 2.0b's model, meter-signed opt-outs and the credits paid
+/// for measured reductions, each recorded against the meter's open billing period in SmartMeterBilling.
+/// @dev An event has an id and a modification number (a changed event keeps its id, the number goes up),
+/// a programme name, a notice time (when it was last announced), an active period (start, duration, both
+/// on settlement-period boundaries), a ramp-up (how long before the start it is "near"), a signal (a level
+/// 0-3 or a price in millipence per kWh), the programme's credit rate (millipence per kWh of reduction)
+/// and a target: regions (a meter is targeted when its region in SmartMeterBilling is listed) or meters.
+/// Its status (far / near / active / completed / cancelled) follows from the block's time.
+///
+/// Credits are computed off chain from on-chain readings only (the baseline method is in README.md), and
+/// the settler submits each meter's baseline and actual energy; the contract prices the reduction at the
+/// event's credit rate (Wh x millipence/kWh = micropence, exact) and adds it to the meter's open period.
+/// A bill's amount payable is SmartMeterBilling's `BillIssued.amountDue` minus `creditOf(meter, period)`.
+contract DemandResponse is AccessControl, EIP712 {
+    /// @notice Raises, changes and cancels events (the same role name as in SmartMeterBilling).
+    bytes32 public constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
+    /// @notice Records the credits of completed events.
+    bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
+    /// @notice EIP-712 type hash of a meter's opt-out.
+    bytes32 public constant OPT_OUT_TYPEHASH = keccak256("OptOut(address meter,uint64 eventId)");
+
+    /// @notice Seconds in a settlement period (event windows start and last whole periods).
+    uint256 public constant PERIOD_SECONDS = 1800;
+    /// @notice Most regions or meters an event targets.
+    uint256 public constant MAX_TARGETS = 250;
+    /// @notice Most credits one `credit` call records.
+    uint256 public constant MAX_CREDITS = 250;
+    /// @notice Highest signal level (OpenADR's simple signal: 0 normal .. 3 special).
+    uint8 public constant MAX_LEVEL = 3;
+    /// @notice Signal kinds: a level 0-3.
+    uint8 public constant SIGNAL_LEVEL = 0;
+    /// @notice Signal kinds: a price in millipence per kWh for the active period.
+    uint8 public constant SIGNAL_PRICE = 1;
+
+    /// @notice An event's status (OpenADR 2.0b's eiEventStatus).
+    enum Status {
+        Far,
+        Near,
+        Active,
+        Completed,
+        Cancelled
+    }
+
+    /// @notice What an event asks for, when, and what it pays.
+    struct Terms {
+        uint32 start;
+        uint32 duration;
+        uint32 rampUp;
+        uint8 signalKind;
+        uint32 signalValue;
+        uint32 creditRate;
+    }
+
+    /// @dev An event's state: its terms and bookkeeping.
+    struct DrEvent {
+        Terms terms;
+        bytes32 programme;
+        uint32 modification;
+        uint32 noticeAt;
+        bool cancelled;
+        bool byMeter;
+    }
+
+    /// @notice One meter's measured response to a completed event, as the settler submits it.
+    struct Credit {
+        address meter;
+        uint64 baselineWh;
+        uint64 actualWh;
+    }
+
+    /// @notice The billing contract whose meters and open periods credits refer to.
+    IMeterBilling public immutable billing;
+
+    mapping(uint64 id => DrEvent) private _events;
+    mapping(uint64 id => mapping(bytes32 target => bool)) private _targeted;
+    /// @dev Per event and meter: 1 opted out, 2 credited.
+    mapping(uint64 id => mapping(address meter => uint8)) private _participation;
+    mapping(address meter => mapping(uint32 periodId => uint256 micropence)) private _credits;
+    uint64 private _lastId;
+
+    /// @notice Emitted when an event is created (modification 0) or changed (a higher modification);
+    /// `regions` or `meters` (one of them empty) is its target.
+    event DemandResponseEvent(
+        uint64 indexed id,
+        uint32 modification,
+        bytes32 programme,
+        uint64 noticeAt,
+        Terms terms,
+        bytes32[] regions,
+        address[] meters
+    );
+    /// @notice Emitted when an event is cancelled (with its new modification number).
+    event DemandResponseCancelled(uint64 indexed id, uint32 modification);
+    /// @notice Emitted when a meter opts out of an event with its signature.
+    event OptedOut(address indexed meter, uint64 indexed eventId);
+    /// @notice Emitted for each credit: the measured energies and the amount added to the open period.
+    event CreditApplied(
+        address indexed meter, uint64 indexed eventId, uint32 periodId, uint64 baselineWh, uint64 actualWh, uint64 amount
+    );
+
+    /// @notice Thrown when an address argument is zero.
+    error ZeroAddress();
+    /// @notice Thrown when an event id was never issued.
+    error UnknownEvent(uint64 id);
+    /// @notice Thrown when the terms are impossible: start not ahead, not on period boundaries, empty, a
+    /// level above 3, or a signal kind unknown.
+    error InvalidTerms(uint32 start, uint32 duration, uint8 signalKind, uint32 signalValue);
+    /// @notice Thrown when an event would target nothing, too much, or both regions and meters.
+    error InvalidTarget(uint256 regions, uint256 meters);
+    /// @notice Thrown when changing, cancelling or opting out of an event that has started (`at` is the time).
+    error EventStarted(uint64 id, uint64 start, uint64 at);
+    /// @notice Thrown when crediting an event that has not completed.
+    error EventNotCompleted(uint64 id, uint64 end, uint64 at);
+    /// @notice Thrown when changing, opting out of or crediting a cancelled event.
+    error EventCancelled(uint64 id);
+    /// @notice Thrown when an opt-out's signature is not the meter's.
+    error BadSignature(address meter, address signer);
+    /// @notice Thrown when a meter is not among an event's targets.
+    error NotTargeted(uint64 id, address meter);
+    /// @notice Thrown when a meter that opted out already opts out again.
+    error AlreadyOptedOut(uint64 id, address meter);
+    /// @notice Thrown when crediting a meter that opted out of the event.
+    error MeterOptedOut(uint64 id, address meter);
+    /// @notice Thrown when crediting a meter twice for one event.
+    error AlreadyCredited(uint64 id, address meter);
+    /// @notice Thrown when a credit batch is empty or larger than `MAX_CREDITS`.
+    error BadBatchSize(uint256 size, uint256 max);
+
+    /// @param admin Holds DEFAULT_ADMIN_ROLE and can grant the other roles.
+    /// @param billing_ The SmartMeterBilling deployment.
+    constructor(address admin, IMeterBilling billing_) EIP712("DemandResponse", "1") {
+        if (admin == address(0) || address(billing_) == address(0)) revert ZeroAddress();
+        billing = billing_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    // ------------------------------------------------------------------ events
+
+    /// @notice Announces a demand-response event to regions or to listed meters.
+    /// @param programme The programme's name (short text, right-padded).
+    /// @param terms When the event runs, its signal and its credit rate.
+    /// @param regions Target regions (empty when `meters` is given).
+    /// @param meters Target meters (empty when `regions` is given).
+    /// @return id The new event's id.
+    function createEvent(bytes32 programme, Terms calldata terms, bytes32[] calldata regions, address[] calldata meters)
+        external
+        onlyRole(GRID_OPERATOR_ROLE)
+        returns (uint64 id)
+    {
+        _checkTerms(terms);
+        bool byMeter = meters.length > 0;
+        if ((regions.length > 0) == byMeter || regions.length + meters.length > MAX_TARGETS) {
+            revert InvalidTarget(regions.length, meters.length);
+        }
+        id = ++_lastId;
+        DrEvent storage e = _events[id];
+        e.terms = terms;
+        e.programme = programme;
+        e.noticeAt = uint32(block.timestamp);
+        e.byMeter = byMeter;
+        for (uint256 i = 0; i < regions.length; ++i) {
+            _targeted[id][regions[i]] = true;
+        }
+        for (uint256 i = 0; i < meters.length; ++i) {
+            _targeted[id][bytes32(uint256(uint160(meters[i])))] = true;
+        }
+        emit DemandResponseEvent(id, 0, programme, uint64(block.timestamp), terms, regions, meters);
+    }
+
+    /// @notice Changes an event before it starts: same id and target, new terms, modification + 1.
+    /// @param id The event.
+    /// @param terms The new terms.
+    function modifyEvent(uint64 id, Terms calldata terms) external onlyRole(GRID_OPERATOR_ROLE) {
+        DrEvent storage e = _beforeStart(id);
+        _checkTerms(terms);
+        e.terms = terms;
+        e.noticeAt = uint32(block.timestamp);
+        uint32 modification = ++e.modification;
+        emit DemandResponseEvent(
+            id, modification, e.programme, uint64(block.timestamp), terms, new bytes32[](0), new address[](0)
+        );
+    }
+
+    /// @notice Cancels an event before it starts (modification + 1).
+    /// @param id The event.
+    function cancelEvent(uint64 id) external onlyRole(GRID_OPERATOR_ROLE) {
+        DrEvent storage e = _beforeStart(id);
+        e.cancelled = true;
+        uint32 modification = ++e.modification;
+        emit DemandResponseCancelled(id, modification);
+    }
+
+    // ------------------------------------------------------------------ opt-out
+
+    /// @notice Records a meter's signed opt-out of an event; anyone (the gateway) may relay it.
+    /// @param id The event.
+    /// @param meter The meter opting out.
+    /// @param signature The meter's EIP-712 signature of `OptOut(meter, id)` (65 bytes, low s).
+    function optOut(uint64 id, address meter, bytes calldata signature) external {
+        _beforeStart(id);
+        address signer = ECDSA.recover(
+            _hashTypedDataV4(keccak256(abi.encode(OPT_OUT_TYPEHASH, meter, id))), signature
+        );
+        if (signer != meter) revert BadSignature(meter, signer);
+        if (!_isTargeted(id, meter)) revert NotTargeted(id, meter);
+        if (_participation[id][meter] != 0) revert AlreadyOptedOut(id, meter);
+        _participation[id][meter] = 1;
+        emit OptedOut(meter, id);
+    }
+
+    // ------------------------------------------------------------------ credits
+
+    /// @notice Records the measured response of many meters to a completed event and credits each
+    /// reduction (baseline minus actual, none when actual is higher) at the event's rate to the meter's
+    /// open billing period.
+    /// @param id The event.
+    /// @param credits Each meter's baseline and actual energy over the event's window, in Wh.
+    function credit(uint64 id, Credit[] calldata credits) external onlyRole(SETTLER_ROLE) {
+        DrEvent storage e = _known(id);
+        if (e.cancelled) revert EventCancelled(id);
+        uint256 end = uint256(e.terms.start) + e.terms.duration;
+        if (block.timestamp < end) revert EventNotCompleted(id, uint64(end), uint64(block.timestamp));
+        if (credits.length == 0 || credits.length > MAX_CREDITS) revert BadBatchSize(credits.length, MAX_CREDITS);
+        uint256 rate = e.terms.creditRate;
+        for (uint256 i = 0; i < credits.length; ++i) {
+            Credit calldata c = credits[i];
+            if (!_isTargeted(id, c.meter)) revert NotTargeted(id, c.meter);
+            uint8 state = _participation[id][c.meter];
+            if (state == 1) revert MeterOptedOut(id, c.meter);
+            if (state == 2) revert AlreadyCredited(id, c.meter);
+            _participation[id][c.meter] = 2;
+            (uint32 periodId,,,,,,,,) = billing.openBill(c.meter);
+            uint256 amount = c.baselineWh > c.actualWh ? (c.baselineWh - c.actualWh) * rate : 0;
+            _credits[c.meter][periodId] += amount;
+            emit CreditApplied(c.meter, id, periodId, c.baselineWh, c.actualWh, SafeCast.toUint64(amount));
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _known(uint64 id) private view returns (DrEvent storage e) {
+        e = _events[id];
+        if (e.terms.duration == 0) revert UnknownEvent(id);
+    }
+
+    function _beforeStart(uint64 id) private view returns (DrEvent storage e) {
+        e = _known(id);
+        if (e.cancelled) revert EventCancelled(id);
+        if (block.timestamp >= e.terms.start) revert EventStarted(id, e.terms.start, uint64(block.timestamp));
+    }
+
+    function _checkTerms(Terms calldata t) private view {
+        bool bad = t.start <= block.timestamp || t.start % PERIOD_SECONDS != 0 || t.duration == 0
+            || t.duration % PERIOD_SECONDS != 0 || t.signalKind > SIGNAL_PRICE
+            || (t.signalKind == SIGNAL_LEVEL && t.signalValue > MAX_LEVEL);
+        if (bad) revert InvalidTerms(t.start, t.duration, t.signalKind, t.signalValue);
+    }
+
+    function _isTargeted(uint64 id, address meter) private view returns (bool) {
+        if (_events[id].byMeter) return _targeted[id][bytes32(uint256(uint160(meter)))];
+        (bool registered,,, bytes32 region,,,,) = billing.meterState(meter);
+        return registered && _targeted[id][region];
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice An event's terms and state.
+    /// @param id The event.
+    /// @return terms Its terms.
+    /// @return programme Its programme's name.
+    /// @return modification Its modification number (0 as created).
+    /// @return noticeAt When it was last announced.
+    /// @return status Its status now.
+    function eventOf(uint64 id)
+        external
+        view
+        returns (Terms memory terms, bytes32 programme, uint32 modification, uint64 noticeAt, Status status)
+    {
+        DrEvent storage e = _known(id);
+        return (e.terms, e.programme, e.modification, e.noticeAt, statusOf(id));
+    }
+
+    /// @notice An event's status at the block's time (OpenADR: far, near, active, completed, cancelled).
+    /// @param id The event.
+    /// @return The status.
+    function statusOf(uint64 id) public view returns (Status) {
+        DrEvent storage e = _known(id);
+        if (e.cancelled) return Status.Cancelled;
+        uint256 start = e.terms.start;
+        if (block.timestamp >= start + e.terms.duration) return Status.Completed;
+        if (block.timestamp >= start) return Status.Active;
+        if (block.timestamp + e.terms.rampUp >= start) return Status.Near;
+        return Status.Far;
+    }
+
+    /// @notice How many events were ever created (ids run from 1).
+    /// @return The count.
+    function eventCount() external view returns (uint64) {
+        return _lastId;
+    }
+
+    /// @notice Whether an event targets a meter (by its region or by name).
+    /// @param id The event.
+    /// @param meter The meter.
+    /// @return True when targeted.
+    function isTargeted(uint64 id, address meter) external view returns (bool) {
+        _known(id);
+        return _isTargeted(id, meter);
+    }
+
+    /// @notice A meter's participation in an event: 0 none yet, 1 opted out, 2 credited.
+    /// @param id The event.
+    /// @param meter The meter.
+    /// @return The state.
+    function participation(uint64 id, address meter) external view returns (uint8) {
+        return _participation[id][meter];
+    }
+
+    /// @notice The demand-response credits recorded against a meter's billing period, in micropence.
+    /// @param meter The meter.
+    /// @param periodId The billing period (SmartMeterBilling's numbering).
+    /// @return The total.
+    function creditOf(address meter, uint32 periodId) external view returns (uint256) {
+        return _credits[meter][periodId];
+    }
+
+    /// @notice The EIP-712 domain separator meters sign opt-outs under.
+    /// @return The separator for this chain and this deployment.
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+}

@@ -1,0 +1,64 @@
+"""Settling a demand-response event from the chain's readings, and the recomputation that checks every
+credit from the chain alone (and catches one that does not match), against the session's Ganache."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.demand_response import DemandResponse, Participation
+from common.eip712 import sign_optout
+from common.settings import Settings
+from operations.control import Operations
+from operations.demand_response import settle, verify
+from scripts import demand_response as command
+from tests.contracts.test_demand_response import HOUR, POWER_W, RATE, dr, make_scene  # noqa: F401
+
+BASELINE_WH = POWER_W  # one hour at POWER_W on each of the three baseline days, no in-day change
+
+
+def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
+    dr: DemandResponse, base_settings: Settings, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scene = make_scene(dr)
+    a, b, c = scene.meters
+    dr.opt_out(scene.event_id, c.address,
+               sign_optout(bytes(c.key), dr.deployment.demand_response_domain, scene.event_id))
+    scene.advance_to(scene.terms.end + 2 * HOUR)
+    scene.read(scene.terms.start, 6 * HOUR)
+    scene.read(scene.terms.end, HOUR, {a.address: 100})  # a shifts its load out of the event's hour
+    scene.read(scene.terms.end + HOUR, HOUR)
+
+    done = settle(dr, scene.event_id)
+    figures = {r.meter: (r.opted_out, r.measurement and (r.measurement.baseline_wh, r.measurement.actual_wh))
+               for r in done.responses}
+    assert figures == {a.address: (False, (BASELINE_WH, 100)), b.address: (False, (BASELINE_WH, BASELINE_WH)),
+                       c.address: (True, None)}
+    assert (done.credited, done.total) == (2, (BASELINE_WH - 100) * RATE)
+    assert dr.credit_of(a.address, 1) == (BASELINE_WH - 100) * RATE
+    assert dr.credit_of(c.address, 1) == 0
+    assert dr.participation(scene.event_id, c.address) == Participation.OPTED_OUT
+    assert verify(dr) == ([], 2)
+
+    statement = Operations(base_settings).statement_document(a.address)  # the open period, from the chain
+    assert [(c.kind, c.amount) for c in statement.credits][1:] == [("demand_response", (BASELINE_WH - 100) * RATE)]
+    assert statement.amount_due == dr.billing.bill(a.address).amount_due - (BASELINE_WH - 100) * RATE
+
+    # A second event whose credit for b was submitted by hand with an inflated baseline.
+    monkeypatch.setenv("CHAIN_RPC_URL", base_settings.chain_rpc_url)
+    monkeypatch.setenv("CHAIN_WS_URL", base_settings.chain_ws_url)
+    monkeypatch.setenv("DEPLOYMENTS_DIR", str(base_settings.deployments_dir))
+    assert command.main(["verify"]) == 0
+    assert "2 credits checked against the chain: all agree" in capsys.readouterr().out
+
+    later = dr.create_event("dfs-test", scene.terms.__class__(
+        scene.terms.start + 2 * 86_400, HOUR, 0, scene.terms.signal_kind, 2, RATE), meters=[b.address])
+    scene.advance_to(scene.terms.start + 2 * 86_400 + 2 * HOUR)
+    scene.read(scene.terms.start + 2 * 86_400 + 2 * HOUR, 6 * HOUR)
+    dr.credit(later, [(b.address, BASELINE_WH + 250, BASELINE_WH)])
+    mismatches, checked = verify(dr)
+    assert checked == 3
+    assert [(m.event_id, m.meter) for m in mismatches] == [(later, b.address)]
+    assert f"credit {250 * RATE} micropence, recomputed" in mismatches[0].reason
+    assert command.main(["verify"]) == 1
+    assert f"MISMATCH event {later}, meter {b.address}" in capsys.readouterr().out
