@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:
         source_hash=digest,
     )
     settings.build_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # processes compiling at once each write their own
     tmp.write_text(json.dumps(artifact.__dict__))
     tmp.replace(cache)
     return artifact
