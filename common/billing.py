@@ -179,6 +179,28 @@ class Billing:
             receipts.append(self.client.transact(self.settings.operator_key, call, gas=gas, wait=wait))
         return receipts
 
+    def is_gateway(self, address: str) -> bool:
+        """Whether ``address`` holds GATEWAY_ROLE (may submit readings)."""
+        role = self.contract.functions.GATEWAY_ROLE().call()
+        return bool(self.contract.functions.hasRole(role, to_checksum_address(address)).call())
+
+    def gateways(self) -> list[str]:
+        """The addresses holding GATEWAY_ROLE now, from the role events since the deployment block."""
+        role = self.contract.functions.GATEWAY_ROLE().call()
+        held: dict[str, bool] = {}
+        for name in ("RoleGranted", "RoleRevoked"):
+            for log in getattr(self.contract.events, name)().get_logs(from_block=self.deployment.block):
+                if log["args"]["role"] == role:
+                    held[log["args"]["account"]] = False
+        return sorted(a for a in held if self.is_gateway(a))
+
+    def set_gateway(self, address: str, allowed: bool) -> Any:
+        """Grant or revoke GATEWAY_ROLE (admin key): another gateway deployment may submit readings, or no more."""
+        role = self.contract.functions.GATEWAY_ROLE().call()
+        call = (self.contract.functions.grantRole if allowed else self.contract.functions.revokeRole)(
+            role, to_checksum_address(address))
+        return self.client.transact(self.settings.admin_key, call)
+
     def deactivate_meter(self, address: str) -> Any:
         """Deactivate a meter (operator key)."""
         return self.client.transact(self.settings.operator_key, self.contract.functions.deactivateMeter(address))

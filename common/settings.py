@@ -106,6 +106,9 @@ class Settings:
     message_rate_per_minute: int = 10
     message_max_per_account: int = 10_000
     # meters
+    #: The gateways a meter may use, comma-separated wss:// URLs tried in turn when one fails; empty: the one
+    #: gateway at SERVER_HOST:SERVER_PORT.
+    server_urls: str = ""
     meter_count: int = 12
     reading_min_interval: float = 15.0
     reading_max_interval: float = 60.0
@@ -128,6 +131,11 @@ class Settings:
     def server_url(self) -> str:
         """The meters' WebSocket URL of the gateway."""
         return f"wss://{self.server_host}:{self.server_port}"
+
+    @property
+    def meter_server_urls(self) -> list[str]:
+        """The gateways meters connect to, in order of preference (``SERVER_URLS``, else ``server_url``)."""
+        return split_urls(self.server_urls) or [self.server_url]
 
     @property
     def ca_cert_path(self) -> Path:
@@ -156,6 +164,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests and scripts use this)."""
         return dataclasses.replace(self, **changes)
+
+
+def split_urls(text: str) -> list[str]:
+    """A comma-separated list of URLs, blanks dropped."""
+    return [u.strip() for u in text.split(",") if u.strip()]
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

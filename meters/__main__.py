@@ -20,7 +20,7 @@ from pathlib import Path
 from common.deployment import load_deployment
 from common.errors import SmartMeterError
 from common.logs import log_event, setup_logging
-from common.settings import load_settings
+from common.settings import load_settings, split_urls
 from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
@@ -38,7 +38,8 @@ MULTIPLIER_STEP = 1.25
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m meters", description=__doc__)
     p.add_argument("name", help="the provisioned meter's name, e.g. meter-01")
-    p.add_argument("--server", help="gateway URL (default wss://SERVER_HOST:SERVER_PORT)")
+    p.add_argument("--server", help="gateway URL, or several comma-separated to fail over between "
+                   "(default SERVER_URLS, else wss://SERVER_HOST:SERVER_PORT)")
     p.add_argument("--ca", help="CA certificate to trust (default DATA_DIR/tls/ca.pem)")
     p.add_argument("--time-scale", type=float, help="divide waits between readings by this (TIME_SCALE)")
     p.add_argument("--min-interval", type=float, help="seconds between readings, at least (READING_MIN_INTERVAL)")
@@ -116,7 +117,8 @@ async def _main(args: argparse.Namespace) -> int:
         return 1
     live_view = sys.stdout.isatty() and not args.plain
     client = MeterClient(
-        key=identity.key(directory), domain=deployment.domain, url=args.server or settings.server_url,
+        key=identity.key(directory), domain=deployment.domain,
+        url=split_urls(args.server or "") or settings.meter_server_urls,
         ssl_context=ssl_context, outbox=outbox, source=source, schedule=schedule, status=status,
         status_path=directory / "status.json", time_scale=args.time_scale or settings.time_scale,
         stop_after=args.stop_after,
@@ -128,7 +130,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.interactive and sys.stdin.isatty():
         _interactive(loop, client)
-    log_event(log, "meter_started", meter=identity.name, address=identity.address, server=client.url,
+    log_event(log, "meter_started", meter=identity.name, address=identity.address, server=",".join(client.urls),
               last_seq=pos.last_seq if pos else 0)
     if live_view:
         from rich.live import Live

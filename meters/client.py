@@ -16,7 +16,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from websockets.exceptions import InvalidHandshake, WebSocketException
@@ -59,7 +59,7 @@ class MeterClient:
         *,
         key: bytes,
         domain: Domain,
-        url: str,
+        url: str | Sequence[str],
         ssl_context: ssl.SSLContext,
         outbox: Outbox,
         source: RegisterSource,
@@ -74,7 +74,9 @@ class MeterClient:
     ) -> None:
         self.key = key
         self.domain = domain
-        self.url = url
+        #: The gateways this meter may use, tried in turn when the one in use fails (``url`` is the one in use).
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.url = self.urls[0]
         self.ssl_context = ssl_context
         self.outbox = outbox
         self.source = source
@@ -232,8 +234,18 @@ class MeterClient:
                 self.status.error(describe_failure(err, self.url, delay, self.outbox.count()))
                 log_event(log, "communication_problem", logging.WARNING, meter=self.status.name,
                           detail=self.status.last_error)
+                self._fail_over()
                 self._changed()
                 await asyncio.sleep(delay)
+
+    def _fail_over(self) -> None:
+        """Move to the next gateway of the list (the contract's sequence rule and ``welcome`` keep it exact)."""
+        if len(self.urls) < 2:
+            return
+        failed = self.url
+        self.url = self.urls[(self.urls.index(failed) + 1) % len(self.urls)]
+        self.status.server = self.url
+        log_event(log, "gateway_failover", logging.WARNING, meter=self.status.name, failed=failed, next=self.url)
 
     def _on_welcome(self, welcome: Welcome) -> None:
         dropped = self.outbox.done_upto(welcome.last_seq)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from eth_utils import to_checksum_address
+from eth_utils import is_hex_address, to_checksum_address
 
 from common import statement as document
 from common import tariff as ref
@@ -691,6 +691,24 @@ class Operations:
         )
         save_customers(self.customers_path, customers)
         return RegisteredMeter(ref, region, account_ref, simulated=False)
+
+    def gateways(self) -> list[str]:
+        """The addresses that may submit readings (hold GATEWAY_ROLE)."""
+        return self.billing.gateways()
+
+    def set_gateway(self, address: str, allowed: bool) -> str:
+        """Let another gateway deployment's key submit readings (or no longer); its checksum address."""
+        if not is_hex_address(address):
+            raise InvalidRequest(f"{address!r} is not a 0x address of 40 hex digits; give the gateway key's address "
+                                 "(the server logs it at start as gateway=0x...)")
+        try:
+            self.billing.set_gateway(address, allowed)
+        except ChainError as err:
+            if revert_name(err) == "AccessControlUnauthorizedAccount":
+                raise ChainError(f"the admin key does not hold the admin role on the contract at "
+                                 f"{self.deployment.address}; set ADMIN_KEY to the key that deployed it") from err
+            raise
+        return to_checksum_address(address)
 
     def deactivate(self, meter: str) -> MeterRef:
         """Deactivate a meter: the contract rejects its readings until it is reactivated."""

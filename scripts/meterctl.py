@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The operator's command line: list, register, deactivate and reactivate meters, show or set the
-tariff, close billing periods and print customer statements, straight against the chain.
+tariff, close billing periods, print customer statements and let further gateway deployments submit
+readings, straight against the chain.
 
 METER is a meter's name (meter-03) or its 0x address; list them with: meterctl.py meters
 """
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in [("deactivate", "reject a meter's readings until it is reactivated"),
                        ("reactivate", "accept a deactivated meter's readings again")]:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
+
+    gateway = commands.add_parser(
+        "gateway", help="list the keys that may submit readings, or let another gateway deployment's key do so")
+    gateway.add_argument("action", choices=["list", "add", "remove"], nargs="?", default="list")
+    gateway.add_argument("address", nargs="?", help="the gateway key's 0x address (for add and remove)")
 
     tariff = commands.add_parser(
         "tariff", help="show the tariff in force, coming and past; add a flat (a rate not given is kept), banded "
@@ -114,6 +120,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("give either --json or --pdf/--csv, not both")
         if args.period is not None and args.period < 1:
             parser.error("--period is a billing period's number, 1 or more")
+    if args.command == "gateway" and (args.action == "list") != (args.address is None):
+        parser.error("gateway list takes no address; gateway add and remove take one")
     if args.command == "close-period" and (args.meter is None) == (not args.all):
         parser.error("close-period takes either a METER or --all")
 
@@ -130,6 +138,12 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
                 args.address, args.region, name=args.name, customer_name=args.customer_name,
                 postal_address=args.customer_address, email=args.email, opening_wh=args.opening_wh)]
         print(render_registered(registered, str(ops.customers_path)))
+    elif args.command == "gateway":
+        if args.action != "list":
+            address = ops.set_gateway(args.address, args.action == "add")
+            print(f"{address} {'may now submit' if args.action == 'add' else 'may no longer submit'} readings "
+                  f"to the contract at {ops.deployment.address} (admin key)")
+        print("keys holding GATEWAY_ROLE: " + (", ".join(ops.gateways()) or "none"))
     elif args.command == "deactivate":
         print(f"deactivated {ops.deactivate(args.meter).label}: its readings are rejected until reactivated")
     elif args.command == "reactivate":

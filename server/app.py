@@ -21,7 +21,7 @@ from common.chain import AsyncChainClient
 from common.customers import Customers
 from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
-from common.errors import ChainUnavailable, StorageError
+from common.errors import ChainUnavailable, ConfigError, StorageError
 from common.logs import log_event
 from common.settings import Settings
 from server.api import ApiContext, HttpServer, create_api
@@ -94,6 +94,16 @@ def open_conversations(settings: Settings) -> Conversations:
             f"{path.name}.damaged) and start the server again with an empty one") from err
 
 
+async def _check_gateway_role(chain: AsyncChainClient, settings: Settings) -> None:
+    """Refuse to start with a gateway key the contract would refuse every batch from."""
+    role = (await chain.view("GATEWAY_ROLE"))[0]
+    address = chain.account.address
+    if not (await chain.view("hasRole", role, address))[0]:
+        raise ConfigError(f"the gateway key ({address}) does not hold GATEWAY_ROLE on the contract at "
+                          f"{chain.deployment.address}, so every batch would be refused; set GATEWAY_KEY to a key "
+                          f"that does, or grant it with: scripts/meterctl.py gateway add {address}")
+
+
 @dataclass
 class ServerApp:
     """The running parts of the server."""
@@ -136,6 +146,7 @@ class ServerApp:
             if chain_id != deployment.chain_id:
                 raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
                                        f"not {deployment.chain_id} where the contract is recorded")
+            await _check_gateway_role(chain, settings)
             hub = Hub()
             feed = LiveFeed()
             index = open_index(settings, deployment)
@@ -190,7 +201,7 @@ class ServerApp:
             log_event(log, "api_listening", url=settings.http_url, dashboard=settings.http_url + "/",
                       openapi=settings.http_url + "/api/v1/openapi.json")
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
-                  meters_url=settings.server_url, queued=store.count())
+                  meters_url=settings.server_url, gateway=chain.account.address, queued=store.count())
         return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
                    supervisor, health, tasks, conversations)
 

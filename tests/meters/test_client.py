@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -14,15 +15,17 @@ import sys
 import time
 
 import pytest
+from eth_account import Account
 from rich.console import Console
 
 from common.billing import Billing
 from common.chain import ChainClient
 from common.deployment import load_deployment
+from common.devchain import free_port
 from common.eip712 import ReadingData
 from common.events import unpack_record
 from common.messages import ErrorMessage
-from common.settings import ROOT
+from common.settings import GANACHE_DEV_KEYS, ROOT
 from common.tls import client_context
 from meters.client import MeterClient
 from meters.csv_source import CsvSource
@@ -34,6 +37,7 @@ from meters.outbox import MeterPosition, Outbox
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource
 from meters.status import LinkState, MeterStatus
+from operations.control import Operations
 from operations.provisioning import provision
 from server.app import ServerApp
 from server.tls import ensure_tls
@@ -293,3 +297,60 @@ def test_a_provisional_bill_is_shown_as_such_and_the_reading_stays_until_its_fin
     client._on_message(bill(None).model_copy(update={"seq": second.seq}))
     assert outbox.count() == 0
     outbox.close()
+
+
+async def test_a_meter_fails_over_between_two_gateways_on_one_contract_losing_and_duplicating_nothing(
+        meter_settings, deployment, tmp_path):
+    provision(meter_settings, count=1, history_days=0)
+    ops = Operations(meter_settings)
+    second_key = GANACHE_DEV_KEYS[9]
+    ops.set_gateway(Account.from_key(second_key).address, True)
+    # The second gateway: its own key, queue and ports; its server certificate from the same CA.
+    b_settings = meter_settings.replace(data_dir=tmp_path / "b", server_port=free_port(), http_port=free_port(),
+                                        gateway_key=second_key)
+    ensure_tls(meter_settings.data_dir / "tls")
+    (tmp_path / "b" / "tls").mkdir(parents=True)
+    for name in ("ca.pem", "ca.key"):
+        shutil.copy2(meter_settings.data_dir / "tls" / name, tmp_path / "b" / "tls" / name)
+    a, b = ServerProcess(meter_settings, tmp_path / "a.log"), ServerProcess(b_settings, tmp_path / "b.log")
+    await a.start()
+    await b.start()
+    client, outbox = make_client(meter_settings, "meter-01")
+    client.urls = [meter_settings.server_url, b_settings.server_url]
+    client.url = client.urls[0]
+    stop = asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    node = ChainClient(meter_settings).w3.provider
+    try:
+        await wait_for(lambda: client.status.bills_received >= 3, 30, "bills through the first gateway")
+        # Blocks stop: the first gateway acknowledges readings and sends them in a transaction left pending.
+        node.make_request("miner_stop", [])
+        await wait_for(lambda: outbox.count() >= 3, 30, "readings acknowledged but not yet mined")
+        a.kill()
+        await wait_for(lambda: client.url == b_settings.server_url and client._synced, 30,
+                       "the meter to move to the second gateway and resend what has no bill")
+        await asyncio.sleep(1)  # the second gateway sends the same readings in its own transaction
+        node.make_request("miner_start", [])
+        moved_at = client.status.bills_received
+        await wait_for(lambda: client.status.bills_received >= moved_at + 4, 30, "bills through the second gateway")
+        await a.start()  # the first gateway sends what its queue held: the contract's sequence rule refuses copies
+        await asyncio.sleep(3)
+        stop.set()
+        await task
+    finally:
+        node.make_request("miner_start", [])
+        stop.set()
+        assert a.interrupt() == 0 and b.interrupt() == 0
+        ops.set_gateway(Account.from_key(second_key).address, False)
+    seqs = recorded_seqs(meter_settings, client.status.meter)
+    waiting = [e.seq for e in outbox.pending()]
+    last = outbox.position().last_seq
+    assert len(seqs) == len(set(seqs)), "no reading recorded twice"
+    assert sorted(set(seqs) | set(waiting)) == list(range(1, last + 1)), "every reading on chain or still waiting"
+    assert "event=batch_mined" in (tmp_path / "b.log").read_text(), "the second gateway submitted readings"
+    contract = ChainClient(meter_settings).contract(deployment)
+    refused = contract.events.ReadingRejected().get_logs(from_block=deployment.block,
+                                                          argument_filters={"meter": client.status.meter})
+    assert refused and {int(e.args.seq) for e in refused} <= set(seqs), (
+        "both gateways sent the same readings; the contract recorded each once and refused the copies")
+    assert not ops.billing.is_gateway(Account.from_key(second_key).address)

@@ -26,7 +26,7 @@ from common.billing import Billing
 from common.customers import Customer
 from common.eip712 import ReadingData, sign_reading
 from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
-from common.settings import ROOT, Settings
+from common.settings import GANACHE_DEV_KEYS, ROOT, Settings
 from common.tariff import format_pounds
 from operations.control import (
     BillPeriod,
@@ -188,6 +188,25 @@ def test_deactivate_and_reactivate_change_the_meter_on_chain_and_refuse_to_repea
     with pytest.raises(ChainError) as again:
         ops.reactivate(HOUSEHOLD)
     assert "already active" in again.value.message
+
+
+def test_gateway_add_lets_another_key_submit_readings_and_remove_takes_it_back(
+    settings: Settings, deployment: object
+) -> None:
+    second = Account.from_key(GANACHE_DEV_KEYS[9]).address
+    first = Account.from_key(settings.gateway_key).address
+    added = meterctl(settings, "gateway", "add", second.lower())
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith(f"{second} may now submit readings to the contract at ")
+    listed = meterctl(settings, "gateway")
+    assert listed.stdout.startswith("keys holding GATEWAY_ROLE: ")
+    assert first in listed.stdout and second in listed.stdout, listed.stdout
+    removed = meterctl(settings, "gateway", "remove", second)
+    assert removed.returncode == 0 and "may no longer submit" in removed.stdout, removed.stderr
+    assert second not in removed.stdout.splitlines()[-1] and first in removed.stdout.splitlines()[-1]
+    bad = meterctl(settings, "gateway", "add", "0x1234")
+    assert bad.returncode == 1 and "is not a 0x address of 40 hex digits" in bad.stderr
+    assert meterctl(settings, "gateway", "add").returncode == 2
 
 
 # ---------------------------------------------------------------- tariff

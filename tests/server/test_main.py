@@ -9,9 +9,10 @@ import sys
 import time
 
 import pytest
+from eth_account import Account
 
 from common.eip712 import ReadingData
-from common.settings import ROOT
+from common.settings import GANACHE_DEV_KEYS, ROOT
 from server.conversations import Conversations
 from server.store import Store
 
@@ -84,3 +85,15 @@ def test_a_damaged_messages_database_stops_the_server_saying_it_holds_the_custom
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("server: cannot start [storage_error]: the messages database ")
     assert str(messages) in last and "holds the customers' messages" in last and "restore it from a backup" in last
+
+
+def test_a_gateway_key_without_the_gateway_role_stops_the_server_naming_the_grant_command(
+        server_settings, deployment):
+    outsider = Account.from_key(GANACHE_DEV_KEYS[9])
+    done = run_server(server_settings.replace(gateway_key=GANACHE_DEV_KEYS[9]))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"server: cannot start [config_error]: the gateway key ({outsider.address}) does not "
+                           "hold GATEWAY_ROLE")
+    assert f"scripts/meterctl.py gateway add {outsider.address}" in last
