@@ -1482,8 +1482,13 @@
       this.render(false);
     }
 
+    /** Keep messages by id; a copy without a read mark (the answer to our own send, arriving after the
+     *  live `messages_read`) never takes back a read mark already known. */
     add(messages) {
-      for (const m of messages) this.messages.set(m.id, m);
+      for (const m of messages) {
+        const known = this.messages.get(m.id);
+        this.messages.set(m.id, known && known.read_at && !m.read_at ? { ...m, read_at: known.read_at } : m);
+      }
     }
 
     render(toEnd) {

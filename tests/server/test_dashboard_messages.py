@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +115,17 @@ async def test_a_customer_and_the_operator_talk_live_with_unread_counts(server, 
     await expect(mine.locator('[data-field="state"]')).to_have_text("read", timeout=UI_TIMEOUT_MS)
 
     answer = "The tariff rose on the 1st; your use is unchanged."
+
+    async def late_answer_to_send(route):
+        """The answer to the operator's send arrives after the customer's live read mark (as under load)."""
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        response = await route.fetch()
+        await asyncio.sleep(1.5)
+        await route.fulfill(response=response)
+
+    await operator.route(re.compile(r".*/api/v1/accounts/[^/]+/messages$"), late_answer_to_send)
     await operator.locator("#message-body").fill(answer)
     await operator.locator("#message-body").press("Control+Enter")
     reply = customer.locator("#message-list li.message.theirs")
@@ -122,6 +134,8 @@ async def test_a_customer_and_the_operator_talk_live_with_unread_counts(server, 
     # The customer has the conversation open, so the answer is read at once, and the operator sees it.
     await expect(operator.locator('#message-list li.message.mine [data-field="state"]')).to_have_text(
         "read", timeout=UI_TIMEOUT_MS)
+    await asyncio.sleep(2)  # past the late answer to the send: it must not take the read mark back
+    await expect(operator.locator('#message-list li.message.mine [data-field="state"]')).to_have_text("read")
     await expect(customer.locator("#unread-badge")).to_be_hidden()
     for tab in (operator, customer):
         assert await tab.evaluate("window.notReloaded === true"), "a page reloaded instead of updating live"
