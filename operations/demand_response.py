@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.demand_response import CreditRecord, DemandResponse, MeterResponse, Status, measure_event
+from common.demand_response import CreditRecord, DemandResponse, DrEvent, MeterResponse, Status, measure_event
 from common.errors import InvalidRequest
 
-__all__ = ["CREDITS_PER_TX", "Settlement", "Mismatch", "settle", "verify"]
+__all__ = ["CREDITS_PER_TX", "Settlement", "Mismatch", "EventRow", "settle", "verify", "event_table", "render_table"]
 
 #: Credits per ``credit`` transaction (the contract takes up to 250; 100 cost about 2.5M gas).
 CREDITS_PER_TX = 100
@@ -97,3 +97,64 @@ def verify(dr: DemandResponse) -> tuple[list[Mismatch], int]:
             if reason:
                 mismatches.append(Mismatch(event_id, meter, reason))
     return mismatches, checked
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One targeted meter of an event: its recomputed response beside what the chain credited."""
+
+    meter: str
+    opted_out: bool
+    baseline_wh: int | None
+    actual_wh: int | None
+    credited: int | None
+    recomputed: int
+    #: None when it agrees (or nothing was credited yet), else why not.
+    mismatch: str | None
+
+
+def event_table(dr: DemandResponse, event_id: int) -> tuple[DrEvent, list[EventRow]]:
+    """An event and, for each meter it targeted, the response recomputed from the chain and the credit."""
+    event = dr.event(event_id)
+    records = {c.meter: c for c in dr.credits(event_id)}
+    rows = []
+    for r in measure_event(dr, event):
+        m = r.measurement
+        record = records.get(r.meter)
+        rows.append(EventRow(r.meter, r.opted_out, m.baseline_wh if m else None, m.actual_wh if m else None,
+                             record.amount if record else None, r.credit(event.terms.credit_rate),
+                             _compare(event_id, event.terms.credit_rate, r, record)))
+    return event, rows
+
+
+def _kwh(wh: int | None) -> str:
+    return "-" if wh is None else f"{wh / 1000:.3f}"
+
+
+def _pence(micropence: int | None) -> str:
+    return "-" if micropence is None else f"{micropence / 1_000_000:.2f}p"
+
+
+def render_table(event: DrEvent, rows: list[EventRow], names: dict[str, str] | None = None) -> str:
+    """The event's settlement as a plain table, with a closing line saying whether every credit agrees."""
+    names = names or {}
+    target = ", ".join(event.regions) or f"{len(event.meters)} listed meters"
+    lines = [f"event {event.id} ({event.programme}, modification {event.modification}): "
+             f"{event.status.name.lower()}, {event.terms.duration // 60} min from unix {event.terms.start}, "
+             f"signal {event.terms.signal_kind.name.lower()} {event.terms.signal_value}, "
+             f"{event.terms.credit_rate / 1000:g} p/kWh of reduction; target {target}",
+             f"{'meter':<44} {'opted out':>9} {'baseline kWh':>12} {'actual kWh':>10} {'credit':>10} "
+             f"{'recomputed':>10}  check"]
+    for row in rows:
+        due = not row.opted_out and row.baseline_wh is not None
+        check = row.mismatch or ("agrees" if row.credited is not None else "not credited yet" if due else "none due")
+        label = names.get(row.meter.lower(), "")
+        lines.append(f"{(label + ' ' if label else '') + row.meter:<44} {'yes' if row.opted_out else 'no':>9} "
+                     f"{_kwh(row.baseline_wh):>12} {_kwh(row.actual_wh):>10} {_pence(row.credited):>10} "
+                     f"{_pence(row.recomputed):>10}  {check}")
+    credited = [r for r in rows if r.credited is not None]
+    wrong = [r for r in rows if r.mismatch]
+    lines.append(f"{len(rows)} targeted, {sum(r.opted_out for r in rows)} opted out, {len(credited)} credited, "
+                 f"{_pence(sum(r.credited or 0 for r in rows))} in all; the recomputation from the chain "
+                 + (f"disagrees for {len(wrong)}" if wrong else "agrees to the micropence for every credit"))
+    return "\n".join(lines)

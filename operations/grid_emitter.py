@@ -41,9 +41,10 @@ from web3.exceptions import Web3Exception
 
 from common.backoff import backoff_delay
 from common.billing import Billing
-from common.demand_response import DemandResponse, Signal, Terms
-from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing
+from common.demand_response import DemandResponse, Signal, Status, Terms
+from common.errors import ChainError, ChainUnavailable, ConfigError, DeploymentMissing, InvalidRequest
 from common.logs import log_event
+from operations.demand_response import settle
 from operations.tariffs import agile_like_prices
 
 __all__ = [
@@ -83,6 +84,15 @@ DEMAND_RESPONSE = "demand_response"
 DR_NOTICE_S = 900
 DR_DURATION_S = 1_800
 DR_CREDIT_RATE = 300_000
+#: Seconds after an event's end before the emitter settles it: the reading that closes a meter's window
+#: comes up to a reading interval (60 s) later and must be on chain first.
+DR_SETTLE_AFTER_S = 180
+#: Seconds before settling is tried again when it could not be done (not completed on chain yet, chain failure).
+DR_SETTLE_RETRY_S = 60
+#: Tries before an event is left for ``scripts/demand_response.py settle`` by hand.
+DR_SETTLE_ATTEMPTS = 10
+#: In random mode, a demand-response event at least this often (seconds since the last one began).
+DR_EVERY_S = 3_600
 DR_PROGRAMME = "flex-demo"
 #: The region text that means "every region" (zero bytes32 on chain).
 ALL_REGIONS = ""
@@ -114,6 +124,8 @@ SCENARIO_KEYS = frozenset({"steps", "description"})
 
 #: What a failing chain call may raise through Billing: refusals, unreachable nodes, timeouts.
 CHAIN_FAILURES: tuple[type[BaseException], ...] = (ChainError, Web3Exception, OSError)
+#: Why settling an event may have to wait: it is not completed on chain yet, or the chain failed.
+SETTLE_FAILURES: tuple[type[BaseException], ...] = (InvalidRequest, *CHAIN_FAILURES)
 
 
 class Severity(enum.IntEnum):
@@ -394,6 +406,8 @@ class Emitter:
         retry_delay: float = DEFAULT_RETRY_DELAY_S,
         max_retry_delay: float = DEFAULT_MAX_RETRY_DELAY_S,
         retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+        settle_after: float = DR_SETTLE_AFTER_S,
+        dr_every: float | None = DR_EVERY_S,
     ) -> None:
         if retry_delay < 0 or max_retry_delay < retry_delay or retry_attempts < 1:
             raise ValueError("need 0 <= retry_delay <= max_retry_delay and retry_attempts >= 1")
@@ -409,6 +423,13 @@ class Emitter:
         self.active: dict[int, ActiveAlert] = {}
         #: Failed clears of expired alerts: id -> (failures so far, clock time of the next try).
         self._clear_retries: dict[int, tuple[int, float]] = {}
+        #: Seconds after a demand-response event's end before it is settled.
+        self.settle_after = settle_after
+        #: Demand-response events to settle: id -> (failed tries so far, clock time of the next try).
+        self.to_settle: dict[int, tuple[int, float]] = {}
+        #: In random mode, seconds between demand-response events at most (None: only as scenarios say).
+        self.dr_every = dr_every
+        self._last_dr: float | None = None
         self._until: float | None = None
 
     # ---------------------------------------------------------------- control
@@ -498,6 +519,8 @@ class Emitter:
         begins = dt.datetime.fromtimestamp(start, tz).strftime("%H:%M")
         ends = dt.datetime.fromtimestamp(terms.end, tz).strftime("%H:%M")
         log_event(log, "demand_response_event", id=event_id, regions=",".join(regions), start=start, level=level)
+        self.to_settle[event_id] = (0, terms.end + self.settle_after)
+        self._last_dr = self.clock()
         return (f"Demand response event {event_id}: use less from {begins} to {ends} and earn "
                 f"{DR_CREDIT_RATE / 100_000:.2f} pounds for each kWh below your usual use; opt out before {begins} "
                 "if you cannot.")
@@ -570,6 +593,48 @@ class Emitter:
             else:
                 self._clear_retries[alert.id] = (failures, now + self._backoff(failures))
 
+    # ---------------------------------------------------------------- settlement
+
+    def adopt_unsettled(self) -> int:
+        """Take on the chain's events that are neither cancelled nor credited yet (after a restart); how many."""
+        if self.billing.deployment.demand_response is None:
+            return 0
+        dr = DemandResponse(self.billing.client, self.billing.deployment)
+        credited = {c.event_id for c in dr.credits()}
+        now = self.clock()
+        adopted = 0
+        for event_id in dr.event_ids():
+            event = dr.event(event_id)
+            if event_id in credited or event_id in self.to_settle or event.status == Status.CANCELLED:
+                continue
+            self.to_settle[event_id] = (0, max(now, event.terms.end + self.settle_after))
+            adopted += 1
+        return adopted
+
+    def settle_due(self) -> None:
+        """Settle the demand-response events whose time has come (each meter measured and credited once)."""
+        now = self.clock()
+        for event_id, (failures, due) in sorted(self.to_settle.items()):
+            if due > now or self.stopping:
+                continue
+            try:
+                done = settle(DemandResponse(self.billing.client, self.billing.deployment), event_id)
+            except SETTLE_FAILURES as err:
+                failures += 1
+                if failures >= DR_SETTLE_ATTEMPTS:
+                    del self.to_settle[event_id]
+                    log_event(log, "demand_response_unsettled", logging.WARNING, id=event_id, error=_short(err),
+                              todo=f"settle it with: scripts/demand_response.py settle {event_id}")
+                else:
+                    self.to_settle[event_id] = (failures, now + DR_SETTLE_RETRY_S)
+                    log_event(log, "demand_response_settle_later", id=event_id, attempt=failures,
+                              retry_in=f"{DR_SETTLE_RETRY_S}s", reason=_short(err))
+                continue
+            del self.to_settle[event_id]
+            log_event(log, "demand_response_settled", id=event_id, targeted=len(done.responses),
+                      opted_out=sum(r.opted_out for r in done.responses), credited=done.credited,
+                      micropence=done.total)
+
     # ---------------------------------------------------------------- loops
 
     def wait(self, seconds: float) -> None:
@@ -579,10 +644,12 @@ class Emitter:
             deadline = min(deadline, self._until)
         while not self.stopping:
             self.clear_expired()
+            self.settle_due()
             now = self.clock()
             if now >= deadline:
                 return
-            wake = min([deadline, *(self._due(a) for a in self.active.values())])
+            wake = min([deadline, *(self._due(a) for a in self.active.values()),
+                        *(due for _, due in self.to_settle.values())])
             self._sleep(max(wake - now, 0.0))
 
     def run_scenario(self, scenario: Scenario) -> None:
@@ -594,12 +661,21 @@ class Emitter:
             self.raise_alert(spec)
 
     def run_random(self) -> None:
-        """Raise random alerts at random intervals until stopped or past the deadline."""
+        """Raise random alerts at random intervals until stopped or past the deadline (a demand-response event
+        each ``dr_every`` seconds among them, the first that long after the start)."""
+        if self._last_dr is None:
+            self._last_dr = self.clock()
         while not self._done():
             self.wait(self.random_alerts.next_interval())
             if self._done():
                 return
-            self.raise_alert(self.random_alerts.next_alert(anything_active=bool(self.active)))
+            self.raise_alert(self._dr_step() or self.random_alerts.next_alert(anything_active=bool(self.active)))
+
+    def _dr_step(self) -> AlertSpec | None:
+        """A demand-response step for every region when the last event is ``dr_every`` ago (or there was none)."""
+        if self.dr_every is None or (self._last_dr is not None and self.clock() - self._last_dr < self.dr_every):
+            return None
+        return AlertSpec(DEMAND_RESPONSE, int(Severity.WARNING), "", "", DR_DURATION_S)
 
     def wait_for_expiries(self) -> None:
         """Wait until every alert this emitter raised has been cleared at its expiry."""
@@ -610,6 +686,9 @@ class Emitter:
     def shutdown(self) -> int:
         """Clear every alert still active (one try each); returns how many are left to lapse by themselves."""
         left = self.clear_all(reason="shutdown")
+        for event_id in self.to_settle:
+            log_event(log, "demand_response_left_unsettled", id=event_id,
+                      todo=f"the next emitter settles it, or: scripts/demand_response.py settle {event_id}")
         for alert in self.active.values():
             log_event(log, "grid_alert_left_active", logging.WARNING, id=alert.id, expires_at=alert.expires_at)
         return left

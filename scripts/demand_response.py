@@ -3,6 +3,8 @@
 
     demand_response.py events            every event: status, modification, target, opt-outs, credits
     demand_response.py settle EVENT      measure each targeted meter and credit it (operator key)
+    demand_response.py show EVENT        each targeted meter: opted out, baseline, actual, credit, recomputed;
+                                         exit 1 when a credit disagrees with the recomputation
     demand_response.py verify            recompute every credit from the chain alone; exit 1 on a mismatch
 """
 
@@ -20,7 +22,7 @@ from common.deployment import load_deployment  # noqa: E402
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
-from operations.demand_response import settle, verify  # noqa: E402
+from operations.demand_response import event_table, render_table, settle, verify  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("settle", help="credit a completed event's participating meters")
     s.add_argument("event", type=int)
     sub.add_parser("verify", help="recompute every credit from the chain and compare")
+    show = sub.add_parser("show", help="one event's settlement, meter by meter, checked against the chain")
+    show.add_argument("event", type=int)
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -56,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                     else f"baseline {m.baseline_wh} Wh, actual {m.actual_wh} Wh"
                 print(f"  {r.meter}: {figures}")
             return 0
+        if args.command == "show":
+            event, rows = event_table(dr, args.event)
+            print(render_table(event, rows))
+            return 1 if any(r.mismatch for r in rows) else 0
         mismatches, checked = verify(dr)
         for wrong in mismatches:
             print(f"MISMATCH {wrong}")

@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM clears every alert still active and exits 0; a second Ctrl-C q
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from common.settings import load_settings  # noqa: E402
 from operations.grid_emitter import (  # noqa: E402
     ALL_REGIONS,
     ALL_REGIONS_LABEL,
+    CHAIN_FAILURES,
     DEFAULT_MAX_INTERVAL_S,
     DEFAULT_MIN_INTERVAL_S,
     DEFAULT_REGIONS,
@@ -114,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
               mode="once" if args.once else "random", seed=args.seed,
               regions=",".join(r or ALL_REGIONS_LABEL for r in args.regions),
               min_interval=args.min_interval, max_interval=args.max_interval, duration=args.duration)
+    if not args.once:
+        try:
+            adopted = emitter.adopt_unsettled()
+        except CHAIN_FAILURES as err:
+            adopted = 0
+            log_event(log, "demand_response_adopt_failed", logging.WARNING, error=str(err)[:200])
+        if adopted:
+            log_event(log, "demand_response_adopted", events=adopted, note="settled once each has ended")
     try:
         reason = emitter.run(scenario, then_random=not args.once, until=until)
     except KeyboardInterrupt:

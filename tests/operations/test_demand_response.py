@@ -50,6 +50,15 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     monkeypatch.setenv("DEPLOYMENTS_DIR", str(base_settings.deployments_dir))
     assert command.main(["verify"]) == 0
     assert "2 credits checked against the chain: all agree" in capsys.readouterr().out
+    assert command.main(["show", str(scene.event_id)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    row_a = next(line for line in table if line.startswith(a.address))
+    assert row_a.split()[1:] == ["no", f"{BASELINE_WH / 1000:.3f}", "0.100", f"{(BASELINE_WH - 100) * RATE / 1e6:.2f}p",
+                                 f"{(BASELINE_WH - 100) * RATE / 1e6:.2f}p", "agrees"]
+    assert next(line for line in table if line.startswith(c.address)).split()[1:] == [
+        "yes", "-", "-", "-", "0.00p", "none", "due"]
+    assert table[-1].startswith("3 targeted, 1 opted out, 2 credited, ")
+    assert table[-1].endswith("the recomputation from the chain agrees to the micropence for every credit")
 
     later = dr.create_event("dfs-test", scene.terms.__class__(
         scene.terms.start + 2 * 86_400, HOUR, 0, scene.terms.signal_kind, 2, RATE), meters=[b.address])
@@ -62,3 +71,5 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     assert f"credit {250 * RATE} micropence, recomputed" in mismatches[0].reason
     assert command.main(["verify"]) == 1
     assert f"MISMATCH event {later}, meter {b.address}" in capsys.readouterr().out
+    assert command.main(["show", str(later)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("the recomputation from the chain disagrees for 1")

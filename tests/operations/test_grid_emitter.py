@@ -35,6 +35,7 @@ from operations.grid_emitter import (
     StopReason,
 )
 from operations.tariffs import agile_like_prices
+from tests.contracts.test_demand_response import dr  # noqa: F401 - the fixture
 
 CLI = [sys.executable, "scripts/grid_alert_emitter.py"]
 CLI_TIMEOUT_S = 60
@@ -356,10 +357,55 @@ def test_a_demand_response_step_creates_an_event_on_chain_and_warns_its_region(s
     scenario = Scenario.from_json([{"after_s": 0, "kind": DEMAND_RESPONSE, "region": "north", "severity": 1,
                                     "duration_s": 600}])
     alert = emitter.raise_alert(scenario.steps[0])
-    dr = DemandResponse(billing.client, billing.deployment)
-    event = dr.event(dr.event_ids()[-1])
+    programme = DemandResponse(billing.client, billing.deployment)
+    event = programme.event(programme.event_ids()[-1])
     assert alert is not None and alert.region == "north" and f"Demand response event {event.id}" in alert.message
     assert (event.regions, event.status, event.terms.signal_value, event.terms.credit_rate) == (
         ("north",), Status.FAR, 2, DR_CREDIT_RATE)
     assert event.terms.start % 1_800 == 0 and event.terms.start >= clock() + DR_NOTICE_S
+    billing.client.decoder = None
+
+
+def test_the_emitter_settles_a_completed_event_by_itself_once_and_a_restarted_one_takes_on_what_is_left(dr):  # noqa: F811
+    from common.demand_response import Participation
+    from operations.demand_response import verify
+    from tests.contracts.test_demand_response import HOUR, POWER_W, RATE, make_scene
+
+    scene = make_scene(dr)
+    a, b, c = scene.meters
+    clock = FakeClock(dr.billing.now())
+    running = fast_emitter(dr.billing, clock)
+    running.to_settle[scene.event_id] = (0, scene.terms.end + running.settle_after)  # as raise_demand_response does
+    running.wait(60)  # long before the end: nothing is settled
+    assert scene.event_id in running.to_settle and dr.credits(scene.event_id) == []
+    # The emitter stops; the event runs and ends; a meter shifts its load out of the event's hour.
+    scene.advance_to(scene.terms.end + 2 * HOUR)
+    scene.read(scene.terms.start, 6 * HOUR)
+    scene.read(scene.terms.end, HOUR, {a.address: 100})
+    scene.read(scene.terms.end + HOUR, HOUR)
+
+    restarted = fast_emitter(dr.billing, FakeClock(dr.billing.now()))
+    assert restarted.adopt_unsettled() >= 1 and scene.event_id in restarted.to_settle
+    restarted.wait(1)
+    assert scene.event_id not in restarted.to_settle
+    assert dr.credit_of(a.address, 1) == (POWER_W - 100) * RATE
+    assert dr.participation(scene.event_id, b.address) == Participation.CREDITED
+    assert verify(dr) == ([], 3)
+    assert scene.event_id not in fast_emitter(dr.billing, FakeClock(dr.billing.now())).to_settle
+    again = fast_emitter(dr.billing, FakeClock(dr.billing.now()))
+    again.adopt_unsettled()
+    assert scene.event_id not in again.to_settle, "a credited event is not settled twice"
+
+
+def test_random_mode_raises_a_demand_response_event_each_dr_every_seconds(snapshot, billing):
+    from common.demand_response import DemandResponse
+
+    programme = DemandResponse(billing.client, billing.deployment)
+    before = len(programme.event_ids())
+    clock = FakeClock(billing.now())
+    emitter = fast_emitter(billing, clock, dr_every=50, random_alerts=RandomAlerts(
+        regions=("east",), min_interval=20, max_interval=20, seed=1))
+    emitter.run(until=clock.start + 130)
+    # Alerts at 20, 40, 60 (50 s since the start: an event), 80, 100, 120 (60 s since the last: an event).
+    assert len(programme.event_ids()) - before == 2
     billing.client.decoder = None
