@@ -139,17 +139,18 @@ def render_table(event: DrEvent, rows: list[EventRow], names: dict[str, str] | N
     """The event's settlement as a plain table, with a closing line saying whether every credit agrees."""
     names = names or {}
     target = ", ".join(event.regions) or f"{len(event.meters)} listed meters"
+    labels = [(names.get(row.meter.lower(), "") + " " + row.meter).strip() for row in rows]
+    width = max([len("meter"), *map(len, labels)])
     lines = [f"event {event.id} ({event.programme}, modification {event.modification}): "
              f"{event.status.name.lower()}, {event.terms.duration // 60} min from unix {event.terms.start}, "
              f"signal {event.terms.signal_kind.name.lower()} {event.terms.signal_value}, "
              f"{event.terms.credit_rate / 1000:g} p/kWh of reduction; target {target}",
-             f"{'meter':<44} {'opted out':>9} {'baseline kWh':>12} {'actual kWh':>10} {'credit':>10} "
+             f"{'meter':<{width}} {'opted out':>9} {'baseline kWh':>12} {'actual kWh':>10} {'credit':>10} "
              f"{'recomputed':>10}  check"]
-    for row in rows:
+    for row, label in zip(rows, labels, strict=True):
         due = not row.opted_out and row.baseline_wh is not None
         check = row.mismatch or ("agrees" if row.credited is not None else "not credited yet" if due else "none due")
-        label = names.get(row.meter.lower(), "")
-        lines.append(f"{(label + ' ' if label else '') + row.meter:<44} {'yes' if row.opted_out else 'no':>9} "
+        lines.append(f"{label:<{width}} {'yes' if row.opted_out else 'no':>9} "
                      f"{_kwh(row.baseline_wh):>12} {_kwh(row.actual_wh):>10} {_pence(row.credited):>10} "
                      f"{_pence(row.recomputed):>10}  {check}")
     credited = [r for r in rows if r.credited is not None]
