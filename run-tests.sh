@@ -4,7 +4,9 @@
 # Before the tests, ruff and mypy (strict) check the source; a finding fails the run.
 # Tests start their own Ganache (and servers) on free loopback ports and stop them.
 # The tests run in TEST_WORKERS processes (default 2, one per core here), a test file to a process, each
-# with its own Ganache and Anvil; TEST_WORKERS=0 runs them in this one process.
+# with its own Ganache and Anvil; TEST_WORKERS=0 runs them in this one process. A test that fails is run
+# once more (pytest-rerunfailures; the summary names it RERUN): the other process's load can upset the
+# timing of end-to-end tests; a test that fails twice fails the run.
 # Extra arguments go to pytest, e.g. ./run-tests.sh tests/contracts -x
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,4 +15,4 @@ echo "run-tests: ruff" >&2
 .venv/bin/ruff check .
 echo "run-tests: mypy (strict, settings in pyproject.toml)" >&2
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --reruns 1 --reruns-delay 2 "$@"
