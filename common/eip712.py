@@ -212,16 +212,17 @@ def login_typed_data(domain: Domain, meter: str, nonce: bytes) -> dict[str, Any]
     }
 
 
-def sign_login(private_key: bytes | str, domain: Domain, nonce: bytes) -> str:
-    """Sign a login challenge; returns the signature as 0x-hex."""
+def _sign_as_meter(private_key: bytes | str, domain: Domain, types: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Sign a typed message whose ``meter`` is the key's own address; the signature as 0x-hex."""
     meter = Account.from_key(private_key).address
     signed = Account.sign_typed_data(
-        private_key,
-        domain_data=domain.as_dict(),
-        message_types=LOGIN_TYPES,
-        message_data={"meter": meter, "nonce": nonce},
-    )
+        private_key, domain_data=domain.as_dict(), message_types=types, message_data={"meter": meter, **fields})
     return "0x" + bytes(signed.signature).hex()
+
+
+def sign_login(private_key: bytes | str, domain: Domain, nonce: bytes) -> str:
+    """Sign a login challenge; returns the signature as 0x-hex."""
+    return _sign_as_meter(private_key, domain, LOGIN_TYPES, {"nonce": nonce})
 
 
 def login_digest(domain_separator: bytes, meter: str, nonce: bytes) -> bytes:
@@ -246,14 +247,7 @@ def optout_digest(domain: Domain, meter: str, event_id: int) -> bytes:
 
 def sign_optout(private_key: bytes | str, domain: Domain, event_id: int) -> str:
     """Sign an opt-out of a demand-response event with the meter's key; returns the signature as 0x-hex."""
-    meter = Account.from_key(private_key).address
-    signed = Account.sign_typed_data(
-        private_key,
-        domain_data=domain.as_dict(),
-        message_types=OPT_OUT_TYPES,
-        message_data={"meter": meter, "eventId": event_id},
-    )
-    return "0x" + bytes(signed.signature).hex()
+    return _sign_as_meter(private_key, domain, OPT_OUT_TYPES, {"eventId": event_id})
 
 
 def recover_optout_signer(domain: Domain, meter: str, event_id: int, signature: str) -> str | None:
