@@ -187,12 +187,12 @@ class Billing:
     def gateways(self) -> list[str]:
         """The addresses holding GATEWAY_ROLE now, from the role events since the deployment block."""
         role = self.contract.functions.GATEWAY_ROLE().call()
-        held: dict[str, bool] = {}
+        ever: set[str] = set()
         for name in ("RoleGranted", "RoleRevoked"):
             for log in getattr(self.contract.events, name)().get_logs(from_block=self.deployment.block):
                 if log["args"]["role"] == role:
-                    held[log["args"]["account"]] = False
-        return sorted(a for a in held if self.is_gateway(a))
+                    ever.add(log["args"]["account"])
+        return sorted(a for a in ever if self.is_gateway(a))
 
     def set_gateway(self, address: str, allowed: bool) -> Any:
         """Grant or revoke GATEWAY_ROLE (admin key): another gateway deployment may submit readings, or no more."""

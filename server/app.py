@@ -94,7 +94,7 @@ def open_conversations(settings: Settings) -> Conversations:
             f"{path.name}.damaged) and start the server again with an empty one") from err
 
 
-async def _check_gateway_role(chain: AsyncChainClient, settings: Settings) -> None:
+async def _check_gateway_role(chain: AsyncChainClient) -> None:
     """Refuse to start with a gateway key the contract would refuse every batch from."""
     role = (await chain.view("GATEWAY_ROLE"))[0]
     address = chain.account.address
@@ -146,7 +146,7 @@ class ServerApp:
             if chain_id != deployment.chain_id:
                 raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
                                        f"not {deployment.chain_id} where the contract is recorded")
-            await _check_gateway_role(chain, settings)
+            await _check_gateway_role(chain)
             hub = Hub()
             feed = LiveFeed()
             index = open_index(settings, deployment)
