@@ -673,7 +673,9 @@ class Emitter:
 
     def _dr_step(self) -> AlertSpec | None:
         """A demand-response step for every region when the last event is ``dr_every`` ago (or there was none)."""
-        if self.dr_every is None or (self._last_dr is not None and self.clock() - self._last_dr < self.dr_every):
+        if self.dr_every is None or self.billing.deployment.demand_response is None:
+            return None  # a deployment from before DemandResponse has no events to raise
+        if self._last_dr is not None and self.clock() - self._last_dr < self.dr_every:
             return None
         return AlertSpec(DEMAND_RESPONSE, int(Severity.WARNING), "", "", DR_DURATION_S)
 

@@ -408,4 +408,13 @@ def test_random_mode_raises_a_demand_response_event_each_dr_every_seconds(snapsh
     emitter.run(until=clock.start + 130)
     # Alerts at 20, 40, 60 (50 s since the start: an event), 80, 100, 120 (60 s since the last: an event).
     assert len(programme.event_ids()) - before == 2
+    # A deployment made before DemandResponse existed: random mode goes on with plain alerts.
+    from dataclasses import replace as with_changes
+
+    older = Billing(billing.client, with_changes(billing.deployment, demand_response=None))
+    since, clock = next_block(billing), FakeClock(billing.now())
+    assert fast_emitter(older, clock, dr_every=1, random_alerts=RandomAlerts(
+        regions=("east",), min_interval=20, max_interval=20, seed=1)).run(until=clock.start + 50) is StopReason.DEADLINE
+    assert len(programme.event_ids()) - before == 2
+    assert len(raised_since(billing, since)) == 2, "plain alerts at 20 s and 40 s"
     billing.client.decoder = None
