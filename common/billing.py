@@ -179,10 +179,12 @@ class Billing:
             receipts.append(self.client.transact(self.settings.operator_key, call, gas=gas, wait=wait))
         return receipts
 
+    def _holds(self, role: bytes, address: str) -> bool:
+        return bool(self.contract.functions.hasRole(role, to_checksum_address(address)).call())
+
     def is_gateway(self, address: str) -> bool:
         """Whether ``address`` holds GATEWAY_ROLE (may submit readings)."""
-        role = self.contract.functions.GATEWAY_ROLE().call()
-        return bool(self.contract.functions.hasRole(role, to_checksum_address(address)).call())
+        return self._holds(self.contract.functions.GATEWAY_ROLE().call(), address)
 
     def gateways(self) -> list[str]:
         """The addresses holding GATEWAY_ROLE now, from the role events since the deployment block."""
@@ -192,7 +194,7 @@ class Billing:
             for log in getattr(self.contract.events, name)().get_logs(from_block=self.deployment.block):
                 if log["args"]["role"] == role:
                     ever.add(log["args"]["account"])
-        return sorted(a for a in ever if self.is_gateway(a))
+        return sorted(a for a in ever if self._holds(role, a))
 
     def set_gateway(self, address: str, allowed: bool) -> Any:
         """Grant or revoke GATEWAY_ROLE (admin key): another gateway deployment may submit readings, or no more."""

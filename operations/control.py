@@ -472,6 +472,15 @@ def _tariff(args: dict[str, Any]) -> TariffVersion:
 # ---------------------------------------------------------------- the chain
 
 
+def meter_names(data_dir: Path) -> dict[str, str]:
+    """Lower-case address -> meter name, from the customer file and the meters' folders under ``data_dir``."""
+    names = {c.meter.lower(): c.meter_name for c in load_customers(data_dir / "customers.json").values()
+             if c.meter_name}
+    for name in list_meters(data_dir):
+        names[MeterIdentity.load(meter_dir(data_dir, name)).address.lower()] = name
+    return names
+
+
 class Operations:
     """One deployment seen by the operator: views and events for reading, the operator key for changes.
 
@@ -505,11 +514,7 @@ class Operations:
 
     def _names(self) -> dict[str, str]:
         """Lower-case address -> name, from the meters' folders and the customer file."""
-        names = {c.meter.lower(): c.meter_name for c in load_customers(self.customers_path).values()
-                 if c.meter_name}
-        for name in list_meters(self.settings.data_dir):
-            names[MeterIdentity.load(meter_dir(self.settings.data_dir, name)).address.lower()] = name
-        return names
+        return meter_names(self.settings.data_dir)
 
     def _address_of(self, name: str) -> str | None:
         if _NAME.fullmatch(name):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from common.demand_response import CreditRecord, DemandResponse, DrEvent, MeterResponse, Status, measure_event
 from common.errors import InvalidRequest
+from common.tariff import format_kwh
 
 __all__ = ["CREDITS_PER_TX", "Settlement", "Mismatch", "EventRow", "settle", "verify", "event_table", "render_table"]
 
@@ -128,7 +129,7 @@ def event_table(dr: DemandResponse, event_id: int) -> tuple[DrEvent, list[EventR
 
 
 def _kwh(wh: int | None) -> str:
-    return "-" if wh is None else f"{wh / 1000:.3f}"
+    return "-" if wh is None else format_kwh(wh).removesuffix(" kWh")
 
 
 def _pence(micropence: int | None) -> str:

@@ -17,12 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.chain import ChainClient  # noqa: E402
-from common.customers import load_customers  # noqa: E402
 from common.demand_response import DemandResponse  # noqa: E402
 from common.deployment import load_deployment  # noqa: E402
 from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
+from operations.control import meter_names  # noqa: E402
 from operations.demand_response import event_table, render_table, settle, verify  # noqa: E402
 
 
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "show":
             event, rows = event_table(dr, args.event)
-            customers = load_customers(settings.data_dir / "customers.json").values()
-            names = {c.meter.lower(): c.meter_name for c in customers if c.meter_name}
-            print(render_table(event, rows, names))
+            print(render_table(event, rows, meter_names(settings.data_dir)))
             return 1 if any(r.mismatch for r in rows) else 0
         mismatches, checked = verify(dr)
         for wrong in mismatches:
