@@ -18,6 +18,7 @@ from common.baseline import Measurement, half_hourly, measure
 from common.billing import Billing, from_text32, text32
 from common.chain import ChainClient, ErrorDecoder
 from common.deployment import Deployment
+from common.dr_terms import Signal, Status, Terms, status_at
 from common.errors import DeploymentMissing
 from common.events import unpack_record
 from common.statement import CreditLine
@@ -27,6 +28,7 @@ __all__ = [
     "Status",
     "Signal",
     "Terms",
+    "status_at",
     "DrEvent",
     "Participation",
     "CreditRecord",
@@ -37,56 +39,12 @@ __all__ = [
 ]
 
 
-class Status(enum.IntEnum):
-    """An event's status (OpenADR 2.0b's eiEventStatus), as the contract derives it from the time."""
-
-    FAR = 0
-    NEAR = 1
-    ACTIVE = 2
-    COMPLETED = 3
-    CANCELLED = 4
-
-
-class Signal(enum.IntEnum):
-    """What an event's signal value means: a level 0-3, or a price in millipence per kWh."""
-
-    LEVEL = 0
-    PRICE = 1
-
-
 class Participation(enum.IntEnum):
     """A meter's part in an event: none recorded yet, opted out, credited."""
 
     NONE = 0
     OPTED_OUT = 1
     CREDITED = 2
-
-
-@dataclass(frozen=True)
-class Terms:
-    """When an event runs, what it signals and what it pays (millipence per kWh of reduction)."""
-
-    start: int
-    duration: int
-    ramp_up: int
-    signal_kind: Signal
-    signal_value: int
-    credit_rate: int
-
-    @property
-    def end(self) -> int:
-        """When the active period ends."""
-        return self.start + self.duration
-
-    def as_struct(self) -> tuple[int, int, int, int, int, int]:
-        """The contract's ``Terms`` tuple."""
-        return (self.start, self.duration, self.ramp_up, int(self.signal_kind), self.signal_value, self.credit_rate)
-
-    @classmethod
-    def from_struct(cls, raw: Sequence[Any]) -> Terms:
-        """Terms from the contract's tuple."""
-        start, duration, ramp_up, kind, value, rate = raw
-        return cls(int(start), int(duration), int(ramp_up), Signal(int(kind)), int(value), int(rate))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_utils import event_abi_to_log_topic
+from eth_utils.abi import collapse_if_tuple
 
 from common.eip712 import checksum_address
 
@@ -115,7 +116,7 @@ class EventDecoder:
                 name=item["name"],
                 indexed=[(i["name"], i["type"]) for i in inputs if i.get("indexed")],
                 data_names=[i["name"] for i in inputs if not i.get("indexed")],
-                data_types=[i["type"] for i in inputs if not i.get("indexed")],
+                data_types=[collapse_if_tuple(i) for i in inputs if not i.get("indexed")],
                 static=all(_STATIC.match(i["type"]) for i in inputs if not i.get("indexed")),
             )
         by_name = {shape.name: topic for topic, shape in self._by_topic.items()}

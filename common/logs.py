@@ -14,6 +14,7 @@ values alike, so text a peer sent can never start a forged line or rewrite a ter
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -22,6 +23,8 @@ __all__ = ["setup_logging", "log_event", "format_fields", "parse_line", "escape"
 
 #: Characters of peer-supplied text kept in a log line or an error message; the rest is cut.
 UNTRUSTED_LIMIT = 200
+#: The marker ``clip`` ends a cut text with.
+_CLIPPED = re.compile(r"\.\.\.\[\d+ more characters\]\Z")
 
 _SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _SHORT_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
@@ -46,9 +49,15 @@ def escape(text: str) -> str:
 
 
 def clip(value: Any, limit: int = UNTRUSTED_LIMIT) -> str:
-    """``value`` as text of at most ``limit`` characters, with a marker saying how much was cut."""
+    """``value`` as text of at most ``limit`` characters, with a marker saying how much was cut.
+
+    Text clipped before (at most ``limit`` characters and a marker) is returned as it is, so clipping twice
+    says the first cut rather than cutting the marker."""
     text = str(value)
     if len(text) <= limit:
+        return text
+    marked = _CLIPPED.search(text)
+    if marked is not None and marked.start() <= limit:
         return text
     return f"{text[:limit]}...[{len(text) - limit} more characters]"
 

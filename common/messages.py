@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import ErrorDetails
 
+from common.dr_terms import Signal, Status, Terms, status_at
 from common.errors import MalformedMessage, MessageTooLarge, SmartMeterError
 from common.logs import UNTRUSTED_LIMIT, clip, escape
 
@@ -38,6 +39,8 @@ __all__ = [
     "TariffInfo",
     "GridAlertMessage",
     "ConsumptionAlert",
+    "DemandResponseMessage",
+    "OptOut",
     "ErrorMessage",
     "Message",
     "parse_message",
@@ -45,13 +48,13 @@ __all__ = [
     "error_message",
 ]
 
-#: The WebSocket subprotocol of this version of the protocol (version 3). A meter offers it (and
+#: The WebSocket subprotocol of this version of the protocol (version 4). A meter offers it (and
 #: the older ones it can speak); a connection without any is served version 1 (the same messages
 #: without the fields added since).
-SUBPROTOCOL = "smartmeter.v3"
+SUBPROTOCOL = "smartmeter.v4"
 #: Every subprotocol the server speaks, by version: version 2 added ``welcome.lastUsedSeq``, version 3
-#: provisional bills (``bill.final``).
-SUBPROTOCOLS: dict[str, int] = {"smartmeter.v2": 2, "smartmeter.v3": 3}
+#: provisional bills (``bill.final``), version 4 demand response (``demand_response``, ``opt_out``).
+SUBPROTOCOLS: dict[str, int] = {"smartmeter.v2": 2, "smartmeter.v3": 3, "smartmeter.v4": 4}
 #: Characters of a key, tag or field name the peer sent that an error message quotes.
 QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
@@ -197,13 +200,55 @@ class ConsumptionAlert(_ServerModel):
     power_w: int = 0
 
 
+class DemandResponseMessage(_ServerModel):
+    """A demand-response event that targets this meter (version 4), as the chain holds it and with this meter's
+    part in it: sent when the event is announced, changed (same ``id``, higher ``modification``) or cancelled,
+    when the meter's opt-out is recorded and when its credit is, and after login for every event not long over.
+
+    ``status`` is the event's status when the message was sent; it moves with the time alone (far, near at
+    ``start - rampUp``, active at ``start``, completed at ``start + duration``), so a meter follows it with
+    ``status_now``. ``signalKind`` says what ``signalValue`` is: a level 0-3, or a price in millipence per kWh.
+    ``creditRate`` is what a kWh of reduction earns (millipence); ``credit`` the micropence this meter was
+    credited, with the ``baselineWh`` and ``actualWh`` it was measured by, once settled.
+    """
+
+    type: Literal["demand_response"] = "demand_response"
+    id: int
+    modification: int
+    programme: str
+    notice_at: int
+    start: int
+    duration: int
+    ramp_up: int
+    signal_kind: Literal["level", "price"]
+    signal_value: int
+    credit_rate: int
+    status: Literal["far", "near", "active", "completed", "cancelled"]
+    opted_out: bool = False
+    credit: int | None = None
+    baseline_wh: int | None = None
+    actual_wh: int | None = None
+
+    @property
+    def terms(self) -> Terms:
+        """The event's terms."""
+        return Terms(self.start, self.duration, self.ramp_up, Signal.PRICE if self.signal_kind == "price"
+                     else Signal.LEVEL, self.signal_value, self.credit_rate)
+
+    def status_now(self, now: float) -> Status:
+        """The event's status at ``now`` (a cancelled event stays cancelled)."""
+        return status_at(self.terms, self.status == "cancelled", now)
+
+
 class ErrorMessage(_ServerModel):
-    """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any."""
+    """Something went wrong: a stable ``code``, a plain-worded ``message``, the reading's ``seq`` if any, or the
+    demand-response event's ``eventId`` (version 4) an opt-out was refused for."""
 
     type: Literal["error"] = "error"
     code: str
     message: str
     seq: int | None = None
+    event_id: int | None = None
 
 
 # ---------------------------------------------------------------- meter -> server
@@ -230,8 +275,19 @@ class Reading(_Model):
     signature: HexSignature
 
 
+class OptOut(_Model):
+    """The meter opts out of a demand-response event before it starts (version 4): its EIP-712
+    ``OptOut(meter, eventId)`` signature under the DemandResponse contract's domain, which the gateway relays."""
+
+    type: Literal["opt_out"] = "opt_out"
+    meter: Address
+    event_id: Uint64
+    signature: HexSignature
+
+
 Message = Annotated[
-    Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ConsumptionAlert, ErrorMessage, Auth, Reading],
+    Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ConsumptionAlert, DemandResponseMessage, ErrorMessage,
+          Auth, Reading, OptOut],
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)

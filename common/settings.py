@@ -54,7 +54,7 @@ class Settings:
     operator_key: str = GANACHE_DEV_KEYS[1]
     gateway_key: str = GANACHE_DEV_KEYS[2]
     grid_operator_key: str = GANACHE_DEV_KEYS[3]
-    #: Pays the gas of meters' signed demand-response opt-outs the API relays (its own nonces, not the batcher's).
+    #: Pays the gas of meters' signed demand-response opt-outs the gateway and the API relay (its own nonces).
     relayer_key: str = GANACHE_DEV_KEYS[4]
     #: Blocks on top of a block before it counts as final; -1: automatic (0 on the local chain id, whose
     #: automining node never replaces a block, ``REMOTE_CONFIRMATIONS`` on any other).
@@ -114,6 +114,8 @@ class Settings:
     reading_max_interval: float = 60.0
     time_scale: float = 1.0
     history_days: int = 7
+    #: Share of demand-response events a simulated household opts out of (0: none, 1: all), drawn once per event.
+    dr_opt_out_rate: float = 0.1
 
     @property
     def finality_depth(self) -> int:
@@ -221,6 +223,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("API_SIGNIN_RATE_PER_SECOND must be positive and API_SIGNIN_BURST at least 1")
     if not 1 <= settings.api_challenges_per_meter <= settings.api_max_challenges:
         raise ConfigError("API_CHALLENGES_PER_METER must be at least 1 and at most API_MAX_CHALLENGES")
+    if not 0 <= settings.dr_opt_out_rate <= 1:
+        raise ConfigError("DR_OPT_OUT_RATE must be between 0 and 1 (the share of events a household opts out of)")
     for name in ("message_max_chars", "message_rate_per_minute", "message_max_per_account"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")

@@ -35,6 +35,17 @@ log = logging.getLogger("meter")
 MULTIPLIER_STEP = 1.25
 
 
+def _share(text: str) -> float:
+    """A share between 0 and 1, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m meters", description=__doc__)
     p.add_argument("name", help="the provisioned meter's name, e.g. meter-01")
@@ -45,7 +56,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--min-interval", type=float, help="seconds between readings, at least (READING_MIN_INTERVAL)")
     p.add_argument("--max-interval", type=float, help="seconds between readings, at most (READING_MAX_INTERVAL)")
     p.add_argument("--multiplier", type=float, default=1.0, help="consumption factor (1.0 = the household model)")
-    p.add_argument("--interactive", action="store_true", help="+ and - raise or lower consumption while running")
+    p.add_argument("--interactive", action="store_true",
+                   help="+ and - raise or lower consumption while running; o opts out of the next demand-response "
+                        "event")
+    p.add_argument("--opt-out-rate", type=_share,
+                   help="share of demand-response events to opt out of, 0-1 (DR_OPT_OUT_RATE)")
     p.add_argument("--source", default="model", help="'model' or 'csv:PATH' to replay a sensor CSV (timestamp, kWh)")
     p.add_argument("--plain", action="store_true", help="log lines instead of the live panel, even on a terminal")
     p.add_argument("--quiet", action="store_true",
@@ -67,7 +82,7 @@ def _source(args: argparse.Namespace, identity: MeterIdentity, t: float, wh: int
 
 
 def _interactive(loop: asyncio.AbstractEventLoop, client: MeterClient) -> None:
-    """Read + and - from the terminal (cbreak mode) to change the consumption multiplier."""
+    """Read + and - from the terminal (cbreak mode) to change the consumption multiplier, o to opt out."""
     import termios
     import tty
 
@@ -77,6 +92,10 @@ def _interactive(loop: asyncio.AbstractEventLoop, client: MeterClient) -> None:
 
     def on_key() -> None:
         ch = sys.stdin.read(1)
+        if ch == "o":
+            if client.opt_out() is None:
+                client.status.note("no demand-response event to opt out of now (or not connected)")
+            return
         model = getattr(client.source, "model", None)
         if model is None or ch not in "+-":
             return
@@ -122,6 +141,8 @@ async def _main(args: argparse.Namespace) -> int:
         ssl_context=ssl_context, outbox=outbox, source=source, schedule=schedule, status=status,
         status_path=directory / "status.json", time_scale=args.time_scale or settings.time_scale,
         stop_after=args.stop_after,
+        dr_domain=deployment.demand_response_domain if deployment.demand_response is not None else None,
+        opt_out_rate=settings.dr_opt_out_rate if args.opt_out_rate is None else args.opt_out_rate,
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().create_task(_stop_when(client.finished, stop))

@@ -23,11 +23,23 @@ from websockets.exceptions import InvalidHandshake, WebSocketException
 
 from common import errors
 from common.backoff import Backoff
-from common.eip712 import Domain, ReadingData, sign_reading
+from common.dr_terms import Status
+from common.eip712 import Domain, ReadingData, sign_optout, sign_reading
 from common.logs import log_event
-from common.messages import Ack, Bill, ConsumptionAlert, ErrorMessage, GridAlertMessage, Reading, Welcome
+from common.messages import (
+    Ack,
+    Bill,
+    ConsumptionAlert,
+    DemandResponseMessage,
+    ErrorMessage,
+    GridAlertMessage,
+    OptOut,
+    Reading,
+    Welcome,
+)
 from meters.link import MeterLink
 from meters.outbox import MeterPosition, Outbox
+from meters.response import demand_factor, wants_opt_out
 from meters.schedule import IntervalSchedule
 from meters.sources import RegisterSource
 from meters.status import HEARTBEAT_S, LinkState, MeterStatus, describe_failure, describe_sync
@@ -49,6 +61,8 @@ MIN_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 #: Seconds between resends of readings still waiting for a bill on a live connection.
 RESEND_AFTER = 30.0
+#: Demand-response events a meter keeps (the newest), for its panel and its load's response.
+KEEP_EVENTS = 8
 
 
 class MeterClient:
@@ -71,6 +85,8 @@ class MeterClient:
         rng: random.Random | None = None,
         stop_after: int | None = None,
         heartbeat: float = HEARTBEAT_S,
+        dr_domain: Domain | None = None,
+        opt_out_rate: float = 0.0,
     ) -> None:
         self.key = key
         self.domain = domain
@@ -93,6 +109,13 @@ class MeterClient:
         #: Set when ``stop_after`` readings were taken and every one of them was billed or rejected.
         self.finished = asyncio.Event()
         self.link: MeterLink | None = None
+        #: The DemandResponse contract's EIP-712 domain (None: the deployment has none; no opt-outs).
+        self.dr_domain = dr_domain
+        #: Share of demand-response events this household opts out of (drawn once per event).
+        self.opt_out_rate = opt_out_rate
+        self.events: dict[int, DemandResponseMessage] = {}
+        #: Events this meter asked to opt out of (by id); asked once per run.
+        self.opting_out: set[int] = set()
         self._synced = False
         self._last_resend = 0.0
 
@@ -151,6 +174,7 @@ class MeterClient:
         await asyncio.sleep(first)
         while self.stop_after is None or self.taken < self.stop_after:
             self._expire_alerts()
+            self._apply_demand_response()
             msg = self.take_reading(time.time())
             if msg is not None and self.link is not None and self._synced:
                 try:
@@ -311,6 +335,8 @@ class MeterClient:
             self._apply_demand_response()
             log_event(log, "grid_alert", logging.WARNING if msg.active else logging.INFO, meter=s.name, id=msg.id,
                       active=msg.active, kind=msg.kind, severity=msg.severity, message=msg.message)
+        elif isinstance(msg, DemandResponseMessage):
+            self._on_event(msg)
         elif isinstance(msg, ConsumptionAlert):
             s.notices = (s.notices + [msg.message])[-5:]
             log_event(log, "consumption_alert", logging.WARNING, meter=s.name, kind=msg.kind, message=msg.message)
@@ -320,7 +346,9 @@ class MeterClient:
 
     def _on_error(self, msg: ErrorMessage) -> None:
         s = self.status
-        if msg.seq is not None and msg.code in DEFINITIVE_CODES:
+        if msg.event_id is not None:
+            s.error(f"the opt-out of demand-response event {msg.event_id} was refused: {msg.message} [{msg.code}]")
+        elif msg.seq is not None and msg.code in DEFINITIVE_CODES:
             self.outbox.done(msg.seq)
             s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")
         elif msg.code == "sequence_gap" and self.link is not None:
@@ -330,6 +358,56 @@ class MeterClient:
         else:
             s.error(f"{msg.message} [{msg.code}]")
         log_event(log, "server_error", logging.WARNING, meter=s.name, code=msg.code, seq=msg.seq, detail=msg.message)
+
+    # ---------------------------------------------------------------- demand response
+
+    def _on_event(self, msg: DemandResponseMessage) -> None:
+        """A demand-response event (new, changed, cancelled, or this meter's part in it): keep it, and opt out of
+        it if this household does not take part."""
+        known = self.events.get(msg.id)
+        if known is not None and known.modification > msg.modification:
+            return  # an older version of the event, overtaken
+        if known is not None and known.opted_out and not msg.opted_out:
+            msg = msg.model_copy(update={"opted_out": True})  # recorded, not yet final when this was sent
+        self.events[msg.id] = msg
+        for old in sorted(self.events)[:-KEEP_EVENTS]:
+            del self.events[old]
+        self.status.dr_events = {str(i): e.model_dump() for i, e in self.events.items()}
+        now = time.time()
+        log_event(log, "demand_response_event", meter=self.status.name, id=msg.id, modification=msg.modification,
+                  status=msg.status_now(now).name.lower(), start=msg.start, duration=msg.duration,
+                  signal=f"{msg.signal_kind} {msg.signal_value}", opted_out=msg.opted_out,
+                  credit=msg.credit)
+        if (not msg.opted_out and msg.id not in self.opting_out
+                and wants_opt_out(self.status.meter, msg.id, self.opt_out_rate)):
+            self.opt_out(msg.id)
+        self._apply_demand_response()
+
+    def opt_out(self, event_id: int | None = None) -> int | None:
+        """Opt out of an event (default: the next one not started that this meter takes part in); returns its
+        id, or None when there is none or it cannot be sent now."""
+        now = time.time()
+        open_events = [e for e in self.events.values() if not e.opted_out and e.id not in self.opting_out
+                       and e.status_now(now) in (Status.FAR, Status.NEAR)]
+        chosen = [e for e in open_events if event_id is None or e.id == event_id]
+        if not chosen or self.dr_domain is None or self.link is None:
+            return None
+        event = min(chosen, key=lambda e: e.start)
+        message = OptOut(meter=self.status.meter, event_id=event.id,
+                         signature=sign_optout(self.key, self.dr_domain, event.id))
+        self.opting_out.add(event.id)
+        link = self.link
+
+        async def send() -> None:
+            try:
+                await link.send(message)
+            except (WebSocketException, OSError):
+                self.opting_out.discard(event.id)  # asked again when the event is sent after the next login
+
+        asyncio.get_running_loop().create_task(send())
+        self.status.note(f"opting out of demand-response event {event.id}")
+        log_event(log, "opt_out_sent", meter=self.status.name, id=event.id)
+        return event.id
 
     # ---------------------------------------------------------------- grid alerts
 
@@ -343,8 +421,10 @@ class MeterClient:
             self._changed()
 
     def _apply_demand_response(self) -> None:
+        """Scale the household's demand for the grid alerts and demand-response events in force now."""
         reduce = any(a.get("kind") == REDUCE_USAGE_KIND for a in self.status.active_alerts())
-        factor = DEMAND_RESPONSE_FACTOR if reduce else 1.0
+        taking_part = [(e.terms, e.status == "cancelled") for e in self.events.values() if not e.opted_out]
+        factor = round((DEMAND_RESPONSE_FACTOR if reduce else 1.0) * demand_factor(taking_part, time.time()), 4)
         model = getattr(self.source, "model", None)
         if model is not None and model.demand_factor != factor:
             model.demand_factor = factor

@@ -17,10 +17,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from common.tariff import format_pounds
+from common.messages import DemandResponseMessage
+from common.tariff import format_kwh, format_pounds
 from meters.status import LinkState, MeterStatus, readings_phrase
 
-__all__ = ["render_meter", "render_fleet", "fleet_state", "describe_connection", "describe_exit",
+__all__ = ["render_meter", "describe_event", "render_fleet", "fleet_state", "describe_connection", "describe_exit",
            "SEVERITY_STYLE", "STATE_STYLE"]
 
 SEVERITY_STYLE = {0: ("INFO", "bold cyan"), 1: ("WARNING", "bold yellow"), 2: ("CRITICAL", "bold white on red")}
@@ -79,6 +80,30 @@ def _rate(status: MeterStatus) -> str:
     return f"{status.unit_rate / 1000:.2f} p/kWh + {status.standing_charge / 1000:.2f} p/day{export}"
 
 
+def describe_event(event: DemandResponseMessage, now: float) -> str:
+    """One demand-response event as the panel shows it: when, what it asks, its status and this meter's part.
+
+    ``event 3 (Flex) 18:00-18:30 · level 2 · near · taking part``
+    """
+    window = f"{time.strftime('%H:%M', time.localtime(event.start))}-" \
+             f"{time.strftime('%H:%M', time.localtime(event.start + event.duration))}"
+    signal = (f"{event.signal_value / 1000:.2f} p/kWh" if event.signal_kind == "price"
+              else f"level {event.signal_value}")
+    status = event.status_now(now).name.lower()
+    if event.opted_out:
+        part = "opted out"
+    elif event.credit is not None:
+        below = (event.baseline_wh or 0) - (event.actual_wh or 0)
+        part = (f"credited {format_pounds(event.credit)} ({format_kwh(below)} below the baseline)" if event.credit
+                else "settled: no reduction against the baseline")
+    elif status == "cancelled":
+        part = "-"
+    else:
+        part = "taking part"
+    revised = f" (revision {event.modification})" if event.modification else ""
+    return f"event {event.id}{revised} ({event.programme}) {window} · {signal} · {status} · {part}"
+
+
 def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     """The single-meter view: identity, reading, live bill, connection, errors, alerts."""
     now = time.time() if now is None else now
@@ -104,7 +129,10 @@ def render_meter(status: MeterStatus, now: float | None = None) -> Panel:
     rows.add_row("Waiting", f"{readings_phrase(status.waiting)} not yet billed")
     if status.last_event:
         rows.add_row("Last event", f"{status.last_event} ({_ago(status.last_event_at, now)})")
-    if status.demand_factor < 1.0 or status.multiplier != 1.0:
+    events = [DemandResponseMessage.model_validate(e) for e in status.dr_events.values()]
+    for i, event in enumerate(sorted(events, key=lambda e: -e.id)[:3]):
+        rows.add_row("Demand response" if i == 0 else "", describe_event(event, now))
+    if status.demand_factor != 1.0 or status.multiplier != 1.0:
         rows.add_row("Usage", f"x{status.multiplier:.2f} consumption, x{status.demand_factor:.2f} demand response")
     parts: list[RenderableType] = [rows]
     for alert in status.active_alerts(now):

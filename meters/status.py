@@ -79,6 +79,8 @@ class MeterStatus:
     last_event: str = ""
     last_event_at: float = 0.0
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Demand-response events that target this meter, by id: the last ``demand_response`` message of each.
+    dr_events: dict[str, dict[str, Any]] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     demand_factor: float = 1.0
     multiplier: float = 1.0

@@ -28,6 +28,7 @@ from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
 from server.conversations import Conversations
+from server.dr_relay import DemandResponseRelay, OptOutRelayer
 from server.gateway import Gateway
 from server.health import HealthCheck
 from server.hub import Hub
@@ -125,6 +126,7 @@ class ServerApp:
     #: The parts kept running by the supervisor: relay, batcher, indexer.
     tasks: list[asyncio.Task[None]]
     conversations: Conversations | None = None
+    demand_response: DemandResponseRelay | None = None
 
     @classmethod
     async def start(cls, settings: Settings, deployment: Deployment | None = None,
@@ -155,11 +157,13 @@ class ServerApp:
                 await indexer.catch_up()
             except sqlite3.DatabaseError as err:
                 raise index_unusable(index.path, err) from err
+            opt_outs = OptOutRelayer(settings, deployment) if deployment.demand_response is not None else None
             if settings.http_port:
                 customers = Customers(settings.data_dir / "customers.json")
                 auth = Authenticator(settings, deployment.domain, customers)
                 conversations = open_conversations(settings)
-                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub, conversations))
+                api = create_api(ApiContext(settings, deployment, index, auth, customers, feed, hub, conversations,
+                                            opt_outs))
                 http = HttpServer(api, settings.server_host, settings.http_port)
             batcher = Batcher(chain, store, lambda: AsyncChainClient(settings, deployment, settings.gateway_key),
                               settings.batch_max_size, settings.batch_max_wait, settings.batch_pipeline)
@@ -168,7 +172,10 @@ class ServerApp:
             except sqlite3.DatabaseError as err:
                 raise queue_unusable(store.path, err) from err
             relay = Relay(settings, deployment, store, hub, index)
-            gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls))
+            demand_response = (DemandResponseRelay(deployment, chain, hub, lambda: relay.final)
+                               if deployment.demand_response is not None else None)
+            gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls),
+                              demand_response, opt_outs)
             server = await gateway.start()
         except BaseException:
             if http is not None:
@@ -189,6 +196,8 @@ class ServerApp:
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
                  supervisor.keep_running("indexer", indexer.run)]
+        if demand_response is not None:
+            tasks.append(supervisor.keep_running("demand_response", demand_response.run))
         health = HealthCheck(chain.request, deployment.chain_id, supervisor.parts, batcher, relay, indexer, store,
                              index)
         loop = asyncio.get_running_loop()
@@ -203,7 +212,7 @@ class ServerApp:
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, gateway=chain.account.address, queued=store.count())
         return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
-                   supervisor, health, tasks, conversations)
+                   supervisor, health, tasks, conversations, demand_response)
 
     async def until(self, stop: asyncio.Event) -> Ended | None:
         """Wait for ``stop``, or for one of the server's tasks to end before it (returns which, and why)."""
@@ -225,6 +234,8 @@ class ServerApp:
         await self.gateway.close()
         self.batcher.stop()
         self.relay.stop()
+        if self.demand_response is not None:
+            self.demand_response.stop()
         feeders = [t for t in self.tasks if t.get_name() != "indexer"]
         await asyncio.wait(feeders, timeout=SHUTDOWN_GRACE)
         self.indexer.stop()  # after the relay, so that what it relayed last is indexed too

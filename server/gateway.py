@@ -37,6 +37,7 @@ from common.messages import (
     SUBPROTOCOLS,
     Ack,
     Auth,
+    OptOut,
     Reading,
     Welcome,
     encode,
@@ -46,6 +47,7 @@ from common.messages import (
 )
 from common.settings import Settings
 from server.batcher import Batcher
+from server.dr_relay import DR_VERSION, DemandResponseRelay, OptOutRelayer, refusal
 from server.hub import Hub
 from server.ratelimit import TokenBucket
 from server.relay import Relay
@@ -104,6 +106,8 @@ class Gateway:
         batcher: Batcher,
         relay: Relay,
         ssl_context: ssl.SSLContext,
+        demand_response: DemandResponseRelay | None = None,
+        opt_outs: OptOutRelayer | None = None,
     ) -> None:
         self.settings = settings
         self.deployment = deployment
@@ -113,6 +117,9 @@ class Gateway:
         self.batcher = batcher
         self.relay = relay
         self.ssl_context = ssl_context
+        #: Demand response over the wire (protocol 4), when the deployment has the contract.
+        self.demand_response = demand_response
+        self.opt_outs = opt_outs
         self.domain = deployment.domain
         self.domain_separator = self.domain.separator()
         self.limits = Limits(settings.max_power_w, settings.max_future_skew)
@@ -124,6 +131,7 @@ class Gateway:
         self._cursors_before: dict[str, Cursor] = {}
         self.server: Server | None = None
         self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
+        self._background: set[asyncio.Task[None]] = set()
         self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
 
     async def start(self) -> Server:
@@ -267,6 +275,9 @@ class Gateway:
         await ws.send(encode(welcome))
         for alert in self.relay.alerts_for(view.region, time.time()):
             await ws.send(encode(alert))
+        if self.demand_response is not None and version >= DR_VERSION:
+            for event in self.demand_response.messages_for(meter, view.region, time.time()):
+                await ws.send(encode(event))
         self.hub.release(meter)
         self.stats["logins"] += 1
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
@@ -285,6 +296,7 @@ class Gateway:
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
         bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
+        version = protocol_version(ws.subprotocol)
         dropped = 0
         last_drop = 0.0
         async for raw in ws:
@@ -307,7 +319,7 @@ class Gateway:
                     return
                 continue
             try:
-                reply = self._on_message(raw, session, meter, ws)
+                reply = self._on_message(raw, session, meter, ws, version)
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
@@ -323,13 +335,15 @@ class Gateway:
     def _reply_error(self, meter: str, err: errors.SmartMeterError) -> None:
         self.hub.send(meter, encode(error_message(err)))
 
-    def _on_message(self, raw: Any, session: Session, meter: str, ws: ServerConnection) -> str | None:
+    def _on_message(self, raw: Any, session: Session, meter: str, ws: ServerConnection, version: int = 1) -> str | None:
         """Handle one frame from a logged-in meter; returns the reply (None: it follows the commit) or raises."""
         if isinstance(raw, bytes):
             raise errors.UnsupportedFrame()
         msg = parse_message(raw, self.settings.max_message_bytes)
         if isinstance(msg, Auth):
             raise errors.UnexpectedMessage("already logged in on this connection")
+        if isinstance(msg, OptOut) and version >= DR_VERSION:
+            return self._opt_out(msg, meter)
         if not isinstance(msg, Reading):
             raise errors.UnexpectedMessage(f"meters may send 'reading' here, not '{msg.type}'")
         session.require_open()
@@ -363,6 +377,38 @@ class Gateway:
         self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh, data.export_wh))
         self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(Ack(seq=msg.seq))))
         self._staged_signatures[(key, data.seq)] = msg.signature
+        return None
+
+    def _opt_out(self, msg: OptOut, meter: str) -> str | None:
+        """Check a meter's opt-out off chain and relay it in the background; returns a refusal, or None."""
+        dr, relayer = self.demand_response, self.opt_outs
+        try:
+            if dr is None or relayer is None:
+                raise errors.OptOutRefused("this deployment has no demand-response contract")
+            peer = self.hub.peers.get(meter.lower())
+            dr.check_opt_out(msg, meter, peer.region if peer is not None else "", time.time())
+        except errors.SmartMeterError as err:
+            log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=msg.event_id, code=err.code,
+                      detail=clip(err.message))
+            return refusal(err, msg.event_id)
+        key = (msg.event_id, meter.lower())
+        dr.in_flight.add(key)
+        log_event(log, "opt_out_received", meter=meter, id=msg.event_id)
+
+        async def send() -> None:
+            try:
+                await relayer.relay(msg.event_id, meter, msg.signature)
+                self.hub.send(meter, dr.opted_out(msg.event_id, meter))
+            except errors.SmartMeterError as err:
+                log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=msg.event_id, code=err.code,
+                          detail=clip(err.message))
+                self.hub.send(meter, refusal(err, msg.event_id))
+            finally:
+                dr.in_flight.discard(key)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return None
 
     def _commit_due(self) -> bool:

@@ -64,6 +64,7 @@ from server.api.schemas import (
 )
 from server.api.throttle import client_key
 from server.conversations import Conversations
+from server.dr_relay import OptOutRelayer
 from server.health import HealthCheck
 from server.history import PERIOD, GroupBy, group_hours, is_actual, settlement_periods, window_hours
 from server.hub import Hub
@@ -101,6 +102,8 @@ class ApiContext:
     feed: LiveFeed
     hub: Hub | None = None
     conversations: Conversations | None = None
+    #: Sends opt-outs with RELAYER_KEY, one at a time, shared with the gateway (None: one of the API's own).
+    opt_outs: OptOutRelayer | None = None
 
     def connected(self, meter: str) -> bool:
         """Whether the meter is logged in to the gateway now."""
@@ -538,19 +541,10 @@ async def demand_response_opt_out(
     signer = recover_optout_signer(ctx.deployment.demand_response_domain, body.meter, event_id, body.signature)
     if signer is None or signer.lower() != body.meter.lower():
         raise errors.InvalidRequest("the signature is not the meter's EIP-712 OptOut(meter, eventId) for this event")
-    return await asyncio.to_thread(_relay_opt_out, ctx, event_id, body)
-
-
-def _relay_opt_out(ctx: ApiContext, event_id: int, body: OptOutIn) -> OptOutOut:
-    dr = DemandResponse(ChainClient(ctx.settings), ctx.deployment)
-    try:
-        receipt = dr.opt_out(event_id, body.meter, body.signature, key=ctx.settings.relayer_key)
-    except errors.ChainError as err:
-        if "refused the call" not in str(err):
-            raise
-        raise errors.OptOutRefused(str(err).split("refused the call: ", 1)[-1]) from err
-    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter),
-                     tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
+    if ctx.opt_outs is None:
+        ctx.opt_outs = OptOutRelayer(ctx.settings, ctx.deployment)
+    tx_hash = await ctx.opt_outs.relay(event_id, body.meter, body.signature)
+    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter), tx_hash=tx_hash)
 
 
 def _demand_response_events(ctx: ApiContext, who: Principal) -> list[DemandResponseEventOut]:

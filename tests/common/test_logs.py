@@ -76,3 +76,4 @@ def test_clip_bounds_untrusted_text_and_says_how_much_was_cut() -> None:
     assert clipped.startswith("y" * UNTRUSTED_LIMIT) and clipped.endswith("...[9800 more characters]")
     assert len(clipped) < UNTRUSTED_LIMIT + 30
     assert clip("abcdef", limit=3) == "abc...[3 more characters]"
+    assert clip(clip("abcdef", limit=3), limit=3) == "abc...[3 more characters]"  # clipped once, said once

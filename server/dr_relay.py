@@ -1,0 +1,254 @@
+"""Demand response over the meters' wire (protocol version 4): events out to the meters they target, opt-outs in.
+
+``DemandResponseRelay`` follows the DemandResponse contract's logs up to the final block (polling; a few
+seconds late is nothing against an event's notice of minutes, and nothing final is ever taken back), keeps
+every event with its target and each meter's opt-out and credit, and sends a ``demand_response`` message
+to each connected meter an event targets when the event is announced, changed or cancelled, and to one
+meter when its opt-out or its credit is recorded. After a login the gateway sends the meter its events
+not long over (``messages_for``).
+
+``OptOutRelayer`` sends meters' signed opt-outs to the contract with ``RELAYER_KEY``, one transaction at
+a time (its own nonces, apart from the batcher's), for the gateway and the REST API alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from common import errors
+from common.billing import from_text32
+from common.chain import AsyncChainClient, ChainClient, logs_between
+from common.demand_response import DemandResponse
+from common.deployment import Deployment
+from common.dr_terms import Signal, Status, Terms, status_at
+from common.eip712 import recover_optout_signer
+from common.events import ChainEvent, EventDecoder
+from common.logs import log_event
+from common.messages import DemandResponseMessage, ErrorMessage, OptOut, encode
+from common.settings import Settings
+from server.hub import Hub
+
+__all__ = ["DemandResponseRelay", "OptOutRelayer", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION"]
+
+log = logging.getLogger("demand_response")
+
+#: Events over (ended, or cancelled and past their start) longer ago than this are not sent after a login.
+RECENT_SECONDS = 86_400
+#: Seconds between looks at the chain for new final blocks.
+POLL_SECONDS = 2.0
+#: The protocol version that carries demand response.
+DR_VERSION = 4
+
+
+@dataclass
+class _Tracked:
+    """An event as its logs tell it: terms, target, and each meter's part."""
+
+    id: int
+    modification: int
+    programme: str
+    notice_at: int
+    terms: Terms
+    regions: frozenset[str]
+    meters: frozenset[str]
+    cancelled: bool = False
+    opted_out: set[str] = field(default_factory=set)
+    #: Lower-case meter -> (credit in micropence, baseline Wh, actual Wh).
+    credits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def targets(self, meter: str, region: str) -> bool:
+        """Whether the event targets this meter (listed by address, or in a listed region)."""
+        return meter.lower() in self.meters if self.meters else region in self.regions
+
+    def recent(self, now: float) -> bool:
+        """Whether the event is still worth telling a meter about (not long over)."""
+        over = self.terms.start if self.cancelled else self.terms.end
+        return over > now - RECENT_SECONDS
+
+    def message(self, meter: str, now: float) -> DemandResponseMessage:
+        """The event as ``meter`` is told it at ``now``."""
+        key = meter.lower()
+        credit = self.credits.get(key)
+        return DemandResponseMessage(
+            id=self.id, modification=self.modification, programme=self.programme, notice_at=self.notice_at,
+            start=self.terms.start, duration=self.terms.duration, ramp_up=self.terms.ramp_up,
+            signal_kind="price" if self.terms.signal_kind is Signal.PRICE else "level",
+            signal_value=self.terms.signal_value, credit_rate=self.terms.credit_rate,
+            status=status_at(self.terms, self.cancelled, now).name.lower(),  # type: ignore[arg-type]
+            opted_out=key in self.opted_out,
+            credit=None if credit is None else credit[0],
+            baseline_wh=None if credit is None else credit[1],
+            actual_wh=None if credit is None else credit[2],
+        )
+
+
+class DemandResponseRelay:
+    """Follows the DemandResponse contract's final logs and tells each targeted meter (protocol 4) about its events."""
+
+    def __init__(self, deployment: Deployment, chain: AsyncChainClient, hub: Hub, final: Callable[[], int | None],
+                 poll_seconds: float = POLL_SECONDS) -> None:
+        if deployment.demand_response is None:
+            raise errors.DeploymentMissing("this deployment has no DemandResponse contract")
+        self.address = deployment.demand_response.address
+        self.domain = deployment.demand_response_domain
+        self.chain = chain
+        self.hub = hub
+        self.final = final
+        self.poll_seconds = poll_seconds
+        self.decoder = EventDecoder(deployment.demand_response.abi)
+        self.events: dict[int, _Tracked] = {}
+        #: (event, lower-case meter) opt-outs sent and not yet answered.
+        self.in_flight: set[tuple[int, str]] = set()
+        self._next = deployment.block
+        self.caught_up = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Make ``run`` return at its next look at the chain (or at once, while it waits)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Follow the contract until stopped, reading each new final block's logs."""
+        while not self._stopping.is_set():
+            final = self.final()
+            if final is not None and final >= self._next:
+                async for logs in logs_between(self.chain.request, self.address, self._next, final):
+                    for raw in logs:
+                        event = self.decoder.decode(raw)
+                        if event is None:
+                            continue
+                        try:
+                            self._apply(event)
+                        except Exception as err:  # noqa: BLE001 - one bad event must not hold up the others
+                            log_event(log, "demand_response_event_failed", logging.ERROR, name=event.name,
+                                      block=event.block, error=f"{type(err).__name__}: {err}"[:300])
+                self._next = final + 1
+                if not self.caught_up.is_set():
+                    self.caught_up.set()
+                    log_event(log, "demand_response_caught_up", final=final, events=len(self.events))
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    # ---------------------------------------------------------------- events
+
+    def _apply(self, event: ChainEvent) -> None:
+        args = event.args
+        name = event.name
+        if name == "DemandResponseEvent":
+            event_id = int(args["id"])
+            terms = Terms.from_struct(args["terms"])
+            old = self.events.get(event_id)
+            tracked = _Tracked(
+                event_id, int(args["modification"]), from_text32(args["programme"]), int(args["noticeAt"]), terms,
+                frozenset(from_text32(r) for r in args["regions"]) if old is None else old.regions,
+                frozenset(m.lower() for m in args["meters"]) if old is None else old.meters,
+            )
+            if old is not None:
+                tracked.opted_out, tracked.credits = old.opted_out, old.credits
+            self.events[event_id] = tracked
+            self._broadcast(tracked, "demand_response_event_relayed")
+        elif name == "DemandResponseCancelled":
+            tracked = self.events[int(args["id"])]
+            tracked.cancelled, tracked.modification = True, int(args["modification"])
+            self._broadcast(tracked, "demand_response_cancel_relayed")
+        elif name == "OptedOut":
+            tracked = self.events[int(args["eventId"])]
+            tracked.opted_out.add(args["meter"].lower())
+            self._tell(tracked, args["meter"])
+        elif name == "CreditApplied":
+            tracked = self.events[int(args["eventId"])]
+            tracked.credits[args["meter"].lower()] = (int(args["amount"]), int(args["baselineWh"]),
+                                                      int(args["actualWh"]))
+            self._tell(tracked, args["meter"])
+
+    def _broadcast(self, tracked: _Tracked, what: str) -> None:
+        """Send an event to every connected meter of protocol 4 it targets (unless it is long over)."""
+        now = time.time()
+        if not tracked.recent(now):
+            return
+        sent = 0
+        for meter, peer in list(self.hub.peers.items()):
+            if peer.version >= DR_VERSION and tracked.targets(meter, peer.region):
+                sent += self.hub.send(meter, encode(tracked.message(meter, now)))
+        log_event(log, what, id=tracked.id, modification=tracked.modification,
+                  status=status_at(tracked.terms, tracked.cancelled, now).name.lower(), meters=sent)
+
+    def _tell(self, tracked: _Tracked, meter: str) -> None:
+        """Send one meter its part in an event, if it is connected with protocol 4."""
+        peer = self.hub.peers.get(meter.lower())
+        if peer is not None and peer.version >= DR_VERSION:
+            self.hub.send(meter, encode(tracked.message(meter, time.time())))
+
+    def messages_for(self, meter: str, region: str, now: float) -> list[DemandResponseMessage]:
+        """The events a meter is told after login: those that target it and are not long over, oldest first."""
+        return [t.message(meter, now) for _, t in sorted(self.events.items())
+                if t.targets(meter, region) and t.recent(now)]
+
+    # ---------------------------------------------------------------- opt-outs
+
+    def check_opt_out(self, msg: OptOut, meter: str, region: str, now: float) -> None:
+        """The off-chain checks of a meter's opt-out, before any gas is spent; raises with a plain reason."""
+        if msg.meter.lower() != meter.lower():
+            raise errors.WrongMeter(f"this connection is logged in as {meter}, not {msg.meter}")
+        signer = recover_optout_signer(self.domain, msg.meter, msg.event_id, msg.signature)
+        if signer is None or signer.lower() != meter.lower():
+            raise errors.BadSignature(f"the opt-out of event {msg.event_id} is not signed by this meter's key "
+                                      "(EIP-712 OptOut(meter, eventId) under the DemandResponse domain)")
+        tracked = self.events.get(msg.event_id)
+        if tracked is None or not tracked.targets(meter, region):
+            raise errors.OptOutRefused(f"event {msg.event_id} does not target this meter (or is not final yet)")
+        status = status_at(tracked.terms, tracked.cancelled, now)
+        if status not in (Status.FAR, Status.NEAR):
+            raise errors.OptOutRefused(f"event {msg.event_id} is {status.name.lower()}: opting out is possible "
+                                       "only before it starts")
+        if meter.lower() in tracked.opted_out or (msg.event_id, meter.lower()) in self.in_flight:
+            raise errors.OptOutRefused(f"this meter has opted out of event {msg.event_id} already")
+
+    def opted_out(self, event_id: int, meter: str) -> str:
+        """A meter's opt-out was recorded on chain (its block may not be final yet; its log confirms it): the
+        event as the meter is told it from now on."""
+        tracked = self.events[event_id]
+        tracked.opted_out.add(meter.lower())
+        return encode(tracked.message(meter, time.time()))
+
+
+def refusal(err: errors.SmartMeterError, event_id: int) -> str:
+    """The wire form of a refused opt-out: the error with the event it concerns."""
+    return encode(ErrorMessage(code=err.code, message=err.message, event_id=event_id))
+
+
+class OptOutRelayer:
+    """Sends meters' signed opt-outs to the DemandResponse contract with ``RELAYER_KEY``, one at a time."""
+
+    def __init__(self, settings: Settings, deployment: Deployment) -> None:
+        self.settings = settings
+        self.deployment = deployment
+        self._lock = asyncio.Lock()
+        self._dr: DemandResponse | None = None
+
+    async def relay(self, event_id: int, meter: str, signature: str) -> str:
+        """Send one opt-out and wait for its block; returns the transaction hash, or raises OptOutRefused."""
+        async with self._lock:
+            return await asyncio.to_thread(self._send, event_id, meter, signature)
+
+    def _send(self, event_id: int, meter: str, signature: str) -> str:
+        if self._dr is None:
+            self._dr = DemandResponse(ChainClient(self.settings), self.deployment)
+        try:
+            receipt: Any = self._dr.opt_out(event_id, meter, signature, key=self.settings.relayer_key)
+        except errors.ChainError as err:
+            if "refused the call" not in str(err):
+                raise
+            raise errors.OptOutRefused(str(err).split("refused the call: ", 1)[-1]) from err
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        log_event(log, "opt_out_relayed", id=event_id, meter=to_checksum_address(meter), tx=tx_hash)
+        return tx_hash

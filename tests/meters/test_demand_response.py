@@ -1,0 +1,110 @@
+"""A meter in demand response: it hears the events that target it over its connection, opts out of the ones
+its household does not take part in (signed, through the gateway, recorded on chain), shows each event's
+status and its own part on its panel, and cuts its load while an event it takes part in is active."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from rich.console import Console
+
+from common.chain import ChainClient
+from common.demand_response import DemandResponse, Participation
+from common.deployment import load_deployment
+from common.dr_terms import Signal, Terms
+from common.messages import DemandResponseMessage
+from common.tariff import PERIOD_SECONDS
+from meters.display import render_meter
+from meters.response import LEVEL_FACTORS, REBOUND_SHARE, demand_factor, event_factor, wants_opt_out
+from operations.provisioning import provision
+from server.app import ServerApp
+from tests.meters.test_client import make_client, wait_for
+
+HOUR = 3_600
+
+
+async def test_a_household_opts_out_over_its_connection_and_the_other_takes_part(meter_settings, deployment):
+    provision(meter_settings, count=2, history_days=0)
+    deployment = load_deployment(meter_settings)
+    quitter, member = make_client(meter_settings, "meter-01")[0], make_client(meter_settings, "meter-02")[0]
+    for client, rate in ((quitter, 1.0), (member, 0.0)):
+        client.dr_domain, client.opt_out_rate = deployment.demand_response_domain, rate
+    app = await ServerApp.start(meter_settings, deployment)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in (quitter, member)]
+    dr = DemandResponse(ChainClient(meter_settings), deployment)
+    try:
+        await wait_for(lambda: all(c.status.state.value == "connected" for c in (quitter, member)), 30,
+                       "both meters to log in")
+        start = -(-(int(time.time()) + 2 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
+        event_id = await asyncio.to_thread(dr.create_event, "flex", Terms(start, HOUR, HOUR, Signal.LEVEL, 2, 100_000),
+                                           (), [quitter.status.meter, member.status.meter])
+        await wait_for(lambda: event_id in member.events and quitter.events.get(event_id) is not None
+                       and quitter.events[event_id].opted_out, 30, "the event and the opt-out to come back")
+        assert dr.participation(event_id, quitter.status.meter) == Participation.OPTED_OUT
+        assert dr.participation(event_id, member.status.meter) == Participation.NONE
+        assert not member.events[event_id].opted_out and member.opting_out == set()
+
+        # A changed event reaches the meters with its new modification number; the opt-out stands.
+        await asyncio.to_thread(dr.modify_event, event_id, Terms(start + PERIOD_SECONDS, HOUR, HOUR, Signal.LEVEL,
+                                                                 3, 100_000))
+        await wait_for(lambda: member.events[event_id].modification == 1
+                       and quitter.events[event_id].modification == 1, 30, "the change to reach both meters")
+        assert quitter.events[event_id].opted_out and member.events[event_id].signal_value == 3
+
+        screens = {}
+        for client in (quitter, member):
+            console = Console(record=True, width=160)
+            console.print(render_meter(client.status))
+            screens[client.status.name] = console.export_text()
+        assert f"event {event_id} (revision 1) (flex)" in screens["meter-01"]
+        assert "level 3 · far · opted out" in screens["meter-01"]
+        assert "level 3 · far · taking part" in screens["meter-02"]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await app.stop()
+
+
+def _event(start: int, level: int = 2, opted_out: bool = False, status: str = "far") -> DemandResponseMessage:
+    return DemandResponseMessage(id=4, modification=0, programme="flex", notice_at=start - HOUR, start=start,
+                                 duration=HOUR, ramp_up=HOUR, signal_kind="level", signal_value=level,
+                                 credit_rate=100_000, status=status, opted_out=opted_out)  # type: ignore[arg-type]
+
+
+def test_the_load_is_cut_while_an_event_it_takes_part_in_is_active_and_comes_back_after(meter_settings, deployment):
+    provision(meter_settings, count=1, history_days=0)
+    client, _ = make_client(meter_settings, "meter-01")
+    model = client.source.model
+    now = int(time.time())
+    client._on_message(_event(now + HOUR))
+    assert model.demand_factor == 1.0, "not yet active"
+    client._on_message(_event(now - 60, level=2).model_copy(update={"id": 5}))
+    assert model.demand_factor == LEVEL_FACTORS[2] == client.status.demand_factor
+    client.events.clear()
+    client._on_message(_event(now - HOUR - 60, level=3))  # ended a minute ago: the deferred load comes back
+    assert model.demand_factor == pytest.approx(1 + REBOUND_SHARE * (1 - LEVEL_FACTORS[3]))
+    client.events.clear()
+    client._on_message(_event(now - 60, opted_out=True))
+    assert model.demand_factor == 1.0, "a household that opted out carries on as usual"
+
+
+def test_the_response_follows_the_signal() -> None:
+    def terms(kind: Signal, value: int, start: int = 0) -> Terms:
+        return Terms(start, HOUR, 0, kind, value, 1)
+
+    assert [event_factor(terms(Signal.LEVEL, level)) for level in range(4)] == [1.0, 0.85, 0.70, 0.55]
+    assert event_factor(terms(Signal.PRICE, 100_000)) > event_factor(terms(Signal.PRICE, 300_000)) == pytest.approx(
+        0.73)
+    assert event_factor(terms(Signal.PRICE, 5_000_000)) == pytest.approx(0.55)
+    both = [(terms(Signal.LEVEL, 1), False), (terms(Signal.LEVEL, 3), False)]
+    assert demand_factor(both, 60) == 0.55, "the deepest cut of the events active"
+    assert demand_factor(both, HOUR + 60) == pytest.approx(1 + REBOUND_SHARE * 0.45)
+    assert demand_factor(both, 2 * HOUR + 60) == 1.0
+    assert demand_factor([(terms(Signal.LEVEL, 3), True)], 60) == 1.0, "a cancelled event asks nothing"
+    drawn = [wants_opt_out("0x" + f"{i:040x}", 7, 0.3) for i in range(2_000)]
+    assert 0.25 < sum(drawn) / len(drawn) < 0.35
+    assert drawn == [wants_opt_out("0x" + f"{i:040x}", 7, 0.3) for i in range(2_000)], "the same each time"
+    assert not any(wants_opt_out("0x" + f"{i:040x}", 7, 0.0) for i in range(100))

@@ -1,0 +1,189 @@
+"""Demand response over the meters' wire (protocol 4) against the session's Ganache: an event reaches the
+meters it targets, a change reaches them with its new modification number, a meter's signed opt-out goes
+through the gateway to the chain, bad or repeated opt-outs are refused with their event's id, and a
+meter that logs in later is told the event as it stands."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from eth_account import Account
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from common.demand_response import DemandResponse, Participation
+from common.dr_terms import Signal, Terms
+from common.eip712 import sign_login, sign_optout
+from common.events import ChainEvent
+from common.messages import (
+    Auth,
+    DemandResponseMessage,
+    ErrorMessage,
+    OptOut,
+    Welcome,
+    encode,
+    parse_message,
+)
+from common.tariff import PERIOD_SECONDS
+from common.tls import client_context
+from server.dr_relay import DemandResponseRelay
+from server.hub import Hub
+from tests.server.test_gateway import next_of
+
+HOUR = 3_600
+RATE = 100_000
+
+
+def _terms(start: int, level: int = 2) -> Terms:
+    return Terms(start, HOUR, HOUR, Signal.LEVEL, level, RATE)
+
+
+async def test_events_reach_their_meters_changed_ones_with_the_new_modification_and_opt_outs_go_through_the_gateway(
+    snapshot, server, new_meter, link_for, chain, deployment, server_settings,
+) -> None:
+    dr = DemandResponse(chain, deployment)
+    north_a, north_b, south = new_meter(region="dr-north"), new_meter(region="dr-north"), new_meter(region="dr-south")
+    links = {m.address: link_for(m) for m in (north_a, north_b, south)}
+    for link in links.values():
+        await link.connect()
+        assert link.version == 4
+    start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
+    event_id = dr.create_event("flex", _terms(start), regions=["dr-north"])
+
+    for meter in (north_a, north_b):
+        told = await next_of(links[meter.address], DemandResponseMessage)
+        assert (told.id, told.modification, told.programme, told.start, told.duration) == (event_id, 0, "flex",
+                                                                                             start, HOUR)
+        assert (told.signal_kind, told.signal_value, told.credit_rate, told.status) == ("level", 2, RATE, "far")
+        assert not told.opted_out and told.credit is None
+
+    later = _terms(start + PERIOD_SECONDS, level=3)
+    dr.modify_event(event_id, later)
+    changed = await next_of(links[north_b.address], DemandResponseMessage)
+    assert (changed.id, changed.modification, changed.start, changed.signal_value) == (
+        event_id, 1, start + PERIOD_SECONDS, 3)
+
+    # North A opts out over its connection: relayed to the chain, told back to the meter.
+    a_link = links[north_a.address]
+    assert (await next_of(a_link, DemandResponseMessage)).modification == 1
+    signature = sign_optout(north_a.key, deployment.demand_response_domain, event_id)
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, signature=signature))
+    told = await next_of(a_link, DemandResponseMessage)
+    assert (told.id, told.opted_out) == (event_id, True)
+    assert dr.participation(event_id, north_a.address) == Participation.OPTED_OUT
+    assert dr.participation(event_id, north_b.address) == Participation.NONE
+
+    # Again: refused before any gas is spent, with the event's id.
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, signature=signature))
+    refused = await next_of(a_link, ErrorMessage)
+    assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
+    # Signed with another key, and for a meter the event does not target.
+    b_link = links[north_b.address]
+    await b_link.send(OptOut(meter=north_b.address, event_id=event_id,
+                             signature=sign_optout(Account.create().key, deployment.demand_response_domain,
+                                                   event_id)))
+    assert ((await next_of(b_link, ErrorMessage)).code, dr.participation(event_id, north_b.address)) == (
+        "bad_signature", Participation.NONE)
+    s_link = links[south.address]
+    await s_link.send(OptOut(meter=south.address, event_id=event_id,
+                             signature=sign_optout(south.key, deployment.demand_response_domain, event_id)))
+    refused = await next_of(s_link, ErrorMessage)
+    assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
+    assert "does not target this meter" in refused.message
+
+    # A meter logging in later is told the event as it stands, its opt-out included.
+    await a_link.close()
+    relink = link_for(north_a)
+    await relink.connect()
+    again = await next_of(relink, DemandResponseMessage)
+    assert (again.id, again.modification, again.opted_out) == (event_id, 1, True)
+    for link in (relink, b_link, s_link):
+        await link.close()
+
+
+async def test_a_meter_of_an_older_protocol_version_is_not_sent_events(
+    snapshot, server, new_meter, chain, deployment, server_settings,
+) -> None:
+    meter = new_meter(region="dr-old")
+    async with connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path),
+                       subprotocols=[Subprotocol("smartmeter.v3")]) as ws:
+        challenge = parse_message(await ws.recv())
+        nonce = bytes.fromhex(challenge.nonce[2:])
+        await ws.send(encode(Auth(meter=meter.address, nonce=challenge.nonce,
+                                  signature=sign_login(meter.key, deployment.domain, nonce))))
+        assert isinstance(parse_message(await ws.recv()), Welcome)
+        start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
+        DemandResponse(chain, deployment).create_event("flex", _terms(start), meters=[meter.address])
+        deadline = time.monotonic() + 6  # three of the relay's looks at the chain
+        while time.monotonic() < deadline:
+            try:
+                raw = await _recv(ws, deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
+            assert not isinstance(parse_message(raw), DemandResponseMessage)
+        # Nor may it opt out over the wire (it does not speak version 4).
+        await ws.send(encode(OptOut(meter=meter.address, event_id=1, signature="0x" + "1" * 130)))
+        assert parse_message(await _recv(ws, 10)).code == "unexpected_message"
+
+
+async def _recv(ws: Any, timeout: float) -> Any:
+    return await asyncio.wait_for(ws.recv(), max(0.1, timeout))
+
+
+class _Peers(Hub):
+    """A hub whose meters are fake connections that keep what they are sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, DemandResponseMessage]] = []
+
+    def send(self, meter: str, message: str) -> bool:
+        self.sent.append((meter, parse_message(message)))
+        return True
+
+
+def _event(name: str, block: int, **args: Any) -> ChainEvent:
+    return ChainEvent(name, args, block, 0, "0x" + "00" * 32)
+
+
+def test_opt_outs_and_credits_go_to_their_meter_only_and_a_cancellation_to_every_targeted_meter(
+    deployment,
+) -> None:
+    from common.billing import text32
+    from server.hub import Peer
+
+    hub = _Peers()
+    meters = ["0x" + f"{i:040x}" for i in (1, 2, 3)]
+    for meter, region, version in zip(meters, ("north", "north", "north"), (4, 4, 3), strict=True):
+        hub.peers[meter] = Peer(meter, region, outlet=None, version=version)  # type: ignore[arg-type]
+    relay = DemandResponseRelay(deployment, chain=None, hub=hub, final=lambda: None)  # type: ignore[arg-type]
+    start = int(time.time()) + 2 * HOUR
+    relay._apply(_event("DemandResponseEvent", 5, id=7, modification=0, programme=text32("flex"),
+                        noticeAt=int(time.time()), terms=list(_terms(start).as_struct()),
+                        regions=[text32("north")], meters=[]))
+    assert [(m, e.id) for m, e in hub.sent] == [(meters[0], 7), (meters[1], 7)]  # not the version 3 meter
+    hub.sent.clear()
+    relay._apply(_event("OptedOut", 6, meter=meters[0], eventId=7))
+    relay._apply(_event("CreditApplied", 9, meter=meters[1], eventId=7, periodId=1, baselineWh=900,
+                        actualWh=400, amount=500 * RATE))
+    assert [(m, e.opted_out, e.credit, e.baseline_wh, e.actual_wh) for m, e in hub.sent] == [
+        (meters[0], True, None, None, None), (meters[1], False, 500 * RATE, 900, 400)]
+    hub.sent.clear()
+    relay._apply(_event("DemandResponseCancelled", 10, id=7, modification=1))
+    assert [(m, e.status, e.modification, e.opted_out) for m, e in hub.sent] == [
+        (meters[0], "cancelled", 1, True), (meters[1], "cancelled", 1, False)]
+    assert [e.id for e in relay.messages_for(meters[1], "north", time.time())] == [7]
+    assert relay.messages_for(meters[1], "south", time.time()) == []
+    # Long over: not told after a login any more.
+    assert relay.messages_for(meters[1], "north", start + 2 * 86_400) == []
+
+
+def test_the_wire_forms_of_demand_response_round_trip() -> None:
+    message = DemandResponseMessage(id=3, modification=2, programme="flex", notice_at=1, start=1_800, duration=1_800,
+                                    ramp_up=600, signal_kind="price", signal_value=35_000, credit_rate=RATE,
+                                    status="near", opted_out=True)
+    assert parse_message(encode(message)) == message
+    assert '"signalKind":"price"' in encode(message) and '"rampUp":600' in encode(message)
+    assert message.status_now(1_800).name == "ACTIVE" and message.status_now(3_600).name == "COMPLETED"
