@@ -1,6 +1,7 @@
 """The verifier's arithmetic (tools/verify/bill.mjs) against the Python reference (common/tariff.py) on random
 schedules and readings across both UK clock changes: two implementations written apart must give the same
-micropence for every reading and every standing charge."""
+micropence for every reading and every standing charge; and its demand-response baseline (baseline.mjs)
+against common/baseline.py on random readings, gaps and event windows, to the Wh."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import shutil
 import subprocess
 
+from common.baseline import half_hourly, measure
 from common.settings import ROOT
 from common.tariff import (
     BANDED,
@@ -99,3 +101,65 @@ def test_the_verifiers_split_prices_and_standing_charge_match_the_python_referen
     mismatches = [(case, a, b) for case, a, b in zip(cases, ours, theirs, strict=True) if a != b]
     assert mismatches == []
     assert sum(int(c) for c, _, _ in ours) > 0 and any(int(credit) for _, credit, _ in ours)
+
+
+BASELINE_HARNESS = """
+import { readFileSync } from "node:fs";
+import { halfHourly, measure } from "./tools/verify/baseline.mjs";
+const big = (pair) => pair.map(BigInt);
+const out = JSON.parse(readFileSync(0, "utf8")).map(({ opening, readings, start, end, windows }) => {
+  const m = measure(halfHourly(big(opening), readings.map(big)), BigInt(start), BigInt(end), windows.map(big));
+  return m === null ? null : [m.baselineWh === null ? null : m.baselineWh.toString(), m.actualWh.toString(),
+    m.days.map(String)];
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+Case = tuple[tuple[int, int], list[tuple[int, int]], int, int, list[tuple[int, int]]]
+
+
+def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None:
+    rng = random.Random(27)
+    cases: list[Case] = []
+    for _ in range(300):
+        opened = START + rng.randrange(40 * 86_400)
+        start = (opened + rng.randrange(0, 36 * 86_400)) // 1_800 * 1_800
+        end = start + rng.randrange(1, 9) * 1_800
+        # Some households use nothing from five hours before the start: the adjustment takes the baseline below 0.
+        quiet_from = start - 5 * 3_600 if rng.random() < 0.2 else None
+        t, register, readings = opened, rng.randrange(10**6), []
+        opening = (opened, register)
+        end_of_data = opened + rng.randrange(2, 35) * 86_400
+        while t < end_of_data:
+            step = rng.choice([rng.randrange(1, 1_800), rng.randrange(900, 5_400), rng.randrange(3_600, 2 * 86_400)])
+            power = 0 if quiet_from is not None and t + step > quiet_from else rng.randrange(3_000)
+            register += power * step // 3_600
+            t += step
+            readings.append((t, register))
+        windows = [(w, w + rng.randrange(1, 6) * 1_800)
+                   for w in ((start - rng.randrange(1, 30) * 86_400 + rng.randrange(-6, 6) * 1_800)
+                             for _ in range(rng.randrange(0, 6)))]
+        cases.append((opening, readings, start, end, [(start, end), *windows]))
+    ours: list[tuple[str | None, str, list[str]] | None] = []
+    for opening, readings, start, end, windows in cases:
+        try:
+            m = measure(half_hourly(opening, readings), start, end, windows)
+        except ValueError:
+            ours.append(None)
+            continue
+        ours.append((None if m.baseline_wh is None else str(m.baseline_wh), str(m.actual_wh), [str(d) for d in m.days]))
+    text = json.dumps([{"opening": o, "readings": r, "start": s, "end": e, "windows": w} for o, r, s, e, w in cases])
+    node = shutil.which("node")
+    assert node is not None
+    result = subprocess.run([node, "--input-type=module", "-e", BASELINE_HARNESS], cwd=ROOT, input=text,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    theirs = [None if m is None else tuple(m) for m in json.loads(result.stdout)]
+    mismatches = [(case, a, b) for case, a, b in zip(cases, ours, theirs, strict=True) if a != b]
+    assert mismatches == []
+    measured = [m for m in ours if m is not None and m[0] is not None]
+    # Every branch was taken: unmeasurable windows, too few days, the full ten days, a baseline held at 0.
+    assert None in ours and any(m is not None and m[0] is None for m in ours)
+    assert any(len(m[2]) == 10 for m in measured) and any(m[0] == "0" for m in measured)
+    assert len(measured) > 50

@@ -39,6 +39,24 @@ export function unpackRecord(record) {
   };
 }
 
+/** `delta` Wh used over the seconds [t0, t1) split over the periods it spans in proportion to time, as
+ * [period, Wh] for every period touched: the Wh up to each boundary is rounded down (cumulative floors) and
+ * a period gets the difference between its two boundaries, so the parts add up to `delta` exactly. */
+export function split(t0, t1, delta) {
+  const first = t0 / PERIOD;
+  const last = (t1 - 1n) / PERIOD;
+  const span = t1 - t0;
+  const parts = [];
+  let done = 0n;
+  for (let p = first; p < last; p += 1n) {
+    const cum = (delta * ((p + 1n) * PERIOD - t0)) / span;
+    parts.push([p, cum - done]);
+    done = cum;
+  }
+  parts.push([last, delta - done]);
+  return parts;
+}
+
 /** Every tariff version, the UK clock changes and the day-ahead prices, as published on chain. */
 export class Schedule {
   constructor() {
@@ -120,30 +138,19 @@ export class Schedule {
   }
 
   /** Import cost and export credit (micropence) of `dImport` and `dExport` Wh used over the seconds [t0, t1):
-   * each split over the periods in proportion to time by cumulative floors, so the parts add up exactly, and
-   * each part priced at its period's price. */
+   * each split over the periods in proportion to time (`split`) and each part priced at its period's price. */
   cost(t0, t1, dImport, dExport) {
     let cost = 0n;
     let credit = 0n;
-    const first = t0 / PERIOD;
-    const last = (t1 - 1n) / PERIOD;
-    const span = t1 - t0;
-    let doneImport = 0n;
-    let doneExport = 0n;
-    for (let p = first; p <= last; p += 1n) {
-      const upTo = p === last ? span : (p + 1n) * PERIOD - t0;
-      const cumImport = p === last ? dImport : (dImport * upTo) / span;
-      const cumExport = p === last ? dExport : (dExport * upTo) / span;
-      const partImport = cumImport - doneImport;
-      const partExport = cumExport - doneExport;
+    const exports = split(t0, t1, dExport);
+    split(t0, t1, dImport).forEach(([p, partImport], i) => {
+      const partExport = exports[i][1];
       if (partImport !== 0n || partExport !== 0n) {
         const [priceIn, priceOut] = this.pricesOf(p);
         cost += partImport * priceIn;
         credit += partExport * priceOut;
       }
-      doneImport = cumImport;
-      doneExport = cumExport;
-    }
+    });
     return { cost, credit };
   }
 }

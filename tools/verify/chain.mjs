@@ -1,7 +1,8 @@
 // Reading the contract's logs and views over JSON-RPC (viem), as of one block, for the verifier.
 //
 // The deployment file (deployments/<chainId>.json) gives the contract's address, its ABI and the
-// block it was deployed in; nothing else of the project is used. Logs are read in chunks of
+// block it was deployed in (and the DemandResponse contract's address and ABI, when it has one);
+// nothing else of the project is used. Logs are read in chunks of
 // blocks from the deployment's block to one pinned block, and the views are called at that same
 // block, so readings mined meanwhile cannot make the logs and the views disagree.
 
@@ -35,7 +36,19 @@ export function loadDeployment(path, chainId) {
   if (!/^0x[0-9a-fA-F]{40}$/.test(data.address ?? "") || !Array.isArray(data.abi) || data.block === undefined) {
     throw new CannotCheck(`${found} lacks the contract's address, abi or block`);
   }
-  return { path: found, address: data.address, abi: data.abi, block: BigInt(data.block), chainId: data.chainId };
+  const block = BigInt(data.block);
+  return { path: found, address: data.address, abi: data.abi, block, chainId: data.chainId,
+    demandResponse: demandResponseOf(data, found, block) };
+}
+
+/** The deployment's DemandResponse contract (its logs read from the same block), or null when it has none. */
+function demandResponseOf(data, found, block) {
+  const record = data.demandResponse;
+  if (record === undefined || record === null) return null;
+  if (!/^0x[0-9a-fA-F]{40}$/.test(record.address ?? "") || !Array.isArray(record.abi)) {
+    throw new CannotCheck(`${found} lacks the demand-response contract's address or abi`);
+  }
+  return { address: record.address, abi: record.abi, block };
 }
 
 /** A client for the node at `rpc`, or CannotCheck saying it does not answer. */
@@ -91,8 +104,13 @@ export async function readEvents(client, deployment, block, meters, chunk) {
       // not one of the ABI's events (or not decodable): nothing it says can be checked
     }
   }
-  return events.sort((a, b) => (a.block === b.block ? (a.index < b.index ? -1 : a.index > b.index ? 1 : 0)
-    : a.block < b.block ? -1 : 1));
+  return events.sort(chainOrder);
+}
+
+/** Events in chain order: by block, then by log index (which runs across every contract in a block). */
+export function chainOrder(a, b) {
+  if (a.block !== b.block) return a.block < b.block ? -1 : 1;
+  return a.index < b.index ? -1 : a.index > b.index ? 1 : 0;
 }
 
 /** The contract's openBill view for a meter at `block`, by field name. */
@@ -105,7 +123,7 @@ export async function openBill(client, deployment, meter, block) {
   return Object.fromEntries(names.map((name, i) => [name, BigInt(values[i])]));
 }
 
-/** Whether code is deployed at the contract's address (not after a chain reset). */
+/** Whether code is deployed at the contract's address (not after a chain reset); any {address} will do. */
 export async function hasCode(client, deployment, block) {
   const code = await client.getCode({ address: deployment.address, blockNumber: block });
   return code !== undefined && code !== "0x";

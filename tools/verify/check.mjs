@@ -10,13 +10,19 @@
 // them to the contract's own figures: every ReadingRecorded event's running totals, every
 // BillIssued event and the openBill view. It prints one row per meter and a summary line.
 //
+// When the deployment has the DemandResponse contract, it also recomputes every CreditApplied credit:
+// the meter's baseline and actual energy over the event's window from its readings and the events'
+// windows (tools/verify/baseline.mjs), the amount at the event's credit rate and the billing period it
+// went on (tools/verify/credits.mjs), and prints a second summary line (when there is any credit).
+//
 // Exit status: 0 when every figure agrees, 1 when any disagrees, 2 when it could not check (a wrong
 // URL or file, a meter not on the contract).
 
 import { pathToFileURL } from "node:url";
 
 import { Replay, Schedule, kwh, pounds } from "./bill.mjs";
-import { CannotCheck, connect, hasCode, loadDeployment, openBill, readEvents } from "./chain.mjs";
+import { CannotCheck, chainOrder, connect, hasCode, loadDeployment, openBill, readEvents } from "./chain.mjs";
+import { Credits } from "./credits.mjs";
 
 const USAGE = `usage: node tools/verify/check.mjs --rpc URL [--meter 0x...]... [--deployment FILE] [--chunk BLOCKS] [--json]
 
@@ -65,6 +71,11 @@ export async function verify(options) {
     throw new CannotCheck(`no contract at ${deployment.address} on chain ${chainId} (was the chain reset?)`);
   }
   const events = await readEvents(client, deployment, head, options.meters, options.chunk);
+  const dr = deployment.demandResponse;
+  if (dr !== null && !await hasCode(client, dr, head)) {
+    throw new CannotCheck(`no demand-response contract at ${dr.address} on chain ${chainId} (was the chain reset?)`);
+  }
+  const drEvents = dr === null ? [] : await readEvents(client, dr, head, [], options.chunk);
   const schedule = new Schedule();
   for (const e of events) {
     if (e.name === "TariffChanged") schedule.addVersion(e.args);
@@ -73,11 +84,23 @@ export async function verify(options) {
   }
   if (schedule.versions.length === 0) throw new CannotCheck("no TariffChanged event found: nothing prices the energy");
   const replay = new Replay(schedule);
-  for (const e of events) {
+  const credits = new Credits();
+  for (const e of [...events, ...drEvents].sort(chainOrder)) {
     const where = `block ${e.block}, tx ${e.tx}`;
-    if (e.name === "MeterRegistered") replay.register(e.args, where);
-    else if (e.name === "ReadingRecorded") replay.reading(e.args, where);
-    else if (e.name === "BillIssued") replay.issue(e.args, where);
+    if (e.name === "MeterRegistered") {
+      replay.register(e.args, where);
+      credits.register(e.args);
+    } else if (e.name === "ReadingRecorded") {
+      replay.reading(e.args, where);
+      credits.reading(e.args);
+    } else if (e.name === "BillIssued") replay.issue(e.args, where);
+    else if (e.name === "DemandResponseEvent") credits.announce(e.args);
+    else if (e.name === "DemandResponseCancelled") credits.cancel(e.args);
+    else if (e.name === "OptedOut") credits.optOut(e.args);
+    else if (e.name === "CreditApplied") {
+      const m = replay.meter(e.args.meter); // its open period now is the one the credit should go on
+      if (m !== undefined || options.meters.length === 0) credits.applied(e.args, where, m?.periodId);
+    }
   }
   const wanted = options.meters.length ? options.meters : [...replay.meters.values()].map((m) => m.address);
   const rows = [];
@@ -90,9 +113,12 @@ export async function verify(options) {
       agrees: m.problems.length === 0, problems: m.problems,
     });
   }
+  const creditRows = dr === null ? null : credits.check();
   return {
     chainId, contract: deployment.address, fromBlock: deployment.block, toBlock: head, events: events.length, rows,
-    agrees: rows.every((r) => r.agrees),
+    credits: dr === null ? null : { contract: dr.address, events: drEvents.length, rows: creditRows,
+      agrees: creditRows.every((r) => r.agrees) },
+    agrees: rows.every((r) => r.agrees) && (creditRows ?? []).every((r) => r.agrees),
   };
 }
 
@@ -119,6 +145,14 @@ function summary(result) {
     : `${what}: ${wrong} of ${result.rows.length} meters DISAGREE with the contract`;
 }
 
+function creditSummary(credits) {
+  const wrong = credits.rows.filter((r) => !r.agrees).length;
+  const n = (x) => x.toLocaleString("en-GB");
+  const what = `${n(credits.rows.length)} demand-response credits recomputed from the readings and `
+    + `${n(credits.events)} events of contract ${credits.contract}`;
+  return wrong === 0 ? `${what}: all agree` : `${what}: ${wrong} of ${credits.rows.length} credits DISAGREE`;
+}
+
 function asJson(result) {
   return JSON.stringify(result, (key, value) => (typeof value === "bigint" ? value.toString() : value), 2);
 }
@@ -136,13 +170,20 @@ export async function main(argv, out = console.log, err = console.error) {
     return 2;
   }
   if (options.json) {
-    out(asJson({ ...result, summary: summary(result) }));
+    const credits = result.credits === null ? null : { ...result.credits, summary: creditSummary(result.credits) };
+    out(asJson({ ...result, credits, summary: summary(result) }));
   } else {
     for (const line of table(result)) out(line);
     for (const row of result.rows.filter((r) => !r.agrees)) {
       for (const problem of row.problems) out(`${row.meter}: ${problem}`);
     }
     out(summary(result));
+    if (result.credits !== null && result.credits.rows.length > 0) { // no credits yet: nothing more to say
+      for (const row of result.credits.rows.filter((r) => !r.agrees)) {
+        out(`event ${row.eventId}, meter ${row.meter} (${row.where}): ${row.problems.join("; ")}`);
+      }
+      out(creditSummary(result.credits));
+    }
   }
   return result.agrees ? 0 : 1;
 }
