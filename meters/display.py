@@ -21,8 +21,8 @@ from common.messages import DemandResponseMessage
 from common.tariff import format_kwh, format_pounds
 from meters.status import LinkState, MeterStatus, readings_phrase
 
-__all__ = ["render_meter", "describe_event", "render_fleet", "fleet_state", "describe_connection", "describe_exit",
-           "SEVERITY_STYLE", "STATE_STYLE"]
+__all__ = ["render_meter", "describe_event", "fleet_events", "render_fleet", "fleet_state", "describe_connection",
+           "describe_exit", "SEVERITY_STYLE", "STATE_STYLE"]
 
 SEVERITY_STYLE = {0: ("INFO", "bold cyan"), 1: ("WARNING", "bold yellow"), 2: ("CRITICAL", "bold white on red")}
 STATE_STYLE = {
@@ -175,4 +175,27 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None,
         label, style = SEVERITY_STYLE.get(int(alert.get("severity", 0)), SEVERITY_STYLE[0])
         lines.append(Text(f" GRID ALERT {label}: {alert.get('message')} ({alert.get('region') or 'all regions'}) ",
                           style=style))
+    lines.extend(Text(line, style="bold blue") for line in fleet_events(statuses, now))
     return Group(*lines, table)
+
+
+def fleet_events(statuses: list[MeterStatus], now: float) -> list[str]:
+    """One line per demand-response event not over, newest last: its window, status and the meters' parts.
+
+    ``DEMAND RESPONSE event 1 (flex-demo) 06:00-06:30 · level 2 · near: 11 taking part, 1 opted out``
+    """
+    parts: dict[int, tuple[DemandResponseMessage, list[bool]]] = {}
+    for s in statuses:
+        for raw in s.dr_events.values():
+            event = DemandResponseMessage.model_validate(raw)
+            known = parts.get(event.id)
+            if known is None or known[0].modification < event.modification:
+                parts[event.id] = (event, (known[1] if known else []))
+            parts[event.id][1].append(event.opted_out)
+    out = []
+    for event, opted in (parts[i] for i in sorted(parts)):
+        if event.status_now(now).name in ("COMPLETED", "CANCELLED") and event.start + event.duration < now - 3_600:
+            continue
+        head = describe_event(event, now).rsplit(" · ", 1)[0]
+        out.append(f" DEMAND RESPONSE {head}: {opted.count(False)} taking part, {opted.count(True)} opted out ")
+    return out

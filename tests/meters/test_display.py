@@ -82,6 +82,31 @@ def test_fleet_view_lists_every_meter_with_its_bill_and_problem():
     assert "meter-02" in text and "connection refused" in text
 
 
+def test_panel_and_fleet_view_show_a_demand_response_event_and_each_meters_part():
+    from common.messages import DemandResponseMessage
+    from meters.display import fleet_events
+
+    now = time.time()
+    start = int(now) + 600
+    event = DemandResponseMessage(id=1, modification=1, programme="flex", notice_at=start - 900, start=start,
+                                  duration=1_800, ramp_up=900, signal_kind="level", signal_value=2, credit_rate=300_000,
+                                  status="far")
+    statuses = [MeterStatus(name=f"meter-0{i}", meter=f"0x{i}", state=LinkState.CONNECTED, updated_at=now,
+                            dr_events={"1": event.model_copy(update={"opted_out": i == 3}).model_dump()})
+                for i in (1, 2, 3)]
+    window = f"{time.strftime('%H:%M', time.localtime(start))}-{time.strftime('%H:%M', time.localtime(start + 1_800))}"
+    assert fleet_events(statuses, now) == [
+        f" DEMAND RESPONSE event 1 (revision 1) (flex) {window} · level 2 · near: 2 taking part, 1 opted out "]
+    assert "DEMAND RESPONSE event 1" in text_of(render_fleet(statuses, now))
+    assert f"event 1 (revision 1) (flex) {window} · level 2 · near · opted out" in text_of(
+        render_meter(statuses[2], now))
+    credited = event.model_copy(update={"credit": 12_000_000, "baseline_wh": 500, "actual_wh": 460})
+    statuses[0].dr_events = {"1": credited.model_dump()}
+    assert "level 2 · completed · credited £0.12 (0.040 kWh below the baseline)" in text_of(
+        render_meter(statuses[0], start + 3_600))
+    assert fleet_events(statuses, start + 3 * 3_600) == [], "long over: no longer shown above the fleet"
+
+
 def test_status_round_trips_through_json():
     status = MeterStatus(name="m", meter="0x1", state=LinkState.CONNECTED, amount_due=5, alerts={"1": {"id": 1}})
     assert MeterStatus.from_json(status.to_json()) == status
