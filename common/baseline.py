@@ -35,6 +35,8 @@ __all__ = [
     "Measurement",
     "half_hourly",
     "measure",
+    "baseline",
+    "half_hour_baseline",
 ]
 
 BASELINE_DAYS = 10
@@ -104,6 +106,16 @@ def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[i
     actual = usage.energy(start, end)
     if actual is None:
         raise ValueError(f"the readings do not cover the window {start}-{end} yet")
+    baseline_wh, days = baseline(usage, start, end, event_windows)
+    return Measurement(baseline_wh, actual, days)
+
+
+def baseline(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[int, int]]
+             ) -> tuple[int | None, tuple[int, ...]]:
+    """The baseline Wh of the window [start, end) (None with too few days) and the days it used (steps 2-5).
+
+    Needs no reading in the window itself, so it gives an active event's baseline too.
+    """
     adj_start, adj_end = start - ADJUSTMENT_GAP_SECONDS - ADJUSTMENT_SECONDS, start - ADJUSTMENT_GAP_SECONDS
     days: list[int] = []
     window_total = adj_total = 0
@@ -123,10 +135,35 @@ def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[i
         else:
             adj_total += before
     if len(days) < MIN_BASELINE_DAYS:
-        return Measurement(None, actual, tuple(days))
-    baseline = Fraction(window_total, len(days))
+        return None, tuple(days)
+    mean = Fraction(window_total, len(days))
     if adjustable:
         event_day = usage.energy(adj_start, adj_end)
         assert event_day is not None
-        baseline += (event_day - Fraction(adj_total, len(days))) * Fraction(end - start, ADJUSTMENT_SECONDS)
-    return Measurement(max(0, int(baseline // 1)), actual, tuple(days))
+        mean += (event_day - Fraction(adj_total, len(days))) * Fraction(end - start, ADJUSTMENT_SECONDS)
+    return max(0, int(mean // 1)), tuple(days)
+
+
+def half_hour_baseline(usage: _Usage, start: int, days: Sequence[int], total_wh: int, periods: int) -> list[int]:
+    """A baseline of ``total_wh`` over ``periods`` half hours from ``start``, split as the baseline days used them.
+
+    Each half hour takes its mean over the days (``days``: each day's window start) plus an even share of
+    what the total adds to those means (the in-day adjustment and rounding), never below 0; the whole
+    Wh are then handed out by largest remainder so the half hours add up to ``total_wh`` exactly (evenly
+    when there are no days or nothing to weigh by).
+    """
+    weights: list[Fraction] = []
+    for i in range(periods):
+        means = [usage.energy(d + i * PERIOD_SECONDS, d + (i + 1) * PERIOD_SECONDS) or 0 for d in days]
+        weights.append(Fraction(sum(means), len(means)) if means else Fraction(0))
+    extra = Fraction(total_wh - sum(weights), periods) if periods else Fraction(0)
+    weights = [max(Fraction(0), w + extra) for w in weights]
+    weight = sum(weights, Fraction(0))
+    if weight == 0:
+        weights, weight = [Fraction(1)] * periods, Fraction(periods)
+    shares = [w * total_wh / weight for w in weights]
+    out = [int(s // 1) for s in shares]
+    order = sorted(range(periods), key=lambda i: shares[i] - out[i], reverse=True)
+    for i in order[:total_wh - sum(out)]:
+        out[i] += 1
+    return out

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from eth_utils import to_checksum_address
 
-from common.baseline import Measurement, half_hourly, measure
+from common.baseline import Measurement, baseline, half_hour_baseline, half_hourly, measure
 from common.billing import Billing, from_text32, text32
 from common.chain import ChainClient, ErrorDecoder
 from common.deployment import Deployment
@@ -22,7 +22,7 @@ from common.dr_terms import Signal, Status, Terms, status_at
 from common.errors import DeploymentMissing
 from common.events import unpack_record
 from common.statement import CreditLine
-from common.tariff import format_kwh
+from common.tariff import PERIOD_SECONDS, format_kwh
 
 __all__ = [
     "Status",
@@ -34,7 +34,11 @@ __all__ = [
     "CreditRecord",
     "MeterResponse",
     "DemandResponse",
+    "HalfHour",
+    "MeterWindow",
     "measure_event",
+    "meter_windows",
+    "period_credits",
     "statement_credits",
 ]
 
@@ -156,6 +160,15 @@ class DemandResponse:
             return list(event.meters)
         return [m for m in self.billing.meters() if self.billing.meter(m).region in event.regions]
 
+    def terms_of(self, event_id: int) -> tuple[Terms, Status, str]:
+        """An event's current terms, status and programme (one call, no logs)."""
+        terms, programme, _, _, status = self.contract.functions.eventOf(event_id).call()
+        return Terms.from_struct(terms), Status(int(status)), from_text32(programme)
+
+    def is_targeted(self, event_id: int, meter: str) -> bool:
+        """Whether an event targets a meter (listed, or registered in one of its regions)."""
+        return bool(self.contract.functions.isTargeted(event_id, to_checksum_address(meter)).call())
+
     def participation(self, event_id: int, meter: str) -> Participation:
         """A meter's participation in an event."""
         return Participation(int(self.contract.functions.participation(event_id, to_checksum_address(meter)).call()))
@@ -185,9 +198,9 @@ class DemandResponse:
         """The active periods of every event not cancelled (days holding one are no baseline days)."""
         out = []
         for i in self.event_ids():
-            ev = self.event(i)
-            if ev.status != Status.CANCELLED:
-                out.append((ev.terms.start, ev.terms.end))
+            terms, status, _ = self.terms_of(i)
+            if status != Status.CANCELLED:
+                out.append((terms.start, terms.end))
         return out
 
 
@@ -216,6 +229,92 @@ def measure_event(dr: DemandResponse, event: DrEvent) -> list[MeterResponse]:
         except ValueError:
             m = None
         out.append(MeterResponse(meter, False, m))
+    return out
+
+
+@dataclass(frozen=True)
+class HalfHour:
+    """One half hour of an event's window for one meter: baseline and actual Wh (None when not known)."""
+
+    start: int
+    baseline_wh: int | None
+    actual_wh: int | None
+
+
+@dataclass(frozen=True)
+class MeterWindow:
+    """An event's window as one targeted meter went through it, with its baseline against its actual.
+
+    ``baseline_kind`` says where the baseline comes from: ``credited`` (the settlement's, from
+    ``CreditApplied``), ``provisional`` (computed now from the chain by ``common.baseline``, for an event
+    active or completed but not credited), or None (an event to come, a meter that opted out, or too
+    few baseline days). The half hours split the baseline as the baseline days used energy, summing to
+    ``baseline_wh``.
+    """
+
+    event_id: int
+    programme: str
+    terms: Terms
+    status: Status
+    opted_out: bool
+    baseline_kind: str | None
+    baseline_wh: int | None
+    actual_wh: int | None
+    credit: CreditRecord | None
+    half_hours: tuple[HalfHour, ...]
+
+
+def meter_windows(dr: DemandResponse, meter: str, start: int, end: int) -> list[MeterWindow]:
+    """The events targeting ``meter`` whose active period overlaps [start, end), oldest first (not cancelled)."""
+    meter = to_checksum_address(meter)
+    terms = {i: dr.terms_of(i) for i in dr.event_ids()}
+    windows = [(t.start, t.end) for t, status, _ in terms.values() if status != Status.CANCELLED]
+    chosen = [i for i, (t, status, _) in terms.items()
+              if status != Status.CANCELLED and t.start < end and start < t.end and dr.is_targeted(i, meter)]
+    if not chosen:
+        return []
+    credits = {c.event_id: c for c in dr.credits(meter=meter)}
+    usage = None
+    out = []
+    for i in chosen:
+        t, status, programme = terms[i]
+        opted_out = dr.participation(i, meter) == Participation.OPTED_OUT
+        if status in (Status.FAR, Status.NEAR) or opted_out:
+            out.append(_window_only(i, programme, t, status, opted_out))
+            continue
+        if usage is None:
+            usage = _usage(dr.billing, meter)
+        out.append(_measured_window(i, programme, t, status, usage, windows, credits.get(i)))
+    return out
+
+
+def _window_only(event_id: int, programme: str, terms: Terms, status: Status, opted_out: bool) -> MeterWindow:
+    """An event's window with no figures (to come, or opted out)."""
+    halves = tuple(HalfHour(s, None, None) for s in range(terms.start, terms.end, PERIOD_SECONDS))
+    return MeterWindow(event_id, programme, terms, status, opted_out, None, None, None, None, halves)
+
+
+def _measured_window(event_id: int, programme: str, terms: Terms, status: Status, usage: Any,
+                     windows: Sequence[tuple[int, int]], credit: CreditRecord | None) -> MeterWindow:
+    """An active or completed event's window: the credited baseline, or one computed now (provisional)."""
+    computed, days = baseline(usage, terms.start, terms.end, windows)
+    kind: str | None = "credited"
+    base: int | None = credit.baseline_wh if credit else computed
+    actual: int | None = credit.actual_wh if credit else usage.energy(terms.start, terms.end)
+    if credit is None:
+        kind = "provisional" if computed is not None else None
+    starts = range(terms.start, terms.end, PERIOD_SECONDS)
+    shares = half_hour_baseline(usage, terms.start, days, base, len(starts)) if base is not None else None
+    halves = tuple(HalfHour(s, shares[k] if shares is not None else None, usage.energy(s, s + PERIOD_SECONDS))
+                   for k, s in enumerate(starts))
+    return MeterWindow(event_id, programme, terms, status, False, kind, base, actual, credit, halves)
+
+
+def period_credits(dr: DemandResponse, meter: str | None = None) -> dict[tuple[str, int], int]:
+    """The credits recorded against each (meter, billing period), in micropence, for one meter or all."""
+    out: dict[tuple[str, int], int] = {}
+    for c in dr.credits(meter=meter):
+        out[c.meter, c.period_id] = out.get((c.meter, c.period_id), 0) + c.amount
     return out
 
 

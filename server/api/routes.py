@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -27,10 +28,11 @@ from starlette.websockets import WebSocketDisconnect
 from common import errors
 from common.chain import ChainClient
 from common.customers import Customers
-from common.demand_response import DemandResponse, Participation
+from common.demand_response import DemandResponse, MeterWindow, Participation, meter_windows, period_credits
 from common.deployment import Deployment
 from common.eip712 import login_typed_data, recover_optout_signer
 from common.settings import Settings
+from common.tariff import format_pounds
 from server.api.auth import Authenticator, Principal
 from server.api.schemas import (
     BandCostOut,
@@ -39,10 +41,12 @@ from server.api.schemas import (
     ConsumptionAlertOut,
     ConsumptionOut,
     DemandResponseEventOut,
+    DrHalfHourOut,
     ErrorOut,
     GridAlertOut,
     HealthOut,
     MeOut,
+    MeterDemandResponseOut,
     MeterOut,
     OptOutIn,
     OptOutOut,
@@ -73,6 +77,7 @@ from server.live import LiveFeed, Update
 
 __all__ = ["ApiContext", "router", "parse_time", "MAX_TIME", "MAX_PAGE", "MAX_PAGE_SIZE", "MAX_AMOUNT"]
 
+log = logging.getLogger("api")
 router = APIRouter(prefix="/api/v1")
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 UNIX_SECONDS = re.compile(r"[0-9]+")
@@ -291,14 +296,45 @@ async def me(who: Caller) -> MeOut:
 
 @router.get("/meters", response_model=list[MeterOut], tags=["meters"], responses=answers(UNAUTHORIZED))
 async def meters(ctx: Ctx, who: Caller) -> list[MeterOut]:
-    """Every meter (the operator), or the customer's own."""
-    return [ctx.meter_out(m) for m in ctx.index.meters() if who.is_operator or m.address == who.meter]
+    """Every meter (the operator), or the customer's own, each open bill with its demand-response credits."""
+    shown = [ctx.meter_out(m) for m in ctx.index.meters() if who.is_operator or m.address == who.meter]
+    credits = await _credits(ctx, None if who.is_operator else who.meter)
+    return [_meter_with_credit(m, credits) for m in shown]
 
 
 @router.get("/meters/{address}", response_model=MeterOut, tags=["meters"], responses=answers(*METER_ERRORS))
 async def meter(ctx: Ctx, who: Caller, address: MeterAddress) -> MeterOut:
-    """One meter: account reference, status, connection, last reading and open bill."""
-    return ctx.meter_out(_meter(ctx, who, address))
+    """One meter: account reference, status, connection, last reading and open bill (with its demand-response
+    credits and the amount payable after them)."""
+    out = ctx.meter_out(_meter(ctx, who, address))
+    return _meter_with_credit(out, await _credits(ctx, out.address))
+
+
+async def _credits(ctx: ApiContext, meter: str | None) -> dict[tuple[str, int], int] | None:
+    """The demand-response credits of each (meter, billing period) from the chain; None when it cannot be read."""
+    if ctx.deployment.demand_response is None:
+        return {}
+    try:
+        return await asyncio.to_thread(_read_credits, ctx, meter)
+    except Exception as err:  # noqa: BLE001 - the bills still come from the index, without their credits
+        log.warning("demand-response credits not read from the chain: %s", err)
+        return None
+
+
+def _read_credits(ctx: ApiContext, meter: str | None) -> dict[tuple[str, int], int]:
+    return period_credits(DemandResponse(ChainClient(ctx.settings), ctx.deployment), meter)
+
+
+def _bill_with_credit(bill: BillOut, credits: dict[tuple[str, int], int] | None) -> BillOut:
+    """A bill with its demand-response credits and amount payable (as it is when the credits are unknown)."""
+    if credits is None:
+        return bill
+    return bill.with_credit(credits.get((to_checksum_address(bill.meter), bill.period_id), 0))
+
+
+def _meter_with_credit(meter: MeterOut, credits: dict[tuple[str, int], int] | None) -> MeterOut:
+    """A meter whose open bill carries its demand-response credits."""
+    return meter.model_copy(update={"open_bill": _bill_with_credit(meter.open_bill, credits)})
 
 
 @router.get("/meters/{address}/readings", response_model=Page[ReadingOut | SettlementPeriodOut | ConsumptionOut],
@@ -403,8 +439,8 @@ async def meter_bills(
 ) -> dict[str, Any]:
     """A meter's billing periods: the open one and those issued, overlapping [period_from, period_to)."""
     m = _meter(ctx, who, address)
-    return _bills(request, ctx, m.address, status, period_from, period_to, min_amount_micropence, order_by, page,
-                  page_size)
+    return await _bills(request, ctx, m.address, status, period_from, period_to, min_amount_micropence, order_by,
+                        page, page_size)
 
 
 @router.get("/bills", response_model=Page[BillOut], tags=["bills"],
@@ -423,17 +459,18 @@ async def bills(
         meter = to_checksum_address(meter)
     elif not who.is_operator:
         meter = who.meter
-    return _bills(request, ctx, meter, status, period_from, period_to, min_amount_micropence, order_by, page,
-                  page_size)
+    return await _bills(request, ctx, meter, status, period_from, period_to, min_amount_micropence, order_by, page,
+                        page_size)
 
 
-def _bills(request: Request, ctx: ApiContext, meter: str | None, status: str | None, period_from: str | None,
-           period_to: str | None, min_amount: int | None, order_by: str, page: int, page_size: int
-           ) -> dict[str, Any]:
+async def _bills(request: Request, ctx: ApiContext, meter: str | None, status: str | None, period_from: str | None,
+                 period_to: str | None, min_amount: int | None, order_by: str, page: int, page_size: int
+                 ) -> dict[str, Any]:
     start, end = _window(ctx, period_from, period_to)
     count, rows = ctx.index.periods(meter, status, start, end, min_amount, order_by == "-period", page_size,
                                     (page - 1) * page_size)
-    return _page(request, count, page, page_size, [bill_out(p) for p in rows])
+    credits = await _credits(ctx, meter) if rows else {}
+    return _page(request, count, page, page_size, [_bill_with_credit(bill_out(p), credits) for p in rows])
 
 
 @router.get("/meters/{address}/threshold", response_model=ThresholdOut, tags=["alerts"],
@@ -545,6 +582,44 @@ async def demand_response_opt_out(
         ctx.opt_outs = OptOutRelayer(ctx.settings, ctx.deployment)
     tx_hash = await ctx.opt_outs.relay(event_id, body.meter, body.signature)
     return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter), tx_hash=tx_hash)
+
+
+@router.get("/meters/{address}/demand-response", response_model=list[MeterDemandResponseOut],
+            tags=["demand response"], responses=answers(*METER_ERRORS))
+async def meter_demand_response(
+    ctx: Ctx, who: Caller, address: MeterAddress, period_from: TimeParam = None, period_to: TimeParamTo = None,
+) -> list[MeterDemandResponseOut]:
+    """The demand-response events that target the meter and whose window overlaps [period_from, period_to),
+    oldest first (cancelled events left out), read from the chain: the window, the meter's opt-out, and its
+    baseline against its actual consumption, over the window and in each half hour of it. The baseline is the
+    one credited once the event is credited; before that, for an event active or completed, it is computed
+    now from the chain by the same method (`baseline_kind` `provisional`); an event to come has only its window."""
+    m = _meter(ctx, who, address)
+    start, end = _window(ctx, period_from, period_to)
+    if ctx.deployment.demand_response is None:
+        return []
+    windows = await asyncio.to_thread(_meter_windows, ctx, m.address, start, end)
+    return [_meter_window_out(w) for w in windows]
+
+
+def _meter_windows(ctx: ApiContext, meter: str, start: int, end: int) -> list[MeterWindow]:
+    return meter_windows(DemandResponse(ChainClient(ctx.settings), ctx.deployment), meter, start, end)
+
+
+def _meter_window_out(w: MeterWindow) -> MeterDemandResponseOut:
+    """One event's window for one meter, for the API."""
+    credit = w.credit.amount if w.credit else None
+    return MeterDemandResponseOut(
+        event_id=w.event_id, programme=w.programme, status=w.status.name.lower(),  # type: ignore[arg-type]
+        start=iso(w.terms.start) or "", end=iso(w.terms.end) or "",
+        signal_kind=w.terms.signal_kind.name.lower(),  # type: ignore[arg-type]
+        signal_value=w.terms.signal_value, credit_rate=w.terms.credit_rate, opted_out=w.opted_out,
+        baseline_kind=w.baseline_kind,  # type: ignore[arg-type]
+        baseline_wh=w.baseline_wh, actual_wh=w.actual_wh, credit_micropence=credit,
+        credit_pounds=format_pounds(credit) if credit is not None else None,
+        period_id=w.credit.period_id if w.credit else None,
+        half_hours=[DrHalfHourOut(start=iso(h.start) or "", end=iso(h.start + PERIOD) or "", baseline_wh=h.baseline_wh,
+                                  actual_wh=h.actual_wh) for h in w.half_hours])
 
 
 def _demand_response_events(ctx: ApiContext, who: Principal) -> list[DemandResponseEventOut]:

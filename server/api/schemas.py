@@ -43,6 +43,8 @@ __all__ = [
     "TokenOut",
     "MeOut",
     "HealthOut",
+    "DrHalfHourOut",
+    "MeterDemandResponseOut",
     "bill_out",
     "meter_out",
     "tariff_out",
@@ -114,6 +116,20 @@ class BillOut(BaseModel):
     tx_hash: str | None = None
     final: bool = Field(True, description="false while the newest reading in it is in a block not final yet "
                                           "(CONFIRMATIONS deep): a provisional bill, which a reorganisation may undo")
+    demand_response_credit_micropence: int | None = Field(
+        default=None, description="demand-response credits recorded on chain against this period (DemandResponse "
+                          "`creditOf`); null in live updates, which do not read the chain")
+    amount_payable_micropence: int | None = Field(
+        default=None, description="what the customer pays: the amount due minus the demand-response credits (null "
+                          "with them)")
+    amount_payable_pounds: str | None = Field(default=None, description="the amount payable rounded to the penny")
+
+    def with_credit(self, credit: int) -> BillOut:
+        """This bill with its demand-response credits and the amount payable after them."""
+        payable = self.amount_due_micropence - credit
+        return self.model_copy(update={"demand_response_credit_micropence": credit,
+                                       "amount_payable_micropence": payable,
+                                       "amount_payable_pounds": format_pounds(payable)})
 
 
 class LastReading(BaseModel):
@@ -252,6 +268,42 @@ class ParticipationOut(BaseModel):
     actual_wh: int | None
     credit: int | None = Field(description="micropence put against the billing period `period_id`")
     period_id: int | None
+
+
+class DrHalfHourOut(BaseModel):
+    """One half hour (a settlement period) of an event's window for one meter."""
+
+    start: str
+    end: str
+    baseline_wh: int | None = Field(description="the baseline's share of this half hour (the shares add up to "
+                                                "`baseline_wh`), null without a baseline")
+    actual_wh: int | None = Field(description="energy imported, null until the readings cover the half hour")
+
+
+class MeterDemandResponseOut(BaseModel):
+    """A demand-response event as one targeted meter went through it: its window, and the meter's baseline
+    against its actual consumption."""
+
+    event_id: int
+    programme: str
+    status: Literal["far", "near", "active", "completed"]
+    start: str
+    end: str
+    signal_kind: Literal["level", "price"]
+    signal_value: int = Field(description="a level 0-3, or millipence per kWh")
+    credit_rate: int = Field(description="millipence per kWh of reduction")
+    opted_out: bool
+    baseline_kind: Literal["credited", "provisional"] | None = Field(
+        description="`credited`: the baseline the settlement credited; `provisional`: computed now from the chain "
+                    "by the same method (event active, or completed and not credited yet); null: an event to "
+                    "come, an opt-out, or too few baseline days")
+    baseline_wh: int | None
+    actual_wh: int | None = Field(description="energy imported in the window (credited: as credited); null until "
+                                              "the readings cover it")
+    credit_micropence: int | None = Field(description="the credit recorded on chain, null until credited")
+    credit_pounds: str | None = None
+    period_id: int | None = Field(description="the billing period the credit went on")
+    half_hours: list[DrHalfHourOut]
 
 
 class DemandResponseEventOut(BaseModel):

@@ -649,6 +649,8 @@
       this.chartType = "bar";
       this.day = isoDate(new Date());
       this.hours = [];
+      this.drEvents = [];
+      this.drCredit = null;  // { period, micropence }: the open bill's DR credits, kept across live updates
       this.consumptionAlerts = [];
       this.alive = true;
       this.loads = 0;
@@ -678,7 +680,11 @@
           </div>
           <div id="chart-error"></div>
           <div class="chart-layout">
-            <div class="chart-box"><canvas id="consumption-chart" aria-label="hourly consumption"></canvas></div>
+            <div class="chart-main">
+              <div class="chart-box"><canvas id="consumption-chart" aria-label="hourly consumption"></canvas></div>
+              <div id="dr-error"></div>
+              <ul class="dr-events" id="dr-events"></ul>
+            </div>
             <div class="table-wrap hours">
               <table class="data" id="hourly-table">
                 <thead><tr><th>Hour</th><th class="num">kWh</th></tr></thead>
@@ -731,6 +737,7 @@
         this.day = event.target.value;
         this.loadHours();
         this.loadHalfHours();
+        this.loadDemandResponse();
       });
       for (const button of document.querySelectorAll("#consumption .toggle button")) {
         button.addEventListener("click", () => this.setChartType(button.dataset.type));
@@ -778,8 +785,8 @@
       remember(meter);
       $("meter-error").innerHTML = "";
       this.renderMeter(false);
-      await Promise.all([this.loadHours(), this.loadHalfHours(), this.loadBills(), this.loadGridAlerts(),
-        this.loadConsumptionAlerts(), this.loadThreshold()]);
+      await Promise.all([this.loadHours(), this.loadHalfHours(), this.loadDemandResponse(), this.loadBills(),
+        this.loadGridAlerts(), this.loadConsumptionAlerts(), this.loadThreshold()]);
     }
 
     onLive(message) {
@@ -826,6 +833,7 @@
         if (this.day === isoDate(new Date()) || this.day === read) {
           this.loadHours();
           this.loadHalfHours();
+          if (this.drEvents.some((e) => !e.opted_out && e.baseline_kind !== "credited")) this.loadDemandResponse();
         }
       }, RELOAD_DELAY_MS);
     }
@@ -849,8 +857,12 @@
             <dt>Export credit</dt><dd data-field="export-credit"></dd>
             <dt>Standing charge</dt><dd data-field="standing-charge"></dd>
             <dt class="total">Amount due</dt><dd class="total amount-due" data-field="amount"></dd>
+            <dt class="dr-row" hidden>Demand-response credit</dt><dd class="dr-row" data-field="dr-credit" hidden></dd>
+            <dt class="total dr-row" hidden>Amount payable</dt>
+            <dd class="total amount-payable dr-row" data-field="payable" hidden></dd>
           </dl>`;
       }
+      const credit = this.openBillCredit(bill);
       const values = {
         period: html`Period ${bill.period_id}: ${when(bill.period_start)} to ${when(bill.period_end)}`,
         energy: html`${kwh(bill.energy_wh, 3)} kWh`,
@@ -859,10 +871,13 @@
         "export-credit": html`−${pounds(bill.export_credit_micropence)}`,
         "standing-charge": html`${pounds(bill.standing_charge_micropence)}`,
         amount: html`${pounds(bill.amount_due_micropence)}${bill.in_credit ? " (in credit)" : ""}${provisionalBadge(bill)}`,
+        "dr-credit": html`−${pounds(credit || 0)}`,
+        payable: html`${pounds(bill.amount_due_micropence - (credit || 0))}`,
       };
       for (const element of breakdown.querySelectorAll("[data-field]")) {
         updateCell(element, values[element.dataset.field], flash);
       }
+      for (const element of breakdown.querySelectorAll(".dr-row")) element.hidden = !(credit > 0);
       const last = m.last_reading;
       $("meter-state").innerHTML = html`<h2>Meter</h2>
         <dl class="breakdown">
@@ -873,6 +888,14 @@
           <dt>Account</dt><dd><span class="address" title="${m.account_ref}">${shortAddress(m.account_ref)}</span></dd>
           <dt>Rejected readings</dt><dd>${m.rejected_readings}</dd>
         </dl>`;
+    }
+
+    /** The open bill's demand-response credits (micropence): live updates carry none (null), so the last
+     *  figure the API gave for the same period stands; null when not known. */
+    openBillCredit(bill) {
+      const given = bill.demand_response_credit_micropence;
+      if (given !== null && given !== undefined) this.drCredit = { period: bill.period_id, micropence: given };
+      return this.drCredit && this.drCredit.period === bill.period_id ? this.drCredit.micropence : null;
     }
 
     // ---- consumption chart and hourly table
@@ -931,19 +954,23 @@
       }
       const labels = this.hours.map((h) => hourFormat.format(h.start));
       const data = this.hours.map((h) => h.wh / 1000);
+      const baselines = this.baselineDatasets();
       if (this.chart) {
         this.chart.data.labels = labels;
         this.chart.data.datasets[0].data = data;
+        this.chart.data.datasets.splice(1, Infinity, ...baselines);
+        this.chart.options.plugins.legend.display = baselines.length > 0;
         this.chart.update();
         return;
       }
       const accent = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#2563eb";
       this.chart = new window.Chart($("consumption-chart"), {
         type: this.chartType,
+        plugins: [this.eventWindowsPlugin()],
         data: {
           labels,
           datasets: [{
-            label: "kWh",
+            label: "Actual kWh",
             data,
             backgroundColor: this.chartType === "bar" ? accent : `${accent}33`,
             borderColor: accent,
@@ -951,22 +978,130 @@
             fill: this.chartType === "line",
             tension: 0.25,
             pointRadius: 2,
-          }],
+          }, ...baselines],
         },
         options: {
           responsive: true,
           maintainAspectRatio: false,
           animation: { duration: 300 },
           plugins: {
-            legend: { display: false },
-            tooltip: { callbacks: { label: (item) => `${item.parsed.y.toFixed(3)} kWh` } },
+            legend: { display: baselines.length > 0, position: "bottom" },
+            tooltip: { callbacks: { label: (item) => (item.dataset.drEvent
+              ? `${item.dataset.label}: ${item.parsed.y.toFixed(3)} kWh this hour had there been no event`
+              : `${item.parsed.y.toFixed(3)} kWh`) } },
           },
           scales: {
             x: { grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 8 } },
-            y: { beginAtZero: true, title: { display: true, text: "kWh" } },
+            y: { beginAtZero: true, grace: "10%", title: { display: true, text: "kWh" } },
           },
+          layout: { padding: { top: 16 } },
         },
       });
+    }
+
+    // ---- demand-response events on the day chart: each window shaded, the baseline against the actual
+
+    async loadDemandResponse() {
+      const day = this.day;
+      const [, end] = dayBounds(day);
+      let events;
+      try {
+        events = await api(`${this.path("/demand-response")}?${query({ period_from: day, period_to: isoDate(end) })}`);
+      } catch (err) {
+        if (this.alive && day === this.day) $("dr-error").innerHTML = errorBox(err);
+        return;
+      }
+      if (!this.alive || day !== this.day) return;
+      $("dr-error").innerHTML = "";
+      this.drEvents = events;
+      this.renderDemandResponse();
+      this.drawChart();
+    }
+
+    /** One line per event under the chart: its window, status and the meter's figures, in plain words. */
+    renderDemandResponse() {
+      const span = (e) => `${hourFormat.format(new Date(e.start))}–${hourFormat.format(new Date(e.end))}`;
+      const figures = (e) => {
+        if (e.opted_out) return "you opted out: no baseline, no credit";
+        if (e.status === "far" || e.status === "near") return "to come";
+        if (e.baseline_wh === null) return "too few days of readings for a baseline: no credit";
+        const actual = e.actual_wh === null ? "not all read yet" : `${kwh(e.actual_wh, 3)} kWh`;
+        const base = `${e.baseline_kind === "provisional" ? "provisional baseline" : "baseline"} ${kwh(e.baseline_wh, 3)} kWh, actual ${actual}`;
+        return e.credit_micropence === null ? `${base}; not credited yet` : `${base}; credit ${pounds(e.credit_micropence)}`;
+      };
+      $("dr-events").innerHTML = html`${this.drEvents.map((e) => html`<li data-event="${e.event_id}"
+        data-baseline-kind="${e.baseline_kind || ""}"><span class="dr-swatch"></span>Demand-response event
+        ${e.event_id} (${e.programme}), ${span(e)}, ${e.status}: ${figures(e)}</li>`)}`;
+    }
+
+    /** A dashed line per event with a baseline: in the hours its window covers, the hour as it would have
+     *  been without the event (the actual outside the window plus the baseline inside it). */
+    baselineDatasets() {
+      const bounds = this.hours.map((h, i) => [h.start.getTime(),
+        i + 1 < this.hours.length ? this.hours[i + 1].start.getTime() : h.start.getTime() + HOUR_MS]);
+      return this.drEvents.filter((e) => e.baseline_wh !== null && !e.opted_out).map((e) => {
+        const data = this.hours.map((h, i) => {
+          const inHour = e.half_hours.filter((p) => {
+            const t = new Date(p.start).getTime();
+            return t >= bounds[i][0] && t < bounds[i][1];
+          });
+          if (!inHour.length) return null;
+          const wh = inHour.reduce((sum, p) => sum + p.baseline_wh - (p.actual_wh || 0), h.wh);
+          return Math.max(0, wh) / 1000;
+        });
+        const label = `Baseline, event ${e.event_id}${e.baseline_kind === "provisional" ? " (provisional)" : ""}`;
+        return { type: "line", label, data, drEvent: e.event_id, baselineKind: e.baseline_kind,
+          borderColor: "#c2410c", backgroundColor: "rgba(194, 65, 12, 0.12)", borderDash: [6, 4], borderWidth: 2, fill: false,
+          pointStyle: "line", pointRadius: 12, pointBorderWidth: 3, spanGaps: false, order: -1 };
+      });
+    }
+
+    /** A Chart.js plugin shading each event's window behind the bars (future events included). */
+    eventWindowsPlugin() {
+      const view = this;
+      const spans = (chart) => {
+        const x = chart.scales.x;
+        const area = chart.chartArea;
+        return view.drEvents.map((e) => ({ e,
+          left: Math.max(area.left, x.getPixelForValue(view.hourPosition(e.start, x.options.offset))),
+          right: Math.min(area.right, x.getPixelForValue(view.hourPosition(e.end, x.options.offset))) }))
+          .filter((s) => s.right > s.left);
+      };
+      return {
+        id: "drWindows",
+        beforeDatasetsDraw(chart) {
+          const { ctx, chartArea: area } = chart;
+          ctx.save();
+          for (const { e, left, right } of spans(chart)) {
+            ctx.fillStyle = e.opted_out ? "rgba(95, 107, 122, 0.12)" : "rgba(194, 65, 12, 0.12)";
+            ctx.fillRect(left, area.top, right - left, area.bottom - area.top);
+          }
+          ctx.restore();
+        },
+        afterDatasetsDraw(chart) {
+          const { ctx, chartArea: area } = chart;
+          ctx.save();
+          ctx.fillStyle = "#9a3412";
+          ctx.font = "12px system-ui, sans-serif";
+          ctx.textAlign = "center";
+          for (const { e, left, right } of spans(chart)) ctx.fillText(`event ${e.event_id}`, (left + right) / 2, area.top - 4);
+          ctx.restore();
+        },
+      };
+    }
+
+    /** Where an ISO time falls on the hourly axis, as a fractional category index. */
+    hourPosition(isoTime, offset) {
+      const t = new Date(isoTime).getTime();
+      const shift = offset ? -0.5 : 0;
+      const hours = this.hours;
+      if (!hours.length) return shift;
+      for (let i = 0; i < hours.length; i += 1) {
+        const from = hours[i].start.getTime();
+        const to = i + 1 < hours.length ? hours[i + 1].start.getTime() : from + HOUR_MS;
+        if (t < to) return i + shift + Math.max(0, (t - from) / (to - from));
+      }
+      return hours.length + shift;
     }
 
     // ---- half-hourly settlement periods: 48 bars (46 or 50 on clock-change days) and the price
@@ -1054,6 +1189,12 @@
         return;
       }
       if (!this.alive) return;
+      // Demand-response credits are not part of the amount due: two more columns when a bill has some.
+      const credited = page.results.some((b) => b.demand_response_credit_micropence > 0);
+      const creditCells = (b) => (credited ? html`<td class="num dr-credit">${b.demand_response_credit_micropence
+        ? `−${pounds(b.demand_response_credit_micropence)}` : "—"}</td>
+        <td class="num amount-payable"><strong>${b.amount_payable_micropence === null ? "—"
+          : pounds(b.amount_payable_micropence)}</strong></td>` : "");
       const rows = page.results.map((b) => html`<tr data-period="${b.period_id}">
         <td>${b.period_id}</td>
         <td class="nowrap">${day(b.period_start)} – ${day(b.period_end)}</td>
@@ -1063,6 +1204,7 @@
         <td class="num">${pounds(b.export_credit_micropence)}</td>
         <td class="num">${pounds(b.standing_charge_micropence)}</td>
         <td class="num"><strong>${pounds(b.amount_due_micropence)}</strong></td>
+        ${creditCells(b)}
         <td class="nowrap">${b.issued_at ? when(b.issued_at) : "—"}</td>
         <td class="nowrap statement" title="${b.status === "open" ? "Provisional statement: the period is still open"
           : "Statement of the issued bill"}">
@@ -1071,8 +1213,9 @@
       </tr>`);
       $("bills").innerHTML = html`<table class="data" id="bills-table">
         <thead><tr><th>#</th><th>Period</th><th>Status</th><th class="num">kWh</th><th class="num">Energy</th>
-          <th class="num">Export credit</th><th class="num">Standing</th><th class="num">Amount due</th><th>Issued</th>
-          <th>Statement</th></tr></thead>
+          <th class="num">Export credit</th><th class="num">Standing</th><th class="num">Amount due</th>
+          ${credited ? html`<th class="num">Demand-response credit</th><th class="num">Amount payable</th>` : ""}
+          <th>Issued</th><th>Statement</th></tr></thead>
         <tbody>${rows.length ? rows : html`<tr><td colspan="10" class="empty muted">No bills yet.</td></tr>`}</tbody>
       </table>
       ${page.count > page.results.length ? html`<p class="muted small">The newest ${page.results.length} of

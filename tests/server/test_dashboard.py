@@ -20,12 +20,15 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from pypdf import PdfReader
 
+from common.demand_response import DemandResponse
 from common.eip712 import ReadingData
 from common.messages import Bill
 from common.settings import ROOT, Settings
 from common.tariff import format_pounds
 from server.api import HttpServer
+from tests.contracts.test_demand_response import POWER_W
 from tests.server.conftest import meters_indexed
+from tests.server.dr_scene import settled_scene
 from tests.server.test_gateway import next_of
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -269,3 +272,51 @@ async def test_errors_are_explained_in_plain_words_and_signing_out_forgets_the_k
     await page.get_by_role("link", name="sign out").click()
     await expect(page.locator("#sign-in-form")).to_be_visible()
     assert await page.evaluate("localStorage.length") == 0
+
+
+#: The day chart's baseline datasets: event id, kind and the hours that have a value (kWh).
+BASELINES = """() => {
+    const chart = Chart.getChart(document.getElementById("consumption-chart"));
+    return chart.data.datasets.filter((d) => d.drEvent).map((d) => ({
+        event: d.drEvent, kind: d.baselineKind, label: d.label, values: d.data.filter((v) => v !== null) }));
+}"""
+
+
+async def test_the_meter_page_shows_the_demand_response_credit_and_the_baseline_against_the_actual(
+    snapshot, server, server_settings, chain, page
+):
+    dr = DemandResponse(chain, server.deployment)
+    settled = await settled_scene(server, dr)
+    meter, event = settled.scene.meters[0], settled.scene.event_id
+    credit = next(c for c in dr.credits(event) if c.meter == meter.address)
+    assert dr.credit_of(meter.address, credit.period_id) == credit.amount > 0
+    payable = dr.billing.bill(meter.address).amount_due - credit.amount
+
+    await page.goto(f"{server_settings.http_url}/#key={operator_key(server_settings)}")
+    await expect(row(page, meter.address)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await page.evaluate(f"location.hash = '#/meter/{meter.address}'")
+    breakdown = page.locator("#bill-breakdown")
+    await expect(breakdown.get_by_text("Demand-response credit")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    await expect(breakdown.locator('[data-field="dr-credit"]')).to_have_text(f"−{format_pounds(credit.amount)}")
+    await expect(breakdown.locator('[data-field="payable"]')).to_have_text(format_pounds(payable))
+    bill_row = page.locator(f'#bills-table tr[data-period="{credit.period_id}"]')
+    await expect(bill_row.locator(".amount-payable")).to_have_text(format_pounds(payable), timeout=UI_TIMEOUT_MS)
+
+    await page.locator("#day").fill(local_day(server_settings, settled.scene.terms.start))
+    line = page.locator(f'#dr-events li[data-event="{event}"]')
+    await expect(line).to_contain_text(f"credit {format_pounds(credit.amount)}", timeout=UI_TIMEOUT_MS)
+    await expect(line).to_contain_text("baseline 0.500 kWh, actual 0.100 kWh")
+    await page.wait_for_function(f"() => ({BASELINES})().some((d) => d.event === {event})", timeout=UI_TIMEOUT_MS)
+    (baseline,) = [d for d in await page.evaluate(BASELINES) if d["event"] == event]
+    # Steady 500 W outside the window, so each hour the window touches would have used 0.5 kWh without it.
+    assert baseline["kind"] == "credited" and baseline["label"] == f"Baseline, event {event}"
+    assert baseline["values"] and all(abs(v - POWER_W / 1000) < 1e-9 for v in baseline["values"])
+    await page.wait_for_timeout(500)  # the chart's 300 ms animation
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-demand-response.png"), full_page=True)
+
+    # The next day: event 2 is meter b's, not this meter's; nothing is marked.
+    later_day = local_day(server_settings, settled.scene.terms.start + 86_400)
+    if later_day != local_day(server_settings, settled.scene.terms.end):
+        await page.locator("#day").fill(later_day)
+        await expect(page.locator("#dr-events li")).to_have_count(0, timeout=UI_TIMEOUT_MS)
