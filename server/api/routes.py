@@ -31,6 +31,7 @@ from common.customers import Customers
 from common.demand_response import DemandResponse, MeterWindow, Participation, meter_windows, period_credits
 from common.deployment import Deployment
 from common.eip712 import login_typed_data, recover_optout_signer
+from common.logs import log_event
 from common.settings import Settings
 from common.tariff import format_pounds
 from server.api.auth import Authenticator, Principal
@@ -317,7 +318,8 @@ async def _credits(ctx: ApiContext, meter: str | None) -> dict[tuple[str, int], 
     try:
         return await asyncio.to_thread(_read_credits, ctx, meter)
     except Exception as err:  # noqa: BLE001 - the bills still come from the index, without their credits
-        log.warning("demand-response credits not read from the chain: %s", err)
+        log_event(log, "credits_not_read", logging.WARNING, error=f"{type(err).__name__}: {err}"[:300],
+                  effect="bills are served without their demand-response credits until the chain answers")
         return None
 
 
