@@ -16,11 +16,12 @@ from eth_utils import to_checksum_address
 
 from common.baseline import Measurement, baseline, half_hour_baseline, half_hourly, measure
 from common.billing import Billing, from_text32, text32
-from common.chain import ChainClient, ErrorDecoder
+from common.chain import LOG_CHUNK_BLOCKS, ChainClient, ErrorDecoder
 from common.deployment import Deployment
+from common.dr_book import EventBook
 from common.dr_terms import Signal, Status, Terms, status_at
 from common.errors import DeploymentMissing
-from common.events import unpack_record
+from common.events import EventDecoder, unpack_record
 from common.statement import CreditLine
 from common.tariff import PERIOD_SECONDS, format_kwh
 
@@ -193,6 +194,21 @@ class DemandResponse:
         return [CreditRecord(to_checksum_address(e.args.meter), int(e.args.eventId), int(e.args.periodId),
                              int(e.args.baselineWh), int(e.args.actualWh), int(e.args.amount),
                              "0x" + bytes(e.transactionHash).hex()) for e in logs]
+
+    def book(self) -> EventBook:
+        """Every event, opt-out and credit so far, from one read of the contract's logs (in chunks of blocks)."""
+        book = EventBook()
+        assert self.deployment.demand_response is not None
+        decoder = EventDecoder(self.deployment.demand_response.abi)
+        head = self.client.w3.eth.block_number
+        for first in range(self.deployment.block, head + 1, LOG_CHUNK_BLOCKS):
+            logs = self.client.w3.eth.get_logs({"address": self.contract.address, "fromBlock": first,
+                                                "toBlock": min(first + LOG_CHUNK_BLOCKS - 1, head)})
+            for raw in logs:
+                event = decoder.decode(raw)
+                if event is not None:
+                    book.apply(event)
+        return book
 
     def windows(self) -> list[tuple[int, int]]:
         """The active periods of every event not cancelled (days holding one are no baseline days)."""

@@ -17,17 +17,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils import to_checksum_address
 
 from common import errors
-from common.billing import from_text32
 from common.chain import AsyncChainClient, ChainClient, logs_between
 from common.demand_response import DemandResponse
 from common.deployment import Deployment
-from common.dr_terms import Signal, Status, Terms, status_at
+from common.dr_book import BookedEvent, EventBook
+from common.dr_terms import Signal, Status
 from common.eip712 import recover_optout_signer
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
@@ -35,7 +34,7 @@ from common.messages import DemandResponseMessage, ErrorMessage, OptOut, encode
 from common.settings import Settings
 from server.hub import Hub
 
-__all__ = ["DemandResponseRelay", "OptOutRelayer", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION"]
+__all__ = ["DemandResponseRelay", "OptOutRelayer", "event_message", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION"]
 
 log = logging.getLogger("demand_response")
 
@@ -47,46 +46,26 @@ POLL_SECONDS = 2.0
 DR_VERSION = 4
 
 
-@dataclass
-class _Tracked:
-    """An event as its logs tell it: terms, target, and each meter's part."""
+def _recent(booked: BookedEvent, now: float) -> bool:
+    """Whether an event is still worth telling a meter about (not long over)."""
+    over = booked.terms.start if booked.cancelled else booked.terms.end
+    return over > now - RECENT_SECONDS
 
-    id: int
-    modification: int
-    programme: str
-    notice_at: int
-    terms: Terms
-    regions: frozenset[str]
-    meters: frozenset[str]
-    cancelled: bool = False
-    opted_out: set[str] = field(default_factory=set)
-    #: Lower-case meter -> (credit in micropence, baseline Wh, actual Wh).
-    credits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def targets(self, meter: str, region: str) -> bool:
-        """Whether the event targets this meter (listed by address, or in a listed region)."""
-        return meter.lower() in self.meters if self.meters else region in self.regions
-
-    def recent(self, now: float) -> bool:
-        """Whether the event is still worth telling a meter about (not long over)."""
-        over = self.terms.start if self.cancelled else self.terms.end
-        return over > now - RECENT_SECONDS
-
-    def message(self, meter: str, now: float) -> DemandResponseMessage:
-        """The event as ``meter`` is told it at ``now``."""
-        key = meter.lower()
-        credit = self.credits.get(key)
-        return DemandResponseMessage(
-            id=self.id, modification=self.modification, programme=self.programme, notice_at=self.notice_at,
-            start=self.terms.start, duration=self.terms.duration, ramp_up=self.terms.ramp_up,
-            signal_kind="price" if self.terms.signal_kind is Signal.PRICE else "level",
-            signal_value=self.terms.signal_value, credit_rate=self.terms.credit_rate,
-            status=status_at(self.terms, self.cancelled, now).name.lower(),  # type: ignore[arg-type]
-            opted_out=key in self.opted_out,
-            credit=None if credit is None else credit[0],
-            baseline_wh=None if credit is None else credit[1],
-            actual_wh=None if credit is None else credit[2],
-        )
+def event_message(booked: BookedEvent, meter: str, now: float) -> DemandResponseMessage:
+    """An event as ``meter`` is told it at ``now``."""
+    credit = booked.credits.get(meter.lower())
+    return DemandResponseMessage(
+        id=booked.id, modification=booked.modification, programme=booked.programme, notice_at=booked.notice_at,
+        start=booked.terms.start, duration=booked.terms.duration, ramp_up=booked.terms.ramp_up,
+        signal_kind="price" if booked.terms.signal_kind is Signal.PRICE else "level",
+        signal_value=booked.terms.signal_value, credit_rate=booked.terms.credit_rate,
+        status=booked.status(now).name.lower(),  # type: ignore[arg-type]
+        opted_out=meter.lower() in booked.opted_out,
+        credit=None if credit is None else credit.amount,
+        baseline_wh=None if credit is None else credit.baseline_wh,
+        actual_wh=None if credit is None else credit.actual_wh,
+    )
 
 
 class DemandResponseRelay:
@@ -103,7 +82,7 @@ class DemandResponseRelay:
         self.final = final
         self.poll_seconds = poll_seconds
         self.decoder = EventDecoder(deployment.demand_response.abi)
-        self.events: dict[int, _Tracked] = {}
+        self.book = EventBook()
         #: (event, lower-case meter) opt-outs sent and not yet answered.
         self.in_flight: set[tuple[int, str]] = set()
         self._next = deployment.block
@@ -132,7 +111,7 @@ class DemandResponseRelay:
                 self._next = final + 1
                 if not self.caught_up.is_set():
                     self.caught_up.set()
-                    log_event(log, "demand_response_caught_up", final=final, events=len(self.events))
+                    log_event(log, "demand_response_caught_up", final=final, events=len(self.book.events))
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.poll_seconds)
             except asyncio.TimeoutError:
@@ -141,57 +120,37 @@ class DemandResponseRelay:
     # ---------------------------------------------------------------- events
 
     def _apply(self, event: ChainEvent) -> None:
-        args = event.args
-        name = event.name
-        if name == "DemandResponseEvent":
-            event_id = int(args["id"])
-            terms = Terms.from_struct(args["terms"])
-            old = self.events.get(event_id)
-            tracked = _Tracked(
-                event_id, int(args["modification"]), from_text32(args["programme"]), int(args["noticeAt"]), terms,
-                frozenset(from_text32(r) for r in args["regions"]) if old is None else old.regions,
-                frozenset(m.lower() for m in args["meters"]) if old is None else old.meters,
-            )
-            if old is not None:
-                tracked.opted_out, tracked.credits = old.opted_out, old.credits
-            self.events[event_id] = tracked
-            self._broadcast(tracked, "demand_response_event_relayed")
-        elif name == "DemandResponseCancelled":
-            tracked = self.events[int(args["id"])]
-            tracked.cancelled, tracked.modification = True, int(args["modification"])
-            self._broadcast(tracked, "demand_response_cancel_relayed")
-        elif name == "OptedOut":
-            tracked = self.events[int(args["eventId"])]
-            tracked.opted_out.add(args["meter"].lower())
-            self._tell(tracked, args["meter"])
-        elif name == "CreditApplied":
-            tracked = self.events[int(args["eventId"])]
-            tracked.credits[args["meter"].lower()] = (int(args["amount"]), int(args["baselineWh"]),
-                                                      int(args["actualWh"]))
-            self._tell(tracked, args["meter"])
+        booked = self.book.apply(event)
+        if booked is None:
+            return
+        if event.name in ("DemandResponseEvent", "DemandResponseCancelled"):
+            self._broadcast(booked, "demand_response_event_relayed" if event.name == "DemandResponseEvent"
+                            else "demand_response_cancel_relayed")
+        else:  # an opt-out or a credit: the meter's own
+            self._tell(booked, event.args["meter"])
 
-    def _broadcast(self, tracked: _Tracked, what: str) -> None:
+    def _broadcast(self, booked: BookedEvent, what: str) -> None:
         """Send an event to every connected meter of protocol 4 it targets (unless it is long over)."""
         now = time.time()
-        if not tracked.recent(now):
+        if not _recent(booked, now):
             return
         sent = 0
         for meter, peer in list(self.hub.peers.items()):
-            if peer.version >= DR_VERSION and tracked.targets(meter, peer.region):
-                sent += self.hub.send(meter, encode(tracked.message(meter, now)))
-        log_event(log, what, id=tracked.id, modification=tracked.modification,
-                  status=status_at(tracked.terms, tracked.cancelled, now).name.lower(), meters=sent)
+            if peer.version >= DR_VERSION and booked.targets(meter, peer.region):
+                sent += self.hub.send(meter, encode(event_message(booked, meter, now)))
+        log_event(log, what, id=booked.id, modification=booked.modification,
+                  status=booked.status(now).name.lower(), meters=sent)
 
-    def _tell(self, tracked: _Tracked, meter: str) -> None:
+    def _tell(self, booked: BookedEvent, meter: str) -> None:
         """Send one meter its part in an event, if it is connected with protocol 4."""
         peer = self.hub.peers.get(meter.lower())
         if peer is not None and peer.version >= DR_VERSION:
-            self.hub.send(meter, encode(tracked.message(meter, time.time())))
+            self.hub.send(meter, encode(event_message(booked, meter, time.time())))
 
     def messages_for(self, meter: str, region: str, now: float) -> list[DemandResponseMessage]:
         """The events a meter is told after login: those that target it and are not long over, oldest first."""
-        return [t.message(meter, now) for _, t in sorted(self.events.items())
-                if t.targets(meter, region) and t.recent(now)]
+        return [event_message(b, meter, now) for _, b in sorted(self.book.events.items())
+                if b.targets(meter, region) and _recent(b, now)]
 
     # ---------------------------------------------------------------- opt-outs
 
@@ -203,22 +162,22 @@ class DemandResponseRelay:
         if signer is None or signer.lower() != meter.lower():
             raise errors.BadSignature(f"the opt-out of event {msg.event_id} is not signed by this meter's key "
                                       "(EIP-712 OptOut(meter, eventId) under the DemandResponse domain)")
-        tracked = self.events.get(msg.event_id)
-        if tracked is None or not tracked.targets(meter, region):
+        booked = self.book.events.get(msg.event_id)
+        if booked is None or not booked.targets(meter, region):
             raise errors.OptOutRefused(f"event {msg.event_id} does not target this meter (or is not final yet)")
-        status = status_at(tracked.terms, tracked.cancelled, now)
+        status = booked.status(now)
         if status not in (Status.FAR, Status.NEAR):
             raise errors.OptOutRefused(f"event {msg.event_id} is {status.name.lower()}: opting out is possible "
                                        "only before it starts")
-        if meter.lower() in tracked.opted_out or (msg.event_id, meter.lower()) in self.in_flight:
+        if meter.lower() in booked.opted_out or (msg.event_id, meter.lower()) in self.in_flight:
             raise errors.OptOutRefused(f"this meter has opted out of event {msg.event_id} already")
 
     def opted_out(self, event_id: int, meter: str) -> str:
         """A meter's opt-out was recorded on chain (its block may not be final yet; its log confirms it): the
         event as the meter is told it from now on."""
-        tracked = self.events[event_id]
-        tracked.opted_out.add(meter.lower())
-        return encode(tracked.message(meter, time.time()))
+        booked = self.book.events[event_id]
+        booked.opted_out.add(meter.lower())
+        return encode(event_message(booked, meter, time.time()))
 
 
 def refusal(err: errors.SmartMeterError, event_id: int) -> str:

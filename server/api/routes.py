@@ -28,7 +28,7 @@ from starlette.websockets import WebSocketDisconnect
 from common import errors
 from common.chain import ChainClient
 from common.customers import Customers
-from common.demand_response import DemandResponse, MeterWindow, Participation, meter_windows, period_credits
+from common.demand_response import DemandResponse, MeterWindow, meter_windows, period_credits
 from common.deployment import Deployment
 from common.eip712 import login_typed_data, recover_optout_signer
 from common.logs import log_event
@@ -559,7 +559,8 @@ async def demand_response_events(ctx: Ctx, who: Caller) -> list[DemandResponseEv
     """Demand-response events, newest first, read from the chain: status, modification number and each
     targeted meter's participation, with the baseline, actual and credit once credited. A customer sees
     the events that target their meter, and only their meter in them."""
-    return await asyncio.to_thread(_demand_response_events, ctx, who)
+    regions = {m.address: m.region for m in ctx.index.meters()}  # read here: the index belongs to this thread
+    return await asyncio.to_thread(_demand_response_events, ctx, who, regions)
 
 
 OPT_OUT_REFUSED = (409, "`opt_out_refused`: the contract refused the opt-out (the event started or was cancelled, "
@@ -624,34 +625,35 @@ def _meter_window_out(w: MeterWindow) -> MeterDemandResponseOut:
                                   actual_wh=h.actual_wh) for h in w.half_hours])
 
 
-def _demand_response_events(ctx: ApiContext, who: Principal) -> list[DemandResponseEventOut]:
+def _demand_response_events(ctx: ApiContext, who: Principal, regions: dict[str, str]) -> list[DemandResponseEventOut]:
+    """The events from one read of the contract's logs; ``regions`` is each registered meter's region."""
     if ctx.deployment.demand_response is None:
         return []
-    dr = DemandResponse(ChainClient(ctx.settings), ctx.deployment)
+    book = DemandResponse(ChainClient(ctx.settings), ctx.deployment).book()
+    now = time.time()
     out = []
-    for event_id in reversed(dr.event_ids()):
-        ev = dr.event(event_id)
-        targeted = dr.targeted(ev)
+    for booked in sorted(book.events.values(), key=lambda b: -b.id):
+        targeted = ([to_checksum_address(m) for m in sorted(booked.meters)] if booked.meters
+                    else [a for a, r in regions.items() if r in booked.regions])
         if not who.is_operator:
             targeted = [m for m in targeted if m.lower() == (who.meter or "").lower()]
             if not targeted:
                 continue
-        credits = {c.meter: c for c in dr.credits(event_id)}
         rows = []
         for meter in targeted:
-            c = credits.get(meter)
-            state = dr.participation(event_id, meter)
+            c = booked.credits.get(meter.lower())
             rows.append(ParticipationOut(
                 meter=meter,
-                state="opted_out" if state == Participation.OPTED_OUT else "credited" if c else "participating",
+                state="opted_out" if meter.lower() in booked.opted_out else "credited" if c else "participating",
                 baseline_wh=c.baseline_wh if c else None, actual_wh=c.actual_wh if c else None,
                 credit=c.amount if c else None, period_id=c.period_id if c else None))
+        terms = booked.terms
         out.append(DemandResponseEventOut(
-            id=ev.id, modification=ev.modification, programme=ev.programme,
-            status=ev.status.name.lower(),  # type: ignore[arg-type]
-            notice_at=iso(ev.notice_at) or "", start=iso(ev.terms.start) or "", end=iso(ev.terms.end) or "",
-            signal_kind=ev.terms.signal_kind.name.lower(),  # type: ignore[arg-type]
-            signal_value=ev.terms.signal_value, credit_rate=ev.terms.credit_rate, regions=list(ev.regions),
+            id=booked.id, modification=booked.modification, programme=booked.programme,
+            status=booked.status(now).name.lower(),  # type: ignore[arg-type]
+            notice_at=iso(booked.notice_at) or "", start=iso(terms.start) or "", end=iso(terms.end) or "",
+            signal_kind=terms.signal_kind.name.lower(),  # type: ignore[arg-type]
+            signal_value=terms.signal_value, credit_rate=terms.credit_rate, regions=sorted(booked.regions),
             meters=rows))
     return out
 
