@@ -54,6 +54,8 @@ DEFINITIVE_CODES = frozenset({
     "register_decreased", "implausible_delta", "out_of_range", "period_overflow", "meter_inactive",
     "malformed_message",
 })
+#: Refusals of an opt-out that asking again cannot change (others, such as the chain being unreachable, can).
+DEFINITIVE_OPT_OUT_CODES = frozenset({"opt_out_refused", "bad_signature", "wrong_meter"})
 #: Load multiplier while a "reduce usage" grid alert is in force in the meter's region.
 DEMAND_RESPONSE_FACTOR = 0.6
 REDUCE_USAGE_KIND = "reduce_usage"
@@ -348,6 +350,8 @@ class MeterClient:
         s = self.status
         if msg.event_id is not None:
             s.error(f"the opt-out of demand-response event {msg.event_id} was refused: {msg.message} [{msg.code}]")
+            if msg.code not in DEFINITIVE_OPT_OUT_CODES:
+                self.opting_out.discard(msg.event_id)  # the server failed: asked again when the event is next sent
         elif msg.seq is not None and msg.code in DEFINITIVE_CODES:
             self.outbox.done(msg.seq)
             s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")

@@ -108,3 +108,42 @@ def test_the_response_follows_the_signal() -> None:
     assert 0.25 < sum(drawn) / len(drawn) < 0.35
     assert drawn == [wants_opt_out("0x" + f"{i:040x}", 7, 0.3) for i in range(2_000)], "the same each time"
     assert not any(wants_opt_out("0x" + f"{i:040x}", 7, 0.0) for i in range(100))
+
+
+class _Wire:
+    """A stand-in for the meter's link that keeps what the meter sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    async def send(self, message: object) -> None:
+        self.sent.append(message)
+
+
+async def test_an_opt_out_the_server_failed_to_relay_is_asked_again_and_a_refused_one_is_not(
+    meter_settings, deployment,
+) -> None:
+    from common.eip712 import recover_optout_signer
+    from common.messages import ErrorMessage, OptOut
+
+    provision(meter_settings, count=1, history_days=0)
+    client, _ = make_client(meter_settings, "meter-01")
+    client.dr_domain, client.opt_out_rate = deployment.demand_response_domain, 1.0
+    wire = _Wire()
+    client.link = wire  # type: ignore[assignment]
+    event = _event(int(time.time()) + 2 * HOUR)
+    client._on_message(event)
+    await asyncio.sleep(0)
+    assert [type(m) for m in wire.sent] == [OptOut] and client.opting_out == {event.id}
+    sent = wire.sent[0]
+    assert recover_optout_signer(deployment.demand_response_domain, client.status.meter, event.id,
+                                 sent.signature).lower() == client.status.meter.lower()  # type: ignore[attr-defined]
+    client._on_message(ErrorMessage(code="chain_unavailable", message="the chain did not answer", event_id=event.id))
+    assert client.opting_out == set() and "was refused" in client.status.last_error
+    client._on_message(event)  # sent again (after a login, or a change)
+    await asyncio.sleep(0)
+    assert len(wire.sent) == 2
+    client._on_message(ErrorMessage(code="opt_out_refused", message="event 4 is active", event_id=event.id))
+    client._on_message(event)
+    await asyncio.sleep(0)
+    assert len(wire.sent) == 2 and client.opting_out == {event.id}, "refused for good: not asked again"
