@@ -28,6 +28,15 @@ the final block cannot be undone this way: the index is then rebuilt from the ch
 ``INDEX_URL=postgresql://...`` the same tables live in PostgreSQL (``server.index_db``), whose
 schema Alembic's migrations make and whose journal is one PL/pgSQL trigger function writing
 ``jsonb``. Every statement here is written once in SQL both accept, so both answer the same.
+
+**One writer, several readers.** Several server processes may share one PostgreSQL index (to
+serve the API and dashboard from more than one process): the first to open it holds an advisory
+lock for as long as it runs and is its writer; the others open it as readers. A reader writes
+no events (its ``apply``, ``finalize``, ``rollback`` and ``reset`` only look at what the writer
+committed) and reloads what it keeps in memory (meters, tariffs, limits) when the writer's
+position moved, looking at most once per ``READER_REFRESH`` seconds; every query reads committed
+rows at once (autocommit). Hourly limits set through any process are written to the shared table
+and the writer reads them back before each batch it applies.
 """
 
 from __future__ import annotations
@@ -69,6 +78,10 @@ TIME_EVENTS = frozenset({"MeterRegistered", "MeterDeactivated", "MeterReactivate
 POSITION = "index"
 #: The tables' layout; an index written with another is emptied and rebuilt from the chain.
 LAYOUT = "2"
+#: Seconds a reader of a shared PostgreSQL index goes at most without looking for the writer's new events.
+READER_REFRESH = 1.0
+#: The advisory lock the writer of a PostgreSQL index holds (any constant; "smwrt" in ASCII).
+WRITER_LOCK = 0x736D777274
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -297,15 +310,29 @@ class Index:
         self.default_limit_wh = default_limit_wh
         self.journal = journal
         self.db: IndexDb
+        #: Whether this process writes the index (false: another process does, and this one only reads it).
+        self.writer = True
+        self._seen: tuple[Any, ...] = ()
+        self._checked = time.monotonic()
         if url:
             self.db = PostgresDb(url)
+            self.writer = bool(self.db.execute("SELECT pg_try_advisory_lock(?)", (WRITER_LOCK,)).fetchone()[0])
+            if not self.writer:
+                log_event(log, "index_reader", database=self.location,
+                          reason="another process writes this index; this one reads what it commits")
         else:
             self.db = self._open_sqlite(path, journal)
         self._shapes = _shapes(self.db)
-        with self.db:
-            self.db.execute("UPDATE journal_block SET block=NULL")
+        if self.writer:
+            with self.db:
+                self.db.execute("UPDATE journal_block SET block=NULL")
         self._load()
         row = self.db.execute("SELECT value FROM meta WHERE name='source'").fetchone()
+        if not self.writer:
+            if row is not None and row[0] != source:
+                log_event(log, "index_other_source", logging.WARNING, database=self.location, was=row[0],
+                          now=source, hint="the writer of this index follows another chain or contract")
+            return
         if row is not None and row[0] != source:
             log_event(log, "index_reset", was=row[0], now=source, reason="the index holds another chain's events")
             self.reset()
@@ -334,7 +361,22 @@ class Index:
                     db.execute(statement)  # without the journal: only the DROPs
         return db
 
+    def _mark(self) -> tuple[Any, ...]:
+        """What tells a reader that the writer committed something: the position and the final block."""
+        return (self.position(), self.db.execute("SELECT value FROM meta WHERE name='final'").fetchone())
+
+    def refresh(self, force: bool = False) -> None:
+        """A reader: reload what is kept in memory if the writer moved on (looked at most once per
+        ``READER_REFRESH`` seconds unless ``force``); the writer: nothing to do."""
+        if self.writer or (not force and time.monotonic() - self._checked < READER_REFRESH):
+            return
+        self._checked = time.monotonic()
+        if self._mark() != self._seen:
+            self._load()
+
     def _load(self) -> None:
+        if not self.writer:
+            self._seen = self._mark()
         self._meters: dict[str, MeterRecord] = {m.address.lower(): m for m in self._query_meters("", ())}
         versions = [_version_from_spec(r[0]) for r in self.db.execute("SELECT spec FROM tariffs ORDER BY version")]
         clock = ClockTable(tuple((int(a), int(m)) for a, m in self.db.execute(
@@ -366,6 +408,9 @@ class Index:
 
     def reset(self) -> None:
         """Forget everything derived from the chain (thresholds stay), to rebuild from the chain."""
+        if not self.writer:
+            self.refresh(force=True)
+            return
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE journal_block SET block=NULL")
@@ -381,6 +426,11 @@ class Index:
         blocks after ``final`` are journaled so that ``rollback`` can undo them (None: all final).
         """
         out = Applied()
+        if not self.writer:
+            self.refresh(force=True)
+            return out
+        if self.url:  # a reader may have set a limit in the shared table
+            self._limits = {m: int(w) for m, w in self.db.execute("SELECT meter, hourly_limit_wh FROM thresholds")}
         position = self.position() or (-1, -1)
         todo = [e for e in events if e.position > position]
         if not todo:
@@ -426,6 +476,9 @@ class Index:
         """Blocks up to ``final`` are final: forget their journal (the hash of the newest is kept)."""
         if self.final is not None and final <= self.final:
             return
+        if not self.writer:
+            self.refresh(force=True)
+            return
         if not self.journal:
             self.final = final  # nothing is journaled: nothing to forget
             return
@@ -448,6 +501,9 @@ class Index:
         rebuild the index instead (``reset`` and catch up).
         """
         affected: set[str] = set()
+        if not self.writer:
+            self.refresh(force=True)
+            return []
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE journal_block SET block=NULL")
@@ -644,6 +700,7 @@ class Index:
 
     def limit_for(self, meter: str) -> int:
         """The meter's hourly consumption limit in Wh (0: none)."""
+        self.refresh()
         return self._limits.get(meter, self.default_limit_wh)
 
     def limit_is_default(self, meter: str) -> bool:
@@ -665,10 +722,12 @@ class Index:
 
     def meter(self, address: str) -> MeterRecord | None:
         """One meter, by address in any case."""
+        self.refresh()
         return self._meters.get(address.lower())
 
     def meters(self) -> list[MeterRecord]:
         """Every meter, in registration order."""
+        self.refresh()
         return sorted(self._meters.values(), key=lambda m: (m.registered_at, m.address))
 
     def _query_meters(self, where: str, params: tuple[Any, ...]) -> list[MeterRecord]:
