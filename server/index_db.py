@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from common.logs import log_event
 
-__all__ = ["IndexDb", "SqliteDb", "PostgresDb", "DATABASE_ERRORS", "is_postgres_url", "describe_url",
+__all__ = ["IndexDb", "SqliteDb", "PostgresDb", "DATABASE_ERRORS", "is_postgres_url", "describe_url", "to_psycopg",
            "MIGRATIONS", "migrate"]
 
 #: Where the PostgreSQL index's Alembic migrations live.

@@ -10,16 +10,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import psycopg
 import pytest
 
 from common.devchain import free_port
-from common.errors import StorageError
+from common.errors import ConfigError, StorageError
 from common.events import ChainEvent
-from common.settings import Settings
+from common.settings import Settings, load_settings
 from common.tariff import TariffVersion
 from server.api.auth import OPERATOR_KEY_FILE
-from server.app import ServerApp
+from server.app import ServerApp, index_unusable
 from server.index import Index
+from server.index_db import describe_url, to_psycopg
 from server.indexer import rebuild
 from tests.server.conftest import indexed, last_event
 
@@ -131,3 +133,19 @@ def test_one_process_writes_a_shared_postgresql_index_and_the_others_read_what_i
     successor.close()
     reader.close()
     assert not (tmp_path / "unused.sqlite").exists()
+
+
+def test_index_url_is_empty_or_postgresql_and_its_password_stays_out_of_messages(tmp_path):
+    assert load_settings(env_file=tmp_path / "no.env", index_url="").index_url == ""
+    url = "postgresql://meter:s3cret@db.example:5433/index"
+    assert load_settings(env_file=tmp_path / "no.env", index_url=url).index_url == url
+    with pytest.raises(ConfigError, match="INDEX_URL"):
+        load_settings(env_file=tmp_path / "no.env", index_url="mysql://meter:s3cret@db/index")
+    assert describe_url(url) == "postgresql://meter@db.example:5433/index"
+    error = index_unusable(describe_url(url), psycopg.OperationalError("connection refused"))
+    assert error.code == "storage_error" and "s3cret" not in error.message and "INDEX_URL" in error.message
+
+
+def test_placeholders_become_psycopgs_outside_quoted_text():
+    assert to_psycopg("SELECT a FROM t WHERE b=? AND c=:name AND d='?:x%' AND e LIKE '%'") == (
+        "SELECT a FROM t WHERE b=%s AND c=%(name)s AND d='?:x%%' AND e LIKE '%%'")
