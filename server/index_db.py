@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from common.logs import log_event
 
-__all__ = ["IndexDb", "SqliteDb", "PostgresDb", "DATABASE_ERRORS", "is_postgres_url", "describe_url", "to_psycopg",
+__all__ = ["IndexDb", "SqliteDb", "PostgresDb", "DATABASE_ERRORS", "describe_url", "to_psycopg",
            "MIGRATIONS", "migrate"]
 
 #: Where the PostgreSQL index's Alembic migrations live.
@@ -39,11 +39,6 @@ MIGRATIONS = Path(__file__).resolve().parent / "index_migrations"
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.DatabaseError, psycopg.Error)
 #: The advisory lock key PostgreSQL index migrations hold (any constant; "smidx" in ASCII).
 _MIGRATION_LOCK = 0x736D696478
-
-
-def is_postgres_url(url: str) -> bool:
-    """Whether ``url`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
-    return url.startswith(("postgresql://", "postgres://"))
 
 
 def describe_url(url: str) -> str:
