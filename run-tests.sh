@@ -2,7 +2,7 @@
 # The test command: installs what the tests need (scripts/bootstrap.sh, with Debian's Chromium for
 # the dashboard's browser test), then runs pytest.
 # Before the tests, ruff and mypy (strict) check the source; a finding fails the run.
-# Tests start their own Ganache (and servers) on free loopback ports and stop them.
+# Tests start their own Ganache (and servers, and PostgreSQL clusters for the index) on free loopback ports and stop them.
 # The tests run in TEST_WORKERS processes (default 2, one per core here), a test file to a process, each
 # with its own Ganache and Anvil; TEST_WORKERS=0 runs them in this one process. A test that fails is run
 # once more (pytest-rerunfailures; the summary names it RERUN): the other process's load can upset the

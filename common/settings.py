@@ -75,6 +75,9 @@ class Settings:
     max_future_skew: int = 300
     # server
     data_dir: Path = ROOT / "data"
+    #: Where the index lives: empty for SQLite under DATA_DIR/index/, or a PostgreSQL URL
+    #: (postgresql://user:password@host:port/database) shared by several API processes.
+    index_url: str = ""
     server_host: str = "127.0.0.1"
     server_port: int = 8765
     http_port: int = 8766
@@ -225,6 +228,9 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("API_CHALLENGES_PER_METER must be at least 1 and at most API_MAX_CHALLENGES")
     if not 0 <= settings.dr_opt_out_rate <= 1:
         raise ConfigError("DR_OPT_OUT_RATE must be between 0 and 1 (the share of events a household opts out of)")
+    if settings.index_url and not settings.index_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"INDEX_URL must be empty (the index in SQLite under DATA_DIR) or a PostgreSQL URL "
+                          f"postgresql://user:password@host:port/database, not {settings.index_url.split(':')[0]}:...")
     for name in ("message_max_chars", "message_rate_per_minute", "message_max_per_account"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")

@@ -2,7 +2,8 @@
 # Idempotent set-up of .venv (Python packages) and node_modules (Ganache, Foundry's Anvil, solc,
 # OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
 # skipped while the file it was built from is unchanged. With --browser (the tests) it also
-# installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses.
+# installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses and
+# Debian's PostgreSQL server (the index's tests start their own cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,13 @@ if [ "${1:-}" = "--browser" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuS
   say "installing Debian's DejaVu fonts for the statements' PDF"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
+
+# The tests run the index on PostgreSQL too, in a cluster of their own (common/devpg.py): Debian's server binaries.
+if [ "${1:-}" = "--browser" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  say "installing Debian's postgresql for the index's tests on PostgreSQL"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
 [ -f .env ] || { cp .env.example .env; say "created .env from .env.example"; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Rebuild the index (DATA_DIR/index/index.sqlite) from the chain: every table derived from
-contract events is emptied and replayed; hourly limits are kept. Stop the server first."""
+"""Rebuild the index (DATA_DIR/index/index.sqlite, or the PostgreSQL database at INDEX_URL) from the
+chain: every table derived from contract events is emptied and replayed; hourly limits are kept.
+Stop the server (every process using the index) first."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main() -> int:
         print(f"reindex: error [{err.code}]: {err.message}", file=sys.stderr)
         return 1
     print(f"rebuilt the index from the chain: {events} events, {meters} meters, "
-          f"in {time.monotonic() - started:.1f} s ({index.path})")
+          f"in {time.monotonic() - started:.1f} s ({index.location})")
     return 0
 
 

@@ -17,6 +17,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from common.chain import AsyncChainClient
 from common.customers import Customers
 from common.deployment import Deployment, load_deployment
@@ -33,6 +35,7 @@ from server.gateway import Gateway
 from server.health import HealthCheck
 from server.hub import Hub
 from server.index import Index
+from server.index_db import DATABASE_ERRORS, describe_url
 from server.indexer import Indexer
 from server.live import LiveFeed
 from server.monitor import Rules
@@ -52,26 +55,38 @@ TLS_READ_BUFFER = 32 * 1024
 
 
 def open_index(settings: Settings, deployment: Deployment) -> Index:
-    """The index database under ``DATA_DIR/index/`` for ``deployment``, with the consumption-alert settings."""
+    """The index for ``deployment`` (in PostgreSQL at ``INDEX_URL``, else SQLite under ``DATA_DIR/index/``), with
+    the consumption-alert settings."""
     rules = Rules(jump_factor=settings.jump_factor, jump_min_w=settings.jump_min_w)
     path = settings.data_dir / "index" / "index.sqlite"
     try:
         return Index(path, settings.tz, rules, settings.hourly_limit_wh,
                      source=f"{deployment.chain_id}:{deployment.address.lower()}:{deployment.block}",
-                     journal=settings.finality_depth > 0)
-    except sqlite3.DatabaseError as err:
-        raise index_unusable(path, err) from err
+                     journal=settings.finality_depth > 0, url=settings.index_url)
+    except DATABASE_ERRORS as err:
+        raise index_unusable(describe_url(settings.index_url) if settings.index_url else path, err) from err
 
 
-def index_unusable(path: Path, err: sqlite3.DatabaseError) -> StorageError:
-    """The error, in plain words with what to do, for an index database that cannot be opened or read."""
+def index_unusable(path: Path | str, err: Exception) -> StorageError:
+    """The error, in plain words with what to do, for an index database that cannot be opened or read (``path``:
+    the SQLite file, or the PostgreSQL database's URL without its password)."""
+    if isinstance(err, psycopg.OperationalError):
+        return StorageError(
+            f"cannot use the API's index in PostgreSQL at {path} ({err}): check that the server runs and "
+            "accepts connections there, that INDEX_URL names an existing database and a role that may create "
+            "tables in it, and that the server has connections to spare")
+    if isinstance(err, psycopg.Error):
+        return StorageError(
+            f"the API's index in PostgreSQL at {path} failed ({err}): it is a cache of the chain, so an empty "
+            "database (dropdb and createdb) is rebuilt from the chain at the next start; hourly limits set "
+            "through the API were kept only there and must be set again")
     if isinstance(err, sqlite3.OperationalError):
         return StorageError(
             f"cannot use the API's index {path} ({err}): check that the data directory is writable, that the disk is "
             "not full and that no other process (another server on the same DATA_DIR) holds the file")
     return StorageError(
         f"the API's index {path} is damaged ({err}): it is a cache of the chain, so move the file aside with its "
-        f"-wal and -shm files (for example to {path.name}.damaged) and start the server again, which rebuilds it "
+        f"-wal and -shm files (for example to {Path(path).name}.damaged) and start the server again, which rebuilds it "
         "from the chain; hourly limits set through the API were kept only there and must be set again")
 
 
@@ -155,8 +170,8 @@ class ServerApp:
             indexer = Indexer(deployment, index, chain, hub, feed)
             try:
                 await indexer.catch_up()
-            except sqlite3.DatabaseError as err:
-                raise index_unusable(index.path, err) from err
+            except DATABASE_ERRORS as err:
+                raise index_unusable(index.location, err) from err
             opt_outs = OptOutRelayer(settings, deployment) if deployment.demand_response is not None else None
             if settings.http_port:
                 customers = Customers(settings.data_dir / "customers.json")

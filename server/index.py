@@ -1,4 +1,4 @@
-"""The index: the contract's events in SQLite, shaped for questions (a cache of the chain).
+"""The index: the contract's events in SQLite or PostgreSQL, shaped for questions (a cache of the chain).
 
 Every table but ``thresholds`` is derived from events and can be rebuilt from the chain
 (``scripts/reindex.py``). ``apply`` takes events in chain order and writes them, with the
@@ -23,13 +23,26 @@ periods, meter state, consumption alerts, the position) back as it was, whatever
 that changed them; ``finalize`` forgets the journal of blocks that became final. Events of final
 blocks are written without it, so a chain with ``CONFIRMATIONS=0`` pays nothing. A fork below
 the final block cannot be undone this way: the index is then rebuilt from the chain.
+
+**Two engines.** SQLite (a file under ``DATA_DIR/index/``) is the embedded default; with
+``INDEX_URL=postgresql://...`` the same tables live in PostgreSQL (``server.index_db``), whose
+schema Alembic's migrations make and whose journal is one PL/pgSQL trigger function writing
+``jsonb``. Every statement here is written once in SQL both accept, so both answer the same.
+
+**One writer, several readers.** Several server processes may share one PostgreSQL index (to
+serve the API and dashboard from more than one process): the first to open it holds an advisory
+lock for as long as it runs and is its writer; the others open it as readers. A reader writes
+no events (its ``apply``, ``finalize``, ``rollback`` and ``reset`` only look at what the writer
+committed) and reloads what it keeps in memory (meters, tariffs, limits) when the writer's
+position moved, looking at most once per ``READER_REFRESH`` seconds; every query reads committed
+rows at once (autocommit). Hourly limits set through any process are written to the shared table
+and the writer reads them back before each batch it applies.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +65,7 @@ from common.tariff import (
     standing_charge,
 )
 from server.history import energy_in_hours, spread_over_hours
+from server.index_db import IndexDb, PostgresDb, SqliteDb, describe_url
 from server.monitor import Rules, Trend, evaluate
 
 __all__ = ["Index", "MeterRecord", "Period", "Applied", "TIME_EVENTS", "JOURNALED_TABLES"]
@@ -64,6 +78,10 @@ TIME_EVENTS = frozenset({"MeterRegistered", "MeterDeactivated", "MeterReactivate
 POSITION = "index"
 #: The tables' layout; an index written with another is emptied and rebuilt from the chain.
 LAYOUT = "2"
+#: Seconds a reader of a shared PostgreSQL index goes at most without looking for the writer's new events.
+READER_REFRESH = 1.0
+#: The advisory lock the writer of a PostgreSQL index holds (any constant; "smwrt" in ASCII).
+WRITER_LOCK = 0x736D777274
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meters (
@@ -131,7 +149,7 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_by_block ON journal (block);
 CREATE TABLE IF NOT EXISTS journal_block (id INTEGER PRIMARY KEY CHECK (id = 1), block INTEGER);
-INSERT OR IGNORE INTO journal_block VALUES (1, NULL);
+INSERT INTO journal_block VALUES (1, NULL) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
 
@@ -152,14 +170,24 @@ class _Shape:
     key: tuple[str, ...]
 
 
-def _shapes(db: sqlite3.Connection) -> dict[str, _Shape]:
+def _shapes(db: IndexDb) -> dict[str, _Shape]:
     out = {}
     for table in JOURNALED_TABLES:
-        info = db.execute(f"PRAGMA table_info({table})").fetchall()  # (cid, name, type, notnull, default, pk)
-        columns = tuple(row[1] for row in info)
-        key = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
+        columns, key = db.shape(table)
         out[table] = _Shape(table, columns, key)
     return out
+
+
+def upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """``INSERT`` of a whole row that replaces the row with the same key (SQL both engines accept)."""
+    update = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {update}")
+
+
+def _json(value: Any) -> Any:
+    """A journal key or image: text in SQLite, already decoded from ``jsonb`` in PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _journal_triggers(shape: _Shape) -> list[str]:
@@ -243,59 +271,112 @@ _METER_COLUMNS = ("address, account_ref, region, opening_wh, opened_at, register
                   "last_seq, last_timestamp, last_energy_wh, last_block, last_tx, rejected")
 _PERIOD_COLUMNS = ("meter, period_id, period_start, period_end, energy_wh, energy_cost, standing_charge, amount_due, "
                    "status, issued_at, issued_tx, export_wh, export_credit")
+_UPSERT_META = upsert("meta", ("name", "value"), ("name",))
+_UPSERT_BLOCK = upsert("blocks", ("number", "hash"), ("number",))
+_UPSERT_PERIOD = upsert("periods", tuple(_PERIOD_COLUMNS.split(", ")), ("meter", "period_id"))
+_UPSERT_THRESHOLD = upsert("thresholds", ("meter", "hourly_limit_wh", "updated_at", "updated_by"), ("meter",))
+_UPSERT_METER = upsert("meters", (*_METER_COLUMNS.split(", "), "last_export_wh"), ("address",))
+_UPSERT_TARIFF = upsert("tariffs", ("version", "unit_rate", "standing_charge", "effective_from", "block", "tx_hash",
+                                    "spec"), ("version",))
+_UPSERT_DAY_AHEAD = upsert("day_ahead", ("period", "side", "price"), ("period", "side"))
+_UPSERT_CLOCK = upsert("clock_changes", ("at", "offset_minutes"), ("at",))
+_UPSERT_GRID_ALERT = upsert("grid_alerts", _ALERT_KEYS, ("id",))
 
 
 class Index:
-    """The SQLite index of contract events; one instance per process, used from one thread."""
+    """The index of contract events (SQLite, or PostgreSQL with ``url``); one instance per process, used from
+    one thread."""
 
     def __init__(self, path: Path, tz: ZoneInfo, rules: Rules | None = None, default_limit_wh: int = 0,
-                 source: str = "", journal: bool = True) -> None:
+                 source: str = "", journal: bool = True, url: str = "") -> None:
         """Open (or create) the index; ``source`` names the chain and contract its events come from.
 
+        ``path`` is the SQLite file; ``url`` (``postgresql://...``), when given, is used instead,
+        its schema brought up to date by the migrations in ``server/index_migrations``.
+
         ``journal`` false (``CONFIRMATIONS=0``: every block is final at once) leaves out the undo
-        journal's triggers, so that writing an event costs what it did before there was one.
+        journal's triggers, so that writing an event costs what it did before there was one (in
+        PostgreSQL the triggers stay and return at once, as no block is being journaled).
 
         An index holding another source's events (the chain was reset, the contract redeployed)
         is emptied of them first, so that it is rebuilt from the new one.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.url = url
+        #: Where the index is, for messages (a PostgreSQL URL without its password).
+        self.location = describe_url(url) if url else str(path)
         self.tz = tz
         self.rules = rules or Rules()
         self.default_limit_wh = default_limit_wh
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" in tables:
-            layout = self.db.execute("SELECT value FROM meta WHERE name='layout'").fetchone()
-            if layout is None or layout[0] != LAYOUT:
-                log_event(log, "index_layout_changed", was=layout[0] if layout else "1", now=LAYOUT,
-                          reason="an older version wrote this index; it is rebuilt from the chain")
-                with self.db:
-                    for table in DERIVED_TABLES:
-                        self.db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
-        # A REPLACE deletes the row it replaces; only with recursive triggers does that deletion reach the journal.
-        self.db.execute("PRAGMA recursive_triggers=ON")
-        self.db.executescript(_SCHEMA)
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (LAYOUT,))
-        self._shapes = _shapes(self.db)
         self.journal = journal
-        with self.db:
-            for shape in self._shapes.values():
-                for statement in _journal_triggers(shape) if journal else _journal_triggers(shape)[:3]:
-                    self.db.execute(statement)  # without the journal: only the DROPs
-            self.db.execute("UPDATE journal_block SET block=NULL")
+        self.db: IndexDb
+        #: Whether this process writes the index (false: another process does, and this one only reads it).
+        self.writer = True
+        self._seen: tuple[Any, ...] = ()
+        self._checked = time.monotonic()
+        if url:
+            self.db = PostgresDb(url)
+            self.writer = bool(self.db.execute("SELECT pg_try_advisory_lock(?)", (WRITER_LOCK,)).fetchone()[0])
+            if not self.writer:
+                log_event(log, "index_reader", database=self.location,
+                          reason="another process writes this index; this one reads what it commits")
+        else:
+            self.db = self._open_sqlite(path, journal)
+        self._shapes = _shapes(self.db)
+        if self.writer:
+            with self.db:
+                self.db.execute("UPDATE journal_block SET block=NULL")
         self._load()
         row = self.db.execute("SELECT value FROM meta WHERE name='source'").fetchone()
+        if not self.writer:
+            if row is not None and row[0] != source:
+                log_event(log, "index_other_source", logging.WARNING, database=self.location, was=row[0],
+                          now=source, hint="the writer of this index follows another chain or contract")
+            return
         if row is not None and row[0] != source:
             log_event(log, "index_reset", was=row[0], now=source, reason="the index holds another chain's events")
             self.reset()
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (source,))
+            self.db.execute(_UPSERT_META, ("source", source))
+
+    @staticmethod
+    def _open_sqlite(path: Path, journal: bool) -> SqliteDb:
+        """The SQLite file with the tables of ``LAYOUT`` (emptied first if another layout wrote it) and the
+        journal's triggers (or none)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteDb(path)
+        if "meta" in db.tables():
+            layout = db.execute("SELECT value FROM meta WHERE name='layout'").fetchone()
+            if layout is None or layout[0] != LAYOUT:
+                log_event(log, "index_layout_changed", was=layout[0] if layout else "1", now=LAYOUT,
+                          reason="an older version wrote this index; it is rebuilt from the chain")
+                with db:
+                    for table in DERIVED_TABLES:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed table names
+        db.executescript(_SCHEMA)
+        with db:
+            db.execute(_UPSERT_META, ("layout", LAYOUT))
+            for shape in _shapes(db).values():
+                for statement in _journal_triggers(shape) if journal else _journal_triggers(shape)[:3]:
+                    db.execute(statement)  # without the journal: only the DROPs
+        return db
+
+    def _mark(self) -> tuple[Any, ...]:
+        """What tells a reader that the writer committed something: the position and the final block."""
+        return (self.position(), self.db.execute("SELECT value FROM meta WHERE name='final'").fetchone())
+
+    def refresh(self, force: bool = False) -> None:
+        """A reader: reload what is kept in memory if the writer moved on (looked at most once per
+        ``READER_REFRESH`` seconds unless ``force``); the writer: nothing to do."""
+        if self.writer or (not force and time.monotonic() - self._checked < READER_REFRESH):
+            return
+        self._checked = time.monotonic()
+        if self._mark() != self._seen:
+            self._load()
 
     def _load(self) -> None:
+        if not self.writer:
+            self._seen = self._mark()
         self._meters: dict[str, MeterRecord] = {m.address.lower(): m for m in self._query_meters("", ())}
         versions = [_version_from_spec(r[0]) for r in self.db.execute("SELECT spec FROM tariffs ORDER BY version")]
         clock = ClockTable(tuple((int(a), int(m)) for a, m in self.db.execute(
@@ -327,6 +408,9 @@ class Index:
 
     def reset(self) -> None:
         """Forget everything derived from the chain (thresholds stay), to rebuild from the chain."""
+        if not self.writer:
+            self.refresh(force=True)
+            return
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE journal_block SET block=NULL")
@@ -342,6 +426,11 @@ class Index:
         blocks after ``final`` are journaled so that ``rollback`` can undo them (None: all final).
         """
         out = Applied()
+        if not self.writer:
+            self.refresh(force=True)
+            return out
+        if self.url:  # a reader may have set a limit in the shared table
+            self._limits = {m: int(w) for m, w in self.db.execute("SELECT meter, hourly_limit_wh FROM thresholds")}
         position = self.position() or (-1, -1)
         todo = [e for e in events if e.position > position]
         if not todo:
@@ -357,7 +446,7 @@ class Index:
                         self.db.execute("UPDATE journal_block SET block=?", (block,))
                         journaling = block
                         if block is not None:
-                            self.db.execute("INSERT OR REPLACE INTO blocks VALUES (?,?)", (block, event.block_hash))
+                            self.db.execute(_UPSERT_BLOCK, (block, event.block_hash))
                     self._apply_one(event, block_times.get(event.block, 0), out, touched)
                     last_of_block = i + 1 == len(todo) or todo[i + 1].block != event.block
                     if last_of_block and (journaling is not None or i + 1 == len(todo)):
@@ -387,6 +476,9 @@ class Index:
         """Blocks up to ``final`` are final: forget their journal (the hash of the newest is kept)."""
         if self.final is not None and final <= self.final:
             return
+        if not self.writer:
+            self.refresh(force=True)
+            return
         if not self.journal:
             self.final = final  # nothing is journaled: nothing to forget
             return
@@ -395,7 +487,7 @@ class Index:
             self.db.execute("DELETE FROM journal WHERE block<=?", (final,))
             self.db.execute("DELETE FROM blocks WHERE number < (SELECT MAX(number) FROM blocks WHERE number<=?)",
                             (final,))
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('final', ?)", (str(final),))
+            self.db.execute(_UPSERT_META, ("final", str(final)))
         self.final = final
 
     def recent_blocks(self) -> list[tuple[int, str]]:
@@ -409,6 +501,9 @@ class Index:
         rebuild the index instead (``reset`` and catch up).
         """
         affected: set[str] = set()
+        if not self.writer:
+            self.refresh(force=True)
+            return []
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE journal_block SET block=NULL")
@@ -416,13 +511,13 @@ class Index:
                                    (fork,)).fetchall()
             for table, op, key, image in rows:
                 shape = self._shapes[table]
-                keys = json.loads(key)
+                keys = _json(key)
                 where = " AND ".join(f"{c}=?" for c in shape.key)
                 if op in ("i", "u"):
                     self.db.execute(f"DELETE FROM {table} WHERE {where}",  # noqa: S608 - names from the schema
                                     [keys[c] for c in shape.key])
                 if op in ("u", "d"):
-                    old = json.loads(image)
+                    old = _json(image)
                     self.db.execute(f"INSERT INTO {table} ({', '.join(shape.columns)}) "  # noqa: S608
                                     f"VALUES ({', '.join('?' * len(shape.columns))})",
                                     [old[c] for c in shape.columns])
@@ -442,7 +537,7 @@ class Index:
             self._record(event, out)
         elif name == "ReadingRejected":
             reason = RejectReason(int(args["reason"])).name.lower()
-            self.db.execute("INSERT OR IGNORE INTO rejections VALUES (?,?,?,?,?,?)",
+            self.db.execute("INSERT INTO rejections VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                             (event.block, event.log_index, args["meter"], int(args["seq"]), reason, event.tx_hash))
             meter = self._meters.get(args["meter"].lower())
             if meter is not None:
@@ -461,7 +556,7 @@ class Index:
         elif name == "TariffChanged":
             version = TariffVersion.from_event(args)
             number = int(args["version"])
-            self.db.execute("INSERT OR REPLACE INTO tariffs VALUES (?,?,?,?,?,?,?)",
+            self.db.execute(_UPSERT_TARIFF,
                             (number, version.import_rule.rate, version.standing_charge, version.effective_from,
                              event.block, event.tx_hash, json.dumps(_spec(version))))
             if number > len(self.schedule.versions):
@@ -470,12 +565,12 @@ class Index:
         elif name == "DayAheadPricesPublished":
             first = int(args["from"]) // 1_800
             for side, prices in ((0, args["importPrices"]), (1, args["exportPrices"])):
-                self.db.executemany("INSERT OR REPLACE INTO day_ahead VALUES (?,?,?)",
+                self.db.executemany(_UPSERT_DAY_AHEAD,
                                     [(first + i, side, int(price)) for i, price in enumerate(prices)])
             self.schedule.publish(first, args["importPrices"], args["exportPrices"])
         elif name == "ClockChangeAdded":
             at, minutes = int(args["at"]), int(args["offsetMinutes"])
-            self.db.execute("INSERT OR REPLACE INTO clock_changes VALUES (?,?)", (at, minutes))
+            self.db.execute(_UPSERT_CLOCK, (at, minutes))
             if not self.schedule.clock.changes or self.schedule.clock.changes[-1][0] < at:
                 self.schedule.clock = self.schedule.clock.with_changes([(at, minutes)])
         elif name == "BillIssued":
@@ -485,7 +580,7 @@ class Index:
                      "region": from_text32(args["region"]), "message": args["message"],
                      "expires_at": int(args["expiresAt"]), "raised_at": block_time, "raised_tx": event.tx_hash,
                      "cleared_at": None}
-            self.db.execute("INSERT OR REPLACE INTO grid_alerts VALUES (?,?,?,?,?,?,?,?,?)", tuple(alert.values()))
+            self.db.execute(_UPSERT_GRID_ALERT, tuple(alert.values()))
             out.grid_alerts.append(alert)
         elif name == "GridAlertCleared":
             alert_id = int(args["id"])
@@ -503,8 +598,7 @@ class Index:
             status_changed_at=block_time, last_seq=0, last_timestamp=opened, last_energy_wh=int(args["openingWh"]),
             last_block=None, last_tx=None, rejected=0, period=period,
         )
-        self.db.execute(f"INSERT OR REPLACE INTO meters ({_METER_COLUMNS}, last_export_wh) "
-                        f"VALUES ({','.join('?' * 15)})", (*_meter_row(meter), 0))
+        self.db.execute(_UPSERT_METER, (*_meter_row(meter), 0))
         self._write_period(period)
         self._meters[address.lower()] = meter
         out.meters.append(meter)
@@ -534,7 +628,7 @@ class Index:
         meter.last_seq, meter.last_timestamp, meter.last_energy_wh, meter.last_export_wh = seq, ts, register, exported
         meter.last_block, meter.last_tx = event.block, event.tx_hash
         db = self.db
-        db.execute("INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        db.execute("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                    (meter.address, seq, ts, register, energy, start, p.period_id, event.block, event.log_index,
                     event.tx_hash, exported, export, cost, credit))
         db.execute("UPDATE meters SET last_seq=?, last_timestamp=?, last_energy_wh=?, last_export_wh=?, last_block=?, "
@@ -545,27 +639,29 @@ class Index:
         for period, wh_in, wh_out in split_pair(start, ts, energy, export):
             price_in, price_out = self.schedule.prices(period)
             db.execute("INSERT INTO halfhourly VALUES (?,?,?,?,?,?,?) ON CONFLICT(meter, period) DO UPDATE SET "
-                       "import_wh=import_wh+excluded.import_wh, export_wh=export_wh+excluded.export_wh, "
-                       "import_cost=import_cost+excluded.import_cost, "
-                       "export_credit=export_credit+excluded.export_credit, "
-                       "longest_interval=max(longest_interval, excluded.longest_interval)",
+                       "import_wh=halfhourly.import_wh+excluded.import_wh, "
+                       "export_wh=halfhourly.export_wh+excluded.export_wh, "
+                       "import_cost=halfhourly.import_cost+excluded.import_cost, "
+                       "export_credit=halfhourly.export_credit+excluded.export_credit, "
+                       "longest_interval=CASE WHEN excluded.longest_interval>halfhourly.longest_interval "
+                       "THEN excluded.longest_interval ELSE halfhourly.longest_interval END",
                        (meter.address, period, wh_in, wh_out, wh_in * price_in, wh_out * price_out, span))
         out.bills.append(meter)
         totals = []
         for hour, wh in spread_over_hours(start, ts, energy):
             total = db.execute("INSERT INTO hourly VALUES (?,?,?) ON CONFLICT(meter, hour_start) DO UPDATE "
-                               "SET energy_wh=energy_wh+excluded.energy_wh RETURNING energy_wh",
+                               "SET energy_wh=hourly.energy_wh+excluded.energy_wh RETURNING energy_wh",
                                (meter.address, hour, wh)).fetchone()[0]
             totals.append((hour, int(total)))
         for candidate in evaluate(self._trend(meter.address), meter.address, start, ts, energy, totals,
                                   self.limit_for(meter.address), self.rules, self.tz):
             a = candidate.alert
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO consumption_alerts (meter, kind, key, at, energy_wh, limit_wh, power_w, "
-                "message) VALUES (?,?,?,?,?,?,?,?)",
-                (a.meter, a.kind, candidate.key, a.at, a.energy_wh, a.limit_wh, a.power_w, a.message))
-            if cursor.rowcount:
-                out.consumption_alerts.append((int(cursor.lastrowid or 0), a))
+            added = db.execute(
+                "INSERT INTO consumption_alerts (meter, kind, key, at, energy_wh, limit_wh, power_w, "
+                "message) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
+                (a.meter, a.kind, candidate.key, a.at, a.energy_wh, a.limit_wh, a.power_w, a.message)).fetchone()
+            if added is not None:
+                out.consumption_alerts.append((int(added[0]), a))
 
     def _issue(self, event: ChainEvent, block_time: int, out: Applied) -> None:
         args = event.args
@@ -582,7 +678,7 @@ class Index:
         out.bills.append(meter)
 
     def _write_period(self, p: Period) -> None:
-        self.db.execute(f"INSERT OR REPLACE INTO periods ({_PERIOD_COLUMNS}) VALUES ({','.join('?' * 13)})",
+        self.db.execute(_UPSERT_PERIOD,
                         (p.meter, p.period_id, p.period_start, p.period_end, p.energy_wh, p.energy_cost,
                          p.standing_charge, p.amount_due, p.status, p.issued_at, p.issued_tx, p.export_wh,
                          p.export_credit))
@@ -604,6 +700,7 @@ class Index:
 
     def limit_for(self, meter: str) -> int:
         """The meter's hourly consumption limit in Wh (0: none)."""
+        self.refresh()
         return self._limits.get(meter, self.default_limit_wh)
 
     def limit_is_default(self, meter: str) -> bool:
@@ -617,7 +714,7 @@ class Index:
                 self.db.execute("DELETE FROM thresholds WHERE meter=?", (meter,))
                 self._limits.pop(meter, None)
             else:
-                self.db.execute("INSERT OR REPLACE INTO thresholds VALUES (?,?,?,?)",
+                self.db.execute(_UPSERT_THRESHOLD,
                                 (meter, limit_wh, int(time.time()), by))
                 self._limits[meter] = limit_wh
 
@@ -625,10 +722,12 @@ class Index:
 
     def meter(self, address: str) -> MeterRecord | None:
         """One meter, by address in any case."""
+        self.refresh()
         return self._meters.get(address.lower())
 
     def meters(self) -> list[MeterRecord]:
         """Every meter, in registration order."""
+        self.refresh()
         return sorted(self._meters.values(), key=lambda m: (m.registered_at, m.address))
 
     def _query_meters(self, where: str, params: tuple[Any, ...]) -> list[MeterRecord]:
@@ -727,7 +826,7 @@ class Index:
     def grid_alerts(self, active: bool | None, region: str | None, now: int, limit: int, offset: int
                     ) -> tuple[int, list[dict[str, Any]]]:
         """Grid alerts, newest first; ``active`` picks those in force at ``now`` (or the others)."""
-        where: list[str] = ["1"]
+        where: list[str] = ["1=1"]
         params: list[Any] = []
         in_force = "(cleared_at IS NULL AND expires_at>?)"
         if active is True:

@@ -22,6 +22,7 @@ from typing import Any
 
 from common.chain import AsyncChainClient, logs_between
 from common.deployment import Deployment
+from common.errors import StorageError
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
 from common.messages import encode
@@ -248,8 +249,11 @@ async def rebuild(settings: Settings, deployment: Deployment, index: Index) -> i
     """Empty ``index`` of everything derived from the chain and replay every event; returns how many.
 
     Hourly limits set by operators and customers are kept. Stop the server first: it holds the
-    index open and would go on writing to it.
+    index open and would go on writing to it (a PostgreSQL index that another process writes is refused).
     """
+    if not index.writer:
+        raise StorageError(f"cannot rebuild the index at {index.location}: another process (a server) writes it; "
+                           "stop every server that uses this INDEX_URL first")
     index.reset()
     chain = AsyncChainClient(settings, deployment, settings.gateway_key)
     try:

@@ -5,7 +5,8 @@ finality, reorganisations and fees, one Anvil mining a block a second, with its 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from common.chain import ChainClient  # noqa: E402
 from common.deployer import deploy  # noqa: E402
 from common.deployment import Deployment  # noqa: E402
 from common.devchain import AnvilProcess, GanacheProcess  # noqa: E402
+from common.devpg import DevPostgres  # noqa: E402
 from common.settings import Settings, load_settings  # noqa: E402
 
 
@@ -99,6 +101,35 @@ def snapshot(chain: ChainClient, deployment: Deployment) -> Iterator[None]:
     yield
     chain.w3.provider.make_request("evm_revert", [snap])
     chain._nonces.clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[DevPostgres]:
+    """A PostgreSQL cluster of this test process's own (a temp folder, a free port, an unprivileged account),
+    started on first use and stopped at the end of the session."""
+    try:
+        cluster = DevPostgres()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def index_backend(request: pytest.FixtureRequest) -> str:
+    """The index's engine for this test: ``sqlite`` unless the test asks for both (``tests.support.both_indexes``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def new_index_url(index_backend: str, request: pytest.FixtureRequest) -> Callable[[], str]:
+    """``INDEX_URL`` for a new, empty index of the test's engine: "" (SQLite, under the data directory) or a
+    fresh database in the session's PostgreSQL cluster."""
+    if index_backend == "sqlite":
+        return lambda: ""
+    cluster: DevPostgres = request.getfixturevalue("postgres")
+    return lambda: cluster.create_database(f"index_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common.settings import ROOT, Settings
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "both_indexes", "INDEX_BACKENDS"]
+
+#: The index's engines: SQLite (the default) and PostgreSQL (``INDEX_URL``).
+INDEX_BACKENDS = ("sqlite", "postgresql")
+#: Runs a test once per engine of the index (through the ``index_backend`` fixture, which
+#: ``new_index_url`` and the ``server`` fixtures follow).
+both_indexes = pytest.mark.parametrize("index_backend", INDEX_BACKENDS, indirect=True)
 
 
 class ServerProcess:

@@ -27,10 +27,10 @@ def billing(chain, deployment) -> Billing:
 
 
 @pytest.fixture
-def server_settings(base_settings: Settings, tmp_path) -> Settings:
-    """Settings for one test's server: its own data directory and port."""
+def server_settings(base_settings: Settings, tmp_path, new_index_url) -> Settings:
+    """Settings for one test's server: its own data directory, index and ports."""
     return base_settings.replace(data_dir=tmp_path / "data", server_port=free_port(), http_port=free_port(),
-                                 batch_max_wait=0.05)
+                                 batch_max_wait=0.05, index_url=new_index_url())
 
 
 @pytest.fixture

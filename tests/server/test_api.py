@@ -1,5 +1,6 @@
 """The REST API and live feed against a running server on a real Ganache: every route, its
-filters and access rules, and that what it answers matches the chain."""
+filters and access rules, and that what it answers matches the chain. The tests of the routes that
+read the index run with the index in SQLite and in PostgreSQL (``both_indexes``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from server.app import ServerApp
 from tests.server.conftest import indexed, last_event, meters_indexed
 from tests.server.test_dashboard import CHROMIUM, LAUNCH_ARGS, UI_TIMEOUT_MS
 from tests.server.test_gateway import next_of
+from tests.support import both_indexes
 
 API = "/api/v1"
 HOUR = 3_600
@@ -94,6 +96,7 @@ async def test_health_needs_no_credentials_but_every_data_route_does(api, server
         401, "unauthorized")
 
 
+@both_indexes
 async def test_operator_sees_every_meter_with_state_matching_the_chain(api, op, metered, billing: Billing):
     first, second, _ = metered
     listed = {m["address"]: m for m in (await api.get(f"{API}/meters", headers=op)).json()}
@@ -313,6 +316,7 @@ async def test_a_flooding_address_gets_429_and_a_customers_pending_challenge_sur
 # ---------------------------------------------------------------- readings
 
 
+@both_indexes
 async def test_readings_page_through_newest_first_with_links(api, op, metered):
     first, _, start = metered
     url = f"{API}/meters/{first.address}/readings"
@@ -328,6 +332,7 @@ async def test_readings_page_through_newest_first_with_links(api, op, metered):
     assert oldest[1]["tx_hash"].startswith("0x") and oldest[1]["consumption_kwh"] == 0.4
 
 
+@both_indexes
 async def test_readings_are_filtered_by_period(api, op, metered):
     first, _, start = metered
     url = f"{API}/meters/{first.address}/readings"
@@ -345,6 +350,7 @@ async def test_readings_are_filtered_by_period(api, op, metered):
     assert error_of(await api.get(url, headers=op, params={"order_by": "seq"})) == (422, "invalid_request")
 
 
+@both_indexes
 async def test_readings_group_by_hour_and_day_total_the_register(api, op, metered, billing):
     first, _, start = metered
     url = f"{API}/meters/{first.address}/readings"
@@ -391,6 +397,7 @@ async def test_any_windows_readings_add_up_to_the_same_energy_as_its_hours_and_d
 # ---------------------------------------------------------------- bills and tariffs
 
 
+@both_indexes
 async def test_closing_a_period_issues_a_bill_listed_with_filters(api, op, server, metered, billing):
     first, second, _ = metered
     before = billing.bill(first.address)
@@ -428,6 +435,7 @@ async def test_tariff_history_lists_every_version_newest_first_with_its_pricing(
     assert [t["version"] for t in tariffs] == sorted((t["version"] for t in tariffs), reverse=True)
 
 
+@both_indexes
 async def test_half_hourly_settlement_periods_carry_import_export_price_cost_and_whether_estimated(
         api, op, server, new_meter, write_readings, billing):
     meter = new_meter()
@@ -476,6 +484,7 @@ def time_of(text: str) -> int:
 # ---------------------------------------------------------------- grid alerts
 
 
+@both_indexes
 async def test_grid_alerts_active_and_past_and_by_region(api, op, server, metered, billing):
     first, _, _ = metered
     customer = {"X-API-Key": add_customer(server, first, "meter-a")}
@@ -502,6 +511,7 @@ async def test_grid_alerts_active_and_past_and_by_region(api, op, server, metere
 # ---------------------------------------------------------------- thresholds and live notifications
 
 
+@both_indexes
 async def test_threshold_is_set_by_customer_or_operator_and_reset_to_default(api, op, server, metered):
     first, _, _ = metered
     customer = {"X-API-Key": add_customer(server, first, "meter-a")}
@@ -528,6 +538,7 @@ async def next_live(ws, kind: str, timeout: float = 20.0) -> dict:
             return message
 
 
+@both_indexes
 async def test_an_hour_over_the_limit_notifies_the_meter_and_the_dashboard_at_once(
         api, op, server, new_meter, link_for):
     meter = new_meter()

@@ -12,6 +12,7 @@ from server.app import open_index
 from server.index import DERIVED_TABLES, Index
 from server.indexer import Indexer
 from tests.server.test_indexer import chain_client, readings  # noqa: F401 - the fixture is used by name
+from tests.support import both_indexes
 
 HOUR = 3_600
 
@@ -36,7 +37,8 @@ async def events_of(chain: AsyncChainClient, deployment, indexer: Indexer) -> li
     return [e for e in (indexer.decoder.decode(raw) for raw in logs) if e is not None]
 
 
-async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at_the_fork(
+@both_indexes
+async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at_the_fork(new_index_url, 
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):  # noqa: F811
     meter = new_meter()
     start = int(time.time()) - 20 * HOUR
@@ -44,7 +46,7 @@ async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at
     # Then readings far above the hourly limit, each in a block of its own: hourly totals, alerts, the period.
     for seq in range(5, 9):
         await write_readings(meter, [(seq, start + (seq - 1) * 900, 10_000 + 4 * 300 + (seq - 4) * 4_000)])
-    full = open_index(base_settings.replace(data_dir=tmp_path / "full"), deployment)
+    full = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path / "full"), deployment)
     indexer = Indexer(deployment, full, chain_client)
     everything = await events_of(chain_client, deployment, indexer)
     mine = [e for e in everything if e.args.get("meter", "").lower() == meter.address.lower()]
@@ -52,11 +54,12 @@ async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at
     fork = next(e.block for e in recorded if e.args["seq"] == 6)  # seq 7 and 8 vanish
     final = next(e.block for e in recorded if e.args["seq"] == 4)  # seq 5 on are not final yet
 
-    upto_fork = open_index(base_settings.replace(data_dir=tmp_path / "fork"), deployment)
+    upto_fork = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path / "fork"), deployment)
     upto_fork.apply([e for e in everything if e.block <= fork], {})
     expected = rows(upto_fork)
 
-    live = open_index(base_settings.replace(data_dir=tmp_path / "live", confirmations=2), deployment)
+    live = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path / "live", confirmations=2),
+                      deployment)
     live.apply([e for e in everything if e.block <= final], {}, final)
     live.apply([e for e in everything if e.block > final], {}, final)
     assert live.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0] > 0
@@ -79,11 +82,12 @@ async def test_rolling_back_blocks_not_yet_final_restores_the_index_as_it_was_at
         index.close()
 
 
-async def test_events_of_final_blocks_leave_no_journal(tmp_path, base_settings, deployment, chain_client,  # noqa: F811
+@both_indexes
+async def test_events_of_final_blocks_leave_no_journal(new_index_url, tmp_path, base_settings, deployment, chain_client,  # noqa: F811
                                                       new_meter, write_readings):
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 3, 10_000))
-    index = open_index(base_settings.replace(data_dir=tmp_path, confirmations=2), deployment)
+    index = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path, confirmations=2), deployment)
     indexer = Indexer(deployment, index, chain_client)
     events = await events_of(chain_client, deployment, indexer)
     index.apply(events, {}, final=max(e.block for e in events))
@@ -92,11 +96,12 @@ async def test_events_of_final_blocks_leave_no_journal(tmp_path, base_settings, 
     index.close()
 
 
-async def test_catching_up_undoes_blocks_replaced_while_the_server_was_stopped(
+@both_indexes
+async def test_catching_up_undoes_blocks_replaced_while_the_server_was_stopped(new_index_url, 
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):  # noqa: F811
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 3, 10_000))
-    index = open_index(base_settings.replace(data_dir=tmp_path, confirmations=2), deployment)
+    index = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path, confirmations=2), deployment)
     indexer = Indexer(deployment, index, chain_client)
     events = await events_of(chain_client, deployment, indexer)
     last = max(e.block for e in events)

@@ -22,6 +22,7 @@ from server.app import open_index
 from server.history import GroupBy, group_hours, spread_over_hours, window_hours
 from server.index import DERIVED_TABLES, Index
 from server.indexer import Indexer, rebuild
+from tests.support import both_indexes
 
 HOUR = 3_600
 LONDON = ZoneInfo("Europe/London")
@@ -49,9 +50,10 @@ def readings(start: int, first_seq: int, count: int, base_wh: int, step_wh: int 
     return [(first_seq + i, start + i * 900, base_wh + (i + 1) * step_wh) for i in range(count)]
 
 
-async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_events(
+@both_indexes
+async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_events(new_index_url, 
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):
-    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
+    index = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path), deployment)
     indexer = Indexer(deployment, index, chain_client)
     meter = new_meter()
     start = int(time.time()) - 20 * HOUR
@@ -67,9 +69,10 @@ async def test_catching_up_twice_applies_nothing_new_and_resumes_after_new_event
     index.close()
 
 
-async def test_applying_the_same_events_again_changes_nothing(
+@both_indexes
+async def test_applying_the_same_events_again_changes_nothing(new_index_url, 
         tmp_path, base_settings, deployment, chain_client, new_meter, write_readings):
-    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
+    index = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path), deployment)
     meter = new_meter()
     await write_readings(meter, readings(int(time.time()) - 10 * HOUR, 1, 6, 10_000))
     await Indexer(deployment, index, chain_client).catch_up()
@@ -84,9 +87,10 @@ async def test_applying_the_same_events_again_changes_nothing(
     index.close()
 
 
-async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(
+@both_indexes
+async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(new_index_url, 
         snapshot, tmp_path, base_settings, deployment, chain_client, new_meter, write_readings, billing):
-    index = open_index(base_settings.replace(data_dir=tmp_path), deployment)
+    index = open_index(base_settings.replace(index_url=new_index_url(), data_dir=tmp_path), deployment)
     meter = new_meter()
     now = billing.now()
     change = (now + base_settings.max_future_skew) // 1_800 * 1_800 + 1_800
@@ -107,7 +111,8 @@ async def test_the_open_bill_breakdown_matches_the_chain_across_a_tariff_change(
     index.close()
 
 
-async def test_rebuilding_from_the_chain_reproduces_the_live_index_and_keeps_thresholds(
+@both_indexes
+async def test_rebuilding_from_the_chain_reproduces_the_live_index_and_keeps_thresholds(new_index_url, 
         tmp_path, server, base_settings, deployment, new_meter, write_readings, billing):
     from tests.server.conftest import indexed, last_event
 
@@ -118,7 +123,7 @@ async def test_rebuilding_from_the_chain_reproduces_the_live_index_and_keeps_thr
     await indexed(server, last_event(await asyncio.to_thread(billing.close_billing_period, meter.address)))
     live = dump(server.index)
     rebuilt_at = tmp_path / "copy"
-    copy = open_index(server.settings.replace(data_dir=rebuilt_at), deployment)
+    copy = open_index(server.settings.replace(data_dir=rebuilt_at, index_url=new_index_url()), deployment)
     copy.set_limit(meter.address, 250, by="operator")
     await rebuild(server.settings, deployment, copy)
     assert dump(copy) == live
@@ -127,8 +132,9 @@ async def test_rebuilding_from_the_chain_reproduces_the_live_index_and_keeps_thr
     copy.close()
 
 
-def test_the_reindex_command_rebuilds_the_index_of_a_data_dir(tmp_path, base_settings, deployment):
-    settings = base_settings.replace(data_dir=tmp_path / "data")
+@both_indexes
+def test_the_reindex_command_rebuilds_the_index_of_a_data_dir(new_index_url, tmp_path, base_settings, deployment):
+    settings = base_settings.replace(index_url=new_index_url(), data_dir=tmp_path / "data")
     done = subprocess.run([sys.executable, "scripts/reindex.py"], cwd=ROOT, env=settings.as_env() | {
         "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -138,8 +144,9 @@ def test_the_reindex_command_rebuilds_the_index_of_a_data_dir(tmp_path, base_set
     index.close()
 
 
-def test_an_index_of_another_deployment_is_emptied_when_opened(tmp_path, base_settings, deployment):
-    settings = base_settings.replace(data_dir=tmp_path)
+@both_indexes
+def test_an_index_of_another_deployment_is_emptied_when_opened(new_index_url, tmp_path, base_settings, deployment):
+    settings = base_settings.replace(index_url=new_index_url(), data_dir=tmp_path)
     index = open_index(settings, deployment)
     index.set_limit(deployment.address, 100, by="operator")
     with index.db:
@@ -155,11 +162,12 @@ def test_an_index_of_another_deployment_is_emptied_when_opened(tmp_path, base_se
     index.close()
 
 
-def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(tmp_path):
+@both_indexes
+def test_a_windows_readings_and_its_hours_add_up_to_the_same_energy(new_index_url, tmp_path):
     """For any window, the readings listed with their share in it and the hourly (and daily) totals
     agree to the Wh, and the list holds exactly the readings with a share in the window's hours."""
     rng = random.Random(12)
-    index = Index(tmp_path / "index.sqlite", LONDON)
+    index = Index(tmp_path / "index.sqlite", LONDON, url=new_index_url())
     meter, opened = "0x" + "ab" * 20, 1_790_000_000
     tariff = dict(zip(("effectiveFrom", "standingCharge", "clock", "importKind", "importRate", "exportKind",
                        "exportRate", "importBands", "importBandRates", "exportBands", "exportBandRates"),
