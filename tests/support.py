@@ -7,19 +7,38 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from common.deployer import deploy
+from common.deployment import Deployment
+from common.devchain import GanacheProcess
 from common.settings import ROOT, Settings
 
-__all__ = ["ServerProcess", "both_indexes", "INDEX_BACKENDS"]
+__all__ = ["ServerProcess", "both_indexes", "INDEX_BACKENDS", "deployed_on_own_chain"]
 
 #: The index's engines: SQLite (the default) and PostgreSQL (``INDEX_URL``).
 INDEX_BACKENDS = ("sqlite", "postgresql")
 #: Runs a test once per engine of the index (through the ``index_backend`` fixture, which
 #: ``new_index_url`` and the ``server`` fixtures follow).
 both_indexes = pytest.mark.parametrize("index_backend", INDEX_BACKENDS, indirect=True)
+
+
+@contextmanager
+def deployed_on_own_chain(base: Path, settings: Settings) -> Iterator[tuple[Settings, Deployment]]:
+    """A Ganache of its own under ``base`` (where a test may move the clock) with the contracts deployed on it:
+    the settings pointing at it (deployments and data under ``base``) and the deployment; stopped after."""
+    chain = GanacheProcess(base / "chain", log_path=base / "ganache.log").start()
+    try:
+        own = settings.replace(chain_rpc_url=chain.rpc_url, chain_ws_url=chain.ws_url,
+                               deployments_dir=base / "deployments", data_dir=base / "data")
+        deployment, _ = deploy(own, force=True)
+        yield own, deployment
+    finally:
+        chain.stop()
 
 
 class ServerProcess:

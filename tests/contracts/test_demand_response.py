@@ -26,6 +26,14 @@ RATE = 100_000  # millipence per kWh of reduction: 100 p/kWh
 POWER_W = 500
 
 
+def advance_to(dr: DemandResponse, t: int) -> None:
+    """Move the chain's clock to ``t`` and mine a block there."""
+    w3 = dr.client.w3
+    now = int(w3.eth.get_block("latest")["timestamp"])
+    w3.provider.make_request("evm_increaseTime", [max(0, t - now)])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
 @dataclass
 class Scene:
     """Three meters of one region with eleven days of steady use, and an event an hour or so ahead."""
@@ -40,10 +48,7 @@ class Scene:
 
     def advance_to(self, t: int) -> None:
         """Move the chain's clock to ``t`` (the snapshot fixture puts it back)."""
-        w3 = self.dr.client.w3
-        now = int(w3.eth.get_block("latest")["timestamp"])
-        w3.provider.make_request("evm_increaseTime", [max(0, t - now)])  # type: ignore[arg-type]
-        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        advance_to(self.dr, t)
 
     def read(self, until: int, step: int, watts: dict[str, int] | None = None) -> None:
         """Each meter's readings every ``step`` seconds up to ``until``, at POWER_W (or its own watts)."""

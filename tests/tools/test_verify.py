@@ -21,14 +21,13 @@ from eth_utils import keccak
 
 from common.billing import Billing
 from common.chain import ChainClient
-from common.deployer import deploy
 from common.deployment import Deployment
-from common.devchain import GanacheProcess
 from common.eip712 import ReadingData, sign_reading
 from common.settings import ROOT, Settings
 from common.tariff import CLOCK_LOCAL, PriceRule, TariffVersion
 from meters.identity import MeterIdentity, list_meters, meter_dir
 from operations.provisioning import provision
+from tests.support import deployed_on_own_chain
 
 CHECK = ROOT / "tools" / "verify" / "check.mjs"
 HOUR = 3_600
@@ -64,12 +63,7 @@ def sign_and_submit(billing: Billing, settings: Settings, name: str, rows: list[
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> Iterator[Fleet]:
     """Five provisioned meters with a day of history on a Ganache of their own (time travels here)."""
-    base = tmp_path_factory.mktemp("verify")
-    chain = GanacheProcess(base / "chain", log_path=base / "ganache.log").start()
-    try:
-        settings = base_settings.replace(chain_rpc_url=chain.rpc_url, chain_ws_url=chain.ws_url,
-                                         deployments_dir=base / "deployments", data_dir=base / "data")
-        deployment, _ = deploy(settings, force=True)
+    with deployed_on_own_chain(tmp_path_factory.mktemp("verify"), base_settings) as (settings, deployment):
         provision(settings, count=5, history_days=1)
         billing = Billing(ChainClient(settings), deployment)
         names = list_meters(settings.data_dir)
@@ -98,8 +92,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> 
             sign_and_submit(billing, settings, name, rows)
         billing.close_billing_period(meters["meter-01"])  # its second bill spans the change
         yield Fleet(settings, deployment, billing, meters, {"meter-01": 2, "meter-02": 1})
-    finally:
-        chain.stop()
 
 
 def check(rpc: str, deployment: Deployment, settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -21,11 +21,11 @@ from eth_utils import keccak
 from common.batches import pack_reading
 from common.chain import ChainClient
 from common.demand_response import DemandResponse, Signal, Terms, measure_event
-from common.deployer import deploy
-from common.devchain import GanacheProcess
 from common.eip712 import ReadingData, sign_optout, sign_reading
 from common.settings import ROOT, Settings
 from operations.demand_response import settle, verify
+from tests.contracts.test_demand_response import advance_to
+from tests.support import deployed_on_own_chain
 from tests.tools.test_verify import LyingNode, add_to_word
 
 CHECK = ROOT / "tools" / "verify" / "check.mjs"
@@ -86,22 +86,10 @@ class Scene:
     events: dict[str, int]  # settled, cancelled, changed, by_hand -> id
 
 
-def advance_to(dr: DemandResponse, t: int) -> None:
-    """Move the chain's clock to ``t``."""
-    now = dr.billing.now()
-    dr.client.w3.provider.make_request("evm_increaseTime", [max(0, t - now)])  # type: ignore[arg-type]
-    dr.client.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> Iterator[Scene]:
     """Twelve days of use, then four events over three days on a Ganache of their own (time travels here)."""
-    base = tmp_path_factory.mktemp("verify-credits")
-    chain = GanacheProcess(base / "chain", log_path=base / "ganache.log").start()
-    try:
-        settings = base_settings.replace(chain_rpc_url=chain.rpc_url, chain_ws_url=chain.ws_url,
-                                         deployments_dir=base / "deployments", data_dir=base / "data")
-        deployment, _ = deploy(settings, force=True)
+    with deployed_on_own_chain(tmp_path_factory.mktemp("verify-credits"), base_settings) as (settings, deployment):
         dr = DemandResponse(ChainClient(settings), deployment)
         now = dr.billing.now()
         start = -(-(now + 2 * HOUR) // 1_800) * 1_800
@@ -133,8 +121,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> 
         settle(dr, changed)
         yield Scene(settings, dr, [a, b, c, d], {"settled": settled, "cancelled": cancelled, "changed": changed,
                                                  "by_hand": by_hand})
-    finally:
-        chain.stop()
 
 
 def check(scene: Scene, *args: str, rpc: str | None = None) -> subprocess.CompletedProcess[str]:
