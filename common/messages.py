@@ -232,8 +232,8 @@ class DemandResponseMessage(_ServerModel):
     @property
     def terms(self) -> Terms:
         """The event's terms."""
-        return Terms(self.start, self.duration, self.ramp_up, Signal.PRICE if self.signal_kind == "price"
-                     else Signal.LEVEL, self.signal_value, self.credit_rate)
+        return Terms(self.start, self.duration, self.ramp_up, Signal[self.signal_kind.upper()], self.signal_value,
+                     self.credit_rate)
 
     def status_now(self, now: float) -> Status:
         """The event's status at ``now`` (a cancelled event stays cancelled)."""

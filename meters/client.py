@@ -16,8 +16,9 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
@@ -118,6 +119,7 @@ class MeterClient:
         self.events: dict[int, DemandResponseMessage] = {}
         #: Events this meter asked to opt out of (by id); asked once per run.
         self.opting_out: set[int] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._synced = False
         self._last_resend = 0.0
 
@@ -357,11 +359,17 @@ class MeterClient:
             s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")
         elif msg.code == "sequence_gap" and self.link is not None:
             # The server expects an earlier reading: reconnect, which resends the outbox in order.
-            asyncio.get_running_loop().create_task(self.link.close())
+            self._in_background(self.link.close())
             s.note(f"the server asked for earlier readings first; reconnecting to resend them [{msg.code}]")
         else:
             s.error(f"{msg.message} [{msg.code}]")
         log_event(log, "server_error", logging.WARNING, meter=s.name, code=msg.code, seq=msg.seq, detail=msg.message)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task held until done (the loop keeps only a weak reference to a task)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ---------------------------------------------------------------- demand response
 
@@ -391,9 +399,8 @@ class MeterClient:
         """Opt out of an event (default: the next one not started that this meter takes part in); returns its
         id, or None when there is none or it cannot be sent now."""
         now = time.time()
-        open_events = [e for e in self.events.values() if not e.opted_out and e.id not in self.opting_out
-                       and e.status_now(now) in (Status.FAR, Status.NEAR)]
-        chosen = [e for e in open_events if event_id is None or e.id == event_id]
+        chosen = [e for e in self.events.values() if (event_id is None or e.id == event_id) and not e.opted_out
+                  and e.id not in self.opting_out and e.status_now(now) in (Status.FAR, Status.NEAR)]
         if not chosen or self.dr_domain is None or self.link is None:
             return None
         event = min(chosen, key=lambda e: e.start)
@@ -408,7 +415,7 @@ class MeterClient:
             except (WebSocketException, OSError):
                 self.opting_out.discard(event.id)  # asked again when the event is sent after the next login
 
-        asyncio.get_running_loop().create_task(send())
+        self._in_background(send())
         self.status.note(f"opting out of demand-response event {event.id}")
         log_event(log, "opt_out_sent", meter=self.status.name, id=event.id)
         return event.id

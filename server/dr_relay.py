@@ -26,11 +26,11 @@ from common.chain import AsyncChainClient, ChainClient, logs_between
 from common.demand_response import DemandResponse
 from common.deployment import Deployment
 from common.dr_book import BookedEvent, EventBook
-from common.dr_terms import Signal, Status
+from common.dr_terms import Status
 from common.eip712 import recover_optout_signer
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
-from common.messages import DemandResponseMessage, ErrorMessage, OptOut, encode
+from common.messages import DemandResponseMessage, OptOut, encode
 from common.settings import Settings
 from server.hub import Hub
 
@@ -58,7 +58,7 @@ def event_message(booked: BookedEvent, meter: str, now: float) -> DemandResponse
     return DemandResponseMessage(
         id=booked.id, modification=booked.modification, programme=booked.programme, notice_at=booked.notice_at,
         start=booked.terms.start, duration=booked.terms.duration, ramp_up=booked.terms.ramp_up,
-        signal_kind="price" if booked.terms.signal_kind is Signal.PRICE else "level",
+        signal_kind=booked.terms.signal_kind.name.lower(),  # type: ignore[arg-type]
         signal_value=booked.terms.signal_value, credit_rate=booked.terms.credit_rate,
         status=booked.status(now).name.lower(),  # type: ignore[arg-type]
         opted_out=meter.lower() in booked.opted_out,
@@ -86,7 +86,7 @@ class DemandResponseRelay:
         #: (event, lower-case meter) opt-outs sent and not yet answered.
         self.in_flight: set[tuple[int, str]] = set()
         self._next = deployment.block
-        self.caught_up = asyncio.Event()
+        self._caught_up = False
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -109,8 +109,8 @@ class DemandResponseRelay:
                             log_event(log, "demand_response_event_failed", logging.ERROR, name=event.name,
                                       block=event.block, error=f"{type(err).__name__}: {err}"[:300])
                 self._next = final + 1
-                if not self.caught_up.is_set():
-                    self.caught_up.set()
+                if not self._caught_up:
+                    self._caught_up = True
                     log_event(log, "demand_response_caught_up", final=final, events=len(self.book.events))
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.poll_seconds)
@@ -178,11 +178,6 @@ class DemandResponseRelay:
         booked = self.book.events[event_id]
         booked.opted_out.add(meter.lower())
         return encode(event_message(booked, meter, time.time()))
-
-
-def refusal(err: errors.SmartMeterError, event_id: int) -> str:
-    """The wire form of a refused opt-out: the error with the event it concerns."""
-    return encode(ErrorMessage(code=err.code, message=err.message, event_id=event_id))
 
 
 class OptOutRelayer:

@@ -37,6 +37,7 @@ from common.messages import (
     SUBPROTOCOLS,
     Ack,
     Auth,
+    ErrorMessage,
     OptOut,
     Reading,
     Welcome,
@@ -47,7 +48,7 @@ from common.messages import (
 )
 from common.settings import Settings
 from server.batcher import Batcher
-from server.dr_relay import DR_VERSION, DemandResponseRelay, OptOutRelayer, refusal
+from server.dr_relay import DR_VERSION, DemandResponseRelay, OptOutRelayer
 from server.hub import Hub
 from server.ratelimit import TokenBucket
 from server.relay import Relay
@@ -80,6 +81,13 @@ def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) ->
     """Speak the newest version a meter offers, version 1 (no subprotocol) with one that offers none we know."""
     known = [p for p in offered if p in SUBPROTOCOLS]
     return Subprotocol(max(known, key=lambda p: SUBPROTOCOLS[p])) if known else None
+
+
+def _opt_out_refused(meter: str, event_id: int, err: errors.SmartMeterError) -> str:
+    """Log a refused opt-out; returns its wire form for the meter: the error with the event it concerns."""
+    log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=event_id, code=err.code,
+              detail=clip(err.message))
+    return encode(ErrorMessage(code=err.code, message=err.message, event_id=event_id))
 
 
 @dataclass(frozen=True)
@@ -388,9 +396,7 @@ class Gateway:
             peer = self.hub.peers.get(meter.lower())
             dr.check_opt_out(msg, meter, peer.region if peer is not None else "", time.time())
         except errors.SmartMeterError as err:
-            log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=msg.event_id, code=err.code,
-                      detail=clip(err.message))
-            return refusal(err, msg.event_id)
+            return _opt_out_refused(meter, msg.event_id, err)
         key = (msg.event_id, meter.lower())
         dr.in_flight.add(key)
         log_event(log, "opt_out_received", meter=meter, id=msg.event_id)
@@ -400,9 +406,7 @@ class Gateway:
                 await relayer.relay(msg.event_id, meter, msg.signature)
                 self.hub.send(meter, dr.opted_out(msg.event_id, meter))
             except errors.SmartMeterError as err:
-                log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=msg.event_id, code=err.code,
-                          detail=clip(err.message))
-                self.hub.send(meter, refusal(err, msg.event_id))
+                self.hub.send(meter, _opt_out_refused(meter, msg.event_id, err))
             finally:
                 dr.in_flight.discard(key)
 
