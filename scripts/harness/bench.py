@@ -38,6 +38,9 @@ __all__ = ["BenchConfig", "format_report", "format_sweep", "run_bench"]
 OPENING_WH = 100_000
 #: After the server starts: time for its relay to catch up with the raw run's blocks.
 SETTLE_SECONDS = 2.0
+#: With the fleet connected and before its burst: the server's CPU with nothing to ingest (its relay
+#: following the chain's blocks, fee reads, health), to tell the cost of a reading from the running cost.
+IDLE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,10 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
     for a, msg in messages:
         by_meter.setdefault(a.address, []).append(msg)
     frames = {a.address: [encode(m) for m in by_meter[a.address]] for a in accounts}
+    await asyncio.sleep(1.0)  # the last logins' work
+    idle0, idle_started = snapshot(server_pid), time.monotonic()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle = cpu_between(idle0, snapshot(server_pid), server_pid).seconds / (time.monotonic() - idle_started)
     tree0, chain0, own0 = snapshot(server_pid), _cpu_seconds(chain_pid), _own_cpu_seconds()
     started = time.monotonic()
 
@@ -199,6 +206,10 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
             "server_cpu_ms_per_reading": tree.seconds / n * 1000,
             "server_processes": {"before": tree.before, "after": tree.after, "exited": tree.exited,
                                  "started": tree.started},
+            # ... its CPU with the fleet connected and idle, per second, and what is left per reading
+            # once that running cost over the run's time is taken off:
+            "server_idle_cpu_ms_per_second": idle * 1000,
+            "server_cpu_ms_per_reading_net": (tree.seconds - idle * elapsed) / n * 1000,
             "chain_cpu_ms_per_reading": chain_cpu / n * 1000, "harness_cpu_ms_per_reading": own / n * 1000,
             "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99)}
 
@@ -553,19 +564,22 @@ def format_sweep(r: dict[str, Any]) -> str:
     issue 17's two goals: the gateway at 90% or more of the raw chain's rate at 1,000 meters on
     Anvil, and the server's CPU per reading (all its processes) at most 0.25 ms."""
     rows = _sweep_rows(r)
+    nan = float("nan")
     if not rows:
         return ""
     lines = ["gateway against the raw chain, by gateway worker processes (server CPU: every process of the "
              "server's tree)",
              f"{'chain':<8} {'meters':>7} {'workers':>7} {'readings':>9} {'gateway r/s':>12} {'raw r/s':>9} "
-             f"{'% of raw':>8} {'server cpu ms/r':>15} {'main proc':>9} {'procs':>5} {'p99 s':>7}"]
+             f"{'% of raw':>8} {'server cpu ms/r':>15} {'main proc':>9} {'net':>6} {'idle ms/s':>9} {'procs':>5} "
+             f"{'p99 s':>7}"]
     for chain, fleet, g in rows:
         procs = g.get("server_processes", {})
         nprocs = f"{procs.get('after', '?')}" + (f"-{procs['exited']}" if procs.get("exited") else "")
         lines.append(f"{chain:<8} {fleet:>7,} {g.get('workers', 1):>7} {g['readings']:>9,} {g['throughput']:>12.1f} "
                      f"{g['raw_chain_throughput']:>9.1f} {g['gateway_vs_chain']:>8.0%} "
                      f"{g.get('server_cpu_ms_per_reading', g['gateway_cpu_ms_per_reading']):>15.3f} "
-                     f"{g['gateway_cpu_ms_per_reading']:>9.3f} {nprocs:>5} {g['p99']:>7.2f}")
+                     f"{g['gateway_cpu_ms_per_reading']:>9.3f} {g.get('server_cpu_ms_per_reading_net', nan):>6.3f} "
+                     f"{g.get('server_idle_cpu_ms_per_second', nan):>9.1f} {nprocs:>5} {g['p99']:>7.2f}")
     anvil_goal = [(g.get("workers", 1), g["gateway_vs_chain"]) for chain, fleet, g in rows
                   if chain == "Anvil" and fleet == GOAL_SHARE_FLEET]
     if anvil_goal:
@@ -584,6 +598,9 @@ def format_sweep(r: dict[str, Any]) -> str:
                  f"{worst[2].get('server_cpu_ms_per_reading', 0.0):.3f} ms ({worst[0]} {worst[1]:,} meters, "
                  f"{worst[2].get('workers', 1)} worker(s)): {_verdict(not over)}"
                  + (f" (over in: {', '.join(over)})" if over else ""))
+    lines.append("(server cpu: every process of the server's tree; main proc: the server's own process; net: "
+                 "less the idle server's CPU per second (idle ms/s, the fleet connected) over the run's time; "
+                 "procs: processes at the end, -n for any that exited during the run)")
     exited = sum(g.get("server_processes", {}).get("exited", 0) for _, _, g in rows)
     if exited:
         lines.append(f"note: {exited} server process(es) exited during a timed run; their CPU after the run's start "
