@@ -161,7 +161,10 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
     The simulated meters only look for ``bill`` frames (no schema validation of each message),
     so that the harness takes as little of the machine's CPU from the gateway and chain as it can.
     """
+    login0, login_started = snapshot(server_pid), time.monotonic()
     links = await _connect_all(settings, domain, accounts)
+    login_seconds = time.monotonic() - login_started
+    logins = cpu_between(login0, snapshot(server_pid), server_pid)
     sent_at: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
     messages = []
@@ -210,6 +213,9 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
             # once that running cost over the run's time is taken off:
             "server_idle_cpu_ms_per_second": idle * 1000,
             "server_cpu_ms_per_reading_net": (tree.seconds - idle * elapsed) / n * 1000,
+            # Connecting the fleet (TLS handshake, challenge, signed login, welcome), 100 at a time:
+            "connect_seconds": login_seconds,
+            "server_cpu_ms_per_login": logins.seconds / len(accounts) * 1000,
             "chain_cpu_ms_per_reading": chain_cpu / n * 1000, "harness_cpu_ms_per_reading": own / n * 1000,
             "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99)}
 
@@ -380,7 +386,9 @@ async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, s
                 say(f"ingest {fleet} meters, {count} gateway worker(s): {gw['throughput']:.1f} readings/s through "
                     f"the gateway, {gw['raw_chain_throughput']:.1f}/s raw chain ({gw['gateway_vs_chain']:.0%}; raw "
                     f"again after: {after['throughput']:.0f}/s); server CPU {gw['server_cpu_ms_per_reading']:.3f} "
-                    f"ms/reading over {procs['after']} process(es) ({procs['exited']} exited during the run)")
+                    f"ms/reading over {procs['after']} process(es) ({procs['exited']} exited during the run); "
+                    f"{fleet} logins in {gw['connect_seconds']:.1f} s, {gw['server_cpu_ms_per_login']:.2f} ms of "
+                    f"server CPU each")
             ingest[str(fleet)] = {**by_workers[str(workers[0])], "by_workers": by_workers}
     finally:
         server.workers = entry_workers
