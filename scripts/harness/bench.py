@@ -61,6 +61,10 @@ class BenchConfig:
     anvil_confirmations: int = 2
     #: Batches in flight on Anvil: with a block a second, two would cap the gateway at 200 readings a block.
     anvil_pipeline: int = 8
+    #: The gateway's batch size on Anvil (``BATCH_MAX_SIZE``): with the pipeline, at most their product a block.
+    anvil_batch: int = 100
+    #: Readings per meter for every fleet and chain, instead of the defaults above (0: the defaults).
+    per_meter: int = 0
     #: Gateway worker processes (``GATEWAY_WORKERS``): every fleet's ingest runs once with each count.
     workers: tuple[int, ...] = (1,)
 
@@ -338,7 +342,8 @@ def _register(billing: Billing, accounts: list[LocalAccount], opened: int) -> No
 
 async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, server: _Server, chain_pid: int,
                         opened: int, say: Any, fleets: tuple[int, ...],
-                        readings_per_meter: dict[int, int], workers: tuple[int, ...] = (1,)) -> dict[str, Any]:
+                        readings_per_meter: dict[int, int], workers: tuple[int, ...] = (1,),
+                        per_meter: int = 0) -> dict[str, Any]:
     """Ingest through the gateway for each fleet size and each count of gateway worker processes, beside
     the raw chain for the same load.
 
@@ -361,7 +366,7 @@ async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, s
         await asyncio.to_thread(_raw_chain, settings, billing, 300, 100, opened, chain_pid)
         ingest: dict[str, Any] = {}
         for fleet in fleets:
-            per = readings_per_meter.get(fleet, 2)
+            per = per_meter or readings_per_meter.get(fleet, 2)
             batch = min(100, max(fleet, 1))
             by_workers: dict[str, Any] = {}
             for count in workers:
@@ -444,7 +449,7 @@ async def _hardhat(config: BenchConfig, say: Any) -> dict[str, Any]:
                 opened = int(block["timestamp"]) - 30 * 86_400
                 return await _ingest_suite(settings, deployment, billing, server, node.pid, opened,
                                            lambda m: say("hardhat: " + m), config.hardhat_fleets,
-                                           config.hardhat_readings_per_meter, config.workers)
+                                           config.hardhat_readings_per_meter, config.workers, config.per_meter)
             finally:
                 await server.stop()
     finally:
@@ -462,7 +467,8 @@ async def _anvil(config: BenchConfig, say: Any) -> dict[str, Any]:
             settings = load_settings(env_file=base / "none.env", chain_rpc_url=node.rpc_url, chain_ws_url=node.ws_url,
                                      deployments_dir=base / "deployments", data_dir=base / "data",
                                      server_port=free_port(), http_port=free_port(),
-                                     confirmations=config.anvil_confirmations, batch_pipeline=config.anvil_pipeline)
+                                     confirmations=config.anvil_confirmations, batch_pipeline=config.anvil_pipeline,
+                                     batch_max_size=config.anvil_batch)
             deployment, _ = deploy(settings, force=True)
             billing = Billing(ChainClient(settings), deployment)
             opened = int(time.time()) - 30 * 86_400
@@ -473,7 +479,7 @@ async def _anvil(config: BenchConfig, say: Any) -> dict[str, Any]:
             try:
                 out["ingest"] = await _ingest_suite(settings, deployment, billing, server, node.proc.pid, opened,
                                                     lambda m: say("anvil: " + m), config.anvil_fleets,
-                                                    config.anvil_readings_per_meter, config.workers)
+                                                    config.anvil_readings_per_meter, config.workers, config.per_meter)
                 if config.latency_seconds > 0:
                     accounts = [Account.create() for _ in range(12)]
                     await asyncio.to_thread(billing.register_meters,
@@ -511,7 +517,7 @@ async def run_bench(config: BenchConfig, say: Any = print) -> dict[str, Any]:
             try:
                 results["ingest"] = await _ingest_suite(settings, deployment, billing, server, chain.proc.pid, opened,
                                                         say, config.fleets, config.readings_per_meter,
-                                                        config.workers)
+                                                        config.workers, config.per_meter)
                 assert server.proc is not None
                 pid = server.proc.pid
                 if config.latency_seconds > 0:
