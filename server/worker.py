@@ -135,11 +135,28 @@ class MainLink:
         self._write(frame("queued", count=count))
 
 
+class _Tagged(logging.Filter):
+    """Adds ``worker=N`` to every structured line of a worker process."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the line; never drops one."""
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and "worker" not in fields:
+            record.fields = {**fields, "worker": self.number}
+        return True
+
+
 def worker_main(settings: Settings, deployment: Deployment, number: int, port: int, token: str, log_level: str,
                 log_path: str | None) -> None:
     """The worker process's entry point (``multiprocessing``, spawned by ``server.workers.WorkerPool``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the workers
     setup_logging(log_level, path=log_path)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Tagged(number))
     try:
         asyncio.run(_run(settings, deployment, number, port, token))
     except Exception as err:  # noqa: BLE001 - the main process gets the reason; the exit code says it failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from common.messages import Ack, Bill, GridAlertMessage
 from server.app import ServerApp
 from server.workers import WorkerPool
 from tests.server.test_gateway import next_of
+from tests.support import ServerProcess
 
 
 @pytest.fixture
@@ -134,3 +136,26 @@ async def test_a_worker_killed_mid_stream_loses_nothing_acknowledged_and_duplica
             break
         await asyncio.sleep(0.1)
     assert pool.pids()[victim] != pid
+
+
+async def test_python_m_server_with_workers_serves_and_stops_them_on_ctrl_c(server_settings, new_meter, link_for,
+                                                                              tmp_path):
+    proc = ServerProcess(server_settings.replace(gateway_workers=2), tmp_path / "server.log")
+    await proc.start()
+    for _ in range(100):
+        if "gateway_workers_listening" in proc.log_path.read_text():
+            break
+        await asyncio.sleep(0.1)
+    pids = [int(p) for p in re.findall(r"gateway_worker_started .*?pid=(\d+)", proc.log_path.read_text())]
+    assert len(pids) == 2
+    account = new_meter()
+    link = link_for(account)
+    await link.connect()
+    await link.send_reading(ReadingData(account.address, 1, int(time.time()) - 20, 10_100))
+    assert (await next_of(link, Bill)).seq == 1
+    assert proc.interrupt() == 0
+    log = proc.log_path.read_text()
+    assert log.count("gateway_worker_stopped") == 2 and "server_stopped" in log
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
