@@ -39,6 +39,7 @@ __all__ = [
     "FeesTooHigh",
     "TransactionLost",
     "DeploymentMissing",
+    "GatewayUnavailable",
     "AlreadyRunning",
     "StorageError",
     "StatementMismatch",
@@ -282,6 +283,12 @@ class DeploymentMissing(ChainError):
 
     code = "deployment_missing"
     default_message = "the contract is not deployed on this chain; run scripts/deploy.py"
+
+
+class GatewayUnavailable(SmartMeterError):
+    """The gateway worker holding the connection lost its link to the main server (try again shortly)."""
+
+    code = "gateway_unavailable"
 
 
 class AlreadyRunning(SmartMeterError):

@@ -80,6 +80,9 @@ class Settings:
     index_url: str = ""
     server_host: str = "127.0.0.1"
     server_port: int = 8765
+    #: Processes serving the meters' port (TLS, login, checks, the durable queue); above 1 they share the port
+    #: (SO_REUSEPORT) and the main process keeps the batcher, the relay, the indexer and the API.
+    gateway_workers: int = 1
     http_port: int = 8766
     max_message_bytes: int = 4096
     rate_limit_per_second: float = 5.0
@@ -213,6 +216,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as err:
         raise ConfigError(f"TIMEZONE={settings.timezone!r} is not a known time zone (e.g. Europe/London)") from err
+    if not 1 <= settings.gateway_workers <= 64:
+        raise ConfigError("GATEWAY_WORKERS must be between 1 (the gateway in the server's process) and 64")
     if not 1 <= settings.batch_pipeline <= 8:
         raise ConfigError("BATCH_PIPELINE must be between 1 and 8 (batches in flight at once)")
     if settings.confirmations < -1:

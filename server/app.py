@@ -10,11 +10,11 @@ server, the gateway), the server shuts down the same way and ``run`` says why.""
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import logging
 import signal
 import sqlite3
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -42,16 +42,14 @@ from server.monitor import Rules
 from server.relay import Relay
 from server.store import BUSY_TIMEOUT_MS, Store, queue_unusable
 from server.supervisor import Ended, Supervisor
-from server.tls import ensure_tls, server_context
+from server.tls import ensure_tls, server_context, small_tls_buffers
+from server.upstream import InProcess
+from server.workers import WorkerPool
 
 __all__ = ["ServerApp", "run", "open_index", "index_unusable", "open_conversations"]
 
 log = logging.getLogger("server")
 SHUTDOWN_GRACE = 30.0
-#: asyncio allocates a 256 KiB TLS read buffer per connection (``SSLProtocol.max_size``), which
-#: dominates the gateway's memory with thousands of idle meters; a TLS record is at most 16 KiB,
-#: so 32 KiB loses nothing but a few more read calls under load.
-TLS_READ_BUFFER = 32 * 1024
 
 
 def open_index(settings: Settings, deployment: Deployment) -> Index:
@@ -131,7 +129,8 @@ class ServerApp:
     chain: AsyncChainClient
     batcher: Batcher
     relay: Relay
-    gateway: Gateway
+    #: The meters' endpoint: in this process, or the worker processes that serve it (``GATEWAY_WORKERS``).
+    gateway: Gateway | WorkerPool
     index: Index
     indexer: Indexer
     feed: LiveFeed
@@ -151,7 +150,7 @@ class ServerApp:
         ``busy_timeout_ms``: how long a write to the queue waits for another connection's lock.
         """
         deployment = deployment or load_deployment(settings)
-        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+        small_tls_buffers()
         tls = ensure_tls(settings.data_dir / "tls")
         store = Store(settings.data_dir / "gateway" / "queue.sqlite", busy_timeout_ms=busy_timeout_ms)
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
@@ -189,9 +188,14 @@ class ServerApp:
             relay = Relay(settings, deployment, store, hub, index)
             demand_response = (DemandResponseRelay(deployment, chain, hub, lambda: relay.final)
                                if deployment.demand_response is not None else None)
-            gateway = Gateway(settings, deployment, chain, store, hub, batcher, relay, server_context(tls),
-                              demand_response, opt_outs)
-            server = await gateway.start()
+            upstream = InProcess(settings, chain, hub, batcher, relay, demand_response, opt_outs)
+            gateway: Gateway | WorkerPool
+            if settings.gateway_workers > 1:
+                gateway = WorkerPool(settings, deployment, store, hub, upstream)
+                await gateway.start()
+            else:
+                gateway = Gateway(settings, deployment, chain, store, hub, upstream, server_context(tls))
+                server = await gateway.start()
         except BaseException:
             if http is not None:
                 http.sock.close()
@@ -216,7 +220,11 @@ class ServerApp:
         health = HealthCheck(chain.request, deployment.chain_id, supervisor.parts, batcher, relay, indexer, store,
                              index)
         loop = asyncio.get_running_loop()
-        supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
+        if isinstance(gateway, WorkerPool):
+            tasks += [supervisor.keep_running(f"gateway_worker_{w.number}", partial(gateway.keep, w.number))
+                      for w in gateway.workers]
+        else:
+            supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
         if http is not None:
             http.app.state.health = health
             http.start()

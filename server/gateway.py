@@ -3,7 +3,10 @@
 Thin asyncio code around the protocol core (``session``, ``validation``): it reads frames,
 enforces the limits (message size, rate, authentication time, queue bound), looks meters up
 on chain, commits accepted readings to the durable store before answering ``ack``, and
-registers logged-in meters with the hub so the relay can reach them.
+registers logged-in meters with the hub so the relay can reach them. What it needs of the rest
+of the server (the tariff, the final block, alerts and events at login, opt-outs, waking the
+batcher) it asks of an ``Upstream``: the parts of its own process, or, in a worker process
+(``GATEWAY_WORKERS``), the main process over its control link.
 
 Accepted readings are committed in groups: every reading taken (and every cursor moved) in one
 turn of the event loop goes into one SQLite transaction at the end of it, and only then are the
@@ -37,7 +40,6 @@ from common.messages import (
     SUBPROTOCOLS,
     Ack,
     Auth,
-    ErrorMessage,
     OptOut,
     Reading,
     Welcome,
@@ -47,13 +49,12 @@ from common.messages import (
     protocol_version,
 )
 from common.settings import Settings
-from server.batcher import Batcher
-from server.dr_relay import DR_VERSION, DemandResponseRelay, OptOutRelayer
+from server.dr_relay import DR_VERSION
 from server.hub import Hub
 from server.ratelimit import TokenBucket
-from server.relay import Relay
 from server.session import GOING_AWAY, POLICY_VIOLATION, Session
 from server.store import Store
+from server.upstream import Upstream
 from server.validation import Cursor, Limits, validate_reading
 
 __all__ = ["Gateway"]
@@ -83,13 +84,6 @@ def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) ->
     return Subprotocol(max(known, key=lambda p: SUBPROTOCOLS[p])) if known else None
 
 
-def _opt_out_refused(meter: str, event_id: int, err: errors.SmartMeterError) -> str:
-    """Log a refused opt-out; returns its wire form for the meter: the error with the event it concerns."""
-    log_event(log, "opt_out_refused", logging.WARNING, meter=meter, id=event_id, code=err.code,
-              detail=clip(err.message))
-    return encode(ErrorMessage(code=err.code, message=err.message, event_id=event_id))
-
-
 @dataclass(frozen=True)
 class _Staged:
     """A reply held for the turn's commit, with the reading (and signature) it acknowledges."""
@@ -111,23 +105,19 @@ class Gateway:
         chain: AsyncChainClient,
         store: Store,
         hub: Hub,
-        batcher: Batcher,
-        relay: Relay,
+        upstream: Upstream,
         ssl_context: ssl.SSLContext,
-        demand_response: DemandResponseRelay | None = None,
-        opt_outs: OptOutRelayer | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.deployment = deployment
         self.chain = chain
         self.store = store
         self.hub = hub
-        self.batcher = batcher
-        self.relay = relay
+        self.upstream = upstream
         self.ssl_context = ssl_context
-        #: Demand response over the wire (protocol 4), when the deployment has the contract.
-        self.demand_response = demand_response
-        self.opt_outs = opt_outs
+        #: Listen with SO_REUSEPORT, beside the other worker processes on the same port.
+        self.reuse_port = reuse_port
         self.domain = deployment.domain
         self.domain_separator = self.domain.separator()
         self.limits = Limits(settings.max_power_w, settings.max_future_skew)
@@ -139,7 +129,6 @@ class Gateway:
         self._cursors_before: dict[str, Cursor] = {}
         self.server: Server | None = None
         self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
-        self._background: set[asyncio.Task[None]] = set()
         self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
 
     async def start(self) -> Server:
@@ -156,6 +145,7 @@ class Gateway:
             close_timeout=5,
             compression=None,
             select_subprotocol=_select_subprotocol,
+            reuse_port=self.reuse_port or None,
         )
         log_event(log, "gateway_listening", url=self.settings.server_url)
         return self.server
@@ -192,7 +182,12 @@ class Gateway:
         finally:
             session.close()
             if meter is not None:
-                self.hub.remove(meter, ws)
+                self._forget(meter, ws)
+
+    def _forget(self, meter: str, ws: ServerConnection) -> None:
+        """A meter's connection went: out of the hub, and the upstream told (unless a newer login replaced it)."""
+        if self.hub.remove(meter, ws):
+            self.upstream.logout(meter)
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
@@ -201,7 +196,8 @@ class Gateway:
             await ws.send(encode(error_message(err)))
             if close:
                 # 1013 "try again later" when the chain is the problem, a policy close otherwise.
-                await ws.close(TRY_AGAIN_LATER if isinstance(err, errors.ChainError) else POLICY_VIOLATION, err.code)
+                later = isinstance(err, (errors.ChainError, errors.GatewayUnavailable))
+                await ws.close(TRY_AGAIN_LATER if later else POLICY_VIOLATION, err.code)
         except ConnectionClosed:
             pass
 
@@ -237,7 +233,8 @@ class Gateway:
         # Read the state for welcome only now that events for this meter are held for it. The welcome tells the
         # final state (what no reorganisation can undo), so that the meter drops only readings final on chain.
         try:
-            final_at = await self._final_block()
+            context = await self.upstream.login(meter, view.region, version)
+            final_at = context.final_at
             async with self._lookups:
                 try:
                     raw_state, raw_bill = await asyncio.gather(
@@ -255,7 +252,7 @@ class Gateway:
             if final_at == "latest":
                 latest = view
         except errors.SmartMeterError as err:
-            self.hub.remove(meter, ws)
+            self._forget(meter, ws)
             await self._refuse(ws, err, peer, close=True)
             return None
         # The furthest of: the chain's (readings recorded but not final yet count), the store's, and the one in
@@ -274,33 +271,20 @@ class Gateway:
             last_energy_wh=view.last_energy_wh,
             last_export_wh=view.last_export_wh,
             bill=bill,
-            tariff=self.relay.tariff,
+            tariff=context.tariff,
             server_time=int(time.time()),
             # The last seq used up, accepted or refused for its content: only meters that speak version 2
             # expect it (version 1 meters refuse a field they do not know).
             last_used_seq=cursor.seq if version >= 2 else None,
         )
         await ws.send(encode(welcome))
-        for alert in self.relay.alerts_for(view.region, time.time()):
-            await ws.send(encode(alert))
-        if self.demand_response is not None and version >= DR_VERSION:
-            for event in self.demand_response.messages_for(meter, view.region, time.time()):
-                await ws.send(encode(event))
+        for message in context.preface:
+            await ws.send(message)
         self.hub.release(meter)
         self.stats["logins"] += 1
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
                   region=view.region, protocol=f"v{version}")
         return meter
-
-    async def _final_block(self) -> int | str:
-        """The block whose state is final: ``latest`` when every block is (``CONFIRMATIONS=0``)."""
-        depth = self.settings.finality_depth
-        if depth == 0:
-            return "latest"
-        if self.relay.final is not None:
-            return max(self.relay.final, 0)
-        head = int(await self.chain.request("eth_blockNumber", []), 16)
-        return max(head - depth, 0)
 
     async def _serve(self, ws: ServerConnection, session: Session, meter: str) -> None:
         bucket = TokenBucket(self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
@@ -351,7 +335,8 @@ class Gateway:
         if isinstance(msg, Auth):
             raise errors.UnexpectedMessage("already logged in on this connection")
         if isinstance(msg, OptOut) and version >= DR_VERSION:
-            return self._opt_out(msg, meter)
+            peer = self.hub.peers.get(meter.lower())
+            return self.upstream.opt_out(msg, meter, peer.region if peer is not None else "")
         if not isinstance(msg, Reading):
             raise errors.UnexpectedMessage(f"meters may send 'reading' here, not '{msg.type}'")
         session.require_open()
@@ -366,7 +351,7 @@ class Gateway:
             # Still queued and not yet final on chain: the meter resent it before its final bill came back.
             # (The batcher drops a reading from the queue a moment after its block is final.)
             if (queued is not None and queued.signature.lower() == msg.signature.lower()
-                    and not self.relay.settled(meter, msg.seq)):
+                    and not self.upstream.settled(meter, msg.seq)):
                 return encode(Ack(seq=msg.seq, status="duplicate"))
         if self.store.count() >= self.settings.max_pending_readings:
             raise errors.Overloaded("the server's queue is full; keep the reading and retry shortly", seq=msg.seq)
@@ -385,34 +370,6 @@ class Gateway:
         self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh, data.export_wh))
         self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(Ack(seq=msg.seq))))
         self._staged_signatures[(key, data.seq)] = msg.signature
-        return None
-
-    def _opt_out(self, msg: OptOut, meter: str) -> str | None:
-        """Check a meter's opt-out off chain and relay it in the background; returns a refusal, or None."""
-        dr, relayer = self.demand_response, self.opt_outs
-        try:
-            if dr is None or relayer is None:
-                raise errors.OptOutRefused("this deployment has no demand-response contract")
-            peer = self.hub.peers.get(meter.lower())
-            dr.check_opt_out(msg, meter, peer.region if peer is not None else "", time.time())
-        except errors.SmartMeterError as err:
-            return _opt_out_refused(meter, msg.event_id, err)
-        key = (msg.event_id, meter.lower())
-        dr.in_flight.add(key)
-        log_event(log, "opt_out_received", meter=meter, id=msg.event_id)
-
-        async def send() -> None:
-            try:
-                await relayer.relay(msg.event_id, meter, msg.signature)
-                self.hub.send(meter, dr.opted_out(msg.event_id, meter))
-            except errors.SmartMeterError as err:
-                self.hub.send(meter, _opt_out_refused(meter, msg.event_id, err))
-            finally:
-                dr.in_flight.discard(key)
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
         return None
 
     def _commit_due(self) -> bool:
@@ -455,4 +412,4 @@ class Gateway:
             self.hub.send(item.meter, item.reply)
         if readings:
             self.stats["readings"] += len(readings)
-            self.batcher.notify()
+            self.upstream.queued(len(readings))

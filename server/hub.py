@@ -99,14 +99,16 @@ class Hub:
         if peer is not None:
             peer.ready.set()
 
-    def remove(self, meter: str, outlet: Outlet) -> None:
-        """Forget a connection (only if it is still the meter's current one)."""
+    def remove(self, meter: str, outlet: Outlet) -> bool:
+        """Forget a connection (only if it is still the meter's current one); whether it was."""
         peer = self.peers.get(meter.lower())
-        if peer is not None and peer.outlet is outlet:
-            del self.peers[meter.lower()]
-            if peer.writer:
-                peer.writer.cancel()
-            self._tell(meter, False)
+        if peer is None or peer.outlet is not outlet:
+            return False
+        del self.peers[meter.lower()]
+        if peer.writer:
+            peer.writer.cancel()
+        self._tell(meter, False)
+        return True
 
     def send(self, meter: str, message: str) -> bool:
         """Queue a message for a meter; False when it is not connected or was too slow."""

@@ -268,6 +268,22 @@ class Store:
         """How many readings are queued."""
         return self._count.value
 
+    def counted(self, n: int) -> None:
+        """Another process (a gateway worker) queued ``n`` readings."""
+        self._count.add(n)
+
+    def recount(self, value: int | None = None) -> None:
+        """Set the count: to ``value`` (as the process that removes readings counts them), or by counting."""
+        if value is None:
+            value = int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+        with self._count._lock:
+            self._count.value = value
+
+    def mined_block(self, meter: str, seq: int) -> int | None:
+        """The block a queued reading was mined in (None: not mined, or not queued)."""
+        row = self.db.execute("SELECT mined_block FROM queue WHERE meter=? AND seq=?", (meter.lower(), seq)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     # ---------------------------------------------------------------- cursors
 
     def cursor(self, meter: str) -> Cursor | None:
