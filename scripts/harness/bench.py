@@ -377,7 +377,9 @@ async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, s
                 await server.start()
                 await asyncio.sleep(SETTLE_SECONDS)
                 gw = await _ingest(settings, deployment.domain, accounts, per, server.proc.pid, opened, chain_pid)
+                left = server.leftovers
                 await server.stop()
+                gw["server_leftovers_killed"] = server.leftovers - left
                 await asyncio.sleep(SETTLE_SECONDS)
                 after = await asyncio.to_thread(_raw_chain, settings, billing, fleet * per, batch, opened, chain_pid)
                 gw["workers"] = count
