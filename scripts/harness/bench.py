@@ -41,6 +41,8 @@ SETTLE_SECONDS = 2.0
 #: With the fleet connected and before its burst: the server's CPU with nothing to ingest (its relay
 #: following the chain's blocks, fee reads, health), to tell the cost of a reading from the running cost.
 IDLE_SECONDS = 3.0
+#: How long ``python -m server`` (and its worker processes) may take to listen.
+START_SECONDS = 180.0
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,25 @@ class _Server:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "--log-level", "WARNING", "--log-file", str(self.log), cwd=ROOT, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        for _ in range(300):
+        # Workers are spawned processes that import the server afresh: on a loaded machine that takes a while.
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode} while starting: {self.log_tail()}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", s.server_port)
                 writer.close()
                 return
             except OSError:
                 await asyncio.sleep(0.1)
-        raise RuntimeError("server did not start")
+        raise RuntimeError(f"server did not listen within {START_SECONDS:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The server log's last lines (for an error message)."""
+        try:
+            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])[-1500:]
+        except OSError:
+            return "(no log)"
 
     async def stop(self) -> None:
         """Stop the server; its worker processes must go with it (a worker left listening on the
@@ -374,10 +387,18 @@ async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, s
                 await asyncio.to_thread(_register, billing, accounts, opened)
                 before = await asyncio.to_thread(_raw_chain, settings, billing, fleet * per, batch, opened, chain_pid)
                 server.workers = count
-                await server.start()
-                await asyncio.sleep(SETTLE_SECONDS)
-                gw = await _ingest(settings, deployment.domain, accounts, per, server.proc.pid, opened, chain_pid)
                 left = server.leftovers
+                try:
+                    await server.start()
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    gw = await _ingest(settings, deployment.domain, accounts, per, server.proc.pid, opened, chain_pid)
+                except Exception as err:  # one run's failure is reported; the sweep goes on
+                    by_workers[str(count)] = {"workers": count, "error": f"{type(err).__name__}: {err}"}
+                    say(f"ingest {fleet} meters, {count} gateway worker(s): FAILED: {err}")
+                    if server.proc is not None and server.proc.returncode is None:
+                        await server.stop()
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    continue
                 await server.stop()
                 gw["server_leftovers_killed"] = server.leftovers - left
                 await asyncio.sleep(SETTLE_SECONDS)
@@ -397,6 +418,7 @@ async def _ingest_suite(settings: Settings, deployment: Any, billing: Billing, s
                     f"{fleet} logins in {gw['connect_seconds']:.1f} s, {gw['server_cpu_ms_per_login']:.2f} ms of "
                     f"server CPU each")
             ingest[str(fleet)] = {**by_workers[str(workers[0])], "by_workers": by_workers}
+
     finally:
         server.workers = entry_workers
         if server.proc.returncode is not None:
@@ -567,7 +589,8 @@ def _sweep_rows(r: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
             if fleet == "skipped":
                 continue
             for run in g.get("by_workers", {"1": g}).values():
-                rows.append((chain, int(fleet), run))
+                if "error" not in run:
+                    rows.append((chain, int(fleet), run))
     return rows
 
 
@@ -581,8 +604,13 @@ def format_sweep(r: dict[str, Any]) -> str:
     Anvil, and the server's CPU per reading (all its processes) at most 0.25 ms."""
     rows = _sweep_rows(r)
     nan = float("nan")
+    failed = [f"{chain} {fleet} meters, {run['workers']} worker(s): {run['error']}" for chain, ingest in
+              (("Ganache", r.get("ingest", {})), ("Hardhat", r.get("hardhat", {})),
+               ("Anvil", r.get("anvil", {}).get("ingest", {})))
+              for fleet, g in ingest.items() if isinstance(g, dict)
+              for run in g.get("by_workers", {}).values() if "error" in run]
     if not rows:
-        return ""
+        return "\n".join(f"FAILED: {f}" for f in failed)
     lines = ["gateway against the raw chain, by gateway worker processes (server CPU: every process of the "
              "server's tree)",
              f"{'chain':<8} {'meters':>7} {'workers':>7} {'readings':>9} {'gateway r/s':>12} {'raw r/s':>9} "
@@ -617,6 +645,7 @@ def format_sweep(r: dict[str, Any]) -> str:
     lines.append("(server cpu: every process of the server's tree; main proc: the server's own process; net: "
                  "less the idle server's CPU per second (idle ms/s, the fleet connected) over the run's time; "
                  "procs: processes at the end, -n for any that exited during the run)")
+    lines.extend(f"FAILED: {f}" for f in failed)
     exited = sum(g.get("server_processes", {}).get("exited", 0) for _, _, g in rows)
     if exited:
         lines.append(f"note: {exited} server process(es) exited during a timed run; their CPU after the run's start "
@@ -630,6 +659,9 @@ def format_report(r: dict[str, Any]) -> str:
              f"{'meters':>7} {'readings':>9} {'gateway r/s':>12} {'raw chain r/s':>14} {'ratio':>6} "
              f"{'cpu ms/r':>9} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'raw after':>10}"]
     for fleet, g in r.get("ingest", {}).items():
+        if "error" in g:
+            lines.append(f"{fleet:>7} FAILED: {g['error']}")
+            continue
         lines.append(f"{fleet:>7} {g['readings']:>9} {g['throughput']:>12.1f} {g['raw_chain_throughput']:>14.1f} "
                      f"{g['gateway_vs_chain']:>6.0%} {g['gateway_cpu_ms_per_reading']:>9.2f} {g['p50']:>7.2f} "
                      f"{g['p95']:>7.2f} {g['p99']:>7.2f} {_after(g):>10}")
@@ -647,6 +679,9 @@ def format_report(r: dict[str, Any]) -> str:
         if fleet == "skipped":
             lines.append(f"hardhat: skipped ({g})")
             continue
+        if "error" in g:
+            lines.append(f"hardhat node, {fleet} meters: FAILED: {g['error']}")
+            continue
         lines.append(f"hardhat node, {fleet} meters, {g['readings']} readings: gateway {g['throughput']:.1f} r/s, "
                      f"raw chain {g['raw_chain_throughput']:.1f} r/s ({g['gateway_vs_chain']:.0%}; again after: "
                      f"{_after(g)} r/s); CPU ms per "
@@ -657,6 +692,9 @@ def format_report(r: dict[str, Any]) -> str:
     if anvil:
         bound = (anvil["confirmations"] + 1) * anvil["block_time"] + 1
         for fleet, g in anvil.get("ingest", {}).items():
+            if "error" in g:
+                lines.append(f"anvil, {fleet} meters: FAILED: {g['error']}")
+                continue
             lines.append(f"anvil ({anvil['block_time']:g} s blocks, {anvil['confirmations']} confirmations), {fleet} "
                          f"meters, {g['readings']} readings to final bills: gateway {g['throughput']:.1f} r/s, raw "
                          f"chain {g['raw_chain_throughput']:.1f} r/s ({g['gateway_vs_chain']:.0%}; again after: "
