@@ -215,6 +215,11 @@ class WorkerPool:
         if self._server is not None:
             self._server.close()
 
+    def listening(self) -> int:
+        """How many workers are running and listening on the meters' port."""
+        return sum(1 for w in self.workers if w.process is not None and w.process.exitcode is None
+                   and w.link is not None and w.link.listening.is_set() and not w.link.writer.is_closing())
+
     def pids(self) -> dict[int, int]:
         """Worker number -> its process id (for the tests and the benchmark)."""
         return {w.number: w.process.pid for w in self.workers
