@@ -4,9 +4,11 @@ worker killed mid-stream loses nothing it acknowledged and records nothing twice
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -175,3 +177,11 @@ async def test_python_m_server_with_workers_serves_and_stops_them_on_ctrl_c(serv
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_workers_refuse_a_port_another_servers_workers_listen_on(server_settings, deployment):
+    # Another server's workers would share the port (SO_REUSEPORT, same user) and take some of the meters.
+    with socket.create_server(("127.0.0.1", server_settings.server_port), reuse_port=True):
+        with pytest.raises(OSError) as refused:
+            await ServerApp.start(server_settings.replace(gateway_workers=2), deployment)
+    assert refused.value.errno == errno.EADDRINUSE
