@@ -340,7 +340,9 @@ class Batcher:
         """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
         batch: list[QueuedReading] = []
         extra = 0
-        for reading in store.pending(self.batch_max_size * 2):
+        # The busy meters' readings are left out in the query: otherwise, with several batches in flight, the
+        # oldest pending readings are mostly theirs, and a sender would find too few others to fill a batch.
+        for reading in store.pending(self.batch_max_size * 2, self._busy):
             if reading.data.meter not in self._busy:
                 # Readings after a gap price every half hour they span: keep the batch's gas bound within a block.
                 spans = extra_periods([(reading.prev_timestamp, reading.data.timestamp)])

@@ -34,6 +34,8 @@ __all__ = [
     "BatcherHealth",
     "RelayHealth",
     "IndexerHealth",
+    "GatewayHealth",
+    "judge_gateway",
     "HealthParts",
     "HealthReport",
     "HealthCheck",
@@ -125,6 +127,33 @@ class IndexerHealth:
 
 
 @dataclass(frozen=True)
+class GatewayHealth:
+    """The meters' endpoint: its processes (``GATEWAY_WORKERS``; 1 is the server's own) and the meters connected."""
+
+    state: State
+    reason: str
+    workers: int
+    workers_up: int
+    meters_connected: int
+
+
+def judge_gateway(workers: int, up: int, connected: int) -> GatewayHealth:
+    """Up when every gateway process listens, degraded while some are being started again, down when none is."""
+    if up >= workers:
+        state = State.UP
+        reason = f"{connected} meters connected" + (f" over {workers} worker processes" if workers > 1 else "")
+    elif up > 0:
+        state = State.DEGRADED
+        reason = (f"{workers - up} of {workers} gateway worker processes are down and being started again (see "
+                  "task_failed in the server's log); their meters reconnect to the others")
+    else:
+        state = State.DOWN
+        reason = ("no gateway worker process serves the meters' port: they are being started again; if this lasts, "
+                  "see task_failed in the server's log")
+    return GatewayHealth(state, reason, workers, min(up, workers), connected)
+
+
+@dataclass(frozen=True)
 class HealthParts:
     """Every part ``/health`` reports."""
 
@@ -132,6 +161,7 @@ class HealthParts:
     batcher: BatcherHealth
     relay: RelayHealth
     indexer: IndexerHealth
+    gateway: GatewayHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -245,8 +275,10 @@ def judge_indexer(part: PartStatus, position_block: int | None, chain_head: int 
 def overall(parts: HealthParts) -> tuple[Status, str]:
     """``down`` when readings cannot reach the chain (chain or batcher down), ``degraded`` when any other part is
     not up, else ``ok``; with the reasons of the parts that are not up."""
-    named: list[tuple[str, ChainHealth | BatcherHealth | RelayHealth | IndexerHealth]] = [
+    named: list[tuple[str, ChainHealth | BatcherHealth | RelayHealth | IndexerHealth | GatewayHealth]] = [
         ("chain", parts.chain), ("batcher", parts.batcher), ("relay", parts.relay), ("indexer", parts.indexer)]
+    if parts.gateway is not None:
+        named.append(("gateway", parts.gateway))
     problems = [f"{name}: {part.state.value}, {part.reason}" for name, part in named if part.state is not State.UP]
     if not problems:
         return "ok", "every part is up"
@@ -263,8 +295,10 @@ class HealthCheck:
 
     def __init__(self, chain_request: Callable[[str, list[Any]], Awaitable[Any]], expected_chain_id: int,
                  parts: dict[str, PartStatus], batcher: Batcher, relay: Relay, indexer: Indexer, store: Store,
-                 index: Index, ttl: float = CHAIN_PROBE_TTL, timeout: float = CHAIN_PROBE_TIMEOUT) -> None:
-        """``parts`` are the supervisor's; the others are the server's own parts, only read here."""
+                 index: Index, ttl: float = CHAIN_PROBE_TTL, timeout: float = CHAIN_PROBE_TIMEOUT,
+                 gateway: Callable[[], tuple[int, int, int]] | None = None) -> None:
+        """``parts`` are the supervisor's; the others are the server's own parts, only read here. ``gateway``: the
+        gateway's processes, how many listen, and the meters connected."""
         self.chain_request = chain_request
         self.expected_chain_id = expected_chain_id
         self.parts = parts
@@ -275,6 +309,7 @@ class HealthCheck:
         self.index = index
         self.ttl = ttl
         self.timeout = timeout
+        self.gateway = gateway
         self._probe: tuple[float, ChainProbe] | None = None
         self._probing: asyncio.Task[ChainProbe] | None = None
 
@@ -294,6 +329,7 @@ class HealthCheck:
                               self.relay.head),
             indexer=judge_indexer(self._part("indexer"), position[0] if position else None, probe.latest_block,
                                   self.indexer.backlog, self.indexer.last_failure, now),
+            gateway=judge_gateway(*self.gateway()) if self.gateway is not None else None,
         )
         status, reason = overall(parts)
         return HealthReport(status, reason, parts)

@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ __all__ = ["QueuedReading", "Store", "BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "queue
 
 log = logging.getLogger("store")
 
+#: The most meters ``pending`` leaves out in SQL (one parameter each; SQLite allows 32,766); above it the
+#: caller filters alone.
+MAX_SKIPPED = 10_000
 #: How long a connection waits for another connection's write to finish before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -166,12 +170,20 @@ class Store:
         ).fetchone()
         return _row(row) if row else None
 
-    def pending(self, limit: int) -> list[QueuedReading]:
-        """The oldest readings not yet in a transaction, in arrival order."""
-        rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM queue WHERE tx_hash IS NULL ORDER BY rowid LIMIT ?",
-            (limit,),
-        ).fetchall()
+    def pending(self, limit: int, skip: Collection[str] = ()) -> list[QueuedReading]:
+        """The oldest readings not yet in a transaction, in arrival order, leaving out those of the meters in
+        ``skip`` (lower case: the batcher's busy meters, whose readings must wait for their batch in flight)."""
+        if not skip or len(skip) > MAX_SKIPPED:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM queue WHERE tx_hash IS NULL ORDER BY rowid LIMIT ?",
+                (limit,),
+            ).fetchall()
+        else:
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM queue WHERE tx_hash IS NULL AND meter NOT IN ({','.join('?' * len(skip))}) "
+                "ORDER BY rowid LIMIT ?",
+                (*skip, limit),
+            ).fetchall()
         return [_row(r) for r in rows]
 
     def mark_submitted(self, readings: list[QueuedReading], tx_hash: str | None) -> None:

@@ -18,6 +18,7 @@ import hmac
 import logging
 import multiprocessing
 import secrets
+import socket
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -109,6 +110,9 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Open the control link, start every worker and wait until each listens on the meters' port."""
+        # The workers share the port with any socket of this user that also asks for SO_REUSEPORT (another
+        # server's workers): make sure nothing listens there yet, as binding it in one process would.
+        socket.create_server((self.settings.server_host, self.settings.server_port)).close()
         self._server = await asyncio.start_server(self._serve_link, "127.0.0.1", 0, limit=LINE_LIMIT)
         self._port = self._server.sockets[0].getsockname()[1]
         try:
@@ -215,6 +219,11 @@ class WorkerPool:
         if self._server is not None:
             self._server.close()
 
+    def listening(self) -> int:
+        """How many workers are running and listening on the meters' port."""
+        return sum(1 for w in self.workers if w.process is not None and w.process.exitcode is None
+                   and w.link is not None and w.link.listening.is_set() and not w.link.writer.is_closing())
+
     def pids(self) -> dict[int, int]:
         """Worker number -> its process id (for the tests and the benchmark)."""
         return {w.number: w.process.pid for w in self.workers
@@ -257,8 +266,8 @@ class WorkerPool:
         for meter, outlet in list(link.outlets.items()):
             self.hub.remove(meter, outlet)
         link.outlets.clear()
-        self.store.recount()
-        if not self._stopping:
+        if not self._stopping:  # (when stopping, the queue may be closed already)
+            self.store.recount()
             log_event(log, "gateway_worker_unlinked", logging.WARNING, worker=link.number)
 
     async def _on_line(self, link: _Link, msg: dict[str, Any]) -> None:

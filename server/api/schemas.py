@@ -406,8 +406,9 @@ class HealthOut(BaseModel):
         description="ok (HTTP 200) when every part is up; otherwise HTTP 503 with down when readings cannot reach the "
                     "chain (the chain or the batcher is down) and degraded when another part is not up")
     reason: str = Field(description="the parts that are not up and why, or 'every part is up'")
-    parts: HealthParts = Field(description="chain, batcher, relay and indexer, each with a state (up, degraded, "
-                                           "down), a reason and what it is judged on")
+    parts: HealthParts = Field(description="chain, batcher, relay, indexer and gateway (its processes and the meters "
+                                           "connected), each with a state (up, degraded, down), a reason and what it "
+                                           "is judged on")
     chain_id: int
     contract: str
     index_block: int | None

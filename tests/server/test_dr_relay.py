@@ -1,14 +1,17 @@
 """Demand response over the meters' wire (protocol 4) against the session's Ganache: an event reaches the
 meters it targets, a change reaches them with its new modification number, a meter's signed opt-out goes
 through the gateway to the chain, bad or repeated opt-outs are refused with their event's id, and a
-meter that logs in later is told the event as it stands."""
+meter that logs in later is told the event as it stands; the same with the gateway in two worker processes
+(``GATEWAY_WORKERS``), where opt-outs and events cross the control link."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from eth_account import Account
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
@@ -28,12 +31,22 @@ from common.messages import (
 )
 from common.tariff import PERIOD_SECONDS
 from common.tls import client_context
+from server.app import ServerApp
 from server.dr_relay import DemandResponseRelay
 from server.hub import Hub
 from tests.server.test_gateway import next_of
 
 HOUR = 3_600
 RATE = 100_000
+
+
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+async def server(request, server_settings, deployment) -> AsyncIterator[ServerApp]:
+    """The server, with the meters' endpoint in its own process or in two workers."""
+    app = await ServerApp.start(server_settings.replace(gateway_workers=request.param), deployment)
+    await app.relay.caught_up.wait()
+    yield app
+    await app.stop()
 
 
 def _terms(start: int, level: int = 2) -> Terms:

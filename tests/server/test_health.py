@@ -12,10 +12,12 @@ from server.api.auth import OPERATOR_KEY_FILE
 from server.health import (
     BATCHER_DOWN_AFTER,
     ChainProbe,
+    GatewayHealth,
     HealthParts,
     State,
     judge_batcher,
     judge_chain,
+    judge_gateway,
     judge_indexer,
     judge_relay,
     overall,
@@ -38,7 +40,7 @@ async def test_a_healthy_server_answers_200_with_every_part_up_and_its_usual_fie
     assert (body["status"], body["reason"]) == ("ok", "every part is up")
     parts = body["parts"]
     assert {name: part["state"] for name, part in parts.items()} == {
-        "chain": "up", "batcher": "up", "relay": "up", "indexer": "up"}
+        "chain": "up", "batcher": "up", "relay": "up", "indexer": "up", "gateway": "up"}
     assert parts["chain"]["reachable"] and parts["chain"]["chain_id"] == deployment.chain_id
     assert parts["chain"]["latest_block"] >= deployment.block
     assert parts["batcher"]["running"] and parts["batcher"]["queued"] == 0
@@ -144,3 +146,14 @@ def test_reasons_keep_a_urls_host_but_not_its_credentials_or_path():
     assert "hunter2" not in judge_chain(probe, 1337).reason
     died = PartStatus("relay", running=False, failures_in_a_row=1, last_error=text)
     assert "hunter2" not in judge_relay(died, False, False, None).reason
+
+
+def test_the_gateway_is_up_with_every_worker_listening_degraded_while_some_restart_and_down_with_none():
+    assert judge_gateway(1, 1, 12) == GatewayHealth(State.UP, "12 meters connected", 1, 1, 12)
+    assert judge_gateway(4, 4, 900).reason == "900 meters connected over 4 worker processes"
+    some = judge_gateway(4, 3, 700)
+    assert some.state is State.DEGRADED and some.reason.startswith("1 of 4 gateway worker processes are down")
+    assert judge_gateway(2, 0, 0).state is State.DOWN
+    parts = up_parts()
+    status, reason = overall(HealthParts(parts.chain, parts.batcher, parts.relay, parts.indexer, gateway=some))
+    assert status == "degraded" and reason.startswith("gateway: degraded, 1 of 4")

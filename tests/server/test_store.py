@@ -66,3 +66,33 @@ def test_the_batcher_cuts_a_batch_of_long_gaps_short_so_its_gas_bound_fits_a_blo
                                                                                        (len(batch) + 1) * each)
     assert [r.data.meter for r in batch] == meters[:len(batch)]  # the oldest first, in order
     store.close()
+
+
+def test_pending_leaves_out_busy_meters_so_a_batch_fills_with_the_others(tmp_path):
+    store = Store(tmp_path / "queue.sqlite")
+    busy, other = "0x" + "aa" * 20, "0x" + "bb" * 20
+    rows = [(ReadingData(busy, seq, 1_000 + seq, 100 * seq, 0), "0x" + "11" * 65, 0) for seq in range(1, 6)]
+    rows += [(ReadingData(other, seq, 1_000 + seq, 100 * seq, 0), "0x" + "22" * 65, 0) for seq in range(1, 3)]
+    store.put(rows, {})
+    assert [r.data.meter for r in store.pending(3)] == [busy] * 3
+    assert [(r.data.meter, r.data.seq) for r in store.pending(3, {busy})] == [(other, 1), (other, 2)]
+    assert len(store.pending(10, {other})) == 5
+    store.close()
+
+
+def test_the_count_follows_other_processes_and_the_mined_block_is_read_back(tmp_path):
+    store = Store(tmp_path / "queue.sqlite")
+    worker = Store(tmp_path / "queue.sqlite")  # a gateway worker's connection, in another process in real life
+    worker.put([(ReadingData(METER, 1, 1_000, 100, 0), "0x" + "11" * 65, 0)], {})
+    assert store.count() == 0  # the count is this process's own until told
+    store.counted(1)
+    assert store.count() == 1
+    store.mark_mined([(METER, 1)], "0x" + "cc" * 32, 7)
+    assert worker.mined_block(METER, 1) == 7 and worker.mined_block(METER, 2) is None
+    store.remove_final(7)
+    store.recount()
+    assert store.count() == 0
+    worker.recount(5)
+    assert worker.count() == 5
+    store.close()
+    worker.close()

@@ -4,9 +4,11 @@ worker killed mid-stream loses nothing it acknowledged and records nothing twice
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -66,6 +68,9 @@ async def test_bills_and_alerts_reach_meters_on_every_worker(pool_server, new_me
         assert alert.message == "Ease off"
     held = pool_of(pool_server).meters_by_worker()
     assert sorted(m for ms in held.values() for m in ms) == sorted(a.address.lower() for a, _ in meters)
+    gateway = (await pool_server.health.report()).parts.gateway
+    assert gateway is not None and gateway.state.value == "up"
+    assert (gateway.workers, gateway.workers_up, gateway.meters_connected) == (2, 2, len(meters))
     for _, link in meters:
         await link.close()
 
@@ -117,6 +122,13 @@ async def test_a_worker_killed_mid_stream_loses_nothing_acknowledged_and_duplica
         await asyncio.sleep(0.05)
     victim, pid = next(iter(pool.pids().items()))
     os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if pool.listening() < 2:
+            break
+        await asyncio.sleep(0.05)
+    gateway = (await pool_server.health.report()).parts.gateway
+    assert gateway is not None and (gateway.state.value, gateway.workers_up) == ("degraded", 1)
+    assert "being started again" in gateway.reason
     reconnects = await asyncio.wait_for(streams, 180)
     assert sum(reconnects) >= 1, "no meter was on the killed worker"
     assert all(acked[a.address] == set(range(1, count + 1)) for a in accounts)
@@ -136,13 +148,19 @@ async def test_a_worker_killed_mid_stream_loses_nothing_acknowledged_and_duplica
             break
         await asyncio.sleep(0.1)
     assert pool.pids()[victim] != pid
+    for _ in range(100):
+        if pool.listening() == 2:
+            break
+        await asyncio.sleep(0.1)
+    gateway = (await pool_server.health.report()).parts.gateway
+    assert gateway is not None and (gateway.state.value, gateway.workers_up) == ("up", 2)
 
 
 async def test_python_m_server_with_workers_serves_and_stops_them_on_ctrl_c(server_settings, new_meter, link_for,
                                                                               tmp_path):
     proc = ServerProcess(server_settings.replace(gateway_workers=2), tmp_path / "server.log")
     await proc.start()
-    for _ in range(100):
+    for _ in range(600):  # ServerProcess returns at the first worker's gateway_listening
         if "gateway_workers_listening" in proc.log_path.read_text():
             break
         await asyncio.sleep(0.1)
@@ -159,3 +177,11 @@ async def test_python_m_server_with_workers_serves_and_stops_them_on_ctrl_c(serv
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_workers_refuse_a_port_another_servers_workers_listen_on(server_settings, deployment):
+    # Another server's workers would share the port (SO_REUSEPORT, same user) and take some of the meters.
+    with socket.create_server(("127.0.0.1", server_settings.server_port), reuse_port=True):
+        with pytest.raises(OSError) as refused:
+            await ServerApp.start(server_settings.replace(gateway_workers=2), deployment)
+    assert refused.value.errno == errno.EADDRINUSE
