@@ -217,10 +217,8 @@ class ServerApp:
                  supervisor.keep_running("indexer", indexer.run)]
         if demand_response is not None:
             tasks.append(supervisor.keep_running("demand_response", demand_response.run))
-        pool = gateway if isinstance(gateway, WorkerPool) else None
         health = HealthCheck(chain.request, deployment.chain_id, supervisor.parts, batcher, relay, indexer, store,
-                             index, gateway=lambda: ((pool.settings.gateway_workers, pool.listening(), len(hub))
-                                                     if pool is not None else (1, 1, len(hub))))
+                             index, gateway=lambda: (*gateway.serving(), len(hub)))
         loop = asyncio.get_running_loop()
         if isinstance(gateway, WorkerPool):
             tasks += [supervisor.keep_running(f"gateway_worker_{w.number}", partial(gateway.keep, w.number))

@@ -150,6 +150,10 @@ class Gateway:
         log_event(log, "gateway_listening", url=self.settings.server_url)
         return self.server
 
+    def serving(self) -> tuple[int, int]:
+        """The processes meant to serve the meters' port (this one), and how many do (for ``/health``)."""
+        return 1, int(self.server is not None and self.server.is_serving())
+
     async def close(self) -> None:
         """Stop accepting, close every connection with 1001 (going away)."""
         if self.server is not None:

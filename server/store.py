@@ -105,6 +105,10 @@ class _Count:
         with self._lock:
             self.value += n
 
+    def set(self, value: int) -> None:
+        with self._lock:
+            self.value = value
+
 
 class Store:
     """The gateway's SQLite database: one connection per thread that uses it (``connect_again``)."""
@@ -288,8 +292,7 @@ class Store:
         """Set the count: to ``value`` (as the process that removes readings counts them), or by counting."""
         if value is None:
             value = int(self.db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
-        with self._count._lock:
-            self._count.value = value
+        self._count.set(value)
 
     def mined_block(self, meter: str, seq: int) -> int | None:
         """The block a queued reading was mined in (None: not mined, or not queued)."""

@@ -148,7 +148,6 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
-
 def small_tls_buffers() -> None:
     """Give this process's TLS connections a 32 KiB read buffer instead of asyncio's 256 KiB."""
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER

@@ -109,9 +109,7 @@ class MainLink:
         finally:
             self._answers.pop(number, None)
         if msg["op"] == "login_failed":
-            err = errors.ChainUnavailable(str(msg["message"])) if msg.get("code") == "chain_unavailable" \
-                else errors.ChainError(str(msg["message"]))
-            raise err
+            raise errors.error_for_code(str(msg["code"]), str(msg["message"]))
         final_at = msg["final_at"]
         return LoginContext(TariffInfo.model_validate(msg["tariff"]),
                             final_at if final_at == "latest" else int(final_at), list(msg["preface"]))

@@ -224,6 +224,10 @@ class WorkerPool:
         return sum(1 for w in self.workers if w.process is not None and w.process.exitcode is None
                    and w.link is not None and w.link.listening.is_set() and not w.link.writer.is_closing())
 
+    def serving(self) -> tuple[int, int]:
+        """The processes meant to serve the meters' port, and how many do (for ``/health``)."""
+        return len(self.workers), self.listening()
+
     def pids(self) -> dict[int, int]:
         """Worker number -> its process id (for the tests and the benchmark)."""
         return {w.number: w.process.pid for w in self.workers
