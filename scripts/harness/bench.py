@@ -579,12 +579,16 @@ GOAL_SHARE_FLEET = 1_000
 GOAL_SERVER_CPU_MS = 0.25
 
 
+def _chains(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(chain, its ingest figures by fleet) for each chain benchmarked."""
+    return [("Ganache", r.get("ingest", {})), ("Hardhat", r.get("hardhat", {})),
+            ("Anvil", r.get("anvil", {}).get("ingest", {}))]
+
+
 def _sweep_rows(r: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
     """(chain, fleet, figures) for every gateway run, every worker count."""
     rows = []
-    chains = [("Ganache", r.get("ingest", {})), ("Hardhat", r.get("hardhat", {})),
-              ("Anvil", r.get("anvil", {}).get("ingest", {}))]
-    for chain, ingest in chains:
+    for chain, ingest in _chains(r):
         for fleet, g in ingest.items():
             if fleet == "skipped":
                 continue
@@ -604,9 +608,7 @@ def format_sweep(r: dict[str, Any]) -> str:
     Anvil, and the server's CPU per reading (all its processes) at most 0.25 ms."""
     rows = _sweep_rows(r)
     nan = float("nan")
-    failed = [f"{chain} {fleet} meters, {run['workers']} worker(s): {run['error']}" for chain, ingest in
-              (("Ganache", r.get("ingest", {})), ("Hardhat", r.get("hardhat", {})),
-               ("Anvil", r.get("anvil", {}).get("ingest", {})))
+    failed = [f"{chain} {fleet} meters, {run['workers']} worker(s): {run['error']}" for chain, ingest in _chains(r)
               for fleet, g in ingest.items() if isinstance(g, dict)
               for run in g.get("by_workers", {}).values() if "error" in run]
     if not rows:
