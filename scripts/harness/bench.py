@@ -31,7 +31,7 @@ from common.messages import Bill, encode
 from common.settings import ROOT, Settings, load_settings
 from common.tls import client_context
 from meters.link import MeterLink, signed_reading
-from scripts.harness.proctree import TreeCpu, cpu_between, descendants, snapshot
+from scripts.harness.proctree import TreeCpu, cpu_between, cpu_seconds, descendants, snapshot
 
 __all__ = ["BenchConfig", "format_report", "format_sweep", "run_bench"]
 
@@ -74,11 +74,6 @@ class BenchConfig:
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -197,7 +192,7 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
     idle0, idle_started = snapshot(server_pid), time.monotonic()
     await asyncio.sleep(IDLE_SECONDS)
     idle = cpu_between(idle0, snapshot(server_pid), server_pid).seconds / (time.monotonic() - idle_started)
-    tree0, chain0, own0 = snapshot(server_pid), _cpu_seconds(chain_pid), _own_cpu_seconds()
+    tree0, chain0, own0 = snapshot(server_pid), cpu_seconds(chain_pid), _own_cpu_seconds()
     started = time.monotonic()
 
     async def drive(link: MeterLink, a: LocalAccount) -> None:
@@ -215,7 +210,7 @@ async def _ingest(settings: Settings, domain: Any, accounts: list[LocalAccount],
     await asyncio.gather(*(drive(link, a) for link, a in zip(links, accounts, strict=True)))
     elapsed = time.monotonic() - started
     tree: TreeCpu = cpu_between(tree0, snapshot(server_pid), server_pid)
-    chain_cpu = _cpu_seconds(chain_pid) - chain0
+    chain_cpu = cpu_seconds(chain_pid) - chain0
     own = _own_cpu_seconds() - own0
     await asyncio.gather(*(link.close() for link in links))
     n = len(messages)
@@ -287,7 +282,7 @@ def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, ope
               "gas": gas_limit_for(len(chunk)), "gasPrice": price, "nonce": nonce + len(raw_txs),
               "chainId": settings.chain_id}
         raw_txs.append(gateway.sign_transaction(tx).raw_transaction)
-    started, chain0 = time.monotonic(), _cpu_seconds(chain_pid)
+    started, chain0 = time.monotonic(), cpu_seconds(chain_pid)
     sent = [w3.eth.send_raw_transaction(raw) for raw in raw_txs]
     last = 0
     for tx_hash in sent:
@@ -298,7 +293,7 @@ def _raw_chain(settings: Settings, billing: Billing, count: int, batch: int, ope
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     return {"readings": len(queued), "seconds": elapsed, "throughput": len(queued) / elapsed,
-            "chain_cpu_ms_per_reading": (_cpu_seconds(chain_pid) - chain0) / len(queued) * 1000}
+            "chain_cpu_ms_per_reading": (cpu_seconds(chain_pid) - chain0) / len(queued) * 1000}
 
 
 def _gas(settings: Settings, billing: Billing, sizes: tuple[int, ...], opened: int) -> list[dict[str, int]]:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcCpu", "TreeCpu", "cpu_between", "descendants", "snapshot"]
+__all__ = ["ProcCpu", "TreeCpu", "cpu_between", "cpu_seconds", "descendants", "snapshot"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 #: Kernels without CONFIG_PROC_CHILDREN have no such file: their children are found by ppid.
@@ -38,6 +38,14 @@ def _stat(pid: int) -> tuple[int, int, ProcCpu] | None:
     fields = text.rsplit(")", 1)[1].split()  # fields[0] is the state (field 3 of proc(5))
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return int(fields[1]), int(fields[19]), ProcCpu((utime + stime) / _TICK, (cutime + cstime) / _TICK)
+
+
+def cpu_seconds(pid: int) -> float:
+    """``pid``'s own CPU seconds, all threads (raises ``ProcessLookupError`` when it is gone)."""
+    st = _stat(pid)
+    if st is None:
+        raise ProcessLookupError(pid)
+    return st[2].own
 
 
 def _children(pid: int) -> list[int]:
