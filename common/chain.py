@@ -10,6 +10,13 @@ the server, which also sees a transaction through to its block: one that waits u
 ``TX_REPLACE_AFTER`` seconds is replaced with the same nonce at higher fees (up to the ceiling,
 where it is held and the log says so), one the node dropped is sent again, and after any nonce
 error the nonce is read back from the chain.
+
+The async client never gives a nonce of its own twice: every transaction it sent and has not
+seen mined stays in its registry by nonce, a nonce read back from the chain never goes below
+them, and a gap before a waiting transaction (its predecessor dropped by the node, or removed
+with replaced blocks) is filled at once by sending that predecessor again, or a no-op transfer
+where the gap is none of the client's. A gateway's readings thus reach the chain in the order
+their transactions were sent, whatever the node forgets.
 """
 
 from __future__ import annotations
@@ -66,6 +73,11 @@ LOW_FUNDS_TRANSACTIONS = 200
 #: A transaction behind a missing earlier nonce is given up (and what it carried sent again) after
 #: this many ``TX_REPLACE_AFTER`` periods: the gap may be another transaction in flight about to fill it.
 NONCE_GAP_PERIODS = 2
+#: A transaction still unmined this many check periods after it was sent makes the client look why at once
+#: (a gap before it, or the node forgot it), rather than only after ``TX_REPLACE_AFTER``.
+LOOK_AGAIN_CHECKS = 2
+#: Gas of the no-op transfer that fills a nonce gap none of the client's transactions fills.
+NOOP_GAS = 21_000
 #: Waits between retries of a failed RPC call: from this, doubling, up to the cap (seconds).
 RPC_RETRY_FIRST, RPC_RETRY_CAP = 0.2, 5.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)
@@ -318,8 +330,12 @@ class AsyncChainClient:
         self._views = _view_signatures(deployment.abi)
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
+        #: Transactions sent and not yet seen mined, by nonce: their nonces are never given again.
+        self._in_flight: dict[int, SentTransaction] = {}
         self.replaced = 0
         self.resent = 0
+        #: Nonce gaps filled: by sending a transaction of ours again, or with a no-op transfer.
+        self.gaps_filled = 0
 
     async def close(self) -> None:
         """Close the HTTP sessions."""
@@ -414,12 +430,26 @@ class AsyncChainClient:
     # ---------------------------------------------------------------- sending
 
     def forget_nonce(self) -> None:
-        """Read the nonce from the chain before the next transaction (after blocks were replaced)."""
+        """Read the nonce from the chain before the next transaction (never below one still in flight)."""
         self._nonce = None
+
+    def register(self, tx: SentTransaction) -> None:
+        """Count ``tx`` as in flight: its nonce is not given again, and a gap at it is filled by sending it again."""
+        self._in_flight[tx.nonce] = tx
+
+    def settled(self, tx: SentTransaction) -> None:
+        """``tx`` was seen mined (or given up): it leaves the registry."""
+        if self._in_flight.get(tx.nonce) is tx:
+            del self._in_flight[tx.nonce]
+
+    def in_flight(self) -> list[SentTransaction]:
+        """The transactions sent and not yet seen mined, in nonce order."""
+        return [self._in_flight[n] for n in sorted(self._in_flight)]
 
     async def _next_nonce(self) -> int:
         if self._nonce is None:
-            self._nonce = int(await self.request("eth_getTransactionCount", [self.account.address, "pending"]), 16)
+            pending = int(await self.request("eth_getTransactionCount", [self.account.address, "pending"]), 16)
+            self._nonce = max(pending, max(self._in_flight, default=-1) + 1)
         return self._nonce
 
     async def _nonce_mined(self) -> int:
@@ -456,8 +486,7 @@ class AsyncChainClient:
                     problem = classify_send_error(str(err))
                     if problem == SendProblem.ALREADY_KNOWN:  # a retried send the node had taken the first time
                         self._nonce = nonce + 1
-                        now = time.monotonic()
-                        return SentTransaction(nonce, data, gas, fees, [tx_hash], now, now)
+                        return self._sent(nonce, data, gas, fees, tx_hash)
                     self._nonce = None
                     if problem in (SendProblem.NONCE_USED, SendProblem.NONCE_TAKEN):
                         continue
@@ -471,13 +500,19 @@ class AsyncChainClient:
                                          "fund it (its readings wait in the queue)") from err
                     raise
                 self._nonce = nonce + 1
-                now = time.monotonic()
-                return SentTransaction(nonce, data, gas, fees, [tx_hash], now, now)
+                return self._sent(nonce, data, gas, fees, tx_hash)
             raise ChainError("could not agree a nonce and fees with the node")
+
+    def _sent(self, nonce: int, data: bytes, gas: int, fees: Fees, tx_hash: str) -> SentTransaction:
+        """A transaction the node took, registered as in flight."""
+        now = time.monotonic()
+        tx = SentTransaction(nonce, data, gas, fees, [tx_hash], now, now)
+        self.register(tx)
+        return tx
 
     async def until_mined(self, tx: SentTransaction,
                           reported: Callable[[list[str], float], Awaitable[tuple[str, R] | None]],
-                          check_every: float = 2.0) -> Mined[R]:
+                          check_every: float = 2.0, keep: bool = False) -> Mined[R]:
         """Wait until a version of ``tx`` is mined, replacing it while it waits; how it was found.
 
         ``reported(hashes, timeout)`` is the caller's own way to hear of it (the relay reads every
@@ -485,21 +520,40 @@ class AsyncChainClient:
         receipt is asked for. A transaction unmined after ``TX_REPLACE_AFTER`` seconds is
         replaced with the same nonce at higher fees, or sent again if the node dropped it; at the
         fee ceiling it is held (and the log says so). Raises TransactionLost when it can never be
-        mined (its nonce went to another transaction, or an earlier nonce stayed missing).
+        mined (its nonce went to another transaction, or an earlier nonce stayed missing). A few checks
+        after sending, a gap before it is filled and a forgotten one sent again (``_look_again``).
+        With ``keep`` the transaction stays registered once mined, until the caller says it is final
+        (``settled``): should its block be replaced, a gap at its nonce is filled with it, never with another.
         """
         replace_after = self.settings.tx_replace_after
-        while True:
-            wait = max(0.05, min(check_every, tx.sent_at + replace_after - time.monotonic()))
-            report = await reported(list(tx.hashes), wait)
-            if report is not None:
-                return Mined(report[0], report=report[1])
-            receipt = await self._receipt_of(tx)
-            if receipt is not None:
-                return Mined(str(receipt["transactionHash"]).lower(), receipt=receipt)
-            if time.monotonic() - tx.sent_at >= replace_after:
-                receipt = await self._unstick(tx)
+        look_every = LOOK_AGAIN_CHECKS * check_every
+        looked_at = tx.sent_at
+        self.register(tx)
+        found = False
+        try:
+            while True:
+                wait = max(0.05, min(check_every, tx.sent_at + replace_after - time.monotonic()))
+                report = await reported(list(tx.hashes), wait)
+                if report is not None:
+                    found = True
+                    return Mined(report[0], report=report[1])
+                receipt = await self._receipt_of(tx)
                 if receipt is not None:
+                    found = True
                     return Mined(str(receipt["transactionHash"]).lower(), receipt=receipt)
+                now = time.monotonic()
+                if now - tx.sent_at >= replace_after:
+                    receipt = await self._unstick(tx)
+                    looked_at = now
+                elif now - max(looked_at, tx.sent_at) >= look_every:
+                    receipt = await self._look_again(tx)
+                    looked_at = now
+                if receipt is not None:
+                    found = True
+                    return Mined(str(receipt["transactionHash"]).lower(), receipt=receipt)
+        finally:
+            if not (found and keep):
+                self.settled(tx)
 
     async def _receipt_of(self, tx: SentTransaction) -> dict[str, Any] | None:
         """The receipt of whichever version of ``tx`` was mined, if any (newest asked first)."""
@@ -509,19 +563,131 @@ class AsyncChainClient:
                 return receipt  # type: ignore[no-any-return]
         return None
 
+    async def _look_again(self, tx: SentTransaction) -> dict[str, Any] | None:
+        """``tx`` is not mined a few checks after it was sent: fill a nonce gap before it, send it again if the
+        node forgot it (returns a receipt if it turns out mined). Fees are left to ``_unstick``."""
+        mined = await self._nonce_mined()
+        if mined > tx.nonce:
+            return await self._mined_or_lost(tx)
+        if mined < tx.nonce:
+            await self._fill_gap(mined, tx.nonce, noop=False)
+            return None
+        if await self.request("eth_getTransactionByHash", [tx.hash]) is None:
+            suggested, floor = await self._suggested(fresh=True)
+            if floor <= self.settings.max_fee_wei:
+                log_event(log, "tx_resent", logging.WARNING, nonce=tx.nonce, tx=tx.hash,
+                          reason="the node no longer has it (dropped from its pool, or its block was replaced)")
+                self.resent += 1
+                await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei), restart=False)
+        return None
+
+    async def _mined_or_lost(self, tx: SentTransaction) -> dict[str, Any]:
+        """The chain is past ``tx``'s nonce: its receipt, or TransactionLost if another transaction took it."""
+        receipt = await self._receipt_of(tx)  # mined a moment ago, or the nonce went to another transaction
+        if receipt is None:
+            self.forget_nonce()
+            raise TransactionLost(f"transaction {tx.hash} (nonce {tx.nonce}) was never mined: another "
+                                  "transaction of the gateway's key took its nonce (is the key used elsewhere?)")
+        return receipt
+
+    async def _fill_gap(self, first: int, end: int, noop: bool) -> None:
+        """Nonces ``first`` to ``end - 1`` are not mined and hold up a later transaction: send ours again at once
+        (the node dropped them, or they went with replaced blocks), and, with ``noop``, a no-op transfer where
+        none of ours is (only once the wait is long: the word of a replaced block may still be on its way)."""
+        suggested, floor = await self._suggested(fresh=True)
+        ceiling = self.settings.max_fee_wei
+        if floor > ceiling:
+            return  # nothing can be mined at the fees allowed: the fee hold says so
+        for nonce in range(first, end):
+            ours = self._in_flight.get(nonce)
+            if ours is not None:
+                if await self.request("eth_getTransactionByHash", [ours.hash]) is not None:
+                    continue  # the node has it: it will be mined in turn
+                await self._resend(ours, ours.fees.at_least(suggested).capped(ceiling), restart=False)
+                filler = "sent_again"
+            elif noop:
+                await self._send_noop(nonce, suggested.capped(ceiling))
+                filler = "noop"
+            else:
+                continue
+            self.gaps_filled += 1
+            log_event(log, "nonce_gap_filled", logging.WARNING, nonce=nonce, filler=filler,
+                      waiting=end, reason="an earlier nonce was missing (dropped by the node or removed with "
+                                          "replaced blocks)")
+
+    async def _send_noop(self, nonce: int, fees: Fees) -> None:
+        """Send a zero-value transfer to the key itself with ``nonce`` (fills a gap that carries nothing of ours)."""
+        tx: dict[str, Any] = {"to": self.account.address, "value": 0, "gas": NOOP_GAS, "nonce": nonce,
+                              "chainId": self.settings.chain_id, **fees.bumped().fields()}
+        signed = self.account.sign_transaction(tx)
+        try:
+            await self.request("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+        except ChainError as err:
+            if classify_send_error(str(err)) not in (SendProblem.NONCE_USED, SendProblem.ALREADY_KNOWN,
+                                                     SendProblem.NONCE_TAKEN):
+                raise
+
+    async def rebuild(self, tx_hash: str) -> SentTransaction | None:
+        """One of the key's transactions as the chain holds it (to send again should its block be replaced); None if
+        the node does not know it or it is not the key's."""
+        found = await self.request("eth_getTransactionByHash", [tx_hash])
+        if found is None or str(found.get("from", "")).lower() != self.account.address.lower():
+            return None
+        if found.get("maxFeePerGas") is not None:
+            fees = Fees(int(found["maxFeePerGas"], 16), int(found.get("maxPriorityFeePerGas") or "0x0", 16))
+        else:
+            fees = Fees(int(found["gasPrice"], 16))
+        data = bytes.fromhex(str(found.get("input") or found.get("data") or "0x").removeprefix("0x"))
+        now = time.monotonic()
+        return SentTransaction(int(found["nonce"], 16), data, int(found["gas"], 16), fees, [tx_hash.lower()], now, now)
+
+    async def clear_pending(self, timeout: float) -> int:
+        """Before a start sends anything: wait up to ``timeout`` seconds for the key's pending transactions (a
+        previous run's) to be mined, then cancel any left with no-op transfers at higher fees, so that nothing
+        sent before can be mined after what this run sends. Returns how many were cancelled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            mined = await self._nonce_mined()
+            pending = int(await self.request("eth_getTransactionCount", [self.account.address, "pending"]), 16)
+            if pending <= mined:
+                return 0
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+        suggested, _ = await self._suggested(fresh=True)
+        fees = Fees(suggested.max_fee * 2, None if suggested.priority_fee is None else suggested.priority_fee * 2)
+        for nonce in range(mined, pending):
+            await self._send_noop(nonce, fees.capped(self.settings.max_fee_wei))
+        log_event(log, "previous_transactions_cancelled", logging.WARNING, first_nonce=mined, count=pending - mined,
+                  reason=f"still pending {timeout:.0f} s after the start: what they carried is queued and sent anew")
+        self._nonce = None
+        return pending - mined
+
+    async def rebroadcast(self) -> int:
+        """Send every transaction in flight again that the node no longer has, in nonce order (after blocks were
+        replaced: a node may drop the pool's transactions behind the vanished ones); returns how many."""
+        if not self._in_flight:
+            return 0
+        suggested, floor = await self._suggested(fresh=True)
+        ceiling = self.settings.max_fee_wei
+        if floor > ceiling:
+            return 0
+        sent = 0
+        for tx in self.in_flight():
+            if await self.request("eth_getTransactionByHash", [tx.hash]) is None:
+                await self._resend(tx, tx.fees.at_least(suggested).capped(ceiling), restart=False)
+                sent += 1
+        return sent
+
     async def _unstick(self, tx: SentTransaction) -> dict[str, Any] | None:
         """``tx`` waited too long: find out why and act (returns a receipt if it turns out mined)."""
         mined = await self._nonce_mined()
         if mined > tx.nonce:
-            receipt = await self._receipt_of(tx)  # mined a moment ago, or the nonce went to another transaction
-            if receipt is None:
-                self.forget_nonce()
-                raise TransactionLost(f"transaction {tx.hash} (nonce {tx.nonce}) was never mined: another "
-                                      "transaction of the gateway's took its nonce")
-            return receipt
+            return await self._mined_or_lost(tx)
         if mined < tx.nonce:
-            # An earlier nonce is missing (its transaction vanished with replaced blocks, or was dropped):
-            # this one waits behind it. Another transaction in flight may fill the gap; if none does, give up.
+            # An earlier nonce is missing (its transaction vanished with replaced blocks, or was dropped): this one
+            # waits behind it, and the gap is filled. If it stays open all the same, give up.
+            await self._fill_gap(mined, tx.nonce, noop=True)
             if time.monotonic() - tx.first_sent_at >= NONCE_GAP_PERIODS * self.settings.tx_replace_after:
                 self.forget_nonce()
                 raise TransactionLost(f"transaction {tx.hash} (nonce {tx.nonce}) waits behind nonce {mined}, "
@@ -559,6 +725,7 @@ class AsyncChainClient:
         was replaced, and the node forgot it); its wait starts anew."""
         suggested, _ = await self._suggested(fresh=True)
         tx.first_sent_at = time.monotonic()
+        self.register(tx)
         await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei))
 
     def _hold(self, tx: SentTransaction, suggested: Fees) -> None:
@@ -571,8 +738,9 @@ class AsyncChainClient:
             tx.held = True
         tx.sent_at = time.monotonic()
 
-    async def _resend(self, tx: SentTransaction, fees: Fees) -> None:
-        """Send ``tx`` again with ``fees`` (a new version when they differ) and start its wait again."""
+    async def _resend(self, tx: SentTransaction, fees: Fees, restart: bool = True) -> None:
+        """Send ``tx`` again with ``fees`` (a new version when they differ) and start its wait again (unless
+        ``restart`` is False: a resend to fill a gap leaves the fee replacement's clock alone)."""
         raw, tx_hash = self._sign(tx.data, tx.gas, tx.nonce, fees)
         try:
             await self.request("eth_sendRawTransaction", [raw])
@@ -585,7 +753,8 @@ class AsyncChainClient:
         if tx_hash not in tx.hashes:
             tx.hashes.append(tx_hash)
         tx.fees = fees
-        tx.sent_at = time.monotonic()
+        if restart:
+            tx.sent_at = time.monotonic()
 
     async def wait_receipt(self, tx_hash: str, timeout: float = 120.0) -> dict[str, Any]:
         """Wait for a transaction's receipt (the node's JSON: numbers as 0x-hex)."""

@@ -63,6 +63,9 @@ class Settings:
     max_fee_gwei: float = 100.0
     #: Seconds a submitted transaction may wait unmined before it is replaced at a higher fee.
     tx_replace_after: float = 60.0
+    #: Seconds the gateway keeps final readings and the transactions that carried them, to submit them again
+    #: should a reorganisation deeper than ``CONFIRMATIONS`` replace their blocks (0: none kept).
+    resubmit_window: float = 86_400.0
     deployments_dir: Path = ROOT / "deployments"
     build_dir: Path = ROOT / "build"
     solc_binary: str = ""
@@ -225,6 +228,8 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
                           f"{REMOTE_CONFIRMATIONS} elsewhere)")
     if settings.max_fee_gwei <= 0 or settings.tx_replace_after <= 0:
         raise ConfigError("MAX_FEE_GWEI and TX_REPLACE_AFTER must be positive")
+    if settings.resubmit_window < 0:
+        raise ConfigError("RESUBMIT_WINDOW must be 0 (keep nothing) or a number of seconds")
     if not 1 <= settings.batch_max_size <= 250:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
     if settings.api_signin_rate_per_second <= 0 or settings.api_signin_burst < 1:

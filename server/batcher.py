@@ -30,9 +30,24 @@ its own nonce (as geth does with the transactions of replaced blocks, and Anvil 
 the new chain holds it already: the gateway's later transactions, still waiting in the node's
 pool with higher nonces, then go after it, so a meter's readings reach the chain in order (the
 contract takes any seq above the last, so a later reading mined first would make an earlier one
-stale). A batch whose transaction is not known (mined before a restart) goes back to pending,
-and the nonce is read back from the chain.
-Readings found on chain after a failure or a restart are dropped only once final there.
+stale). The chain client never gives one of the gateway's nonces twice (``common.chain``): a vanished
+transaction keeps its nonce, so nothing of a meter's can overtake it, and a gap is filled at once
+with the transaction that belongs there. Right after a reorganisation every transaction in flight
+the node forgot is sent again too, so the next batch is mined within a few blocks.
+
+Nothing is inferred from a higher sequence number: a reading leaves the queue only when its own
+``ReadingRecorded`` (or ``ReadingRejected``) event is final. After a failure or a restart the
+batcher looks each queued reading up in the meter's ``ReadingRecorded`` events: found in a final
+block, it leaves; found in a block not final yet, it counts as mined there, with its transaction
+rebuilt from the chain so that it can be sent again should that block be replaced; not found, it
+is submitted (and one whose meter's chain is past it already is logged at error level, by meter
+and sequence number: the contract will refuse it as stale). On start, transactions of a previous
+run still pending are waited for (or cancelled) before anything is sent.
+
+Final readings are kept for ``RESUBMIT_WINDOW`` seconds with their signed transactions
+(``server.store``): a reorganisation deeper than ``CONFIRMATIONS`` takes them back into the queue
+and sends those transactions again with their own nonces, and says at error level, by meter and
+sequence number, what it resubmitted and what it could not.
 Replacing a transaction that waits, sending a dropped one again and holding at the fee ceiling
 happen in the chain client (``common.chain``).
 
@@ -58,11 +73,12 @@ from eth_utils import to_checksum_address
 
 from common.backoff import Backoff
 from common.batches import MAX_BATCH_GAS, extra_periods, gas_limit_for, submit_readings_calldata
-from common.chain import AsyncChainClient, Mined, SentTransaction
+from common.chain import AsyncChainClient, Mined, SentTransaction, logs_between
 from common.errors import ChainError, ChainUnavailable, FeesTooHigh
 from common.events import BatchOutcome, EventDecoder
+from common.fees import Fees
 from common.logs import log_event
-from server.store import QueuedReading, Store
+from server.store import QueuedReading, SettledTx, Store
 from server.threads import run_in_own_thread
 
 __all__ = ["Batcher"]
@@ -73,6 +89,12 @@ log = logging.getLogger("batcher")
 REPORTED_LIMIT = 1_000
 #: Waits after a failed batch: from this, doubling, up to the cap (seconds).
 RETRY_FIRST, RETRY_CAP = 0.5, 10.0
+#: Meters whose recorded readings one ``eth_getLogs`` asks for (topics hold a list of them).
+LOOKUP_METERS = 100
+#: Seconds before a reading's timestamp that its block may be (the contract's future skew, with room).
+LOOKUP_SLACK = 3_600
+#: How many meters and sequence numbers a log line lists at most.
+LISTED = 40
 #: What the operator should do when the queue database fails (logged with each failure).
 STORAGE_ACTION = ("the readings stay queued and are tried again; if this goes on, check that no other process holds "
                   "the queue database (an sqlite3 shell, a backup) and that the disk is not full")
@@ -94,6 +116,7 @@ class Batcher:
         self.confirm_wait = confirm_wait
         self._decoder = EventDecoder(chain.deployment.abi)
         self.confirmations = chain.settings.finality_depth
+        self.resubmit_window = chain.settings.resubmit_window
         #: In the senders' loop: outcomes reported by the relay (with the rollback generation they were reported
         #: in), and the senders waiting for one.
         self._reported: OrderedDict[str, tuple[BatchOutcome, int]] = OrderedDict()
@@ -108,8 +131,14 @@ class Batcher:
         self._early: list[tuple[str, tuple[object, ...]]] = []
         self._early_lock = threading.Lock()
         #: In the senders' loop: transactions mined in blocks not final yet, with their block and readings, to be
-        #: sent again as they were if their block is replaced.
+        #: sent again as they were if their block is replaced; and the hash each was mined under.
         self._unfinal_txs: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
+        self._mined_as: dict[int, str] = {}
+        #: Readings submitted again after a reorganisation deeper than finality, and those that could not be.
+        self.deep_resubmitted = 0
+        self.deep_not_resubmitted = 0
+        #: Transactions ``reconcile`` found mined in blocks not final yet (taken into the senders' loop at its start).
+        self._early_unfinal: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
         self._resending: set[asyncio.Task[None]] = set()
         self.rollbacks = 0
         self.resent_after_reorg = 0
@@ -185,29 +214,38 @@ class Batcher:
                 self._reported.popitem(last=False)
 
     def _on_final(self, final: int) -> None:
-        """Blocks up to ``final`` are final: their readings leave the queue."""
+        """Blocks up to ``final`` are final: their readings leave the queue (kept a while in the settled journal,
+        with their transactions), and their transactions leave the chain client's registry."""
         self._final = max(self._final, final)
+        done = [entry for entry in self._unfinal_txs if entry[1] <= self._final]
         self._unfinal_txs = [entry for entry in self._unfinal_txs if entry[1] > self._final]
-        store = self._thread_store
+        store, chain = self._thread_store, self._thread_chain
+        for tx, _, _ in done:
+            if chain is not None:
+                chain.settled(tx)
         if self.confirmations == 0 or store is None:
             return  # every mined reading left at once
+        txs = [SettledTx(self._mined_as.pop(tx.nonce, tx.hash), tx.nonce, tx.gas, tx.data, block)
+               for tx, block, _ in done]
+        keep_since = time.time() - self.resubmit_window if self.resubmit_window > 0 else None
         try:
-            store.remove_final(final)
+            store.remove_final(final, txs, keep_since)
         except sqlite3.Error as err:  # tried again with the next final block
             self._storage_failed("remove_final", err, 0, None)
 
     def _on_rollback(self, fork: int, remined: dict[str, BatchOutcome]) -> None:
-        """Blocks after ``fork`` were replaced: their transactions are sent again as they were (their readings
-        wait for them, as mined batches do); readings of transactions not known go back to pending."""
+        """Blocks after ``fork`` were replaced: their transactions are sent again as they were, with their nonces
+        (their readings wait for them, as mined batches do); readings of transactions not known go back to pending.
+        Deeper than finality, the settled journal gives back what the replaced final blocks held."""
+        deep = fork < self._final
         self._generation += 1
         self._forks = [*self._forks[-99:], (self._generation, fork)]
         self._final = min(self._final, fork)
         self.rollbacks += 1
         for tx_hash in [h for h, (outcome, _) in self._reported.items() if outcome.block > fork]:
             del self._reported[tx_hash]
-        vanished = sorted((entry for entry in self._unfinal_txs
-                           if entry[1] > fork and not any(h in remined for h in entry[0].hashes)),
-                          key=lambda entry: entry[0].nonce)
+        vanished = [entry for entry in self._unfinal_txs
+                    if entry[1] > fork and not any(h in remined for h in entry[0].hashes)]
         kept: list[tuple[SentTransaction, int, list[tuple[str, int]]]] = []
         for tx, block, readings in self._unfinal_txs:
             again = next((remined[h].block for h in tx.hashes if h in remined), None)
@@ -220,37 +258,88 @@ class Batcher:
         back = 0
         if store is not None:
             try:
+                if deep:
+                    vanished += self._reopen(store, fork, remined)
                 back = store.unmine_after(fork, {tx: o.block for tx, o in remined.items()},
                                           keep={tx.hash: readings for tx, _, readings in vanished})
             except sqlite3.Error as err:
                 self._storage_failed("unmine", err, 0, None)
                 self._dirty = True  # the next batch first settles the queue against the chain
+        vanished.sort(key=lambda entry: entry[0].nonce)
         if back and chain is not None:
-            chain.forget_nonce()  # their transactions are not known: the chain says which nonce is next
+            chain.forget_nonce()  # the chain says which nonce is next (never below one of ours in flight)
         if chain is not None and store is not None:
-            for tx, _, readings in vanished:
-                task = asyncio.get_running_loop().create_task(self._send_again(chain, store, tx, readings))
-                self._resending.add(task)
-                task.add_done_callback(self._resending.discard)
-        log_event(log, "batches_rolled_back", logging.WARNING, fork=fork, sent_again=len(vanished),
-                  readings_back_to_pending=back, remined=len(remined))
+            for tx, _, _ in vanished:
+                chain.register(tx)  # at once: a gap at its nonce is filled with it, never with another
+            task = asyncio.get_running_loop().create_task(self._resubmit(chain, store, vanished))
+            self._resending.add(task)
+            task.add_done_callback(self._resending.discard)
+        log_event(log, "batches_rolled_back", logging.ERROR if deep else logging.WARNING, fork=fork,
+                  sent_again=len(vanished), readings_back_to_pending=back, remined=len(remined), deep=deep)
         if self._wake is not None:
             self._wake.set()
 
-    async def _send_again(self, chain: AsyncChainClient, store: Store, tx: SentTransaction,
-                          readings: list[tuple[str, int]]) -> None:
-        """Send a transaction of a replaced block again, with its nonce, and see it mined anew."""
-        self.resent_after_reorg += 1
+    def _reopen(self, store: Store, fork: int, remined: dict[str, BatchOutcome]
+                ) -> list[tuple[SentTransaction, int, list[tuple[str, int]]]]:
+        """Deeper than finality: the settled readings of replaced blocks back into the queue, with their transactions
+        to send again; logged at error level by meter and sequence number, with any that cannot be."""
+        reopened, orphans = store.reopen_after(fork, {tx: o.block for tx, o in remined.items()})
+        now = time.monotonic()
+        vanished = [(SentTransaction(stx.nonce, stx.data, stx.gas, Fees(0, 0), [stx.tx_hash], now, now), stx.block,
+                     readings) for stx, readings in reopened]
+        readings = [r for _, _, rs in vanished for r in rs]
+        self.deep_resubmitted += len(readings)
+        self.deep_not_resubmitted += len(orphans)
+        if readings:
+            log_event(log, "final_readings_resubmitted", logging.ERROR, fork=fork, readings=len(readings),
+                      transactions=len(vanished), which=_listed(readings),
+                      reason="a reorganisation deeper than CONFIRMATIONS replaced final blocks; their transactions "
+                             "are sent again with their own nonces",
+                      action="raise CONFIRMATIONS for this chain")
+        if orphans:
+            log_event(log, "final_readings_not_resubmitted", logging.ERROR, fork=fork, readings=len(orphans),
+                      which=_listed(orphans),
+                      reason="their transaction was not kept (older than RESUBMIT_WINDOW, or from before a restart)",
+                      action="they go back to pending and are submitted anew; a meter whose later readings the new "
+                             "chain holds will see them refused as stale")
+        return vanished
+
+    async def _resubmit(self, chain: AsyncChainClient, store: Store,
+                        vanished: list[tuple[SentTransaction, int, list[tuple[str, int]]]]) -> None:
+        """Send the vanished transactions again in nonce order, then whatever else in flight the node forgot, then
+        see each mined anew."""
+        waits = []
+        for tx, _, readings in vanished:
+            try:
+                self.resent_after_reorg += 1
+                await chain.send_again(tx)
+            except (ChainError, OSError, asyncio.TimeoutError) as err:
+                log_event(log, "batch_not_sent_again", logging.WARNING, size=len(readings), error=str(err)[:300],
+                          action="it stays registered with its nonce and is sent again when the chain waits for it")
+            waits.append(self._mined_again(chain, store, tx, readings))
         try:
-            await chain.send_again(tx)
-            found = await chain.until_mined(tx, self._reported_any, self.confirm_wait)
+            resent = await chain.rebroadcast()
+            if resent:
+                log_event(log, "in_flight_sent_again", transactions=resent,
+                          reason="the node forgot them with the replaced blocks")
+        except (ChainError, OSError, asyncio.TimeoutError) as err:
+            log_event(log, "in_flight_not_sent_again", logging.WARNING, error=str(err)[:300],
+                      action="each is sent again when its wait looks at it")
+        await asyncio.gather(*waits)
+
+    async def _mined_again(self, chain: AsyncChainClient, store: Store, tx: SentTransaction,
+                           readings: list[tuple[str, int]]) -> None:
+        """See a transaction of a replaced block mined anew."""
+        try:
+            found = await chain.until_mined(tx, self._reported_any, self.confirm_wait, keep=self.confirmations > 0)
             outcome, generation, _ = self._outcome(found, tx.gas)
             if self._replaced_since(generation, outcome.block):
                 return  # replaced again: the rollback that said so sent it again already
             self._record_mined(store, tx, found.tx_hash, outcome.block, readings)
             log_event(log, "batch_mined_again", size=len(readings), block=outcome.block, tx=found.tx_hash)
         except (ChainError, OSError, asyncio.TimeoutError, sqlite3.Error) as err:
-            log_event(log, "batch_not_sent_again", logging.WARNING, size=len(readings), error=str(err)[:300],
+            log_event(log, "batch_not_sent_again", logging.ERROR, size=len(readings), error=str(err)[:300],
+                      which=_listed(readings),
                       action="its readings go back to pending and are submitted anew")
             try:
                 store.put_back(readings)
@@ -264,11 +353,21 @@ class Batcher:
                       readings: list[tuple[str, int]]) -> bool:
         """Record a batch mined in ``block``: gone from the queue if final, else kept with its block (and its
         transaction, to be sent again if the block is replaced). Returns whether it was final."""
-        if self.confirmations == 0 or block <= self._final:
+        if self.confirmations == 0:
             store.remove_many(readings)
+            if self._thread_chain is not None:
+                self._thread_chain.settled(tx)
+            return True
+        if block <= self._final:  # final already: kept in the settled journal like every final reading
+            store.mark_mined(readings, tx_hash, block)
+            keep_since = time.time() - self.resubmit_window if self.resubmit_window > 0 else None
+            store.remove_final(self._final, [SettledTx(tx_hash, tx.nonce, tx.gas, tx.data, block)], keep_since)
+            if self._thread_chain is not None:
+                self._thread_chain.settled(tx)
             return True
         store.mark_mined(readings, tx_hash, block)
         self._unfinal_txs.append((tx, block, readings))
+        self._mined_as[tx.nonce] = tx_hash
         return False
 
     def _replaced_since(self, generation: int, block: int) -> bool:
@@ -288,12 +387,14 @@ class Batcher:
             loop.call_soon_threadsafe(main.cancel)
 
     async def reconcile(self) -> None:
-        """On start: forget transactions of a previous run and drop readings the chain already has."""
+        """On start: wait for (or cancel) the transactions a previous run left pending, forget them, and settle the
+        queue against the chain reading by reading."""
+        await self.chain.clear_pending(self.chain.settings.tx_replace_after)
         reset = self.store.reset_submitted()
         before = self.store.count()
-        await self._drop_recorded(self.chain, self.store, set(self.store.queued_meters()))
+        self._early_unfinal = await self._drop_recorded(self.chain, self.store, set(self.store.queued_meters()))
         log_event(log, "queue_reconciled", queued=self.store.count(), reset=reset,
-                  already_on_chain=before - self.store.count())
+                  already_on_chain=before - self.store.count(), on_chain_not_final=len(self._early_unfinal))
 
     async def run(self) -> None:
         """Submit batches until stopped, ``pipeline`` at a time, in the senders' own thread."""
@@ -327,6 +428,10 @@ class Batcher:
         with self._early_lock:
             self._loop = asyncio.get_running_loop()
             early, self._early = self._early, []
+        for tx, block, readings in self._early_unfinal:
+            self._unfinal_txs.append((tx, block, readings))
+            chain.register(tx)
+        self._early_unfinal = []
         for kind, args in early:
             self._apply_word(kind, args)
         try:
@@ -382,7 +487,11 @@ class Batcher:
                     # before sending anything again.
                     self._dirty = False
                     try:
-                        await self._drop_recorded(chain, store, {r.data.meter for r in batch})
+                        for tx, block, readings in await self._drop_recorded(chain, store,
+                                                                              {r.data.meter for r in batch}):
+                            if not any(entry[0].nonce == tx.nonce for entry in self._unfinal_txs):
+                                self._unfinal_txs.append((tx, block, readings))
+                                chain.register(tx)
                     except BaseException:
                         self._dirty = True  # not done: the next batch does it
                         raise
@@ -435,7 +544,7 @@ class Batcher:
             # drops what the chain took before sending again, and the chain's sequence check refuses a
             # second copy of one in flight.
             self._storage_failed("mark_submitted", err, len(batch), None)
-        found = await chain.until_mined(tx, self._reported_any, self.confirm_wait)
+        found = await chain.until_mined(tx, self._reported_any, self.confirm_wait, keep=self.confirmations > 0)
         outcome, generation, gas_used = self._outcome(found, gas_limit)
         if self._replaced_since(generation, outcome.block):
             raise ChainError(f"batch transaction {found.tx_hash}'s block {outcome.block} was replaced by a "
@@ -527,21 +636,86 @@ class Batcher:
         outcome = self._decoder.batch_outcomes(receipt["logs"]).get(found.tx_hash)
         return outcome or BatchOutcome(int(receipt["blockNumber"], 16), 0, 0), self._generation, gas_used
 
-    async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]) -> None:
-        """Drop queued readings at or below each meter's last sequence number in the chain's final state; count
-        those recorded in blocks not final yet as mined (at the head), so that they are not sent again."""
-        final_at: int | str = "latest"
-        head = 0
-        if self.confirmations:
-            head = int(await chain.request("eth_blockNumber", []), 16)
-            final_at = max(head - self.confirmations, 0)
-        for meter in meters:
-            address = to_checksum_address(meter)
-            state = await chain.view("meterState", address, block=final_at)
-            dropped = store.remove_upto(meter, int(state[4]))
-            if dropped:
-                log_event(log, "already_on_chain", meter=meter, dropped=dropped)
-            if self.confirmations:
-                latest = await chain.view("meterState", address)
-                if store.mark_on_chain(meter, int(latest[4]), head):
-                    log_event(log, "on_chain_not_final", meter=meter, seq=int(latest[4]), counted_at_block=head)
+    async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]
+                             ) -> list[tuple[SentTransaction, int, list[tuple[str, int]]]]:
+        """Settle the queued readings of ``meters`` against their own ``ReadingRecorded`` events: in a final block
+        they leave the queue; in a block not final yet they count as mined there, and their transactions are
+        returned (rebuilt from the chain) to be sent again should that block be replaced; readings of a meter whose
+        chain is past them without their own event are logged as overtaken."""
+        head = int(await chain.request("eth_blockNumber", []), 16)
+        final = head - self.confirmations
+        unfinal: dict[str, tuple[SentTransaction, int, list[tuple[str, int]]]] = {}
+        ordered = sorted(meters)
+        for first in range(0, len(ordered), LOOKUP_METERS):
+            candidates: dict[str, list[QueuedReading]] = {}
+            for meter in ordered[first:first + LOOKUP_METERS]:
+                last = int((await chain.view("meterState", to_checksum_address(meter)))[4])
+                queued = [r for r in store.queued_of(meter) if r.data.seq <= last]
+                if queued:
+                    candidates[meter.lower()] = queued
+            if not candidates:
+                continue
+            since = min(r.data.timestamp for rs in candidates.values() for r in rs) - LOOKUP_SLACK
+            start = await self._first_block_at(chain, since, head)
+            found: dict[tuple[str, int], tuple[int, str]] = {}
+            topics = [self._decoder.topic("ReadingRecorded"),
+                      ["0x" + "0" * 24 + meter.removeprefix("0x") for meter in candidates]]
+            async for logs in logs_between(chain.request, chain.deployment.address, start, head, topics):
+                for raw in logs:
+                    event = self._decoder.decode(raw)
+                    if event is not None:
+                        found[(str(event.args["meter"]).lower(), int(event.args["seq"]))] = (event.block, event.tx_hash)
+            done: list[tuple[str, int]] = []
+            mined: list[tuple[str, int, int, str]] = []
+            overtaken: list[tuple[str, int]] = []
+            for meter, queued in candidates.items():
+                for reading in queued:
+                    key = (meter, reading.data.seq)
+                    if key not in found:
+                        overtaken.append(key)
+                    elif found[key][0] <= final or not self.confirmations:
+                        done.append(key)
+                    else:
+                        mined.append((*key, *found[key]))
+            if done:
+                store.remove_many(done)
+                log_event(log, "already_on_chain", readings=len(done), which=_listed(done))
+            if mined:
+                store.mark_recorded(mined)
+                for meter, seq, block, tx_hash in mined:
+                    entry = unfinal.get(tx_hash)
+                    if entry is None:
+                        tx = await chain.rebuild(tx_hash)
+                        if tx is None:
+                            continue
+                        entry = unfinal[tx_hash] = (tx, block, [])
+                    entry[2].append((meter, seq))
+                log_event(log, "on_chain_not_final", readings=len(mined), which=_listed([m[:2] for m in mined]),
+                          transactions=len({m[3] for m in mined}))
+            if overtaken:
+                log_event(log, "readings_overtaken", logging.ERROR, readings=len(overtaken), which=_listed(overtaken),
+                          reason="the chain holds later readings of these meters but not these: the contract will "
+                                 "refuse them as stale (StaleSequence), and their meters are told",
+                          action="report this: readings are submitted in order, so it should never happen")
+        return list(unfinal.values())
+
+    async def _first_block_at(self, chain: AsyncChainClient, timestamp: int, head: int) -> int:
+        """The first block (from the contract's) whose timestamp is at least ``timestamp``: a binary search."""
+        low, high = chain.deployment.block, head
+        while low < high:
+            middle = (low + high) // 2
+            block = await chain.request("eth_getBlockByNumber", [hex(middle), False])
+            if block is None or int(block["timestamp"], 16) >= timestamp:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+
+def _listed(readings: list[tuple[str, int]]) -> str:
+    """Readings as ``meter:seq,seq ...`` for a log line, the first ``LISTED`` of them."""
+    by_meter: dict[str, list[int]] = {}
+    for meter, seq in readings[:LISTED]:
+        by_meter.setdefault(meter, []).append(seq)
+    text = " ".join(f"{m}:{','.join(str(s) for s in sorted(seqs))}" for m, seqs in by_meter.items())
+    return text + (f" (+{len(readings) - LISTED} more)" if len(readings) > LISTED else "")

@@ -6,7 +6,12 @@ transaction that carried it is final (the contract then emitted ``ReadingRecorde
 ``ReadingRejected`` for it), or, after a failure, when it is found at or below its meter's last
 sequence number in the chain's final state. Until then a mined reading is kept with its block
 (``mined_block``), and goes back to pending if that block is replaced. With ``CONFIRMATIONS=0``
-every mined block is final, and a reading leaves as soon as it is mined. WAL with
+every mined block is final, and a reading leaves as soon as it is mined.
+
+A reading that leaves as final is kept a while longer (``RESUBMIT_WINDOW`` seconds, a day by
+default) in the ``settled`` table, with the signed transaction that carried it in ``sent_txs``:
+should a reorganisation deeper than ``CONFIRMATIONS`` replace its block, the batcher takes it
+back into the queue and sends that transaction again with its own nonce. WAL with
 ``synchronous=NORMAL`` survives a killed process (SIGKILL) without losing a committed row;
 set ``synchronous=FULL`` (``durable_fsync=True``) to survive power loss too, at a cost per
 commit.
@@ -18,7 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from common.errors import StorageError
 from common.logs import log_event
 from server.validation import Cursor
 
-__all__ = ["QueuedReading", "Store", "BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "queue_unusable"]
+__all__ = ["QueuedReading", "SettledTx", "Store", "BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "queue_unusable"]
 
 log = logging.getLogger("store")
 
@@ -67,6 +72,30 @@ CREATE TABLE IF NOT EXISTS relay_blocks (
     hash TEXT NOT NULL,
     PRIMARY KEY (name, number)
 );
+CREATE TABLE IF NOT EXISTS settled (
+    meter TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    energy_wh INTEGER NOT NULL,
+    export_wh INTEGER NOT NULL,
+    prev_timestamp INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    tx_hash TEXT,
+    mined_block INTEGER NOT NULL,
+    settled_at REAL NOT NULL,
+    PRIMARY KEY (meter, seq)
+);
+CREATE INDEX IF NOT EXISTS settled_by_block ON settled (mined_block);
+CREATE TABLE IF NOT EXISTS sent_txs (
+    tx_hash TEXT PRIMARY KEY,
+    nonce INTEGER NOT NULL,
+    gas INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    block INTEGER NOT NULL,
+    settled_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_txs_by_block ON sent_txs (block);
 CREATE TABLE IF NOT EXISTS position (
     name TEXT PRIMARY KEY,
     block INTEGER NOT NULL,
@@ -92,6 +121,17 @@ class QueuedReading:
     tx_hash: str | None
     #: The meter's previous reading's time: the batch's gas bound grows with the periods a reading spans.
     prev_timestamp: int = 0
+
+
+@dataclass(frozen=True)
+class SettledTx:
+    """A batch transaction whose block turned final, kept to be sent again should that block be replaced."""
+
+    tx_hash: str
+    nonce: int
+    gas: int
+    data: bytes
+    block: int
 
 
 class _Count:
@@ -219,12 +259,79 @@ class Store:
                 "UPDATE queue SET tx_hash=COALESCE(tx_hash, 'on_chain'), mined_block=? "
                 "WHERE meter=? AND seq<=? AND mined_block IS NULL", (block, meter.lower(), seq)).rowcount)
 
-    def remove_final(self, final: int) -> int:
-        """Drop the readings mined in blocks up to ``final`` (they are final now)."""
+    def remove_final(self, final: int, txs: Sequence[SettledTx] = (), keep_since: float | None = None) -> int:
+        """Drop the readings mined in blocks up to ``final`` (they are final now); with ``keep_since``, keep them
+        (and ``txs``, the transactions that carried them) in the settled journal, and prune what it holds from
+        before that time."""
+        now = time.time()
         with self.db:
+            self.db.execute("BEGIN")
+            if keep_since is not None:
+                self.db.execute(
+                    f"INSERT OR REPLACE INTO settled ({_COLUMNS}, mined_block, settled_at) "
+                    f"SELECT {_COLUMNS}, mined_block, ? FROM queue WHERE mined_block<=?", (now, final))
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO sent_txs (tx_hash, nonce, gas, data, block, settled_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    [(t.tx_hash, t.nonce, t.gas, t.data, t.block, now) for t in txs])
+                self.db.execute("DELETE FROM settled WHERE settled_at<?", (keep_since,))
+                self.db.execute("DELETE FROM sent_txs WHERE settled_at<?", (keep_since,))
             removed = int(self.db.execute("DELETE FROM queue WHERE mined_block<=?", (final,)).rowcount)
         self._count.add(-removed)
         return removed
+
+    def reopen_after(self, fork: int, remined: dict[str, int]) -> tuple[list[tuple[SettledTx, list[tuple[str, int]]]],
+                                                                         list[tuple[str, int]]]:
+        """A reorganisation deeper than finality replaced blocks after ``fork``: the settled readings mined in them
+        go back into the queue, in flight with their transaction, which is returned with its readings to be sent
+        again (oldest nonce first); those whose transaction the new chain holds (``remined``: hash -> block) stay
+        settled, at their new block. Also returns readings settled after ``fork`` whose transaction is not kept
+        (they go back to pending)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE settled SET mined_block=? WHERE tx_hash=?",
+                                [(block, tx) for tx, block in remined.items()])
+            self.db.executemany("UPDATE sent_txs SET block=? WHERE tx_hash=?",
+                                [(block, tx) for tx, block in remined.items()])
+            spared = f" AND tx_hash NOT IN ({','.join('?' * len(remined))})" if remined else ""
+            vanished = f"mined_block>?{spared}"
+            params = (fork, *remined)
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM settled WHERE {vanished} ORDER BY rowid",
+                                   params).fetchall()
+            txs = {r[0]: SettledTx(r[0], int(r[1]), int(r[2]), bytes(r[3]), int(r[4])) for r in self.db.execute(
+                f"SELECT tx_hash, nonce, gas, data, block FROM sent_txs WHERE block>?{spared}",
+                params)}
+            carried: dict[str, list[tuple[str, int]]] = {}
+            orphans: list[tuple[str, int]] = []
+            for row in rows:
+                meter, seq, tx_hash = str(row[0]), int(row[1]), row[8]
+                (carried.setdefault(tx_hash, []) if tx_hash in txs else orphans).append((meter, seq))
+            back = int(self.db.execute(f"INSERT OR IGNORE INTO queue ({_COLUMNS}) SELECT {_COLUMNS} FROM settled "
+                                       f"WHERE {vanished}", params).rowcount)
+            self.db.executemany("UPDATE queue SET tx_hash=NULL, mined_block=NULL WHERE meter=? AND seq=?",
+                                [(meter.lower(), seq) for meter, seq in orphans])
+            self.db.execute(f"DELETE FROM settled WHERE {vanished}", params)
+            self.db.execute(f"DELETE FROM sent_txs WHERE block>?{spared}", params)
+        self._count.add(back)
+        ordered = sorted(((txs[h], readings) for h, readings in carried.items()), key=lambda entry: entry[0].nonce)
+        return ordered, orphans
+
+    def settled_count(self) -> int:
+        """How many final readings the journal keeps for a deep reorganisation."""
+        return int(self.db.execute("SELECT COUNT(*) FROM settled").fetchone()[0])
+
+    def mark_recorded(self, found: list[tuple[str, int, int, str]]) -> int:
+        """Count queued (meter, seq) readings as mined in (block, tx hash): their own event is on chain, not final."""
+        with self.db:
+            self.db.execute("BEGIN")
+            return sum(int(self.db.execute("UPDATE queue SET tx_hash=?, mined_block=? WHERE meter=? AND seq=?",
+                                           (tx, block, meter.lower(), seq)).rowcount)
+                       for meter, seq, block, tx in found)
+
+    def queued_of(self, meter: str) -> list[QueuedReading]:
+        """A meter's queued readings, by sequence number."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM queue WHERE meter=? ORDER BY seq", (meter.lower(),))
+        return [_row(r) for r in rows.fetchall()]
 
     def unmine_after(self, fork: int, remined: dict[str, int], keep: dict[str, list[tuple[str, int]]] | None = None
                      ) -> int:

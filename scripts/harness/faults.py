@@ -2,13 +2,16 @@
 processes sends readings at accelerated intervals, and the harness reorganises the chain
 (``anvil_reorg``, 1 to 3 blocks deep, at random times), spikes the base fee tenfold
 (``anvil_setNextBlockBaseFeePerGas``), drops the gateway's pending transactions
-(``anvil_dropTransaction``), restarts the node from its state file and kills the gateway with
-SIGKILL. Then every meter's record on the final chain is checked against the meter's own
-(nothing lost, nothing recorded twice, the bill equals a recomputation from the chain's events,
-see ``scripts.harness.chaos.verify``), and the server's index against one rebuilt from the chain.
+(``anvil_dropTransaction``), reorganises and then drops the batch the gateway sends again (so its
+nonce is missing behind later batches), reorganises deeper than ``CONFIRMATIONS`` (final blocks
+replaced: the gateway submits their readings again from its settled journal), restarts the node from
+its state file and kills the gateway with SIGKILL. Then every meter's record on the final chain is
+checked against the meter's own (nothing lost, nothing recorded twice, the bill equals a
+recomputation from the chain's events, see ``scripts.harness.chaos.verify``), and the server's index
+against one rebuilt from the chain.
 
-``CONFIRMATIONS`` is the deepest reorganisation injected, so none replaces a final block.
-"""
+``CONFIRMATIONS`` is the deepest ordinary reorganisation injected; the deep ones go two blocks
+further, and replace final blocks."""
 
 from __future__ import annotations
 
@@ -48,6 +51,10 @@ class FaultConfig:
     max_reorg_depth: int = 3
     fee_spikes: int = 3
     drops: int = 3
+    #: Reorganisations followed by dropping the gateway's next pending transaction (the batch it sends again).
+    resent_drops: int = 2
+    #: Reorganisations ``max_reorg_depth + 2`` deep: final blocks replaced.
+    deep_reorgs: int = 1
     node_restarts: int = 1
     gateway_kills: int = 1
     block_time: float = 1.0
@@ -139,6 +146,18 @@ def _gateway_pending(node: AnvilProcess, gateway: str) -> list[str]:
     return [tx["hash"] for tx in (by_sender.get(gateway.lower()) or {}).values()]
 
 
+def _drop_next(node: AnvilProcess, gateway: str, before: set[str], timeout: float) -> bool:
+    """Drop the first transaction of the gateway's to reach the pool that was not there before."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for tx_hash in _gateway_pending(node, gateway):
+            if tx_hash not in before:
+                node.rpc("anvil_dropTransaction", [tx_hash])
+                return True
+        time.sleep(0.02)
+    return False
+
+
 def run_faults(config: FaultConfig, base: Path | None = None,
                say: Callable[[str], None] = print) -> FaultReport:
     """Run the whole fault scenario on its own Anvil and server; returns the report."""
@@ -178,8 +197,10 @@ def run_faults(config: FaultConfig, base: Path | None = None,
         plan: list[tuple[float, str]] = [(rng.uniform(0.05, 0.15), "node_restart") for _ in range(config.node_restarts)]
         after = 0.2 if config.node_restarts else 0.08
         for kind, count in (("reorg", config.reorgs), ("fee_spike", config.fee_spikes), ("drop", config.drops),
-                            ("gateway_kill", config.gateway_kills)):
-            plan += [(rng.uniform(after if kind == "reorg" else 0.08, 0.85), kind) for _ in range(count)]
+                            ("gateway_kill", config.gateway_kills), ("resent_drop", config.resent_drops),
+                            ("deep_reorg", config.deep_reorgs)):
+            reorganises = kind in ("reorg", "resent_drop", "deep_reorg")
+            plan += [(rng.uniform(after if reorganises else 0.08, 0.85), kind) for _ in range(count)]
         plan.sort()
         t0 = time.monotonic()
         for at, kind in plan:
@@ -188,6 +209,17 @@ def run_faults(config: FaultConfig, base: Path | None = None,
                 depth = rng.randint(1, config.max_reorg_depth)
                 node.rpc("anvil_reorg", [depth, []])
                 faults[f"reorg depth {depth}"] += 1
+            elif kind == "deep_reorg":
+                depth = config.max_reorg_depth + 2
+                node.rpc("anvil_reorg", [depth, []])
+                faults[f"deep reorg depth {depth} (final blocks replaced)"] += 1
+            elif kind == "resent_drop":
+                before = set(_gateway_pending(node, gateway))
+                node.rpc("anvil_reorg", [rng.randint(1, config.max_reorg_depth), []])
+                if _drop_next(node, gateway, before, 15):
+                    faults["reorg, then the batch sent again dropped"] += 1
+                else:
+                    notes.append("no transaction sent again after a reorganisation within 15 s")
             elif kind == "fee_spike":
                 latest: Any = node.rpc("eth_getBlockByNumber", ["latest", False])
                 base_fee = max(int(latest["baseFeePerGas"], 16), GWEI // 10)

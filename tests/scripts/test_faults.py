@@ -1,5 +1,6 @@
-"""The real-network fault run in its quick form, on Anvil with a block a second: reorganisations,
-a fee spike, a dropped pending transaction, a node restart and a gateway SIGKILL; nothing lost,
+"""The real-network fault run in its quick form, on Anvil with a block a second: reorganisations
+(one followed by dropping the batch the gateway sends again, one deeper than CONFIRMATIONS), a fee
+spike, a dropped pending transaction, a node restart and a gateway SIGKILL; nothing lost,
 nothing duplicated, every bill as the chain's events make it, the index as a fresh reindex."""
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_fault_run_on_a_reorganising_chain_loses_and_duplicates_nothing(tmp_path):
-    report = run_faults(FaultConfig(meters=3, readings=30, reorgs=2, fee_spikes=1, drops=1), base=tmp_path,
-                        say=lambda _: None)
-    assert sum(n for kind, n in report.faults.items() if kind.startswith("reorg")) == 2
+    report = run_faults(FaultConfig(meters=3, readings=30, reorgs=2, fee_spikes=1, drops=1, resent_drops=1,
+                                    deep_reorgs=1), base=tmp_path, say=lambda _: None)
+    assert sum(n for kind, n in report.faults.items() if kind.startswith("reorg depth")) == 2
+    assert report.faults["reorg, then the batch sent again dropped"] == 1, report.notes
+    assert sum(n for kind, n in report.faults.items() if kind.startswith("deep reorg")) == 1
     assert report.faults["gateway SIGKILL"] == 1 and report.faults["node restart from its state file"] == 1
     assert report.faults["fee spike x10"] == 1 and report.faults["pending transaction dropped"] == 1, report.notes
     assert report.lost == 0 and report.duplicated == 0, report.summary()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -16,15 +18,17 @@ from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
 from common.billing import Billing
-from common.chain import ChainClient
+from common.chain import AsyncChainClient, ChainClient
 from common.devchain import AnvilProcess, free_port
-from common.eip712 import ReadingData, sign_login
+from common.eip712 import ReadingData, sign_login, sign_reading
 from common.events import unpack_record
 from common.messages import Ack, Auth, Bill, encode
 from common.settings import Settings
 from common.tls import client_context
 from meters.link import MeterLink, signed_reading
 from server.app import ServerApp
+from server.batcher import Batcher
+from server.store import Store
 from tests.server.test_gateway import next_of
 from tests.server.test_index_rollback import rows
 
@@ -193,3 +197,129 @@ async def test_the_index_after_reorganisations_equals_one_rebuilt_from_the_chain
     copy.close()
     await link.close()
     assert head > 0
+
+
+def gateway_pending(anvil: AnvilProcess, gateway: str) -> list[str]:
+    """Hashes of the gateway's transactions waiting in the node's pool."""
+    pool: Any = anvil.rpc("txpool_content")
+    mine = {k.lower(): v for k, v in (pool.get("pending") or {}).items()}.get(gateway.lower()) or {}
+    return [tx["hash"] for tx in mine.values()]
+
+
+async def until_pending(anvil: AnvilProcess, gateway: str, timeout: float, skip: tuple[str, ...] = ()) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [h for h in gateway_pending(anvil, gateway) if h not in skip]
+        if found:
+            return found
+        assert time.monotonic() < deadline, "no transaction of the gateway's reached the node's pool"
+        await asyncio.sleep(0.02)
+
+
+def head_of(anvil: AnvilProcess) -> int:
+    return int(anvil.rpc("eth_blockNumber"), 16)  # type: ignore[arg-type]
+
+
+async def final_bill(link: MeterLink, seq: int, timeout: float) -> Bill:
+    deadline = time.monotonic() + timeout
+    while True:
+        bill = await next_of(link, Bill, timeout=max(0.1, deadline - time.monotonic()))
+        if bill.seq == seq and bill.final:
+            return bill
+
+
+async def test_a_reorganisation_that_removes_a_re_sent_batchs_nonce_loses_nothing_and_the_next_batch_follows_at_once(
+        anvil_meter, anvil_billing, reorg_settings, anvil_deployment, anvil: AnvilProcess):
+    # Production's replacement timer: what the test sees mined must come from filling the gap, not from the timer.
+    settings = reorg_settings.replace(tx_replace_after=60.0)
+    app = await ServerApp.start(settings, anvil_deployment)
+    gateway = Account.from_key(settings.gateway_key).address
+    meter = anvil_meter()
+    link = MeterLink(settings.server_url, client_context(settings.ca_cert_path), meter.key, anvil_deployment.domain)
+    try:
+        await asyncio.wait_for(app.relay.caught_up.wait(), timeout=60)
+        await link.connect()
+        now = int(time.time())
+        await link.send_reading(ReadingData(meter.address, 1, now - 60, 10_100))
+        await next_of(link, Ack)
+        provisional = await next_of(link, Bill, timeout=30)
+        anvil.rpc("evm_setIntervalMining", [0])  # the node mines only when told: every step below is deterministic
+        try:
+            rollbacks = app.batcher.rollbacks
+            anvil.rpc("anvil_reorg", [head_of(anvil) - provisional.block + 1, []])
+            deadline = time.monotonic() + 10
+            while app.batcher.rollbacks == rollbacks:
+                if time.monotonic() > deadline:
+                    anvil.rpc("evm_mine")  # an empty block on top tells the relay of the new chain
+                    deadline = time.monotonic() + 10
+                await asyncio.sleep(0.05)
+            # The gateway sent the vanished batch again with its nonce; the node forgets it.
+            resent = await until_pending(anvil, gateway, 30)
+            for tx_hash in resent:
+                anvil.rpc("anvil_dropTransaction", [tx_hash])
+            assert gateway_pending(anvil, gateway) == []
+            # A later reading of the same meter goes out in the next batch, behind the missing nonce.
+            await link.send_reading(ReadingData(meter.address, 2, now - 30, 10_200))
+            await next_of(link, Ack)
+            await until_pending(anvil, gateway, 30)
+        finally:
+            anvil.rpc("evm_setIntervalMining", [1])
+        resumed = head_of(anvil)
+        second = await final_bill(link, 2, 60)
+        # The gap was filled with the vanished batch at once: not after TX_REPLACE_AFTER (60 blocks here).
+        assert second.block - resumed <= 12, f"the next batch waited {second.block - resumed} blocks"
+        assert recorded(anvil_billing, meter.address) == [1, 2], "a reading was lost, reordered or recorded twice"
+        await until(lambda: app.store.count() == 0, 30, "the queue to empty")
+    finally:
+        anvil.rpc("evm_setIntervalMining", [1])
+        await link.close()
+        await app.stop()
+
+
+async def test_a_reorganisation_deeper_than_confirmations_submits_the_vanished_final_readings_again(
+        anvil_server, anvil_meter, anvil_billing, reorg_settings, anvil_deployment, anvil: AnvilProcess):
+    meter = anvil_meter()
+    link = MeterLink(reorg_settings.server_url, client_context(reorg_settings.ca_cert_path), meter.key,
+                     anvil_deployment.domain)
+    await link.connect()
+    now = int(time.time())
+    for seq in (1, 2):
+        await link.send_reading(ReadingData(meter.address, seq, now - 180 + 60 * seq, 10_000 + 100 * seq))
+        await next_of(link, Ack)
+    first = await final_bill(link, 2, 60)
+    await until(lambda: anvil_server.store.count() == 0, 20, "the final readings to leave the queue")
+    assert anvil_server.store.settled_count() >= 2, "final readings are not kept for a deep reorganisation"
+    depth = head_of(anvil) - first.block + 1
+    assert depth > reorg_settings.finality_depth
+    anvil.rpc("anvil_reorg", [depth, []])  # deeper than CONFIRMATIONS: final blocks replaced
+    assert anvil.rpc("eth_getTransactionByHash", [first.tx_hash]) is None
+    again = await final_bill(link, 2, 90)
+    assert again.block != first.block or again.tx_hash != first.tx_hash
+    assert recorded(anvil_billing, meter.address) == [1, 2], "the vanished final readings were not submitted again"
+    assert anvil_server.batcher.deep_resubmitted >= 1
+    await link.close()
+
+
+async def test_a_reading_is_not_taken_as_recorded_because_a_later_one_of_its_meter_is(
+        anvil_meter, anvil_billing, reorg_settings, anvil_deployment, anvil: AnvilProcess, caplog):
+    caplog.set_level(logging.INFO)
+    meter = anvil_meter()
+    now = int(time.time())
+    earlier, later = (ReadingData(meter.address, seq, now - 180 + 60 * seq, 10_000 + 100 * seq) for seq in (1, 2))
+    signed = [(d, sign_reading(meter.key, anvil_deployment.domain, d)) for d in (earlier, later)]
+    anvil_billing.submit_readings([signed[1]])  # only the later one reaches the chain
+    final_after = head_of(anvil) + reorg_settings.finality_depth
+    while head_of(anvil) < final_after:
+        await asyncio.sleep(0.2)
+    store = Store(reorg_settings.data_dir / "queue.db")
+    store.put([(d, sig, d.timestamp - 60) for d, sig in signed], {})
+    chain = AsyncChainClient(reorg_settings, anvil_deployment, reorg_settings.gateway_key)
+    batcher = Batcher(chain, store, lambda: chain, 100, 0.05)
+    try:
+        await batcher.reconcile()
+        # The later reading left on its own final event; the earlier one is not on chain and stays.
+        assert [r.data.seq for r in store.queued_of(meter.address)] == [1]
+        assert "readings_overtaken" in caplog.text
+    finally:
+        await chain.close()
+        store.close()

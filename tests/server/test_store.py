@@ -4,9 +4,10 @@ written by the previous version is set aside cleanly rather than submitted."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from common.eip712 import ReadingData
-from server.store import SCHEMA_VERSION, Store
+from server.store import SCHEMA_VERSION, SettledTx, Store
 from server.validation import Cursor
 
 METER = "0x" + "ab" * 20
@@ -96,3 +97,43 @@ def test_the_count_follows_other_processes_and_the_mined_block_is_read_back(tmp_
     assert worker.count() == 5
     store.close()
     worker.close()
+
+
+def test_final_readings_are_kept_with_their_transaction_and_a_deep_reorganisation_takes_them_back(tmp_path):
+    store = Store(tmp_path / "queue.sqlite")
+    readings = [(ReadingData(METER, seq, 1_000 + seq, 9_000 + seq, 0), "0x" + "11" * 65, 900) for seq in (1, 2, 3)]
+    store.put(readings, {})
+    store.mark_mined([(METER, 1), (METER, 2)], "0xaa", 10)
+    store.mark_mined([(METER, 3)], "0xbb", 11)
+    txs = [SettledTx("0xaa", 7, 100_000, b"\x01\x02", 10), SettledTx("0xbb", 8, 90_000, b"\x03", 11)]
+    assert store.remove_final(11, txs, keep_since=0.0) == 3
+    assert store.count() == 0 and store.settled_count() == 3
+    # Blocks after 9 replaced; the new chain holds 0xbb again (in block 12), not 0xaa.
+    reopened, orphans = store.reopen_after(9, {"0xbb": 12})
+    assert orphans == []
+    assert [(tx.tx_hash, tx.nonce, tx.gas, tx.data, sorted(rs)) for tx, rs in reopened] == \
+        [("0xaa", 7, 100_000, b"\x01\x02", [(METER, 1), (METER, 2)])]
+    # Back in the queue in flight with their transaction (not pending: it is sent again as it was).
+    assert store.count() == 2 and store.pending(10) == []
+    assert {(q.data.seq, q.tx_hash) for q in store.queued_of(METER)} == {(1, "0xaa"), (2, "0xaa")}
+    assert store.settled_count() == 1  # the remined one stays settled, at its new block
+    store.close()
+
+
+def test_the_settled_journal_keeps_only_its_window_and_keeps_nothing_without_one(tmp_path):
+    store = Store(tmp_path / "queue.sqlite")
+    store.put([(ReadingData(METER, 1, 1_001, 9_001, 0), "0x" + "11" * 65, 900)], {})
+    store.mark_mined([(METER, 1)], "0xaa", 10)
+    store.remove_final(10, [SettledTx("0xaa", 1, 1, b"", 10)], keep_since=0.0)
+    assert store.settled_count() == 1
+    store.put([(ReadingData(METER, 2, 1_002, 9_002, 0), "0x" + "11" * 65, 1_001)], {})
+    store.mark_mined([(METER, 2)], "0xbb", 11)
+    store.remove_final(11, [], keep_since=time.time() + 1)  # everything settled before now is past the window
+    assert store.settled_count() == 0
+    store.put([(ReadingData(METER, 3, 1_003, 9_003, 0), "0x" + "11" * 65, 1_002)], {})
+    store.mark_mined([(METER, 3)], "0xcc", 12)
+    store.remove_final(12, [SettledTx("0xcc", 3, 1, b"", 12)], keep_since=None)
+    assert store.settled_count() == 0 and store.count() == 0
+    reopened, orphans = store.reopen_after(0, {})
+    assert reopened == [] and orphans == []
+    store.close()
