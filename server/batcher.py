@@ -37,9 +37,9 @@ the node forgot is sent again too, so the next batch is mined within a few block
 
 Nothing is inferred from a higher sequence number: a reading leaves the queue only when its own
 ``ReadingRecorded`` (or ``ReadingRejected``) event is final. After a failure or a restart the
-batcher looks each queued reading up in the meter's ``ReadingRecorded`` events: found in a final
-block, it leaves; found in a block not final yet, it counts as mined there, with its transaction
-rebuilt from the chain so that it can be sent again should that block be replaced; not found, it
+batcher looks each queued reading up in the meter's ``ReadingRecorded`` events: found, it counts
+as mined in its block (and leaves with the next final block, as every mined reading), with its
+transaction rebuilt from the chain so that it can be sent again should that block be replaced; not found, it
 is submitted (and one whose meter's chain is past it already is logged at error level, by meter
 and sequence number: the contract will refuse it as stale). On start, transactions of a previous
 run still pending are waited for (or cancelled) before anything is sent.
@@ -394,7 +394,7 @@ class Batcher:
         before = self.store.count()
         self._early_unfinal = await self._drop_recorded(self.chain, self.store, set(self.store.queued_meters()))
         log_event(log, "queue_reconciled", queued=self.store.count(), reset=reset,
-                  already_on_chain=before - self.store.count(), on_chain_not_final=len(self._early_unfinal))
+                  already_on_chain=before - self.store.count() + self.store.mined_count())
 
     async def run(self) -> None:
         """Submit batches until stopped, ``pipeline`` at a time, in the senders' own thread."""
@@ -638,10 +638,10 @@ class Batcher:
 
     async def _drop_recorded(self, chain: AsyncChainClient, store: Store, meters: set[str]
                              ) -> list[tuple[SentTransaction, int, list[tuple[str, int]]]]:
-        """Settle the queued readings of ``meters`` against their own ``ReadingRecorded`` events: in a final block
-        they leave the queue; in a block not final yet they count as mined there, and their transactions are
-        returned (rebuilt from the chain) to be sent again should that block be replaced; readings of a meter whose
-        chain is past them without their own event are logged as overtaken."""
+        """Settle the queued readings of ``meters`` against their own ``ReadingRecorded`` events: found, they count
+        as mined in their block (and leave with the next final block, into the settled journal), and their
+        transactions are returned (rebuilt from the chain) to be sent again should that block be replaced; readings
+        of a meter whose chain is past them without their own event are logged as overtaken."""
         head = int(await chain.request("eth_blockNumber", []), 16)
         final = head - self.confirmations
         unfinal: dict[str, tuple[SentTransaction, int, list[tuple[str, int]]]] = {}
@@ -673,7 +673,7 @@ class Batcher:
                     key = (meter, reading.data.seq)
                     if key not in found:
                         overtaken.append(key)
-                    elif found[key][0] <= final or not self.confirmations:
+                    elif not self.confirmations:
                         done.append(key)
                     else:
                         mined.append((*key, *found[key]))
@@ -681,6 +681,8 @@ class Batcher:
                 store.remove_many(done)
                 log_event(log, "already_on_chain", readings=len(done), which=_listed(done))
             if mined:
+                # Final or not, they count as mined in their block: the relay's next word of a final block moves
+                # them to the settled journal with their transactions, as every final reading.
                 store.mark_recorded(mined)
                 for meter, seq, block, tx_hash in mined:
                     entry = unfinal.get(tx_hash)
@@ -690,8 +692,8 @@ class Batcher:
                             continue
                         entry = unfinal[tx_hash] = (tx, block, [])
                     entry[2].append((meter, seq))
-                log_event(log, "on_chain_not_final", readings=len(mined), which=_listed([m[:2] for m in mined]),
-                          transactions=len({m[3] for m in mined}))
+                log_event(log, "already_on_chain", readings=len(mined), which=_listed([m[:2] for m in mined]),
+                          final=sum(1 for m in mined if m[2] <= final), transactions=len({m[3] for m in mined}))
             if overtaken:
                 log_event(log, "readings_overtaken", logging.ERROR, readings=len(overtaken), which=_listed(overtaken),
                           reason="the chain holds later readings of these meters but not these: the contract will "

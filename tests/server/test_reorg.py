@@ -317,8 +317,12 @@ async def test_a_reading_is_not_taken_as_recorded_because_a_later_one_of_its_met
     batcher = Batcher(chain, store, lambda: chain, 100, 0.05)
     try:
         await batcher.reconcile()
-        # The later reading left on its own final event; the earlier one is not on chain and stays.
-        assert [r.data.seq for r in store.queued_of(meter.address)] == [1]
+        # The later reading counts as mined in the block of its own event (it leaves with the next final block);
+        # the earlier one is not on chain: it stays pending, to be submitted, and the log says so.
+        (block,) = [e.blockNumber for e in anvil_billing.contract.events.ReadingRecorded().get_logs(
+            from_block=anvil_deployment.block, argument_filters={"meter": meter.address})]
+        assert store.mined_block(meter.address, 2) == block
+        assert store.mined_block(meter.address, 1) is None and [r.data.seq for r in store.pending(10)] == [1]
         assert "readings_overtaken" in caplog.text
     finally:
         await chain.close()
