@@ -101,7 +101,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> 
         homes.read(now)
         a, b, c, d = (k.address for k in keys)
         settled = dr.create_event("dfs", Terms(start, HOUR, 1_800, Signal.LEVEL, 2, RATE), regions=[REGION])
-        dr.opt_out(settled, d, sign_optout(bytes(keys[3].key), deployment.demand_response_domain, settled))
+        settled_terms = Terms(start, HOUR, 1_800, Signal.LEVEL, 2, RATE)
+        dr.opt_out(settled, d, 0, sign_optout(bytes(keys[3].key), deployment.demand_response_domain, settled, 0,
+                                              settled_terms))
         cancelled = dr.create_event("dfs", Terms(start + DAY, HOUR, 0, Signal.LEVEL, 3, RATE), meters=[a, b, c])
         dr.cancel_event(cancelled)  # its day stays a baseline day of the next event
         changed = dr.create_event("dfs", Terms(start + 2 * DAY + 1_800, 2 * HOUR, 0, Signal.LEVEL, 1, RATE),
