@@ -50,6 +50,9 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     monkeypatch.setenv("DEPLOYMENTS_DIR", str(base_settings.deployments_dir))
     assert command.main(["verify"]) == 0
     assert "2 credits checked against the chain: all agree" in capsys.readouterr().out
+    assert command.main(["events"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"event {scene.event_id} "))
+    assert "; 1 opted out, 2 credited, " in listed
     assert command.main(["show", str(scene.event_id)]) == 0
     table = capsys.readouterr().out.splitlines()
     row_a = next(line for line in table if line.startswith(a.address))
