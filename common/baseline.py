@@ -14,7 +14,9 @@ in-day adjustment):
    same days' mean over those hours, scaled to the window's length (none when the readings do not cover
    those hours). It corrects for a day colder or emptier than usual; the hour before the start is left
    out because households prepare for an event then (pre-heating, charging early).
-5. Baseline Wh: the adjusted mean rounded down, never below 0; the reduction is baseline minus actual,
+5. Baseline Wh: the adjusted mean rounded down, never below 0 and never above what the supply can deliver
+   over the window (``credit_bound_wh``: the billing contract's ``maxPowerW`` for the window's length, rounded
+   down; the DemandResponse contract refuses a larger baseline); the reduction is baseline minus actual,
    none when actual is higher.
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "measure",
     "baseline",
     "half_hour_baseline",
+    "credit_bound_wh",
 ]
 
 BASELINE_DAYS = 10
@@ -76,6 +79,11 @@ class _Usage:
         return sum(self.by_period.get(p, 0) for p in range(start // PERIOD_SECONDS, end // PERIOD_SECONDS))
 
 
+def credit_bound_wh(max_power_w: int, start: int, end: int) -> int:
+    """The most energy (Wh) the supply can deliver in [start, end) at ``max_power_w``: the bound on a baseline."""
+    return max_power_w * (end - start) // 3600
+
+
 def half_hourly(opening: tuple[int, int], readings: Iterable[tuple[int, int]]) -> _Usage:
     """Import Wh per UTC half hour from the opening (time, register) and readings (time, register) in order."""
     by_period: dict[int, int] = {}
@@ -91,7 +99,8 @@ def _overlaps(start: int, end: int, busy: Sequence[tuple[int, int]]) -> bool:
     return any(s < end and start < e for s, e in busy)
 
 
-def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[int, int]]) -> Measurement:
+def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[int, int]],
+            cap_wh: int | None = None) -> Measurement:
     """Baseline and actual Wh of the window [start, end) by the method above.
 
     Args:
@@ -99,6 +108,7 @@ def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[i
         start, end: the event's active period, on half-hour boundaries.
         event_windows: the active periods of every demand-response event not cancelled (days in
             which one was active are not baseline days).
+        cap_wh: the most a baseline may be (``credit_bound_wh``); None: no bound.
 
     Raises:
         ValueError: the readings do not cover the event's window (it cannot be measured yet).
@@ -106,12 +116,12 @@ def measure(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[i
     actual = usage.energy(start, end)
     if actual is None:
         raise ValueError(f"the readings do not cover the window {start}-{end} yet")
-    baseline_wh, days = baseline(usage, start, end, event_windows)
+    baseline_wh, days = baseline(usage, start, end, event_windows, cap_wh)
     return Measurement(baseline_wh, actual, days)
 
 
-def baseline(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[int, int]]
-             ) -> tuple[int | None, tuple[int, ...]]:
+def baseline(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[int, int]],
+             cap_wh: int | None = None) -> tuple[int | None, tuple[int, ...]]:
     """The baseline Wh of the window [start, end) (None with too few days) and the days it used (steps 2-5).
 
     Needs no reading in the window itself, so it gives an active event's baseline too.
@@ -141,7 +151,8 @@ def baseline(usage: _Usage, start: int, end: int, event_windows: Sequence[tuple[
         event_day = usage.energy(adj_start, adj_end)
         assert event_day is not None
         mean += (event_day - Fraction(adj_total, len(days))) * Fraction(end - start, ADJUSTMENT_SECONDS)
-    return max(0, int(mean // 1)), tuple(days)
+    wh = max(0, int(mean // 1))
+    return (wh if cap_wh is None else min(wh, cap_wh)), tuple(days)
 
 
 def half_hour_baseline(usage: _Usage, start: int, days: Sequence[int], total_wh: int, periods: int) -> list[int]:

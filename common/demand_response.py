@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from eth_utils import to_checksum_address
 
-from common.baseline import Measurement, baseline, half_hour_baseline, half_hourly, measure
+from common.baseline import Measurement, baseline, credit_bound_wh, half_hour_baseline, half_hourly, measure
 from common.billing import Billing, from_text32, text32
 from common.chain import LOG_CHUNK_BLOCKS, ChainClient, ErrorDecoder
 from common.deployment import Deployment
@@ -45,11 +45,13 @@ __all__ = [
 
 
 class Participation(enum.IntEnum):
-    """A meter's part in an event: none recorded yet, opted out, credited."""
+    """A meter's part in an event's current terms: none recorded yet (an opt-out of older terms has lapsed),
+    opted out, credited, withdrew its opt-out."""
 
     NONE = 0
     OPTED_OUT = 1
     CREDITED = 2
+    WITHDRAWN = 3
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,11 @@ class DemandResponse:
         return int(self.contract.events.DemandResponseEvent().process_receipt(receipt)[0].args.id)
 
     def modify_event(self, event_id: int, terms: Terms) -> Any:
-        """Change an event's terms before it starts (grid operator key)."""
-        call = self.contract.functions.modifyEvent(event_id, terms.as_struct())
+        """Change an event's terms before it starts (grid operator key); the contract is given the event's target
+        lists as its creation log has them."""
+        created = self._created(event_id)
+        call = self.contract.functions.modifyEvent(event_id, terms.as_struct(), list(created.args.regions),
+                                                   list(created.args.meters))
         return self.client.transact(self.settings.grid_operator_key, call)
 
     def cancel_event(self, event_id: int) -> Any:
@@ -129,9 +134,12 @@ class DemandResponse:
         return self.client.transact(self.settings.grid_operator_key, self.contract.functions.cancelEvent(event_id))
 
     # anyone, with the meter's signature (the gateway pays)
-    def opt_out(self, event_id: int, meter: str, signature: str, key: str | None = None) -> Any:
-        """Relay a meter's signed opt-out (paid by ``key``, the gateway's by default)."""
-        call = self.contract.functions.optOut(event_id, to_checksum_address(meter), bytes.fromhex(signature[2:]))
+    def opt_out(self, event_id: int, meter: str, modification: int, signature: str, key: str | None = None,
+                *, withdrawal: bool = False) -> Any:
+        """Relay a meter's signed opt-out of the event's terms at ``modification`` (or, ``withdrawal``, its
+        withdrawal), paid by ``key``, the gateway's by default."""
+        fn = self.contract.functions.withdrawOptOut if withdrawal else self.contract.functions.optOut
+        call = fn(event_id, to_checksum_address(meter), modification, bytes.fromhex(signature[2:]))
         return self.client.transact(key or self.settings.gateway_key, call)
 
     # settler
@@ -145,12 +153,16 @@ class DemandResponse:
         """Every event's id, oldest first."""
         return list(range(1, int(self.contract.functions.eventCount().call()) + 1))
 
+    def _created(self, event_id: int) -> Any:
+        """The event's creation log (``DemandResponseEvent`` of modification 0), which holds its target."""
+        logs = self.contract.events.DemandResponseEvent().get_logs(
+            from_block=self.deployment.block, argument_filters={"id": event_id})
+        return next(e for e in logs if int(e.args.modification) == 0)
+
     def event(self, event_id: int) -> DrEvent:
         """An event's current terms, status and target."""
         terms, programme, modification, notice_at, status = self.contract.functions.eventOf(event_id).call()
-        created = self.contract.events.DemandResponseEvent().get_logs(
-            from_block=self.deployment.block, argument_filters={"id": event_id})
-        first = next(e for e in created if int(e.args.modification) == 0)
+        first = self._created(event_id)
         return DrEvent(event_id, from_text32(programme), int(modification), int(notice_at), Terms.from_struct(terms),
                        Status(int(status)), tuple(from_text32(r) for r in first.args.regions),
                        tuple(to_checksum_address(m) for m in first.args.meters))
@@ -160,6 +172,18 @@ class DemandResponse:
         if event.meters:
             return list(event.meters)
         return [m for m in self.billing.meters() if self.billing.meter(m).region in event.regions]
+
+    def signed_terms(self, event_id: int) -> tuple[int, Terms, Status] | None:
+        """What an opt-out of the event signs now: its modification number and terms (and its status); None when
+        there is no such event."""
+        if not 1 <= event_id <= int(self.contract.functions.eventCount().call()):
+            return None
+        terms, _, modification, _, status = self.contract.functions.eventOf(event_id).call()
+        return int(modification), Terms.from_struct(terms), Status(int(status))
+
+    def max_power_w(self) -> int:
+        """The plausibility bound on supply power (W) that bounds every baseline (the billing contract's)."""
+        return int(self.contract.functions.maxPowerW().call())
 
     def terms_of(self, event_id: int) -> tuple[Terms, Status, str]:
         """An event's current terms, status and programme (one call, no logs)."""
@@ -179,10 +203,10 @@ class DemandResponse:
         return int(self.contract.functions.creditOf(to_checksum_address(meter), period_id).call())
 
     def opted_out(self, event_id: int) -> set[str]:
-        """The meters that opted out of an event (from ``OptedOut`` logs)."""
-        logs = self.contract.events.OptedOut().get_logs(from_block=self.deployment.block,
-                                                        argument_filters={"eventId": event_id})
-        return {to_checksum_address(e.args.meter) for e in logs}
+        """The meters opted out of an event's current terms (from its ``OptedOut`` and ``OptOutWithdrawn`` logs
+        of its current modification)."""
+        event = self.book().events.get(event_id)
+        return set() if event is None else {to_checksum_address(m) for m in event.opted_out}
 
     def credits(self, event_id: int | None = None, meter: str | None = None) -> list[CreditRecord]:
         """Every credit recorded (``CreditApplied`` logs), for one event or all, one meter or all."""
@@ -235,13 +259,14 @@ def measure_event(dr: DemandResponse, event: DrEvent) -> list[MeterResponse]:
     """Every targeted meter's response to a completed event, from the chain alone."""
     windows = dr.windows()
     opted = dr.opted_out(event.id)
+    cap = credit_bound_wh(dr.max_power_w(), event.terms.start, event.terms.end)
     out = []
     for meter in dr.targeted(event):
         if meter in opted:
             out.append(MeterResponse(meter, True, None))
             continue
         try:
-            m = measure(_usage(dr.billing, meter), event.terms.start, event.terms.end, windows)
+            m = measure(_usage(dr.billing, meter), event.terms.start, event.terms.end, windows, cap)
         except ValueError:
             m = None
         out.append(MeterResponse(meter, False, m))
@@ -290,6 +315,7 @@ def meter_windows(dr: DemandResponse, meter: str, start: int, end: int) -> list[
     if not chosen:
         return []
     credits = {c.event_id: c for c in dr.credits(meter=meter)}
+    max_power_w = dr.max_power_w()
     usage = None
     out = []
     for i in chosen:
@@ -300,7 +326,8 @@ def meter_windows(dr: DemandResponse, meter: str, start: int, end: int) -> list[
             continue
         if usage is None:
             usage = _usage(dr.billing, meter)
-        out.append(_measured_window(i, programme, t, status, usage, windows, credits.get(i)))
+        out.append(_measured_window(i, programme, t, status, usage, windows, credits.get(i),
+                                    credit_bound_wh(max_power_w, t.start, t.end)))
     return out
 
 
@@ -311,9 +338,9 @@ def _window_only(event_id: int, programme: str, terms: Terms, status: Status, op
 
 
 def _measured_window(event_id: int, programme: str, terms: Terms, status: Status, usage: Any,
-                     windows: Sequence[tuple[int, int]], credit: CreditRecord | None) -> MeterWindow:
+                     windows: Sequence[tuple[int, int]], credit: CreditRecord | None, cap_wh: int) -> MeterWindow:
     """An active or completed event's window: the credited baseline, or one computed now (provisional)."""
-    computed, days = baseline(usage, terms.start, terms.end, windows)
+    computed, days = baseline(usage, terms.start, terms.end, windows, cap_wh)
     kind: str | None = "credited"
     base: int | None = credit.baseline_wh if credit else computed
     actual: int | None = credit.actual_wh if credit else usage.energy(terms.start, terms.end)

@@ -1,8 +1,9 @@
 """Every demand-response event, opt-out and credit as the DemandResponse contract's logs tell them: pure, no I/O.
 
 An ``EventBook`` is fed the contract's decoded events in chain order (``DemandResponseEvent``,
-``DemandResponseCancelled``, ``OptedOut``, ``CreditApplied``) and holds each event's current terms, target,
-cancellation, the meters that opted out and each meter's credit. The server's demand-response relay keeps
+``DemandResponseCancelled``, ``OptedOut``, ``OptOutWithdrawn``, ``CreditApplied``) and holds each event's current
+terms, target, cancellation, the meters opted out of its current terms (an opt-out is signed for one
+modification: a change lapses it) and each meter's credit. The server's demand-response relay keeps
 one current as blocks become final; the API builds one from a single read of the contract's logs rather
 than several calls per event and meter.
 """
@@ -41,8 +42,10 @@ class BookedEvent:
     #: Listed meters, lower case (empty when the event targets regions).
     meters: frozenset[str]
     cancelled: bool = False
-    #: Meters that opted out, lower case.
+    #: Meters opted out of the current terms, lower case.
     opted_out: set[str] = field(default_factory=set)
+    #: Meters that withdrew their opt-out of the current terms (they cannot opt out of them again), lower case.
+    withdrawn: set[str] = field(default_factory=set)
     #: Lower-case meter -> its credit.
     credits: dict[str, BookedCredit] = field(default_factory=dict)
 
@@ -74,17 +77,24 @@ class EventBook:
                 frozenset(from_text32(r) for r in args["regions"]) if old is None else old.regions,
                 frozenset(m.lower() for m in args["meters"]) if old is None else old.meters,
             )
-            if old is not None:  # a change keeps its target, opt-outs and credits
-                booked.opted_out, booked.credits = old.opted_out, old.credits
+            if old is not None:  # a change keeps its target and credits; opt-outs of the old terms lapse
+                booked.credits = old.credits
             self.events[event_id] = booked
             return booked
         if name == "DemandResponseCancelled":
             booked = self.events[int(args["id"])]
             booked.cancelled, booked.modification = True, int(args["modification"])
             return booked
-        if name == "OptedOut":
+        if name in ("OptedOut", "OptOutWithdrawn"):
             booked = self.events[int(args["eventId"])]
-            booked.opted_out.add(args["meter"].lower())
+            if int(args["modification"]) == booked.modification:  # always, in chain order
+                meter = args["meter"].lower()
+                if name == "OptedOut":
+                    if meter not in booked.withdrawn:  # a withdrawal (told at once by the relayer) is final
+                        booked.opted_out.add(meter)
+                else:
+                    booked.opted_out.discard(meter)
+                    booked.withdrawn.add(meter)
             return booked
         if name == "CreditApplied":
             booked = self.events[int(args["eventId"])]

@@ -1,4 +1,5 @@
-"""The EIP-712 types meters sign: readings and demand-response opt-outs (checked on chain) and login challenges.
+"""The EIP-712 types meters sign: readings, demand-response opt-outs and their withdrawals (checked on chain) and
+login challenges.
 
 One definition, imported by the meters (to sign), the gateway (to check before paying gas)
 and the tests. The domain binds every signature to one chain and one deployment, so a reading
@@ -15,12 +16,16 @@ from coincurve import PublicKey
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
+from common.dr_terms import Terms
+
 __all__ = [
     "DOMAIN_NAME",
     "DOMAIN_VERSION",
     "READING_TYPES",
     "LOGIN_TYPES",
+    "TERMS_TYPE",
     "OPT_OUT_TYPES",
+    "OPT_OUT_WITHDRAWAL_TYPES",
     "DEMAND_RESPONSE_DOMAIN_NAME",
     "Domain",
     "optout_digest",
@@ -57,13 +62,26 @@ LOGIN_TYPES: dict[str, list[dict[str, str]]] = {
     ]
 }
 
-#: A meter's opt-out of a demand-response event, signed under the DemandResponse contract's domain.
-OPT_OUT_TYPES: dict[str, list[dict[str, str]]] = {
-    "OptOut": [
-        {"name": "meter", "type": "address"},
-        {"name": "eventId", "type": "uint64"},
-    ]
-}
+#: A demand-response event's terms, as an opt-out signs them.
+TERMS_TYPE: list[dict[str, str]] = [
+    {"name": "start", "type": "uint32"},
+    {"name": "duration", "type": "uint32"},
+    {"name": "rampUp", "type": "uint32"},
+    {"name": "signalKind", "type": "uint8"},
+    {"name": "signalValue", "type": "uint32"},
+    {"name": "creditRate", "type": "uint32"},
+]
+_OPT_OUT_FIELDS: list[dict[str, str]] = [
+    {"name": "meter", "type": "address"},
+    {"name": "eventId", "type": "uint64"},
+    {"name": "modification", "type": "uint32"},
+    {"name": "terms", "type": "Terms"},
+]
+#: A meter's opt-out of a demand-response event's terms (its id, modification number and terms), signed under
+#: the DemandResponse contract's domain: a change of the event lapses it, and it never fits another event.
+OPT_OUT_TYPES: dict[str, list[dict[str, str]]] = {"OptOut": _OPT_OUT_FIELDS, "Terms": TERMS_TYPE}
+#: A meter's withdrawal of its opt-out of an event's terms, signed the same way.
+OPT_OUT_WITHDRAWAL_TYPES: dict[str, list[dict[str, str]]] = {"OptOutWithdrawal": _OPT_OUT_FIELDS, "Terms": TERMS_TYPE}
 
 DEMAND_RESPONSE_DOMAIN_NAME = "DemandResponse"
 
@@ -74,7 +92,11 @@ _READING_TYPEHASH = keccak(
     text="Reading(address meter,uint64 seq,uint64 timestamp,uint64 energyWh,uint64 exportWh)"
 )
 _LOGIN_TYPEHASH = keccak(text="Login(address meter,bytes32 nonce)")
-_OPT_OUT_TYPEHASH = keccak(text="OptOut(address meter,uint64 eventId)")
+_TERMS_TYPE = "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+_TERMS_TYPEHASH = keccak(text=_TERMS_TYPE)
+_OPT_OUT_TYPEHASH = keccak(text="OptOut(address meter,uint64 eventId,uint32 modification,Terms terms)" + _TERMS_TYPE)
+_OPT_OUT_WITHDRAWAL_TYPEHASH = keccak(
+    text="OptOutWithdrawal(address meter,uint64 eventId,uint32 modification,Terms terms)" + _TERMS_TYPE)
 
 
 @lru_cache(maxsize=65_536)
@@ -239,20 +261,36 @@ def recover_login_signer(domain: Domain, meter: str, nonce: bytes, signature: st
         return None
 
 
-def optout_digest(domain: Domain, meter: str, event_id: int) -> bytes:
-    """The EIP-712 digest of a meter's opt-out of event ``event_id`` (as DemandResponse computes it)."""
-    struct_hash = keccak(_OPT_OUT_TYPEHASH + _address_word(meter) + _word(event_id))
+def _terms_message(terms: Terms) -> dict[str, int]:
+    return {"start": terms.start, "duration": terms.duration, "rampUp": terms.ramp_up,
+            "signalKind": int(terms.signal_kind), "signalValue": terms.signal_value, "creditRate": terms.credit_rate}
+
+
+def optout_digest(domain: Domain, meter: str, event_id: int, modification: int, terms: Terms, *,
+                  withdrawal: bool = False) -> bytes:
+    """The EIP-712 digest of a meter's opt-out of an event's terms (or, ``withdrawal``, of its withdrawal), as
+    DemandResponse computes it."""
+    terms_hash = keccak(_TERMS_TYPEHASH + b"".join(_word(v) for v in terms.as_struct()))
+    type_hash = _OPT_OUT_WITHDRAWAL_TYPEHASH if withdrawal else _OPT_OUT_TYPEHASH
+    struct_hash = keccak(type_hash + _address_word(meter) + _word(event_id) + _word(modification) + terms_hash)
     return keccak(b"\x19\x01" + domain.separator() + struct_hash)
 
 
-def sign_optout(private_key: bytes | str, domain: Domain, event_id: int) -> str:
-    """Sign an opt-out of a demand-response event with the meter's key; returns the signature as 0x-hex."""
-    return _sign_as_meter(private_key, domain, OPT_OUT_TYPES, {"eventId": event_id})
+def sign_optout(private_key: bytes | str, domain: Domain, event_id: int, modification: int, terms: Terms, *,
+                withdrawal: bool = False) -> str:
+    """Sign an opt-out of an event's terms (or, ``withdrawal``, its withdrawal) with the meter's key; returns the
+    signature as 0x-hex."""
+    types = OPT_OUT_WITHDRAWAL_TYPES if withdrawal else OPT_OUT_TYPES
+    return _sign_as_meter(private_key, domain, types,
+                          {"eventId": event_id, "modification": modification, "terms": _terms_message(terms)})
 
 
-def recover_optout_signer(domain: Domain, meter: str, event_id: int, signature: str) -> str | None:
-    """The address that signed an opt-out of ``event_id`` for ``meter``, or None if malformed."""
+def recover_optout_signer(domain: Domain, meter: str, event_id: int, modification: int, terms: Terms,
+                          signature: str, *, withdrawal: bool = False) -> str | None:
+    """The address that signed an opt-out (or, ``withdrawal``, its withdrawal) of ``event_id`` at
+    ``modification`` with ``terms`` for ``meter``, or None if malformed."""
     try:
-        return _recover(optout_digest(domain, meter, event_id), signature)
+        return _recover(optout_digest(domain, meter, event_id, modification, terms, withdrawal=withdrawal),
+                        signature)
     except ValueError:
         return None

@@ -41,6 +41,7 @@ __all__ = [
     "ConsumptionAlert",
     "DemandResponseMessage",
     "OptOut",
+    "OptOutWithdrawal",
     "ErrorMessage",
     "Message",
     "parse_message",
@@ -48,13 +49,14 @@ __all__ = [
     "error_message",
 ]
 
-#: The WebSocket subprotocol of this version of the protocol (version 4). A meter offers it (and
+#: The WebSocket subprotocol of this version of the protocol (version 5). A meter offers it (and
 #: the older ones it can speak); a connection without any is served version 1 (the same messages
 #: without the fields added since).
-SUBPROTOCOL = "smartmeter.v4"
+SUBPROTOCOL = "smartmeter.v5"
 #: Every subprotocol the server speaks, by version: version 2 added ``welcome.lastUsedSeq``, version 3
-#: provisional bills (``bill.final``), version 4 demand response (``demand_response``, ``opt_out``).
-SUBPROTOCOLS: dict[str, int] = {"smartmeter.v2": 2, "smartmeter.v3": 3, "smartmeter.v4": 4}
+#: provisional bills (``bill.final``), version 4 demand response (``demand_response``, ``opt_out``), version 5
+#: opt-outs bound to the event's terms (``opt_out.modification``) and their withdrawal (``opt_out_withdrawal``).
+SUBPROTOCOLS: dict[str, int] = {"smartmeter.v2": 2, "smartmeter.v3": 3, "smartmeter.v4": 4, "smartmeter.v5": 5}
 #: Characters of a key, tag or field name the peer sent that an error message quotes.
 QUOTED_LIMIT = 32
 UINT64_MAX = 2**64 - 1
@@ -62,6 +64,7 @@ Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
 Hex32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
 Uint64 = Annotated[int, Field(ge=0, le=UINT64_MAX)]
+Uint32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Model(BaseModel):
@@ -276,18 +279,32 @@ class Reading(_Model):
 
 
 class OptOut(_Model):
-    """The meter opts out of a demand-response event before it starts (version 4): its EIP-712
-    ``OptOut(meter, eventId)`` signature under the DemandResponse contract's domain, which the gateway relays."""
+    """The meter opts out of a demand-response event's terms before it starts: its EIP-712
+    ``OptOut(meter, eventId, modification, terms)`` signature under the DemandResponse contract's domain, which
+    the gateway relays. ``modification`` (version 5) is the event's modification number the meter signed for;
+    an opt-out without it (as version 4 meters send) is refused: the contract no longer takes one."""
 
     type: Literal["opt_out"] = "opt_out"
     meter: Address
     event_id: Uint64
     signature: HexSignature
+    modification: Uint32 | None = None
+
+
+class OptOutWithdrawal(_Model):
+    """The meter withdraws its opt-out of an event's terms before it starts (version 5): its EIP-712
+    ``OptOutWithdrawal(meter, eventId, modification, terms)`` signature, which the gateway relays."""
+
+    type: Literal["opt_out_withdrawal"] = "opt_out_withdrawal"
+    meter: Address
+    event_id: Uint64
+    modification: Uint32
+    signature: HexSignature
 
 
 Message = Annotated[
     Union[Challenge, Welcome, Ack, Bill, GridAlertMessage, ConsumptionAlert, DemandResponseMessage, ErrorMessage,
-          Auth, Reading, OptOut],
+          Auth, Reading, OptOut, OptOutWithdrawal],
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)

@@ -19,6 +19,9 @@ interface IMeterBilling {
         external
         view
         returns (uint32, uint64, uint64, uint64, uint64, uint64, uint64, uint64, int256);
+
+    /// @notice Greatest plausible supply power in watts (see SmartMeterBilling).
+    function maxPowerW() external view returns (uint64);
 }
 
 /// @title DemandResponse
@@ -31,17 +34,37 @@ interface IMeterBilling {
 /// and a target: regions (a meter is targeted when its region in SmartMeterBilling is listed) or meters.
 /// Its status (far / near / active / completed / cancelled) follows from the block's time.
 ///
+/// A meter opts out with its EIP-712 signature of the event's id, modification number and terms, so an
+/// opt-out holds only for the terms it was signed for: a change of the event (a higher modification) lapses
+/// it, and a signature made for another event or other terms never verifies. Before the start a meter may
+/// withdraw its opt-out of the current terms, signed the same way; it cannot then opt out of the same terms
+/// again (so neither signature can be replayed to undo the other), only of changed ones.
+///
 /// Credits are computed off chain from on-chain readings only (the baseline method is in README.md), and
 /// the settler submits each meter's baseline and actual energy; the contract prices the reduction at the
 /// event's credit rate (Wh x millipence/kWh = micropence, exact) and adds it to the meter's open period.
+/// A baseline above what the supply can deliver over the window (`maxPowerW` for its duration, the billing
+/// contract's plausibility bound) is refused, so no credit exceeds that energy at the event's rate.
 /// A bill's amount payable is SmartMeterBilling's `BillIssued.amountDue` minus `creditOf(meter, period)`.
 contract DemandResponse is AccessControl, EIP712 {
     /// @notice Raises, changes and cancels events (the same role name as in SmartMeterBilling).
     bytes32 public constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
     /// @notice Records the credits of completed events.
     bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
-    /// @notice EIP-712 type hash of a meter's opt-out.
-    bytes32 public constant OPT_OUT_TYPEHASH = keccak256("OptOut(address meter,uint64 eventId)");
+    /// @notice EIP-712 type hash of an event's terms, as opt-outs and their withdrawals sign them.
+    bytes32 public constant TERMS_TYPEHASH = keccak256(
+        "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+    );
+    /// @notice EIP-712 type hash of a meter's opt-out of an event's current terms.
+    bytes32 public constant OPT_OUT_TYPEHASH = keccak256(
+        "OptOut(address meter,uint64 eventId,uint32 modification,Terms terms)"
+        "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+    );
+    /// @notice EIP-712 type hash of a meter's withdrawal of its opt-out of an event's current terms.
+    bytes32 public constant OPT_OUT_WITHDRAWAL_TYPEHASH = keccak256(
+        "OptOutWithdrawal(address meter,uint64 eventId,uint32 modification,Terms terms)"
+        "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+    );
 
     /// @notice Seconds in a settlement period (event windows start and last whole periods).
     uint256 public constant PERIOD_SECONDS = 1800;
@@ -55,6 +78,15 @@ contract DemandResponse is AccessControl, EIP712 {
     uint8 public constant SIGNAL_LEVEL = 0;
     /// @notice Signal kinds: a price in millipence per kWh for the active period.
     uint8 public constant SIGNAL_PRICE = 1;
+    /// @notice Participation states (`participation`): none recorded for the current terms.
+    uint8 public constant NONE = 0;
+    /// @notice Participation states: opted out of the current terms.
+    uint8 public constant OPTED_OUT = 1;
+    /// @notice Participation states: credited (final).
+    uint8 public constant CREDITED = 2;
+    /// @notice Participation states: withdrew its opt-out of the current terms.
+    uint8 public constant WITHDRAWN = 3;
+    uint256 private constant SECONDS_PER_HOUR = 3600;
 
     /// @notice An event's status (OpenADR 2.0b's eiEventStatus).
     enum Status {
@@ -83,6 +115,14 @@ contract DemandResponse is AccessControl, EIP712 {
         uint32 noticeAt;
         bool cancelled;
         bool byMeter;
+        bytes32 targetHash;
+    }
+
+    /// @dev A meter's part in an event: a participation state and the modification an opt-out or a
+    /// withdrawal was signed for (one that is not the event's current one has lapsed: NONE).
+    struct Part {
+        uint8 state;
+        uint32 modification;
     }
 
     /// @notice One meter's measured response to a completed event, as the settler submits it.
@@ -94,16 +134,17 @@ contract DemandResponse is AccessControl, EIP712 {
 
     /// @notice The billing contract whose meters and open periods credits refer to.
     IMeterBilling public immutable billing;
+    /// @notice The billing contract's plausibility bound on supply power (W), which bounds every baseline.
+    uint256 public immutable maxPowerW;
 
     mapping(uint64 id => DrEvent) private _events;
     mapping(uint64 id => mapping(bytes32 target => bool)) private _targeted;
-    /// @dev Per event and meter: 1 opted out, 2 credited.
-    mapping(uint64 id => mapping(address meter => uint8)) private _participation;
+    mapping(uint64 id => mapping(address meter => Part)) private _participation;
     mapping(address meter => mapping(uint32 periodId => uint256 micropence)) private _credits;
     uint64 private _lastId;
 
-    /// @notice Emitted when an event is created (modification 0) or changed (a higher modification);
-    /// `regions` or `meters` (one of them empty) is its target.
+    /// @notice Emitted when an event is created (modification 0) or changed (a higher modification, the
+    /// same target); `regions` or `meters` (one of them empty) is its target.
     event DemandResponseEvent(
         uint64 indexed id,
         uint32 modification,
@@ -115,8 +156,10 @@ contract DemandResponse is AccessControl, EIP712 {
     );
     /// @notice Emitted when an event is cancelled (with its new modification number).
     event DemandResponseCancelled(uint64 indexed id, uint32 modification);
-    /// @notice Emitted when a meter opts out of an event with its signature.
-    event OptedOut(address indexed meter, uint64 indexed eventId);
+    /// @notice Emitted when a meter opts out of an event's terms (its `modification`) with its signature.
+    event OptedOut(address indexed meter, uint64 indexed eventId, uint32 modification);
+    /// @notice Emitted when a meter withdraws its opt-out of an event's terms (its `modification`), signed.
+    event OptOutWithdrawn(address indexed meter, uint64 indexed eventId, uint32 modification);
     /// @notice Emitted for each credit: the measured energies and the amount added to the open period.
     event CreditApplied(
         address indexed meter, uint64 indexed eventId, uint32 periodId, uint64 baselineWh, uint64 actualWh, uint64 amount
@@ -143,6 +186,17 @@ contract DemandResponse is AccessControl, EIP712 {
     error NotTargeted(uint64 id, address meter);
     /// @notice Thrown when a meter that opted out already opts out again.
     error AlreadyOptedOut(uint64 id, address meter);
+    /// @notice Thrown when an opt-out or withdrawal was signed for another modification than the current one.
+    error StaleModification(uint64 id, uint32 signed, uint32 current);
+    /// @notice Thrown when withdrawing an opt-out the meter has not made (of the current terms).
+    error NotOptedOut(uint64 id, address meter);
+    /// @notice Thrown when opting out of terms the meter withdrew an opt-out of.
+    error OptOutWasWithdrawn(uint64 id, address meter);
+    /// @notice Thrown when `modifyEvent` is not given the event's own target lists.
+    error TargetMismatch(uint64 id);
+    /// @notice Thrown when a baseline exceeds what the supply can deliver over the event's window
+    /// (`maxPowerW` for its duration): no credit can be above that energy at the event's rate.
+    error CreditAboveBound(uint64 id, address meter, uint64 baselineWh, uint256 boundWh);
     /// @notice Thrown when crediting a meter that opted out of the event.
     error MeterOptedOut(uint64 id, address meter);
     /// @notice Thrown when crediting a meter twice for one event.
@@ -155,6 +209,7 @@ contract DemandResponse is AccessControl, EIP712 {
     constructor(address admin, IMeterBilling billing_) EIP712("DemandResponse", "1") {
         if (admin == address(0) || address(billing_) == address(0)) revert ZeroAddress();
         billing = billing_;
+        maxPowerW = billing_.maxPowerW();
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 
@@ -182,6 +237,7 @@ contract DemandResponse is AccessControl, EIP712 {
         e.programme = programme;
         e.noticeAt = uint32(block.timestamp);
         e.byMeter = byMeter;
+        e.targetHash = keccak256(abi.encode(regions, meters));
         for (uint256 i = 0; i < regions.length; ++i) {
             _targeted[id][regions[i]] = true;
         }
@@ -191,18 +247,26 @@ contract DemandResponse is AccessControl, EIP712 {
         emit DemandResponseEvent(id, 0, programme, uint64(block.timestamp), terms, regions, meters);
     }
 
-    /// @notice Changes an event before it starts: same id and target, new terms, modification + 1.
+    /// @notice Changes an event before it starts: same id and target, new terms, modification + 1. Opt-outs
+    /// of the old terms lapse (each meter may opt out of the new ones).
+    /// @dev The target is not stored as lists (only as a membership map and their hash), so the caller
+    /// passes the lists it was created with (its creation log has them), checked against the hash, and the
+    /// event carries them as its NatSpec says.
     /// @param id The event.
     /// @param terms The new terms.
-    function modifyEvent(uint64 id, Terms calldata terms) external onlyRole(GRID_OPERATOR_ROLE) {
+    /// @param regions The event's target regions, exactly as created.
+    /// @param meters The event's target meters, exactly as created.
+    function modifyEvent(uint64 id, Terms calldata terms, bytes32[] calldata regions, address[] calldata meters)
+        external
+        onlyRole(GRID_OPERATOR_ROLE)
+    {
         DrEvent storage e = _beforeStart(id);
         _checkTerms(terms);
+        if (keccak256(abi.encode(regions, meters)) != e.targetHash) revert TargetMismatch(id);
         e.terms = terms;
         e.noticeAt = uint32(block.timestamp);
         uint32 modification = ++e.modification;
-        emit DemandResponseEvent(
-            id, modification, e.programme, uint64(block.timestamp), terms, new bytes32[](0), new address[](0)
-        );
+        emit DemandResponseEvent(id, modification, e.programme, uint64(block.timestamp), terms, regions, meters);
     }
 
     /// @notice Cancels an event before it starts (modification + 1).
@@ -216,20 +280,35 @@ contract DemandResponse is AccessControl, EIP712 {
 
     // ------------------------------------------------------------------ opt-out
 
-    /// @notice Records a meter's signed opt-out of an event; anyone (the gateway) may relay it.
+    /// @notice Records a meter's signed opt-out of an event's current terms; anyone (the gateway) may relay it.
     /// @param id The event.
     /// @param meter The meter opting out.
-    /// @param signature The meter's EIP-712 signature of `OptOut(meter, id)` (65 bytes, low s).
-    function optOut(uint64 id, address meter, bytes calldata signature) external {
-        _beforeStart(id);
-        address signer = ECDSA.recover(
-            _hashTypedDataV4(keccak256(abi.encode(OPT_OUT_TYPEHASH, meter, id))), signature
-        );
-        if (signer != meter) revert BadSignature(meter, signer);
-        if (!_isTargeted(id, meter)) revert NotTargeted(id, meter);
-        if (_participation[id][meter] != 0) revert AlreadyOptedOut(id, meter);
-        _participation[id][meter] = 1;
-        emit OptedOut(meter, id);
+    /// @param modification The event's modification number the meter signed (the current one).
+    /// @param signature The meter's EIP-712 signature of `OptOut(meter, id, modification, terms)` (65 bytes,
+    /// low s), `terms` being the event's current terms.
+    function optOut(uint64 id, address meter, uint32 modification, bytes calldata signature) external {
+        _signedBefore(OPT_OUT_TYPEHASH, id, meter, modification, signature);
+        Part storage part = _participation[id][meter];
+        uint8 state = _stateOf(part, modification);
+        if (state == OPTED_OUT) revert AlreadyOptedOut(id, meter);
+        if (state == WITHDRAWN) revert OptOutWasWithdrawn(id, meter);
+        part.state = OPTED_OUT;
+        part.modification = modification;
+        emit OptedOut(meter, id, modification);
+    }
+
+    /// @notice Withdraws a meter's opt-out of an event's current terms before the start, with its signature;
+    /// anyone may relay it. The meter takes part again and cannot opt out of these terms again.
+    /// @param id The event.
+    /// @param meter The meter withdrawing its opt-out.
+    /// @param modification The event's modification number the meter signed (the current one).
+    /// @param signature The meter's EIP-712 signature of `OptOutWithdrawal(meter, id, modification, terms)`.
+    function withdrawOptOut(uint64 id, address meter, uint32 modification, bytes calldata signature) external {
+        _signedBefore(OPT_OUT_WITHDRAWAL_TYPEHASH, id, meter, modification, signature);
+        Part storage part = _participation[id][meter];
+        if (_stateOf(part, modification) != OPTED_OUT) revert NotOptedOut(id, meter);
+        part.state = WITHDRAWN;
+        emit OptOutWithdrawn(meter, id, modification);
     }
 
     // ------------------------------------------------------------------ credits
@@ -238,7 +317,8 @@ contract DemandResponse is AccessControl, EIP712 {
     /// reduction (baseline minus actual, none when actual is higher) at the event's rate to the meter's
     /// open billing period.
     /// @param id The event.
-    /// @param credits Each meter's baseline and actual energy over the event's window, in Wh.
+    /// @param credits Each meter's baseline and actual energy over the event's window, in Wh; a baseline is
+    /// at most `creditBoundWh(id)`.
     function credit(uint64 id, Credit[] calldata credits) external onlyRole(SETTLER_ROLE) {
         DrEvent storage e = _known(id);
         if (e.cancelled) revert EventCancelled(id);
@@ -246,13 +326,17 @@ contract DemandResponse is AccessControl, EIP712 {
         if (block.timestamp < end) revert EventNotCompleted(id, uint64(end), uint64(block.timestamp));
         if (credits.length == 0 || credits.length > MAX_CREDITS) revert BadBatchSize(credits.length, MAX_CREDITS);
         uint256 rate = e.terms.creditRate;
+        uint32 modification = e.modification;
+        uint256 bound = maxPowerW * e.terms.duration / SECONDS_PER_HOUR;
         for (uint256 i = 0; i < credits.length; ++i) {
             Credit calldata c = credits[i];
+            if (c.baselineWh > bound) revert CreditAboveBound(id, c.meter, c.baselineWh, bound);
             if (!_isTargeted(id, c.meter)) revert NotTargeted(id, c.meter);
-            uint8 state = _participation[id][c.meter];
-            if (state == 1) revert MeterOptedOut(id, c.meter);
-            if (state == 2) revert AlreadyCredited(id, c.meter);
-            _participation[id][c.meter] = 2;
+            Part storage part = _participation[id][c.meter];
+            uint8 state = _stateOf(part, modification);
+            if (state == OPTED_OUT) revert MeterOptedOut(id, c.meter);
+            if (state == CREDITED) revert AlreadyCredited(id, c.meter);
+            part.state = CREDITED;
             (uint32 periodId,,,,,,,,) = billing.openBill(c.meter);
             uint256 amount = c.baselineWh > c.actualWh ? (c.baselineWh - c.actualWh) * rate : 0;
             _credits[c.meter][periodId] += amount;
@@ -271,6 +355,34 @@ contract DemandResponse is AccessControl, EIP712 {
         e = _known(id);
         if (e.cancelled) revert EventCancelled(id);
         if (block.timestamp >= e.terms.start) revert EventStarted(id, e.terms.start, uint64(block.timestamp));
+    }
+
+    /// @dev The checks an opt-out and a withdrawal share: an event not started, its current modification, the
+    /// meter's signature of `typeHash` over the event's current terms, and a targeted meter.
+    function _signedBefore(bytes32 typeHash, uint64 id, address meter, uint32 modification, bytes calldata signature)
+        private
+        view
+        returns (DrEvent storage e)
+    {
+        e = _beforeStart(id);
+        if (modification != e.modification) revert StaleModification(id, modification, e.modification);
+        Terms storage t = e.terms;
+        bytes32 termsHash = keccak256(
+            abi.encode(TERMS_TYPEHASH, t.start, t.duration, t.rampUp, t.signalKind, t.signalValue, t.creditRate)
+        );
+        address signer = ECDSA.recover(
+            _hashTypedDataV4(keccak256(abi.encode(typeHash, meter, id, modification, termsHash))), signature
+        );
+        if (signer != meter) revert BadSignature(meter, signer);
+        if (!_isTargeted(id, meter)) revert NotTargeted(id, meter);
+    }
+
+    /// @dev A part's state for the event's current modification: an opt-out or withdrawal of older terms
+    /// has lapsed (NONE); a credit is final.
+    function _stateOf(Part storage part, uint32 modification) private view returns (uint8) {
+        uint8 state = part.state;
+        if (state == CREDITED || part.modification == modification) return state;
+        return NONE;
     }
 
     function _checkTerms(Terms calldata t) private view {
@@ -332,12 +444,21 @@ contract DemandResponse is AccessControl, EIP712 {
         return _isTargeted(id, meter);
     }
 
-    /// @notice A meter's participation in an event: 0 none yet, 1 opted out, 2 credited.
+    /// @notice A meter's participation in an event's current terms: 0 none yet (an opt-out of older terms
+    /// has lapsed), 1 opted out, 2 credited, 3 withdrew its opt-out.
     /// @param id The event.
     /// @param meter The meter.
     /// @return The state.
     function participation(uint64 id, address meter) external view returns (uint8) {
-        return _participation[id][meter];
+        return _stateOf(_participation[id][meter], _events[id].modification);
+    }
+
+    /// @notice The most a baseline (hence a reduction) may be for an event, in Wh: `maxPowerW` over its
+    /// duration, rounded down.
+    /// @param id The event.
+    /// @return The bound.
+    function creditBoundWh(uint64 id) external view returns (uint256) {
+        return maxPowerW * _known(id).terms.duration / SECONDS_PER_HOUR;
     }
 
     /// @notice The demand-response credits recorded against a meter's billing period, in micropence.

@@ -58,7 +58,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--multiplier", type=float, default=1.0, help="consumption factor (1.0 = the household model)")
     p.add_argument("--interactive", action="store_true",
                    help="+ and - raise or lower consumption while running; o opts out of the next demand-response "
-                        "event")
+                        "event, w withdraws that opt-out")
     p.add_argument("--opt-out-rate", type=_share,
                    help="share of demand-response events to opt out of, 0-1 (DR_OPT_OUT_RATE)")
     p.add_argument("--source", default="model", help="'model' or 'csv:PATH' to replay a sensor CSV (timestamp, kWh)")
@@ -82,7 +82,8 @@ def _source(args: argparse.Namespace, identity: MeterIdentity, t: float, wh: int
 
 
 def _interactive(loop: asyncio.AbstractEventLoop, client: MeterClient) -> None:
-    """Read + and - from the terminal (cbreak mode) to change the consumption multiplier, o to opt out."""
+    """Read + and - from the terminal (cbreak mode) to change the consumption multiplier, o to opt out, w to
+    withdraw an opt-out."""
     import termios
     import tty
 
@@ -95,6 +96,10 @@ def _interactive(loop: asyncio.AbstractEventLoop, client: MeterClient) -> None:
         if ch == "o":
             if client.opt_out() is None:
                 client.status.note("no demand-response event to opt out of now (or not connected)")
+            return
+        if ch == "w":
+            if client.withdraw_opt_out() is None:
+                client.status.note("no opt-out to withdraw now (or not connected)")
             return
         model = getattr(client.source, "model", None)
         if model is None or ch not in "+-":

@@ -35,6 +35,7 @@ from common.messages import (
     ErrorMessage,
     GridAlertMessage,
     OptOut,
+    OptOutWithdrawal,
     Reading,
     Welcome,
 )
@@ -117,8 +118,11 @@ class MeterClient:
         #: Share of demand-response events this household opts out of (drawn once per event).
         self.opt_out_rate = opt_out_rate
         self.events: dict[int, DemandResponseMessage] = {}
-        #: Events this meter asked to opt out of (by id); asked once per run.
-        self.opting_out: set[int] = set()
+        #: Events this meter asked to opt out of, by (id, modification): an opt-out signs one modification of
+        #: the event's terms, so a change is decided (and asked) afresh; asked once per run.
+        self.opting_out: set[tuple[int, int]] = set()
+        #: Events whose opt-out this meter withdrew, by (id, modification): not opted out of again.
+        self.withdrawals: set[tuple[int, int]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._synced = False
         self._last_resend = 0.0
@@ -352,8 +356,8 @@ class MeterClient:
         s = self.status
         if msg.event_id is not None:
             s.error(f"the opt-out of demand-response event {msg.event_id} was refused: {msg.message} [{msg.code}]")
-            if msg.code not in DEFINITIVE_OPT_OUT_CODES:
-                self.opting_out.discard(msg.event_id)  # the server failed: asked again when the event is next sent
+            if msg.code not in DEFINITIVE_OPT_OUT_CODES:  # the server failed: asked again when the event is next sent
+                self.opting_out = {k for k in self.opting_out if k[0] != msg.event_id}
         elif msg.seq is not None and msg.code in DEFINITIVE_CODES:
             self.outbox.done(msg.seq)
             s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")
@@ -379,7 +383,9 @@ class MeterClient:
         known = self.events.get(msg.id)
         if known is not None and known.modification > msg.modification:
             return  # an older version of the event, overtaken
-        if known is not None and known.opted_out and not msg.opted_out:
+        signed = (msg.id, msg.modification)
+        if (known is not None and known.modification == msg.modification and known.opted_out and not msg.opted_out
+                and signed not in self.withdrawals):
             msg = msg.model_copy(update={"opted_out": True})  # recorded, not yet final when this was sent
         self.events[msg.id] = msg
         for old in sorted(self.events)[:-KEEP_EVENTS]:
@@ -390,7 +396,8 @@ class MeterClient:
                   status=msg.status_now(now).name.lower(), start=msg.start, duration=msg.duration,
                   signal=f"{msg.signal_kind} {msg.signal_value}", opted_out=msg.opted_out,
                   credit=msg.credit)
-        if (not msg.opted_out and msg.id not in self.opting_out
+        # A changed event (higher modification) lapsed any opt-out of its old terms: the same draw decides again.
+        if (not msg.opted_out and signed not in self.opting_out and signed not in self.withdrawals
                 and wants_opt_out(self.status.meter, msg.id, self.opt_out_rate)):
             self.opt_out(msg.id)
         self._apply_demand_response()
@@ -400,25 +407,52 @@ class MeterClient:
         id, or None when there is none or it cannot be sent now."""
         now = time.time()
         chosen = [e for e in self.events.values() if (event_id is None or e.id == event_id) and not e.opted_out
-                  and e.id not in self.opting_out and e.status_now(now) in (Status.FAR, Status.NEAR)]
+                  and (e.id, e.modification) not in self.opting_out and e.status_now(now) in (Status.FAR, Status.NEAR)]
         if not chosen or self.dr_domain is None or self.link is None:
             return None
         event = min(chosen, key=lambda e: e.start)
-        message = OptOut(meter=self.status.meter, event_id=event.id,
-                         signature=sign_optout(self.key, self.dr_domain, event.id))
-        self.opting_out.add(event.id)
+        signed = (event.id, event.modification)
+        message = OptOut(meter=self.status.meter, event_id=event.id, modification=event.modification,
+                         signature=sign_optout(self.key, self.dr_domain, event.id, event.modification, event.terms))
+        self.opting_out.add(signed)
+        self._send_dr(message, self.opting_out, signed)
+        self.status.note(f"opting out of demand-response event {event.id}")
+        log_event(log, "opt_out_sent", meter=self.status.name, id=event.id, modification=event.modification)
+        return event.id
+
+    def withdraw_opt_out(self, event_id: int | None = None) -> int | None:
+        """Withdraw this meter's opt-out of an event not started (default: the next one); the household takes part
+        again. Returns the event's id, or None when there is none or it cannot be sent now."""
+        now = time.time()
+        chosen = [e for e in self.events.values() if (event_id is None or e.id == event_id) and e.opted_out
+                  and (e.id, e.modification) not in self.withdrawals and e.status_now(now) in (Status.FAR, Status.NEAR)]
+        if not chosen or self.dr_domain is None or self.link is None:
+            return None
+        event = min(chosen, key=lambda e: e.start)
+        signed = (event.id, event.modification)
+        message = OptOutWithdrawal(
+            meter=self.status.meter, event_id=event.id, modification=event.modification,
+            signature=sign_optout(self.key, self.dr_domain, event.id, event.modification, event.terms,
+                                  withdrawal=True))
+        self.withdrawals.add(signed)
+        self._send_dr(message, self.withdrawals, signed)
+        self.status.note(f"withdrawing the opt-out of demand-response event {event.id}")
+        log_event(log, "opt_out_withdrawal_sent", meter=self.status.name, id=event.id, modification=event.modification)
+        return event.id
+
+    def _send_dr(self, message: OptOut | OptOutWithdrawal, pending: set[tuple[int, int]], key: tuple[int, int]) -> None:
+        """Send an opt-out or withdrawal in the background; if it cannot be sent, forget it was asked (it is
+        asked again when the event is sent after the next login)."""
         link = self.link
+        assert link is not None
 
         async def send() -> None:
             try:
                 await link.send(message)
             except (WebSocketException, OSError):
-                self.opting_out.discard(event.id)  # asked again when the event is sent after the next login
+                pending.discard(key)
 
         self._in_background(send())
-        self.status.note(f"opting out of demand-response event {event.id}")
-        log_event(log, "opt_out_sent", meter=self.status.name, id=event.id)
-        return event.id
 
     # ---------------------------------------------------------------- grid alerts
 

@@ -8,7 +8,8 @@ Deferred load is shifted, not lost: for as long as the event lasted after it end
 by ``REBOUND_SHARE`` of what was cut (the rest was comfort given up: a cooler room, a later wash).
 
 Whether a household opts out of an event is drawn once per (meter, event) from ``opt_out_rate``, so a
-restarted meter decides the same way.
+restarted meter decides the same way, and so does a meter told of a changed event (whose change lapsed the
+opt-out it signed for the old terms: it signs the new ones).
 """
 
 from __future__ import annotations

@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         dr = DemandResponse(ChainClient(settings), load_deployment(settings))
         if args.command == "events":
+            book = dr.book()  # opt-outs of each event's current terms, from one read of the logs
             for i in dr.event_ids():
                 ev = dr.event(i)
                 credits = dr.credits(i)
                 target = ", ".join(ev.regions) or f"{len(ev.meters)} meters"
                 print(f"event {i} ({ev.programme}) modification {ev.modification}: {ev.status.name.lower()}, "
-                      f"{ev.terms.start}+{ev.terms.duration}s, {target}; {len(dr.opted_out(i))} opted out, "
+                      f"{ev.terms.start}+{ev.terms.duration}s, {target}; {len(book.events[i].opted_out)} opted out, "
                       f"{len(credits)} credited, {sum(c.amount for c in credits)} micropence")
             return 0
         if args.command == "settle":

@@ -6,7 +6,8 @@ deploys, registers meters, gives each its first reading, then sets a time-of-use
 import and export in UK clock time), moves the chain's clock past its start and submits
 batches of readings with import and export, each within one settlement period (as live meters'
 readings are). A second table shows day-ahead prices and readings that cross a period boundary, and
-the last lines demand response: a meter's signed opt-out and crediting 100 meters in one transaction.
+the last lines demand response: a meter's signed opt-out, its withdrawal, a change of an event and crediting 100
+meters in one transaction.
 """
 
 from __future__ import annotations
@@ -90,18 +91,24 @@ def advance(client: ChainClient, seconds: int) -> None:
 
 
 def demand_response(client: ChainClient, deployment: Any, run: Run) -> dict[str, int]:
-    """Gas of a meter's signed opt-out and of crediting 100 meters of a completed event in one transaction."""
+    """Gas of a meter's signed opt-out and its withdrawal, of changing an event of 100 listed meters, and of
+    crediting those 100 meters of a completed event in one transaction."""
     dr = DemandResponse(client, deployment)
+    domain = deployment.demand_response_domain
     meters = run.meters[:100]
     start = (dr.billing.now() + 2 * PERIOD_SECONDS) // PERIOD_SECONDS * PERIOD_SECONDS
     terms = Terms(start, PERIOD_SECONDS * 2, 0, Signal.LEVEL, 2, 100_000)
     listed = dr.create_event("gas", terms, meters=[m.address for m in meters])
+    modified = dr.modify_event(listed, terms)
     other = dr.create_event("gas", terms, meters=[meters[0].address])
-    opt_out = dr.opt_out(other, meters[0].address,
-                         sign_optout(bytes(meters[0].key), deployment.demand_response_domain, other))
+    key = bytes(meters[0].key)
+    opt_out = dr.opt_out(other, meters[0].address, 0, sign_optout(key, domain, other, 0, terms))
+    withdrawn = dr.opt_out(other, meters[0].address, 0, sign_optout(key, domain, other, 0, terms, withdrawal=True),
+                           withdrawal=True)
     advance(client, terms.end - dr.billing.now() + 5)
     credited = dr.credit(listed, [(m.address, 500, 100) for m in meters])
-    return {"opt_out": int(opt_out["gasUsed"]), "credit_100": int(credited["gasUsed"]), "meters": len(meters)}
+    return {"opt_out": int(opt_out["gasUsed"]), "withdrawal": int(withdrawn["gasUsed"]),
+            "modify_100": int(modified["gasUsed"]), "credit_100": int(credited["gasUsed"]), "meters": len(meters)}
 
 
 def measure(sizes: list[int]) -> dict[str, Any]:
@@ -187,6 +194,8 @@ def main() -> int:
     dr = figures["demand_response"]
     print("\nDemand response:")
     print(f"  {'opt-out (signed by the meter, relayed)':<40} {dr['opt_out']:>9,} gas")
+    print(f"  {'withdrawal of that opt-out (signed)':<40} {dr['withdrawal']:>9,} gas")
+    print(f"  {'change of an event of ' + str(dr['meters']) + ' listed meters':<40} {dr['modify_100']:>9,} gas")
     print(f"  {'credit ' + str(dr['meters']) + ' meters in one transaction':<40} {dr['credit_100']:>9,} gas "
           f"({dr['credit_100'] // dr['meters']:,} a meter)")
     if args.json:

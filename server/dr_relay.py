@@ -1,4 +1,5 @@
-"""Demand response over the meters' wire (protocol version 4): events out to the meters they target, opt-outs in.
+"""Demand response over the meters' wire (protocol version 4 on): events out to the meters they target, opt-outs
+and (version 5) their withdrawals in.
 
 ``DemandResponseRelay`` follows the DemandResponse contract's logs up to the final block (polling; a few
 seconds late is nothing against an event's notice of minutes, and nothing final is ever taken back), keeps
@@ -7,8 +8,12 @@ to each connected meter an event targets when the event is announced, changed or
 meter when its opt-out or its credit is recorded. After a login the gateway sends the meter its events
 not long over (``messages_for``).
 
-``OptOutRelayer`` sends meters' signed opt-outs to the contract with ``RELAYER_KEY``, one transaction at
-a time (its own nonces, apart from the batcher's), for the gateway and the REST API alike.
+``OptOutRelayer`` sends meters' signed opt-outs and withdrawals to the contract with ``RELAYER_KEY``, one
+transaction at a time (its own nonces, apart from the batcher's), for the gateway and the REST API alike.
+
+An opt-out signs the event's id, modification number and terms (``common.eip712``): one signed for an older
+modification is refused before any gas is spent, and a version 4 meter's opt-out, which signs the id alone,
+is refused outright (the contract no longer takes it).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from common.dr_terms import Status
 from common.eip712 import recover_optout_signer
 from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
-from common.messages import DemandResponseMessage, OptOut, encode
+from common.messages import DemandResponseMessage, OptOut, OptOutWithdrawal, encode
 from common.settings import Settings
 from server.hub import Hub
 
-__all__ = ["DemandResponseRelay", "OptOutRelayer", "event_message", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION"]
+__all__ = ["DemandResponseRelay", "OptOutRelayer", "event_message", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION",
+           "BOUND_OPT_OUT_VERSION"]
 
 log = logging.getLogger("demand_response")
 
@@ -44,6 +50,8 @@ RECENT_SECONDS = 86_400
 POLL_SECONDS = 2.0
 #: The protocol version that carries demand response.
 DR_VERSION = 4
+#: The protocol version whose opt-outs sign the event's modification and terms and may be withdrawn.
+BOUND_OPT_OUT_VERSION = 5
 
 
 def _recent(booked: BookedEvent, now: float) -> bool:
@@ -154,29 +162,54 @@ class DemandResponseRelay:
 
     # ---------------------------------------------------------------- opt-outs
 
-    def check_opt_out(self, msg: OptOut, meter: str, region: str, now: float) -> None:
-        """The off-chain checks of a meter's opt-out, before any gas is spent; raises with a plain reason."""
+    def check_opt_out(self, msg: OptOut | OptOutWithdrawal, meter: str, region: str, now: float) -> None:
+        """The off-chain checks of a meter's opt-out or withdrawal, before any gas is spent; raises with a plain
+        reason."""
+        withdrawal = isinstance(msg, OptOutWithdrawal)
+        what = "withdrawal of the opt-out" if withdrawal else "opt-out"
         if msg.meter.lower() != meter.lower():
             raise errors.WrongMeter(f"this connection is logged in as {meter}, not {msg.meter}")
-        signer = recover_optout_signer(self.domain, msg.meter, msg.event_id, msg.signature)
-        if signer is None or signer.lower() != meter.lower():
-            raise errors.BadSignature(f"the opt-out of event {msg.event_id} is not signed by this meter's key "
-                                      "(EIP-712 OptOut(meter, eventId) under the DemandResponse domain)")
+        if msg.modification is None:
+            raise errors.OptOutRefused(f"the opt-out of event {msg.event_id} signs the event's id alone (protocol "
+                                       "version 4), which the contract no longer takes: a meter of version 5 signs "
+                                       "the event's modification and terms")
         booked = self.book.events.get(msg.event_id)
         if booked is None or not booked.targets(meter, region):
             raise errors.OptOutRefused(f"event {msg.event_id} does not target this meter (or is not final yet)")
+        if msg.modification != booked.modification:
+            raise errors.OptOutRefused(f"the {what} signs modification {msg.modification} of event "
+                                       f"{msg.event_id}, which is at modification {booked.modification} now: "
+                                       "sign its current terms")
+        signer = recover_optout_signer(self.domain, msg.meter, msg.event_id, msg.modification, booked.terms,
+                                       msg.signature, withdrawal=withdrawal)
+        if signer is None or signer.lower() != meter.lower():
+            kind = "OptOutWithdrawal" if withdrawal else "OptOut"
+            raise errors.BadSignature(f"the {what} of event {msg.event_id} is not signed by this meter's key "
+                                      f"(EIP-712 {kind}(meter, eventId, modification, terms) of its current terms)")
         status = booked.status(now)
         if status not in (Status.FAR, Status.NEAR):
-            raise errors.OptOutRefused(f"event {msg.event_id} is {status.name.lower()}: opting out is possible "
+            raise errors.OptOutRefused(f"event {msg.event_id} is {status.name.lower()}: the {what} is possible "
                                        "only before it starts")
-        if meter.lower() in booked.opted_out or (msg.event_id, meter.lower()) in self.in_flight:
+        key = meter.lower()
+        if (msg.event_id, key) in self.in_flight:
+            raise errors.OptOutRefused(f"this meter's opt-out of event {msg.event_id} is being changed already")
+        if withdrawal and key not in booked.opted_out:
+            raise errors.OptOutRefused(f"this meter has not opted out of event {msg.event_id}'s current terms")
+        if not withdrawal and key in booked.opted_out:
             raise errors.OptOutRefused(f"this meter has opted out of event {msg.event_id} already")
+        if not withdrawal and key in booked.withdrawn:
+            raise errors.OptOutRefused(f"this meter withdrew its opt-out of event {msg.event_id}'s current terms: "
+                                       "it may opt out again only if the event is changed")
 
-    def opted_out(self, event_id: int, meter: str) -> str:
-        """A meter's opt-out was recorded on chain (its block may not be final yet; its log confirms it): the
-        event as the meter is told it from now on."""
+    def opted_out(self, event_id: int, meter: str, *, withdrawal: bool = False) -> str:
+        """A meter's opt-out (or its withdrawal) was recorded on chain (its block may not be final yet; its log
+        confirms it): the event as the meter is told it from now on."""
         booked = self.book.events[event_id]
-        booked.opted_out.add(meter.lower())
+        if withdrawal:
+            booked.opted_out.discard(meter.lower())
+            booked.withdrawn.add(meter.lower())
+        else:
+            booked.opted_out.add(meter.lower())
         return encode(event_message(booked, meter, time.time()))
 
 
@@ -189,20 +222,29 @@ class OptOutRelayer:
         self._lock = asyncio.Lock()
         self._dr: DemandResponse | None = None
 
-    async def relay(self, event_id: int, meter: str, signature: str) -> str:
-        """Send one opt-out and wait for its block; returns the transaction hash, or raises OptOutRefused."""
-        async with self._lock:
-            return await asyncio.to_thread(self._send, event_id, meter, signature)
-
-    def _send(self, event_id: int, meter: str, signature: str) -> str:
+    @property
+    def dr(self) -> DemandResponse:
+        """The contract, through a client of the relayer's own (made on first use)."""
         if self._dr is None:
             self._dr = DemandResponse(ChainClient(self.settings), self.deployment)
+        return self._dr
+
+    async def relay(self, event_id: int, meter: str, modification: int, signature: str, *,
+                    withdrawal: bool = False) -> str:
+        """Send one opt-out (or, ``withdrawal``, its withdrawal) signed for ``modification`` and wait for its
+        block; returns the transaction hash, or raises OptOutRefused."""
+        async with self._lock:
+            return await asyncio.to_thread(self._send, event_id, meter, modification, signature, withdrawal)
+
+    def _send(self, event_id: int, meter: str, modification: int, signature: str, withdrawal: bool) -> str:
         try:
-            receipt: Any = self._dr.opt_out(event_id, meter, signature, key=self.settings.relayer_key)
+            receipt: Any = self.dr.opt_out(event_id, meter, modification, signature, key=self.settings.relayer_key,
+                                           withdrawal=withdrawal)
         except errors.ChainError as err:
             if "refused the call" not in str(err):
                 raise
             raise errors.OptOutRefused(str(err).split("refused the call: ", 1)[-1]) from err
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        log_event(log, "opt_out_relayed", id=event_id, meter=to_checksum_address(meter), tx=tx_hash)
+        log_event(log, "opt_out_withdrawal_relayed" if withdrawal else "opt_out_relayed", id=event_id,
+                  modification=modification, meter=to_checksum_address(meter), tx=tx_hash)
         return tx_hash

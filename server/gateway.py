@@ -41,6 +41,7 @@ from common.messages import (
     Ack,
     Auth,
     OptOut,
+    OptOutWithdrawal,
     Reading,
     Welcome,
     encode,
@@ -49,7 +50,7 @@ from common.messages import (
     protocol_version,
 )
 from common.settings import Settings
-from server.dr_relay import DR_VERSION
+from server.dr_relay import BOUND_OPT_OUT_VERSION, DR_VERSION
 from server.hub import Hub
 from server.ratelimit import TokenBucket
 from server.session import GOING_AWAY, POLICY_VIOLATION, Session
@@ -338,7 +339,9 @@ class Gateway:
         msg = parse_message(raw, self.settings.max_message_bytes)
         if isinstance(msg, Auth):
             raise errors.UnexpectedMessage("already logged in on this connection")
-        if isinstance(msg, OptOut) and version >= DR_VERSION:
+        if isinstance(msg, OptOutWithdrawal) and version < BOUND_OPT_OUT_VERSION:
+            raise errors.UnexpectedMessage(f"'{msg.type}' is a message of protocol version 5 (smartmeter.v5)")
+        if isinstance(msg, (OptOut, OptOutWithdrawal)) and version >= DR_VERSION:
             peer = self.hub.peers.get(meter.lower())
             return self.upstream.opt_out(msg, meter, peer.region if peer is not None else "")
         if not isinstance(msg, Reading):

@@ -20,7 +20,7 @@ from typing import Protocol
 from common import errors
 from common.chain import AsyncChainClient
 from common.logs import clip, log_event
-from common.messages import ErrorMessage, OptOut, TariffInfo, encode
+from common.messages import ErrorMessage, OptOut, OptOutWithdrawal, TariffInfo, encode
 from common.settings import Settings
 from server.batcher import Batcher
 from server.dr_relay import DR_VERSION, DemandResponseRelay, OptOutRelayer
@@ -55,9 +55,9 @@ class Upstream(Protocol):
     def settled(self, meter: str, seq: int) -> bool:
         """Whether this queued reading is already in a final block (a resend of it is not a duplicate to ack)."""
 
-    def opt_out(self, msg: OptOut, meter: str, region: str) -> str | None:
-        """Relay a meter's opt-out (its answer reaches the meter through the hub); returns a refusal at once, or
-        None."""
+    def opt_out(self, msg: OptOut | OptOutWithdrawal, meter: str, region: str) -> str | None:
+        """Relay a meter's opt-out or its withdrawal (its answer reaches the meter through the hub); returns a
+        refusal at once, or None."""
 
     def queued(self, count: int) -> None:
         """``count`` readings were committed to the queue: the batcher may take them."""
@@ -112,8 +112,9 @@ class InProcess:
         """Whether the relay saw the reading recorded in a final block."""
         return self.relay.settled(meter, seq)
 
-    def opt_out(self, msg: OptOut, meter: str, region: str) -> str | None:
-        """Check a meter's opt-out off chain and relay it in the background; returns a refusal, or None."""
+    def opt_out(self, msg: OptOut | OptOutWithdrawal, meter: str, region: str) -> str | None:
+        """Check a meter's opt-out or withdrawal off chain and relay it in the background; returns a refusal, or
+        None."""
         dr, relayer = self.demand_response, self.opt_outs
         try:
             if dr is None or relayer is None:
@@ -122,13 +123,17 @@ class InProcess:
         except errors.SmartMeterError as err:
             return opt_out_refused(meter, msg.event_id, err)
         key = (msg.event_id, meter.lower())
+        withdrawal = isinstance(msg, OptOutWithdrawal)
+        modification = msg.modification
+        assert modification is not None  # check_opt_out refuses an opt-out without it
         dr.in_flight.add(key)
-        log_event(log, "opt_out_received", meter=meter, id=msg.event_id)
+        log_event(log, "opt_out_withdrawal_received" if withdrawal else "opt_out_received", meter=meter,
+                  id=msg.event_id, modification=modification)
 
         async def send() -> None:
             try:
-                await relayer.relay(msg.event_id, meter, msg.signature)
-                self.hub.send(meter, dr.opted_out(msg.event_id, meter))
+                await relayer.relay(msg.event_id, meter, modification, msg.signature, withdrawal=withdrawal)
+                self.hub.send(meter, dr.opted_out(msg.event_id, meter, withdrawal=withdrawal))
             except errors.SmartMeterError as err:
                 self.hub.send(meter, opt_out_refused(meter, msg.event_id, err))
             finally:

@@ -21,7 +21,7 @@ from common import errors
 from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.logs import log_event, setup_logging
-from common.messages import OptOut, TariffInfo, encode
+from common.messages import OptOut, OptOutWithdrawal, TariffInfo, encode
 from common.settings import Settings
 from server.control import LINE_LIMIT, MAIN_OPS, frame, unframe
 from server.gateway import Gateway
@@ -123,7 +123,7 @@ class MainLink:
         mined = self.store.mined_block(meter, seq)
         return mined is not None and self.final is not None and mined <= self.final
 
-    def opt_out(self, msg: OptOut, meter: str, region: str) -> str | None:
+    def opt_out(self, msg: OptOut | OptOutWithdrawal, meter: str, region: str) -> str | None:
         """Pass the opt-out to the main process, which checks and relays it and answers through the hub."""
         self._write(frame("opt_out", meter=meter, region=region, message=encode(msg)))
         return None

@@ -26,7 +26,7 @@ from typing import Any
 from common import errors
 from common.deployment import Deployment
 from common.logs import log_event
-from common.messages import OptOut, parse_message
+from common.messages import OptOut, OptOutWithdrawal, parse_message
 from common.settings import Settings
 from server.control import LINE_LIMIT, WORKER_OPS, frame, unframe
 from server.hub import Hub
@@ -288,7 +288,7 @@ class WorkerPool:
                 self.hub.remove(meter, outlet)
         elif op == "opt_out":
             meter, opt_out = str(msg["meter"]), parse_message(str(msg["message"]))
-            if isinstance(opt_out, OptOut):
+            if isinstance(opt_out, (OptOut, OptOutWithdrawal)):
                 refusal = self.upstream.opt_out(opt_out, meter, str(msg.get("region", "")))
                 if refusal is not None:
                     self.hub.send(meter, refusal)

@@ -563,8 +563,9 @@ async def demand_response_events(ctx: Ctx, who: Caller) -> list[DemandResponseEv
     return await asyncio.to_thread(_demand_response_events, ctx, who, regions)
 
 
-OPT_OUT_REFUSED = (409, "`opt_out_refused`: the contract refused the opt-out (the event started or was cancelled, "
-                         "does not target the meter, or the meter opted out already)")
+OPT_OUT_REFUSED = (409, "`opt_out_refused`: the opt-out (or its withdrawal) was refused: it signs an older "
+                         "modification of the event, the event started or was cancelled, does not target the meter, "
+                         "or the meter opted out (or withdrew) already")
 
 
 @router.post("/demand-response/events/{event_id}/opt-out", response_model=OptOutOut, tags=["demand response"],
@@ -572,19 +573,49 @@ OPT_OUT_REFUSED = (409, "`opt_out_refused`: the contract refused the opt-out (th
 async def demand_response_opt_out(
     ctx: Ctx, who: Caller, event_id: Annotated[int, Path(ge=1, le=2**64 - 1)], body: OptOutIn,
 ) -> OptOutOut:
-    """Relay a meter's signed opt-out of an event to the chain (``RELAYER_KEY`` pays): the meter signs the
-    EIP-712 ``OptOut(meter, eventId)`` under the DemandResponse domain with its own key. Refused before any
-    transaction when the signature is not the meter's; the contract refuses it at or after the start."""
+    """Relay a meter's signed opt-out of an event's current terms to the chain (``RELAYER_KEY`` pays): the meter
+    signs the EIP-712 ``OptOut(meter, eventId, modification, terms)`` under the DemandResponse domain with its own
+    key. Refused before any transaction when it signs an older modification or is not the meter's signature;
+    the contract refuses it at or after the start. A change of the event lapses it."""
+    return await _relay_opt_out(ctx, who, event_id, body, withdrawal=False)
+
+
+@router.post("/demand-response/events/{event_id}/opt-out/withdrawal", response_model=OptOutOut,
+             tags=["demand response"], responses=answers(UNAUTHORIZED, FORBIDDEN, INVALID, OPT_OUT_REFUSED))
+async def demand_response_opt_out_withdrawal(
+    ctx: Ctx, who: Caller, event_id: Annotated[int, Path(ge=1, le=2**64 - 1)], body: OptOutIn,
+) -> OptOutOut:
+    """Relay a meter's signed withdrawal of its opt-out of an event's current terms (EIP-712
+    ``OptOutWithdrawal(meter, eventId, modification, terms)``), before the start. The meter takes part again and
+    cannot opt out of the same terms again."""
+    return await _relay_opt_out(ctx, who, event_id, body, withdrawal=True)
+
+
+async def _relay_opt_out(ctx: ApiContext, who: Principal, event_id: int, body: OptOutIn, withdrawal: bool
+                         ) -> OptOutOut:
+    """Check an opt-out or withdrawal against the event's current modification and terms, then relay it."""
     who.check_meter(body.meter)
     if ctx.deployment.demand_response is None:
         raise errors.NotFound("this deployment has no demand-response contract")
-    signer = recover_optout_signer(ctx.deployment.demand_response_domain, body.meter, event_id, body.signature)
-    if signer is None or signer.lower() != body.meter.lower():
-        raise errors.InvalidRequest("the signature is not the meter's EIP-712 OptOut(meter, eventId) for this event")
     if ctx.opt_outs is None:
         ctx.opt_outs = OptOutRelayer(ctx.settings, ctx.deployment)
-    tx_hash = await ctx.opt_outs.relay(event_id, body.meter, body.signature)
-    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter), tx_hash=tx_hash)
+    relayer = ctx.opt_outs
+    current = await asyncio.to_thread(relayer.dr.signed_terms, event_id)
+    if current is None:
+        raise errors.NotFound(f"no demand-response event {event_id}")
+    modification, terms, _ = current
+    if body.modification != modification:
+        raise errors.OptOutRefused(f"the signature is for modification {body.modification} of event {event_id}, "
+                                   f"which is at modification {modification} now: sign its current terms")
+    signer = recover_optout_signer(ctx.deployment.demand_response_domain, body.meter, event_id, modification, terms,
+                                   body.signature, withdrawal=withdrawal)
+    if signer is None or signer.lower() != body.meter.lower():
+        kind = "OptOutWithdrawal" if withdrawal else "OptOut"
+        raise errors.InvalidRequest(f"the signature is not the meter's EIP-712 {kind}(meter, eventId, modification, "
+                                    "terms) of this event's current terms")
+    tx_hash = await relayer.relay(event_id, body.meter, modification, body.signature, withdrawal=withdrawal)
+    return OptOutOut(event_id=event_id, meter=to_checksum_address(body.meter), modification=modification,
+                     tx_hash=tx_hash)
 
 
 @router.get("/meters/{address}/demand-response", response_model=list[MeterDemandResponseOut],

@@ -369,17 +369,20 @@ class TokenIn(BaseModel):
 
 
 class OptOutIn(BaseModel):
-    """A meter's EIP-712 ``OptOut(meter, eventId)`` signature, made with its own key."""
+    """A meter's EIP-712 ``OptOut(meter, eventId, modification, terms)`` (or ``OptOutWithdrawal``) signature of
+    the event's current modification and terms, made with its own key."""
 
     meter: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    modification: int = Field(ge=0, le=2**32 - 1, description="the event's modification number the meter signed")
     signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$")
 
 
 class OptOutOut(BaseModel):
-    """A relayed opt-out, recorded on chain."""
+    """A relayed opt-out (or withdrawal of one), recorded on chain."""
 
     event_id: int
     meter: str
+    modification: int
     tx_hash: str
 
 

@@ -1,5 +1,6 @@
 """DemandResponse against a real Ganache: events and their modification numbers and statuses, signed
-opt-outs refused after the start, credits gated and priced on chain, refused for a meter that opted out."""
+opt-outs bound to the event's terms and withdrawable before the start, credits gated, bounded and priced on
+chain, refused for a meter that opted out."""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def test_an_event_changed_after_notice_keeps_its_id_with_a_higher_modification_n
     later = replace(terms, start=start + PERIOD_SECONDS, signal_kind=Signal.PRICE, signal_value=35_000)
     receipt = dr.modify_event(event_id, later)
     logged = dr.contract.events.DemandResponseEvent().process_receipt(receipt)
-    assert [(e.args.id, e.args.modification) for e in logged] == [(event_id, 1)]
+    assert [(e.args.id, e.args.modification, e.args.regions, e.args.meters) for e in logged] == [
+        (event_id, 1, [], [meter])]  # the target lists, as the event's NatSpec says (they were empty)
     changed = dr.event(event_id)
     assert (changed.modification, changed.terms, changed.meters) == (1, later, (meter,))
 
@@ -133,9 +135,10 @@ def test_a_cancelled_event_takes_a_new_modification_number_and_refuses_opt_outs(
     assert [(e.args.id, e.args.modification)
             for e in dr.contract.events.DemandResponseCancelled().process_receipt(receipt)] == [(event_id, 1)]
     assert dr.event(event_id).status == Status.CANCELLED
-    signature = sign_optout(bytes(meter.key), dr.deployment.demand_response_domain, event_id)
+    terms = dr.event(event_id).terms
+    signature = sign_optout(bytes(meter.key), dr.deployment.demand_response_domain, event_id, 1, terms)
     with pytest.raises(ChainError) as err:
-        dr.opt_out(event_id, meter.address, signature)
+        dr.opt_out(event_id, meter.address, 1, signature)
     assert error_of(err) == f"EventCancelled({event_id})"
 
 
@@ -164,28 +167,28 @@ def test_an_opt_out_is_the_meters_signature_and_is_refused_at_the_start(dr: Dema
     domain = dr.deployment.demand_response_domain
     stranger = Account.create()
 
-    forged = sign_optout(bytes(stranger.key), domain, scene.event_id)
+    forged = sign_optout(bytes(stranger.key), domain, scene.event_id, 0, scene.terms)
     with pytest.raises(ChainError) as err:
-        dr.opt_out(scene.event_id, c.address, forged)
+        dr.opt_out(scene.event_id, c.address, 0, forged)
     assert error_of(err).startswith(f"BadSignature({c.address.lower()}, ")
     with pytest.raises(ChainError) as err:  # signed by its own key, but not in the event's region
-        dr.opt_out(scene.event_id, stranger.address, forged)
+        dr.opt_out(scene.event_id, stranger.address, 0, forged)
     assert error_of(err) == f"NotTargeted({scene.event_id}, {stranger.address.lower()})"
 
-    signature = sign_optout(bytes(c.key), domain, scene.event_id)
-    assert recover_optout_signer(domain, c.address, scene.event_id, signature) == c.address
-    receipt = dr.opt_out(scene.event_id, c.address, signature)
-    assert [(e.args.meter, e.args.eventId) for e in dr.contract.events.OptedOut().process_receipt(receipt)] == [
-        (c.address, scene.event_id)]
+    signature = sign_optout(bytes(c.key), domain, scene.event_id, 0, scene.terms)
+    assert recover_optout_signer(domain, c.address, scene.event_id, 0, scene.terms, signature) == c.address
+    receipt = dr.opt_out(scene.event_id, c.address, 0, signature)
+    assert [(e.args.meter, e.args.eventId, e.args.modification)
+            for e in dr.contract.events.OptedOut().process_receipt(receipt)] == [(c.address, scene.event_id, 0)]
     assert dr.participation(scene.event_id, c.address) == Participation.OPTED_OUT
     with pytest.raises(ChainError) as err:
-        dr.opt_out(scene.event_id, c.address, signature)
+        dr.opt_out(scene.event_id, c.address, 0, signature)
     assert error_of(err) == f"AlreadyOptedOut({scene.event_id}, {c.address.lower()})"
 
     scene.advance_to(scene.terms.start)
-    late = sign_optout(bytes(b.key), domain, scene.event_id)
+    late = sign_optout(bytes(b.key), domain, scene.event_id, 0, scene.terms)
     with pytest.raises(ChainError) as err:
-        dr.opt_out(scene.event_id, b.address, late)
+        dr.opt_out(scene.event_id, b.address, 0, late)
     assert error_of(err).startswith(f"EventStarted({scene.event_id}, {scene.terms.start}, ")
     assert dr.participation(scene.event_id, b.address) == Participation.NONE
 
@@ -193,8 +196,8 @@ def test_an_opt_out_is_the_meters_signature_and_is_refused_at_the_start(dr: Dema
 def test_a_meter_that_opted_out_gets_no_credit_and_credits_go_on_the_open_period(dr: DemandResponse) -> None:
     scene = make_scene(dr, history=False)
     a, b, c = scene.meters
-    dr.opt_out(scene.event_id, c.address, sign_optout(bytes(c.key), dr.deployment.demand_response_domain,
-                                                      scene.event_id))
+    dr.opt_out(scene.event_id, c.address, 0, sign_optout(bytes(c.key), dr.deployment.demand_response_domain,
+                                                         scene.event_id, 0, scene.terms))
     with pytest.raises(ChainError) as err:  # not completed yet
         dr.credit(scene.event_id, [(a.address, 500, 100)])
     assert error_of(err).startswith(f"EventNotCompleted({scene.event_id}, {scene.terms.end}, ")
@@ -229,3 +232,103 @@ def test_deploy_records_the_contract_with_its_roles_and_the_billing_contract_it_
     assert fn.hasRole(fn.GRID_OPERATOR_ROLE().call(), grid).call()
     assert not fn.hasRole(fn.SETTLER_ROLE().call(), grid).call()
     assert fn.domainSeparator().call() == dr.deployment.demand_response_domain.separator()
+
+
+def test_an_opt_out_holds_only_for_the_terms_it_signed_and_a_change_lapses_it(dr: DemandResponse) -> None:
+    scene = make_scene(dr, history=False)
+    a, b, c = scene.meters
+    domain = dr.deployment.demand_response_domain
+    first = sign_optout(bytes(c.key), domain, scene.event_id, 0, scene.terms)
+    dr.opt_out(scene.event_id, c.address, 0, first)
+    with pytest.raises(ChainError) as err:  # the same id and modification with other terms: another event
+        dr.opt_out(scene.event_id, b.address, 0,
+                   sign_optout(bytes(b.key), domain, scene.event_id, 0, replace(scene.terms, signal_value=3)))
+    assert error_of(err).startswith(f"BadSignature({b.address.lower()}, ")
+
+    later = replace(scene.terms, start=scene.terms.start + PERIOD_SECONDS)
+    dr.modify_event(scene.event_id, later)
+    assert dr.participation(scene.event_id, c.address) == Participation.NONE  # it signed the old terms
+    with pytest.raises(ChainError) as err:  # replayed after the change
+        dr.opt_out(scene.event_id, c.address, 0, first)
+    assert error_of(err) == f"StaleModification({scene.event_id}, 0, 1)"
+    with pytest.raises(ChainError) as err:  # the new number over the old terms
+        dr.opt_out(scene.event_id, c.address, 1, sign_optout(bytes(c.key), domain, scene.event_id, 1, scene.terms))
+    assert error_of(err).startswith(f"BadSignature({c.address.lower()}, ")
+    receipt = dr.opt_out(scene.event_id, c.address, 1, sign_optout(bytes(c.key), domain, scene.event_id, 1, later))
+    assert [e.args.modification for e in dr.contract.events.OptedOut().process_receipt(receipt)] == [1]
+    assert dr.participation(scene.event_id, c.address) == Participation.OPTED_OUT
+
+    dr.opt_out(scene.event_id, b.address, 1, sign_optout(bytes(b.key), domain, scene.event_id, 1, later))
+    dr.modify_event(scene.event_id, replace(later, signal_value=3))  # b's opt-out lapses: it is credited
+    scene.advance_to(later.end + HOUR)
+    receipt = dr.credit(scene.event_id, [(b.address, 500, 100)])
+    assert [e.args.amount for e in dr.contract.events.CreditApplied().process_receipt(receipt)] == [400 * RATE]
+
+
+def test_a_meter_withdraws_its_opt_out_before_the_start_and_neither_signature_replays(dr: DemandResponse) -> None:
+    scene = make_scene(dr, history=False)
+    a, b, c = scene.meters
+    domain = dr.deployment.demand_response_domain
+    withdrawal = sign_optout(bytes(c.key), domain, scene.event_id, 0, scene.terms, withdrawal=True)
+    with pytest.raises(ChainError) as err:
+        dr.opt_out(scene.event_id, c.address, 0, withdrawal, withdrawal=True)
+    assert error_of(err) == f"NotOptedOut({scene.event_id}, {c.address.lower()})"
+    opt_out = sign_optout(bytes(c.key), domain, scene.event_id, 0, scene.terms)
+    with pytest.raises(ChainError) as err:  # an opt-out's signature is no withdrawal's
+        dr.opt_out(scene.event_id, c.address, 0, opt_out, withdrawal=True)
+    assert error_of(err).startswith(f"BadSignature({c.address.lower()}, ")
+
+    dr.opt_out(scene.event_id, c.address, 0, opt_out)
+    receipt = dr.opt_out(scene.event_id, c.address, 0, withdrawal, withdrawal=True)
+    assert [(e.args.meter, e.args.eventId, e.args.modification)
+            for e in dr.contract.events.OptOutWithdrawn().process_receipt(receipt)] == [(c.address, scene.event_id, 0)]
+    assert dr.participation(scene.event_id, c.address) == Participation.WITHDRAWN
+    with pytest.raises(ChainError) as err:  # the opt-out replayed cannot undo the withdrawal
+        dr.opt_out(scene.event_id, c.address, 0, opt_out)
+    assert error_of(err) == f"OptOutWasWithdrawn({scene.event_id}, {c.address.lower()})"
+    with pytest.raises(ChainError) as err:
+        dr.opt_out(scene.event_id, c.address, 0, withdrawal, withdrawal=True)
+    assert error_of(err) == f"NotOptedOut({scene.event_id}, {c.address.lower()})"
+
+    dr.opt_out(scene.event_id, b.address, 0, sign_optout(bytes(b.key), domain, scene.event_id, 0, scene.terms))
+    scene.advance_to(scene.terms.start)
+    with pytest.raises(ChainError) as err:
+        dr.opt_out(scene.event_id, b.address, 0,
+                   sign_optout(bytes(b.key), domain, scene.event_id, 0, scene.terms, withdrawal=True), withdrawal=True)
+    assert error_of(err).startswith(f"EventStarted({scene.event_id}, {scene.terms.start}, ")
+    scene.advance_to(scene.terms.end + HOUR)
+    receipt = dr.credit(scene.event_id, [(c.address, 500, 100)])  # it took part after all
+    assert [e.args.amount for e in dr.contract.events.CreditApplied().process_receipt(receipt)] == [400 * RATE]
+    with pytest.raises(ChainError) as err:
+        dr.credit(scene.event_id, [(b.address, 500, 100)])
+    assert error_of(err) == f"MeterOptedOut({scene.event_id}, {b.address.lower()})"
+
+
+def test_a_change_must_name_the_events_own_target_and_logs_it(dr: DemandResponse) -> None:
+    scene = make_scene(dr, history=False)
+    later = replace(scene.terms, signal_value=3)
+    call = dr.contract.functions.modifyEvent(scene.event_id, later.as_struct(), [text32("elsewhere")], [])
+    with pytest.raises(ChainError) as err:
+        dr.client.transact(dr.settings.grid_operator_key, call)
+    assert error_of(err) == f"TargetMismatch({scene.event_id})"
+    receipt = dr.modify_event(scene.event_id, later)
+    logged = dr.contract.events.DemandResponseEvent().process_receipt(receipt)
+    assert [(e.args.regions, e.args.meters) for e in logged] == [([text32(REGION)], [])]
+
+
+def test_a_baseline_above_what_the_supply_can_deliver_over_the_window_is_refused(dr: DemandResponse) -> None:
+    scene = make_scene(dr, history=False)
+    a, b, c = scene.meters
+    max_power_w = dr.billing.contract.functions.maxPowerW().call()
+    bound = max_power_w * scene.terms.duration // HOUR
+    assert dr.max_power_w() == max_power_w
+    assert dr.contract.functions.creditBoundWh(scene.event_id).call() == bound
+    scene.advance_to(scene.terms.end + HOUR)
+    with pytest.raises(ChainError) as err:  # a settler key crediting a made-up baseline
+        dr.credit(scene.event_id, [(a.address, 500, 100), (b.address, 10**12, 0)])
+    assert error_of(err) == f"CreditAboveBound({scene.event_id}, {b.address.lower()}, {10**12}, {bound})"
+    with pytest.raises(ChainError) as err:
+        dr.credit(scene.event_id, [(b.address, bound + 1, 0)])
+    assert error_of(err) == f"CreditAboveBound({scene.event_id}, {b.address.lower()}, {bound + 1}, {bound})"
+    receipt = dr.credit(scene.event_id, [(b.address, bound, 0)])
+    assert [e.args.amount for e in dr.contract.events.CreditApplied().process_receipt(receipt)] == [bound * RATE]

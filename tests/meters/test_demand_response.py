@@ -1,6 +1,7 @@
 """A meter in demand response: it hears the events that target it over its connection, opts out of the ones
-its household does not take part in (signed, through the gateway, recorded on chain), shows each event's
-status and its own part on its panel, and cuts its load while an event it takes part in is active."""
+its household does not take part in (signed for the event's current terms, through the gateway, recorded on
+chain), opts out again of a changed event, may withdraw an opt-out, shows each event's status and its own part
+on its panel, and cuts its load while an event it takes part in is active."""
 
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ async def test_a_household_opts_out_over_its_connection_and_the_other_takes_part
         assert dr.participation(event_id, member.status.meter) == Participation.NONE
         assert not member.events[event_id].opted_out and member.opting_out == set()
 
-        # A changed event reaches the meters with its new modification number; the opt-out stands.
+        # A changed event reaches the meters with its new modification number; it lapsed the opt-out, which
+        # the household signs again for the new terms.
         await asyncio.to_thread(dr.modify_event, event_id, Terms(start + PERIOD_SECONDS, HOUR, HOUR, Signal.LEVEL,
                                                                  3, 100_000))
         await wait_for(lambda: member.events[event_id].modification == 1
-                       and quitter.events[event_id].modification == 1, 30, "the change to reach both meters")
-        assert quitter.events[event_id].opted_out and member.events[event_id].signal_value == 3
+                       and quitter.events[event_id].modification == 1 and quitter.events[event_id].opted_out, 30,
+                       "the change to reach both meters and the opt-out of the new terms to come back")
+        assert member.events[event_id].signal_value == 3 and (event_id, 1) in quitter.opting_out
+        assert dr.participation(event_id, quitter.status.meter) == Participation.OPTED_OUT
+        assert dr.contract.functions.eventOf(event_id).call()[2] == 1
 
         screens = {}
         for client in (quitter, member):
@@ -62,6 +67,12 @@ async def test_a_household_opts_out_over_its_connection_and_the_other_takes_part
         assert f"event {event_id} (revision 1) (flex)" in screens["meter-01"]
         assert "level 3 · far · opted out" in screens["meter-01"]
         assert "level 3 · far · taking part" in screens["meter-02"]
+
+        # The household changes its mind: it withdraws its opt-out (signed), and takes part again.
+        assert quitter.withdraw_opt_out() == event_id
+        await wait_for(lambda: not quitter.events[event_id].opted_out, 30, "the withdrawal to come back")
+        assert dr.participation(event_id, quitter.status.meter) == Participation.WITHDRAWN
+        assert quitter.opt_out() is None and quitter.withdraw_opt_out() is None  # nothing left to ask
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -134,9 +145,10 @@ async def test_an_opt_out_the_server_failed_to_relay_is_asked_again_and_a_refuse
     event = _event(int(time.time()) + 2 * HOUR)
     client._on_message(event)
     await asyncio.sleep(0)
-    assert [type(m) for m in wire.sent] == [OptOut] and client.opting_out == {event.id}
+    assert [type(m) for m in wire.sent] == [OptOut] and client.opting_out == {(event.id, 0)}
     sent = wire.sent[0]
-    assert recover_optout_signer(deployment.demand_response_domain, client.status.meter, event.id,
+    assert sent.modification == 0  # type: ignore[attr-defined]
+    assert recover_optout_signer(deployment.demand_response_domain, client.status.meter, event.id, 0, event.terms,
                                  sent.signature).lower() == client.status.meter.lower()  # type: ignore[attr-defined]
     client._on_message(ErrorMessage(code="chain_unavailable", message="the chain did not answer", event_id=event.id))
     assert client.opting_out == set() and "was refused" in client.status.last_error
@@ -146,4 +158,38 @@ async def test_an_opt_out_the_server_failed_to_relay_is_asked_again_and_a_refuse
     client._on_message(ErrorMessage(code="opt_out_refused", message="event 4 is active", event_id=event.id))
     client._on_message(event)
     await asyncio.sleep(0)
-    assert len(wire.sent) == 2 and client.opting_out == {event.id}, "refused for good: not asked again"
+    assert len(wire.sent) == 2 and client.opting_out == {(event.id, 0)}, "refused for good: not asked again"
+
+
+async def test_a_changed_event_is_opted_out_of_again_for_its_new_terms_and_a_withdrawal_is_signed_and_kept(
+    meter_settings, deployment,
+) -> None:
+    from common.eip712 import recover_optout_signer
+    from common.messages import OptOut, OptOutWithdrawal
+
+    provision(meter_settings, count=1, history_days=0)
+    client, _ = make_client(meter_settings, "meter-01")
+    client.dr_domain, client.opt_out_rate = deployment.demand_response_domain, 1.0
+    domain, meter = deployment.demand_response_domain, client.status.meter
+    wire = _Wire()
+    client.link = wire  # type: ignore[assignment]
+    event = _event(int(time.time()) + 2 * HOUR)
+    client._on_message(event.model_copy(update={"opted_out": True}))  # opted out of modification 0 already
+    changed = event.model_copy(update={"modification": 1, "signal_value": 3})
+    client._on_message(changed)  # the change lapsed it: this meter is not opted out of the new terms
+    await asyncio.sleep(0)
+    assert not client.events[event.id].opted_out
+    assert [(type(m), m.modification) for m in wire.sent] == [(OptOut, 1)]  # type: ignore[attr-defined]
+    assert recover_optout_signer(domain, meter, event.id, 1, changed.terms,
+                                 wire.sent[0].signature) == meter  # type: ignore[attr-defined]
+
+    client._on_message(changed.model_copy(update={"opted_out": True}))
+    assert client.withdraw_opt_out(event.id) == event.id
+    await asyncio.sleep(0)
+    withdrawal = wire.sent[-1]
+    assert isinstance(withdrawal, OptOutWithdrawal) and withdrawal.modification == 1
+    assert recover_optout_signer(domain, meter, event.id, 1, changed.terms, withdrawal.signature,
+                                 withdrawal=True) == meter
+    client._on_message(changed)  # the server tells it back: taking part, and not opted out of again
+    await asyncio.sleep(0)
+    assert not client.events[event.id].opted_out and len(wire.sent) == 2

@@ -11,7 +11,7 @@ from common.settings import Settings
 from operations.control import Operations
 from operations.demand_response import settle, verify
 from scripts import demand_response as command
-from tests.contracts.test_demand_response import HOUR, POWER_W, RATE, dr, make_scene  # noqa: F401
+from tests.contracts.test_demand_response import DAY, HOUR, POWER_W, RATE, dr, make_scene  # noqa: F401
 
 BASELINE_WH = POWER_W  # one hour at POWER_W on each of the three baseline days, no in-day change
 
@@ -22,8 +22,8 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
 ) -> None:
     scene = make_scene(dr)
     a, b, c = scene.meters
-    dr.opt_out(scene.event_id, c.address,
-               sign_optout(bytes(c.key), dr.deployment.demand_response_domain, scene.event_id))
+    dr.opt_out(scene.event_id, c.address, 0,
+               sign_optout(bytes(c.key), dr.deployment.demand_response_domain, scene.event_id, 0, scene.terms))
     scene.advance_to(scene.terms.end + 2 * HOUR)
     scene.read(scene.terms.start, 6 * HOUR)
     scene.read(scene.terms.end, HOUR, {a.address: 100})  # a shifts its load out of the event's hour
@@ -50,6 +50,9 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     monkeypatch.setenv("DEPLOYMENTS_DIR", str(base_settings.deployments_dir))
     assert command.main(["verify"]) == 0
     assert "2 credits checked against the chain: all agree" in capsys.readouterr().out
+    assert command.main(["events"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"event {scene.event_id} "))
+    assert "; 1 opted out, 2 credited, " in listed
     assert command.main(["show", str(scene.event_id)]) == 0
     table = capsys.readouterr().out.splitlines()
     row_a = next(line for line in table if line.startswith(a.address))
@@ -73,3 +76,28 @@ def test_settlement_credits_the_measured_reduction_and_a_wrong_credit_is_caught(
     assert f"MISMATCH event {later}, meter {b.address}" in capsys.readouterr().out
     assert command.main(["show", str(later)]) == 1
     assert capsys.readouterr().out.splitlines()[-1].endswith("the recomputation from the chain disagrees for 1")
+
+
+def test_a_baseline_above_what_the_supply_can_deliver_is_settled_at_the_bound_and_verified(
+    dr: DemandResponse,  # noqa: F811
+) -> None:
+    # Meter a drew 20 kW in the event's hour on each baseline day and 23.9 kW in the adjustment hours of the
+    # event's day: the in-day adjustment lifts its baseline to 43.8 kWh, more than 24 kW can deliver in an hour.
+    scene = make_scene(dr, history=False)
+    a, b, _ = scene.meters
+    start = scene.terms.start
+    bound = dr.max_power_w() * scene.terms.duration // HOUR
+    scene.advance_to(scene.terms.end + HOUR)
+    for k in (3, 2, 1, 0):
+        day = start - k * DAY
+        for until, watts in ((day - 4 * HOUR, 100), (day - HOUR, 23_900 if k == 0 else 100), (day, 100),
+                             (day + HOUR, 20_000)):
+            scene.read(until, HOUR, {a.address: watts})
+    scene.read(scene.terms.end + HOUR, HOUR, {a.address: 100})
+
+    done = settle(dr, scene.event_id)
+    measured = {r.meter: r.measurement for r in done.responses}
+    assert measured[a.address] is not None
+    assert (measured[a.address].baseline_wh, measured[a.address].actual_wh) == (bound, 20_000)
+    assert dr.credit_of(a.address, 1) == (bound - 20_000) * RATE
+    assert verify(dr) == ([], 3)

@@ -48,8 +48,8 @@ def _build(dr: DemandResponse) -> Settled:
     start = scene.terms.start
     later = dr.create_event("dfs-later", replace(scene.terms, start=start + DAY, ramp_up=0), meters=[b.address])
     future = dr.create_event("dfs-future", replace(scene.terms, start=start + 3 * DAY), meters=[a.address])
-    dr.opt_out(scene.event_id, c.address, sign_optout(bytes(c.key), dr.deployment.demand_response_domain,
-                                                      scene.event_id))
+    dr.opt_out(scene.event_id, c.address, 0, sign_optout(bytes(c.key), dr.deployment.demand_response_domain,
+                                                         scene.event_id, 0, scene.terms))
     scene.advance_to(start + DAY + 3 * HOUR)
     scene.read(start, 6 * HOUR)
     scene.read(scene.terms.end, HOUR, {a.address: 100})

@@ -715,7 +715,8 @@ async def test_every_route_declares_exactly_the_errors_it_answers_in_the_error_s
     # An opt-out's refusals for another meter and by the chain (403, 409) need a signed body:
     # tests/server/test_api_demand_response.py reaches them.
     limits = {("post", f"{API}/accounts/{{ref}}/messages"): {409, 429},
-              ("post", f"{API}/demand-response/events/{{event_id}}/opt-out"): {403, 409}}
+              ("post", f"{API}/demand-response/events/{{event_id}}/opt-out"): {403, 409},
+              ("post", f"{API}/demand-response/events/{{event_id}}/opt-out/withdrawal"): {403, 409}}
     assert answered == {key: statuses - {503} - limits.get(key, set()) for key, statuses in declared.items()}
     assert unsecured == {f"{API}/health", f"{API}/auth/challenge", f"{API}/auth/token"}
 

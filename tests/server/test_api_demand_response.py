@@ -27,9 +27,10 @@ async def test_events_show_their_modification_number_and_each_meters_participati
     start = -(-(dr.billing.now() + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
     terms = Terms(start, HOUR, HOUR, Signal.LEVEL, 2, 100_000)
     event_id = dr.create_event("dfs-api", terms, meters=[first.address, second.address])
-    dr.modify_event(event_id, replace(terms, signal_value=3))
-    dr.opt_out(event_id, second.address,
-               sign_optout(bytes(second.key), server.deployment.demand_response_domain, event_id))
+    terms = replace(terms, signal_value=3)
+    dr.modify_event(event_id, terms)
+    dr.opt_out(event_id, second.address, 1,
+               sign_optout(bytes(second.key), server.deployment.demand_response_domain, event_id, 1, terms))
 
     reply = await api.get(f"{API}/demand-response/events", headers=op)
     assert reply.status_code == 200
@@ -47,18 +48,42 @@ async def test_events_show_their_modification_number_and_each_meters_participati
     # The customer opts out through the API with the meter's signature; the relayer pays.
     url = f"{API}/demand-response/events/{event_id}/opt-out"
     domain = server.deployment.demand_response_domain
-    forged = sign_optout(bytes(second.key), domain, event_id)
-    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": forged})
+    forged = sign_optout(bytes(second.key), domain, event_id, 1, terms)
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "modification": 1,
+                                                        "signature": forged})
     assert (reply.status_code, reply.json()["error"]["code"]) == (422, "invalid_request")
-    reply = await api.post(url, headers=customer, json={"meter": second.address, "signature": forged})
+    reply = await api.post(url, headers=customer, json={"meter": second.address, "modification": 1,
+                                                        "signature": forged})
     assert (reply.status_code, reply.json()["error"]["code"]) == (403, "forbidden")
-    signature = sign_optout(bytes(first.key), domain, event_id)
-    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": signature})
+    stale = sign_optout(bytes(first.key), domain, event_id, 0, replace(terms, signal_value=2))
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "modification": 0,
+                                                        "signature": stale})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (409, "opt_out_refused")
+    assert "modification 0" in reply.json()["error"]["message"]
+    signature = sign_optout(bytes(first.key), domain, event_id, 1, terms)
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "modification": 1,
+                                                        "signature": signature})
     assert reply.status_code == 200 and reply.json()["meter"] == first.address
+    assert reply.json()["modification"] == 1
     assert dr.opted_out(event_id) == {first.address, second.address}
-    reply = await api.post(url, headers=customer, json={"meter": first.address, "signature": signature})
+    reply = await api.post(url, headers=customer, json={"meter": first.address, "modification": 1,
+                                                        "signature": signature})
     assert (reply.status_code, reply.json()["error"]["code"]) == (409, "opt_out_refused")
     assert reply.json()["error"]["message"].startswith(f"AlreadyOptedOut({event_id}, ")
+
+    # ... and withdraws it before the start, signed too: the meter takes part again.
+    withdrawal = sign_optout(bytes(first.key), domain, event_id, 1, terms, withdrawal=True)
+    reply = await api.post(f"{url}/withdrawal", headers=customer,
+                           json={"meter": first.address, "modification": 1, "signature": signature})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (422, "invalid_request")  # an opt-out's signature
+    reply = await api.post(f"{url}/withdrawal", headers=customer,
+                           json={"meter": first.address, "modification": 1, "signature": withdrawal})
+    assert reply.status_code == 200, reply.text
+    assert dr.opted_out(event_id) == {second.address}
+    reply = await api.get(f"{API}/demand-response/events", headers=op)
+    event = next(e for e in reply.json() if e["id"] == event_id)
+    assert {m["meter"]: m["state"] for m in event["meters"]} == {first.address: "participating",
+                                                                  second.address: "opted_out"}
     chain.decoder = None
 
 

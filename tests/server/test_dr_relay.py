@@ -1,8 +1,9 @@
-"""Demand response over the meters' wire (protocol 4) against the session's Ganache: an event reaches the
-meters it targets, a change reaches them with its new modification number, a meter's signed opt-out goes
-through the gateway to the chain, bad or repeated opt-outs are refused with their event's id, and a
-meter that logs in later is told the event as it stands; the same with the gateway in two worker processes
-(``GATEWAY_WORKERS``), where opt-outs and events cross the control link."""
+"""Demand response over the meters' wire (protocol 4 and 5) against the session's Ganache: an event reaches the
+meters it targets, a change reaches them with its new modification number (and lapses their opt-outs), a
+meter's opt-out signed for the event's current terms goes through the gateway to the chain and can be
+withdrawn, bad, stale or repeated opt-outs are refused with their event's id, a version 4 meter's unbound
+opt-out is refused, and a meter that logs in later is told the event as it stands; the same with the gateway
+in two worker processes (``GATEWAY_WORKERS``), where opt-outs and events cross the control link."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from common.messages import (
     DemandResponseMessage,
     ErrorMessage,
     OptOut,
+    OptOutWithdrawal,
     Welcome,
     encode,
     parse_message,
@@ -49,6 +51,14 @@ async def server(request, server_settings, deployment) -> AsyncIterator[ServerAp
     await app.stop()
 
 
+async def _event_at(link: Any, modification: int) -> DemandResponseMessage:
+    """The next event message of this modification (the meter may be told the one before again meanwhile, as
+    its opt-out's log becomes final)."""
+    while (told := await next_of(link, DemandResponseMessage)).modification != modification:
+        pass
+    return told
+
+
 def _terms(start: int, level: int = 2) -> Terms:
     return Terms(start, HOUR, HOUR, Signal.LEVEL, level, RATE)
 
@@ -61,7 +71,7 @@ async def test_events_reach_their_meters_changed_ones_with_the_new_modification_
     links = {m.address: link_for(m) for m in (north_a, north_b, south)}
     for link in links.values():
         await link.connect()
-        assert link.version == 4
+        assert link.version == 5
     start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
     event_id = dr.create_event("flex", _terms(start), regions=["dr-north"])
 
@@ -78,40 +88,83 @@ async def test_events_reach_their_meters_changed_ones_with_the_new_modification_
     assert (changed.id, changed.modification, changed.start, changed.signal_value) == (
         event_id, 1, start + PERIOD_SECONDS, 3)
 
-    # North A opts out over its connection: relayed to the chain, told back to the meter.
+    # North A opts out over its connection: one signed for the old terms is refused before any gas is spent,
+    # one of the current terms is relayed to the chain and told back to the meter.
+    domain = deployment.demand_response_domain
     a_link = links[north_a.address]
     assert (await next_of(a_link, DemandResponseMessage)).modification == 1
-    signature = sign_optout(north_a.key, deployment.demand_response_domain, event_id)
-    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, signature=signature))
+    stale = sign_optout(north_a.key, domain, event_id, 0, _terms(start))
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=0, signature=stale))
+    refused = await next_of(a_link, ErrorMessage)
+    assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
+    assert "modification 0" in refused.message and "at modification 1 now" in refused.message
+    signature = sign_optout(north_a.key, domain, event_id, 1, later)
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=1, signature=signature))
     told = await next_of(a_link, DemandResponseMessage)
     assert (told.id, told.opted_out) == (event_id, True)
     assert dr.participation(event_id, north_a.address) == Participation.OPTED_OUT
     assert dr.participation(event_id, north_b.address) == Participation.NONE
 
     # Again: refused before any gas is spent, with the event's id.
-    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, signature=signature))
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=1, signature=signature))
     refused = await next_of(a_link, ErrorMessage)
     assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
     # Signed with another key, and for a meter the event does not target.
     b_link = links[north_b.address]
-    await b_link.send(OptOut(meter=north_b.address, event_id=event_id,
-                             signature=sign_optout(Account.create().key, deployment.demand_response_domain,
-                                                   event_id)))
+    await b_link.send(OptOut(meter=north_b.address, event_id=event_id, modification=1,
+                             signature=sign_optout(Account.create().key, domain, event_id, 1, later)))
     assert ((await next_of(b_link, ErrorMessage)).code, dr.participation(event_id, north_b.address)) == (
         "bad_signature", Participation.NONE)
     s_link = links[south.address]
-    await s_link.send(OptOut(meter=south.address, event_id=event_id,
-                             signature=sign_optout(south.key, deployment.demand_response_domain, event_id)))
+    await s_link.send(OptOut(meter=south.address, event_id=event_id, modification=1,
+                             signature=sign_optout(south.key, domain, event_id, 1, later)))
     refused = await next_of(s_link, ErrorMessage)
     assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
     assert "does not target this meter" in refused.message
+
+    # North B opts out, then the event changes: its opt-out lapses, and it is told so with the change.
+    await b_link.send(OptOut(meter=north_b.address, event_id=event_id, modification=1,
+                             signature=sign_optout(north_b.key, domain, event_id, 1, later)))
+    assert (await next_of(b_link, DemandResponseMessage)).opted_out
+    latest = _terms(start + PERIOD_SECONDS, level=1)
+    dr.modify_event(event_id, latest)
+    changed = await _event_at(b_link, 2)
+    assert (changed.modification, changed.signal_value, changed.opted_out) == (2, 1, False)
+    assert dr.participation(event_id, north_b.address) == Participation.NONE
+    await _event_at(a_link, 2)
+    signature = sign_optout(north_a.key, domain, event_id, 2, latest)
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=2, signature=signature))
+    assert (await next_of(a_link, DemandResponseMessage)).opted_out
+
+    # North A withdraws its opt-out (signed): told back, and it cannot opt out of these terms again.
+    withdrawal = sign_optout(north_a.key, domain, event_id, 2, latest, withdrawal=True)
+    await a_link.send(OptOutWithdrawal(meter=north_a.address, event_id=event_id, modification=2,
+                                       signature=withdrawal))
+    while (told := await _event_at(a_link, 2)).opted_out:
+        pass  # the opt-out's own log, final after the withdrawal was sent
+    assert (told.id, told.modification, told.opted_out) == (event_id, 2, False)
+    assert dr.participation(event_id, north_a.address) == Participation.WITHDRAWN
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=2, signature=signature))
+    refused = await next_of(a_link, ErrorMessage)
+    assert (refused.code, refused.event_id) == ("opt_out_refused", event_id) and "withdrew" in refused.message
+    await b_link.send(OptOutWithdrawal(meter=north_b.address, event_id=event_id, modification=2,
+                                       signature=sign_optout(north_b.key, domain, event_id, 2, latest,
+                                                             withdrawal=True)))
+    refused = await next_of(b_link, ErrorMessage)
+    assert (refused.code, refused.event_id) == ("opt_out_refused", event_id) and "not opted out" in refused.message
+    # Opt out again, for the login below.
+    await asyncio.to_thread(dr.modify_event, event_id, later)
+    await _event_at(a_link, 3)
+    await a_link.send(OptOut(meter=north_a.address, event_id=event_id, modification=3,
+                             signature=sign_optout(north_a.key, domain, event_id, 3, later)))
+    assert (await next_of(a_link, DemandResponseMessage)).opted_out
 
     # A meter logging in later is told the event as it stands, its opt-out included.
     await a_link.close()
     relink = link_for(north_a)
     await relink.connect()
     again = await next_of(relink, DemandResponseMessage)
-    assert (again.id, again.modification, again.opted_out) == (event_id, 1, True)
+    assert (again.id, again.modification, again.opted_out) == (event_id, 3, True)
     for link in (relink, b_link, s_link):
         await link.close()
 
@@ -138,6 +191,34 @@ async def test_a_meter_of_an_older_protocol_version_is_not_sent_events(
             assert not isinstance(parse_message(raw), DemandResponseMessage)
         # Nor may it opt out over the wire (it does not speak version 4).
         await ws.send(encode(OptOut(meter=meter.address, event_id=1, signature="0x" + "1" * 130)))
+        assert parse_message(await _recv(ws, 10)).code == "unexpected_message"
+
+
+async def test_a_version_4_meter_is_told_events_but_its_opt_out_signed_without_the_terms_is_refused(
+    snapshot, server, new_meter, chain, deployment, server_settings,
+) -> None:
+    meter = new_meter(region="dr-v4")
+    async with connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path),
+                       subprotocols=[Subprotocol("smartmeter.v4")]) as ws:
+        challenge = parse_message(await ws.recv())
+        nonce = bytes.fromhex(challenge.nonce[2:])
+        await ws.send(encode(Auth(meter=meter.address, nonce=challenge.nonce,
+                                  signature=sign_login(meter.key, deployment.domain, nonce))))
+        assert isinstance(parse_message(await ws.recv()), Welcome)
+        start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
+        event_id = DemandResponse(chain, deployment).create_event("flex", _terms(start), meters=[meter.address])
+        while not isinstance(told := parse_message(await _recv(ws, 30)), DemandResponseMessage):
+            pass
+        assert (told.id, told.modification) == (event_id, 0)
+        # The opt-out a version 4 meter sends (no modification): refused with a reason, no gas spent.
+        await ws.send(f'{{"type":"opt_out","meter":"{meter.address}","eventId":{event_id},'
+                      f'"signature":"0x{"1" * 130}"}}')
+        refused = parse_message(await _recv(ws, 10))
+        assert (refused.code, refused.event_id) == ("opt_out_refused", event_id)
+        assert "protocol version 4" in refused.message
+        # A withdrawal is a message of version 5.
+        await ws.send(encode(OptOutWithdrawal(meter=meter.address, event_id=event_id, modification=0,
+                                              signature="0x" + "1" * 130)))
         assert parse_message(await _recv(ws, 10)).code == "unexpected_message"
 
 
@@ -178,7 +259,7 @@ def test_opt_outs_and_credits_go_to_their_meter_only_and_a_cancellation_to_every
                         regions=[text32("north")], meters=[]))
     assert [(m, e.id) for m, e in hub.sent] == [(meters[0], 7), (meters[1], 7)]  # not the version 3 meter
     hub.sent.clear()
-    relay._apply(_event("OptedOut", 6, meter=meters[0], eventId=7))
+    relay._apply(_event("OptedOut", 6, meter=meters[0], eventId=7, modification=0))
     relay._apply(_event("CreditApplied", 9, meter=meters[1], eventId=7, periodId=1, baselineWh=900,
                         actualWh=400, amount=500 * RATE))
     assert [(m, e.opted_out, e.credit, e.baseline_wh, e.actual_wh) for m, e in hub.sent] == [

@@ -10,7 +10,7 @@ import random
 import shutil
 import subprocess
 
-from common.baseline import half_hourly, measure
+from common.baseline import credit_bound_wh, half_hourly, measure
 from common.settings import ROOT
 from common.tariff import (
     BANDED,
@@ -107,8 +107,9 @@ BASELINE_HARNESS = """
 import { readFileSync } from "node:fs";
 import { halfHourly, measure } from "./tools/verify/baseline.mjs";
 const big = (pair) => pair.map(BigInt);
-const out = JSON.parse(readFileSync(0, "utf8")).map(({ opening, readings, start, end, windows }) => {
-  const m = measure(halfHourly(big(opening), readings.map(big)), BigInt(start), BigInt(end), windows.map(big));
+const out = JSON.parse(readFileSync(0, "utf8")).map(({ opening, readings, start, end, windows, cap }) => {
+  const m = measure(halfHourly(big(opening), readings.map(big)), BigInt(start), BigInt(end), windows.map(big),
+    cap === null ? null : BigInt(cap));
   return m === null ? null : [m.baselineWh === null ? null : m.baselineWh.toString(), m.actualWh.toString(),
     m.days.map(String)];
 });
@@ -116,11 +117,12 @@ process.stdout.write(JSON.stringify(out));
 """
 
 
-Case = tuple[tuple[int, int], list[tuple[int, int]], int, int, list[tuple[int, int]]]
+Case = tuple[tuple[int, int], list[tuple[int, int]], int, int, list[tuple[int, int]], int | None]
 
 
 def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None:
     rng = random.Random(27)
+    bounds = random.Random(28)  # the supply's power bound, apart so the households stay as they were
     cases: list[Case] = []
     for _ in range(300):
         opened = START + rng.randrange(40 * 86_400)
@@ -140,16 +142,18 @@ def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None
         windows = [(w, w + rng.randrange(1, 6) * 1_800)
                    for w in ((start - rng.randrange(1, 30) * 86_400 + rng.randrange(-6, 6) * 1_800)
                              for _ in range(rng.randrange(0, 6)))]
-        cases.append((opening, readings, start, end, [(start, end), *windows]))
+        cap = None if bounds.random() < 0.5 else credit_bound_wh(bounds.randrange(3_000), start, end)
+        cases.append((opening, readings, start, end, [(start, end), *windows], cap))
     ours: list[tuple[str | None, str, list[str]] | None] = []
-    for opening, readings, start, end, windows in cases:
+    for opening, readings, start, end, windows, cap in cases:
         try:
-            m = measure(half_hourly(opening, readings), start, end, windows)
+            m = measure(half_hourly(opening, readings), start, end, windows, cap)
         except ValueError:
             ours.append(None)
             continue
         ours.append((None if m.baseline_wh is None else str(m.baseline_wh), str(m.actual_wh), [str(d) for d in m.days]))
-    text = json.dumps([{"opening": o, "readings": r, "start": s, "end": e, "windows": w} for o, r, s, e, w in cases])
+    text = json.dumps([{"opening": o, "readings": r, "start": s, "end": e, "windows": w, "cap": c}
+                       for o, r, s, e, w, c in cases])
     node = shutil.which("node")
     assert node is not None
     result = subprocess.run([node, "--input-type=module", "-e", BASELINE_HARNESS], cwd=ROOT, input=text,
@@ -162,4 +166,6 @@ def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None
     # Every branch was taken: unmeasurable windows, too few days, the full ten days, a baseline held at 0.
     assert None in ours and any(m is not None and m[0] is None for m in ours)
     assert any(len(m[2]) == 10 for m in measured) and any(m[0] == "0" for m in measured)
+    assert any(m is not None and m[0] is not None and int(m[0]) == case[5] > 0
+               for case, m in zip(cases, ours, strict=True)), "a baseline held at the supply's bound"
     assert len(measured) > 50

@@ -1,7 +1,8 @@
 """The independent check of demand-response credits (tools/verify/check.mjs with baseline.mjs and credits.mjs)
 against a real Ganache of its own: four households with twelve days of uneven use, an event settled for three of
-them (the fourth opted out), one cancelled, one changed before it started and settled after a bill was issued
-(one household used more, so is owed nothing), and one left to be credited by hand with a wrong baseline."""
+them (the fourth opted out, the second opted out and withdrew it), one cancelled, one changed before it started
+(which lapsed the third's opt-out) and settled after a bill was issued (one household used more, so is owed
+nothing), and one left to be credited by hand with a wrong baseline."""
 
 from __future__ import annotations
 
@@ -101,11 +102,16 @@ def scene(tmp_path_factory: pytest.TempPathFactory, base_settings: Settings) -> 
         homes.read(now)
         a, b, c, d = (k.address for k in keys)
         settled = dr.create_event("dfs", Terms(start, HOUR, 1_800, Signal.LEVEL, 2, RATE), regions=[REGION])
-        dr.opt_out(settled, d, sign_optout(bytes(keys[3].key), deployment.demand_response_domain, settled))
+        domain, settled_terms = deployment.demand_response_domain, Terms(start, HOUR, 1_800, Signal.LEVEL, 2, RATE)
+        dr.opt_out(settled, d, 0, sign_optout(bytes(keys[3].key), domain, settled, 0, settled_terms))
+        dr.opt_out(settled, b, 0, sign_optout(bytes(keys[1].key), domain, settled, 0, settled_terms))
+        dr.opt_out(settled, b, 0, sign_optout(bytes(keys[1].key), domain, settled, 0, settled_terms, withdrawal=True),
+                   withdrawal=True)
         cancelled = dr.create_event("dfs", Terms(start + DAY, HOUR, 0, Signal.LEVEL, 3, RATE), meters=[a, b, c])
         dr.cancel_event(cancelled)  # its day stays a baseline day of the next event
-        changed = dr.create_event("dfs", Terms(start + 2 * DAY + 1_800, 2 * HOUR, 0, Signal.LEVEL, 1, RATE),
-                                  meters=[a, b, c])
+        first_terms = Terms(start + 2 * DAY + 1_800, 2 * HOUR, 0, Signal.LEVEL, 1, RATE)
+        changed = dr.create_event("dfs", first_terms, meters=[a, b, c])
+        dr.opt_out(changed, c, 0, sign_optout(bytes(keys[2].key), domain, changed, 0, first_terms))  # lapses below
         dr.modify_event(changed, Terms(start + 2 * DAY, HOUR, 0, Signal.PRICE, 35_000, 2 * RATE))
         by_hand = dr.create_event("dfs", Terms(start + 2 * DAY + 4 * HOUR, 1_800, 0, Signal.LEVEL, 1, RATE),
                                   meters=[c])

@@ -9,7 +9,9 @@
 // 4. In-day adjustment: the event day's energy in the 3 hours ending 1 hour before the start, minus the
 //    baseline days' mean over those hours, scaled to the window's length; none when the readings do not
 //    cover those hours on the event day or on any baseline day.
-// 5. Baseline Wh: the adjusted mean rounded down, never below 0 (one exact division, no fractions lost).
+// 5. Baseline Wh: the adjusted mean rounded down, never below 0 (one exact division, no fractions lost), and
+//    never above what the supply can deliver over the window (`boundWh`: the DemandResponse contract's
+//    maxPowerW for the window's length, rounded down; the contract refuses a larger baseline).
 //
 // Nothing here does I/O: `Usage` is filled from a meter's MeterRegistered and ReadingRecorded events.
 
@@ -66,9 +68,10 @@ function overlaps(start, end, windows) {
 /**
  * Baseline and actual Wh of the window [start, end) by the method above, and the baseline days used:
  * `{ baselineWh, actualWh, days }`, `baselineWh` null when fewer than 3 days qualify; null when the
- * readings do not cover the window itself. `windows` are the [start, end) of every event not cancelled.
+ * readings do not cover the window itself. `windows` are the [start, end) of every event not cancelled;
+ * `boundWh` the most a baseline may be (null: no bound).
  */
-export function measure(usage, start, end, windows) {
+export function measure(usage, start, end, windows, boundWh = null) {
   const actualWh = usage.energy(start, end);
   if (actualWh === null) return null;
   const adjStart = start - ADJUSTMENT_GAP_SECONDS - ADJUSTMENT_SECONDS;
@@ -93,6 +96,7 @@ export function measure(usage, start, end, windows) {
   const n = BigInt(days.length);
   let numerator = windowTotal * ADJUSTMENT_SECONDS;
   if (adjustable) numerator += (eventDay * n - adjTotal) * (end - start);
-  const baselineWh = numerator > 0n ? numerator / (n * ADJUSTMENT_SECONDS) : 0n;
+  const mean = numerator > 0n ? numerator / (n * ADJUSTMENT_SECONDS) : 0n;
+  const baselineWh = boundWh !== null && mean > boundWh ? boundWh : mean;
   return { baselineWh, actualWh, days };
 }

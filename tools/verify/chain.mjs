@@ -123,6 +123,12 @@ export async function openBill(client, deployment, meter, block) {
   return Object.fromEntries(names.map((name, i) => [name, BigInt(values[i])]));
 }
 
+/** The DemandResponse contract's maxPowerW (the bound on every baseline: that power over the window) at `block`. */
+export async function maxPowerW(client, dr, block) {
+  return BigInt(await client.readContract({ address: dr.address, abi: dr.abi, functionName: "maxPowerW",
+    blockNumber: block }));
+}
+
 /** Whether code is deployed at the contract's address (not after a chain reset); any {address} will do. */
 export async function hasCode(client, deployment, block) {
   const code = await client.getCode({ address: deployment.address, blockNumber: block });

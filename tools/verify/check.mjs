@@ -21,7 +21,7 @@
 import { pathToFileURL } from "node:url";
 
 import { Replay, Schedule, kwh, pounds } from "./bill.mjs";
-import { CannotCheck, chainOrder, connect, hasCode, loadDeployment, openBill, readEvents } from "./chain.mjs";
+import { CannotCheck, chainOrder, connect, hasCode, loadDeployment, maxPowerW, openBill, readEvents } from "./chain.mjs";
 import { Credits } from "./credits.mjs";
 
 const USAGE = `usage: node tools/verify/check.mjs --rpc URL [--meter 0x...]... [--deployment FILE] [--chunk BLOCKS] [--json]
@@ -84,7 +84,7 @@ export async function verify(options) {
   }
   if (schedule.versions.length === 0) throw new CannotCheck("no TariffChanged event found: nothing prices the energy");
   const replay = new Replay(schedule);
-  const credits = new Credits();
+  const credits = new Credits(dr === null ? null : await maxPowerW(client, dr, head));
   for (const e of [...events, ...drEvents].sort(chainOrder)) {
     const where = `block ${e.block}, tx ${e.tx}`;
     if (e.name === "MeterRegistered") {
@@ -97,6 +97,7 @@ export async function verify(options) {
     else if (e.name === "DemandResponseEvent") credits.announce(e.args);
     else if (e.name === "DemandResponseCancelled") credits.cancel(e.args);
     else if (e.name === "OptedOut") credits.optOut(e.args);
+    else if (e.name === "OptOutWithdrawn") credits.withdraw(e.args);
     else if (e.name === "CreditApplied") {
       const m = replay.meter(e.args.meter); // its open period now is the one the credit should go on
       if (m !== undefined || options.meters.length === 0) credits.applied(e.args, where, m?.periodId);

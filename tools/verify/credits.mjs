@@ -2,6 +2,9 @@
 // recorded it: the meter's baseline and actual Wh over the event's window (tools/verify/baseline.mjs), the
 // amount (the reduction, baseline minus actual and none when actual is higher, times the event's credit
 // rate: Wh x millipence/kWh = micropence, exact) and the billing period it went on (the meter's open one).
+// A baseline is at most what the supply can deliver over the window: the contract's maxPowerW for the window's
+// length, rounded down (the contract refuses more). An opt-out holds for the modification of the event it was
+// signed for: a change of the event lapses it, and a withdrawal undoes it.
 //
 // Nothing here does I/O: `Credits` takes the DemandResponse contract's events and the billing contract's
 // MeterRegistered and ReadingRecorded events in chain order, and checks the credits at the end.
@@ -16,10 +19,12 @@ function key(eventId, meter) {
 
 /** The credits on chain and what they are recomputed from. */
 export class Credits {
-  constructor() {
+  /** `maxPowerW`: the DemandResponse contract's bound on supply power (W), or null (no bound). */
+  constructor(maxPowerW = null) {
+    this.maxPowerW = maxPowerW === null ? null : BigInt(maxPowerW);
     this.events = new Map(); // event id -> { modification, start, end, creditRate }
     this.cancelled = new Set(); // event ids
-    this.optedOut = new Set(); // key(event, meter)
+    this.optedOut = new Map(); // key(event, meter) -> the modification the opt-out was signed for
     this.meters = new Map(); // lower-case address -> { opening: [time, Wh], readings: [[time, Wh]...] }
     this.records = []; // CreditApplied events, with the meter's open period then
   }
@@ -40,9 +45,19 @@ export class Credits {
     this.cancelled.add(BigInt(args.id));
   }
 
-  /** OptedOut: the meter is owed nothing for the event. */
+  /** OptedOut: the meter is owed nothing for the event, as long as its terms are the ones it signed. */
   optOut(args) {
-    this.optedOut.add(key(args.eventId, args.meter));
+    this.optedOut.set(key(args.eventId, args.meter), BigInt(args.modification));
+  }
+
+  /** OptOutWithdrawn: the meter takes part again. */
+  withdraw(args) {
+    this.optedOut.delete(key(args.eventId, args.meter));
+  }
+
+  /** The most Wh a baseline may be over [start, end) (null: no bound known). */
+  boundWh(start, end) {
+    return this.maxPowerW === null ? null : this.maxPowerW * (end - start) / 3600n;
   }
 
   /** MeterRegistered: the meter's opening time and import register, where its usage starts. */
@@ -89,12 +104,12 @@ export class Credits {
     const event = this.events.get(record.eventId);
     if (event === undefined) return { why: "the contract announced no such event" };
     if (this.cancelled.has(record.eventId)) return { why: "the event was cancelled" };
-    if (this.optedOut.has(key(record.eventId, record.meter))) return { why: "it opted out" };
+    if (this.optedOut.get(key(record.eventId, record.meter)) === event.modification) return { why: "it opted out" };
     const lower = record.meter.toLowerCase();
     if (!usages.has(lower)) usages.set(lower, this.usageOf(record.meter));
     const { usage, why } = usages.get(lower);
     if (usage === undefined) return { why };
-    const m = measure(usage, event.start, event.end, windows);
+    const m = measure(usage, event.start, event.end, windows, this.boundWh(event.start, event.end));
     if (m === null) return { why: "the readings do not cover the event's window" };
     if (m.baselineWh === null) {
       return { why: `only ${m.days.length} baseline days (${MIN_BASELINE_DAYS} needed), so no baseline` };
