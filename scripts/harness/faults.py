@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from meters.identity import list_meters
 from operations.provisioning import provision
 from scripts.harness.chaos import MeterVerdict, _Proc, _wait_listening, verify
 
-__all__ = ["FaultConfig", "FaultReport", "run_faults", "index_differences"]
+__all__ = ["FaultConfig", "FaultReport", "run_faults", "index_differences", "recovery_times"]
 
 GWEI = 10**9
 
@@ -74,6 +75,8 @@ class FaultReport:
     notes: list[str] = field(default_factory=list)
     #: The chain's rejections by reason (``stale_sequence``: a second copy of a recorded reading, refused).
     rejections: Counter[str] = field(default_factory=Counter)
+    #: Seconds from each reorganisation the server noticed to the next batch it saw mined.
+    recoveries: list[float] = field(default_factory=list)
 
     @property
     def sent(self) -> int:
@@ -107,7 +110,15 @@ class FaultReport:
                 f"{', '.join(f'{n} {r}' for r, n in sorted(self.rejections.items())) or 'none'}; "
                 f"index equals a fresh reindex: "
                 f"{'yes' if not self.index_differences else 'NO: ' + '; '.join(self.index_differences)}; "
-                f"{self.seconds:.0f} s")
+                f"{self.recovery()}; {self.seconds:.0f} s")
+
+    def recovery(self) -> str:
+        """The next batch after a reorganisation, in words."""
+        if not self.recoveries:
+            return "no batch mined after a reorganisation to time"
+        ordered = sorted(self.recoveries)
+        return (f"next batch mined {ordered[len(ordered) // 2]:.1f} s (median) / {ordered[-1]:.1f} s (max) after "
+                f"{len(ordered)} reorganisations")
 
 
 def _dump(index: Any) -> dict[str, list[tuple[Any, ...]]]:
@@ -260,6 +271,7 @@ def run_faults(config: FaultConfig, base: Path | None = None,
         verdicts = _strict(settings, verify(settings, names))
         differences = index_differences(settings)
         rejections = _rejections(settings)
+        recoveries = recovery_times(server_log.read_text())
     finally:
         for proc in meters.values():
             proc.kill()
@@ -268,7 +280,26 @@ def run_faults(config: FaultConfig, base: Path | None = None,
         node.stop()
         if tmp is not None:
             tmp.cleanup()
-    return FaultReport(verdicts, faults, differences, time.monotonic() - started, notes, rejections)
+    return FaultReport(verdicts, faults, differences, time.monotonic() - started, notes, rejections, recoveries)
+
+
+def recovery_times(log_text: str) -> list[float]:
+    """For each ``chain_reorganised`` in a server log, the seconds until the next ``batch_mined`` or
+    ``batch_mined_again`` (reorganisations with no batch after them are left out)."""
+    times: list[tuple[float, str]] = []
+    for line in log_text.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split(" ")[:3] if "=" in part)
+        event = next((p.split("=", 1)[1] for p in line.split(" ") if p.startswith("event=")), "")
+        if "ts" in fields and event in ("chain_reorganised", "batch_mined", "batch_mined_again"):
+            stamp = datetime.fromisoformat(fields["ts"].replace("Z", "+00:00")).timestamp()
+            times.append((stamp, event))
+    found: list[float] = []
+    for i, (stamp, event) in enumerate(times):
+        if event == "chain_reorganised":
+            after = next((t for t, e in times[i + 1:] if e != "chain_reorganised"), None)
+            if after is not None:
+                found.append(after - stamp)
+    return found
 
 
 def _strict(settings: Settings, verdicts: list[MeterVerdict]) -> list[MeterVerdict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.harness.faults import FaultConfig, run_faults
+from scripts.harness.faults import FaultConfig, recovery_times, run_faults
 
 pytestmark = pytest.mark.slow
 
@@ -24,3 +24,14 @@ def test_quick_fault_run_on_a_reorganising_chain_loses_and_duplicates_nothing(tm
     assert all(v.register_ok and v.bill_ok for v in report.verdicts), report.summary()
     assert not report.index_differences, report.summary()
     assert all(v.recorded >= 30 for v in report.verdicts)
+
+
+def test_the_time_to_the_next_batch_after_each_reorganisation_is_read_from_the_server_log():
+    log = "\n".join([
+        'ts=2026-12-07T12:00:00.000Z level=info logger=batcher event=batch_mined size=1',
+        'ts=2026-12-07T12:00:01.000Z level=warning logger=relay event=chain_reorganised fork=9 depth=1',
+        'ts=2026-12-07T12:00:01.500Z level=warning logger=relay event=chain_reorganised fork=9 depth=2',
+        'ts=2026-12-07T12:00:03.250Z level=info logger=batcher event=batch_mined_again size=1',
+        'ts=2026-12-07T12:00:09.000Z level=warning logger=relay event=chain_reorganised fork=12 depth=1',
+    ])
+    assert recovery_times(log) == [2.25, 1.75]
