@@ -17,6 +17,7 @@ from eth_utils import event_abi_to_log_topic
 from eth_utils.abi import collapse_if_tuple
 
 from common.eip712 import checksum_address
+from common.tariff import RejectReason
 
 __all__ = ["BatchOutcome", "ChainEvent", "EventDecoder", "RECORD_FIELDS", "unpack_record"]
 
@@ -56,11 +57,14 @@ class ChainEvent:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What one mined ``submitReadings`` transaction decided: its block, readings recorded and rejected."""
+    """What one mined ``submitReadings`` transaction decided: its block, readings recorded and rejected, and the
+    (lower-case meter, seq) of those refused only because an earlier reading of their meter is missing
+    (``SequenceGap``: to be submitted again after it)."""
 
     block: int
     recorded: int
     rejected: int
+    out_of_order: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ def _word_value(kind: str, word: bytes) -> Any:
     if kind.startswith("bytes"):
         return word[: int(kind[5:])]
     return _topic_value(kind, word)
+
+
+SEQUENCE_GAP_REASON = int(RejectReason.SEQUENCE_GAP)
 
 
 class EventDecoder:
@@ -172,6 +179,7 @@ class EventDecoder:
         """
         recorded, rejected = self._reading_topics
         counts: dict[str, list[int]] = {}
+        gaps: dict[str, list[tuple[str, int]]] = {}
         for log in logs:
             topics = log["topics"]
             if not topics:
@@ -182,4 +190,10 @@ class EventDecoder:
             tx = "0x" + _bytes(log["transactionHash"]).hex()
             entry = counts.setdefault(tx, [_int(log["blockNumber"]), 0, 0])
             entry[1 if topic0 == recorded else 2] += 1
-        return {tx: BatchOutcome(*entry) for tx, entry in counts.items()}
+            if topic0 == rejected:
+                data = _bytes(log["data"])
+                if int.from_bytes(data[32:64], "big") == SEQUENCE_GAP_REASON and len(topics) > 1:
+                    meter = "0x" + _bytes(topics[1])[12:].hex()
+                    gaps.setdefault(tx, []).append((meter, int.from_bytes(data[:32], "big")))
+        return {tx: BatchOutcome(block, recorded_n, rejected_n, tuple(gaps.get(tx, ())))
+                for tx, (block, recorded_n, rejected_n) in counts.items()}

@@ -50,6 +50,7 @@ __all__ = [
     "band_names",
     "describe_rule",
     "REJECT_ERRORS",
+    "USES_UP_SEQ",
     "MAX_SEQ",
     "MAX_TIMESTAMP",
     "MAX_REGISTER_WH",
@@ -95,6 +96,14 @@ class RejectReason(enum.IntEnum):
     IMPLAUSIBLE_DELTA = 7
     OUT_OF_RANGE = 8
     PERIOD_OVERFLOW = 9
+    SEQUENCE_GAP = 10
+
+
+#: Rejections for a reading's content: the contract records them and the reading's seq is used up (its energy is
+#: billed with the next reading). The others (a bad signature, an inactive meter, a seq used already or one whose
+#: predecessor is missing) change nothing.
+USES_UP_SEQ = frozenset({RejectReason.STALE_TIMESTAMP, RejectReason.FUTURE_TIMESTAMP, RejectReason.REGISTER_DECREASED,
+                         RejectReason.IMPLAUSIBLE_DELTA, RejectReason.PERIOD_OVERFLOW})
 
 
 REJECT_ERRORS: dict[RejectReason, type[errors.SmartMeterError]] = {
@@ -107,6 +116,7 @@ REJECT_ERRORS: dict[RejectReason, type[errors.SmartMeterError]] = {
     RejectReason.IMPLAUSIBLE_DELTA: errors.ImplausibleDelta,
     RejectReason.OUT_OF_RANGE: errors.OutOfRange,
     RejectReason.PERIOD_OVERFLOW: errors.PeriodOverflow,
+    RejectReason.SEQUENCE_GAP: errors.SequenceGap,
 }
 
 
@@ -488,6 +498,8 @@ def check_reading(
         return RejectReason.OUT_OF_RANGE
     if seq <= ledger.last_seq:
         return RejectReason.STALE_SEQUENCE
+    if seq != ledger.last_seq + 1:
+        return RejectReason.SEQUENCE_GAP
     if timestamp <= ledger.last_timestamp:
         return RejectReason.STALE_TIMESTAMP
     if timestamp > now + max_future_skew:

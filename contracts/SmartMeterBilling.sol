@@ -74,7 +74,12 @@ contract SmartMeterBilling is AccessControl, EIP712 {
 
     /// @notice Why a reading was not recorded (carried by `ReadingRejected`).
     /// @dev `OutOfRange` is kept for its number: the packed batch cannot encode a seq or timestamp above
-    /// 32 bits or a register above 48 bits, so such a reading never reaches the contract.
+    /// 32 bits or a register above 48 bits, so such a reading never reaches the contract. A meter's
+    /// readings are recorded in an unbroken sequence: `SequenceGap` refuses one whose predecessor is
+    /// missing (it may come again after it), so the gateway cannot withhold a signed reading and bill the
+    /// energy with the next one. A reading refused for its content (`StaleTimestamp`, `FutureTimestamp`,
+    /// `RegisterDecreased`, `ImplausibleDelta`, `PeriodOverflow`) and correctly signed uses up its seq:
+    /// the refusal is recorded, the registers stay, and its energy is billed with the next reading.
     enum RejectReason {
         None,
         BadSignature,
@@ -85,7 +90,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         RegisterDecreased,
         ImplausibleDelta,
         OutOfRange,
-        PeriodOverflow
+        PeriodOverflow,
+        SequenceGap
     }
 
     /// @notice A tariff version: when it starts, the standing charge and how import and export are priced.
@@ -183,7 +189,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// (32), import register (48), export register (48), the open period's import cost (48) and export
     /// credit (48), in Wh and micropence.
     event ReadingRecorded(address indexed meter, uint256 record);
-    /// @notice Emitted when a reading in a batch is rejected; the rest of the batch goes on.
+    /// @notice Emitted when a reading in a batch is rejected; the rest of the batch goes on. A rejection for
+    /// the reading's content uses up its seq (see `RejectReason`): the meter's last seq moves to it.
     event ReadingRejected(address indexed meter, uint64 seq, RejectReason reason);
     /// @notice Emitted when the operator closes a billing period and issues its bill (amount due may be
     /// negative: the customer is in credit).
@@ -620,11 +627,17 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         uint256 exportWh = uint48(fields);
         uint256 word = _state[meter];
         RejectReason reason = _check(word, seq, timestamp, importWh, exportWh, horizon, maxPower);
-        if (reason == RejectReason.None && !_signedByMeter(meter, seq, timestamp, importWh, exportWh, at, domain)) {
-            reason = RejectReason.BadSignature;
+        if (reason == RejectReason.MeterNotActive || reason == RejectReason.StaleSequence
+            || reason == RejectReason.SequenceGap) {
+            emit ReadingRejected(meter, uint64(seq), reason);
+            return;
+        }
+        if (!_signedByMeter(meter, seq, timestamp, importWh, exportWh, at, domain)) {
+            emit ReadingRejected(meter, uint64(seq), RejectReason.BadSignature);
+            return;
         }
         if (reason != RejectReason.None) {
-            emit ReadingRejected(meter, uint64(seq), reason);
+            _useUp(meter, word, seq, reason);
             return;
         }
         (uint256 cost, uint256 credit) = _accrue(
@@ -636,14 +649,21 @@ contract SmartMeterBilling is AccessControl, EIP712 {
             credit += word >> 209;
         }
         if (cost > MAX_COST || credit > MAX_CREDIT) {
-            // The open period has outgrown its fields: the operator must close it first.
-            emit ReadingRejected(meter, uint64(seq), RejectReason.PeriodOverflow);
+            // The open period has outgrown its fields: the operator must close it; the energy goes with the next.
+            _useUp(meter, word, seq, RejectReason.PeriodOverflow);
             return;
         }
         word = 1 | (seq << 1) | (timestamp << 33) | (importWh << 65) | (exportWh << 113) | (cost << 161)
             | (credit << 209);
         _state[meter] = word;
         emit ReadingRecorded(meter, word >> 1);
+    }
+
+    /// @dev A meter-signed reading refused for its content: its seq is used up (the refusal is recorded), the
+    /// registers, time and open bill stay as they were.
+    function _useUp(address meter, uint256 word, uint256 seq, RejectReason reason) private {
+        _state[meter] = (word & ~(uint256(type(uint32).max) << 1)) | (seq << 1);
+        emit ReadingRejected(meter, uint64(seq), reason);
     }
 
     /// @dev The contract's checks on a reading (all but the signature), on the packed state word.
@@ -658,6 +678,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     ) private pure returns (RejectReason) {
         if (word & 1 == 0) return RejectReason.MeterNotActive;
         if (seq <= uint32(word >> 1)) return RejectReason.StaleSequence;
+        if (seq != uint32(word >> 1) + 1) return RejectReason.SequenceGap;
         uint256 lastTimestamp = uint32(word >> 33);
         if (timestamp <= lastTimestamp) return RejectReason.StaleTimestamp;
         if (timestamp > horizon) return RejectReason.FutureTimestamp;

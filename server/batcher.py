@@ -89,6 +89,8 @@ log = logging.getLogger("batcher")
 REPORTED_LIMIT = 1_000
 #: Waits after a failed batch: from this, doubling, up to the cap (seconds).
 RETRY_FIRST, RETRY_CAP = 0.5, 10.0
+#: Seconds a meter's readings wait after the chain refused one for a missing predecessor (``SequenceGap``).
+OUT_OF_ORDER_HOLD = 10.0
 #: Meters whose recorded readings one ``eth_getLogs`` asks for (topics hold a list of them).
 LOOKUP_METERS = 100
 #: Seconds before a reading's timestamp that its block may be (the contract's future skew, with room).
@@ -149,6 +151,8 @@ class Batcher:
         self._dirty = False
         #: Meters with readings in a batch being sent: their later readings wait for it.
         self._busy: set[str] = set()
+        #: Meters whose readings wait (until a monotonic time) after one was refused as out of order.
+        self._held: dict[str, float] = {}
         self.batches = 0
         self.readings_submitted = 0
         #: Batches whose outcome came from a receipt because the relay had not reported it in time.
@@ -335,7 +339,7 @@ class Batcher:
             outcome, generation, _ = self._outcome(found, tx.gas)
             if self._replaced_since(generation, outcome.block):
                 return  # replaced again: the rollback that said so sent it again already
-            self._record_mined(store, tx, found.tx_hash, outcome.block, readings)
+            self._record_mined(store, tx, found.tx_hash, outcome.block, readings, outcome.out_of_order)
             log_event(log, "batch_mined_again", size=len(readings), block=outcome.block, tx=found.tx_hash)
         except (ChainError, OSError, asyncio.TimeoutError, sqlite3.Error) as err:
             log_event(log, "batch_not_sent_again", logging.ERROR, size=len(readings), error=str(err)[:300],
@@ -350,9 +354,21 @@ class Batcher:
                 self._wake.set()
 
     def _record_mined(self, store: Store, tx: SentTransaction, tx_hash: str, block: int,
-                      readings: list[tuple[str, int]]) -> bool:
+                      readings: list[tuple[str, int]], out_of_order: tuple[tuple[str, int], ...] = ()) -> bool:
         """Record a batch mined in ``block``: gone from the queue if final, else kept with its block (and its
-        transaction, to be sent again if the block is replaced). Returns whether it was final."""
+        transaction, to be sent again if the block is replaced). Readings the chain refused only because an
+        earlier one of their meter is missing go back to pending, their meters held a while. Returns whether it
+        was final."""
+        if out_of_order:
+            retry = {(meter.lower(), seq) for meter, seq in out_of_order}
+            back = [r for r in readings if (r[0].lower(), r[1]) in retry]
+            readings = [r for r in readings if (r[0].lower(), r[1]) not in retry]
+            store.put_back(back)
+            until = time.monotonic() + OUT_OF_ORDER_HOLD
+            self._held.update({meter.lower(): until for meter, _ in back})
+            log_event(log, "readings_out_of_order", logging.WARNING, readings=len(back), which=_listed(back),
+                      reason="the chain holds no earlier reading of their meters (SequenceGap)",
+                      action=f"submitted again after {OUT_OF_ORDER_HOLD:.0f} s, once the earlier ones are in")
         if self.confirmations == 0:
             store.remove_many(readings)
             if self._thread_chain is not None:
@@ -445,10 +461,15 @@ class Batcher:
         """The oldest pending readings of meters not in a batch being sent, marking those meters busy."""
         batch: list[QueuedReading] = []
         extra = 0
+        skip = self._busy
+        if self._held:
+            now = time.monotonic()
+            self._held = {meter: until for meter, until in self._held.items() if until > now}
+            skip = self._busy | set(self._held)
         # The busy meters' readings are left out in the query: otherwise, with several batches in flight, the
         # oldest pending readings are mostly theirs, and a sender would find too few others to fill a batch.
-        for reading in store.pending(self.batch_max_size * 2, self._busy):
-            if reading.data.meter not in self._busy:
+        for reading in store.pending(self.batch_max_size * 2, skip):
+            if reading.data.meter not in skip:
                 # Readings after a gap price every half hour they span: keep the batch's gas bound within a block.
                 spans = extra_periods([(reading.prev_timestamp, reading.data.timestamp)])
                 if batch and gas_limit_for(len(batch) + 1, extra + spans) > MAX_BATCH_GAS:
@@ -553,7 +574,7 @@ class Batcher:
         # each (the events go to meters through the relay). The batch leaves the queue once its block is final.
         mined = [(r.data.meter, r.data.seq) for r in batch]
         final_now = self.confirmations == 0 or outcome.block <= self._final
-        write = partial(self._record_mined, store, tx, found.tx_hash, outcome.block, mined)
+        write = partial(self._record_mined, store, tx, found.tx_hash, outcome.block, mined, outcome.out_of_order)
         try:
             write()
         except sqlite3.Error as err:

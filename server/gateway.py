@@ -34,7 +34,7 @@ from common import errors
 from common.billing import decode_bill, decode_meter
 from common.chain import AsyncChainClient
 from common.deployment import Deployment
-from common.eip712 import ReadingData
+from common.eip712 import ReadingData, recover_reading_signer
 from common.logs import clip, log_event
 from common.messages import (
     SUBPROTOCOLS,
@@ -70,7 +70,8 @@ FLOOD_CLOSE_AFTER = 200
 #: through now and then by the refilling bucket does not start the count again).
 FLOOD_QUIET_SECONDS = 5.0
 #: Refusals that leave the meter's sequence where it was (nothing about the reading was judged).
-_SEQUENCE_KEEPING_ERRORS = (errors.WrongMeter, errors.OutOfRange, errors.StaleSequence, errors.SequenceGap)
+_SEQUENCE_KEEPING_ERRORS = (errors.WrongMeter, errors.OutOfRange, errors.StaleSequence, errors.SequenceGap,
+                            errors.BadSignature)
 #: Close code when the server cannot serve now (the chain is unreachable).
 TRY_AGAIN_LATER = 1013
 #: Concurrent on-chain look-ups during logins (bounds load on the node during reconnect storms).
@@ -368,12 +369,22 @@ class Gateway:
             )
         except _SEQUENCE_KEEPING_ERRORS:
             raise
-        except errors.ReadingError:
-            if msg.seq == cursor.seq + 1:
-                # A reading refused for its content uses up its sequence number (as an on-chain
-                # rejection does), so the meter drops it and carries on with the next.
-                self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
-            raise
+        except errors.ReadingError as err:
+            # A reading refused for its content uses up its sequence number, so the meter drops it and carries on
+            # with the next. It still goes to the chain, which records the refusal (the contract takes a meter's
+            # readings in an unbroken sequence, so the gateway cannot leave one out); the meter is told now.
+            data = ReadingData(msg.meter, msg.seq, msg.timestamp, msg.energy_wh, msg.export_wh)
+            signer = recover_reading_signer(self.domain_separator, data, msg.signature)
+            if signer is None or signer.lower() != key or msg.meter.lower() != key:
+                raise errors.BadSignature("the signature does not recover to the reading's meter", seq=msg.seq) \
+                    from err
+            self.stats["rejected"] += 1
+            self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
+            self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(error_message(err))))
+            self._staged_signatures[(key, data.seq)] = msg.signature
+            log_event(log, "reading_refused", logging.WARNING, meter=meter, code=err.code, seq=msg.seq,
+                      detail=clip(err.message), on_chain="the refusal is recorded with the next batch")
+            return None
         self._move_cursor(key, Cursor(data.seq, data.timestamp, data.energy_wh, data.export_wh))
         self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(Ack(seq=msg.seq))))
         self._staged_signatures[(key, data.seq)] = msg.signature

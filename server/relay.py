@@ -559,6 +559,11 @@ class Relay:
                 # A resubmission after a failed batch whose first copy was recorded: nothing to report.
                 log_event(log, "duplicate_submission_ignored", meter=meter, seq=seq)
                 return
+            if reason is RejectReason.SEQUENCE_GAP:
+                # Not a refusal of the reading: the batcher submits it again after its predecessor.
+                log_event(log, "reading_out_of_order_on_chain", logging.WARNING, meter=meter, seq=seq,
+                          block=event.block)
+                return
             err = REJECT_ERRORS[reason](f"the chain rejected reading {seq}: {reason.name.lower()}", seq=seq)
             log_event(log, "reading_rejected_on_chain", logging.WARNING, meter=meter, seq=seq, code=err.code,
                       block=event.block)

@@ -23,6 +23,7 @@ from common.settings import Settings
 from common.tariff import (
     CLOCK_LOCAL,
     PERIOD_SECONDS,
+    USES_UP_SEQ,
     MeterLedger,
     PriceRule,
     RejectReason,
@@ -140,6 +141,15 @@ def send_raw(billing: Billing, batch: bytes) -> Any:
     """Submit a packed batch as it is (for records the encoder would refuse)."""
     call = billing.contract.functions.submitReadings(batch)
     return billing.client.transact(billing.settings.gateway_key, call)
+
+
+def used_up(snapshot: tuple[Any, Any], seq: int | None) -> tuple[Any, Any]:
+    """A meter's snapshot after a refusal for the reading's content used up ``seq`` (None: nothing changed)."""
+    if seq is None:
+        return snapshot
+    state = list(snapshot[0])
+    state[4] = seq
+    return type(snapshot[0])(state) if not isinstance(snapshot[0], list) else state, snapshot[1]
 
 
 def snapshot_of(billing: Billing, meter: str) -> tuple[Any, Any]:
@@ -525,19 +535,23 @@ def test_mixed_batch_records_the_good_readings_and_rejects_the_bad_ones_without_
         signed(other, domain, 1, t + 60, 10),
         meter.sign(3, t + 4_200, 11_000),
         meter.sign(3, t + 4_300, 11_400),
+        meter.sign(5, t + 4_300, 11_400),
+        meter.sign(4, t + 4_300, 11_400),
     ]
     receipt = billing.submit_readings(batch)
     schedule = billing.schedule()
     m2 = accrue(meter.ledger, 2, t + 4_000, 11_100, 500, schedule)
     o1 = accrue(MeterLedger(True, 0, t, 0), 1, t + 60, 10, 0, schedule)
-    m3 = accrue(m2, 3, t + 4_300, 11_400, 500, schedule)
+    m3 = accrue(m2, 4, t + 4_300, 11_400, 500, schedule)
     assert receipt["status"] == 1
     assert logged(billing, receipt) == [
         *recorded(meter.address, m2),
         rejected(other.address, 1, RejectReason.BAD_SIGNATURE),
         rejected(meter.address, 2, RejectReason.STALE_SEQUENCE),
         *recorded(other.address, o1),
-        rejected(meter.address, 3, RejectReason.REGISTER_DECREASED),
+        rejected(meter.address, 3, RejectReason.REGISTER_DECREASED),  # uses seq 3 up
+        rejected(meter.address, 3, RejectReason.STALE_SEQUENCE),
+        rejected(meter.address, 5, RejectReason.SEQUENCE_GAP),
         *recorded(meter.address, m3),
     ]
     assert billing.bill(meter.address).energy_cost == m3.period_import_cost
@@ -672,7 +686,7 @@ def test_bad_reading_is_rejected_with_its_reason_and_changes_nothing(
     ((name, args),) = logged(billing, receipt)
     assert (name, args["meter"].lower(), args["seq"], args["reason"]) == (
         "ReadingRejected", meter_address, seq, int(reason))
-    assert snapshot_of(billing, meter.address) == before
+    assert snapshot_of(billing, meter.address) == used_up(before, seq if reason in USES_UP_SEQ else None)
 
 
 def test_reading_of_a_deactivated_meter_is_rejected_as_meter_not_active(meter: OpenMeter) -> None:
@@ -695,7 +709,58 @@ def test_reading_that_would_overflow_the_open_period_is_rejected_as_period_overf
     before = snapshot_of(billing, meter.address)
     receipt = billing.submit_readings([meter.sign(2 + 1, t, meter.ledger.last_energy_wh + 70_000)])
     assert logged(billing, receipt) == [rejected(meter.address, 3, RejectReason.PERIOD_OVERFLOW)]
-    assert snapshot_of(billing, meter.address) == before
+    assert snapshot_of(billing, meter.address) == used_up(before, 3)
+
+
+def test_a_reading_whose_predecessor_is_missing_is_refused_so_a_withheld_one_cannot_move_energy_between_bands(
+        billing: Billing) -> None:
+    # The review's proof: on a time-of-use tariff, withholding a signed off-peak reading made the next one carry
+    # its energy into dearer bands. Now the next one is refused until its predecessor is in.
+    start = next_boundary(billing)
+    billing.set_tariff(TariffVersion(start, 50_000, PriceRule.banded(PEAK, [5_000, 25_000, 60_000])))
+    advance(billing, start + 4 * DAY - chain_now(billing))
+    account = Account.create()
+    opened = chain_now(billing) - 3 * DAY
+    billing.register_meter(account.address, ACCOUNT_REF, "north", 10_000, opened)
+    midnight = (opened // DAY + 1) * DAY
+    domain = billing.deployment.domain
+    first, second, third = (signed(account, domain, seq, midnight + hours * 3_600, wh)
+                            for seq, hours, wh in ((1, 1, 10_100), (2, 5, 14_100), (3, 18, 15_100)))
+    billing.submit_readings([first])
+    before = snapshot_of(billing, account.address)
+    receipt = billing.submit_readings([third])
+    assert logged(billing, receipt) == [rejected(account.address, 3, RejectReason.SEQUENCE_GAP)]
+    assert snapshot_of(billing, account.address) == before, "a refusal for a missing predecessor changed the meter"
+    receipt = billing.submit_readings([second, third])
+    assert [name for name, _ in logged(billing, receipt)] == ["ReadingRecorded", "ReadingRecorded"]
+    schedule = billing.schedule()
+    after_first = accrue(MeterLedger(True, 0, opened, 10_000), 1, midnight + 3_600, 10_100, 0, schedule)
+    honest = accrue(accrue(after_first, 2, *second[0][2:4], 0, schedule), 3, *third[0][2:4], 0, schedule)
+    withheld = accrue(after_first, 3, *third[0][2:4], 0, schedule)
+    assert withheld.period_import_cost > honest.period_import_cost  # what withholding would have gained
+    assert billing.bill(account.address).energy_cost == honest.period_import_cost
+
+
+def test_a_reading_refused_for_its_content_uses_up_its_seq_and_its_energy_is_billed_with_the_next(
+        meter: OpenMeter) -> None:
+    billing = meter.billing
+    last = meter.ledger
+    implausible = meter.sign(2, last.last_timestamp + 60, last.last_energy_wh + 10_000)
+    receipt = billing.submit_readings([implausible])
+    assert logged(billing, receipt) == [rejected(meter.address, 2, RejectReason.IMPLAUSIBLE_DELTA)]
+    assert billing.contract.functions.meterState(meter.address).call()[4] == 2
+    # Resubmitting it is now stale, and a forged seq 3 does not use the seq up.
+    assert logged(billing, billing.submit_readings([implausible])) == [
+        rejected(meter.address, 2, RejectReason.STALE_SEQUENCE)]
+    stranger = Account.create()
+    forged = ReadingData(meter.address, 3, last.last_timestamp + 7_200, last.last_energy_wh + 100, 500)
+    receipt = billing.submit_readings([(forged, sign_reading(key_of(stranger), billing.deployment.domain, forged))])
+    assert logged(billing, receipt) == [rejected(meter.address, 3, RejectReason.BAD_SIGNATURE)]
+    assert billing.contract.functions.meterState(meter.address).call()[4] == 2
+    # The next reading spans from the last recorded one: its delta holds the refused interval's energy too.
+    receipt = meter.submit(3, last.last_timestamp + 7_200, last.last_energy_wh + 1_500)
+    assert logged(billing, receipt) == recorded(meter.address, meter.ledger)
+    assert meter.ledger.last_seq == 3 and meter.ledger.last_energy_wh == last.last_energy_wh + 1_500
 
 
 # ---------------------------------------------------------------- closeBillingPeriod

@@ -18,6 +18,7 @@ from common import errors
 from common.eip712 import ReadingData, sign_login
 from common.logs import UNTRUSTED_LIMIT, parse_line, setup_logging
 from common.messages import SUBPROTOCOL, Ack, Auth, Bill, ErrorMessage, Reading, encode
+from common.tariff import RejectReason
 from common.tls import client_context
 from meters.link import signed_reading
 
@@ -92,7 +93,7 @@ async def test_resent_reading_is_acknowledged_as_duplicate_and_recorded_once(ser
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-async def test_bad_reading_gets_its_error_code_and_never_reaches_the_chain(
+async def test_bad_reading_gets_its_error_code_and_one_refused_for_its_content_is_refused_on_chain_too(
     server, new_meter, link_for, billing, mutate, code
 ):
     meter = new_meter()
@@ -104,13 +105,19 @@ async def test_bad_reading_gets_its_error_code_and_never_reaches_the_chain(
     await link.send(msg)
     err = await next_of(link, ErrorMessage)
     assert err.code == code and err.seq == change["data"].seq
-    assert server.store.count() == 0
-    assert billing.meter(meter.address).last_seq == 0
-    # The connection stays usable: a good reading afterwards is accepted. A reading refused for
-    # its content used up its sequence number; one refused for its number did not.
-    next_seq = 1 if code in ("stale_sequence", "sequence_gap", "out_of_range") else 2
+    # A reading refused for its content used up its sequence number, and goes to the chain all the same, which
+    # records the refusal (it takes a meter's readings in an unbroken sequence); one refused for its number or its
+    # signature did not, and never reaches the chain.
+    content = code in ("stale_timestamp", "future_timestamp", "register_decreased", "implausible_delta")
+    next_seq = 2 if content else 1
     await link.send_reading(ReadingData(meter.address, next_seq, good.timestamp, good.energy_wh))
     assert (await next_of(link, Ack)).seq == next_seq
+    assert (await next_of(link, Bill, timeout=30)).seq == next_seq
+    refusals = billing.contract.events.ReadingRejected().get_logs(from_block=billing.deployment.block,
+                                                                  argument_filters={"meter": meter.address})
+    assert [(e.args.seq, RejectReason(e.args.reason).name.lower()) for e in refusals] == \
+        ([(1, code)] if content else [])
+    assert billing.meter(meter.address).last_seq == next_seq
     await link.close()
 
 
@@ -299,7 +306,7 @@ async def test_welcome_says_the_last_seq_used_up_by_a_reading_refused_for_its_co
     await link.close()
     link = link_for(meter)
     welcome = await link.connect()
-    assert (welcome.last_seq, welcome.last_used_seq) == (0, 1)  # refused, yet used up
+    assert welcome.last_used_seq == 1 and welcome.last_seq in (0, 1)  # refused, yet used up (on chain too, soon)
     await link.send_reading(ReadingData(meter.address, 1, int(time.time()) - 5, welcome.last_energy_wh + 10))
     err = await next_of(link, ErrorMessage)
     assert (err.code, err.seq) == ("stale_sequence", 1)
