@@ -18,6 +18,7 @@ for as long as it waits in the outbox, whether or not the meter still takes read
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import ssl
@@ -233,10 +234,10 @@ class MeterClient:
     async def _send_entries(self, link: MeterLink, entries: list[OutboxEntry]) -> int:
         """Send readings of the outbox in order, each paced to the gateway's limit; returns how many."""
         for entry in entries:
-            self._sent_at[entry.seq] = time.monotonic()
             self._acked.discard(entry.seq)
             await link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
                                     energy_wh=entry.energy_wh, export_wh=entry.export_wh, signature=entry.signature))
+            self._sent_at[entry.seq] = time.monotonic()  # after the pacer's wait: the answer is due from now
             if entry.seq > self._highest_sent:
                 self._highest_sent = entry.seq
                 self.status.readings_sent += 1
@@ -285,6 +286,7 @@ class MeterClient:
                 self.link = link
                 self._on_welcome(welcome)
                 delivery = asyncio.create_task(self._deliver(link))
+                delivery.add_done_callback(functools.partial(self._delivery_ended, link=link))
                 try:
                     while True:
                         self._on_message(await link.recv())
@@ -305,6 +307,17 @@ class MeterClient:
                 self._fail_over()
                 self._changed()
                 await asyncio.sleep(delay)
+
+    def _delivery_ended(self, task: asyncio.Task[None], link: MeterLink) -> None:
+        """The delivery loop ends only with its connection: if it stopped by itself (a send failed), close the
+        connection too, so that the meter reconnects instead of listening on a link it no longer sends on."""
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None and not isinstance(err, (WebSocketException, OSError)):
+            log_event(log, "delivery_failed", logging.ERROR, meter=self.status.name, error=repr(err)[:200],
+                      action="reconnecting")
+        self._in_background(link.close())
 
     def _fail_over(self) -> None:
         """Move to the next gateway of the list (the contract's sequence rule and ``welcome`` keep it exact)."""

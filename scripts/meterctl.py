@@ -4,6 +4,10 @@ tariff, close billing periods, print customer statements and let further gateway
 readings, straight against the chain.
 
 METER is a meter's name (meter-03) or its 0x address; list them with: meterctl.py meters
+
+A change is reported once its transaction is final (CONFIRMATIONS blocks on top, the setting the
+server uses; a reorganisation that removed it has the same transaction mined again), or with
+--no-wait once mined, as "sent, not yet final" with its hash.
 """
 
 from __future__ import annotations
