@@ -594,14 +594,19 @@ def test_meterctl_says_final_once_final_and_with_no_wait_sent_not_yet_final_with
     settings = anvil_ops.settings
     account: LocalAccount = Account.create()
     anvil_ops.register_external(account.address, "north", name=HOUSEHOLD, opening_wh=5_000_000)
+    began = time.monotonic()
     waited = meterctl(settings, "deactivate", HOUSEHOLD)
+    took = time.monotonic() - began
     assert waited.returncode == 0, waited.stderr
     lines = waited.stdout.splitlines()
     assert lines[0].startswith(f"deactivated {HOUSEHOLD} ")
     found = re.fullmatch(r"final: transaction (0x[0-9a-f]{64}) in block (\d+), (\d+) blocks on top \(CONFIRMATIONS=2\)",
                          lines[1])
     assert found and int(found.group(3)) >= 2
+    began = time.monotonic()
     quick = meterctl(settings, "--no-wait", "reactivate", HOUSEHOLD)
+    print(f"\nmeterctl on Anvil (a block a second, CONFIRMATIONS=2): deactivate until final {took:.1f} s, "
+          f"reactivate --no-wait {time.monotonic() - began:.1f} s")
     assert quick.returncode == 0, quick.stderr
     lines = quick.stdout.splitlines()
     assert lines[0].startswith(f"reactivated {HOUSEHOLD} ")
