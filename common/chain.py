@@ -5,7 +5,9 @@ contract's custom errors.
 Transactions are signed with local keys (eth-account), never by node-unlocked accounts, so the
 same code works against any JSON-RPC node. They carry EIP-1559 fees where the chain has a base
 fee and a legacy gas price otherwise (``common.fees``), never above ``MAX_FEE_GWEI``.
-``ChainClient`` is synchronous (scripts, tests); ``AsyncChainClient`` is its asyncio twin for
+``ChainClient`` is synchronous (scripts, tests): it signs each transaction once, so a send retried
+after an RPC failure is the same transaction, looked up by hash first, and can see it through to
+finality (``until="final"``, the operator's tools); ``AsyncChainClient`` is its asyncio twin for
 the server, which also sees a transaction through to its block: one that waits unmined for
 ``TX_REPLACE_AFTER`` seconds is replaced with the same nonce at higher fees (up to the ceiling,
 where it is held and the log says so), one the node dropped is sent again, and after any nonce
@@ -302,6 +304,8 @@ class ChainClient:
         except (ContractCustomError, ContractLogicError) as err:
             reason = self.decoder.from_exception(err) if self.decoder else str(err)
             raise ChainError(f"the contract refused the call: {reason}") from err
+        except Web3RPCError as err:
+            raise ChainError(f"the node refused the transaction: {err}") from err
         signed = account.sign_transaction(tx)
         return _Signed(bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex(), nonce, account.address)
 
