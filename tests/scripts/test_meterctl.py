@@ -28,7 +28,7 @@ from eth_account.signers.local import LocalAccount
 from common.billing import Billing
 from common.customers import Customer
 from common.eip712 import ReadingData, sign_reading
-from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
+from common.errors import ChainError, InvalidRequest, MeterInactive, NotFinal, UnknownMeter
 from common.settings import GANACHE_DEV_KEYS, ROOT, Settings
 from common.tariff import format_pounds
 from operations.control import (
@@ -612,3 +612,29 @@ def test_meterctl_says_final_once_final_and_with_no_wait_sent_not_yet_final_with
     assert lines[0].startswith(f"reactivated {HOUSEHOLD} ")
     assert re.fullmatch(r"sent, not yet final: transaction 0x[0-9a-f]{64} in block \d+; final once CONFIRMATIONS=2 "
                         r"blocks are on top of it \(a reorganisation may still remove it\)", lines[1])
+
+
+@pytest.mark.slow
+def test_a_change_whose_block_gets_no_blocks_on_top_is_not_final_and_says_its_hash(
+    anvil_ops: Operations, anvil: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import common.chain
+
+    account: LocalAccount = Account.create()
+    anvil_ops.register_external(account.address, "north", name=HOUSEHOLD, opening_wh=5_000_000)
+    monkeypatch.setattr(common.chain, "BLOCK_TIMEOUT", 1.5)
+    anvil.rpc("evm_setIntervalMining", [0])  # the chain stops producing blocks
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            deactivating = pool.submit(anvil_ops.deactivate, HOUSEHOLD)
+            operator = Account.from_key(anvil_ops.settings.operator_key).address
+            _until(lambda: int(anvil.rpc("eth_getTransactionCount", [operator, "pending"]), 16)
+                   > int(anvil.rpc("eth_getTransactionCount", [operator, "latest"]), 16), "the change to be sent")
+            anvil.rpc("evm_mine")  # mined, and then no block on top of it
+            with pytest.raises(NotFinal) as refused:
+                deactivating.result(timeout=60)
+    finally:
+        anvil.rpc("evm_setIntervalMining", [1])
+    assert refused.value.code == "not_final"
+    assert re.search(r"transaction 0x[0-9a-f]{64} was sent and mined in block \d+, but only 0 of CONFIRMATIONS=2 "
+                     r"blocks are on top of it so far: not final yet", refused.value.message)
