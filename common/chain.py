@@ -5,7 +5,9 @@ contract's custom errors.
 Transactions are signed with local keys (eth-account), never by node-unlocked accounts, so the
 same code works against any JSON-RPC node. They carry EIP-1559 fees where the chain has a base
 fee and a legacy gas price otherwise (``common.fees``), never above ``MAX_FEE_GWEI``.
-``ChainClient`` is synchronous (scripts, tests); ``AsyncChainClient`` is its asyncio twin for
+``ChainClient`` is synchronous (scripts, tests): it signs each transaction once, so a send retried
+after an RPC failure is the same transaction, looked up by hash first, and can see it through to
+finality (``until="final"``, the operator's tools); ``AsyncChainClient`` is its asyncio twin for
 the server, which also sees a transaction through to its block: one that waits unmined for
 ``TX_REPLACE_AFTER`` seconds is replaced with the same nonce at higher fees (up to the ceiling,
 where it is held and the log says so), one the node dropped is sent again, and after any nonce
@@ -27,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
 
 import aiohttp
 from eth_abi import decode as abi_decode
@@ -35,18 +37,20 @@ from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
+from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 
 from common.backoff import backoff_delay
 from common.deployment import Deployment
-from common.errors import ChainError, ChainUnavailable, ConfigError, FeesTooHigh, TransactionLost
+from common.errors import ChainError, ChainUnavailable, ConfigError, FeesTooHigh, NotFinal, TransactionLost
 from common.fees import FEE_HISTORY_BLOCKS, Fees, SendProblem, classify_send_error, suggest_fees
 from common.logs import log_event
 from common.settings import GANACHE_DEV_KEYS, LOCAL_CHAIN_ID, Settings
 
 __all__ = [
     "ChainClient",
+    "Outcome",
     "AsyncChainClient",
     "SentTransaction",
     "Mined",
@@ -169,14 +173,63 @@ def _fees_or_hold(fees: Fees, floor: int, ceiling: int) -> Fees:
     return fees.capped(ceiling)
 
 
-class ChainClient:
-    """Synchronous chain access with one signing key per role, as scripts and tests need it."""
+@dataclass(frozen=True)
+class _Signed:
+    """A transaction signed once: every send of it, first or again, carries these very bytes (one hash, one nonce)."""
 
-    def __init__(self, settings: Settings, rpc_url: str | None = None, timeout: float = 60.0) -> None:
+    raw: bytes
+    tx_hash: str
+    nonce: int
+    sender: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A transaction ``ChainClient.transact`` saw through: its hash, its block, and whether it was final
+    (``confirmations`` blocks on top, of the ``depth`` the settings ask) when it returned."""
+
+    tx_hash: str
+    block: int
+    confirmations: int
+    depth: int
+
+    @property
+    def final(self) -> bool:
+        """Whether its block was ``CONFIRMATIONS`` deep when ``transact`` returned."""
+        return self.confirmations >= self.depth
+
+
+#: Seconds between looks at the chain while a synchronous transaction waits for its block, or for finality.
+POLL_SECONDS = 0.25
+#: Seconds a synchronous transaction may wait for its block, and then for each block on top of it.
+MINE_TIMEOUT, BLOCK_TIMEOUT = 120.0, 60.0
+#: Times ``transact`` signs anew when the node says the nonce went to another transaction of the key's.
+NONCE_ATTEMPTS = 4
+
+
+class _NonceTaken(Exception):
+    """The node refused a signed transaction's nonce, and does not know the transaction itself."""
+
+
+class ChainClient:
+    """Synchronous chain access with one signing key per role, as scripts and tests need it.
+
+    ``until`` is how far ``transact`` sees a transaction by default: ``"mined"`` (its receipt) or
+    ``"final"`` (its block ``CONFIRMATIONS`` deep, the receipt checked again there, the very same
+    transaction sent again if a reorganisation removed it). Every transaction it returned from is in
+    ``outcomes``.
+    """
+
+    def __init__(self, settings: Settings, rpc_url: str | None = None, timeout: float = 60.0,
+                 until: Literal["mined", "final"] = "mined") -> None:
         self.settings = settings
         self.w3 = Web3(HTTPProvider(rpc_url or settings.chain_rpc_url, request_kwargs={"timeout": timeout}))
         self._nonces: dict[str, int] = {}
         self.decoder: ErrorDecoder | None = None
+        if until not in ("mined", "final"):
+            raise ValueError(f"until is 'mined' or 'final', not {until!r}")
+        self.until = until
+        self.outcomes: list[Outcome] = []
 
     def check(self) -> int:
         """Return the chain id, or raise ChainUnavailable with what to do."""
@@ -213,45 +266,161 @@ class ChainClient:
     def transact(self, key: str, call: Any, gas: int | None = None, wait: bool = True) -> Any:
         """Sign and send ``call`` (a bound contract function or a deploy constructor) with ``key``.
 
-        Estimates gas with a margin unless ``gas`` is given; on a revert raises ChainError
-        naming the custom error. Returns the receipt (or the hash when ``wait`` is false).
+        Estimates gas with a margin unless ``gas`` is given; on a revert raises ChainError naming
+        the custom error. The transaction is signed once: a send retried after an RPC failure asks
+        the node for it by hash first and sends the very same bytes again, so it can never be
+        applied twice. Returns the receipt, once mined or once final as ``until`` says (the hash
+        when ``wait`` is false); NotFinal when that takes too long, TransactionLost when its nonce
+        went to another transaction before it was mined.
         """
         account: LocalAccount = Account.from_key(key)
+        for _ in range(NONCE_ATTEMPTS):
+            signed = self._retrying(lambda: self._sign_call(account, call, gas))
+            try:
+                self._send(signed)
+            except _NonceTaken:
+                self._nonces.pop(account.address, None)
+                continue
+            self._nonces[account.address] = signed.nonce + 1
+            if not wait:
+                return HexBytes(signed.tx_hash)
+            if self.until == "final":
+                receipt = self._until_final(signed)
+            else:
+                receipt = self._until_mined(signed)
+                self.outcomes.append(Outcome(signed.tx_hash, int(receipt["blockNumber"]), 0,
+                                             self.settings.finality_depth))
+            if receipt["status"] != 1:
+                raise ChainError(f"transaction {signed.tx_hash} reverted")
+            return receipt
+        raise ChainError("could not agree a nonce with the node: another sender uses this key at the same time?")
+
+    def _retrying(self, op: Callable[[], T]) -> T:
+        """Run ``op``, retrying transient RPC failures with exponential back-off."""
         for attempt in range(self.settings.rpc_retry_attempts):
             try:
-                nonce = self._nonces.get(account.address)
-                if nonce is None:
-                    nonce = self.w3.eth.get_transaction_count(account.address, "pending")
-                if gas is None:
-                    estimated = call.estimate_gas({"from": account.address})
-                    use_gas = int(estimated * GAS_MARGIN)
-                else:
-                    use_gas = gas
-                tx = call.build_transaction(
-                    _tx_fields(account, self.w3.eth.chain_id, nonce, use_gas, self.fees())
-                )
-                signed = account.sign_transaction(tx)
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-                self._nonces[account.address] = nonce + 1
-                if not wait:
-                    return tx_hash
-                receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-                if receipt["status"] != 1:
-                    raise ChainError(f"transaction {tx_hash.hex()} reverted")
-                return receipt
-            except (ContractCustomError, ContractLogicError) as err:
-                reason = self.decoder.from_exception(err) if self.decoder else str(err)
-                raise ChainError(f"the contract refused the call: {reason}") from err
-            except Web3RPCError as err:
-                if _is_nonce_error(err):
-                    self._nonces.pop(account.address, None)
-                    continue
-                raise ChainError(f"the node refused the transaction: {err}") from err
+                return op()
             except TRANSIENT_ERRORS as err:
-                self._nonces.pop(account.address, None)
                 log_event(log, "rpc_retry", logging.WARNING, attempt=attempt + 1, error=type(err).__name__)
                 time.sleep(backoff_delay(attempt + 1, RPC_RETRY_FIRST, RPC_RETRY_CAP))
         raise ChainUnavailable(f"the chain at {self.settings.chain_rpc_url} kept failing; is it running?")
+
+    def _sign_call(self, account: LocalAccount, call: Any, gas: int | None) -> _Signed:
+        """Estimate, price and sign ``call`` with the key's next nonce (the contract's refusal as ChainError)."""
+        try:
+            nonce = self._nonces.get(account.address)
+            if nonce is None:
+                nonce = self.w3.eth.get_transaction_count(account.address, "pending")
+            use_gas = int(call.estimate_gas({"from": account.address}) * GAS_MARGIN) if gas is None else gas
+            tx = call.build_transaction(_tx_fields(account, self.w3.eth.chain_id, nonce, use_gas, self.fees()))
+        except (ContractCustomError, ContractLogicError) as err:
+            reason = self.decoder.from_exception(err) if self.decoder else str(err)
+            raise ChainError(f"the contract refused the call: {reason}") from err
+        except Web3RPCError as err:
+            raise ChainError(f"the node refused the transaction: {err}") from err
+        signed = account.sign_transaction(tx)
+        return _Signed(bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex(), nonce, account.address)
+
+    def _known(self, signed: _Signed) -> bool:
+        """Whether the node has ``signed``, pending or mined."""
+        try:
+            self.w3.eth.get_transaction(signed.tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
+
+    def _receipt(self, signed: _Signed) -> Any:
+        """The receipt of ``signed`` on the node's chain, or None."""
+        try:
+            return self.w3.eth.get_transaction_receipt(signed.tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+
+    def _send(self, signed: _Signed) -> None:
+        """Send ``signed``. A send that failed in transit may have reached the node: before sending again the node
+        is asked for it by hash, and the same bytes are what is sent again. _NonceTaken: the nonce is another's."""
+        for attempt in range(self.settings.rpc_retry_attempts):
+            try:
+                if attempt and self._known(signed):
+                    log_event(log, "tx_taken_before_retry", logging.WARNING, tx=signed.tx_hash, nonce=signed.nonce)
+                    return
+                self.w3.eth.send_raw_transaction(signed.raw)
+                return
+            except Web3RPCError as err:
+                problem = classify_send_error(str(err))
+                if problem == SendProblem.ALREADY_KNOWN:
+                    return
+                if problem in (SendProblem.NONCE_USED, SendProblem.NONCE_TAKEN):
+                    if self._known(signed):  # mined (or pending) already: this very transaction holds the nonce
+                        return
+                    raise _NonceTaken() from err
+                raise ChainError(f"the node refused the transaction: {err}") from err
+            except TRANSIENT_ERRORS as err:
+                log_event(log, "rpc_retry", logging.WARNING, attempt=attempt + 1, error=type(err).__name__,
+                          tx=signed.tx_hash)
+                time.sleep(backoff_delay(attempt + 1, RPC_RETRY_FIRST, RPC_RETRY_CAP))
+        raise ChainUnavailable(f"the chain at {self.settings.chain_rpc_url} kept failing; is it running? "
+                               f"Transaction {signed.tx_hash} (nonce {signed.nonce}) may have been sent: look it "
+                               "up before sending again")
+
+    def _until_mined(self, signed: _Signed) -> Any:
+        """Wait for ``signed``'s receipt; sent again (the same bytes) when the node no longer has it."""
+        deadline = time.monotonic() + MINE_TIMEOUT
+        while True:
+            receipt = self._retrying(lambda: self._receipt(signed))
+            if receipt is not None:
+                return receipt
+            if not self._retrying(lambda: self._known(signed)):
+                # Its block was replaced, or the node lost its pool (a restart): the very same transaction again.
+                log_event(log, "tx_resent", logging.WARNING, tx=signed.tx_hash, nonce=signed.nonce,
+                          reason="the node no longer has it")
+                try:
+                    self._send(signed)
+                except _NonceTaken:
+                    receipt = self._retrying(lambda: self._receipt(signed))
+                    if receipt is not None:
+                        return receipt
+                    raise TransactionLost(f"transaction {signed.tx_hash} (nonce {signed.nonce}) was never mined: "
+                                          "another transaction of the same key took its nonce; check the chain's "
+                                          "state and run the command again if its change is missing") from None
+            if time.monotonic() > deadline:
+                raise NotFinal(f"transaction {signed.tx_hash} was sent, not yet mined after {MINE_TIMEOUT:.0f} s: "
+                               "is the chain mining? Look it up by its hash before running the command again")
+            time.sleep(POLL_SECONDS)
+
+    def _until_final(self, signed: _Signed) -> Any:
+        """Wait until ``signed``'s block is ``CONFIRMATIONS`` deep and its receipt is still there; after a
+        reorganisation that removed it, it is mined again (the same transaction) and waited for anew."""
+        depth = self.settings.finality_depth
+        receipt = self._until_mined(signed)
+        deadline = time.monotonic() + BLOCK_TIMEOUT * max(depth, 1)
+        while True:
+            block = int(receipt["blockNumber"])
+            head = self._retrying(lambda: int(self.w3.eth.block_number))
+            if head >= block + depth:
+                again = self._retrying(lambda: self._receipt(signed))
+                if again is not None and self._canonical(again):
+                    if head >= int(again["blockNumber"]) + depth:
+                        self.outcomes.append(Outcome(signed.tx_hash, int(again["blockNumber"]),
+                                                     head - int(again["blockNumber"]), depth))
+                        return again
+                    receipt = again  # mined again in a later block: its own depth is waited for
+                    continue
+                log_event(log, "tx_reorganised_away", logging.WARNING, tx=signed.tx_hash, block=block,
+                          action="a reorganisation removed its block: it is mined again before it counts")
+                receipt = self._until_mined(signed)
+                deadline = time.monotonic() + BLOCK_TIMEOUT * max(depth, 1)
+                continue
+            if time.monotonic() > deadline:
+                raise NotFinal(f"transaction {signed.tx_hash} was sent and mined in block {block}, but only "
+                               f"{max(head - block, 0)} of CONFIRMATIONS={depth} blocks are on top of it so far: not "
+                               "final yet (is the chain producing blocks?); look it up by its hash later")
+            time.sleep(POLL_SECONDS)
+
+    def _canonical(self, receipt: Any) -> bool:
+        """Whether ``receipt``'s block is the one the chain holds at its height now."""
+        block = self._retrying(lambda: self.w3.eth.get_block(int(receipt["blockNumber"])))
+        return bytes(block["hash"]) == bytes(receipt["blockHash"])
 
 
 def _view_signatures(abi: list[dict[str, Any]]) -> dict[str, tuple[bytes, list[str], list[str]]]:

@@ -38,6 +38,7 @@ __all__ = [
     "ChainUnavailable",
     "FeesTooHigh",
     "TransactionLost",
+    "NotFinal",
     "DeploymentMissing",
     "GatewayUnavailable",
     "AlreadyRunning",
@@ -276,6 +277,14 @@ class TransactionLost(ChainError):
 
     code = "transaction_lost"
     default_message = "the transaction will never be mined; what it carried must be sent again"
+
+
+class NotFinal(ChainError):
+    """Raised when a transaction was sent but its block is not final (``CONFIRMATIONS`` deep) in the time allowed:
+    it may still be mined, or removed by a reorganisation; look it up by its hash before acting again."""
+
+    code = "not_final"
+    default_message = "the transaction was sent, but is not final yet; look it up by its hash before sending again"
 
 
 class DeploymentMissing(ChainError):

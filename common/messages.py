@@ -32,6 +32,7 @@ __all__ = [
     "Challenge",
     "Auth",
     "Welcome",
+    "RateLimit",
     "Reading",
     "Ack",
     "Bill",
@@ -118,11 +119,19 @@ class Challenge(_ServerModel):
     domain: dict[str, Any]
 
 
+class RateLimit(_ServerModel):
+    """The gateway's limit on a connection's messages: ``per_second`` on average, ``burst`` at once."""
+
+    per_second: float
+    burst: int
+
+
 class Welcome(_ServerModel):
     """Sent after a successful login: the meter's on-chain state, so it can resend what is missing.
 
     ``last_seq`` is the last seq recorded on chain; ``last_used_seq`` (sent on version 2 connections
-    only) the last the gateway used up, so a meter that lost count carries on after it.
+    only) the last the gateway used up, so a meter that lost count carries on after it; ``rate_limit``
+    (version 2 on) the limit this connection's messages are held to, so a meter paces its resends to it.
     """
 
     type: Literal["welcome"] = "welcome"
@@ -139,6 +148,8 @@ class Welcome(_ServerModel):
     last_export_wh: int = 0
     #: Version 2: the last seq the gateway used up for this meter, accepted or refused for its content (>= last_seq).
     last_used_seq: int | None = None
+    #: Version 2 on: the connection's message rate limit (a meter resending a backlog paces itself to it).
+    rate_limit: RateLimit | None = None
 
 
 class Ack(_ServerModel):

@@ -7,11 +7,18 @@ drops what the chain already holds for good (``welcome.lastSeq``, the final stat
 numbering after the last seq the server used (``welcome.lastUsedSeq``) and resends the rest in
 order. A reading leaves the outbox when its final bill arrives or the server rejects it for good;
 a provisional bill (its block may still be replaced) is shown as provisional meanwhile.
+
+One delivery loop per connection sends the readings, in seq order, paced to the gateway's rate
+limit (``meters.pacer``, from ``welcome.rateLimit``) so that a backlog after an outage goes through
+whole on the same connection. A reading the gateway has not acknowledged ``ACK_WAIT`` seconds after
+it was sent (dropped by a limit, or refused as ``sequence_gap`` behind a dropped one) is sent again,
+for as long as it waits in the outbox, whether or not the meter still takes readings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import ssl
@@ -40,7 +47,7 @@ from common.messages import (
     Welcome,
 )
 from meters.link import MeterLink
-from meters.outbox import MeterPosition, Outbox
+from meters.outbox import MeterPosition, Outbox, OutboxEntry
 from meters.response import demand_factor, wants_opt_out
 from meters.schedule import IntervalSchedule
 from meters.sources import RegisterSource
@@ -63,8 +70,10 @@ DEMAND_RESPONSE_FACTOR = 0.6
 REDUCE_USAGE_KIND = "reduce_usage"
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
-#: Seconds between resends of readings still waiting for a bill on a live connection.
+#: Seconds between resends of readings acknowledged but still waiting for their final bill on a live connection.
 RESEND_AFTER = 30.0
+#: Seconds after which a reading sent but not acknowledged is sent again (the gateway acknowledges at once).
+ACK_WAIT = 5.0
 #: Demand-response events a meter keeps (the newest), for its panel and its load's response.
 KEEP_EVENTS = 8
 
@@ -124,8 +133,15 @@ class MeterClient:
         #: Events whose opt-out this meter withdrew, by (id, modification): not opted out of again.
         self.withdrawals: set[tuple[int, int]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        #: Whether the readings waiting at login were sent on the current connection.
         self._synced = False
-        self._last_resend = 0.0
+        #: Set when there is something for the delivery loop to do (a reading taken, an answer received).
+        self._wake = asyncio.Event()
+        #: On the current connection: when each reading was last sent, and the readings the gateway acknowledged.
+        self._sent_at: dict[int, float] = {}
+        self._acked: set[int] = set()
+        #: The highest seq sent in this run (readings sent for the first time are counted in the status).
+        self._highest_sent = 0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -183,14 +199,8 @@ class MeterClient:
         while self.stop_after is None or self.taken < self.stop_after:
             self._expire_alerts()
             self._apply_demand_response()
-            msg = self.take_reading(time.time())
-            if msg is not None and self.link is not None and self._synced:
-                try:
-                    await self.link.send(msg)
-                    self.status.readings_sent += 1
-                except (WebSocketException, OSError):
-                    pass  # stays in the outbox; the connection loop reconnects and resends
-            await self._resend_stale()
+            if self.take_reading(time.time()) is not None:
+                self._wake.set()  # the delivery loop sends it, in order after anything waiting
             await asyncio.sleep(self.schedule.next_delay())
 
     def take_reading(self, now: float) -> Reading | None:
@@ -213,27 +223,58 @@ class MeterClient:
         return Reading(meter=data.meter, seq=data.seq, timestamp=ts, energy_wh=wh, export_wh=exported,
                        signature=signature)
 
-    async def _resend(self) -> int:
-        """Send every waiting reading, oldest first; returns how many."""
-        assert self.link is not None
-        sent = 0
+    def _due(self, resend_all: bool) -> list[OutboxEntry]:
+        """The waiting readings to send now, oldest first: those not sent on this connection, those sent
+        ``ACK_WAIT`` ago and not acknowledged, and (``resend_all``) those acknowledged but not final yet."""
+        now = time.monotonic()
+        due = []
         for entry in self.outbox.pending():
-            await self.link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
-                                         energy_wh=entry.energy_wh, export_wh=entry.export_wh,
-                                         signature=entry.signature))
-            sent += 1
-        self._last_resend = time.monotonic()
-        return sent
+            sent = self._sent_at.get(entry.seq)
+            if (sent is None or resend_all
+                    or (entry.seq not in self._acked and now - sent >= ACK_WAIT)):
+                due.append(entry)
+        return due
 
-    async def _resend_stale(self) -> None:
-        if self.link is None or not self._synced or not self.outbox.count():
-            return
-        if time.monotonic() - self._last_resend < RESEND_AFTER / self.time_scale:
-            return
-        try:
-            await self._resend()
-        except (WebSocketException, OSError):
-            pass
+    async def _send_entries(self, link: MeterLink, entries: list[OutboxEntry]) -> int:
+        """Send readings of the outbox in order, each paced to the gateway's limit; returns how many."""
+        for entry in entries:
+            self._acked.discard(entry.seq)
+            await link.send(Reading(meter=self.status.meter, seq=entry.seq, timestamp=entry.timestamp,
+                                    energy_wh=entry.energy_wh, export_wh=entry.export_wh, signature=entry.signature))
+            self._sent_at[entry.seq] = time.monotonic()  # after the pacer's wait: the answer is due from now
+            if entry.seq > self._highest_sent:
+                self._highest_sent = entry.seq
+                self.status.readings_sent += 1
+        return len(entries)
+
+    async def _deliver(self, link: MeterLink) -> None:
+        """The connection's delivery loop: resend what waited at login, then send each new reading, and again
+        what is not acknowledged in time, until the connection ends."""
+        self._sent_at, self._acked = {}, set()
+        started = time.monotonic()
+        resent = await self._send_entries(link, self._due(resend_all=True))
+        self._synced = True
+        # Connected and up to date: whatever went wrong before is over.
+        self.status.resolved(describe_sync(self.url, resent))
+        log_event(log, "resent", meter=self.status.name, readings=resent,
+                  seconds=f"{time.monotonic() - started:.1f}", paced_s=f"{link.pacer.waited:.1f}" if link.pacer else 0)
+        self._changed()
+        full_at = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=ACK_WAIT / 2)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            resend_all = time.monotonic() - full_at >= RESEND_AFTER
+            due = self._due(resend_all)
+            if resend_all:
+                full_at = time.monotonic()
+            again = [e.seq for e in due if e.seq in self._sent_at]
+            if again and not resend_all:
+                log_event(log, "resending_unacknowledged", logging.WARNING, meter=self.status.name,
+                          first_seq=again[0], readings=len(again))
+            await self._send_entries(link, due)
 
     # ---------------------------------------------------------------- connection
 
@@ -248,13 +289,14 @@ class MeterClient:
                 backoff.succeeded()
                 self.link = link
                 self._on_welcome(welcome)
-                resent = await self._resend()
-                self._synced = True
-                # Connected and up to date: whatever went wrong before is over.
-                self.status.resolved(describe_sync(self.url, resent))
-                self._changed()
-                while True:
-                    self._on_message(await link.recv())
+                delivery = asyncio.create_task(self._deliver(link))
+                delivery.add_done_callback(functools.partial(self._delivery_ended, link=link))
+                try:
+                    while True:
+                        self._on_message(await link.recv())
+                finally:
+                    delivery.cancel()
+                    await asyncio.gather(delivery, return_exceptions=True)
             except asyncio.CancelledError:
                 await link.close()
                 raise
@@ -269,6 +311,17 @@ class MeterClient:
                 self._fail_over()
                 self._changed()
                 await asyncio.sleep(delay)
+
+    def _delivery_ended(self, task: asyncio.Task[None], link: MeterLink) -> None:
+        """The delivery loop ends only with its connection: if it stopped by itself (a send failed), close the
+        connection too, so that the meter reconnects instead of listening on a link it no longer sends on."""
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None and not isinstance(err, (WebSocketException, OSError)):
+            log_event(log, "delivery_failed", logging.ERROR, meter=self.status.name, error=repr(err)[:200],
+                      action="reconnecting")
+        self._in_background(link.close())
 
     def _fail_over(self) -> None:
         """Move to the next gateway of the list (the contract's sequence rule and ``welcome`` keep it exact)."""
@@ -321,6 +374,7 @@ class MeterClient:
             # until its final bill: a reorganisation could still undo it. A server that predates version 3 sends
             # final bills only, without the field.
             final = msg.final is not False
+            self._acked.add(msg.seq)
             if final:
                 self.outbox.done(msg.seq)
             if msg.seq > s.bill_seq or (msg.seq == s.bill_seq and final):
@@ -349,6 +403,7 @@ class MeterClient:
             s.notices = (s.notices + [msg.message])[-5:]
             log_event(log, "consumption_alert", logging.WARNING, meter=s.name, kind=msg.kind, message=msg.message)
         elif isinstance(msg, Ack):
+            self._acked.add(msg.seq)
             return
         self._changed()
 
@@ -361,13 +416,26 @@ class MeterClient:
         elif msg.seq is not None and msg.code in DEFINITIVE_CODES:
             self.outbox.done(msg.seq)
             s.error(f"reading #{msg.seq} was rejected: {msg.message} [{msg.code}]")
+        elif msg.code == "sequence_gap" and self.link is not None and self._holds_earlier(msg.seq):
+            # A reading before this one did not reach the gateway (dropped by a limit): the delivery loop sends it
+            # again, and the readings after it, once they go unacknowledged.
+            self._wake.set()
         elif msg.code == "sequence_gap" and self.link is not None:
-            # The server expects an earlier reading: reconnect, which resends the outbox in order.
+            # The server expects a reading earlier than any this meter holds: reconnect, and ``welcome`` says where
+            # the gateway stands.
             self._in_background(self.link.close())
             s.note(f"the server asked for earlier readings first; reconnecting to resend them [{msg.code}]")
+        elif msg.code == "rate_limited" and self.link is not None and self.link.pacer is not None:
+            self.link.pacer.back_off()  # the gateway counts more than this meter did: pause, then resend the rest
+            self._wake.set()
         else:
             s.error(f"{msg.message} [{msg.code}]")
         log_event(log, "server_error", logging.WARNING, meter=s.name, code=msg.code, seq=msg.seq, detail=msg.message)
+
+    def _holds_earlier(self, seq: int | None) -> bool:
+        """Whether the outbox holds a reading before ``seq`` (one the gateway may not have received)."""
+        first = next(iter(self.outbox.pending()), None)
+        return seq is not None and first is not None and first.seq < seq
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task held until done (the loop keeps only a weak reference to a task)."""

@@ -2,7 +2,8 @@
 
 Thin asyncio code over the shared schema (``common.messages``) and EIP-712 types
 (``common.eip712``). The meter trusts only the project's CA, and refuses a challenge whose
-EIP-712 domain is not the deployment it was provisioned for.
+EIP-712 domain is not the deployment it was provisioned for. Once logged in, every message waits
+for the pacer set to the rate limit the gateway announced in ``welcome`` (``meters.pacer``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from common.messages import (
     parse_message,
     protocol_version,
 )
+from meters.pacer import Pacer
 
 __all__ = ["MeterLink", "signed_reading"]
 
@@ -58,6 +60,8 @@ class MeterLink:
         self.ping_interval = ping_interval
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
+        #: Paces the messages after login to the gateway's rate limit (None until ``welcome``).
+        self.pacer: Pacer | None = None
 
     @property
     def version(self) -> int:
@@ -91,11 +95,14 @@ class MeterLink:
         if not isinstance(reply, Welcome):
             raise errors.UnexpectedMessage(f"expected welcome, got '{reply.type}'")
         self.welcome = reply
+        self.pacer = Pacer.for_limit(reply.rate_limit)
         return reply
 
     async def send(self, message: Any) -> None:
-        """Send one message."""
+        """Send one message (after login, when the gateway's rate limit allows it)."""
         assert self.ws is not None, "not connected"
+        if self.pacer is not None:
+            await self.pacer.take()
         await self.ws.send(encode(message))
 
     async def send_reading(self, data: ReadingData) -> Reading:

@@ -24,7 +24,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from common import statement as document
 from common import tariff as ref
 from common.billing import Billing
-from common.chain import ChainClient
+from common.chain import ChainClient, Outcome
 from common.customers import Customer, Customers, load_customers, save_customers
 from common.demand_response import statement_credits
 from common.deployment import load_deployment
@@ -65,6 +65,7 @@ __all__ = [
     "render_tariffs",
     "render_tariff_change",
     "render_close",
+    "render_outcomes",
     "render_statement",
     "statement_json",
     "ref_bill",
@@ -385,6 +386,19 @@ def render_close(result: CloseResult, tz: ZoneInfo) -> str:
             f"+ standing {format_pounds(p.standing_charge)} = {format_pounds(p.amount_due)} due")
 
 
+def render_outcomes(outcomes: list[Outcome]) -> str:
+    """Whether each transaction sent is final, one line each; nothing when mined means final (``CONFIRMATIONS`` 0)."""
+    lines = []
+    for o in outcomes:
+        if not o.final:
+            lines.append(f"sent, not yet final: transaction {o.tx_hash} in block {o.block}; final once "
+                         f"CONFIRMATIONS={o.depth} blocks are on top of it (a reorganisation may still remove it)")
+        elif o.depth:
+            lines.append(f"final: transaction {o.tx_hash} in block {o.block}, {o.confirmations} blocks on top "
+                         f"(CONFIRMATIONS={o.depth})")
+    return "\n".join(lines)
+
+
 def render_statement(st: Statement, tz: ZoneInfo) -> str:
     """The statement as text: money in pounds, energy in kWh, times in ``tz``."""
     customer = st.customer
@@ -488,12 +502,17 @@ class Operations:
     recorded contract, so every later failure is about the operation itself. Meters are named
     by ``meter-03``-style names (from ``DATA_DIR/meters/<name>/meter.json`` or the customer
     file's ``meter_name``) or by 0x address.
+
+    Every change returns once its transaction is final (``CONFIRMATIONS`` blocks on top, its
+    receipt checked again there; a reorganisation that removed it has the same transaction mined
+    again), what it reports read from that final receipt; with ``wait=False`` once it is mined.
+    ``transactions`` lists what was sent, with how deep each was when the change returned.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, wait: bool = True) -> None:
         self.settings = settings
         self.deployment = load_deployment(settings)
-        client = ChainClient(settings)
+        client = ChainClient(settings, until="final" if wait else "mined")
         chain_id = client.check()
         if chain_id != self.deployment.chain_id:
             raise ConfigError(f"the node at {settings.chain_rpc_url} has chain id {chain_id}, not "
@@ -504,6 +523,11 @@ class Operations:
                                     "run: .venv/bin/python scripts/deploy.py")
         self.billing = Billing(client, self.deployment)
         self.decoder = EventDecoder(self.deployment.abi)
+
+    @property
+    def transactions(self) -> list[Outcome]:
+        """The transactions sent so far, each with its block and how deep it was when its change returned."""
+        return list(self.billing.client.outcomes)
 
     @property
     def customers_path(self) -> Path:
@@ -634,7 +658,7 @@ class Operations:
             raise InvalidRequest(f"--count {count} registers nothing; give how many new meters to add (1 or more)")
         numbers = [int(m.group(1)) for name in list_meters(self.settings.data_dir)
                    if (m := _SIMULATED_NAME.fullmatch(name))]
-        report = provision(self.settings, max(numbers, default=0) + count, history_days=0)
+        report = provision(self.settings, max(numbers, default=0) + count, history_days=0, client=self.billing.client)
         out = []
         for name in [*report.reregistered, *report.created]:
             identity = MeterIdentity.load(meter_dir(self.settings.data_dir, name))

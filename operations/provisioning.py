@@ -76,12 +76,14 @@ def _customer(i: int, identity: MeterIdentity) -> Customer:
     )
 
 
-def provision(settings: Settings, count: int = 12, history_days: int | None = None) -> ProvisionReport:
-    """Make sure ``count`` meters exist, are registered and have their history on chain."""
+def provision(settings: Settings, count: int = 12, history_days: int | None = None,
+              client: ChainClient | None = None) -> ProvisionReport:
+    """Make sure ``count`` meters exist, are registered and have their history on chain (through ``client``, one
+    that waits for finality for the operator's tool; by default one that waits for each receipt)."""
     started = time.monotonic()
     days = settings.history_days if history_days is None else history_days
     deployment = load_deployment(settings)
-    billing = Billing(ChainClient(settings), deployment)
+    billing = Billing(client or ChainClient(settings), deployment)
     customers_path = settings.data_dir / "customers.json"
     customers = load_customers(customers_path)
     end = int(time.time()) // HALF_HOUR * HALF_HOUR

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         settings = load_settings()
-        dr = DemandResponse(ChainClient(settings), load_deployment(settings))
+        # A settlement is reported once its credits are final (CONFIRMATIONS deep), as meterctl's changes are.
+        dr = DemandResponse(ChainClient(settings, until="final"), load_deployment(settings))
         if args.command == "events":
             book = dr.book()  # opt-outs of each event's current terms, from one read of the logs
             for i in dr.event_ids():

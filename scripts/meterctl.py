@@ -4,6 +4,10 @@ tariff, close billing periods, print customer statements and let further gateway
 readings, straight against the chain.
 
 METER is a meter's name (meter-03) or its 0x address; list them with: meterctl.py meters
+
+A change is reported once its transaction is final (CONFIRMATIONS blocks on top, the setting the
+server uses; a reorganisation that removed it has the same transaction mined again), or with
+--no-wait once mined, as "sent, not yet final" with its hash.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from operations.control import (  # noqa: E402
     render_close,
     render_half_hours,
     render_meters,
+    render_outcomes,
     render_registered,
     render_statement,
     render_tariff_change,
@@ -39,6 +44,9 @@ from operations.tariffs import load_prices, load_version, parse_time  # noqa: E4
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meterctl.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-wait", action="store_true",
+                        help="report a change once its transaction is mined, not final (CONFIRMATIONS blocks on "
+                             "top): prints 'sent, not yet final' with the transaction's hash (for scripts)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("meters", help="list every meter registered on chain")
@@ -194,7 +202,11 @@ def main() -> int:
     _check(parser, args)
     setup_logging("WARNING")
     try:
-        _run(Operations(load_settings()), args)
+        ops = Operations(load_settings(), wait=not args.no_wait)
+        _run(ops, args)
+        outcomes = render_outcomes(ops.transactions)
+        if outcomes:
+            print(outcomes)
     except SmartMeterError as err:
         print(f"meterctl: error [{err.code}]: {err.message}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from common.messages import (
     Auth,
     OptOut,
     OptOutWithdrawal,
+    RateLimit,
     Reading,
     Welcome,
     encode,
@@ -282,6 +283,10 @@ class Gateway:
             # The last seq used up, accepted or refused for its content: only meters that speak version 2
             # expect it (version 1 meters refuse a field they do not know).
             last_used_seq=cursor.seq if version >= 2 else None,
+            # The limit ``_serve`` holds this connection to, so that a meter resending a backlog paces itself to
+            # it instead of losing readings to it (version 2 on: meters of version 1 refuse unknown fields).
+            rate_limit=RateLimit(per_second=self.settings.rate_limit_per_second,
+                                 burst=self.settings.rate_limit_burst) if version >= 2 else None,
         )
         await ws.send(encode(welcome))
         for message in context.preface:

@@ -34,6 +34,7 @@ from meters.identity import MeterIdentity, meter_dir
 from meters.link import MeterLink
 from meters.load_model import LoadModel
 from meters.outbox import MeterPosition, Outbox
+from meters.pacer import Pacer
 from meters.schedule import IntervalSchedule
 from meters.sources import CsvReplaySource, ModelSource
 from meters.status import LinkState, MeterStatus
@@ -354,3 +355,68 @@ async def test_a_meter_fails_over_between_two_gateways_on_one_contract_losing_an
     assert refused and {int(e.args.seq) for e in refused} <= set(seqs), (
         "both gateways sent the same readings; the contract recorded each once and refused the copies")
     assert not ops.billing.is_gateway(Account.from_key(second_key).address)
+
+
+async def test_a_meter_with_100_readings_waiting_resends_them_all_on_one_connection_paced_to_the_limit(
+        meter_settings, deployment, caplog):
+    # The gateway's shipped limit: 5 messages a second, bursts of 20. The meter took its last reading
+    # (--stop-after) while the server was away, so only resending delivers the backlog.
+    assert (meter_settings.rate_limit_per_second, meter_settings.rate_limit_burst) == (5.0, 20)
+    provision(meter_settings, count=1, history_days=0)
+    client, outbox = make_client(meter_settings, "meter-01", source=_SteadySource())
+    start = outbox.position()
+    for i in range(1, 101):
+        assert client.take_reading(start.last_timestamp + i) is not None
+    client.stop_after = 100
+    assert outbox.count() == 100
+    app = await ServerApp.start(meter_settings, deployment)
+    stop = asyncio.Event()
+    try:
+        with caplog.at_level(logging.INFO):
+            began = time.monotonic()
+            task = asyncio.create_task(client.run(stop))
+            await asyncio.wait_for(client.finished.wait(), 180)
+            took = time.monotonic() - began
+            stop.set()
+            await task
+    finally:
+        await app.stop()
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    events = [f.get("event") for f in fields]
+    wanted = list(range(start.last_seq + 1, start.last_seq + 101))
+    assert events.count("logged_in") == 1 and "communication_problem" not in events, "the meter reconnected"
+    assert "flood_disconnected" not in events
+    assert [f for f in fields if f.get("event") == "server_error"] == [], "a reading was refused or dropped"
+    assert "resending_unacknowledged" not in events, "a reading went unacknowledged"
+    assert client._acked >= set(wanted), "every reading acknowledged on the one connection"
+    assert recorded_seqs(meter_settings, client.status.meter) == wanted
+    assert outbox.count() == 0
+    print(f"\n100 readings resent and billed final in {took:.1f} s on one connection")
+
+
+async def test_a_meter_that_took_its_last_reading_resends_what_the_gateway_dropped_without_reconnecting(
+        meter_settings, deployment, monkeypatch, caplog):
+    # A meter that misjudges the limit (twice the gateway's burst): the gateway drops part of its backlog.
+    monkeypatch.setattr(Pacer, "for_limit", classmethod(lambda cls, limit: cls(4.5, 40)))
+    provision(meter_settings, count=1, history_days=0)
+    client, outbox = make_client(meter_settings, "meter-01", source=_SteadySource())
+    start = outbox.position()
+    for i in range(1, 61):
+        assert client.take_reading(start.last_timestamp + i) is not None
+    client.stop_after = 60  # it takes no more readings: nothing new would carry the resend along
+    app = await ServerApp.start(meter_settings, deployment)
+    stop = asyncio.Event()
+    try:
+        with caplog.at_level(logging.INFO):
+            task = asyncio.create_task(client.run(stop))
+            await asyncio.wait_for(client.finished.wait(), 180)
+            stop.set()
+            await task
+    finally:
+        await app.stop()
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    events = [f.get("event") for f in fields]
+    assert any(f.get("event") == "server_error" and f.get("code") == "rate_limited" for f in fields)
+    assert "resending_unacknowledged" in events
+    assert events.count("logged_in") == 1 and "flood_disconnected" not in events, "the meter reconnected"
+    assert recorded_seqs(meter_settings, client.status.meter) == list(range(start.last_seq + 1, start.last_seq + 61))

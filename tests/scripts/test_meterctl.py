@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +28,7 @@ from eth_account.signers.local import LocalAccount
 from common.billing import Billing
 from common.customers import Customer
 from common.eip712 import ReadingData, sign_reading
-from common.errors import ChainError, InvalidRequest, MeterInactive, UnknownMeter
+from common.errors import ChainError, InvalidRequest, MeterInactive, NotFinal, UnknownMeter
 from common.settings import GANACHE_DEV_KEYS, ROOT, Settings
 from common.tariff import format_pounds
 from operations.control import (
@@ -485,3 +488,153 @@ def test_halfhours_gives_a_meters_day_in_settlement_periods_priced_as_the_contra
     assert result.returncode == 0, result.stderr
     assert "estimated" in result.stdout and "total" in result.stdout
     assert render_half_hours(meter, day, rows, settings.tz).splitlines()[0].startswith(f"{HOUSEHOLD}")
+
+
+# ---------------------------------------------------------------- transactions seen through to finality
+
+
+def test_a_close_whose_answer_was_lost_after_the_node_took_it_closes_the_period_once(
+    ops: Operations, settings: Settings, household: LocalAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read(ops, household, (60, 300))
+    shown = open_period(ops, household.address)
+    other = Operations(settings)  # the gateway, carrying on meanwhile
+    eth = ops.billing.client.w3.eth
+    real_send = eth.send_raw_transaction
+    sent: list[Any] = []
+
+    def answer_lost(raw: Any) -> Any:
+        tx_hash = real_send(raw)  # the node takes the close...
+        sent.append(tx_hash)
+        if len(sent) == 1:
+            read(other, household, (60, 200))  # ...a reading is recorded after it...
+            raise ConnectionError("connection reset before the node's answer arrived")  # ...and the answer is lost
+        return tx_hash
+
+    monkeypatch.setattr(eth, "send_raw_transaction", answer_lost)
+    result = ops.close_period(HOUSEHOLD)
+    assert result.issued and result.period == shown, "the bill reported is not the one the first send issued"
+    assert issued_on_chain(ops, household.address) == [shown], "the retry closed the period a second time"
+    assert len(sent) == 1 and open_period(ops, household.address).energy_wh == 200
+
+
+@pytest.fixture
+def anvil_ops(anvil_settings: Settings, anvil_deployment: object, tmp_path: Path) -> Operations:
+    """The operator's tool on the session's Anvil (a block a second, CONFIRMATIONS=2)."""
+    return Operations(anvil_settings.replace(data_dir=tmp_path / "data"))
+
+
+def _until(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_close_period_under_a_reorganisation_reports_the_bill_only_once_final_on_the_new_chain(
+    anvil_ops: Operations, anvil: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    ops = anvil_ops
+    assert ops.settings.finality_depth == 2
+    account: LocalAccount = Account.create()
+    ops.register_external(account.address, "north", name=HOUSEHOLD, opening_wh=5_000_000)
+    read(ops, account, (60, 300))
+    shown = open_period(ops, account.address)
+    operator = Account.from_key(ops.settings.operator_key).address
+
+    def head() -> int:
+        return int(anvil.rpc("eth_blockNumber"), 16)
+
+    def close_pending() -> bool:
+        return bool(int(anvil.rpc("eth_getTransactionCount", [operator, "pending"]), 16)
+                    > int(anvil.rpc("eth_getTransactionCount", [operator, "latest"]), 16))
+
+    def still_waiting(closing: Any) -> bool:
+        time.sleep(1.0)  # four looks of the tool at the chain
+        return not closing.done()
+
+    anvil.rpc("evm_setIntervalMining", [0])  # from here a block comes only when the test mines one
+    try:
+        with ThreadPoolExecutor(1) as pool, caplog.at_level(logging.INFO, logger="chain"):
+            closing = pool.submit(ops.close_period, HOUSEHOLD)
+            _until(close_pending, "the close to be sent")
+            anvil.rpc("evm_mine")
+            first_block = head()
+            tx_hash = anvil.rpc("eth_getBlockByNumber", [hex(first_block), False])["transactions"][0]
+            assert still_waiting(closing), "reported before a block was on top of the bill's"
+            anvil.rpc("evm_mine")
+            assert still_waiting(closing), "reported with 1 block on top, CONFIRMATIONS is 2"
+            anvil.rpc("anvil_reorg", [2, []])  # both blocks replaced by empty ones: the bill is gone
+            assert anvil.rpc("eth_getTransactionReceipt", [tx_hash]) is None
+            anvil.rpc("evm_mine")  # 2 blocks on top of where the bill was: the tool finds it gone
+            _until(close_pending, "the same close to be sent again")
+            assert not closing.done(), "reported a bill the reorganisation removed"
+            anvil.rpc("evm_mine")
+            again_block = head()
+            anvil.rpc("evm_mine")
+            assert still_waiting(closing), "reported with 1 block on top of the bill mined again"
+            anvil.rpc("evm_mine")
+            result = closing.result(timeout=60)
+    finally:
+        anvil.rpc("evm_setIntervalMining", [1])
+    assert result.issued and result.period == shown
+    assert issued_on_chain(ops, account.address) == [shown], "the bill is not on the chain once"
+    outcome = ops.transactions[-1]
+    assert (outcome.tx_hash, outcome.block, outcome.final) == (tx_hash, again_block, True)
+    assert outcome.confirmations >= 2
+    events = [getattr(r, "fields", {}).get("event") for r in caplog.records]
+    assert "tx_reorganised_away" in events and "tx_resent" in events
+
+
+@pytest.mark.slow
+def test_meterctl_says_final_once_final_and_with_no_wait_sent_not_yet_final_with_the_hash(
+    anvil_ops: Operations, anvil_settings: Settings
+) -> None:
+    settings = anvil_ops.settings
+    account: LocalAccount = Account.create()
+    anvil_ops.register_external(account.address, "north", name=HOUSEHOLD, opening_wh=5_000_000)
+    began = time.monotonic()
+    waited = meterctl(settings, "deactivate", HOUSEHOLD)
+    took = time.monotonic() - began
+    assert waited.returncode == 0, waited.stderr
+    lines = waited.stdout.splitlines()
+    assert lines[0].startswith(f"deactivated {HOUSEHOLD} ")
+    found = re.fullmatch(r"final: transaction (0x[0-9a-f]{64}) in block (\d+), (\d+) blocks on top \(CONFIRMATIONS=2\)",
+                         lines[1])
+    assert found and int(found.group(3)) >= 2
+    began = time.monotonic()
+    quick = meterctl(settings, "--no-wait", "reactivate", HOUSEHOLD)
+    print(f"\nmeterctl on Anvil (a block a second, CONFIRMATIONS=2): deactivate until final {took:.1f} s, "
+          f"reactivate --no-wait {time.monotonic() - began:.1f} s")
+    assert quick.returncode == 0, quick.stderr
+    lines = quick.stdout.splitlines()
+    assert lines[0].startswith(f"reactivated {HOUSEHOLD} ")
+    assert re.fullmatch(r"sent, not yet final: transaction 0x[0-9a-f]{64} in block \d+; final once CONFIRMATIONS=2 "
+                        r"blocks are on top of it \(a reorganisation may still remove it\)", lines[1])
+
+
+@pytest.mark.slow
+def test_a_change_whose_block_gets_no_blocks_on_top_is_not_final_and_says_its_hash(
+    anvil_ops: Operations, anvil: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import common.chain
+
+    account: LocalAccount = Account.create()
+    anvil_ops.register_external(account.address, "north", name=HOUSEHOLD, opening_wh=5_000_000)
+    monkeypatch.setattr(common.chain, "BLOCK_TIMEOUT", 1.5)
+    anvil.rpc("evm_setIntervalMining", [0])  # the chain stops producing blocks
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            deactivating = pool.submit(anvil_ops.deactivate, HOUSEHOLD)
+            operator = Account.from_key(anvil_ops.settings.operator_key).address
+            _until(lambda: int(anvil.rpc("eth_getTransactionCount", [operator, "pending"]), 16)
+                   > int(anvil.rpc("eth_getTransactionCount", [operator, "latest"]), 16), "the change to be sent")
+            anvil.rpc("evm_mine")  # mined, and then no block on top of it
+            with pytest.raises(NotFinal) as refused:
+                deactivating.result(timeout=60)
+    finally:
+        anvil.rpc("evm_setIntervalMining", [1])
+    assert refused.value.code == "not_final"
+    assert re.search(r"transaction 0x[0-9a-f]{64} was sent and mined in block \d+, but only 0 of CONFIRMATIONS=2 "
+                     r"blocks are on top of it so far: not final yet", refused.value.message)

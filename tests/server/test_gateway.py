@@ -42,6 +42,9 @@ async def test_meter_logs_in_and_gets_its_state(server, new_meter, link_for, bil
     assert welcome.last_energy_wh == 10_000
     assert welcome.bill.amount_due == billing.bill(meter.address).amount_due
     assert welcome.tariff.unit_rate == billing.tariff().unit_rate
+    # The connection's rate limit, so that a meter resending a backlog paces itself to it.
+    assert welcome.rate_limit is not None
+    assert (welcome.rate_limit.per_second, welcome.rate_limit.burst) == (5.0, 20)
     await link.close()
 
 
@@ -329,6 +332,7 @@ async def test_a_meter_that_does_not_offer_version_2_gets_the_version_1_welcome(
     welcome = json.loads(await ws.recv())
     assert welcome["type"] == "welcome" and welcome["lastSeq"] == 0
     assert "lastUsedSeq" not in welcome  # a version 1 meter refuses fields it does not know
+    assert "rateLimit" not in welcome
     await ws.close()
 
 
