@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -59,7 +60,8 @@ def read_env_example(text: str) -> list[SettingGroup]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for a table cell: as written, never read as HTML (``deployments/<CHAIN_ID>.json``)."""
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def settings_markdown(env_text: str, names: set[str]) -> str:

@@ -12,7 +12,7 @@ ENV = """# The file's own header.
 # Where the chain is.
 CHAIN_RPC_URL=http://127.0.0.1:8545
 CHAIN_WS_URL=ws://127.0.0.1:8545
-# Its id | one a deployment.
+# Its id | one a deployment, deployments/<CHAIN_ID>.json.
 CHAIN_ID=1337
 
 # --- server ---------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def test_a_comment_explains_the_settings_right_after_it_under_its_section():
         ("chain", [("CHAIN_ID", "1337")]), ("server", [("SOLC_BINARY", "")])]
     table = settings_markdown(ENV, {"CHAIN_RPC_URL", "CHAIN_WS_URL", "CHAIN_ID", "SOLC_BINARY"})
     assert "## Chain\n" in table and "## Server\n" in table
-    assert "| `CHAIN_ID` | `1337` | Its id \\| one a deployment. |" in table
+    assert "| `CHAIN_ID` | `1337` | Its id \\| one a deployment, deployments/&lt;CHAIN_ID&gt;.json. |" in table
     assert "| `SOLC_BINARY` | (empty) | A native compiler; empty: the npm one. |" in table
 
 
