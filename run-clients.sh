@@ -4,6 +4,7 @@
 # Each meter's log is DATA_DIR/meters/<name>/meter.log; console.log beside it holds anything
 # else it printed (a crash's traceback).
 #   ./run-clients.sh [--count N] [--time-scale X] [--plain] [--duration SECONDS]
+#   (piped or with --plain: a line for a meter only when its state, bill or problem changes, money in pounds)
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh

@@ -6,7 +6,8 @@
 # While the meters run it watches the chain and the server side: if either stops (the server or
 # the emitter, which run-server.sh stops together), it stops the meters, says which part
 # stopped, which log to read and that log's last lines, and tears the rest down (exit 1).
-# Ctrl-C tears everything down; running it again resumes the persisted chain.
+# Ctrl-C, SIGTERM or a closed terminal (SIGHUP) tears everything down, and a second signal during the
+# teardown does not cut it short; running it again resumes the persisted chain.
 #   ./run-demo.sh [--count N] [--time-scale X]   (extra options go to the fleet)
 #   CHAIN_NODE=anvil BLOCK_TIME=1 ./run-demo.sh   the same on Anvil, a block a second (two confirmations
 #                                                 unless CONFIRMATIONS is set)
@@ -46,19 +47,27 @@ stop_clients() {
   fi
   CLIENTS_PID=""
 }
+# Runs once, to the end: a second Ctrl-C, the SIGHUP of a terminal closed meanwhile or a pipe
+# whose reader is gone must not abandon it half-way with the chain still running. The signals are
+# ignored (not trapped) so that the commands it runs ignore them too (a closed terminal hangs up
+# its whole process group), and a failed write to that terminal does not stop it under set -e.
 teardown() {
-  trap - INT TERM EXIT
-  say "tearing down"
+  trap '' INT TERM HUP PIPE
+  trap - EXIT
+  set +e
+  say "tearing down" 2>/dev/null
   stop_clients
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
   fi
-  ./run-docker.sh --stop || true
-  say "done; run ./run-demo.sh again to resume where it stopped"
+  ./run-docker.sh --stop
+  say "done; run ./run-demo.sh again to resume where it stopped" 2>/dev/null
 }
 trap teardown EXIT
-trap 'teardown; exit 130' INT TERM
+trap 'teardown; exit 130' INT
+trap 'teardown; exit 143' TERM
+trap 'teardown; exit 129' HUP
 
 # A part of the system stopped under the demo: stop the meters (whose screen would hide the
 # message), then say what stopped and show the end of its log. The EXIT trap tears down the rest.

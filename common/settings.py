@@ -104,8 +104,6 @@ class Settings:
     api_token_ttl: float = 43_200.0
     api_signin_rate_per_second: float = 1.0
     api_signin_burst: int = 20
-    api_challenges_per_meter: int = 5
-    api_max_challenges: int = 100_000
     timezone: str = "Europe/London"
     hourly_limit_wh: int = 3_000
     jump_factor: float = 3.0
@@ -234,8 +232,6 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("BATCH_MAX_SIZE must be between 1 and 250 (the contract's MAX_BATCH)")
     if settings.api_signin_rate_per_second <= 0 or settings.api_signin_burst < 1:
         raise ConfigError("API_SIGNIN_RATE_PER_SECOND must be positive and API_SIGNIN_BURST at least 1")
-    if not 1 <= settings.api_challenges_per_meter <= settings.api_max_challenges:
-        raise ConfigError("API_CHALLENGES_PER_METER must be at least 1 and at most API_MAX_CHALLENGES")
     if not 0 <= settings.dr_opt_out_rate <= 1:
         raise ConfigError("DR_OPT_OUT_RATE must be between 0 and 1 (the share of events a household opts out of)")
     if settings.index_url and not settings.index_url.startswith(("postgresql://", "postgres://")):

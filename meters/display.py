@@ -1,5 +1,6 @@
 """Renders a meter's status: a live ``rich`` panel on a terminal, one structured line per event
-otherwise; and the fleet table ``run-clients.sh`` shows for every meter at once.
+otherwise; and the fleet table ``run-clients.sh`` shows for every meter at once, or (when its output
+is not a terminal) ``FleetLog``'s line for a meter whenever its state, bill or problem changes.
 
 The fleet table tells a healthy meter from one that is stuck (its status not written for
 ``STALE_AFTER_HEARTBEATS`` heartbeats: readings may be a minute apart, the heartbeat is not)
@@ -22,7 +23,7 @@ from common.tariff import format_kwh, format_pounds
 from meters.status import LinkState, MeterStatus, readings_phrase
 
 __all__ = ["render_meter", "describe_event", "fleet_events", "render_fleet", "fleet_state", "describe_connection",
-           "describe_exit", "SEVERITY_STYLE", "STATE_STYLE"]
+           "describe_exit", "fleet_bill", "fleet_problem", "FleetLog", "SEVERITY_STYLE", "STATE_STYLE"]
 
 SEVERITY_STYLE = {0: ("INFO", "bold cyan"), 1: ("WARNING", "bold yellow"), 2: ("CRITICAL", "bold white on red")}
 STATE_STYLE = {
@@ -73,6 +74,48 @@ def fleet_state(status: MeterStatus, now: float, exit_code: int | None = None) -
             return "no status yet", "bold red"
         return f"no status for {_ago(status.updated_at, now).removesuffix(' ago')}", "bold red"
     return status.state.value, STATE_STYLE[status.state]
+
+
+def fleet_bill(status: MeterStatus) -> str:
+    """The fleet table's bill cell: ``£19.51``, or ``£19.51 (provisional)`` while its block may be replaced."""
+    return format_pounds(status.amount_due) + ("" if status.bill_final else " (provisional)")
+
+
+def fleet_problem(status: MeterStatus, label: str, exit_code: int | None) -> str:
+    """The fleet table's last-problem cell: the meter's own, or that its process ended."""
+    if exit_code is not None and label != "stopped":
+        return f"the meter's process ended ({describe_exit(exit_code)}); see its console.log and meter.log"
+    return status.last_error
+
+
+class FleetLog:
+    """The fleet for a log file or a pipe: a line for a meter only when its state, bill or problem changed.
+
+    The line says what the fleet table would show in that row, money in pounds:
+    ``fleet meter=meter-01 state='connected' bill='£19.51' seq=42 waiting=0 problem=''``. A meter
+    whose status goes stale is one change (``no status for ...``), not one a second.
+    """
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[str, str, str]] = {}
+
+    def lines(self, statuses: list[MeterStatus], now: float, exit_codes: Mapping[str, int] | None = None
+              ) -> list[str]:
+        """The lines for the meters that changed since the last call (every meter the first time)."""
+        exit_codes = exit_codes or {}
+        out = []
+        for s in statuses:
+            code = exit_codes.get(s.name)
+            label, _ = fleet_state(s, now, code)
+            bill, problem = fleet_bill(s), fleet_problem(s, label, code)
+            stale = code is None and s.stale(now)
+            key = ("stale" if stale else label, bill, problem)
+            if self._shown.get(s.name) == key:
+                continue
+            self._shown[s.name] = key
+            out.append(f"fleet meter={s.name} state={label!r} bill={bill!r} seq={s.last_seq} waiting={s.waiting} "
+                       f"problem={problem!r}")
+        return out
 
 
 def _rate(status: MeterStatus) -> str:
@@ -163,12 +206,9 @@ def render_fleet(statuses: list[MeterStatus], now: float | None = None,
             alerts[int(alert.get("id", 0))] = alert
         code = exit_codes.get(s.name)
         label, style = fleet_state(s, now, code)
-        problem = s.last_error
-        if code is not None and label != "stopped":
-            problem = f"the meter's process ended ({describe_exit(code)}); see its console.log and meter.log"
         table.add_row(
             s.name, s.region, Text(label, style=style), f"{s.register_wh / 1000:,.1f}", f"#{s.last_seq}",
-            format_pounds(s.amount_due) + ("" if s.bill_final else " (provisional)"), str(s.waiting), problem,
+            fleet_bill(s), str(s.waiting), fleet_problem(s, label, code),
         )
     lines: list[RenderableType] = []
     for alert in sorted(alerts.values(), key=lambda a: -int(a.get("severity", 0))):

@@ -94,7 +94,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m meters.fleet", description=__doc__)
     parser.add_argument("--count", type=int, help="how many meters (default METER_COUNT, 12)")
     parser.add_argument("--time-scale", type=float, help="passed to every meter")
-    parser.add_argument("--plain", action="store_true", help="print a status line every few seconds instead")
+    parser.add_argument("--plain", action="store_true",
+                        help="print a meter's line when its state, bill or problem changes, instead")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     args = parser.parse_args()
     settings = load_settings()
@@ -129,15 +130,14 @@ def main() -> int:
                     live.update(render_fleet(fleet_rows(settings.data_dir, names, codes), exit_codes=codes))
                     time.sleep(1)
         else:
-            from meters.display import fleet_state
+            from meters.display import FleetLog
 
+            log = FleetLog()
             while not stop and fleet.alive() and (deadline is None or time.monotonic() < deadline):
-                time.sleep(5)
-                codes, now = fleet.exit_codes(), time.time()
-                for s in fleet_rows(settings.data_dir, names, codes):
-                    state, _ = fleet_state(s, now, codes.get(s.name))
-                    print(f"fleet meter={s.name} state={state!r} seq={s.last_seq} due={s.amount_due} "
-                          f"waiting={s.waiting} problem={s.last_error!r}", flush=True)
+                time.sleep(1)
+                codes = fleet.exit_codes()
+                for line in log.lines(fleet_rows(settings.data_dir, names, codes), time.time(), codes):
+                    print(line, flush=True)
     finally:
         print("run-clients: stopping meters", flush=True)
         fleet.stop()

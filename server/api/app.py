@@ -54,6 +54,8 @@ def _status(err: errors.SmartMeterError) -> int:
         return 401
     if isinstance(err, errors.ChainError):
         return 503
+    if isinstance(err, errors.StatementMismatch):
+        return 500  # the server's own copy of the chain is wrong, not the request
     return 400
 
 

@@ -5,12 +5,13 @@ A customer signs in with the meter's own key the same way the meter logs in to t
 ``POST /api/v1/auth/challenge?meter=...`` gives a nonce for that (registered) meter, the meter
 signs the EIP-712 ``Login(meter, nonce)`` under the deployment's domain, and ``POST
 /api/v1/auth/token`` trades the signature for a token. A nonce is good once, for its meter and
-for ``CHALLENGE_TTL`` seconds. Tokens are HMAC-signed with a secret kept in ``DATA_DIR/api/``,
-so they survive a restart and expire after ``API_TOKEN_TTL`` seconds.
+for ``CHALLENGE_TTL`` seconds. Tokens and nonces are HMAC-signed with a secret kept in
+``DATA_DIR/api/``, so they survive a restart; tokens expire after ``API_TOKEN_TTL`` seconds.
 
 Both sign-in routes need no credentials, so they are rate-limited per client address
-(``API_SIGNIN_RATE_PER_SECOND``, ``API_SIGNIN_BURST``) and the challenges are kept per meter
-(``ChallengeStore``), so that nobody's flood pushes out another meter's pending challenge.
+(``API_SIGNIN_RATE_PER_SECOND``, ``API_SIGNIN_BURST``). A challenge takes no slot on the server
+(``server.api.challenges``: the nonce authenticates itself), so no flood, from however many
+addresses, can push out a customer's pending challenge.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,9 +30,10 @@ from common import errors
 from common.customers import Customers
 from common.eip712 import Domain, recover_login_signer
 from common.settings import Settings
+from server.api.challenges import ChallengeSigner
 from server.api.throttle import ClientLimiter
 
-__all__ = ["Principal", "Authenticator", "ChallengeStore", "OPERATOR_KEY_FILE", "dashboard_link"]
+__all__ = ["Principal", "Authenticator", "OPERATOR_KEY_FILE", "dashboard_link"]
 
 OPERATOR_KEY_FILE = "operator.key"
 TOKEN_SECRET_FILE = "token.secret"
@@ -75,101 +76,6 @@ def _secret_file(path: Path, make: str) -> str:
     return make
 
 
-@dataclass(frozen=True)
-class _Pending:
-    """An outstanding challenge: its meter, the client (address) it was given to, and when it expires."""
-
-    meter: str
-    client: str
-    expires: float
-
-
-class ChallengeStore:
-    """Outstanding sign-in challenges, kept per meter and bounded in all.
-
-    A meter holds at most ``per_meter``: a new one for a full meter pushes out the oldest of
-    the client holding the most of that meter's challenges. At most ``limit`` are kept in
-    all: past it, the oldest of the client holding the most challenges goes. So a flood, which
-    needs many challenges, pushes out its own long before the one a customer is waiting to
-    sign, and a customer's challenge for their own meter survives any number of challenges
-    for other meters. A flood could push out a customer's challenge only from as many
-    addresses, each holding no more than the customer's, as fill the meter (``per_meter``)
-    or the store (``limit``); the per-client rate limit keeps each address to a few.
-    Challenges expire ``ttl`` seconds after they are issued and are forgotten then.
-    """
-
-    def __init__(self, ttl: float, per_meter: int, limit: int) -> None:
-        self.ttl = ttl
-        self.per_meter = per_meter
-        self.limit = limit
-        #: Every challenge by nonce, oldest first (the order they expire in, as ``ttl`` is fixed).
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        #: The nonces of each meter and of each client, oldest first.
-        self._meters: dict[str, OrderedDict[str, None]] = {}
-        self._clients: dict[str, OrderedDict[str, None]] = {}
-        #: Clients by how many challenges they hold (>= 1), each in the order they reached it.
-        self._holding: dict[int, dict[str, None]] = {}
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def held(self, meter: str) -> int:
-        """How many challenges ``meter`` holds now."""
-        return len(self._meters.get(meter.lower(), ()))
-
-    def issue(self, meter: str, client: str, now: float) -> tuple[str, float]:
-        """A fresh nonce (0x-hex) for ``meter``, given to ``client``, and when it expires."""
-        meter = meter.lower()
-        while self._pending:
-            oldest, pending = next(iter(self._pending.items()))
-            if pending.expires >= now:
-                break
-            self._drop(oldest)
-        mine = self._meters.get(meter)
-        if mine is not None and len(mine) >= self.per_meter:
-            counts = Counter(self._pending[n].client for n in mine)
-            most = max(counts.values())
-            self._drop(next(n for n in mine if counts[self._pending[n].client] == most))
-        while len(self._pending) >= self.limit:
-            greediest = next(iter(self._holding[max(self._holding)]))
-            self._drop(next(iter(self._clients[greediest])))
-        nonce = "0x" + secrets.token_hex(32)
-        expires = now + self.ttl
-        self._pending[nonce] = _Pending(meter, client, expires)
-        self._meters.setdefault(meter, OrderedDict())[nonce] = None
-        given = self._clients.setdefault(client, OrderedDict())
-        given[nonce] = None
-        self._count(client, len(given) - 1, len(given))
-        return nonce, expires
-
-    def take(self, meter: str, nonce: str) -> float | None:
-        """Remove ``meter``'s challenge ``nonce`` and say when it expires; None if it holds no such one."""
-        pending = self._pending.get(nonce.lower())
-        if pending is None or pending.meter != meter.lower():
-            return None
-        self._drop(nonce.lower())
-        return pending.expires
-
-    def _drop(self, nonce: str) -> None:
-        pending = self._pending.pop(nonce)
-        for group, key in ((self._meters, pending.meter), (self._clients, pending.client)):
-            nonces = group[key]
-            del nonces[nonce]
-            if not nonces:
-                del group[key]
-        left = len(self._clients.get(pending.client, ()))
-        self._count(pending.client, left + 1, left)
-
-    def _count(self, client: str, was: int, now: int) -> None:
-        if was:
-            clients = self._holding[was]
-            del clients[client]
-            if not clients:
-                del self._holding[was]
-        if now:
-            self._holding.setdefault(now, {})[client] = None
-
-
 class Authenticator:
     """Checks credentials and issues sign-in challenges and tokens."""
 
@@ -182,8 +88,7 @@ class Authenticator:
         self.domain = domain
         self.customers = customers
         self.token_ttl = settings.api_token_ttl
-        self.challenges = ChallengeStore(settings.challenge_ttl, settings.api_challenges_per_meter,
-                                         settings.api_max_challenges)
+        self.challenges = ChallengeSigner(self._secret, settings.challenge_ttl)
         self.limiter = ClientLimiter(settings.api_signin_rate_per_second, settings.api_signin_burst)
 
     # ---------------------------------------------------------------- sign-in with a meter key
@@ -192,24 +97,26 @@ class Authenticator:
         """Count a sign-in request of ``client`` (monotonic ``now``); TooManyRequests past its rate."""
         self.limiter.check(client, now)
 
-    def challenge(self, meter: str, client: str, known: bool, now: float) -> tuple[str, int]:
+    def challenge(self, meter: str, known: bool, now: float) -> tuple[str, int]:
         """A fresh nonce (0x-hex) for a registered meter to sign, and when it expires."""
         if not known:
             raise errors.UnknownMeter(f"meter {meter} is not registered")
-        nonce, expires = self.challenges.issue(meter, client, now)
-        return nonce, int(expires)
+        nonce, expires = self.challenges.issue(meter, now)
+        return "0x" + nonce.hex(), expires
 
     def sign_in(self, meter: str, nonce: str, signature: str, known: bool, now: float) -> tuple[str, int]:
         """Trade a signed challenge for a token; ``known`` says whether the meter is registered."""
-        expires = self.challenges.take(meter, nonce)
-        if expires is None:
+        raw = bytes.fromhex(nonce[2:])
+        refused = self.challenges.check(meter, raw, now)
+        if refused == "expired":
+            raise errors.ChallengeExpired("the challenge expired; ask for a new one")
+        if refused is not None:
             raise errors.ChallengeMismatch("this nonce was not issued for this meter, or was already used; "
                                            "ask for a new challenge")
-        if now > expires:
-            raise errors.ChallengeExpired("the challenge expired; ask for a new one")
-        signer = recover_login_signer(self.domain, meter, bytes.fromhex(nonce[2:]), signature)
+        signer = recover_login_signer(self.domain, meter, raw, signature)
         if signer is None or signer.lower() != meter.lower():
             raise errors.BadLoginSignature("the signature is not the meter's signature of this challenge")
+        self.challenges.spend(raw, now)
         if not known:
             raise errors.UnknownMeter(f"meter {meter} is not registered")
         until = int(now + self.token_ttl)

@@ -267,11 +267,12 @@ async def health(ctx: Ctx, request: Request, response: Response) -> HealthOut:
 
 @router.post("/auth/challenge", response_model=ChallengeOut, tags=["sign-in"],
              dependencies=[Depends(signing_in)], responses=answers(UNKNOWN_METER, INVALID, RATE_LIMITED))
-async def challenge(request: Request, ctx: Ctx, meter: Annotated[str, Query(pattern=ADDRESS.pattern)]
+async def challenge(ctx: Ctx, meter: Annotated[str, Query(pattern=ADDRESS.pattern)]
                     ) -> ChallengeOut:
     """A nonce for a registered meter's key to sign (EIP-712 ``Login``), good once and for ``CHALLENGE_TTL``
-    seconds. A meter holds a few at a time (``API_CHALLENGES_PER_METER``); requests are rate-limited per client."""
-    nonce, expires = ctx.auth.challenge(meter, _client(request), ctx.index.meter(meter) is not None, time.time())
+    seconds. The nonce authenticates itself, so the server keeps no slot a flood could fill; requests are
+    rate-limited per client."""
+    nonce, expires = ctx.auth.challenge(meter, ctx.index.meter(meter) is not None, time.time())
     typed = login_typed_data(ctx.deployment.domain, meter, bytes.fromhex(nonce[2:]))
     typed["message"]["nonce"] = nonce
     return ChallengeOut(nonce=nonce, expires_at=iso(expires) or "", typed_data=typed)

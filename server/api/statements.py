@@ -42,11 +42,13 @@ router = APIRouter(prefix="/api/v1", tags=["bills"])
 MAX_PERIOD = 2**32 - 1
 PeriodNo = Annotated[int, Path(ge=1, le=MAX_PERIOD, description="the billing period's number (`period_id`)")]
 NO_PERIOD = (404, "`not_found`: no meter is registered at this address, or it has no billing period of this number")
+MISMATCH = (500, "`statement_mismatch`: the index's copy of the period does not add up to the chain's figures it "
+                 "holds (rebuild the index: scripts/reindex.py)")
 # Declared with their JSON content, as the routes' own media type is the document's.
 STATEMENT_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": answer["description"],
              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
-    for status, answer in answers(UNAUTHORIZED, FORBIDDEN, NO_PERIOD, INVALID).items()
+    for status, answer in answers(UNAUTHORIZED, FORBIDDEN, NO_PERIOD, INVALID, MISMATCH).items()
 }
 
 

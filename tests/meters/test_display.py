@@ -7,8 +7,8 @@ import time
 
 from rich.console import Console
 
-from meters.display import describe_connection, fleet_state, render_fleet, render_meter
-from meters.status import HEARTBEAT_S, LinkState, MeterStatus, describe_failure
+from meters.display import FleetLog, describe_connection, fleet_state, render_fleet, render_meter
+from meters.status import HEARTBEAT_S, STALE_AFTER_HEARTBEATS, LinkState, MeterStatus, describe_failure
 
 
 def text_of(renderable) -> str:
@@ -162,3 +162,36 @@ def test_informational_events_show_as_the_last_event_not_as_a_problem():
     assert "Problem" not in panel and "connection refused" not in panel
     fleet = text_of(render_fleet([status], NOW))
     assert "resent" not in fleet and "connection refused" not in fleet
+
+
+def test_the_plain_fleet_prints_a_meter_only_when_its_state_bill_or_problem_changes_in_pounds():
+    log = FleetLog()
+    a = MeterStatus(name="meter-01", meter="0x1", state=LinkState.CONNECTED, amount_due=1_950_704_382, last_seq=7,
+                    updated_at=NOW)
+    b = MeterStatus(name="meter-02", meter="0x2", state=LinkState.CONNECTED, amount_due=0, updated_at=NOW)
+    assert log.lines([a, b], NOW) == [
+        "fleet meter=meter-01 state='connected' bill='£19.51' seq=7 waiting=0 problem=''",
+        "fleet meter=meter-02 state='connected' bill='£0.00' seq=0 waiting=0 problem=''",
+    ]
+    # Nothing changed: nothing printed, however often it is asked (a heartbeat, a new reading of the same bill).
+    a.updated_at, a.last_seq = NOW + 4, 8
+    assert log.lines([a, b], NOW + 5) == [] and log.lines([a, b], NOW + 10) == []
+    a.amount_due, a.bill_final = 1_990_000_000, False
+    assert log.lines([a, b], NOW + 11) == [
+        "fleet meter=meter-01 state='connected' bill='£19.90 (provisional)' seq=8 waiting=0 problem=''"]
+    b.state = LinkState.DISCONNECTED
+    b.error("lost the connection to wss://127.0.0.1:8765: connection refused; retrying in 4 s; 1 reading waiting")
+    assert log.lines([a, b], NOW + 12) == [
+        "fleet meter=meter-02 state='disconnected' bill='£0.00' seq=0 waiting=0 problem='lost the connection to "
+        "wss://127.0.0.1:8765: connection refused; retrying in 4 s; 1 reading waiting'"]
+    # A stuck meter is one change, not one a second as its "no status for ..." grows.
+    later = NOW + STALE_AFTER_HEARTBEATS * HEARTBEAT_S + 5
+    b.updated_at = later  # meter-02 still writes its status; meter-01 stopped at NOW + 4
+    assert log.lines([a, b], later) == [
+        f"fleet meter=meter-01 state='no status for {int(later - NOW - 4)} s' bill='£19.90 (provisional)' seq=8 "
+        "waiting=0 problem=''"]
+    b.updated_at = later + 20
+    assert log.lines([a, b], later + 20) == []
+    assert log.lines([a, b], later + 21, {"meter-01": -9}) == [
+        "fleet meter=meter-01 state='ended (killed by SIGKILL)' bill='£19.90 (provisional)' seq=8 waiting=0 "
+        "problem=\"the meter's process ended (killed by SIGKILL); see its console.log and meter.log\""]

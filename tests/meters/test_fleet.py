@@ -3,11 +3,15 @@ and a meter whose process ended shown as such."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 from rich.console import Console
 
+from common.settings import ROOT
 from meters.display import render_fleet
 from meters.fleet import Fleet, fleet_rows
 from meters.identity import meter_dir
@@ -66,3 +70,21 @@ def test_fleet_meters_write_each_log_line_once_and_an_ended_one_shows_as_ended(m
     assert "event=" not in console_log, "log lines are in meter.log only"
     # What is not a log line still reaches console.log: meter-03's reason for not starting.
     assert "chmod 600" in log_of(meter_settings, "meter-03", "console.log")
+
+
+def test_the_fleet_piped_to_a_file_prints_a_meter_only_when_it_changes_with_money_in_pounds(meter_settings,
+                                                                                             deployment):
+    provision(meter_settings, count=2, history_days=0)
+    ensure_tls(meter_settings.data_dir / "tls")  # no server runs: the meters go from starting to disconnected
+    env = {**os.environ, **meter_settings.as_env()}
+    ran = subprocess.run([sys.executable, "-m", "meters.fleet", "--count", "2", "--duration", "20"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    lines = [line for line in ran.stdout.splitlines() if line.startswith("fleet ")]
+    by_meter = {name: [line for line in lines if f"meter={name} " in line] for name in ("meter-01", "meter-02")}
+    assert all(by_meter.values()), ran.stdout
+    assert all("bill='£0.00'" in line and "due=" not in line for line in lines), ran.stdout
+    for name, shown in by_meter.items():
+        # Each line is a change: never the same line twice in a row (the old output repeated all every 5 s).
+        assert all(x != y for x, y in zip(shown, shown[1:], strict=False)), (name, shown)
+    assert any("state='disconnected'" in line for line in by_meter["meter-01"]), ran.stdout

@@ -184,3 +184,35 @@ def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_ever
     meter = tmp_path / "data" / "meters" / "meter-01"
     assert "event=meter_started" in (meter / "meter.log").read_text()
     assert "event=" not in (meter / "console.log").read_text()
+
+
+@pytest.mark.parametrize(("first", "second"), [(signal.SIGINT, signal.SIGHUP), (signal.SIGHUP, signal.SIGINT)],
+                         ids=["ctrl-c-then-terminal-closed", "terminal-closed-then-ctrl-c"])
+def test_run_demo_tears_down_on_sighup_as_on_ctrl_c_and_a_second_signal_does_not_cut_the_teardown_short(
+    tmp_path: Path, base_settings: Settings, deployment: object, stop_chain_after: list[dict[str, str]],
+    first: signal.Signals, second: signal.Signals,
+) -> None:
+    chain_port = free_port()
+    env = script_env(tmp_path, chain_port, SERVER_PORT=str(free_port()), HTTP_PORT=str(free_port()),
+                     METER_COUNT="1", HISTORY_DAYS="0", TIME_SCALE="10", BUILD_DIR=str(base_settings.build_dir))
+    stop_chain_after.append(env)
+    demo = subprocess.Popen(["./run-demo.sh", "--count", "1", "--plain"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = Output(demo)
+    try:
+        out.wait_for("run-clients: started 1 meter;", 180)
+        assert rpc_answers(f"http://127.0.0.1:{chain_port}")
+        # As a terminal does: the signal goes to the whole foreground process group (the chain runs in
+        # a session of its own, so only the demo's teardown can stop it).
+        os.killpg(demo.pid, first)
+        out.wait_for("run-demo: tearing down", 60)
+        os.killpg(demo.pid, second)
+        assert demo.wait(120) == {signal.SIGINT: 130, signal.SIGHUP: 129}[first]
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert out.text.count("run-demo: tearing down") == 1
+    assert out.text.rstrip().endswith("run-demo: done; run ./run-demo.sh again to resume where it stopped")
+    assert not rpc_answers(f"http://127.0.0.1:{chain_port}"), "the demo stopped the chain it started"
+    assert not [argv for _, argv in children(demo.pid)]

@@ -320,3 +320,25 @@ async def test_the_meter_page_shows_the_demand_response_credit_and_the_baseline_
     if later_day != local_day(server_settings, settled.scene.terms.end):
         await page.locator("#day").fill(later_day)
         await expect(page.locator("#dr-events li")).to_have_count(0, timeout=UI_TIMEOUT_MS)
+
+
+DASHBOARD = ROOT / "server" / "dashboard"
+#: The dashboard's modules stay small, one concern each.
+MAX_MODULE_LINES = 400
+
+
+async def test_the_dashboard_modules_are_served_as_javascript_and_each_import_names_what_its_module_exports(server):
+    modules = sorted(DASHBOARD.glob("*.js"))
+    exported = {m.name: set(re.findall(r"(?m)^export (?:async )?(?:function|class|const|let) ([\w$]+)", m.read_text()))
+                for m in modules}
+    async with httpx.AsyncClient(base_url=server.settings.http_url, timeout=20) as client:
+        index = (await client.get("/")).text
+        assert '<script type="module" src="/static/app.js"></script>' in index
+        for module in modules:
+            served = await client.get(f"/static/{module.name}")
+            # A module script with another media type is refused by the browser (HTML's strict MIME check).
+            assert served.status_code == 200 and served.headers["content-type"].startswith("text/javascript"), module
+            assert "content-security-policy" not in served.headers  # none to allow modules in
+            assert len(module.read_text().splitlines()) <= MAX_MODULE_LINES, module.name
+            for names, target in re.findall(r'(?m)^import \{ ([^}]*) \} from "\./([\w-]+\.js)";', module.read_text()):
+                assert set(names.split(", ")) <= exported[target], (module.name, target)
