@@ -8,7 +8,8 @@
  *   #key=<api key>        sign in with a key (it is kept in localStorage and removed from the URL)
  *
  * Data comes from the REST API (/api/v1, key in the X-API-Key header) and stays current through
- * the live WebSocket (/api/v1/live?key=...), which reconnects with back-off when it drops. A
+ * the live WebSocket (/api/v1/live, key in its first message, never in the URL, which logs keep),
+ * which reconnects with back-off when it drops. A
  * customer's key sees one meter, so a customer goes straight to that meter's page (or to their
  * messages).
  *
@@ -240,11 +241,11 @@
 
     open(state) {
       const scheme = location.protocol === "https:" ? "wss" : "ws";
-      const url = `${scheme}://${location.host}${API}/live?${query({ key: this.key })}`;
       this.onState(state);
-      const socket = new WebSocket(url);
+      const socket = new WebSocket(`${scheme}://${location.host}${API}/live`);
       this.socket = socket;
       let refused = false;
+      socket.onopen = () => socket.send(JSON.stringify({ type: "auth", key: this.key }));
       socket.onmessage = (event) => {
         let message;
         try { message = JSON.parse(event.data); } catch (err) { return; }
