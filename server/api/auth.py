@@ -250,10 +250,15 @@ class Authenticator:
         return Principal("customer", parts[1], via="token")
 
 
-def dashboard_link(settings: Settings) -> str:
+def dashboard_link(settings: Settings, signed_in: bool = True) -> str:
     """The dashboard's address signed in as the operator (the key rides in the fragment, never sent
-    to the server in the URL); empty when the API is off."""
+    to the server in the URL), or, for output that is kept (a log, not a terminal), the address and where
+    the operator's key is; empty when the API is off."""
     if not settings.http_port:
         return ""
-    key = settings.operator_api_key or (settings.data_dir / "api" / OPERATOR_KEY_FILE).read_text().strip()
+    key_file = settings.data_dir / "api" / OPERATOR_KEY_FILE
+    if not signed_in:
+        where = "OPERATOR_API_KEY" if settings.operator_api_key else str(key_file)
+        return f"{settings.http_url}/ (sign in with the operator's key: {where})"
+    key = settings.operator_api_key or key_file.read_text().strip()
     return f"{settings.http_url}/#key={key}"

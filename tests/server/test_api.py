@@ -28,7 +28,7 @@ from common.eip712 import ReadingData
 from common.logs import fingerprint
 from common.messages import Bill, ConsumptionAlert
 from common.tariff import CLOCK_LOCAL, PriceRule, TariffVersion
-from server.api.auth import OPERATOR_KEY_FILE, ChallengeStore
+from server.api.auth import OPERATOR_KEY_FILE, ChallengeStore, dashboard_link
 from server.api.routes import MAX_AMOUNT, MAX_PAGE, parse_time
 from server.api.schemas import ERROR_CODES, iso
 from server.api.throttle import ClientLimiter, TooManyRequests, client_key
@@ -67,6 +67,16 @@ async def api(server: ServerApp) -> AsyncIterator[httpx.AsyncClient]:
 def op(server: ServerApp) -> dict[str, str]:
     """The operator's credentials."""
     return {"X-API-Key": (server.settings.data_dir / "api" / OPERATOR_KEY_FILE).read_text().strip()}
+
+
+def test_the_dashboard_link_carries_the_operators_key_only_when_asked_to(server_settings):
+    key_file = server_settings.data_dir / "api" / OPERATOR_KEY_FILE
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("op-key-0123456789\n")
+    assert dashboard_link(server_settings) == f"{server_settings.http_url}/#key=op-key-0123456789"
+    kept = dashboard_link(server_settings, signed_in=False)  # for a log: where the key is, never the key
+    assert kept == f"{server_settings.http_url}/ (sign in with the operator's key: {key_file})"
+    assert dashboard_link(server_settings.replace(http_port=0)) == ""
 
 
 @pytest.fixture
