@@ -645,6 +645,18 @@ async def test_live_feed_refuses_credentials_in_the_url_saying_where_they_go(ser
     assert refusal["code"] == "credentials_in_url" and '{"type": "auth", "key": ...}' in refusal["message"]
 
 
+async def test_live_feed_refuses_a_socket_that_sends_no_credentials_in_auth_timeout(server_settings, deployment):
+    app = await ServerApp.start(server_settings.replace(auth_timeout=0.5), deployment)
+    try:
+        async with connect(live_url(app)) as ws:
+            refusal = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1008
+    finally:
+        await app.stop()
+    assert refusal["code"] == "unauthorized" and refusal["message"].startswith("no credentials in 0.5 s; send ")
+
+
 @pytest.mark.parametrize("first", ["not json", '{"type": "auth"}', '{"type": "hello", "key": "k"}',
                                    '{"type": "auth", "key": 7}', '["auth"]'])
 async def test_live_feed_refuses_a_first_message_that_is_not_credentials_without_repeating_it(server, first):
