@@ -102,8 +102,18 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
-def _is_secret_name(name: Any) -> bool:
-    return str(name).lower().replace("-", "_") in SECRET_NAMES
+def _redact_field(name: Any, value: Any) -> Any:
+    """A structured field's value without credentials: all of it under a secret's name, else what ``redact``
+    finds in its text (the value itself, of its own type, when there is nothing to redact)."""
+    if value is None:
+        return value
+    if str(name).lower().replace("-", "_") in SECRET_NAMES:
+        return REDACTED
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    clean = redact(text)
+    return value if clean == text else clean
 
 
 class RedactSecrets(logging.Filter):
@@ -124,8 +134,7 @@ class RedactSecrets(logging.Filter):
             record.msg, record.args = clean, None
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            record.fields = {k: REDACTED if v is not None and _is_secret_name(k)
-                             else redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+            record.fields = {k: _redact_field(k, v) for k, v in fields.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:
