@@ -110,6 +110,10 @@ until grep -q "Ctrl-C stops" "$RUN_SERVER_LOG" 2>/dev/null; do
   sleep 0.5
 done
 grep "run-server:" "$RUN_SERVER_LOG" | tail -4
+if [ -t 1 ]; then  # run-server.log holds the dashboard's address without the operator's key: a log never holds a key
+  DASHBOARD="$($PY -c 'from server.api.auth import dashboard_link; from common.settings import load_settings; print(dashboard_link(load_settings()))')"
+  [ -n "$DASHBOARD" ] && say "dashboard and REST API (signed in as the operator): $DASHBOARD"
+fi
 say "ready after $(( $(date +%s) - START )) s; logs in $LOG_DIR/ and $DATA_DIR/meters/<name>/meter.log"
 
 ./run-clients.sh "$@" &

@@ -68,8 +68,10 @@ if [ "$EMITTER" = 1 ]; then
   PIDS+=($!); NAMES+=("the grid-alert emitter (scripts/grid_alert_emitter.py)"); LOGS+=("$LOG_DIR/emitter.log")
 fi
 WSS="$($PY -c 'from common.settings import load_settings; print(load_settings().server_url)')"
-DASHBOARD="$($PY -c 'from server.api.auth import dashboard_link; from common.settings import load_settings; print(dashboard_link(load_settings()))')"
-[ -n "$DASHBOARD" ] && say "dashboard and REST API (signed in as the operator): $DASHBOARD"
+# The operator's key goes to a terminal only: output kept in a file (run-demo.sh keeps this in run-server.log) is a log.
+SIGNED_IN=False; [ -t 1 ] && SIGNED_IN=True
+DASHBOARD="$($PY -c "from server.api.auth import dashboard_link; from common.settings import load_settings; print(dashboard_link(load_settings(), signed_in=$SIGNED_IN))")"
+[ -n "$DASHBOARD" ] && say "dashboard and REST API$( [ "$SIGNED_IN" = True ] && echo " (signed in as the operator)"): $DASHBOARD"
 say "server running: meters connect to $WSS"
 say "logs: $LOG_DIR/server.log$( [ "$EMITTER" = 1 ] && echo ", $LOG_DIR/emitter.log" ); Ctrl-C stops"
 status=0

@@ -46,6 +46,7 @@ __all__ = [
     "StatementMismatch",
     "ApiError",
     "Unauthorized",
+    "CredentialsInUrl",
     "Forbidden",
     "NotFound",
     "InvalidRequest",
@@ -335,6 +336,16 @@ class Unauthorized(ApiError):
     code = "unauthorized"
     default_message = "sign in: send an API key (X-API-Key) or a bearer token from /api/v1/auth/token"
     status = 401
+
+
+class CredentialsInUrl(Unauthorized):
+    """Raised when credentials come in a URL's query string (``?key=``, ``?token=``), where every proxy and
+    access log keeps them: they are refused even when good, and the caller is told how to send them."""
+
+    code = "credentials_in_url"
+    default_message = ("credentials are not taken from the URL, which logs keep; send them in the first message "
+                       "after the socket opens: {\"type\": \"auth\", \"key\": ...} or {\"type\": \"auth\", "
+                       "\"token\": ...}")
 
 
 class Forbidden(ApiError):

@@ -9,17 +9,25 @@ lone surrogates) is written as an escape (``\\r``, ``\\x1b``, ``\\u2028``) in ke
 values alike, so text a peer sent can never start a forged line or rewrite a terminal.
 ``parse_line`` reads back exactly what was logged. Text a peer supplied is also cut to
 ``UNTRUSTED_LIMIT`` characters with ``clip`` before it is logged or echoed.
+
+No line carries a credential: every handler ``setup_logging`` installs has the ``RedactSecrets``
+filter, which replaces the value of a secret query parameter (``?key=``, ``&token=``, ...), a
+bearer token, an ``X-API-Key`` header and a URL's password with ``[redacted]`` in any record, a
+third party's (uvicorn's access and error lines) included. Where a refused credential must be
+told apart from another, ``fingerprint`` names it without revealing it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["setup_logging", "log_event", "format_fields", "parse_line", "escape", "clip", "UNTRUSTED_LIMIT"]
+__all__ = ["setup_logging", "log_event", "format_fields", "parse_line", "escape", "clip", "UNTRUSTED_LIMIT",
+           "RedactSecrets", "redact", "fingerprint", "SECRET_NAMES", "REDACTED"]
 
 #: Characters of peer-supplied text kept in a log line or an error message; the rest is cut.
 UNTRUSTED_LIMIT = 200
@@ -62,6 +70,80 @@ def clip(value: Any, limit: int = UNTRUSTED_LIMIT) -> str:
     return f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
+#: Names of parameters and fields whose value is a secret, whatever case or separator they are written in.
+SECRET_NAMES = ("key", "token", "api_key", "apikey", "x_api_key", "access_token", "refresh_token", "auth",
+                "authorization", "secret", "password", "passwd", "pwd", "credential", "credentials")
+#: What a secret is replaced with.
+REDACTED = "[redacted]"
+_NAMES = "|".join(sorted((re.escape(n).replace("_", "[_-]?") for n in SECRET_NAMES), key=len, reverse=True))
+#: ``?key=...``, ``&token=...``, ``#key=...`` (a dashboard link) and the like, up to the next separator.
+_QUERY_SECRET = re.compile(rf"(?i)([?&;#](?:{_NAMES})=)[^&#;\s\"'\\]+")
+#: ``Bearer <token>`` (an Authorization header's value, wherever it was written); a token holds a digit, so that
+#: prose ("a bearer token") is left alone.
+_BEARER = re.compile(r"(?i)(\bbearer\s+)(?=[A-Za-z._~+/=-]*[0-9])[A-Za-z0-9._~+/=-]+")
+#: ``X-API-Key: <key>``, ``x-api-key=<key>`` and a header pair's repr, ``(b'x-api-key', b'<key>')``.
+_API_KEY_HEADER = re.compile(r"""(?i)(x-api-key(?:['"]?\s*[:=]\s*|['"],\s*)b?['"]?)[^\s'",;)}]+""")
+#: The password of a URL's user information: ``postgresql://user:<password>@host``.
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(@)")
+_REDACTIONS = ((_QUERY_SECRET, rf"\1{REDACTED}"), (_BEARER, rf"\1{REDACTED}"),
+               (_API_KEY_HEADER, rf"\1{REDACTED}"), (_URL_PASSWORD, rf"\1{REDACTED}\2"))
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret parameter, bearer token, API-key header and URL password replaced by ``REDACTED``."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def fingerprint(secret: str) -> str:
+    """A short name for a secret that does not reveal it (the first 8 hex digits of its SHA-256), so that two
+    refused keys can be told apart in a message or a log line."""
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _redact_field(name: Any, value: Any) -> Any:
+    """A structured field's value without credentials: all of it under a secret's name, else what ``redact``
+    finds in its text (the value itself, of its own type, when there is nothing to redact)."""
+    if value is None:
+        return value
+    if str(name).lower().replace("-", "_") in SECRET_NAMES:
+        return REDACTED
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    clean = redact(text)
+    return value if clean == text else clean
+
+
+class RedactSecrets(logging.Filter):
+    """Takes every credential out of a record before any handler writes it (``redact``): its message,
+    its structured fields (a field named like a secret loses its whole value), its traceback and
+    stack. Never drops a record."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; always keeps it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record whose arguments do not fit: the handler reports it
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {k: _redact_field(k, v) for k, v in fields.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 def _quote(value: Any) -> str:
     text = str(value)
     if text and text.isprintable() and " " not in text and '"' not in text and "=" not in text:
@@ -87,21 +169,22 @@ class _KeyValueFormatter(logging.Formatter):
         else:
             fields["msg"] = record.getMessage()
         if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+            fields["exc"] = (record.exc_text or self.formatException(record.exc_info)).splitlines()[-1]
         return format_fields(fields)
 
 
 def setup_logging(level: str = "INFO", stream: TextIO | None = None, path: str | None = None) -> None:
-    """Send structured lines to ``stream`` (default stderr) and optionally a file."""
+    """Send structured lines, credentials redacted (``RedactSecrets``), to ``stream`` (default stderr) and
+    optionally a file."""
     root = logging.getLogger()
     root.handlers.clear()
-    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_KeyValueFormatter())
-    root.addHandler(handler)
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if path:
-        file_handler = logging.FileHandler(path)
-        file_handler.setFormatter(_KeyValueFormatter())
-        root.addHandler(file_handler)
+        handlers.append(logging.FileHandler(path))
+    for handler in handlers:
+        handler.setFormatter(_KeyValueFormatter())
+        handler.addFilter(RedactSecrets())
+        root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("websockets", "web3", "urllib3", "asyncio", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

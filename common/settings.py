@@ -93,6 +93,7 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     challenge_ttl: float = 30.0
+    #: Seconds a meter has to log in at the gateway, and a dashboard to send its credentials on the live feed.
     auth_timeout: float = 10.0
     max_pending_readings: int = 100_000
     batch_max_size: int = 100

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,9 @@ from common.devchain import GanacheProcess
 from common.settings import ROOT, Settings
 
 __all__ = ["ServerProcess", "both_indexes", "INDEX_BACKENDS", "deployed_on_own_chain"]
+
+#: Seconds ``python -m server`` may take to listen (its gateway worker processes too) on a loaded machine.
+START_TIMEOUT = 180
 
 #: The index's engines: SQLite (the default) and PostgreSQL (``INDEX_URL``).
 INDEX_BACKENDS = ("sqlite", "postgresql")
@@ -70,12 +74,13 @@ class ServerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env(),
                                      stdout=out, stderr=subprocess.STDOUT)
-        for _ in range(300):
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
             if "gateway_listening" in self.log_path.read_text()[offset:]:
                 return
             assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
             await asyncio.sleep(0.1)
-        raise AssertionError("server did not start: " + self.log_path.read_text()[-2000:])
+        raise AssertionError(f"server did not start in {START_TIMEOUT} s: " + self.log_path.read_text()[-2000:])
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -29,6 +29,7 @@ from eth_utils import to_checksum_address
 from common import errors
 from common.customers import Customers
 from common.eip712 import Domain, recover_login_signer
+from common.logs import fingerprint
 from common.settings import Settings
 from server.api.challenges import ChallengeSigner
 from server.api.throttle import ClientLimiter
@@ -136,28 +137,35 @@ class Authenticator:
             customer = self.customers.by_api_key(api_key)
             if customer is not None:
                 return Principal("customer", to_checksum_address(customer.meter), via="api_key")
-            raise errors.Unauthorized("this API key is not known")
+            raise errors.Unauthorized(f"this API key is not known ({fingerprint(api_key)})")
         if token:
             return self._check_token(token, time.time() if now is None else now)
         raise errors.Unauthorized()
 
     def _check_token(self, token: str, now: float) -> Principal:
+        """The customer a token names; a refusal names the token by its ``fingerprint`` only, never whole."""
         parts = token.split(".")
         if len(parts) != 4 or parts[0] != TOKEN_PREFIX:
-            raise errors.Unauthorized("the bearer token is malformed; sign in again")
+            raise errors.Unauthorized(f"the bearer token ({fingerprint(token)}) is malformed; sign in again")
         body = ".".join(parts[:3])
         # Bytes, not str: compare_digest refuses str with non-ASCII characters (a header may carry them).
         if not hmac.compare_digest(parts[3].encode(), self._mac(body).encode()):
-            raise errors.Unauthorized("the bearer token was not issued by this server; sign in again")
+            raise errors.Unauthorized(f"the bearer token ({fingerprint(token)}) was not issued by this server; "
+                                      "sign in again")
         if not parts[2].isdigit() or int(parts[2]) < now:
-            raise errors.Unauthorized("the bearer token expired; sign in again")
+            raise errors.Unauthorized(f"the bearer token ({fingerprint(token)}) expired; sign in again")
         return Principal("customer", parts[1], via="token")
 
 
-def dashboard_link(settings: Settings) -> str:
+def dashboard_link(settings: Settings, signed_in: bool = True) -> str:
     """The dashboard's address signed in as the operator (the key rides in the fragment, never sent
-    to the server in the URL); empty when the API is off."""
+    to the server in the URL), or, for output that is kept (a log, not a terminal), the address and where
+    the operator's key is; empty when the API is off."""
     if not settings.http_port:
         return ""
-    key = settings.operator_api_key or (settings.data_dir / "api" / OPERATOR_KEY_FILE).read_text().strip()
+    key_file = settings.data_dir / "api" / OPERATOR_KEY_FILE
+    if not signed_in:
+        where = "OPERATOR_API_KEY" if settings.operator_api_key else str(key_file)
+        return f"{settings.http_url}/ (sign in with the operator's key: {where})"
+    key = settings.operator_api_key or key_file.read_text().strip()
     return f"{settings.http_url}/#key={key}"

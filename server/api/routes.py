@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import re
 import time
@@ -94,6 +95,10 @@ MAX_AMOUNT = 2**63 - 1
 MAX_TIME_TEXT = 40
 #: WebSocket close code for a refused live connection (policy violation).
 POLICY_VIOLATION = 1008
+#: What the live feed's first message must be.
+LIVE_AUTH = '{"type": "auth", "key": "<API key>"} or {"type": "auth", "token": "<bearer token>"}'
+#: Query parameters that once carried the live feed's credentials: refused now (``credentials_in_url``).
+URL_CREDENTIALS = ("key", "token")
 
 
 @dataclass
@@ -712,18 +717,23 @@ def live_message(ctx: ApiContext, update: Update) -> dict[str, Any] | None:
 
 
 @router.websocket("/live")
-async def live(ws: WebSocket, key: str | None = None, token: str | None = None) -> None:
+async def live(ws: WebSocket) -> None:
     """Live updates for the dashboard: bills, meters, connections, tariffs, grid and consumption alerts, messages.
 
-    Credentials go in the query (``?key=`` or ``?token=``), as browsers cannot set headers on a
-    WebSocket. Refused credentials get an ``error`` message and close code 1008.
+    The credentials come in the first message, ``{"type": "auth", "key": ...}`` or ``{"type": "auth", "token":
+    ...}``, within ``AUTH_TIMEOUT`` seconds: never in the URL, which access logs and proxies keep (``?key=`` or
+    ``?token=`` is refused with ``credentials_in_url``). Refused credentials get an ``error`` message and close
+    code 1008.
     """
     ctx: ApiContext = ws.app.state.ctx
     await ws.accept()
     try:
+        key, token = await _live_credentials(ws, ctx.settings)
         who = ctx.auth.authenticate(key, token)
         if not who.is_operator and ctx.index.meter(who.meter or "") is None:
             raise errors.NotFound(f"no meter {who.meter} is registered")
+    except WebSocketDisconnect:
+        return
     except errors.SmartMeterError as err:
         await ws.send_json({"type": "error", "code": err.code, "message": err.message})
         await ws.close(POLICY_VIOLATION, err.code)
@@ -752,6 +762,31 @@ async def live(ws: WebSocket, key: str | None = None, token: str | None = None) 
         ctx.feed.unsubscribe(sub)
         reader.cancel()
         dropped.cancel()
+
+
+async def _live_credentials(ws: WebSocket, settings: Settings) -> tuple[str | None, str | None]:
+    """The API key and bearer token of the live feed's first message (``LIVE_AUTH``); Unauthorized when the URL
+    carries credentials, or no such message comes in time. A refusal never repeats what the message held."""
+    if any(name in ws.query_params for name in URL_CREDENTIALS):
+        raise errors.CredentialsInUrl()
+    try:
+        message = await asyncio.wait_for(ws.receive(), settings.auth_timeout)
+    except asyncio.TimeoutError:
+        raise errors.Unauthorized(f"no credentials in {settings.auth_timeout:g} s; send {LIVE_AUTH} first") from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    body: Any = None
+    if isinstance(text, str) and len(text) <= settings.max_message_bytes:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+    if isinstance(body, dict) and body.get("type") == "auth":
+        key, token = body.get("key"), body.get("token")
+        if (isinstance(key, str) and key) or (isinstance(token, str) and token):
+            return (key if isinstance(key, str) else None), (token if isinstance(token, str) else None)
+    raise errors.Unauthorized(f"the first message must be {LIVE_AUTH}")
 
 
 async def _drain(ws: WebSocket) -> None:

@@ -118,11 +118,11 @@ export class LiveConnection {
 
   open(state) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}${API}/live?${query({ key: this.key })}`;
     this.onState(state);
-    const socket = new WebSocket(url);
+    const socket = new WebSocket(`${scheme}://${location.host}${API}/live`);
     this.socket = socket;
     let refused = false;
+    socket.onopen = () => socket.send(JSON.stringify({ type: "auth", key: this.key }));
     socket.onmessage = (event) => {
       let message;
       try { message = JSON.parse(event.data); } catch (err) { return; }

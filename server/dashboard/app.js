@@ -8,7 +8,8 @@
  *   #key=<api key>        sign in with a key (it is kept in localStorage and removed from the URL)
  *
  * Data comes from the REST API (/api/v1, key in the X-API-Key header) and stays current through
- * the live WebSocket (/api/v1/live?key=...), which reconnects with back-off when it drops. A
+ * the live WebSocket (/api/v1/live, key in its first message, never in the URL, which logs keep),
+ * which reconnects with back-off when it drops. A
  * customer's key sees one meter, so a customer goes straight to that meter's page (or to their
  * messages).
  *

@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.logs import UNTRUSTED_LIMIT, clip, escape, format_fields, log_event, parse_line, setup_logging
+from common.logs import (
+    REDACTED,
+    UNTRUSTED_LIMIT,
+    clip,
+    escape,
+    fingerprint,
+    format_fields,
+    log_event,
+    parse_line,
+    redact,
+    setup_logging,
+)
 
 #: Any code point at all, lone surrogates and unassigned ones included.
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
@@ -77,3 +88,66 @@ def test_clip_bounds_untrusted_text_and_says_how_much_was_cut() -> None:
     assert len(clipped) < UNTRUSTED_LIMIT + 30
     assert clip("abcdef", limit=3) == "abc...[3 more characters]"
     assert clip(clip("abcdef", limit=3), limit=3) == "abc...[3 more characters]"  # clipped once, said once
+
+
+# ---------------------------------------------------------------- credentials
+
+
+KEY = "uJ2_TIXw-0123456789abcdefABCDEF"
+TOKEN = "v1.0x1eaF00000000000000000000000000000000.1790000000.0123456789abcdef"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (f'127.0.0.1:35480 - "WebSocket /api/v1/live?key={KEY}" [accepted]',
+     f'127.0.0.1:35480 - "WebSocket /api/v1/live?key={REDACTED}" [accepted]'),
+    (f"/api/v1/live?page=2&token={TOKEN}&x=1", f"/api/v1/live?page=2&token={REDACTED}&x=1"),
+    (f"GET /a?API-Key={KEY};access_token={TOKEN}", f"GET /a?API-Key={REDACTED};access_token={REDACTED}"),
+    (f"http://127.0.0.1:8766/#key={KEY}", f"http://127.0.0.1:8766/#key={REDACTED}"),
+    (f"Authorization: Bearer {TOKEN}", f"Authorization: Bearer {REDACTED}"),
+    (f"X-API-Key: {KEY}", f"X-API-Key: {REDACTED}"),
+    (f"[(b'x-api-key', b'{KEY}')]", f"[(b'x-api-key', b'{REDACTED}')]"),
+    ("postgresql://index:s3cret@127.0.0.1:5432/db", f"postgresql://index:{REDACTED}@127.0.0.1:5432/db"),
+])
+def test_redact_takes_out_every_way_a_credential_is_written(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "send an API key (X-API-Key) or a bearer token from /api/v1/auth/token",
+    "/api/v1/meters?page=2&monkey=1&keyword=x", "wss://127.0.0.1:8765 peer=a@b", "event=login meter=0xab",
+])
+def test_redact_leaves_text_without_credentials_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_fingerprint_tells_secrets_apart_without_revealing_them() -> None:
+    assert fingerprint(KEY) == fingerprint(KEY) != fingerprint(KEY + "x")
+    assert fingerprint(KEY).startswith("sha256:") and len(fingerprint(KEY)) == len("sha256:") + 8
+    assert KEY[:8] not in fingerprint(KEY)
+
+
+def test_every_handler_redacts_third_party_lines_fields_and_tracebacks(tmp_path) -> None:
+    path = tmp_path / "server.log"
+    setup_logging("INFO", stream=open(tmp_path / "stderr", "w"), path=str(path))  # noqa: SIM115
+    try:
+        # uvicorn's own line, as its websockets implementation writes it (message and arguments apart).
+        logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [%s]', "127.0.0.1:35480",
+                                                f"/api/v1/live?key={KEY}&token={TOKEN}", "accepted")
+        log_event(logging.getLogger("api"), "api_failed", logging.ERROR, path=f"/api/v1/live?key={KEY}",
+                  token=TOKEN)
+        try:
+            raise RuntimeError(f"could not open http://127.0.0.1/?key={KEY}")
+        except RuntimeError:
+            logging.getLogger("api").exception("failed with Bearer %s", TOKEN)
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.close()
+        logging.getLogger().handlers.clear()
+    for written in (path.read_text(), (tmp_path / "stderr").read_text()):
+        assert KEY not in written and TOKEN not in written and TOKEN[-16:] not in written, written
+        uvicorn, failed, traceback = (parse_line(line) for line in written.splitlines())
+        assert uvicorn["msg"] == (f'127.0.0.1:35480 - "WebSocket /api/v1/live?key={REDACTED}&token={REDACTED}" '
+                                  "[accepted]")
+        assert (failed["path"], failed["token"]) == (f"/api/v1/live?key={REDACTED}", REDACTED)
+        assert traceback["msg"] == f"failed with Bearer {REDACTED}"
+        assert traceback["exc"] == f"RuntimeError: could not open http://127.0.0.1/?key={REDACTED}"

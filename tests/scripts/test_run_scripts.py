@@ -178,6 +178,11 @@ def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_ever
 
     # Every log line is written once: one log per process, no stderr copies beside them.
     assert sorted(p.name for p in logs.iterdir()) == ["emitter.log", "ganache.log", "run-server.log", "server.log"]
+    # No log holds the operator's key (run-server.log gives the dashboard's address and where the key is).
+    operator_key = (tmp_path / "data" / "api" / "operator.key").read_text().strip()
+    assert not [log.name for log in logs.iterdir() if operator_key in log.read_text(errors="replace")]
+    assert f"(sign in with the operator's key: {tmp_path / 'data' / 'api' / 'operator.key'})" in \
+        (logs / "run-server.log").read_text()
     server_log = (logs / "server.log").read_text().splitlines()
     assert sum("event=gateway_listening" in line for line in server_log) == 1
     assert len(server_log) == len(set(server_log))

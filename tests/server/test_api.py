@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -20,13 +21,14 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from playwright.async_api import async_playwright, expect
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from common.billing import Billing
 from common.eip712 import ReadingData
+from common.logs import fingerprint
 from common.messages import Bill, ConsumptionAlert
 from common.tariff import CLOCK_LOCAL, PriceRule, TariffVersion
-from server.api.auth import OPERATOR_KEY_FILE
+from server.api.auth import OPERATOR_KEY_FILE, dashboard_link
 from server.api.challenges import ChallengeSigner
 from server.api.routes import MAX_AMOUNT, MAX_PAGE, parse_time
 from server.api.schemas import ERROR_CODES, iso
@@ -66,6 +68,16 @@ async def api(server: ServerApp) -> AsyncIterator[httpx.AsyncClient]:
 def op(server: ServerApp) -> dict[str, str]:
     """The operator's credentials."""
     return {"X-API-Key": (server.settings.data_dir / "api" / OPERATOR_KEY_FILE).read_text().strip()}
+
+
+def test_the_dashboard_link_carries_the_operators_key_only_when_asked_to(server_settings):
+    key_file = server_settings.data_dir / "api" / OPERATOR_KEY_FILE
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("op-key-0123456789\n")
+    assert dashboard_link(server_settings) == f"{server_settings.http_url}/#key=op-key-0123456789"
+    kept = dashboard_link(server_settings, signed_in=False)  # for a log: where the key is, never the key
+    assert kept == f"{server_settings.http_url}/ (sign in with the operator's key: {key_file})"
+    assert dashboard_link(server_settings.replace(http_port=0)) == ""
 
 
 @pytest.fixture
@@ -535,9 +547,16 @@ async def test_threshold_is_set_by_customer_or_operator_and_reset_to_default(api
     assert error_of(await api.put(url, headers=op, json={})) == (422, "invalid_request")
 
 
-async def live(server: ServerApp, **creds: str):
-    query = "&".join(f"{k}={v}" for k, v in creds.items())
-    return connect(f"ws://{server.settings.server_host}:{server.settings.http_port}{API}/live?{query}")
+def live_url(server: ServerApp) -> str:
+    return f"ws://{server.settings.server_host}:{server.settings.http_port}{API}/live"
+
+
+@asynccontextmanager
+async def live(server: ServerApp, **creds: str) -> AsyncIterator[ClientConnection]:
+    """The live feed signed in as the dashboard does: the credentials (``key=`` or ``token=``) in the first message."""
+    async with connect(live_url(server)) as ws:
+        await ws.send(json.dumps({"type": "auth", **creds}))
+        yield ws
 
 
 async def next_live(ws, kind: str, timeout: float = 20.0) -> dict:
@@ -557,7 +576,7 @@ async def test_an_hour_over_the_limit_notifies_the_meter_and_the_dashboard_at_on
     assert set_limit.status_code == 200, set_limit.text
     link = link_for(meter)
     await link.connect()
-    async with await live(server, key=op["X-API-Key"]) as dashboard:
+    async with live(server, key=op["X-API-Key"]) as dashboard:
         assert (await next_live(dashboard, "hello"))["role"] == "operator"
         now = int(time.time())
         await link.send_reading(ReadingData(meter.address, 1, now - 600, 10_100))
@@ -579,7 +598,7 @@ async def test_live_feed_gives_a_customer_only_their_own_bills(server, metered, 
     first, _, _ = metered
     other = new_meter()
     key = add_customer(server, first, "meter-a")
-    async with await live(server, key=key) as customer:
+    async with live(server, key=key) as customer:
         assert await next_live(customer, "hello") == {"type": "hello", "role": "customer", "meter": first.address,
                                                       "timezone": "Europe/London"}
         for account, seq, wh in ((other, 1, 10_050), (first, 37, 10_000 + 36 * 400 + 60)):
@@ -596,7 +615,7 @@ async def test_live_feed_gives_a_customer_the_grid_alerts_of_their_region_only(s
     first, _, _ = metered  # in the north
     key = add_customer(server, first, "meter-a")
     expires = int(time.time()) + 600
-    async with await live(server, key=key) as customer:
+    async with live(server, key=key) as customer:
         await next_live(customer, "hello")
         raised = []
         for region in ("south", "north", ""):
@@ -608,12 +627,56 @@ async def test_live_feed_gives_a_customer_the_grid_alerts_of_their_region_only(s
         await asyncio.to_thread(billing.clear_grid_alert, alert_id)
 
 
-async def test_live_feed_refuses_unknown_credentials_with_a_code(server):
-    async with await live(server, key="wrong") as ws:
-        assert json.loads(await ws.recv()) == {"type": "error", "code": "unauthorized",
-                                               "message": "this API key is not known"}
+async def test_live_feed_refuses_unknown_credentials_with_a_code_naming_the_key_by_its_fingerprint_only(server):
+    async with live(server, key="wrong-key-0123456789") as ws:
+        refusal = json.loads(await ws.recv())
         await asyncio.wait_for(ws.wait_closed(), 10)
         assert ws.close_code == 1008
+    assert refusal == {"type": "error", "code": "unauthorized",
+                       "message": f"this API key is not known ({fingerprint('wrong-key-0123456789')})"}
+
+
+async def test_live_feed_takes_a_bearer_token_in_its_first_message(server, api, metered):
+    first, _, _ = metered
+    await meters_indexed(server, first.address)
+    challenge = (await api.post(f"{API}/auth/challenge", params={"meter": first.address})).json()
+    body = {"meter": first.address, "nonce": challenge["nonce"], "signature": sign(first, challenge["typed_data"])}
+    token = (await api.post(f"{API}/auth/token", json=body)).json()["token"]
+    async with live(server, token=token) as ws:
+        assert (await next_live(ws, "hello"))["meter"] == first.address
+
+
+@pytest.mark.parametrize("query", ["key=anything", "token=v1.x.1.y", "page=1&key="])
+async def test_live_feed_refuses_credentials_in_the_url_saying_where_they_go(server, op, query):
+    async with connect(f"{live_url(server)}?{query.replace('anything', op['X-API-Key'])}") as ws:  # good ones too
+        refusal = json.loads(await ws.recv())
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1008
+    assert refusal["code"] == "credentials_in_url" and '{"type": "auth", "key": ...}' in refusal["message"]
+
+
+async def test_live_feed_refuses_a_socket_that_sends_no_credentials_in_auth_timeout(server_settings, deployment):
+    app = await ServerApp.start(server_settings.replace(auth_timeout=0.5), deployment)
+    try:
+        async with connect(live_url(app)) as ws:
+            refusal = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1008
+    finally:
+        await app.stop()
+    assert refusal["code"] == "unauthorized" and refusal["message"].startswith("no credentials in 0.5 s; send ")
+
+
+@pytest.mark.parametrize("first", ["not json", '{"type": "auth"}', '{"type": "hello", "key": "k"}',
+                                   '{"type": "auth", "key": 7}', '["auth"]'])
+async def test_live_feed_refuses_a_first_message_that_is_not_credentials_without_repeating_it(server, first):
+    async with connect(live_url(server)) as ws:
+        await ws.send(first)
+        refusal = json.loads(await ws.recv())
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1008
+    assert refusal["code"] == "unauthorized" and refusal["message"].startswith("the first message must be ")
+    assert first not in refusal["message"]
 
 
 # ---------------------------------------------------------------- description

@@ -262,9 +262,9 @@ async def test_the_operator_lists_every_accounts_conversation_newest_activity_fi
 
 async def test_a_message_goes_live_to_its_accounts_dashboard_and_the_operators_only(server, api, op, accounts):
     ada, bea = accounts
-    async with (await live(server, key=op["X-API-Key"]) as operator,
-                await live(server, key=ada["key"]["X-API-Key"]) as ada_page,
-                await live(server, key=bea["key"]["X-API-Key"]) as bea_page):
+    async with (live(server, key=op["X-API-Key"]) as operator,
+                live(server, key=ada["key"]["X-API-Key"]) as ada_page,
+                live(server, key=bea["key"]["X-API-Key"]) as bea_page):
         for ws in (operator, ada_page, bea_page):
             await next_live(ws, "hello")
         sent = (await api.post(url(ada["ref"]), headers=ada["key"], json={"body": "live, please"})).json()
