@@ -18,6 +18,7 @@ from common.tariff import (
     CLOCK_LOCAL,
     DAY_AHEAD,
     FLAT,
+    USES_UP_SEQ,
     ClockTable,
     PriceRule,
     Schedule,
@@ -169,3 +170,33 @@ def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None
     assert any(m is not None and m[0] is not None and int(m[0]) == case[5] > 0
                for case, m in zip(cases, ours, strict=True)), "a baseline held at the supply's bound"
     assert len(measured) > 50
+
+
+SEQUENCE_HARNESS = """
+import { Replay, Schedule, USES_UP_SEQ } from "./tools/verify/bill.mjs";
+const s = new Schedule();
+s.addVersion({ version: 1n, effectiveFrom: 0n, standingCharge: 0n, clock: 0, importKind: 0, importRate: 0n, exportKind: 0,
+  exportRate: 0n, importBands: 0n, importBandRates: 0n, exportBands: 0n, exportBandRates: 0n });
+const replay = new Replay(s);
+const meter = "0x" + "ab".repeat(20);
+replay.register({ meter, openedAt: 1000n, openingWh: 0n }, "registered");
+// seq (bits 0-31) and timestamp (bits 32-63); registers, cost and credit 0
+const record = (seq, t) => BigInt(seq) | (BigInt(t) << 32n);
+replay.reading({ meter, record: record(1, 2000) }, "r1");
+replay.rejected({ meter, seq: 2n, reason: 7 }, "refused for its content");
+replay.reading({ meter, record: record(3, 3000) }, "r3");
+replay.reading({ meter, record: record(5, 4000) }, "r5 after a withheld 4");
+process.stdout.write(JSON.stringify({ problems: replay.meter(meter).problems, usesUp: [...USES_UP_SEQ].sort() }));
+"""
+
+
+def test_the_verifier_flags_a_break_in_a_meters_sequence_but_not_a_number_a_refusal_used_up():
+    node = shutil.which("node")
+    assert node is not None
+    result = subprocess.run([node, "--input-type=module", "-e", SEQUENCE_HARNESS], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["usesUp"] == sorted(int(r) for r in USES_UP_SEQ)  # one rule, written twice, kept equal
+    assert out["problems"] == ["reading 5 (r5 after a withheld 4): follows reading 3: readings 4 to 4 are neither "
+                               "recorded nor refused"]

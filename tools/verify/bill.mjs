@@ -26,6 +26,12 @@ function mod(a, n) {
   return r < 0n ? r + n : r;
 }
 
+/**
+ * The contract's RejectReason values whose refusal uses up the reading's sequence number (StaleTimestamp,
+ * FutureTimestamp, RegisterDecreased, ImplausibleDelta, PeriodOverflow; `common/tariff.py` USES_UP_SEQ).
+ */
+export const USES_UP_SEQ = new Set([4, 5, 6, 7, 9]);
+
 /** The fields of a ReadingRecorded event's packed `record` word (the contract's NatSpec gives the layout). */
 export function unpackRecord(record) {
   const word = BigInt(record);
@@ -206,6 +212,11 @@ export class Replay {
       note("out of order: its sequence number, time or registers do not follow the reading before");
       return;
     }
+    if (r.seq !== m.lastSeq + 1n) {
+      // The contract takes a meter's readings in an unbroken sequence (a refusal for a reading's content uses
+      // its number up, see rejected()): a gap means a signed reading was left out and its energy billed later.
+      note(`follows reading ${m.lastSeq}: readings ${m.lastSeq + 1n} to ${r.seq - 1n} are neither recorded nor refused`);
+    }
     const { cost, credit } = this.schedule.cost(m.lastTimestamp, r.timestamp, r.importWh - m.importWh,
       r.exportWh - m.exportWh);
     m.cost += cost;
@@ -220,6 +231,17 @@ export class Replay {
     }
     Object.assign(m, { lastSeq: r.seq, lastTimestamp: r.timestamp, importWh: r.importWh, exportWh: r.exportWh });
     m.readings += 1;
+  }
+
+  /** ReadingRejected: a refusal for the reading's content uses up its sequence number (the registers stay). */
+  rejected(args, where) {
+    const m = this.meter(args.meter);
+    if (m === undefined || !USES_UP_SEQ.has(Number(args.reason))) return;
+    const seq = BigInt(args.seq);
+    if (seq !== m.lastSeq + 1n) {
+      m.problems.push(`refusal of reading ${seq} (${where}): follows ${m.lastSeq}, not the next number`);
+    }
+    if (seq > m.lastSeq) m.lastSeq = seq;
   }
 
   /** The open period's figures as they should be now. */

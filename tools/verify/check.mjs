@@ -93,7 +93,7 @@ export async function verify(options) {
     } else if (e.name === "ReadingRecorded") {
       replay.reading(e.args, where);
       credits.reading(e.args);
-    } else if (e.name === "BillIssued") replay.issue(e.args, where);
+    } else if (e.name === "ReadingRejected") replay.rejected(e.args, where); else if (e.name === "BillIssued") replay.issue(e.args, where);
     else if (e.name === "DemandResponseEvent") credits.announce(e.args);
     else if (e.name === "DemandResponseCancelled") credits.cancel(e.args);
     else if (e.name === "OptedOut") credits.optOut(e.args);
