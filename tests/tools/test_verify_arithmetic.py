@@ -175,8 +175,8 @@ def test_the_verifiers_baseline_matches_the_python_reference_to_the_wh() -> None
 SEQUENCE_HARNESS = """
 import { Replay, Schedule, USES_UP_SEQ } from "./tools/verify/bill.mjs";
 const s = new Schedule();
-s.addVersion({ version: 1n, effectiveFrom: 0n, standingCharge: 0n, clock: 0, importKind: 0, importRate: 0n, exportKind: 0,
-  exportRate: 0n, importBands: 0n, importBandRates: 0n, exportBands: 0n, exportBandRates: 0n });
+s.addVersion({ version: 1n, effectiveFrom: 0n, standingCharge: 0n, clock: 0, importKind: 0, importRate: 0n,
+  exportKind: 0, exportRate: 0n, importBands: 0n, importBandRates: 0n, exportBands: 0n, exportBandRates: 0n });
 const replay = new Replay(s);
 const meter = "0x" + "ab".repeat(20);
 replay.register({ meter, openedAt: 1000n, openingWh: 0n }, "registered");
