@@ -735,8 +735,10 @@ def test_a_reading_whose_predecessor_is_missing_is_refused_so_a_withheld_one_can
     assert [name for name, _ in logged(billing, receipt)] == ["ReadingRecorded", "ReadingRecorded"]
     schedule = billing.schedule()
     after_first = accrue(MeterLedger(True, 0, opened, 10_000), 1, midnight + 3_600, 10_100, 0, schedule)
-    honest = accrue(accrue(after_first, 2, *second[0][2:4], 0, schedule), 3, *third[0][2:4], 0, schedule)
-    withheld = accrue(after_first, 3, *third[0][2:4], 0, schedule)
+    (r2, _), (r3, _) = second, third
+    honest = accrue(accrue(after_first, 2, r2.timestamp, r2.energy_wh, 0, schedule),
+                    3, r3.timestamp, r3.energy_wh, 0, schedule)
+    withheld = accrue(after_first, 3, r3.timestamp, r3.energy_wh, 0, schedule)
     assert withheld.period_import_cost > honest.period_import_cost  # what withholding would have gained
     assert billing.bill(account.address).energy_cost == honest.period_import_cost
 
