@@ -78,6 +78,7 @@ from common.errors import ChainError, ChainUnavailable, FeesTooHigh
 from common.events import BatchOutcome, EventDecoder
 from common.fees import Fees
 from common.logs import log_event
+from common.tariff import USES_UP_SEQ, RejectReason
 from server.store import QueuedReading, SettledTx, Store
 from server.threads import run_in_own_thread
 
@@ -679,13 +680,16 @@ class Batcher:
             since = min(r.data.timestamp for rs in candidates.values() for r in rs) - LOOKUP_SLACK
             start = await self._first_block_at(chain, since, head)
             found: dict[tuple[str, int], tuple[int, str]] = {}
-            topics = [self._decoder.topic("ReadingRecorded"),
+            # A reading's own event: recorded, or refused for its content (which uses its seq up, see USES_UP_SEQ).
+            topics = [[self._decoder.topic("ReadingRecorded"), self._decoder.topic("ReadingRejected")],
                       ["0x" + "0" * 24 + meter.removeprefix("0x") for meter in candidates]]
             async for logs in logs_between(chain.request, chain.deployment.address, start, head, topics):
                 for raw in logs:
                     event = self._decoder.decode(raw)
-                    if event is not None:
-                        found[(str(event.args["meter"]).lower(), int(event.args["seq"]))] = (event.block, event.tx_hash)
+                    if event is None or (event.name == "ReadingRejected"
+                                         and RejectReason(int(event.args["reason"])) not in USES_UP_SEQ):
+                        continue
+                    found[(str(event.args["meter"]).lower(), int(event.args["seq"]))] = (event.block, event.tx_hash)
             done: list[tuple[str, int]] = []
             mined: list[tuple[str, int, int, str]] = []
             overtaken: list[tuple[str, int]] = []
