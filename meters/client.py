@@ -336,11 +336,13 @@ class MeterClient:
         dropped = self.outbox.done_upto(welcome.last_seq)
         pos = self.outbox.position()
         # The gateway's last used seq (version 2) is at least the chain's: a reading refused for its content
-        # used up its number without reaching the chain.
+        # used up its number before the chain recorded the refusal.
         used = max(welcome.last_seq, welcome.last_used_seq or 0)
-        if pos is None or pos.last_seq < welcome.last_seq:
-            # The chain knows more than this meter remembers (its data was lost): carry on from the chain,
-            # numbering after the last seq the gateway used.
+        if pos is None or pos.last_timestamp < welcome.last_timestamp or (
+                pos.last_seq < welcome.last_seq and pos.last_energy_wh < welcome.last_energy_wh):
+            # The chain holds a reading this meter does not remember (its data was lost): carry on from the
+            # chain, numbering after the last seq the gateway used. (A chain ahead by numbers alone holds
+            # refusals, which use numbers up and leave the registers: only the numbering moves, below.)
             chain_pos = MeterPosition(used, welcome.last_timestamp, welcome.last_energy_wh, welcome.last_export_wh)
             self.outbox.set_position(chain_pos)
             self.source.restart(max(welcome.last_timestamp, time.time()), welcome.last_energy_wh,

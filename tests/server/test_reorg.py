@@ -300,30 +300,29 @@ async def test_a_reorganisation_deeper_than_confirmations_submits_the_vanished_f
     await link.close()
 
 
-async def test_a_reading_is_not_taken_as_recorded_because_a_later_one_of_its_meter_is(
+async def test_after_a_restart_a_queued_reading_is_settled_by_its_own_event_with_the_transaction_that_carried_it(
         anvil_meter, anvil_billing, reorg_settings, anvil_deployment, anvil: AnvilProcess, caplog):
     caplog.set_level(logging.INFO)
     meter = anvil_meter()
     now = int(time.time())
     earlier, later = (ReadingData(meter.address, seq, now - 180 + 60 * seq, 10_000 + 100 * seq) for seq in (1, 2))
     signed = [(d, sign_reading(meter.key, anvil_deployment.domain, d)) for d in (earlier, later)]
-    anvil_billing.submit_readings([signed[1]])  # only the later one reaches the chain
-    final_after = head_of(anvil) + reorg_settings.finality_depth
-    while head_of(anvil) < final_after:
-        await asyncio.sleep(0.2)
+    receipt = anvil_billing.submit_readings([signed[0]])  # the earlier one reached the chain before the restart
     store = Store(reorg_settings.data_dir / "queue.db")
     store.put([(d, sig, d.timestamp - 60) for d, sig in signed], {})
     chain = AsyncChainClient(reorg_settings, anvil_deployment, reorg_settings.gateway_key)
     batcher = Batcher(chain, store, lambda: chain, 100, 0.05)
     try:
         await batcher.reconcile()
-        # The later reading counts as mined in the block of its own event (it leaves with the next final block);
-        # the earlier one is not on chain: it stays pending, to be submitted, and the log says so.
-        (block,) = [e.blockNumber for e in anvil_billing.contract.events.ReadingRecorded().get_logs(
-            from_block=anvil_deployment.block, argument_filters={"meter": meter.address})]
-        assert store.mined_block(meter.address, 2) == block
-        assert store.mined_block(meter.address, 1) is None and [r.data.seq for r in store.pending(10)] == [1]
-        assert "readings_overtaken" in caplog.text
+        # Counted mined in the block of its own event (not the head's), and its transaction is kept, rebuilt
+        # from the chain, to be sent again with its nonce should that block be replaced; the later one is pending.
+        assert store.mined_block(meter.address, 1) == receipt["blockNumber"]
+        assert [r.data.seq for r in store.pending(10)] == [2]
+        (tx, block, readings), = batcher._early_unfinal
+        sent = anvil.rpc("eth_getTransactionByHash", [receipt["transactionHash"].to_0x_hex()])
+        assert (tx.nonce, block, readings) == (int(sent["nonce"], 16), receipt["blockNumber"],  # type: ignore[index]
+                                               [(meter.address.lower(), 1)])
+        assert "0x" + tx.data.hex() == sent["input"]  # type: ignore[index]
     finally:
         await chain.close()
         store.close()
