@@ -446,7 +446,7 @@ async def band_costs(
             responses=answers(*METER_ERRORS))
 async def meter_bills(
     request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
-    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    status: Annotated[Literal["open", "issued", "transferred"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
     min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
@@ -462,7 +462,7 @@ async def meter_bills(
 async def bills(
     request: Request, ctx: Ctx, who: Caller,
     meter: Annotated[str | None, Query(pattern=ADDRESS.pattern, description="one meter's bills only")] = None,
-    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    status: Annotated[Literal["open", "issued", "transferred"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
     min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,

@@ -103,7 +103,8 @@ class BillOut(BaseModel):
 
     meter: str
     period_id: int
-    status: Literal["open", "issued"]
+    status: Literal["open", "issued", "transferred"] = Field(
+        description="transferred: the period went on with the meter that took over in an exchange")
     period_start: str
     period_end: str
     energy_wh: int = Field(description="energy imported in the period")
