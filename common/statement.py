@@ -278,16 +278,19 @@ def build_statement(
     days: dict[dt.date, list[int]] = {d: [0, 0, 0, 0] for d in _days(start, end, tz)}
     lines: list[ReadingLine] = []
     t, imported, exported, seq = start, opening[0], opening[1], 0
-    # A restart at a reading's time comes after it (the final read closes the old register).
-    steps: list[RecordedReading | MeterRestart] = sorted(
-        [*readings, *restarts], key=lambda x: (x.timestamp if isinstance(x, RecordedReading) else x.at,
-                                               isinstance(x, MeterRestart)))
-    for r in steps:
-        if isinstance(r, MeterRestart):
+    pending = sorted(restarts, key=lambda x: x.at)
+
+    def restart_before(limit: int) -> None:
+        """Apply the restarts before ``limit`` (one at a reading's time comes after it: its final read)."""
+        nonlocal imported, exported, seq
+        while pending and pending[0].at < limit:
+            r = pending.pop(0)
             if not start <= t <= r.at <= end:
                 raise StatementMismatch(f"{where}: the {r.kind} at {r.at} is out of order or outside the period")
             imported, exported, seq = r.import_register_wh, r.export_register_wh, 0
-            continue
+
+    for r in readings:
+        restart_before(r.timestamp)
         final = r.source != "meter"
         if (r.seq < seq if final else r.seq <= seq) or not t < r.timestamp <= end:
             raise StatementMismatch(f"{where}: reading {r.seq} at {r.timestamp} is out of order or outside "
@@ -306,6 +309,7 @@ def build_statement(
         lines.append(ReadingLine(r.seq, r.timestamp, r.import_register_wh, r.export_register_wh, d_in, d_out,
                                  r.block, r.tx_hash, r.source))
         t, imported, exported, seq = r.timestamp, r.import_register_wh, r.export_register_wh, r.seq
+    restart_before(end + 1)
     day_lines = tuple(DayLine(d, *v) for d, v in sorted(days.items()))
     computed = {
         "import Wh": (sum(d.import_wh for d in day_lines), figures.import_wh),

@@ -603,7 +603,8 @@ class Relay:
             self.hub.send(old, encode(notice))
         else:
             meter, opening = old, (int(args["importWh"]), int(args["exportWh"]))
-        known = self._periods.get(old.lower())
+        # Read before the index applies the event (it follows the relay), so the period as it was.
+        known = self._period_of(old.lower())
         if known is not None:
             start, start_import, start_export = known
             self._periods[meter.lower()] = (start, start_import + opening[0] - final["energyWh"],
