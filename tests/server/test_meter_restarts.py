@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 
 from common.billing import Billing
 from common.eip712 import ReadingData
@@ -24,8 +25,10 @@ from server.app import ServerApp
 from tests.server.conftest import indexed, last_event
 from tests.server.test_gateway import next_of
 from tests.support import both_indexes
+from tests.tools.test_verify import LyingNode, add_to_word
 
 API = "/api/v1"
+METER_EXCHANGED = "0x" + keccak(text="MeterExchanged(address,address,uint256,uint64,uint64)").hex()
 HOUR = 3_600
 
 
@@ -81,14 +84,27 @@ async def test_an_exchange_and_a_reset_reach_the_index_the_api_the_statement_and
     node = shutil.which("node")
     assert node is not None
     deployment_file = server_settings.deployments_dir / f"{server.deployment.chain_id}.json"
-    result = await asyncio.to_thread(
-        subprocess.run, [node, str(ROOT / "tools" / "verify" / "check.mjs"), "--rpc", server_settings.chain_rpc_url,
-                         "--deployment", str(deployment_file), "--meter", new.address, "--meter", old.address,
-                         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    def verify(rpc: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(node), str(ROOT / "tools" / "verify" / "check.mjs"), "--rpc", rpc, "--deployment",
+                               str(deployment_file), "--meter", new.address, "--json"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    result = await asyncio.to_thread(verify, server_settings.chain_rpc_url)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = {r["meter"]: r for r in json.loads(result.stdout)["rows"]}
-    assert rows[new.address]["agrees"] and rows[old.address]["agrees"]
-    assert int(rows[new.address]["open"]["importWh"]) == chain_bill.period_energy_wh
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["meter"] == new.address and row["agrees"] and row["readings"] == 5
+    assert int(row["open"]["importWh"]) == chain_bill.period_energy_wh
+
+    def dearer_final_read(log: dict[str, Any]) -> None:  # the exchange's final read a micropence dearer
+        if log["topics"][0] == METER_EXCHANGED and log["topics"][1][-40:].lower() == old.address[2:].lower():
+            add_to_word(log, 0, 1 << 160)
+
+    with LyingNode(server_settings.chain_rpc_url, dearer_final_read) as lying:
+        result = await asyncio.to_thread(verify, lying.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert not row["agrees"] and any(p.startswith(f"exchange for {new.address}") for p in row["problems"])
 
 
 async def test_the_gateway_takes_a_reset_meters_new_sequence_from_seq_1(

@@ -260,8 +260,11 @@ export class Replay {
   exchange(args, where) {
     const m = this.meter(args.meter);
     if (m === undefined) return;
+    const before = m.problems.length;
     this.finalRead(m, args, where, `exchange for ${args.newMeter}`);
-    const successor = { ...m, address: args.newMeter, readings: 0, bills: [], problems: [], registeredAt: where };
+    // A wrong final read is wrong on both meters' rows: the new one's open bill carries it.
+    const successor = { ...m, address: args.newMeter, readings: 0, bills: [], problems: m.problems.slice(before),
+      registeredAt: where };
     Replay.restartRegisters(successor, BigInt(args.openingImportWh), BigInt(args.openingExportWh));
     this.meters.set(args.newMeter.toLowerCase(), successor);
     Object.assign(m, { retiredFor: args.newMeter, periodStart: m.lastTimestamp, startImport: m.importWh,
