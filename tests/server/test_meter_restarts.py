@@ -9,7 +9,9 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from eth_account import Account
@@ -18,16 +20,21 @@ from eth_utils import keccak
 
 from common.billing import Billing
 from common.eip712 import ReadingData
+from common.events import RECORD_FIELDS, ChainEvent
 from common.messages import Ack, Bill
 from common.settings import ROOT, Settings
 from server.api.auth import OPERATOR_KEY_FILE
 from server.app import ServerApp
+from server.index import Index
 from tests.server.conftest import indexed, last_event
 from tests.server.test_gateway import next_of
+from tests.server.test_index_engines import synthetic_chain
+from tests.server.test_index_rollback import rows
 from tests.support import both_indexes
 from tests.tools.test_verify import LyingNode, add_to_word
 
 API = "/api/v1"
+LONDON = ZoneInfo("Europe/London")
 METER_EXCHANGED = "0x" + keccak(text="MeterExchanged(address,address,uint256,uint64,uint64)").hex()
 HOUR = 3_600
 
@@ -132,3 +139,52 @@ async def test_the_gateway_takes_a_reset_meters_new_sequence_from_seq_1(
     assert (bill.seq, bill.period_energy_wh) == (1, 280)
     assert billing.meter(meter.address).last_seq == 1
     await link.close()
+
+
+def synthetic_restarts(old: str, new: str, opened: int) -> list[ChainEvent]:
+    """A flat tariff, a meter with three readings (block 2-4), its exchange for ``new`` with a final read an hour
+    after opening (block 5), the new meter's first reading (block 6) and its register reset (block 7)."""
+    rate = 24_670
+    events = synthetic_chain(old, opened, 3)
+    final = {"seq": 3, "timestamp": opened + 3_600, "energyWh": 11_200, "exportWh": 0,
+             "periodImportCost": 1_200 * rate, "periodExportCredit": 0}
+    events.append(ChainEvent("MeterExchanged", {"meter": old, "newMeter": new, "finalRecord": pack(final),
+                                                "openingImportWh": 0, "openingExportWh": 0}, 5, 0, "0x05"))
+    events.append(ChainEvent("ReadingRecorded", {
+        "meter": new, "seq": 1, "timestamp": opened + 4_500, "energyWh": 300, "exportWh": 0,
+        "periodImportCost": 1_500 * rate, "periodExportCredit": 0}, 6, 0, "0x06"))
+    reset = {**final, "seq": 1, "timestamp": opened + 4_500, "energyWh": 300, "periodImportCost": 1_500 * rate}
+    events.append(ChainEvent("RegisterReset", {"meter": new, "finalRecord": pack(reset), "importWh": 0,
+                                               "exportWh": 0}, 7, 0, "0x07"))
+    return events
+
+
+def pack(fields: dict[str, int]) -> int:
+    """A ``ReadingRecorded``-layout record from its named fields."""
+    return sum(fields[name] << low for name, low, _ in RECORD_FIELDS)
+
+
+@both_indexes
+def test_the_index_undoes_an_exchange_and_a_reset_in_replaced_blocks(tmp_path: Path, new_index_url: Any) -> None:
+    old, new, opened = "0x" + "ab" * 20, "0x" + "cd" * 20, 1_790_000_000
+    events = synthetic_restarts(old, new, opened)
+    times = {b: opened + b for b in range(1, 8)}
+    upto_fork = Index(tmp_path / "fork.sqlite", LONDON, url=new_index_url())
+    upto_fork.apply([e for e in events if e.block <= 4], times)
+    live = Index(tmp_path / "live.sqlite", LONDON, url=new_index_url())
+    live.apply([e for e in events if e.block <= 4], times, final=4)
+    live.apply([e for e in events if e.block > 4], times, final=4)  # journaled: not final yet
+    successor, retired = live.meter(new), live.meter(old)
+    assert successor is not None and retired is not None
+    assert (successor.period.energy_wh, successor.last_seq, successor.last_energy_wh) == (1_500, 0, 0)
+    assert (retired.replaced_by, retired.active, retired.period.status) == (new, False, "transferred")
+    assert [(r["kind"], r["import_wh"]) for r in live.restarts(new)] == [("exchange", 300), ("reset", 0)]
+    assert [r.source for r, _, _ in live.period_readings(new, 1)] == ["meter"] * 3 + ["exchange", "meter"]
+
+    live.rollback(4)
+    assert rows(live) == rows(upto_fork)
+    assert live.meter(new) is None and live.meter(old).replaced_by is None  # type: ignore[union-attr]
+    live.apply(events, times, final=4)  # the new chain brings them again
+    assert live.meter(new).period.energy_wh == 1_500  # type: ignore[union-attr]
+    for index in (live, upto_fork):
+        index.close()
