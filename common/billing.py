@@ -211,6 +211,22 @@ class Billing:
         """Reactivate a meter (operator key)."""
         return self.client.transact(self.settings.operator_key, self.contract.functions.reactivateMeter(address))
 
+    def exchange_meter(self, address: str, new_address: str, final_import_wh: int, final_export_wh: int,
+                       final_read_at: int, opening_import_wh: int = 0, opening_export_wh: int = 0) -> Any:
+        """Exchange a meter (operator key): ``new_address`` takes over its account and open period after the
+        old meter's final read; the old address is retired."""
+        call = self.contract.functions.exchangeMeter(
+            to_checksum_address(address), to_checksum_address(new_address), final_import_wh, final_export_wh,
+            final_read_at, opening_import_wh, opening_export_wh)
+        return self.client.transact(self.settings.operator_key, call)
+
+    def reset_register(self, address: str, final_import_wh: int, final_export_wh: int, final_read_at: int,
+                       import_wh: int = 0, export_wh: int = 0) -> Any:
+        """Reset a meter's register and sequence after its final read (operator key); its open period goes on."""
+        call = self.contract.functions.resetRegister(
+            to_checksum_address(address), final_import_wh, final_export_wh, final_read_at, import_wh, export_wh)
+        return self.client.transact(self.settings.operator_key, call)
+
     def set_tariff(self, version: TariffVersion) -> Any:
         """Add a tariff version (operator key); ``effective_from`` 0 means the next period it may start."""
         return self.client.transact(self.settings.operator_key, self.contract.functions.setTariff(version.as_struct()))

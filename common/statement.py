@@ -39,6 +39,7 @@ __all__ = [
     "Account",
     "ChainPlace",
     "RecordedReading",
+    "MeterRestart",
     "Issue",
     "ReadingLine",
     "DayLine",
@@ -86,6 +87,24 @@ class RecordedReading:
     export_register_wh: int
     block: int
     tx_hash: str
+    #: "meter" for a signed reading; "exchange" or "reset" for the final read of a meter exchange or register
+    #: reset (its seq is the last reading's).
+    source: str = "meter"
+
+
+@dataclass(frozen=True)
+class MeterRestart:
+    """A meter exchange or register reset (``MeterExchanged``, ``RegisterReset``): from ``at`` on, the registers
+    read ``import_register_wh`` and ``export_register_wh`` on ``meter`` (the new meter after an exchange) and its
+    sequence starts again at 1."""
+
+    kind: str
+    at: int
+    meter: str
+    import_register_wh: int
+    export_register_wh: int
+    block: int
+    tx_hash: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,7 @@ class ReadingLine:
     export_wh: int
     block: int
     tx_hash: str
+    source: str = "meter"
 
 
 @dataclass(frozen=True)
@@ -172,6 +192,8 @@ class Statement:
     issue: Issue | None
     drawn_up_at: int
     timezone: str
+    #: Meter exchanges and register resets in the period, in time order.
+    restarts: tuple[MeterRestart, ...] = ()
 
     @property
     def provisional(self) -> bool:
@@ -234,6 +256,7 @@ def build_statement(
     tz: ZoneInfo,
     drawn_up_at: int,
     credits: Sequence[CreditLine] = (),
+    restarts: Sequence[MeterRestart] = (),
 ) -> Statement:
     """The statement of one billing period, checked against the chain's figures.
 
@@ -242,7 +265,8 @@ def build_statement(
         amount_due: the chain's amount due (``BillIssued.amountDue`` or ``openBill``'s).
         issue: the bill's ``BillIssued`` transaction, or None while the period is open (provisional).
         opening: the import and export registers at the period's start, in Wh.
-        readings: the period's recorded readings, in sequence order.
+        readings: the period's recorded readings and final reads, in time order (of every meter of the account).
+        restarts: the period's meter exchanges and register resets: the registers read anew from each on.
         schedule: the tariff versions, clock changes and day-ahead prices as published on chain.
         credits: credits on chain beyond the export credit (each lowers the amount due), listed after it.
 
@@ -254,8 +278,21 @@ def build_statement(
     days: dict[dt.date, list[int]] = {d: [0, 0, 0, 0] for d in _days(start, end, tz)}
     lines: list[ReadingLine] = []
     t, imported, exported, seq = start, opening[0], opening[1], 0
+    pending = sorted(restarts, key=lambda x: x.at)
+
+    def restart_before(limit: int) -> None:
+        """Apply the restarts before ``limit`` (one at a reading's time comes after it: its final read)."""
+        nonlocal imported, exported, seq
+        while pending and pending[0].at < limit:
+            r = pending.pop(0)
+            if not start <= t <= r.at <= end:
+                raise StatementMismatch(f"{where}: the {r.kind} at {r.at} is out of order or outside the period")
+            imported, exported, seq = r.import_register_wh, r.export_register_wh, 0
+
     for r in readings:
-        if r.seq <= seq or not t < r.timestamp <= end:
+        restart_before(r.timestamp)
+        final = r.source != "meter"
+        if (r.seq < seq if final else r.seq <= seq) or not t < r.timestamp <= end:
             raise StatementMismatch(f"{where}: reading {r.seq} at {r.timestamp} is out of order or outside "
                                     f"the period ({start} to {end})")
         d_in, d_out = r.import_register_wh - imported, r.export_register_wh - exported
@@ -270,8 +307,9 @@ def build_statement(
                 row[2] += wh_in * price_in
                 row[3] += wh_out * price_out
         lines.append(ReadingLine(r.seq, r.timestamp, r.import_register_wh, r.export_register_wh, d_in, d_out,
-                                 r.block, r.tx_hash))
+                                 r.block, r.tx_hash, r.source))
         t, imported, exported, seq = r.timestamp, r.import_register_wh, r.export_register_wh, r.seq
+    restart_before(end + 1)
     day_lines = tuple(DayLine(d, *v) for d, v in sorted(days.items()))
     computed = {
         "import Wh": (sum(d.import_wh for d in day_lines), figures.import_wh),
@@ -295,4 +333,5 @@ def build_statement(
         energy_charge=figures.import_cost, standing_charge=figures.standing_charge, credits=(export, *credits),
         amount_due=amount_due, days=day_lines, tariffs=tuple(_tariff_lines(schedule, start, end)),
         readings=tuple(lines), issue=issue, drawn_up_at=drawn_up_at, timezone=tz.key,
+        restarts=tuple(sorted(restarts, key=lambda x: x.at)),
     )

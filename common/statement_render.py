@@ -245,14 +245,33 @@ def to_pdf(st: Statement) -> bytes:
         "up by its transaction hash or block. Registers and energy in Wh; the energy is the register's rise since "
         "the reading before."), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
-    readings = ([str(r.seq), _time(r.timestamp, st), f"{r.import_register_wh:,}", f"{r.import_wh:,}",
+    readings = ([str(r.seq) if r.source == "meter" else "final", _time(r.timestamp, st),
+                 f"{r.import_register_wh:,}", f"{r.import_wh:,}",
                  f"{r.export_register_wh:,}", f"{r.export_wh:,}", str(r.block), r.tx_hash] for r in st.readings)
     pdf.rows([10, 24, 18, 12, 16, 11, 10, 81], ["Seq", "Time", "Import reg.", "Import", "Export reg.", "Export",
                                                 "Block", "Transaction hash"], readings, "RLRRRRRL", mono=(7,),
              size=6.4)
     if not st.readings:
         pdf.cell(0, 5, "No reading was recorded in this period yet.", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if st.restarts:
+        pdf.ln(2)
+        pdf.heading("Meter exchanges and register resets")
+        pdf.set_font(pdf.sans, "", 8)
+        pdf.multi_cell(0, 4.2, pdf.text_of(
+            "The operator closed the register with a final read (the reading line of the same time, or the reading "
+            "before when none is listed); the registers then read anew, and the bill went on."), align="L",
+            new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(1)
+        pdf.rows([22, 24, 62, 18, 18, 10, 34], ["Change", "Time", "Meter from then on", "Import reg.", "Export reg.",
+                                               "Block", "Transaction"],
+                 ([_RESTART_NAMES[c.kind], _time(c.at, st), c.meter, f"{c.import_register_wh:,}",
+                   f"{c.export_register_wh:,}", str(c.block), c.tx_hash[:18] + "..."] for c in st.restarts),
+                 "LLLRRRL", mono=(2, 6), size=6.4)
     return bytes(pdf.output())
+
+
+#: How the statement names a restart's kind.
+_RESTART_NAMES = {"exchange": "Meter exchange", "reset": "Register reset"}
 
 
 # ---------------------------------------------------------------- CSV
@@ -296,5 +315,12 @@ def to_csv(st: Statement) -> str:
     w.writerow(["section", "seq", "timestamp", "time_local", "import_register_wh", "export_register_wh", "import_wh",
                 "export_wh", "block", "tx_hash"])
     w.writerows(["reading", r.seq, r.timestamp, _iso(r.timestamp, st), r.import_register_wh, r.export_register_wh,
-                 r.import_wh, r.export_wh, r.block, r.tx_hash] for r in st.readings)
+                 r.import_wh, r.export_wh, r.block, r.tx_hash]
+                + ([] if r.source == "meter" else [f"final_read_{r.source}"]) for r in st.readings)
+    if st.restarts:
+        w.writerow([])
+        w.writerow(["section", "kind", "at", "time_local", "meter", "import_register_wh", "export_register_wh", "block",
+                    "tx_hash"])
+        w.writerows(["restart", c.kind, c.at, _iso(c.at, st), c.meter, c.import_register_wh, c.export_register_wh,
+                     c.block, c.tx_hash] for c in st.restarts)
     return out.getvalue()

@@ -35,6 +35,8 @@ __all__ = [
     "split",
     "split_pair",
     "accrue",
+    "final_read",
+    "restart",
     "standing_charge",
     "check_reading",
     "overflows",
@@ -527,6 +529,21 @@ def accrue(
         period_import_cost=ledger.period_import_cost + cost,
         period_export_credit=ledger.period_export_credit + credit,
     )
+
+
+def final_read(ledger: MeterLedger, timestamp: int, energy_wh: int, export_wh: int, schedule: Schedule
+               ) -> MeterLedger:
+    """The ledger after an exchange's or register reset's final read (the seq stays; at the last reading's
+    time the registers must not have moved, and nothing is priced)."""
+    if timestamp == ledger.last_timestamp:
+        return ledger
+    return accrue(ledger, ledger.last_seq, timestamp, energy_wh, export_wh, schedule)
+
+
+def restart(ledger: MeterLedger, energy_wh: int, export_wh: int) -> MeterLedger:
+    """The ledger of a register restarted (exchange or reset) after its final read: seq 0, the new registers;
+    the time and the open period's figures go on."""
+    return replace(ledger, last_seq=0, last_energy_wh=energy_wh, last_export_wh=export_wh)
 
 
 def overflows(ledger: MeterLedger) -> bool:

@@ -30,7 +30,8 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 /// Meters sign each reading as EIP-712 typed data; the gateway relays packed batches and pays the gas
 /// but cannot forge or alter a reading.
 contract SmartMeterBilling is AccessControl, EIP712 {
-    /// @notice Registers, deactivates and reactivates meters, sets tariffs and prices, closes periods.
+    /// @notice Registers, deactivates, reactivates, exchanges and resets meters, sets tariffs and prices, closes
+    /// periods.
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     /// @notice Submits batches of meter-signed readings.
     bytes32 public constant GATEWAY_ROLE = keccak256("GATEWAY_ROLE");
@@ -126,6 +127,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         bool registered;
         uint48 periodStartImportWh;
         uint48 periodStartExportWh;
+        bool retired;
     }
 
     /// @dev A grid alert's bookkeeping; its text lives in the `GridAlert` event.
@@ -165,6 +167,19 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     event MeterDeactivated(address indexed meter);
     /// @notice Emitted when a deactivated meter is reactivated.
     event MeterReactivated(address indexed meter);
+    /// @notice Emitted when the operator exchanges a meter: `newMeter` takes over `meter`'s account reference,
+    /// region and open billing period, and `meter` is retired for good. `finalRecord` is the old meter's final
+    /// read in `ReadingRecorded`'s layout (its last seq, the final read's time and registers, and the open
+    /// period's import cost and export credit with the final read's energy priced in); the new meter's
+    /// registers open at `openingImportWh` and `openingExportWh` at that time, its sequence at 0.
+    event MeterExchanged(
+        address indexed meter, address indexed newMeter, uint256 finalRecord, uint64 openingImportWh,
+        uint64 openingExportWh
+    );
+    /// @notice Emitted when the operator resets a meter's register: `finalRecord` (in `ReadingRecorded`'s
+    /// layout) is its final read under the old register and sequence; from then on its registers stand at
+    /// `importWh` and `exportWh` and its sequence at 0. The open billing period and its figures go on.
+    event RegisterReset(address indexed meter, uint256 finalRecord, uint64 importWh, uint64 exportWh);
     /// @notice Emitted when a tariff version is added; it prices the periods from `effectiveFrom` on.
     event TariffChanged(
         uint32 indexed version,
@@ -223,6 +238,11 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     error MeterNotActive(address meter);
     /// @notice Thrown when reactivating a meter that is already active.
     error MeterAlreadyActive(address meter);
+    /// @notice Thrown when an operation names a meter retired by an exchange (it can never submit again).
+    error MeterRetired(address meter);
+    /// @notice Thrown when the final read of an exchange or register reset breaks a rule a reading would break
+    /// (the reason, as `ReadingRejected` gives it; `StaleTimestamp` also for energy at the last reading's time).
+    error FinalReadRejected(address meter, RejectReason reason);
     /// @notice Thrown when a meter's opening date lies in the future.
     error OpeningInFuture(uint64 openedAt, uint64 blockTimestamp);
     /// @notice Thrown when a value does not fit the packed field that stores it.
@@ -368,10 +388,143 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     /// @param meter The meter to reactivate.
     function reactivateMeter(address meter) external onlyRole(OPERATOR_ROLE) {
         if (!_info[meter].registered) revert UnknownMeter(meter);
+        if (_info[meter].retired) revert MeterRetired(meter);
         uint256 word = _state[meter];
         if (word & 1 == 1) revert MeterAlreadyActive(meter);
         _state[meter] = word | 1;
         emit MeterReactivated(meter);
+    }
+
+    /// @notice Exchanges a meter: a new meter takes over the old one's account, and the old one is retired.
+    /// @dev The old meter's final read (taken at removal) closes its register: it is checked as a reading would
+    /// be (not before the last reading, not after the block, registers not falling, plausible power; `finalReadAt`
+    /// equal to the last reading's time means the last reading was the final read and the registers must equal
+    /// it) and its energy is priced into the open period as a reading's would be. The new meter then holds the
+    /// account reference, region and open billing period (its number, start, energy, import cost and export
+    /// credit); its registers open at the given values at `finalReadAt`, its sequence at 0, active. The old
+    /// address is retired: inactive, with an empty open period, and it can never be reactivated or registered
+    /// again. Works on a deactivated meter (a lost or stolen key).
+    /// @param meter The meter taken out.
+    /// @param newMeter The new meter's signing address (never registered before).
+    /// @param finalImportWh The old meter's import register at removal, in Wh.
+    /// @param finalExportWh The old meter's export register at removal, in Wh.
+    /// @param finalReadAt When the final read was taken (unix seconds).
+    /// @param openingImportWh The new meter's import register at installation, in Wh.
+    /// @param openingExportWh The new meter's export register at installation, in Wh.
+    function exchangeMeter(
+        address meter,
+        address newMeter,
+        uint64 finalImportWh,
+        uint64 finalExportWh,
+        uint64 finalReadAt,
+        uint64 openingImportWh,
+        uint64 openingExportWh
+    ) external onlyRole(OPERATOR_ROLE) {
+        if (newMeter == address(0)) revert ZeroAddress();
+        if (_info[newMeter].registered) revert MeterAlreadyRegistered(newMeter);
+        uint256 word = _finalRead(meter, finalImportWh, finalExportWh, finalReadAt);
+        MeterInfo storage old = _info[meter];
+        MeterInfo storage info = _info[newMeter];
+        info.registered = true;
+        info.accountRef = old.accountRef;
+        info.region = old.region;
+        info.periodStart = old.periodStart;
+        info.periodId = old.periodId;
+        (info.periodStartImportWh, info.periodStartExportWh) =
+            _carried(old, finalImportWh, finalExportWh, openingImportWh, openingExportWh);
+        _state[newMeter] = 1 | (uint256(finalReadAt) << 33) | (uint256(openingImportWh) << 65)
+            | (uint256(openingExportWh) << 113) | ((word >> 161) << 161);
+        _meters.push(newMeter);
+        // The old meter keeps its final read, with nothing left to bill, and is shut for good.
+        old.retired = true;
+        old.periodStart = uint32(finalReadAt);
+        old.periodStartImportWh = uint48(finalImportWh);
+        old.periodStartExportWh = uint48(finalExportWh);
+        _state[meter] = word & ((uint256(1) << 161) - 2);
+        emit MeterExchanged(meter, newMeter, word >> 1, openingImportWh, openingExportWh);
+    }
+
+    /// @notice Resets a meter's register and sequence (a register rollover, a firmware fault that used up the
+    /// sequence, a re-keyed meter keeping its address): its final read closes the old register, then its
+    /// registers restart at the given values and its sequence at 0.
+    /// @dev The final read is checked and priced as in `exchangeMeter`. What resets: the last seq (to 0: the
+    /// next reading may carry any seq from 1) and the import and export registers (to `importWh`, `exportWh`).
+    /// What stays: the last reading's time (`finalReadAt`; every later reading must be after it, so no reading
+    /// signed under the old sequence before it can be recorded again), the active flag, the account and the open
+    /// billing period (its number, start, energy, import cost and export credit).
+    /// @param meter The meter.
+    /// @param finalImportWh Its import register just before the reset, in Wh.
+    /// @param finalExportWh Its export register just before the reset, in Wh.
+    /// @param finalReadAt When that final read was taken (unix seconds).
+    /// @param importWh The import register from then on, in Wh.
+    /// @param exportWh The export register from then on, in Wh.
+    function resetRegister(
+        address meter,
+        uint64 finalImportWh,
+        uint64 finalExportWh,
+        uint64 finalReadAt,
+        uint64 importWh,
+        uint64 exportWh
+    ) external onlyRole(OPERATOR_ROLE) {
+        uint256 word = _finalRead(meter, finalImportWh, finalExportWh, finalReadAt);
+        MeterInfo storage info = _info[meter];
+        (info.periodStartImportWh, info.periodStartExportWh) =
+            _carried(info, finalImportWh, finalExportWh, importWh, exportWh);
+        _state[meter] = (word & 1) | (uint256(finalReadAt) << 33) | (uint256(importWh) << 65)
+            | (uint256(exportWh) << 113) | ((word >> 161) << 161);
+        emit RegisterReset(meter, word >> 1, importWh, exportWh);
+    }
+
+    /// @dev Checks a meter's final read (see `exchangeMeter`) and returns its state word with the read applied.
+    function _finalRead(address meter, uint64 importWh, uint64 exportWh, uint64 readAt)
+        private
+        view
+        returns (uint256 word)
+    {
+        MeterInfo storage info = _info[meter];
+        if (!info.registered) revert UnknownMeter(meter);
+        if (info.retired) revert MeterRetired(meter);
+        word = _state[meter];
+        uint256 lastTimestamp = uint32(word >> 33);
+        uint256 lastImport = uint48(word >> 65);
+        uint256 lastExport = uint48(word >> 113);
+        if (readAt == lastTimestamp) {
+            if (importWh != lastImport || exportWh != lastExport) {
+                revert FinalReadRejected(meter, RejectReason.StaleTimestamp);
+            }
+            return word;
+        }
+        if (importWh > type(uint48).max || exportWh > type(uint48).max) {
+            revert FinalReadRejected(meter, RejectReason.OutOfRange);
+        }
+        RejectReason reason =
+            _check(word | 1, uint256(uint32(word >> 1)) + 1, readAt, importWh, exportWh, block.timestamp, maxPowerW);
+        if (reason != RejectReason.None) revert FinalReadRejected(meter, reason);
+        uint256[PRICE_CACHE] memory cache;
+        (uint256 cost, uint256 credit) = _accrue(lastTimestamp, readAt, importWh - lastImport, exportWh - lastExport, cache);
+        cost += uint48(word >> 161);
+        credit += word >> 209;
+        if (cost > MAX_COST || credit > MAX_CREDIT) revert FinalReadRejected(meter, RejectReason.PeriodOverflow);
+        word = (word & ((uint256(1) << 33) - 1)) | (uint256(readAt) << 33) | (uint256(importWh) << 65)
+            | (uint256(exportWh) << 113) | (cost << 161) | (credit << 209);
+    }
+
+    /// @dev The open period's start registers for registers that restart at `importWh` and `exportWh` after a
+    /// final read of `finalImport` and `finalExport`: shifted (modulo 2^48, as the period's energy is read) so
+    /// that the period keeps the energy it had.
+    function _carried(
+        MeterInfo storage info,
+        uint64 finalImport,
+        uint64 finalExport,
+        uint64 importWh,
+        uint64 exportWh
+    ) private view returns (uint48 startImport, uint48 startExport) {
+        if (importWh > type(uint48).max) revert ValueTooLarge(importWh, type(uint48).max);
+        if (exportWh > type(uint48).max) revert ValueTooLarge(exportWh, type(uint48).max);
+        unchecked {
+            startImport = uint48(uint256(info.periodStartImportWh) + importWh - finalImport);
+            startExport = uint48(uint256(info.periodStartExportWh) + exportWh - finalExport);
+        }
     }
 
     // ------------------------------------------------------------------ tariffs and prices
@@ -795,8 +948,13 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         if (periodEnd == periodStart) revert EmptyBillingPeriod(meter, periodId);
         uint48 importRegister = uint48(word >> 65);
         uint48 exportRegister = uint48(word >> 113);
-        uint64 importWh = importRegister - info.periodStartImportWh;
-        uint64 exportWh = exportRegister - info.periodStartExportWh;
+        uint64 importWh;
+        uint64 exportWh;
+        unchecked {
+            // Modulo 2^48: an exchange or register reset shifts the start registers (`_carried`).
+            importWh = importRegister - info.periodStartImportWh;
+            exportWh = exportRegister - info.periodStartExportWh;
+        }
         uint64 cost = uint48(word >> 161);
         uint64 credit = uint64(word >> 209);
         uint64 standing = uint64(_standing(periodStart, periodEnd));
@@ -921,8 +1079,11 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         periodId = info.periodId;
         periodStart = info.periodStart;
         periodEnd = uint32(word >> 33);
-        importWh = uint48(word >> 65) - info.periodStartImportWh;
-        exportWh = uint48(word >> 113) - info.periodStartExportWh;
+        unchecked {
+            // Modulo 2^48, as in `closeBillingPeriod`.
+            importWh = uint48(word >> 65) - info.periodStartImportWh;
+            exportWh = uint48(word >> 113) - info.periodStartExportWh;
+        }
         importCost = uint48(word >> 161);
         exportCredit = uint64(word >> 209);
         standingCharge = uint64(_standing(periodStart, periodEnd));

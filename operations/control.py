@@ -1,5 +1,5 @@
-"""The operator's tools: list, register, deactivate and reactivate meters, set the tariff, close
-billing periods and draw up customer statements, straight against the chain.
+"""The operator's tools: list, register, deactivate, reactivate, exchange and reset meters, set the tariff,
+close billing periods and draw up customer statements, straight against the chain.
 
 ``scripts/meterctl.py`` is a thin command line over this module. Everything here reads the
 chain itself (views and ``eth_getLogs`` from the deployment's block), never the server's index,
@@ -37,7 +37,7 @@ from common.errors import (
     SmartMeterError,
     UnknownMeter,
 )
-from common.events import ChainEvent, EventDecoder
+from common.events import ChainEvent, EventDecoder, unpack_record
 from common.settings import Settings
 from common.tariff import MAX_REGISTER_WH, describe_rule, format_kwh, format_pence, format_pounds
 from meters.identity import MeterIdentity, list_meters, meter_dir
@@ -51,6 +51,8 @@ __all__ = [
     "TariffVersion",
     "BillPeriod",
     "CloseResult",
+    "Restart",
+    "render_restart",
     "HalfHour",
     "render_half_hours",
     "Statement",
@@ -116,6 +118,25 @@ class MeterRow:
     last_reading_at: int | None
     period_energy_wh: int
     amount_due: int
+    #: The meter that took over this one's account in an exchange (this one is retired).
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """What a meter exchange or register reset did (``MeterExchanged``, ``RegisterReset``): the final read that
+    closed the register (its energy priced into the open period) and the registers from then on."""
+
+    kind: Literal["exchange", "reset"]
+    meter: MeterRef
+    new_meter: MeterRef | None
+    last_seq: int
+    final_at: int
+    final_import_wh: int
+    final_export_wh: int
+    import_wh: int
+    export_wh: int
+    period: BillPeriod
 
 
 @dataclass(frozen=True)
@@ -242,6 +263,12 @@ def parse_pence(text: str, what: str, *, allow_zero: bool) -> int:
     return int(milli)
 
 
+def ref_reason(message: str) -> str:
+    """The reading rule a ``FinalReadRejected(meter, reason)`` revert names, in words (``stale_timestamp``)."""
+    match = re.search(r"FinalReadRejected\(0x[0-9a-fA-F]{40}, (\d+)\)", message)
+    return ref.RejectReason(int(match.group(1))).name.lower() if match else "see the contract's error"
+
+
 def revert_name(err: ChainError) -> str | None:
     """The custom error a refused transaction reverted with (``EmptyBillingPeriod``), if any."""
     match = _REVERT.search(err.message)
@@ -301,7 +328,8 @@ def render_meters(rows: list[MeterRow], tz: ZoneInfo) -> str:
     if not rows:
         return f"no meters are registered on chain yet; add some with: {COMMAND} register --count N"
     cells = [
-        [r.meter.name or "-", r.meter.address, r.region, "active" if r.active else "inactive", str(r.last_seq),
+        [r.meter.name or "-", r.meter.address, r.region,
+         f"retired: {r.replaced_by}" if r.replaced_by else "active" if r.active else "inactive", str(r.last_seq),
          format_time(r.last_reading_at, tz) if r.last_reading_at is not None else "never",
          format_kwh(r.period_energy_wh), format_pounds(r.amount_due)]
         for r in rows
@@ -397,6 +425,24 @@ def render_outcomes(outcomes: list[Outcome]) -> str:
             lines.append(f"final: transaction {o.tx_hash} in block {o.block}, {o.confirmations} blocks on top "
                          f"(CONFIRMATIONS={o.depth})")
     return "\n".join(lines)
+
+
+def render_restart(r: Restart, tz: ZoneInfo) -> str:
+    """What an exchange or register reset did, in a few lines."""
+    final = (f"final read at {format_time(r.final_at, tz)}: import {r.final_import_wh:,} Wh, export "
+             f"{r.final_export_wh:,} Wh (after seq {r.last_seq}); its energy is on the open bill")
+    if r.kind == "exchange" and r.new_meter is not None:
+        head = (f"exchanged {r.meter.label} for {r.new_meter.label}: the new meter holds the account and open period "
+                f"{r.period.period_id}; {r.meter.label} is retired and can never submit again")
+        after = (f"the new meter's registers open at import {r.import_wh:,} Wh, export {r.export_wh:,} Wh; its first "
+                 "seq is 1")
+    else:
+        head = f"reset the register of {r.meter.label}: open period {r.period.period_id} goes on"
+        after = (f"its registers read import {r.import_wh:,} Wh, export {r.export_wh:,} Wh from then on; its next "
+                 "seq is 1")
+    bill = (f"open bill: import {format_kwh(r.period.energy_wh)}, {format_pounds(r.period.energy_cost)}; amount due "
+            f"{format_pounds(r.period.amount_due)}")
+    return "\n".join([head, final, after, bill])
 
 
 def render_statement(st: Statement, tz: ZoneInfo) -> str:
@@ -597,6 +643,14 @@ class Operations:
         if name == "UnknownMeter":
             return UnknownMeter(f"{ref.label} is not registered on this chain; list the registered meters with: "
                                 f"{COMMAND} meters")
+        if name == "MeterRetired":
+            return MeterInactive(f"{ref.label} was exchanged for another meter and is retired for good; see it with: "
+                                 f"{COMMAND} meters")
+        if name == "FinalReadRejected":
+            reason = ref_reason(err.message)
+            return InvalidRequest(f"the final read of {ref.label} was refused: {reason}; it must be at or after the "
+                                  "last reading (the same registers when at its time), not in the future, with "
+                                  "registers not below the last reading's and a plausible power in between")
         return err
 
     # ------------------------------------------------------------ events
@@ -633,6 +687,7 @@ class Operations:
     def meters(self) -> list[MeterRow]:
         """Every meter registered on chain, in registration order, with its open period's totals."""
         names = self._names()
+        replaced = {e.args["meter"].lower(): e.args["newMeter"] for e in self._logs("MeterExchanged")}
         rows = []
         for address in self.billing.meters():
             view = self.billing.meter(address)
@@ -645,6 +700,7 @@ class Operations:
                 last_reading_at=view.last_timestamp if view.last_seq else None,
                 period_energy_wh=bill.period_energy_wh,
                 amount_due=bill.amount_due,
+                replaced_by=replaced.get(address.lower()),
             ))
         return rows
 
@@ -756,6 +812,85 @@ class Operations:
         except ChainError as err:
             raise self._refusal(err, ref) from err
         return ref
+
+    # ------------------------------------------------------------ exchanges and register resets
+
+    def _final_read(self, ref: MeterRef, final_import_wh: int | None, final_export_wh: int | None,
+                    final_at: int | None) -> tuple[int, int, int]:
+        """The final read (import, export, time): the last reading's where nothing is given, else the values given
+        at ``final_at`` (default: the chain's time now; registers not given stay as last read)."""
+        view = self.billing.meter(ref.address)
+        if final_import_wh is None and final_export_wh is None and final_at is None:
+            return view.last_energy_wh, view.last_export_wh, view.last_timestamp
+        values = (view.last_energy_wh if final_import_wh is None else final_import_wh,
+                  view.last_export_wh if final_export_wh is None else final_export_wh)
+        for what, wh in zip(("--final-import-wh", "--final-export-wh"), values, strict=True):
+            if not 0 <= wh <= MAX_REGISTER_WH:
+                raise InvalidRequest(f"{what} {wh} must be between 0 and {MAX_REGISTER_WH}")
+        return (*values, self.billing.now() if final_at is None else final_at)
+
+    def _restart(self, kind: Literal["exchange", "reset"], ref: MeterRef, receipt: Any) -> Restart:
+        event = self._receipt_event(receipt, "MeterExchanged" if kind == "exchange" else "RegisterReset")
+        args, final = event.args, unpack_record(int(event.args["finalRecord"]))
+        if kind == "exchange":
+            new: MeterRef | None = MeterRef(self._names().get(args["newMeter"].lower()), args["newMeter"])
+            opening = (int(args["openingImportWh"]), int(args["openingExportWh"]))
+        else:
+            new, opening = None, (int(args["importWh"]), int(args["exportWh"]))
+        return Restart(kind, ref, new, final["seq"], final["timestamp"], final["energyWh"], final["exportWh"],
+                       *opening, self._open_period((new or ref).address, event.block))
+
+    def exchange(self, meter: str, new_address: str, *, final_import_wh: int | None = None,
+                 final_export_wh: int | None = None, final_at: int | None = None, opening_import_wh: int = 0,
+                 opening_export_wh: int = 0) -> Restart:
+        """Exchange a meter: ``new_address`` takes over its account and open period after its final read, and the
+        old meter is retired. The customer record moves to the new meter (with its name and API key).
+
+        Raises:
+            InvalidRequest: a malformed address or register, or a final read the contract refuses.
+            ChainError: the new address is already registered, or the old meter is retired.
+        """
+        ref = self.resolve(meter)
+        text = new_address.strip()
+        if not _ADDRESS.fullmatch(text) or text.lower() == _ZERO_ADDRESS:
+            raise InvalidRequest(f"{new_address!r} is not a meter address; give 0x and 40 hex digits")
+        new = to_checksum_address(text)
+        for what, wh in (("--opening-import-wh", opening_import_wh), ("--opening-export-wh", opening_export_wh)):
+            if not 0 <= wh <= MAX_REGISTER_WH:
+                raise InvalidRequest(f"{what} {wh} must be between 0 and {MAX_REGISTER_WH}")
+        final = self._final_read(ref, final_import_wh, final_export_wh, final_at)
+        try:
+            receipt = self.billing.exchange_meter(ref.address, new, final[0], final[1], final[2], opening_import_wh,
+                                                  opening_export_wh)
+        except ChainError as err:
+            if revert_name(err) == "MeterAlreadyRegistered":
+                raise ChainError(f"{new} is already registered on chain; an exchange needs a new meter") from err
+            raise self._refusal(err, ref) from err
+        customers = load_customers(self.customers_path)
+        record = customers.pop(ref.address.lower(), None)
+        if record is not None:
+            customers[new.lower()] = replace(record, meter=new)
+            save_customers(self.customers_path, customers)
+        return self._restart("exchange", ref, receipt)
+
+    def reset_register(self, meter: str, *, final_import_wh: int | None = None, final_export_wh: int | None = None,
+                       final_at: int | None = None, import_wh: int = 0, export_wh: int = 0) -> Restart:
+        """Reset a meter's register and sequence after its final read: its registers read ``import_wh`` and
+        ``export_wh`` from then on and its next seq is 1; the open period goes on.
+
+        Raises:
+            InvalidRequest: a register out of range, or a final read the contract refuses.
+        """
+        ref = self.resolve(meter)
+        for what, wh in (("--import-wh", import_wh), ("--export-wh", export_wh)):
+            if not 0 <= wh <= MAX_REGISTER_WH:
+                raise InvalidRequest(f"{what} {wh} must be between 0 and {MAX_REGISTER_WH}")
+        final = self._final_read(ref, final_import_wh, final_export_wh, final_at)
+        try:
+            receipt = self.billing.reset_register(ref.address, *final, import_wh, export_wh)
+        except ChainError as err:
+            raise self._refusal(err, ref) from err
+        return self._restart("reset", ref, receipt)
 
     # ------------------------------------------------------------ tariff
 
@@ -926,7 +1061,8 @@ class Operations:
         w3 = self.billing.client.w3
         block = int(w3.eth.block_number)
         view = self.billing.meter(ref.address)
-        registered = self._logs("MeterRegistered", ref.address, block)
+        lineage = self._lineage(ref.address, block)
+        registered = self._logs("MeterRegistered", lineage[-1], block)
         if not registered:
             raise UnknownMeter(f"{ref.label} is not registered on this chain")
         opened = registered[0].args
@@ -936,7 +1072,8 @@ class Operations:
         if wanted == current.period_id:
             figures = current
         else:
-            found = [e for e in self._logs("BillIssued", ref.address, block) if int(e.args["periodId"]) == wanted]
+            found = [e for m in lineage for e in self._logs("BillIssued", m, block)
+                     if int(e.args["periodId"]) == wanted]
             if not found:
                 raise InvalidRequest(f"{ref.label} has no billing period {wanted}: its periods are 1 to "
                                      f"{current.period_id} ({current.period_id} is open)")
@@ -944,10 +1081,19 @@ class Operations:
             issue = document.Issue(found[0].tx_hash, int(w3.eth.get_block(found[0].block)["timestamp"]))
         recorded = [document.RecordedReading(int(e.args["seq"]), int(e.args["timestamp"]), int(e.args["energyWh"]),
                                               int(e.args["exportWh"]), e.block, e.tx_hash)
-                    for e in self._logs("ReadingRecorded", ref.address, block)]
-        before = [r for r in recorded if r.timestamp <= figures.period_start]
-        opening = ((before[-1].import_register_wh, before[-1].export_register_wh) if before
-                   else (int(opened["openingWh"]), 0))
+                    for m in lineage for e in self._logs("ReadingRecorded", m, block)]
+        finals, restarts = self._restarts(lineage, block, {r.timestamp for r in recorded} | {int(opened["openedAt"])})
+        readings = sorted([*recorded, *finals], key=lambda r: r.timestamp)
+        # The registers at the period's start: the registration's, then each reading's and restart's up to it.
+        opening = (int(opened["openingWh"]), 0)
+        steps: list[document.RecordedReading | document.MeterRestart] = [*readings, *restarts]
+        for step in sorted(steps, key=lambda x: (x.timestamp if isinstance(x, document.RecordedReading) else x.at,
+                                                 isinstance(x, document.MeterRestart))):
+            if isinstance(step, document.MeterRestart):
+                if step.at < figures.period_start:
+                    opening = (step.import_register_wh, step.export_register_wh)
+            elif step.timestamp <= figures.period_start:
+                opening = (step.import_register_wh, step.export_register_wh)
         customer = Customers(self.customers_path).by_meter(ref.address)
         credits = statement_credits(self.billing.client, self.deployment, ref.address, figures.period_id)
         return document.build_statement(
@@ -955,9 +1101,38 @@ class Operations:
                                       customer.name if customer else "", customer.address if customer else ""),
             chain=document.ChainPlace(self.deployment.chain_id, to_checksum_address(self.deployment.address)),
             figures=ref_bill(figures), amount_due=figures.amount_due - sum(c.amount for c in credits), issue=issue,
-            opening=opening, readings=[r for r in recorded if figures.period_start < r.timestamp <= figures.period_end],
+            opening=opening, readings=[r for r in readings if figures.period_start < r.timestamp <= figures.period_end],
             schedule=self.billing.schedule(), tz=self.settings.tz, drawn_up_at=int(time.time()), credits=credits,
+            restarts=[c for c in restarts if figures.period_start <= c.at <= figures.period_end],
         )
+
+    def _lineage(self, address: str, block: int) -> list[str]:
+        """``address`` and the meters it replaced in exchanges, newest first (one account's meters)."""
+        replaced = {e.args["newMeter"].lower(): e.args["meter"] for e in self._logs("MeterExchanged", None, block)}
+        lineage = [address]
+        while lineage[-1].lower() in replaced and replaced[lineage[-1].lower()] not in lineage:
+            lineage.append(replaced[lineage[-1].lower()])
+        return lineage
+
+    def _restarts(self, lineage: list[str], block: int, read_at: set[int]
+                  ) -> tuple[list[document.RecordedReading], list[document.MeterRestart]]:
+        """The final reads that added time (those at a reading's time add nothing) and the restarts of the meters
+        of one account, from their ``MeterExchanged`` and ``RegisterReset`` events."""
+        events = sorted((e for m in lineage for name in ("MeterExchanged", "RegisterReset")
+                         for e in self._logs(name, m, block)), key=lambda e: e.position)
+        finals, restarts = [], []
+        for e in events:
+            final = unpack_record(int(e.args["finalRecord"]))
+            kind = "exchange" if e.name == "MeterExchanged" else "reset"
+            if final["timestamp"] not in read_at:
+                finals.append(document.RecordedReading(final["seq"], final["timestamp"], final["energyWh"],
+                                                        final["exportWh"], e.block, e.tx_hash, kind))
+                read_at.add(final["timestamp"])
+            opening = ((int(e.args["openingImportWh"]), int(e.args["openingExportWh"])) if kind == "exchange"
+                       else (int(e.args["importWh"]), int(e.args["exportWh"])))
+            restarts.append(document.MeterRestart(kind, final["timestamp"], e.args.get("newMeter") or e.args["meter"],
+                                                  *opening, e.block, e.tx_hash))
+        return finals, restarts
 
 
 def ref_bill(p: BillPeriod) -> ref.OpenBill:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The operator's command line: list, register, deactivate and reactivate meters, show or set the
-tariff, close billing periods, print customer statements and let further gateway deployments submit
+"""The operator's command line: list, register, deactivate, reactivate, exchange and reset meters, show or
+set the tariff, close billing periods, print customer statements and let further gateway deployments submit
 readings, straight against the chain.
 
 METER is a meter's name (meter-03) or its 0x address; list them with: meterctl.py meters
@@ -33,6 +33,7 @@ from operations.control import (  # noqa: E402
     render_meters,
     render_outcomes,
     render_registered,
+    render_restart,
     render_statement,
     render_tariff_change,
     render_tariffs,
@@ -65,6 +66,27 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in [("deactivate", "reject a meter's readings until it is reactivated"),
                        ("reactivate", "accept a deactivated meter's readings again")]:
         commands.add_parser(name, help=text).add_argument("meter", metavar="METER")
+
+    exchange = commands.add_parser(
+        "exchange", help="replace a meter: a new meter address takes over its account and open bill after its final "
+                         "read, and the old meter is retired")
+    exchange.add_argument("meter", metavar="METER")
+    exchange.add_argument("new_address", metavar="NEW_ADDRESS", help="the new meter's 0x address")
+    exchange.add_argument("--opening-import-wh", type=int, default=0, help="the new meter's import register (Wh)")
+    exchange.add_argument("--opening-export-wh", type=int, default=0, help="the new meter's export register (Wh)")
+    reset = commands.add_parser(
+        "reset-register", help="restart a meter's register and sequence after its final read (a rollover, a used-up "
+                               "sequence, a re-key); its open bill goes on")
+    reset.add_argument("meter", metavar="METER")
+    reset.add_argument("--import-wh", type=int, default=0, help="the import register from then on (default 0)")
+    reset.add_argument("--export-wh", type=int, default=0, help="the export register from then on (default 0)")
+    for restart in (exchange, reset):
+        restart.add_argument("--final-import-wh", type=int, help="the import register at the final read (Wh; default: "
+                                                                 "the last reading's)")
+        restart.add_argument("--final-export-wh", type=int, help="the export register at the final read (Wh; default: "
+                                                                 "the last reading's)")
+        restart.add_argument("--final-at", help="when the final read was taken (local time, e.g. '2026-12-05 09:30'; "
+                                                "default: the last reading when no register is given, else now)")
 
     gateway = commands.add_parser(
         "gateway", help="list the keys that may submit readings, or let another gateway deployment's key do so")
@@ -156,6 +178,15 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
         print(f"deactivated {ops.deactivate(args.meter).label}: its readings are rejected until reactivated")
     elif args.command == "reactivate":
         print(f"reactivated {ops.reactivate(args.meter).label}: its readings are accepted again")
+    elif args.command in ("exchange", "reset-register"):
+        final = {"final_import_wh": args.final_import_wh, "final_export_wh": args.final_export_wh,
+                 "final_at": parse_time(args.final_at, tz) if args.final_at else None}
+        if args.command == "exchange":
+            done = ops.exchange(args.meter, args.new_address, opening_import_wh=args.opening_import_wh,
+                                opening_export_wh=args.opening_export_wh, **final)
+        else:
+            done = ops.reset_register(args.meter, import_wh=args.import_wh, export_wh=args.export_wh, **final)
+        print(render_restart(done, tz))
     elif args.command == "tariff":
         start = parse_time(args.effective_from, tz) if args.effective_from else 0
         if any(r is not None for r in (args.unit_rate, args.standing_charge, args.export_rate)):

@@ -212,6 +212,7 @@ class ServerApp:
         relay.mined_listeners.append(batcher.mined)
         relay.final_listeners.append(batcher.finalized)
         relay.rollback_listeners.append(batcher.rolled_back)
+        relay.restart_listeners.append(gateway.restarted)
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
                  supervisor.keep_running("indexer", indexer.run)]

@@ -22,7 +22,7 @@ __all__ = ["frame", "unframe", "LINE_LIMIT", "WORKER_OPS", "MAIN_OPS"]
 #: The longest line either side accepts (a ``login_ok`` with many alerts and events is the longest).
 LINE_LIMIT = 1 << 20
 WORKER_OPS = frozenset({"hello", "listening", "failed", "login", "logout", "opt_out", "queued"})
-MAIN_OPS = frozenset({"login_ok", "login_failed", "send", "close", "state", "stop"})
+MAIN_OPS = frozenset({"login_ok", "login_failed", "send", "close", "state", "stop", "restart"})
 
 
 def frame(op: str, **fields: Any) -> bytes:

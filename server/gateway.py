@@ -403,6 +403,17 @@ class Gateway:
         if not self._commit_due():
             asyncio.get_running_loop().call_soon(self._commit)
 
+    def restarted(self, meter: str, cursor: Cursor) -> None:
+        """A relay listener: the chain restarted ``meter``'s register and sequence (a register reset, or a new meter
+        in an exchange), so its cursor starts again from ``cursor`` (seq 0), in memory and in the store."""
+        key = meter.lower()
+        dropped = self.store.restart_cursor(key, cursor)
+        if key in self.cursors:
+            self.cursors[key] = cursor
+        if key in self._cursors_before:
+            self._cursors_before[key] = cursor
+        log_event(log, "cursor_restarted", meter=meter, timestamp=cursor.timestamp, dropped=dropped)
+
     def _move_cursor(self, key: str, cursor: Cursor) -> None:
         """Move a meter's cursor now; it is stored with this turn's commit."""
         self._schedule_commit()

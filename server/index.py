@@ -41,6 +41,7 @@ and the writer reads them back before each batch it applies.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -51,10 +52,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from common.billing import from_text32
-from common.events import ChainEvent
+from common.events import ChainEvent, unpack_record
 from common.logs import log_event
 from common.messages import ConsumptionAlert
-from common.statement import RecordedReading
+from common.statement import MeterRestart, RecordedReading
 from common.tariff import (
     ClockTable,
     RejectReason,
@@ -74,10 +75,10 @@ log = logging.getLogger("index")
 
 #: Events whose time is their block's (the indexer looks these blocks up; readings carry their own).
 TIME_EVENTS = frozenset({"MeterRegistered", "MeterDeactivated", "MeterReactivated", "TariffChanged", "BillIssued",
-                         "GridAlert", "GridAlertCleared"})
+                         "GridAlert", "GridAlertCleared", "MeterExchanged", "RegisterReset"})
 POSITION = "index"
 #: The tables' layout; an index written with another is emptied and rebuilt from the chain.
-LAYOUT = "2"
+LAYOUT = "3"
 #: Seconds a reader of a shared PostgreSQL index goes at most without looking for the writer's new events.
 READER_REFRESH = 1.0
 #: The advisory lock the writer of a PostgreSQL index holds (any constant; "smwrt" in ASCII).
@@ -89,15 +90,16 @@ CREATE TABLE IF NOT EXISTS meters (
     opening_wh INTEGER NOT NULL, opened_at INTEGER NOT NULL, registered_at INTEGER NOT NULL,
     active INTEGER NOT NULL, status_changed_at INTEGER NOT NULL,
     last_seq INTEGER NOT NULL, last_timestamp INTEGER NOT NULL, last_energy_wh INTEGER NOT NULL,
-    last_block INTEGER, last_tx TEXT, rejected INTEGER NOT NULL DEFAULT 0, last_export_wh INTEGER NOT NULL DEFAULT 0
+    last_block INTEGER, last_tx TEXT, rejected INTEGER NOT NULL DEFAULT 0, last_export_wh INTEGER NOT NULL DEFAULT 0,
+    replaced_by TEXT
 );
 CREATE TABLE IF NOT EXISTS readings (
     meter TEXT NOT NULL, seq INTEGER NOT NULL, timestamp INTEGER NOT NULL, register_wh INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL, interval_start INTEGER NOT NULL, period_id INTEGER NOT NULL,
     block INTEGER NOT NULL, log_index INTEGER NOT NULL, tx_hash TEXT NOT NULL,
     export_register_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL, import_cost INTEGER NOT NULL,
-    export_credit INTEGER NOT NULL,
-    PRIMARY KEY (meter, seq)
+    export_credit INTEGER NOT NULL, source TEXT NOT NULL DEFAULT 'meter',
+    PRIMARY KEY (meter, timestamp)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS halfhourly (
     meter TEXT NOT NULL, period INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
@@ -117,6 +119,13 @@ CREATE TABLE IF NOT EXISTS hourly (
     meter TEXT NOT NULL, hour_start INTEGER NOT NULL, energy_wh INTEGER NOT NULL,
     PRIMARY KEY (meter, hour_start)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS restarts (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, meter TEXT NOT NULL, kind TEXT NOT NULL, new_meter TEXT,
+    at INTEGER NOT NULL, last_seq INTEGER NOT NULL, final_import_wh INTEGER NOT NULL,
+    final_export_wh INTEGER NOT NULL, import_wh INTEGER NOT NULL, export_wh INTEGER NOT NULL,
+    opening_import_wh INTEGER NOT NULL, opening_export_wh INTEGER NOT NULL, period_id INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL, PRIMARY KEY (block, log_index)
+);
 CREATE TABLE IF NOT EXISTS periods (
     meter TEXT NOT NULL, period_id INTEGER NOT NULL, period_start INTEGER NOT NULL, period_end INTEGER NOT NULL,
     energy_wh INTEGER NOT NULL, energy_cost INTEGER NOT NULL, standing_charge INTEGER NOT NULL,
@@ -155,10 +164,10 @@ CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NUL
 
 #: Tables rebuilt from the chain; ``thresholds`` is the operators' and customers' own setting.
 DERIVED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
-                  "clock_changes", "grid_alerts", "consumption_alerts", "position", "journal", "blocks")
+                  "clock_changes", "grid_alerts", "consumption_alerts", "position", "journal", "blocks", "restarts")
 #: Tables whose changes by events of blocks not yet final are journaled, to be undone if the blocks are replaced.
 JOURNALED_TABLES = ("meters", "readings", "rejections", "hourly", "halfhourly", "periods", "tariffs", "day_ahead",
-                    "clock_changes", "grid_alerts", "consumption_alerts", "position")
+                    "clock_changes", "grid_alerts", "consumption_alerts", "position", "restarts")
 
 
 @dataclass(frozen=True)
@@ -252,6 +261,8 @@ class MeterRecord:
     rejected: int
     period: Period
     last_export_wh: int = 0
+    #: The meter that took over this one's account in an exchange (this one is then retired).
+    replaced_by: str | None = None
 
 
 @dataclass
@@ -266,6 +277,8 @@ class Applied:
     events: int = 0
 
 
+_READING_COLUMNS = ("meter, seq, timestamp, register_wh, energy_wh, interval_start, period_id, block, log_index, "
+                    "tx_hash, export_register_wh, export_wh, import_cost, export_credit, source")
 _ALERT_KEYS = ("id", "severity", "kind", "region", "message", "expires_at", "raised_at", "raised_tx", "cleared_at")
 _METER_COLUMNS = ("address, account_ref, region, opening_wh, opened_at, registered_at, active, status_changed_at, "
                   "last_seq, last_timestamp, last_energy_wh, last_block, last_tx, rejected")
@@ -275,7 +288,10 @@ _UPSERT_META = upsert("meta", ("name", "value"), ("name",))
 _UPSERT_BLOCK = upsert("blocks", ("number", "hash"), ("number",))
 _UPSERT_PERIOD = upsert("periods", tuple(_PERIOD_COLUMNS.split(", ")), ("meter", "period_id"))
 _UPSERT_THRESHOLD = upsert("thresholds", ("meter", "hourly_limit_wh", "updated_at", "updated_by"), ("meter",))
-_UPSERT_METER = upsert("meters", (*_METER_COLUMNS.split(", "), "last_export_wh"), ("address",))
+_UPSERT_METER = upsert("meters", (*_METER_COLUMNS.split(", "), "last_export_wh", "replaced_by"), ("address",))
+_RESTART_KEYS = ("block", "log_index", "meter", "kind", "new_meter", "at", "last_seq", "final_import_wh",
+                 "final_export_wh", "import_wh", "export_wh", "opening_import_wh", "opening_export_wh", "period_id",
+                 "tx_hash")
 _UPSERT_TARIFF = upsert("tariffs", ("version", "unit_rate", "standing_charge", "effective_from", "block", "tx_hash",
                                     "spec"), ("version",))
 _UPSERT_DAY_AHEAD = upsert("day_ahead", ("period", "side", "price"), ("period", "side"))
@@ -575,6 +591,8 @@ class Index:
                 self.schedule.clock = self.schedule.clock.with_changes([(at, minutes)])
         elif name == "BillIssued":
             self._issue(event, block_time, out)
+        elif name in ("MeterExchanged", "RegisterReset"):
+            self._restart(event, block_time, out)
         elif name == "GridAlert":
             alert = {"id": int(args["id"]), "severity": int(args["severity"]), "kind": from_text32(args["kind"]),
                      "region": from_text32(args["region"]), "message": args["message"],
@@ -598,7 +616,7 @@ class Index:
             status_changed_at=block_time, last_seq=0, last_timestamp=opened, last_energy_wh=int(args["openingWh"]),
             last_block=None, last_tx=None, rejected=0, period=period,
         )
-        self.db.execute(_UPSERT_METER, (*_meter_row(meter), 0))
+        self.db.execute(_UPSERT_METER, (*_meter_row(meter), 0, None))
         self._write_period(period)
         self._meters[address.lower()] = meter
         out.meters.append(meter)
@@ -609,6 +627,12 @@ class Index:
         if meter is None or not self.schedule.versions:
             log_event(log, "index_unknown_meter", logging.ERROR, meter=args["meter"], block=event.block)
             return
+        self._read(meter, args, event, out, "meter")
+
+    def _read(self, meter: MeterRecord, record: dict[str, Any], event: ChainEvent, out: Applied, source: str) -> None:
+        """Store a reading (``source`` "meter") or a final read ("exchange", "reset"), given by the fields of a
+        ``ReadingRecorded`` record, and everything it adds to: the open period, half hours, hours and alerts."""
+        args = record
         seq, ts = int(args["seq"]), int(args["timestamp"])
         register, exported = int(args["energyWh"]), int(args["exportWh"])
         start, energy, export = meter.last_timestamp, register - meter.last_energy_wh, exported - meter.last_export_wh
@@ -628,9 +652,10 @@ class Index:
         meter.last_seq, meter.last_timestamp, meter.last_energy_wh, meter.last_export_wh = seq, ts, register, exported
         meter.last_block, meter.last_tx = event.block, event.tx_hash
         db = self.db
-        db.execute("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        db.execute(f"INSERT INTO readings ({_READING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                   "ON CONFLICT DO NOTHING",
                    (meter.address, seq, ts, register, energy, start, p.period_id, event.block, event.log_index,
-                    event.tx_hash, exported, export, cost, credit))
+                    event.tx_hash, exported, export, cost, credit, source))
         db.execute("UPDATE meters SET last_seq=?, last_timestamp=?, last_energy_wh=?, last_export_wh=?, last_block=?, "
                    "last_tx=? WHERE address=?", (seq, ts, register, exported, event.block, event.tx_hash,
                                                  meter.address))
@@ -677,6 +702,70 @@ class Index:
         self._write_period(meter.period)
         out.bills.append(meter)
 
+    def _restart(self, event: ChainEvent, block_time: int, out: Applied) -> None:
+        """A meter exchange or register reset: the final read (when it adds time), then the new meter or the
+        restarted registers (the open period goes on, in the new meter's name after an exchange)."""
+        args = event.args
+        meter = self._meters.get(args["meter"].lower())
+        if meter is None:
+            log_event(log, "index_unknown_meter", logging.ERROR, meter=args["meter"], block=event.block)
+            return
+        exchange = event.name == "MeterExchanged"
+        kind = "exchange" if exchange else "reset"
+        final = unpack_record(int(args["finalRecord"]))
+        before = (meter.last_energy_wh, meter.last_export_wh)
+        if final["timestamp"] != meter.last_timestamp:
+            self._read(meter, final, event, out, kind)
+        new_meter = args["newMeter"] if exchange else None
+        opening = (int(args["openingImportWh"]), int(args["openingExportWh"])) if exchange else (
+            int(args["importWh"]), int(args["exportWh"]))
+        self.db.execute(f"INSERT INTO restarts ({', '.join(_RESTART_KEYS)}) "  # noqa: S608 - fixed names
+                        f"VALUES ({', '.join('?' * len(_RESTART_KEYS))}) ON CONFLICT DO NOTHING",
+                        (event.block, event.log_index, meter.address, kind, new_meter, final["timestamp"],
+                         final["seq"], final["energyWh"], final["exportWh"], final["energyWh"] - before[0],
+                         final["exportWh"] - before[1], *opening, meter.period.period_id, event.tx_hash))
+        if new_meter is None:
+            meter.last_seq, (meter.last_energy_wh, meter.last_export_wh) = 0, opening
+            self.db.execute("UPDATE meters SET last_seq=0, last_energy_wh=?, last_export_wh=? WHERE address=?",
+                            (*opening, meter.address))
+            self._trends.pop(meter.address, None)
+            out.meters.append(meter)
+            return
+        ts = final["timestamp"]
+        successor = MeterRecord(
+            address=new_meter, account_ref=meter.account_ref, region=meter.region, opening_wh=opening[0],
+            opened_at=ts, registered_at=block_time, active=True, status_changed_at=block_time, last_seq=0,
+            last_timestamp=ts, last_energy_wh=opening[0], last_block=None, last_tx=None, rejected=0,
+            period=dataclasses.replace(meter.period, meter=new_meter), last_export_wh=opening[1])
+        self.db.execute(_UPSERT_METER, (*_meter_row(successor), opening[1], None))
+        self._write_period(successor.period)
+        self._meters[new_meter.lower()] = successor
+        meter.active, meter.status_changed_at, meter.replaced_by = False, block_time, new_meter
+        meter.period.status = "transferred"
+        self._write_period(meter.period)
+        self.db.execute("UPDATE meters SET active=0, status_changed_at=?, replaced_by=? WHERE address=?",
+                        (block_time, new_meter, meter.address))
+        out.meters += [meter, successor]
+        out.bills.append(successor)
+
+    def restarts(self, meter: str | None = None) -> list[dict[str, Any]]:
+        """Meter exchanges and register resets (of ``meter``, as the old meter or the new one), oldest first."""
+        where, params = ("WHERE lower(meter)=? OR lower(new_meter)=?", (meter.lower(), meter.lower())) if meter \
+            else ("", ())
+        rows = self.db.execute(f"SELECT {', '.join(_RESTART_KEYS)} FROM restarts {where} "  # noqa: S608
+                               "ORDER BY block, log_index", params).fetchall()
+        return [dict(zip(_RESTART_KEYS, r, strict=True)) for r in rows]
+
+    def lineage(self, meter: str) -> list[str]:
+        """``meter`` and the meters it replaced in exchanges, newest first (one account's meters)."""
+        chain = [meter]
+        while True:
+            row = self.db.execute("SELECT meter FROM restarts WHERE kind='exchange' AND lower(new_meter)=?",
+                                  (chain[-1].lower(),)).fetchone()
+            if row is None or str(row[0]) in chain:
+                return chain
+            chain.append(str(row[0]))
+
     def _write_period(self, p: Period) -> None:
         self.db.execute(_UPSERT_PERIOD,
                         (p.meter, p.period_id, p.period_start, p.period_end, p.energy_wh, p.energy_cost,
@@ -687,7 +776,7 @@ class Index:
         trend = self._trends.get(meter)
         if trend is None:
             rows = self.db.execute("SELECT energy_wh, timestamp - interval_start FROM readings WHERE meter=? "
-                                   "ORDER BY seq DESC LIMIT ?", (meter, self.rules.window + 64)).fetchall()
+                                   "ORDER BY timestamp DESC LIMIT ?", (meter, self.rules.window + 64)).fetchall()
             trend = Trend(deque(maxlen=self.rules.window))
             # The newest row is the reading being applied now (already inserted): leave it out. Replaying the
             # rule over the rows before also finds whether the meter was in a jump (no second alert for it).
@@ -731,13 +820,14 @@ class Index:
         return sorted(self._meters.values(), key=lambda m: (m.registered_at, m.address))
 
     def _query_meters(self, where: str, params: tuple[Any, ...]) -> list[MeterRecord]:
-        rows = self.db.execute(f"SELECT {_METER_COLUMNS}, last_export_wh FROM meters {where}", params).fetchall()
+        rows = self.db.execute(f"SELECT {_METER_COLUMNS}, last_export_wh, replaced_by FROM meters {where}",
+                               params).fetchall()
         out = []
         for row in rows:
             period_row = self.db.execute(
                 f"SELECT {_PERIOD_COLUMNS} FROM periods WHERE meter=? ORDER BY period_id DESC LIMIT 1", (row[0],)
             ).fetchone()
-            values: list[Any] = [*row[:6], bool(row[6]), *row[7:14], Period(*period_row), row[14]]
+            values: list[Any] = [*row[:6], bool(row[6]), *row[7:14], Period(*period_row), row[14], row[15]]
             out.append(MeterRecord(*values))
         return out
 
@@ -756,10 +846,10 @@ class Index:
         params = {"meter": meter, "first": first, "after": after}
         count = self.db.execute(f"SELECT COUNT(*) FROM readings {where}", params).fetchone()[0]
         keys = ("seq", "timestamp", "register_wh", "energy_wh", "interval_start", "period_id", "block", "log_index",
-                "tx_hash", "export_register_wh", "export_wh", "import_cost", "export_credit")
+                "tx_hash", "export_register_wh", "export_wh", "import_cost", "export_credit", "source")
         rows = self.db.execute(
             f"SELECT {', '.join(keys)} "
-            f"FROM readings {where} ORDER BY seq {'DESC' if descending else 'ASC'} LIMIT :limit OFFSET :offset",
+            f"FROM readings {where} ORDER BY timestamp {'DESC' if descending else 'ASC'} LIMIT :limit OFFSET :offset",
             {**params, "limit": limit, "offset": offset}).fetchall()
         out = [dict(zip(keys, r, strict=True)) for r in rows]
         for r in out:
@@ -803,13 +893,27 @@ class Index:
         return Period(*row) if row else None
 
     def period_readings(self, meter: str, period_id: int) -> list[tuple[RecordedReading, int, int]]:
-        """The readings of one billing period in sequence order, each with its import and export energy since
-        the reading before (so the first gives the registers at the period's start)."""
+        """The readings and final reads of one billing period in time order (of the meters it replaced in exchanges
+        too: the period went on with it), each with its import and export energy since the reading before (so the
+        first gives the registers at the period's start)."""
+        meters = self.lineage(meter)
         rows = self.db.execute("SELECT seq, timestamp, register_wh, export_register_wh, block, tx_hash, energy_wh, "
-                               "export_wh FROM readings WHERE meter=? AND period_id=? ORDER BY seq",
-                               (meter, period_id)).fetchall()
-        return [(RecordedReading(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), str(r[5])), int(r[6]),
-                 int(r[7])) for r in rows]
+                               f"export_wh, source FROM readings WHERE meter IN ({', '.join('?' * len(meters))}) "
+                               "AND period_id=? ORDER BY timestamp", (*meters, period_id)).fetchall()
+        return [(RecordedReading(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), str(r[5]), str(r[8])),
+                 int(r[6]), int(r[7])) for r in rows]
+
+    def period_restarts(self, meter: str, period_id: int) -> list[MeterRestart]:
+        """The meter exchanges and register resets in one billing period of ``meter`` (and of the meters it
+        replaced), in time order."""
+        meters = self.lineage(meter)
+        rows = self.db.execute(f"SELECT {', '.join(_RESTART_KEYS)} FROM restarts WHERE meter IN "  # noqa: S608
+                               f"({', '.join('?' * len(meters))}) AND period_id=? ORDER BY block, log_index",
+                               (*meters, period_id)).fetchall()
+        out = [dict(zip(_RESTART_KEYS, r, strict=True)) for r in rows]
+        return [MeterRestart(str(r["kind"]), int(r["at"]), str(r["new_meter"] or r["meter"]),
+                             int(r["opening_import_wh"]), int(r["opening_export_wh"]), int(r["block"]),
+                             str(r["tx_hash"])) for r in out]
 
     def tariffs(self) -> list[dict[str, Any]]:
         """Every tariff version ever set, newest first."""

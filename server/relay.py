@@ -48,7 +48,7 @@ from common.backoff import Backoff
 from common.billing import from_text32
 from common.chain import logs_between
 from common.deployment import Deployment
-from common.events import BatchOutcome, ChainEvent, EventDecoder
+from common.events import BatchOutcome, ChainEvent, EventDecoder, unpack_record
 from common.logs import log_event
 from common.messages import Bill, ErrorMessage, GridAlertMessage, TariffInfo, encode
 from common.rpc_socket import RpcSocket
@@ -59,6 +59,7 @@ from server.hub import Hub
 from server.index import Index
 from server.store import Store
 from server.threads import run_in_own_thread
+from server.validation import Cursor
 
 __all__ = ["Relay", "ChainFollower", "LAST_LOG", "tariff_at"]
 
@@ -137,6 +138,9 @@ class Relay:
         #: Told that blocks after a fork were replaced, with the batches the new chain shows mined (up to its
         #: head at the time); called in the relay's thread, before the new chain's events.
         self.rollback_listeners: list[Callable[[int, dict[str, BatchOutcome]], None]] = []
+        #: Told that a meter's register and sequence restarted on chain (``RegisterReset``, or the new meter of a
+        #: ``MeterExchanged``), with the cursor it restarts from; called in the server's loop.
+        self.restart_listeners: list[Callable[[str, Cursor], None]] = []
         self._registers: OrderedDict[tuple[str, int], _Recorded] = OrderedDict()
         self._stopping = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
@@ -584,11 +588,39 @@ class Relay:
             log_event(log, "tariff_changed", version=int(args["version"]), effective_from=int(args["effectiveFrom"]),
                       standing=int(args["standingCharge"]), import_kind=int(args["importKind"]),
                       export_kind=int(args["exportKind"]))
+        elif name in ("MeterExchanged", "RegisterReset"):
+            self._restarted(event)
         elif name == "MeterDeactivated":
             meter = args["meter"]
             notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")
             self.hub.send(meter, encode(notice))
             log_event(log, "meter_deactivated", meter=meter)
+
+    def _restarted(self, event: ChainEvent) -> None:
+        """A meter exchange or register reset: the open period's start registers move with the new register, the
+        old sequence's recorded readings are forgotten, and the listeners (the gateway's cursors) are told."""
+        args = event.args
+        old = args["meter"]
+        final = unpack_record(int(args["finalRecord"]))
+        if event.name == "MeterExchanged":
+            meter, opening = args["newMeter"], (int(args["openingImportWh"]), int(args["openingExportWh"]))
+            notice = ErrorMessage(code="meter_inactive", message=f"this meter was exchanged for {meter}")
+            self.hub.send(old, encode(notice))
+        else:
+            meter, opening = old, (int(args["importWh"]), int(args["exportWh"]))
+        # Read before the index applies the event (it follows the relay), so the period as it was.
+        known = self._period_of(old.lower())
+        if known is not None:
+            start, start_import, start_export = known
+            self._periods[meter.lower()] = (start, start_import + opening[0] - final["energyWh"],
+                                            start_export + opening[1] - final["exportWh"])
+        for key in [k for k in self._registers if k[0] == old.lower()]:
+            del self._registers[key]
+        cursor = Cursor(0, final["timestamp"], *opening)
+        for listener in self.restart_listeners:
+            listener(meter, cursor)
+        log_event(log, "meter_exchanged" if event.name == "MeterExchanged" else "register_reset", meter=old,
+                  new_meter=meter, final_read_at=final["timestamp"], block=event.block)
 
     def _rolled_back(self, fork: int, deep: bool) -> None:
         """Blocks after ``fork`` were replaced: forget what they brought, and tell the followers."""

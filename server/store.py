@@ -378,6 +378,19 @@ class Store:
         self._count.add(-removed)
         return int(removed)
 
+    def restart_cursor(self, meter: str, cursor: Cursor) -> int:
+        """A meter's register and sequence restarted on chain (``RegisterReset``, or a new meter's ``MeterExchanged``):
+        its cursor becomes ``cursor``, and its readings still waiting to be submitted from before the final read
+        (which the chain can only refuse as stale) are dropped; returns how many."""
+        key = meter.lower()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(_UPSERT_CURSOR, (key, cursor.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
+            removed = self.db.execute("DELETE FROM queue WHERE meter=? AND tx_hash IS NULL AND timestamp<=?",
+                                      (key, cursor.timestamp)).rowcount
+        self._count.add(-removed)
+        return int(removed)
+
     def oldest_received_at(self) -> float | None:
         """When the reading queued longest was received (None when the queue is empty)."""
         row = self.db.execute("SELECT received_at FROM queue ORDER BY rowid LIMIT 1").fetchone()

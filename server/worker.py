@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from common import errors
@@ -29,6 +30,7 @@ from server.hub import Hub
 from server.store import Store
 from server.tls import ensure_tls, server_context, small_tls_buffers
 from server.upstream import LoginContext
+from server.validation import Cursor
 
 __all__ = ["worker_main", "MainLink"]
 
@@ -52,6 +54,8 @@ class MainLink:
         self._ids = itertools.count(1)
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Told that a meter's register and sequence restarted on chain (the worker's gateway's cursors).
+        self.on_restart: Callable[[str, Cursor], None] | None = None
 
     def _write(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -90,6 +94,9 @@ class MainLink:
                     peer.outlet.close(int(msg.get("code", 1000)), str(msg.get("reason", ""))))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+        elif op == "restart" and self.on_restart is not None:
+            self.on_restart(str(msg["meter"]), Cursor(int(msg["seq"]), int(msg["timestamp"]), int(msg["energy_wh"]),
+                                                      int(msg["export_wh"])))
         elif op == "stop":
             self.stopping.set()
 
@@ -173,6 +180,7 @@ async def _run(settings: Settings, deployment: Deployment, number: int, port: in
     link = MainLink(reader, writer, hub, store)
     tls = server_context(ensure_tls(settings.data_dir / "tls"))
     gateway = Gateway(settings, deployment, chain, store, hub, link, tls, reuse_port=True)
+    link.on_restart = gateway.restarted
     try:
         try:
             server = await gateway.start()

@@ -32,6 +32,7 @@ from server.control import LINE_LIMIT, WORKER_OPS, frame, unframe
 from server.hub import Hub
 from server.store import Store
 from server.upstream import InProcess
+from server.validation import Cursor
 
 __all__ = ["WorkerPool", "RemoteOutlet"]
 
@@ -319,6 +320,16 @@ class WorkerPool:
         self.hub.release(meter)
         link.write(frame("login_ok", id=msg["id"], tariff=context.tariff.model_dump(), final_at=context.final_at,
                          preface=context.preface))
+
+    def restarted(self, meter: str, cursor: Cursor) -> None:
+        """A relay listener: a meter's register and sequence restarted on chain; its cursor restarts in the store
+        and in every worker's memory."""
+        self.store.restart_cursor(meter, cursor)
+        restart = frame("restart", meter=meter, seq=cursor.seq, timestamp=cursor.timestamp,
+                        energy_wh=cursor.energy_wh, export_wh=cursor.export_wh)
+        for worker in self.workers:
+            if worker.link is not None:
+                worker.link.write(restart)
 
     async def _tell_state(self) -> None:
         """Tell the workers, now and then, the queue's size (for their ``overloaded`` check) and the final block."""

@@ -55,6 +55,7 @@ from server.api.schemas import (
     Page,
     ParticipationOut,
     ReadingOut,
+    RestartOut,
     SettlementPeriodOut,
     TariffOut,
     ThresholdIn,
@@ -66,6 +67,7 @@ from server.api.schemas import (
     grid_alert_out,
     iso,
     meter_out,
+    restart_out,
     tariff_out,
 )
 from server.api.throttle import client_key
@@ -380,7 +382,8 @@ async def readings(
         results = [ReadingOut(interval_start=iso(r["interval_start"]) or "", interval_end=iso(r["timestamp"]) or "",
                               energy_wh=r["energy_wh"], consumption_kwh=r["energy_wh"] / 1000,
                               energy_in_window_wh=r["energy_in_window_wh"], seq=r["seq"],
-                              register_wh=r["register_wh"], block=r["block"], tx_hash=r["tx_hash"]) for r in rows]
+                              register_wh=r["register_wh"], block=r["block"], tx_hash=r["tx_hash"],
+                              source=r["source"]) for r in rows]
         return _page(request, count, page, page_size, results)
     buckets = group_hours(ctx.index.hours(m.address, first, after), group_by, ctx.settings.tz)
     if order_by == "-period":
@@ -415,6 +418,15 @@ def _settlement(ctx: ApiContext, m: MeterRecord, start: int, end: int) -> list[S
     return out
 
 
+@router.get("/meters/{address}/restarts", response_model=list[RestartOut], tags=["meters"],
+            responses=answers(*METER_ERRORS))
+async def meter_restarts(ctx: Ctx, who: Caller, address: MeterAddress) -> list[RestartOut]:
+    """The meter's exchanges (as the meter taken out or the one put in) and register resets, oldest first: each
+    final read that closed a register, and the registers after it."""
+    m = _meter(ctx, who, address)
+    return [restart_out(r) for r in ctx.index.restarts(m.address)]
+
+
 @router.get("/meters/{address}/band-costs", response_model=list[BandCostOut], tags=["meters"],
             responses=answers(*METER_ERRORS))
 async def band_costs(
@@ -440,7 +452,7 @@ async def band_costs(
             responses=answers(*METER_ERRORS))
 async def meter_bills(
     request: Request, ctx: Ctx, who: Caller, address: MeterAddress,
-    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    status: Annotated[Literal["open", "issued", "transferred"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
     min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,
@@ -456,7 +468,7 @@ async def meter_bills(
 async def bills(
     request: Request, ctx: Ctx, who: Caller,
     meter: Annotated[str | None, Query(pattern=ADDRESS.pattern, description="one meter's bills only")] = None,
-    status: Annotated[Literal["open", "issued"] | None, Query()] = None,
+    status: Annotated[Literal["open", "issued", "transferred"] | None, Query()] = None,
     period_from: TimeParam = None, period_to: TimeParamTo = None,
     min_amount_micropence: MinAmount = None,
     order_by: OrderBy = "-period", page: PageNo = 1, page_size: PageSize = 100,

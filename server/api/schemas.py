@@ -30,6 +30,7 @@ __all__ = [
     "MeterOut",
     "ConsumptionOut",
     "ReadingOut",
+    "RestartOut",
     "TariffOut",
     "PricingOut",
     "SettlementPeriodOut",
@@ -47,6 +48,7 @@ __all__ = [
     "MeterDemandResponseOut",
     "bill_out",
     "meter_out",
+    "restart_out",
     "tariff_out",
     "grid_alert_out",
     "consumption_alert_out",
@@ -101,7 +103,8 @@ class BillOut(BaseModel):
 
     meter: str
     period_id: int
-    status: Literal["open", "issued"]
+    status: Literal["open", "issued", "transferred"] = Field(
+        description="transferred: the period went on with the meter that took over in an exchange")
     period_start: str
     period_end: str
     energy_wh: int = Field(description="energy imported in the period")
@@ -157,7 +160,8 @@ class MeterOut(BaseModel):
     name: str | None
     account_ref: str
     region: str
-    status: Literal["active", "inactive"]
+    status: Literal["active", "inactive", "retired"] = Field(
+        description="retired: exchanged for `replaced_by`, which took over its account and open bill")
     connected: bool
     opened_at: str
     registered_at: str
@@ -167,6 +171,7 @@ class MeterOut(BaseModel):
     hourly_limit_wh: int
     rejected_readings: int
     customer: CustomerOut | None
+    replaced_by: str | None = Field(None, description="the meter that took over this one's account in an exchange")
 
 
 class ConsumptionOut(BaseModel):
@@ -186,6 +191,29 @@ class ReadingOut(ConsumptionOut):
                                                  "hourly totals are)")
     seq: int
     register_wh: int
+    block: int
+    tx_hash: str
+    source: Literal["meter", "exchange", "reset"] = Field(
+        "meter", description="a signed reading, or the operator's final read closing the register in a meter "
+                             "exchange or register reset (its seq is the last reading's)")
+
+
+class RestartOut(BaseModel):
+    """A meter exchange or register reset: the final read that closed the register, and the registers after it."""
+
+    kind: Literal["exchange", "reset"]
+    meter: str = Field(description="the meter whose register was closed")
+    new_meter: str | None = Field(description="exchange: the meter that took over the account and open bill")
+    at: str = Field(description="the final read's time; the new register's readings must come after it")
+    last_seq: int = Field(description="the last seq of the old sequence; the new one starts at 1")
+    final_import_register_wh: int
+    final_export_register_wh: int
+    final_import_wh: int = Field(description="energy imported between the last reading and the final read")
+    final_export_wh: int
+    opening_import_register_wh: int = Field(description="the register from then on (the new meter's, after an "
+                                                        "exchange)")
+    opening_export_register_wh: int
+    period_id: int = Field(description="the billing period that goes on across it")
     block: int
     tx_hash: str
 
@@ -441,13 +469,24 @@ def meter_out(m: MeterRecord, connected: bool, limit_wh: int, customer: Customer
                            block=m.last_block, tx_hash=m.last_tx)
     return MeterOut(
         address=m.address, name=customer.meter_name if customer else None, account_ref=m.account_ref,
-        region=m.region, status="active" if m.active else "inactive", connected=connected,
+        region=m.region, status="retired" if m.replaced_by else "active" if m.active else "inactive",
+        connected=connected, replaced_by=m.replaced_by,
         opened_at=iso(m.opened_at) or "", registered_at=iso(m.registered_at) or "",
         status_changed_at=iso(m.status_changed_at) or "", last_reading=last, open_bill=bill_out(m.period, final),
         hourly_limit_wh=limit_wh, rejected_readings=m.rejected,
         customer=CustomerOut(name=customer.name, postal_address=customer.address, email=customer.email)
         if customer else None,
     )
+
+
+def restart_out(r: dict[str, Any]) -> RestartOut:
+    """A row of the index's ``restarts`` for the API."""
+    return RestartOut(kind=r["kind"], meter=r["meter"], new_meter=r["new_meter"], at=iso(r["at"]) or "",
+                      last_seq=r["last_seq"], final_import_register_wh=r["final_import_wh"],
+                      final_export_register_wh=r["final_export_wh"], final_import_wh=r["import_wh"],
+                      final_export_wh=r["export_wh"], opening_import_register_wh=r["opening_import_wh"],
+                      opening_export_register_wh=r["opening_export_wh"], period_id=r["period_id"], block=r["block"],
+                      tx_hash=r["tx_hash"])
 
 
 def tariff_out(t: dict[str, Any]) -> TariffOut:

@@ -95,7 +95,7 @@ def statement_of(ctx: ApiContext, who: Principal, address: str, period_id: int) 
         chain=ChainPlace(ctx.deployment.chain_id, ctx.deployment.address), figures=figures,
         amount_due=period.amount_due - sum(c.amount for c in credits), issue=issue, opening=opening,
         readings=[r for r, _, _ in readings], schedule=ctx.index.schedule, tz=ctx.settings.tz,
-        drawn_up_at=int(time.time()), credits=credits)
+        drawn_up_at=int(time.time()), credits=credits, restarts=ctx.index.period_restarts(meter.address, period_id))
 
 
 def _download(st: Statement, extension: str) -> dict[str, str]:

@@ -27,6 +27,8 @@ def test_every_event_decodes_as_web3_decodes_it(chain, deployment, snapshot):
     receipts.append(billing.close_billing_period(meter.address))
     receipts.append(billing.deactivate_meter(meter.address))
     receipts.append(billing.reactivate_meter(meter.address))
+    receipts.append(billing.reset_register(meter.address, 5_400, 120, good.timestamp, 0, 0))
+    receipts.append(billing.exchange_meter(meter.address, Account.create().address, 0, 0, good.timestamp, 7, 0))
     alert = billing.raise_grid_alert(2, "frequency_dip", "", "Ünïcode & <b>text</b>", int(time.time()) + 600)
     receipts.append(alert)
     receipts.append(billing.clear_grid_alert(billing.events("GridAlert", alert)[0]["args"]["id"]))

@@ -20,6 +20,7 @@ from common.statement import (
     ChainPlace,
     CreditLine,
     Issue,
+    MeterRestart,
     RecordedReading,
     Statement,
     Status,
@@ -181,3 +182,42 @@ def test_credits_beyond_the_export_credit_are_listed_and_lower_the_amount_due_th
         build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due, issue=None,
                         opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON, drawn_up_at=START,
                         credits=[bonus])
+
+
+def test_a_statement_across_a_register_reset_counts_the_final_read_and_the_new_registers():
+    before = readings(4)
+    final = RecordedReading(4, before[-1].timestamp + 900, before[-1].import_register_wh + 60,
+                            before[-1].export_register_wh + 6, 110, "0x" + "f" * 64, "reset")
+    reset = MeterRestart("reset", final.timestamp, ACCOUNT.meter, 0, 0, 110, "0x" + "f" * 64)
+    after = [RecordedReading(seq, final.timestamp + seq * 1_800, seq * 100, seq * 10, 120 + seq, f"0x{seq:064x}")
+             for seq in (1, 2)]
+    rs = [*before, final, *after]
+    # The contract's figures: the final read priced as a reading, then the new registers' energy.
+    cost = credit = 0
+    t, imported, exported = START, 50_000, 0
+    for r in rs:
+        if r is after[0]:
+            imported, exported = 0, 0
+        c, e = cost_of(SCHEDULE, t, r.timestamp, r.import_register_wh - imported, r.export_register_wh - exported)
+        cost, credit, t, imported, exported = cost + c, credit + e, r.timestamp, r.import_register_wh, \
+            r.export_register_wh
+    figures = OpenBill(3, START, t, 4 * 100 + 60 + 200, 4 * 10 + 6 + 20, cost, credit,
+                       standing_charge(SCHEDULE.versions, START, t))
+    st = build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due, issue=None,
+                         opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON, drawn_up_at=START,
+                         restarts=[reset])
+    assert [(r.seq, r.source, r.import_wh) for r in st.readings] == [
+        (1, "meter", 100), (2, "meter", 100), (3, "meter", 100), (4, "meter", 100), (4, "reset", 60),
+        (1, "meter", 100), (2, "meter", 100)]
+    assert (st.opening_import_wh, st.closing_import_wh, st.restarts) == (50_000, 200, (reset,))
+    text = to_csv(st)
+    assert f"reading,4,{final.timestamp}," in text and text.count("final_read_reset") == 1
+    assert "restart,reset," in text and "Register reset" in pdf_text(to_pdf(st))
+    # Without the reset the new registers read as a fall; a reset outside the period is refused.
+    with pytest.raises(StatementMismatch, match="out of order"):
+        build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due, issue=None,
+                        opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON, drawn_up_at=START)
+    with pytest.raises(StatementMismatch, match="the reset at"):
+        build_statement(account=ACCOUNT, chain=CHAIN, figures=figures, amount_due=figures.amount_due, issue=None,
+                        opening=(50_000, 0), readings=rs, schedule=SCHEDULE, tz=LONDON, drawn_up_at=START,
+                        restarts=[replace(reset, at=START - 1)])

@@ -244,6 +244,63 @@ export class Replay {
     if (seq > m.lastSeq) m.lastSeq = seq;
   }
 
+  /** The final read of a meter exchange or register reset (its `finalRecord`, in ReadingRecorded's layout): at the
+   * last reading's time it must repeat its registers and adds nothing; later, its energy is accrued as a reading's
+   * is. Either way the event's running totals are held to ours. */
+  finalRead(m, args, where, what) {
+    const r = unpackRecord(args.finalRecord);
+    const note = (text) => m.problems.push(`${what} (${where}): ${text}`);
+    if (r.seq !== m.lastSeq) note(`its final read says the last seq is ${r.seq}, recomputed ${m.lastSeq}`);
+    if (r.timestamp === m.lastTimestamp) {
+      if (r.importWh !== m.importWh || r.exportWh !== m.exportWh) note("its final read moves the registers without time");
+    } else if (r.timestamp < m.lastTimestamp || r.importWh < m.importWh || r.exportWh < m.exportWh) {
+      note("its final read does not follow the last reading (time or registers)");
+    } else {
+      const { cost, credit } = this.schedule.cost(m.lastTimestamp, r.timestamp, r.importWh - m.importWh,
+        r.exportWh - m.exportWh);
+      m.cost += cost;
+      m.credit += credit;
+    }
+    if (r.periodImportCost !== m.cost || r.periodExportCredit !== m.credit) {
+      note(`the event says the period's charge and credit are ${r.periodImportCost} and ${r.periodExportCredit}, `
+        + `recomputed ${m.cost} and ${m.credit} micropence`);
+      m.cost = r.periodImportCost;
+      m.credit = r.periodExportCredit;
+    }
+    Object.assign(m, { lastTimestamp: r.timestamp, importWh: r.importWh, exportWh: r.exportWh });
+  }
+
+  /** The registers restart at `importWh` and `exportWh` (sequence 0): the period's start registers move with them,
+   * so that the period keeps the energy it had. */
+  static restartRegisters(m, importWh, exportWh) {
+    Object.assign(m, { lastSeq: 0n, startImport: m.startImport + importWh - m.importWh,
+      startExport: m.startExport + exportWh - m.exportWh, importWh, exportWh });
+  }
+
+  /** MeterExchanged: the old meter's final read, then the new meter takes over its open period (number, start,
+   * energy, charge and credit) with its own registers; the old one is left with an empty period. */
+  exchange(args, where) {
+    const m = this.meter(args.meter);
+    if (m === undefined) return;
+    const before = m.problems.length;
+    this.finalRead(m, args, where, `exchange for ${args.newMeter}`);
+    // A wrong final read is wrong on both meters' rows: the new one's open bill carries it.
+    const successor = { ...m, address: args.newMeter, readings: 0, bills: [], problems: m.problems.slice(before),
+      registeredAt: where };
+    Replay.restartRegisters(successor, BigInt(args.openingImportWh), BigInt(args.openingExportWh));
+    this.meters.set(args.newMeter.toLowerCase(), successor);
+    Object.assign(m, { retiredFor: args.newMeter, periodStart: m.lastTimestamp, startImport: m.importWh,
+      startExport: m.exportWh, cost: 0n, credit: 0n });
+  }
+
+  /** RegisterReset: the final read, then the registers and the sequence restart; the open period goes on. */
+  reset(args, where) {
+    const m = this.meter(args.meter);
+    if (m === undefined) return;
+    this.finalRead(m, args, where, "register reset");
+    Replay.restartRegisters(m, BigInt(args.importWh), BigInt(args.exportWh));
+  }
+
   /** The open period's figures as they should be now. */
   openFigures(m) {
     const standingCharge = this.schedule.standingCharge(m.periodStart, m.lastTimestamp);

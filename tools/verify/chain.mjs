@@ -91,8 +91,9 @@ export async function readEvents(client, deployment, block, meters, chunk) {
   } else {
     const schedule = SCHEDULE_EVENTS.map((name) => topicOf(abi, name));
     raw = await logs(client, address, deployment.block, block, [schedule], chunk);
+    const account = await accountMeters(client, deployment, block, meters, chunk);
     raw.push(...await logs(client, address, deployment.block, block,
-      [null, meters.map((m) => pad(m.toLowerCase(), { size: 32 }))], chunk));
+      [null, account.map((m) => pad(m.toLowerCase(), { size: 32 }))], chunk));
   }
   const events = [];
   for (const log of raw) {
@@ -105,6 +106,26 @@ export async function readEvents(client, deployment, block, meters, chunk) {
     }
   }
   return events.sort(chainOrder);
+}
+
+/** The meters given and every meter their accounts had or passed to in exchanges (MeterExchanged: the old meter
+ * is the first topic, the new one the second): the bill of one account runs across them. */
+async function accountMeters(client, deployment, block, meters, chunk) {
+  const exchanges = await logs(client, deployment.address, deployment.block, block,
+    [topicOf(deployment.abi, "MeterExchanged")], chunk);
+  const pairs = exchanges.map((log) => [`0x${log.topics[1].slice(26)}`, `0x${log.topics[2].slice(26)}`]);
+  const found = new Set(meters.map((m) => m.toLowerCase()));
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [old, fresh] of pairs) {
+      if (found.has(old) !== found.has(fresh)) {
+        found.add(old);
+        found.add(fresh);
+        grew = true;
+      }
+    }
+  }
+  return [...found];
 }
 
 /** Events in chain order: by block, then by log index (which runs across every contract in a block). */

@@ -8,7 +8,9 @@
 // from the readings and the tariff, clock-change and day-ahead price events with integer arithmetic
 // (tools/verify/bill.mjs, written from the published rules, not from the project's code), and holds
 // them to the contract's own figures: every ReadingRecorded event's running totals, every
-// BillIssued event and the openBill view. It prints one row per meter and a summary line.
+// BillIssued event and the openBill view. A meter exchange (MeterExchanged) or register reset (RegisterReset)
+// prices its final read like a reading and carries the open bill on to the new meter or the restarted
+// registers; its running totals are held to ours too. It prints one row per meter and a summary line.
 //
 // When the deployment has the DemandResponse contract, it also recomputes every CreditApplied credit:
 // the meter's baseline and actual energy over the event's window from its readings and the events'
@@ -20,7 +22,7 @@
 
 import { pathToFileURL } from "node:url";
 
-import { Replay, Schedule, kwh, pounds } from "./bill.mjs";
+import { Replay, Schedule, kwh, pounds, unpackRecord } from "./bill.mjs";
 import { CannotCheck, chainOrder, connect, hasCode, loadDeployment, maxPowerW, openBill, readEvents } from "./chain.mjs";
 import { Credits } from "./credits.mjs";
 
@@ -93,7 +95,13 @@ export async function verify(options) {
     } else if (e.name === "ReadingRecorded") {
       replay.reading(e.args, where);
       credits.reading(e.args);
-    } else if (e.name === "ReadingRejected") replay.rejected(e.args, where); else if (e.name === "BillIssued") replay.issue(e.args, where);
+    } else if (e.name === "ReadingRejected") replay.rejected(e.args, where);
+    else if (e.name === "BillIssued") replay.issue(e.args, where);
+    else if (e.name === "MeterExchanged") {
+      replay.exchange(e.args, where);
+      const r = unpackRecord(e.args.finalRecord);
+      credits.register({ meter: e.args.newMeter, openedAt: r.timestamp, openingWh: e.args.openingImportWh });
+    } else if (e.name === "RegisterReset") replay.reset(e.args, where);
     else if (e.name === "DemandResponseEvent") credits.announce(e.args);
     else if (e.name === "DemandResponseCancelled") credits.cancel(e.args);
     else if (e.name === "OptedOut") credits.optOut(e.args);
