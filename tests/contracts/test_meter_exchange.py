@@ -161,11 +161,15 @@ def test_exchange_refuses_a_new_meter_that_is_registered_or_zero_and_an_unknown_
 # ---------------------------------------------------------------- resetRegister
 
 
-def test_a_meter_whose_sequence_is_used_up_records_again_after_a_register_reset(meter: OpenMeter) -> None:
+def test_a_meter_whose_numbering_went_wrong_records_again_after_a_register_reset(meter: OpenMeter) -> None:
     billing = meter.billing
     t = meter.opened
-    meter.submit(MAX_SEQ, t + 7_200, 12_000, 700)
-    stuck = meter.submit(MAX_SEQ, t + 9_000, 12_100)
+    meter.submit(2, t + 7_200, 12_000, 700)
+    # A firmware fault that jumps to the last seq can no longer use the meter up: the contract wants the next one.
+    jump = meter.submit(MAX_SEQ, t + 8_000, 12_050)
+    assert logged(billing, jump)[0][1]["reason"] == int(RejectReason.SEQUENCE_GAP)
+    # Firmware that restarted its numbering is refused as stale, until the operator restarts the sequence.
+    stuck = meter.submit(1, t + 9_000, 12_100)
     assert logged(billing, stuck)[0][1]["reason"] == int(RejectReason.STALE_SEQUENCE)
     before = meter.ledger
     # Firmware fault: the registers are fine; the final read is the last reading, and only the sequence restarts.
