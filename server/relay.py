@@ -579,6 +579,8 @@ class Relay:
             log_event(log, "tariff_changed", version=int(args["version"]), effective_from=int(args["effectiveFrom"]),
                       standing=int(args["standingCharge"]), import_kind=int(args["importKind"]),
                       export_kind=int(args["exportKind"]))
+        elif name == "TariffWithdrawn":
+            log_event(log, "tariff_withdrawn", version=int(args["version"]), effective_from=int(args["effectiveFrom"]))
         elif name == "MeterDeactivated":
             meter = args["meter"]
             notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")
