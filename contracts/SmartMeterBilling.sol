@@ -16,7 +16,9 @@ import {IMeterBilling} from "./IMeterBilling.sol";
 /// proportion to time (`_accrue`: cumulative floors, so the parts add up to the register delta exactly)
 /// and each part is priced at its period's price (Wh x millipence/kWh = micropence, exact). A period's
 /// price comes from the tariff version in force at its start: flat, a daily band table, or day-ahead
-/// prices published per period with a fallback. Versions start at period boundaries at least
+/// prices published per period with a fallback. A reading spanning more than `LOOP_PERIODS` periods is
+/// priced in closed form to the same micropence (`_accrueLong`, docs/long-gaps.md), so its cost does not
+/// grow with the length of a meter's silence. Versions start at period boundaries at least
 /// `maxFutureSkew` ahead of the block, and day-ahead prices are published as far ahead, so no price of
 /// a period any recorded reading covers ever changes: a new tariff never reprices consumption.
 ///
