@@ -21,10 +21,15 @@ __all__ = [
     "BATCH_BASE_GAS",
     "GAS_PER_READING",
     "GAS_PER_EXTRA_PERIOD",
+    "GAS_PER_GAP_PERIOD",
+    "LONG_GAP_GAS",
+    "LOOP_PERIODS",
+    "MAX_GAP_GAS",
     "MAX_BATCH_GAS",
     "RECORD_BYTES",
     "compact_signature",
     "extra_periods",
+    "gap_gas",
     "gas_limit_for",
     "pack_reading",
     "submit_readings_calldata",
@@ -36,26 +41,49 @@ GAS_PER_READING = 40_000
 #: Each settlement period a reading spans beyond its first (a gap) costs its share and its price: measured
 #: ~3,700 gas with a banded clock-time import and day-ahead export tariff (tests/contracts).
 GAS_PER_EXTRA_PERIOD = 6_000
+#: A reading spanning more periods than this beyond its first is priced in closed form (the contract's
+#: ``LOOP_PERIODS``): its cost grows with the tariff versions, clock changes and published day-ahead prices
+#: the gap crosses, not with its half hours.
+LOOP_PERIODS = 24
+#: A closed-form gap's gas: a fixed part (each stretch of one tariff version and clock offset priced by local
+#: half hour; measured ~120k after a week and ~300k after 400 days of time of use) ...
+LONG_GAP_GAS = 1_000_000
+#: ... and a part per half hour, for day-ahead prices published throughout the gap on both sides (each its
+#: own price: measured ~1,550 gas a half hour). The gateway cannot see what was published, so it assumes it.
+GAS_PER_GAP_PERIOD = 2_000
 RECORD_BYTES = 104
 #: The most gas a batch's bound may ask for: well inside a 30M-gas block, so a batch of readings after
 #: long gaps is cut short rather than refused by the node.
 MAX_BATCH_GAS = 25_000_000
+#: The most one reading's gap is bounded at (whole extra periods' worth): a reading after any silence goes,
+#: alone if need be.
+MAX_GAP_GAS = (MAX_BATCH_GAS - BATCH_BASE_GAS - GAS_PER_READING) // GAS_PER_EXTRA_PERIOD * GAS_PER_EXTRA_PERIOD
 SUBMIT_READINGS_SELECTOR = keccak(text="submitReadings(bytes)")[:4]
 _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
+def gap_gas(start: int, end: int) -> int:
+    """The gas of pricing a reading's interval [start, end) beyond its first settlement period: per period
+    for a short gap, the closed form's bound (``LONG_GAP_GAS`` + ``GAS_PER_GAP_PERIOD`` a period, at most
+    ``MAX_GAP_GAS``) for one of more than ``LOOP_PERIODS``."""
+    if end <= start:
+        return 0
+    extra = (end - 1) // PERIOD_SECONDS - start // PERIOD_SECONDS
+    if extra <= LOOP_PERIODS:
+        return GAS_PER_EXTRA_PERIOD * extra
+    return min(LONG_GAP_GAS + GAS_PER_GAP_PERIOD * extra, MAX_GAP_GAS)
+
+
 def extra_periods(spans: Iterable[tuple[int, int]]) -> int:
-    """Settlement periods the readings' intervals (previous timestamp, timestamp) span beyond one each."""
-    total = 0
-    for start, end in spans:
-        if end > start:
-            total += (end - 1) // PERIOD_SECONDS - start // PERIOD_SECONDS
-    return total
+    """What the readings' intervals (previous timestamp, timestamp) cost beyond one period each, in extra
+    periods' worth (``GAS_PER_EXTRA_PERIOD``): the periods spanned for a short gap, the closed form's bound
+    for a long one (``gap_gas``)."""
+    return sum(-(-gap_gas(start, end) // GAS_PER_EXTRA_PERIOD) for start, end in spans)
 
 
 def gas_limit_for(n: int, extra: int = 0) -> int:
-    """The gas limit for ``n`` readings spanning ``extra`` periods beyond one each (a bound, so the
-    node need not estimate each batch)."""
+    """The gas limit for ``n`` readings whose gaps cost ``extra`` periods' worth (``extra_periods``; a bound,
+    so the node need not estimate each batch)."""
     return BATCH_BASE_GAS + GAS_PER_READING * n + GAS_PER_EXTRA_PERIOD * extra
 
 

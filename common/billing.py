@@ -134,9 +134,13 @@ class Billing:
         """Everything that prices a period, read from the chain: versions, clock changes, day-ahead prices."""
         events = self.contract.events
         start = self.deployment.block
-        clock = ClockTable().with_changes(
-            (int(e.args.at), int(e.args.offsetMinutes)) for e in events.ClockChangeAdded().get_logs(from_block=start)
-        )
+        logged = [(e.blockNumber, e.logIndex, 1, int(e.args.at), int(e.args.offsetMinutes))
+                  for e in events.ClockChangeAdded().get_logs(from_block=start)]
+        logged += [(e.blockNumber, e.logIndex, 0, int(e.args.at), 0)
+                   for e in events.ClockChangeWithdrawn().get_logs(from_block=start)]
+        clock = ClockTable()
+        for _, _, added, at, minutes in sorted(logged):
+            clock = clock.with_changes([(at, minutes)]) if added else clock.without(at)
         schedule = Schedule(self.versions(), clock)
         for e in events.DayAheadPricesPublished().get_logs(from_block=start):
             schedule.publish(int(e.args["from"]) // PERIOD_SECONDS, e.args.importPrices, e.args.exportPrices)
@@ -234,6 +238,14 @@ class Billing:
     def set_flat_tariff(self, unit_rate: int, standing_charge: int, effective_from: int = 0) -> Any:
         """Add a flat import tariff without export payments (operator key)."""
         return self.set_tariff(TariffVersion.flat(unit_rate, standing_charge, effective_from))
+
+    def withdraw_tariff(self, version: int) -> Any:
+        """Withdraw the newest tariff version before it takes effect (operator key)."""
+        return self.client.transact(self.settings.operator_key, self.contract.functions.withdrawTariff(version))
+
+    def withdraw_clock_change(self, at: int) -> Any:
+        """Withdraw the last published clock change before it takes effect (operator key)."""
+        return self.client.transact(self.settings.operator_key, self.contract.functions.withdrawClockChange(at))
 
     def publish_day_ahead(self, start: int, import_prices: Sequence[int], export_prices: Sequence[int] = ()) -> Any:
         """Publish day-ahead prices for consecutive periods from ``start`` (operator key)."""

@@ -63,8 +63,10 @@ def _solc_binary(settings: Settings) -> str:
 
 
 def _imports_hash() -> str:
+    """What a contract's imports depend on: the OpenZeppelin release and every source in ``contracts/``."""
     oz = ROOT / "node_modules" / "@openzeppelin" / "contracts" / "package.json"
-    return oz.read_text() if oz.exists() else ""
+    local = "".join(path.read_text() for path in sorted((ROOT / "contracts").glob("*.sol")))
+    return (oz.read_text() if oz.exists() else "") + local
 
 
 def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:

@@ -28,7 +28,7 @@ RECORD_FIELDS = (
     ("energyWh", 64, 48),
     ("exportWh", 112, 48),
     ("periodImportCost", 160, 48),
-    ("periodExportCredit", 208, 48),
+    ("periodExportCredit", 208, 47),
 )
 
 

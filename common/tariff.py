@@ -254,6 +254,10 @@ class ClockTable:
         """The table with later changes appended."""
         return ClockTable(self.changes + tuple((int(a), int(m)) for a, m in more))
 
+    def without(self, at: int) -> ClockTable:
+        """The table with the change at ``at`` withdrawn (``ClockChangeWithdrawn``)."""
+        return ClockTable(tuple(change for change in self.changes if change[0] != at))
+
 
 def uk_clock_changes(first_year: int, last_year: int, zone: dt.tzinfo = UK) -> list[tuple[int, int]]:
     """Every change of ``zone``'s offset from UTC in the years given, from the IANA database, in

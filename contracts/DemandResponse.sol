@@ -5,24 +5,7 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
-
-/// @notice The views of SmartMeterBilling that demand response reads.
-interface IMeterBilling {
-    /// @notice A meter's registration and reading state (see SmartMeterBilling).
-    function meterState(address meter)
-        external
-        view
-        returns (bool, bool, bytes32, bytes32, uint64, uint64, uint64, uint64);
-
-    /// @notice A meter's open billing period (see SmartMeterBilling).
-    function openBill(address meter)
-        external
-        view
-        returns (uint32, uint64, uint64, uint64, uint64, uint64, uint64, uint64, int256);
-
-    /// @notice Greatest plausible supply power in watts (see SmartMeterBilling).
-    function maxPowerW() external view returns (uint64);
-}
+import {IMeterBilling} from "./IMeterBilling.sol";
 
 /// @title DemandResponse
 /// @notice Demand-response events after OpenADR 2.0b's model, meter-signed opt-outs and the credits paid

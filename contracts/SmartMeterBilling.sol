@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {IMeterBilling} from "./IMeterBilling.sol";
 
 /// @title SmartMeterBilling
 /// @notice The source of truth for meters, time-of-use tariffs, import and export readings, live bills
@@ -15,7 +16,9 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 /// proportion to time (`_accrue`: cumulative floors, so the parts add up to the register delta exactly)
 /// and each part is priced at its period's price (Wh x millipence/kWh = micropence, exact). A period's
 /// price comes from the tariff version in force at its start: flat, a daily band table, or day-ahead
-/// prices published per period with a fallback. Versions start at period boundaries at least
+/// prices published per period with a fallback. A reading spanning more than `LOOP_PERIODS` periods is
+/// priced in closed form to the same micropence (`_accrueLong`, docs/long-gaps.md), so its cost does not
+/// grow with the length of a meter's silence. Versions start at period boundaries at least
 /// `maxFutureSkew` ahead of the block, and day-ahead prices are published as far ahead, so no price of
 /// a period any recorded reading covers ever changes: a new tariff never reprices consumption.
 ///
@@ -29,7 +32,7 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 ///
 /// Meters sign each reading as EIP-712 typed data; the gateway relays packed batches and pays the gas
 /// but cannot forge or alter a reading.
-contract SmartMeterBilling is AccessControl, EIP712 {
+contract SmartMeterBilling is AccessControl, EIP712, IMeterBilling {
     /// @notice Registers, deactivates, reactivates, exchanges and resets meters, sets tariffs and prices, closes
     /// periods.
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
@@ -50,6 +53,9 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     uint256 public constant PERIOD_SECONDS = 1800;
     /// @notice Most day-ahead prices one call publishes (two local days).
     uint256 public constant MAX_PRICES = 100;
+    /// @notice A reading spanning more settlement periods than this beyond its first is priced in closed form
+    /// (whole stretches of unchanged prices at once); shorter ones half hour by half hour.
+    uint256 public constant LOOP_PERIODS = 24;
 
     /// @notice Price kinds: the version's rate for every period.
     uint8 public constant FLAT = 0;
@@ -150,6 +156,9 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     Tariff[] private _versions;
     /// @dev Day-ahead prices: key (p >> 3) << 1 | side (0 import, 1 export), 8 x 32 bits of price + 1.
     mapping(uint256 key => uint256 prices) private _dayAhead;
+    /// @dev Periods where day-ahead prices may be published (either side), as sorted disjoint spans
+    /// `from | to << 32` ([from, to), periods): a gap's stretches outside them are priced in closed form.
+    uint256[] private _published;
     /// @dev Clock changes by bucket (t >> 25): bits 0-7 offset at the bucket's start + 128 (in half
     /// hours; 0 = not published), then per change 32 bits of time and 8 bits of the offset after + 128.
     mapping(uint256 bucket => uint256 changes) private _clock;
@@ -195,14 +204,19 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         uint256 exportBands,
         uint256 exportBandRates
     );
+    /// @notice Emitted when the newest tariff version is withdrawn before it took effect; the next version
+    /// added takes its number.
+    event TariffWithdrawn(uint32 indexed version, uint64 effectiveFrom);
     /// @notice Emitted when day-ahead prices are published for the periods from `from` on (an empty
     /// list leaves that side as it was).
     event DayAheadPricesPublished(uint64 indexed from, uint32[] importPrices, uint32[] exportPrices);
     /// @notice Emitted when a UK clock change is published.
     event ClockChangeAdded(uint64 at, int16 offsetMinutes);
+    /// @notice Emitted when the last published UK clock change is withdrawn before it took effect.
+    event ClockChangeWithdrawn(uint64 at, int16 offsetMinutes);
     /// @notice Emitted when a reading is recorded. `record` holds, low to high bits: seq (32), timestamp
     /// (32), import register (48), export register (48), the open period's import cost (48) and export
-    /// credit (48), in Wh and micropence.
+    /// credit (47), in Wh and micropence (the state word without its active bit).
     event ReadingRecorded(address indexed meter, uint256 record);
     /// @notice Emitted when a reading in a batch is rejected; the rest of the batch goes on. A rejection for
     /// the reading's content uses up its seq (see `RejectReason`): the meter's last seq moves to it.
@@ -261,6 +275,10 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     error TooSoon(uint64 time, uint64 earliest);
     /// @notice Thrown when a tariff version would not start after the last one.
     error NotAfterLastVersion(uint64 effectiveFrom, uint64 lastEffectiveFrom);
+    /// @notice Thrown when withdrawing a tariff version that is not the newest, or the opening one.
+    error NotNewestVersion(uint32 version, uint32 newest);
+    /// @notice Thrown when withdrawing a clock change that is not the last one published.
+    error NotLastClockChange(uint64 at, uint64 lastAt);
     /// @notice Thrown when a day-ahead publication has no prices, too many, or import and export differ.
     error BadPriceCount(uint256 importCount, uint256 exportCount);
     /// @notice Thrown when a clock change is not after the last one published.
@@ -531,8 +549,8 @@ contract SmartMeterBilling is AccessControl, EIP712 {
 
     /// @notice Adds a tariff version, in force from its `effectiveFrom` until the next version.
     /// @dev `effectiveFrom` must be a period boundary at least `maxFutureSkew` from now and after the last
-    /// version's start; 0 means the first such boundary. Later versions cannot be withdrawn: to change a
-    /// scheduled one, add another after it.
+    /// version's start; 0 means the first such boundary. A version not yet in effect can be withdrawn
+    /// (`withdrawTariff`, newest first) to schedule a nearer one.
     /// @param t The version (its `effectiveFrom` as above).
     /// @return version The new version's number (1 is the constructor's).
     function setTariff(Tariff calldata t) external onlyRole(OPERATOR_ROLE) returns (uint32 version) {
@@ -547,6 +565,19 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         Tariff memory v = t;
         v.effectiveFrom = uint32(from);
         return _addVersion(v);
+    }
+
+    /// @notice Withdraws the newest tariff version while it starts at least `maxFutureSkew` from now, so that
+    /// no reading has been priced by it; its number goes to the next version added.
+    /// @param version The newest version's number (named so that a stale request cannot withdraw another).
+    function withdrawTariff(uint32 version) external onlyRole(OPERATOR_ROLE) {
+        uint256 n = _versions.length;
+        if (version != n || n == 1) revert NotNewestVersion(version, uint32(n));
+        uint256 from = _versions[n - 1].effectiveFrom;
+        uint256 earliest = block.timestamp + maxFutureSkew;
+        if (from < earliest) revert TooSoon(uint64(from), uint64(earliest));
+        _versions.pop();
+        emit TariffWithdrawn(version, uint64(from));
     }
 
     function _addVersion(Tariff memory v) private returns (uint32 version) {
@@ -594,6 +625,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         uint256 first = from / PERIOD_SECONDS;
         _publish(first, importPrices, 0);
         _publish(first, exportPrices, 1);
+        _markPublished(first, first + (ni > ne ? ni : ne));
         emit DayAheadPricesPublished(from, importPrices, exportPrices);
     }
 
@@ -614,6 +646,21 @@ contract SmartMeterBilling is AccessControl, EIP712 {
             } while (i < n && p & 7 != 0);
             _dayAhead[key] = word;
         }
+    }
+
+    /// @dev Adds [from, to) to `_published`, merging it with every span it touches or precedes (a span may
+    /// then cover periods without a price: they are priced period by period, at the fallback, all the same).
+    function _markPublished(uint256 from, uint256 to) private {
+        uint256 n = _published.length;
+        while (n != 0) {
+            uint256 span = _published[n - 1];
+            if (span >> 32 < from) break;
+            if (uint32(span) < from) from = uint32(span);
+            if (span >> 32 > to) to = span >> 32;
+            _published.pop();
+            --n;
+        }
+        _published.push(from | (to << 32));
     }
 
     /// @notice Publishes UK clock changes after the last one published, each at least `maxFutureSkew` ahead.
@@ -659,6 +706,53 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         emit ClockChangeAdded(at, offsetMinutes);
     }
 
+    /// @notice Withdraws the last published clock change while it lies at least `maxFutureSkew` ahead, so
+    /// that no reading has been priced by it (to publish a corrected one: withdraw, then add).
+    /// @param at The last change's time (named so that a stale request cannot withdraw another).
+    function withdrawClockChange(uint64 at) external onlyRole(OPERATOR_ROLE) {
+        uint256 lastAt = _clockLastAt;
+        if (at != lastAt || lastAt == 0) revert NotLastClockChange(at, uint64(lastAt));
+        uint256 earliest = block.timestamp + maxFutureSkew;
+        if (at < earliest) revert TooSoon(at, uint64(earliest));
+        int16 offsetMinutes = _clockLastOffset * 30;
+        uint256 bucket = _clockLastBucket;
+        uint256 word = _clock[bucket];
+        uint256 k = 1;
+        while (k < CLOCK_SLOTS && uint32(word >> (8 + 40 * k)) != 0) ++k;
+        --k; // the slot of the change withdrawn: the last one used
+        if (k > 0) {
+            word &= ~(uint256(type(uint40).max) << (8 + 40 * k));
+            _clock[bucket] = word;
+            _setLastClockChange(word, k - 1, bucket);
+        } else {
+            // The change opened its bucket, filling the empty ones since the previous change's: undo both.
+            delete _clock[bucket];
+            uint256 previous = 0;
+            while (bucket > 0) {
+                --bucket;
+                previous = _clock[bucket];
+                if (previous == 0 || uint32(previous >> 8) != 0) break;
+                delete _clock[bucket];
+            }
+            if (previous == 0) {
+                _clockLastAt = 0;
+                _clockLastBucket = 0;
+                _clockLastOffset = 0;
+            } else {
+                k = 1;
+                while (k < CLOCK_SLOTS && uint32(previous >> (8 + 40 * k)) != 0) ++k;
+                _setLastClockChange(previous, k - 1, bucket);
+            }
+        }
+        emit ClockChangeWithdrawn(at, offsetMinutes);
+    }
+
+    function _setLastClockChange(uint256 word, uint256 k, uint256 bucket) private {
+        _clockLastAt = uint32(word >> (8 + 40 * k));
+        _clockLastOffset = int16(int256((word >> (40 + 40 * k)) & 0xff) - 128);
+        _clockLastBucket = uint32(bucket);
+    }
+
     /// @dev The UK clock's offset from UTC at `t`, in half hours (0 before the first published change,
     /// the last published offset after the last).
     function _offsetAt(uint256 t) private view returns (int256 offset) {
@@ -675,10 +769,22 @@ contract SmartMeterBilling is AccessControl, EIP712 {
         }
     }
 
-    /// @dev The index in `_versions` of the version in force at `t` (version 1 starts at 0).
-    function _versionIndexAt(uint256 t) private view returns (uint256 i) {
-        i = _versions.length - 1;
-        while (_versions[i].effectiveFrom > t) --i;
+    /// @dev The index in `_versions` of the version in force at `t` (version 1 starts at 0): the newest or
+    /// the one before (a version is scheduled) if it is, in one or two reads, else a binary search, so the
+    /// cost grows with the log of the count.
+    function _versionIndexAt(uint256 t) private view returns (uint256) {
+        uint256 hi = _versions.length - 1;
+        if (_versions[hi].effectiveFrom <= t) return hi;
+        --hi;
+        if (_versions[hi].effectiveFrom <= t) return hi;
+        uint256 lo = 0;
+        --hi;
+        while (lo < hi) {
+            uint256 mid = (lo + hi + 1) >> 1;
+            if (_versions[mid].effectiveFrom <= t) lo = mid;
+            else hi = mid - 1;
+        }
+        return lo;
     }
 
     /// @dev The import and export prices of settlement period `p`, in millipence per kWh.
@@ -704,8 +810,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
     }
 
     function _dayAheadPrice(uint256 p, uint256 side, uint256 fallbackRate) private view returns (uint256) {
-        uint256 entry = uint32(_dayAhead[((p >> 3) << 1) | side] >> (32 * (p & 7)));
-        return entry == 0 ? fallbackRate : entry - 1;
+        return _fromWord(_dayAhead[((p >> 3) << 1) | side], p, fallbackRate);
     }
 
     /// @dev Prices of period `p` through the batch's memory cache (64 entries, direct-mapped on p mod 64, so
@@ -869,6 +974,7 @@ contract SmartMeterBilling is AccessControl, EIP712 {
                 (importPrice, exportPrice) = _cachedPrices(p, cache);
                 return (dImport * importPrice, dExport * exportPrice);
             }
+            if (last - p > LOOP_PERIODS) return _accrueLong(t0, t1, dImport, dExport, last);
             uint256 span = t1 - t0;
             uint256 doneImport = 0;
             uint256 doneExport = 0;
@@ -888,6 +994,259 @@ contract SmartMeterBilling is AccessControl, EIP712 {
                 (importPrice, exportPrice) = _cachedPrices(last, cache);
                 cost += (dImport - doneImport) * importPrice;
                 credit += (dExport - doneExport) * exportPrice;
+            }
+        }
+    }
+
+    /// @dev Running sums of `_accrueLong`: a gap's interval and deltas, and the import and export sums of
+    /// C(q) x (price(q) - price(q + 1)) kept as the positive and the negative terms apart (micropence).
+    struct Gap {
+        uint256 t0;
+        uint256 span;
+        uint256 dImport;
+        uint256 dExport;
+        uint256 costUp;
+        uint256 costDown;
+        uint256 creditUp;
+        uint256 creditDown;
+    }
+
+    /// @dev `_accrue` for a gap of more than `LOOP_PERIODS` periods, at a cost bounded by the number of
+    /// tariff versions, clock changes and published day-ahead prices it spans, not by its length. With
+    /// C(q) = floor(d x ((q + 1) x 1800 - t0) / (t1 - t0)) the cumulative floor at the end of period q,
+    /// the parts are C(q) - C(q - 1) (C(first - 1) = 0, C(last) = d) and summation by parts gives
+    /// sum of part(q) x price(q) = d x price(last) + sum over q in [first, last) of C(q) x (price(q) -
+    /// price(q + 1)): the same micropence, counting only the periods after which the price changes.
+    function _accrueLong(uint256 t0, uint256 t1, uint256 dImport, uint256 dExport, uint256 last)
+        private
+        view
+        returns (uint256 cost, uint256 credit)
+    {
+        Gap memory gap = Gap(t0, t1 - t0, dImport, dExport, 0, 0, 0, 0);
+        (uint256 importPrice, uint256 exportPrice) = _pricesOf(last);
+        unchecked {
+            gap.costUp = dImport * importPrice;
+            gap.creditUp = dExport * exportPrice;
+            for (uint256 q = t0 / PERIOD_SECONDS; q < last;) {
+                q = _stretch(gap, q, last);
+            }
+            // The sums are the cost and credit of the split, so never negative.
+            return (gap.costUp - gap.costDown, gap.creditUp - gap.creditDown);
+        }
+    }
+
+    /// @dev Adds the terms of the periods q.. of one stretch (one tariff version, one clock offset and, for a
+    /// day-ahead side, published prices throughout or nowhere) to `gap`; returns the next stretch's first
+    /// period. Without published prices a stretch's prices repeat every 48 periods: each local half hour h
+    /// whose price differs from the next one's adds (price_h - price_h+1) x a sum of floors of an
+    /// arithmetic progression (`_floorSum`). Published stretches are summed period by period.
+    function _stretch(Gap memory gap, uint256 q, uint256 last) private view returns (uint256 end) {
+        uint256 index = _versionIndexAt(q * PERIOD_SECONDS);
+        Tariff memory v = _versions[index];
+        end = last + 1;
+        if (index + 1 < _versions.length) {
+            uint256 next = _versions[index + 1].effectiveFrom / PERIOD_SECONDS;
+            if (next < end) end = next;
+        }
+        int256 offset = 0;
+        if (v.clock == CLOCK_LOCAL && (v.importKind == BANDED || v.exportKind == BANDED)) {
+            offset = _offsetAt(q * PERIOD_SECONDS);
+            uint256 change = _nextClockPeriod(q * PERIOD_SECONDS, end);
+            if (change < end) end = change;
+        }
+        bool published = false;
+        if (v.importKind == DAY_AHEAD || v.exportKind == DAY_AHEAD) {
+            uint256 until;
+            (published, until) = _publishedSpanAt(q);
+            if (until < end) end = until;
+        }
+        // Pairs (q', q' + 1) inside the stretch, then the pair that crosses into the next one.
+        uint256 stop = end <= last ? end - 1 : last;
+        if (published || stop - q < PERIODS_PER_DAY) _pairs(gap, v, offset, q, stop);
+        else _halfHourSums(gap, v, offset, q, stop);
+        if (end <= last) {
+            uint256 h = uint256(int256(end - 1 + PERIODS_PER_DAY) + offset) % PERIODS_PER_DAY;
+            (uint256 nextImport, uint256 nextExport) = _pricesOf(end);
+            _addTerm(gap, end - 1, _priceIn(v, 0, end - 1, h), nextImport, _priceIn(v, 1, end - 1, h), nextExport);
+        }
+    }
+
+    /// @dev The terms of the periods [q, stop) one by one (prices of q' and q' + 1 both from version `v`).
+    function _pairs(Gap memory gap, Tariff memory v, int256 offset, uint256 q, uint256 stop) private view {
+        if (q >= stop) return;
+        uint256 h = uint256(int256(q + PERIODS_PER_DAY) + offset) % PERIODS_PER_DAY;
+        uint256 importPrice = _priceIn(v, 0, q, h);
+        uint256 exportPrice = _priceIn(v, 1, q, h);
+        bool importAhead = v.importKind == DAY_AHEAD;
+        bool exportAhead = v.exportKind == DAY_AHEAD;
+        uint256 importWord;
+        uint256 exportWord;
+        // The sums on the stack, written back once: [cost up, cost down, credit up, credit down].
+        uint256[4] memory sums = [gap.costUp, gap.costDown, gap.creditUp, gap.creditDown];
+        uint256 span = gap.span;
+        unchecked {
+            // d x (seconds from t0 to the end of period p - 1), for import and export.
+            uint256 importAt = gap.dImport * ((q + 1) * PERIOD_SECONDS - gap.t0);
+            uint256 exportAt = gap.dExport * ((q + 1) * PERIOD_SECONDS - gap.t0);
+            uint256 importStep = gap.dImport * PERIOD_SECONDS;
+            uint256 exportStep = gap.dExport * PERIOD_SECONDS;
+            for (uint256 p = q + 1; p <= stop; ++p) {
+                h = h == PERIODS_PER_DAY - 1 ? 0 : h + 1;
+                if (p == q + 1 || p & 7 == 0) {
+                    // One storage word holds a side's day-ahead prices of eight periods: read it once.
+                    if (importAhead) importWord = _dayAhead[(p >> 3) << 1];
+                    if (exportAhead) exportWord = _dayAhead[((p >> 3) << 1) | 1];
+                }
+                uint256 next = importAhead ? _fromWord(importWord, p, v.importRate) : _periodicPrice(v, 0, h);
+                if (next != importPrice) {
+                    if (importPrice > next) sums[0] += (importAt / span) * (importPrice - next);
+                    else sums[1] += (importAt / span) * (next - importPrice);
+                    importPrice = next;
+                }
+                next = exportAhead ? _fromWord(exportWord, p, v.exportRate) : _periodicPrice(v, 1, h);
+                if (next != exportPrice) {
+                    if (exportPrice > next) sums[2] += (exportAt / span) * (exportPrice - next);
+                    else sums[3] += (exportAt / span) * (next - exportPrice);
+                    exportPrice = next;
+                }
+                importAt += importStep;
+                exportAt += exportStep;
+            }
+        }
+        (gap.costUp, gap.costDown, gap.creditUp, gap.creditDown) = (sums[0], sums[1], sums[2], sums[3]);
+    }
+
+    /// @dev Period `p`'s day-ahead price in its storage word (`_dayAhead`), or `fallbackRate` if unpublished.
+    function _fromWord(uint256 word, uint256 p, uint256 fallbackRate) private pure returns (uint256) {
+        uint256 entry = uint32(word >> (32 * (p & 7)));
+        return entry == 0 ? fallbackRate : entry - 1;
+    }
+
+    /// @dev The terms of the periods [q, stop) of a stretch without published prices, by local half hour.
+    function _halfHourSums(Gap memory gap, Tariff memory v, int256 offset, uint256 q, uint256 stop) private pure {
+        if (v.importKind != BANDED && v.exportKind != BANDED) return; // one price throughout: no term
+        unchecked {
+            uint256 hq = uint256(int256(q + PERIODS_PER_DAY) + offset) % PERIODS_PER_DAY;
+            for (uint256 h = 0; h < PERIODS_PER_DAY; ++h) {
+                uint256 after_ = h == PERIODS_PER_DAY - 1 ? 0 : h + 1;
+                uint256 importPrice = _periodicPrice(v, 0, h);
+                uint256 nextImport = _periodicPrice(v, 0, after_);
+                uint256 exportPrice = _periodicPrice(v, 1, h);
+                uint256 nextExport = _periodicPrice(v, 1, after_);
+                if (importPrice == nextImport && exportPrice == nextExport) continue;
+                // The periods q' in [q, stop) whose local half hour is h: first, first + 48, ...
+                uint256 first = q + (h + PERIODS_PER_DAY - hq) % PERIODS_PER_DAY;
+                if (first >= stop) continue;
+                uint256 n = (stop - 1 - first) / PERIODS_PER_DAY + 1;
+                uint256 at = (first + 1) * PERIOD_SECONDS - gap.t0;
+                if (importPrice != nextImport && gap.dImport != 0) {
+                    uint256 sum = _floorSum(n, gap.span, gap.dImport * SECONDS_PER_DAY, gap.dImport * at);
+                    if (importPrice > nextImport) gap.costUp += sum * (importPrice - nextImport);
+                    else gap.costDown += sum * (nextImport - importPrice);
+                }
+                if (exportPrice != nextExport && gap.dExport != 0) {
+                    uint256 sum = _floorSum(n, gap.span, gap.dExport * SECONDS_PER_DAY, gap.dExport * at);
+                    if (exportPrice > nextExport) gap.creditUp += sum * (exportPrice - nextExport);
+                    else gap.creditDown += sum * (nextExport - exportPrice);
+                }
+            }
+        }
+    }
+
+    /// @dev Adds C(q) x (price(q) - price(q + 1)) for import and export.
+    function _addTerm(
+        Gap memory gap,
+        uint256 q,
+        uint256 importPrice,
+        uint256 nextImport,
+        uint256 exportPrice,
+        uint256 nextExport
+    ) private pure {
+        unchecked {
+            uint256 at = (q + 1) * PERIOD_SECONDS - gap.t0;
+            if (importPrice != nextImport) {
+                uint256 cum = (gap.dImport * at) / gap.span;
+                if (importPrice > nextImport) gap.costUp += cum * (importPrice - nextImport);
+                else gap.costDown += cum * (nextImport - importPrice);
+            }
+            if (exportPrice != nextExport) {
+                uint256 cum = (gap.dExport * at) / gap.span;
+                if (exportPrice > nextExport) gap.creditUp += cum * (exportPrice - nextExport);
+                else gap.creditDown += cum * (nextExport - exportPrice);
+            }
+        }
+    }
+
+    /// @dev One side's price (0 import, 1 export) of period `p`, local half hour `h`, under version `v`.
+    function _priceIn(Tariff memory v, uint256 side, uint256 p, uint256 h) private view returns (uint256) {
+        uint8 kind = side == 0 ? v.importKind : v.exportKind;
+        uint256 rate = side == 0 ? v.importRate : v.exportRate;
+        if (kind == FLAT) return rate;
+        if (kind == BANDED) {
+            return side == 0 ? _band(v.importBands, v.importBandRates, h) : _band(v.exportBands, v.exportBandRates, h);
+        }
+        return _dayAheadPrice(p, side, rate);
+    }
+
+    /// @dev One side's price at local half hour `h` under version `v` where no day-ahead price is published.
+    function _periodicPrice(Tariff memory v, uint256 side, uint256 h) private pure returns (uint256) {
+        uint8 kind = side == 0 ? v.importKind : v.exportKind;
+        if (kind != BANDED) return side == 0 ? v.importRate : v.exportRate;
+        return side == 0 ? _band(v.importBands, v.importBandRates, h) : _band(v.exportBands, v.exportBandRates, h);
+    }
+
+    /// @dev The first period from which a clock change after `t` applies, if it is before period `before`
+    /// (else type(uint256).max). A change at `at` applies to the periods starting at or after it.
+    function _nextClockPeriod(uint256 t, uint256 before) private view returns (uint256) {
+        if (_clockLastAt <= t) return type(uint256).max;
+        uint256 limit = before * PERIOD_SECONDS;
+        uint256 lastBucket = _clockLastBucket;
+        for (uint256 b = t >> CLOCK_BUCKET_SHIFT; b <= lastBucket && (b << CLOCK_BUCKET_SHIFT) < limit; ++b) {
+            uint256 word = _clock[b];
+            for (uint256 k = 0; k < CLOCK_SLOTS; ++k) {
+                uint256 at = uint32(word >> (8 + 40 * k));
+                if (at == 0) break;
+                if (at > t) return (at + PERIOD_SECONDS - 1) / PERIOD_SECONDS;
+            }
+        }
+        return type(uint256).max;
+    }
+
+    /// @dev Whether day-ahead prices may be published for period `q` (it lies in a span of `_published`),
+    /// and the first period after `q` where that may change (type(uint256).max: never).
+    function _publishedSpanAt(uint256 q) private view returns (bool inside, uint256 until) {
+        uint256 lo = 0;
+        uint256 n = _published.length;
+        uint256 hi = n;
+        while (lo < hi) {
+            uint256 mid = (lo + hi) >> 1;
+            if (_published[mid] >> 32 > q) hi = mid;
+            else lo = mid + 1;
+        }
+        if (lo == n) return (false, type(uint256).max);
+        uint256 span = _published[lo];
+        uint256 from = uint32(span);
+        return from <= q ? (true, span >> 32) : (false, from);
+    }
+
+    /// @dev sum over i in [0, n) of floor((a x i + b) / m), in O(log m) steps (the Euclidean-like
+    /// reduction of floor sums). Here n < 2^22, a < 2^65, b < 2^80, m < 2^32: nothing nears 2^256.
+    function _floorSum(uint256 n, uint256 m, uint256 a, uint256 b) private pure returns (uint256 sum) {
+        unchecked {
+            while (true) {
+                if (a >= m) {
+                    sum += ((n * (n - 1)) / 2) * (a / m);
+                    a %= m;
+                }
+                if (b >= m) {
+                    sum += n * (b / m);
+                    b %= m;
+                }
+                uint256 top = a * n + b;
+                if (top < m) return sum;
+                n = top / m;
+                b = top % m;
+                (m, a) = (a, m);
             }
         }
     }
@@ -929,7 +1288,9 @@ contract SmartMeterBilling is AccessControl, EIP712 {
                 mstore(add(ptr, 0x60), s)
                 mstore(add(ptr, 0x80), 0)
                 let success := staticcall(gas(), 1, ptr, 0x80, add(ptr, 0x80), 0x20)
-                ok := and(success, eq(mload(add(ptr, 0x80)), meter))
+                let signer := mload(add(ptr, 0x80))
+                // A failed recovery leaves the zero address: never a signer, whatever `meter` is.
+                ok := and(and(success, iszero(iszero(signer))), eq(signer, meter))
             }
         }
     }

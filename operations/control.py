@@ -629,8 +629,12 @@ class Operations:
         if name == "NotPeriodBoundary":
             return InvalidRequest(f"{err.message}: tariffs and prices start on the hour or half hour")
         if name == "NotAfterLastVersion":
-            return InvalidRequest(f"{err.message}: a new version must start after the last one scheduled; see them "
-                                  f"with: {COMMAND} tariff")
+            return InvalidRequest(f"{err.message}: a new version must start after the last one scheduled (see them "
+                                  f"with: {COMMAND} tariff); to replace a later one not yet in force, withdraw it "
+                                  f"first: {COMMAND} tariff --withdraw VERSION")
+        if name in ("NotNewestVersion", "NotLastClockChange"):
+            return InvalidRequest(f"{err.message}: only the newest version (or the last clock change) can be "
+                                  "withdrawn, newest first")
         if ref is None:
             return err
         if name == "MeterNotActive":
@@ -901,9 +905,37 @@ class Operations:
         spec = ref.TariffVersion.from_struct(fn.tariffVersion(number).call())
         return TariffVersion(number, spec.import_rule.rate, spec.standing_charge, spec.effective_from, spec)
 
+    def _tariff_events(self) -> list[ChainEvent]:
+        """The ``TariffChanged`` events of the versions not withdrawn since (``TariffWithdrawn``), in chain order."""
+        kept: list[ChainEvent] = []
+        for event in sorted(self._logs("TariffChanged") + self._logs("TariffWithdrawn"), key=lambda e: e.position):
+            if event.name == "TariffChanged":
+                kept.append(event)
+            elif kept and int(kept[-1].args["version"]) == int(event.args["version"]):
+                kept.pop()
+        return kept
+
     def tariff_history(self) -> list[TariffVersion]:
-        """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events."""
-        return [_tariff(e.args) for e in self._logs("TariffChanged")]
+        """Every tariff the contract has had, oldest first, from its ``TariffChanged`` events (less those
+        withdrawn before they took effect)."""
+        return [_tariff(e.args) for e in self._tariff_events()]
+
+    def withdraw_tariff(self, version: int) -> TariffVersion:
+        """Withdraw the newest tariff version before it takes effect; returns it.
+
+        Raises:
+            InvalidRequest: ``version`` is not the newest, or it starts too soon (it may price readings already).
+        """
+        history = self.tariff_history()
+        newest = history[-1]
+        if version != newest.version or version == 1:
+            raise InvalidRequest(f"only the newest tariff version ({newest.version}) can be withdrawn, and never "
+                                 "the opening one: withdraw the newer ones first")
+        try:
+            self.billing.withdraw_tariff(version)
+        except ChainError as err:
+            raise self._refusal(err) from err
+        return newest
 
     def set_tariff(self, unit_rate_pence: str | None = None, standing_charge_pence: str | None = None,
                    export_rate_pence: str | None = None, effective_from: int = 0) -> TariffVersion:
@@ -955,6 +987,16 @@ class Operations:
         except ChainError as err:
             raise self._refusal(err) from err
         return _tariff(self._receipt_event(receipt, "TariffChanged").args)
+
+    def withdraw_clock_change(self, at: int) -> tuple[int, int]:
+        """Withdraw the last published UK clock change (at unix second ``at``) before it takes effect; returns
+        (at, minutes ahead of UTC it would have set)."""
+        try:
+            receipt = self.billing.withdraw_clock_change(at)
+        except ChainError as err:
+            raise self._refusal(err) from err
+        args = self._receipt_event(receipt, "ClockChangeWithdrawn").args
+        return int(args["at"]), int(args["offsetMinutes"])
 
     def publish_prices(self, start: int, import_prices: list[int], export_prices: list[int]) -> int:
         """Publish day-ahead prices for consecutive half hours from ``start``; returns how many periods."""
@@ -1028,7 +1070,7 @@ class Operations:
         ref = self.resolve(meter)
         view = self.billing.meter(ref.address)
         registered = self._logs("MeterRegistered", ref.address)
-        tariff_events = self._logs("TariffChanged")
+        tariff_events = self._tariff_events()
         if registered:
             since = registered[0].position
             earlier = [e for e in tariff_events if e.position < since]

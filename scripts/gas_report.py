@@ -7,7 +7,8 @@ import and export in UK clock time), moves the chain's clock past its start and 
 batches of readings with import and export, each within one settlement period (as live meters'
 readings are). A second table shows day-ahead prices and readings that cross a period boundary, and
 the last lines demand response: a meter's signed opt-out, its withdrawal, a change of an event and crediting 100
-meters in one transaction.
+meters in one transaction. The silence table is one reading (a batch of 1) after 1, 7, 30 and 400 days without
+one, on the time-of-use tariff, and after 30 days on day-ahead prices published for every half hour of them.
 """
 
 from __future__ import annotations
@@ -111,6 +112,46 @@ def demand_response(client: ChainClient, deployment: Any, run: Run) -> dict[str,
             "modify_100": int(modified["gasUsed"]), "credit_100": int(credited["gasUsed"]), "meters": len(meters)}
 
 
+SILENCE_DAYS = (1, 7, 30, 400)
+
+
+def silences(client: ChainClient, billing: Billing) -> list[dict[str, Any]]:
+    """Gas of one reading after each of ``SILENCE_DAYS`` of silence (time of use), and after 30 days of
+    published day-ahead prices; ``gas`` is None where the reading could not be recorded."""
+    skew = billing.settings.max_future_skew
+    start = (billing.now() + skew) // PERIOD_SECONDS * PERIOD_SECONDS + PERIOD_SECONDS
+    billing.set_tariff(replace(TIME_OF_USE, effective_from=start))
+    day_ahead_from = start + (max(SILENCE_DAYS) + 2) * 86_400
+    billing.set_tariff(replace(DAY_AHEAD, effective_from=day_ahead_from))
+    for first in range(day_ahead_from, day_ahead_from + 30 * 86_400, 2 * 86_400):  # two days a publication
+        billing.publish_day_ahead(first, [20_000 + 37 * (i % 50) for i in range(96)],
+                                  [9_000 + 11 * i for i in range(96)])
+    cases = [(f"time of use, {days} day{'s' if days > 1 else ''}", start + 2 * 86_400 + 600, days)
+             for days in SILENCE_DAYS]
+    cases.append(("day-ahead, published, 30 days", day_ahead_from + 600, 30))
+    advance(client, day_ahead_from + 32 * 86_400 - billing.now())
+    rows = []
+    for name, first_read, days in cases:
+        meter = Account.create()
+        billing.register_meters([(meter.address, b"\x01" * 32, "north", 1_000)], opened_at=first_read - 1_000)
+        at = first_read + days * 86_400 - 13
+        readings = []
+        for seq, (t, wh) in enumerate(((first_read, 1_200), (at, 1_200 + days * 9_000)), start=1):
+            r = ReadingData(meter.address, seq, t, wh, days * seq * 100)
+            readings.append((r, sign_reading(meter.key, billing.deployment.domain, r)))
+        billing.submit_readings(readings[:1])
+        call = billing.contract.functions.submitReadings(pack_reading(*readings[1]))
+        limit = gas_limit_for(1, extra_periods([(first_read, at)]))
+        try:
+            receipt = billing.client.transact(billing.settings.gateway_key, call, gas=min(limit, 29_000_000))
+            assert len(billing.events("ReadingRecorded", receipt)) == 1
+            gas: int | None = int(receipt["gasUsed"])
+        except Exception:  # noqa: BLE001 - the figure is "could not be recorded", whatever the node said
+            gas = None
+        rows.append({"case": name, "gas": gas, "gas_bound": limit})
+    return rows
+
+
 def measure(sizes: list[int]) -> dict[str, Any]:
     """Run every scenario on a fresh Ganache and return the figures."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +197,8 @@ def measure(sizes: list[int]) -> dict[str, Any]:
                 gas, recorded, _ = run.submit(run.signed(run.meters[:100], t, 20, 7))
                 assert recorded == 100
                 extra.append({"case": name, "batch": 100, "gas": gas, "gas_per_reading": gas // 100})
-            return {"time_of_use": rows, "other": extra, "demand_response": demand_response(client, deployment, run)}
+            dr = demand_response(client, deployment, run)
+            return {"time_of_use": rows, "other": extra, "demand_response": dr, "silence": silences(client, billing)}
         finally:
             chain.stop()
 
@@ -191,6 +233,10 @@ def main() -> int:
     print("\nOther cases (batch of 100):")
     for row in figures["other"]:
         print(f"  {row['case']:<40} {row['gas_per_reading']:>7,} gas/reading")
+    print("\nOne reading after a silence (a batch of 1; the gateway's bound from common/batches.py):")
+    for row in figures["silence"]:
+        used = f"{row['gas']:>11,} gas" if row["gas"] is not None else "  not recordable"
+        print(f"  {row['case']:<40} {used}   bound {row['gas_bound']:>12,}")
     dr = figures["demand_response"]
     print("\nDemand response:")
     print(f"  {'opt-out (signed by the meter, relayed)':<40} {dr['opt_out']:>9,} gas")

@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                              "half hour the contract allows)")
     tariff.add_argument("--prices", type=Path, help="publish day-ahead prices from a CSV (start,import,export) or "
                                                      "JSON file of half-hourly prices")
+    tariff.add_argument("--withdraw", type=int, metavar="VERSION",
+                        help="withdraw the newest version before it takes effect (first, if a new one is also given)")
+    tariff.add_argument("--withdraw-clock-change", type=int, metavar="UNIX_SECONDS",
+                        help="withdraw the last published UK clock change (its time, as `tariff` lists) before it "
+                             "takes effect")
 
     close = commands.add_parser("close-period", help="close a meter's billing period and issue its bill")
     close.add_argument("meter", metavar="METER", nargs="?")
@@ -189,6 +194,15 @@ def _run(ops: Operations, args: argparse.Namespace) -> None:
         print(render_restart(done, tz))
     elif args.command == "tariff":
         start = parse_time(args.effective_from, tz) if args.effective_from else 0
+        if args.withdraw is not None:
+            withdrawn = ops.withdraw_tariff(args.withdraw)
+            print(f"tariff version {withdrawn.version} withdrawn; it would have started "
+                  f"{format_time(withdrawn.effective_from, tz)} (the next version added takes its number)")
+            print()
+        if args.withdraw_clock_change is not None:
+            at, minutes = ops.withdraw_clock_change(args.withdraw_clock_change)
+            print(f"clock change at {format_time(at, tz)} (to UTC{minutes / 60:+g}h) withdrawn")
+            print()
         if any(r is not None for r in (args.unit_rate, args.standing_charge, args.export_rate)):
             before = ops.tariff()
             new = ops.set_tariff(args.unit_rate, args.standing_charge, args.export_rate, start)

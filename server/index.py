@@ -578,6 +578,11 @@ class Index:
             if number > len(self.schedule.versions):
                 self.schedule.add_version(version)
             out.tariffs.append(tariff_row(number, version, event.block, event.tx_hash))
+        elif name == "TariffWithdrawn":
+            number = int(args["version"])
+            self.db.execute("DELETE FROM tariffs WHERE version=?", (number,))
+            if number == len(self.schedule.versions):
+                self.schedule.versions.pop()
         elif name == "DayAheadPricesPublished":
             first = int(args["from"]) // 1_800
             for side, prices in ((0, args["importPrices"]), (1, args["exportPrices"])):
@@ -589,6 +594,10 @@ class Index:
             self.db.execute(_UPSERT_CLOCK, (at, minutes))
             if not self.schedule.clock.changes or self.schedule.clock.changes[-1][0] < at:
                 self.schedule.clock = self.schedule.clock.with_changes([(at, minutes)])
+        elif name == "ClockChangeWithdrawn":
+            at = int(args["at"])
+            self.db.execute("DELETE FROM clock_changes WHERE at=?", (at,))
+            self.schedule.clock = self.schedule.clock.without(at)
         elif name == "BillIssued":
             self._issue(event, block_time, out)
         elif name in ("MeterExchanged", "RegisterReset"):

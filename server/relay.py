@@ -590,6 +590,8 @@ class Relay:
                       export_kind=int(args["exportKind"]))
         elif name in ("MeterExchanged", "RegisterReset"):
             self._restarted(event)
+        elif name == "TariffWithdrawn":
+            log_event(log, "tariff_withdrawn", version=int(args["version"]), effective_from=int(args["effectiveFrom"]))
         elif name == "MeterDeactivated":
             meter = args["meter"]
             notice = ErrorMessage(code="meter_inactive", message="this meter was deactivated by the operator")

@@ -9,10 +9,16 @@ from eth_utils import keccak
 from common.batches import (
     BATCH_BASE_GAS,
     GAS_PER_EXTRA_PERIOD,
+    GAS_PER_GAP_PERIOD,
     GAS_PER_READING,
+    LONG_GAP_GAS,
+    LOOP_PERIODS,
+    MAX_BATCH_GAS,
+    MAX_GAP_GAS,
     RECORD_BYTES,
     compact_signature,
     extra_periods,
+    gap_gas,
     gas_limit_for,
     pack_reading,
     submit_readings_calldata,
@@ -57,6 +63,18 @@ def test_the_calldata_is_the_selector_and_one_abi_bytes_argument() -> None:
     assert len(data) == 4 + 64 + 224  # two records padded to a whole number of words
 
 
-def test_the_gas_bound_grows_with_the_half_hours_a_gap_spans() -> None:
-    assert extra_periods([(0, 1_800), (1_799, 1_801), (100, 100 + 86_400)]) == 0 + 1 + 48
-    assert gas_limit_for(3, 49) == BATCH_BASE_GAS + 3 * GAS_PER_READING + 49 * GAS_PER_EXTRA_PERIOD
+def test_the_gas_bound_grows_with_the_half_hours_a_short_gap_spans() -> None:
+    twelve_hours = 12 * 3_600
+    assert extra_periods([(0, 1_800), (1_799, 1_801), (100, 100 + twelve_hours)]) == 0 + 1 + 24
+    assert gas_limit_for(3, 25) == BATCH_BASE_GAS + 3 * GAS_PER_READING + 25 * GAS_PER_EXTRA_PERIOD
+
+
+def test_a_long_gap_is_bounded_by_the_closed_form_and_any_silence_fits_a_batch() -> None:
+    day = 86_400
+    assert gap_gas(0, day + 1) == LONG_GAP_GAS + GAS_PER_GAP_PERIOD * 48
+    assert gap_gas(1_000, 1_000 + LOOP_PERIODS * 1_800) == LOOP_PERIODS * GAS_PER_EXTRA_PERIOD
+    week = gas_limit_for(1, extra_periods([(0, 7 * day)]))
+    assert week < 2_000_000 < gas_limit_for(1, 7 * 48 - 1)  # the per-half-hour bound it replaced
+    for days in (30, 400, 4_000):
+        bound = gas_limit_for(1, extra_periods([(17, days * day + 17)]))
+        assert gap_gas(17, days * day + 17) <= MAX_GAP_GAS and bound <= MAX_BATCH_GAS, days

@@ -24,6 +24,9 @@ def test_every_event_decodes_as_web3_decodes_it(chain, deployment, snapshot):
     receipts.append(billing.publish_day_ahead(start, [30_000, 31_000], [5_000, 5_100]))
     receipts.append(billing.client.transact(billing.settings.operator_key,
                                             billing.contract.functions.addClockChanges([(2_950_000_000, 60)])))
+    receipts.append(billing.withdraw_clock_change(2_950_000_000))
+    receipts.append(billing.set_flat_tariff(31_000, 60_000, start + 30 * 86_400))
+    receipts.append(billing.withdraw_tariff(billing.contract.functions.tariffCount().call()))
     receipts.append(billing.close_billing_period(meter.address))
     receipts.append(billing.deactivate_meter(meter.address))
     receipts.append(billing.reactivate_meter(meter.address))

@@ -6,8 +6,8 @@
 // standing charges in millipence per day; amounts in micropence. A settlement period p is the
 // UTC half hour [1800 p, 1800 (p + 1)).
 //
-// Nothing here does I/O: `Schedule` is filled from TariffChanged, ClockChangeAdded and
-// DayAheadPricesPublished events, `Replay` takes every meter's events in chain order and keeps
+// Nothing here does I/O: `Schedule` is filled from TariffChanged, TariffWithdrawn, ClockChangeAdded,
+// ClockChangeWithdrawn and DayAheadPricesPublished events, `Replay` takes every meter's events in chain order and keeps
 // what each bill should be, noting where an event or the contract's view says otherwise.
 
 export const PERIOD = 1800n;
@@ -19,6 +19,7 @@ export const DAY_AHEAD = 2n;
 export const CLOCK_GMT = 0n;
 const MASK32 = (1n << 32n) - 1n;
 const MASK48 = (1n << 48n) - 1n;
+const MASK47 = (1n << 47n) - 1n;
 
 /** Euclid's remainder (BigInt's % keeps the dividend's sign). */
 function mod(a, n) {
@@ -41,7 +42,7 @@ export function unpackRecord(record) {
     importWh: (word >> 64n) & MASK48,
     exportWh: (word >> 112n) & MASK48,
     periodImportCost: (word >> 160n) & MASK48,
-    periodExportCredit: (word >> 208n) & MASK48,
+    periodExportCredit: (word >> 208n) & MASK47,
   };
 }
 
@@ -79,6 +80,16 @@ export class Schedule {
       v[key] = BigInt(args[key]);
     }
     this.versions[Number(v.version) - 1] = v;
+  }
+
+  /** A TariffWithdrawn event: the newest version never took effect (the next one added takes its number). */
+  withdrawVersion(version) {
+    this.versions.length = Math.min(this.versions.length, Number(version) - 1);
+  }
+
+  /** A ClockChangeWithdrawn event: the change at `at` never took effect. */
+  withdrawClockChange(at) {
+    this.clock = this.clock.filter(([when]) => when !== BigInt(at));
   }
 
   /** A ClockChangeAdded event: from `at` on, the UK clock is `offsetMinutes` ahead of UTC. */

@@ -17,7 +17,8 @@ export class CannotCheck extends Error {}
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** Events that price every meter's energy: read whole even when one meter is checked. */
-const SCHEDULE_EVENTS = ["TariffChanged", "ClockChangeAdded", "DayAheadPricesPublished"];
+const SCHEDULE_EVENTS = ["TariffChanged", "TariffWithdrawn", "ClockChangeAdded", "ClockChangeWithdrawn",
+  "DayAheadPricesPublished"];
 
 /** The deployment file: given, or deployments/<chainId>.json in the current folder or the project's. */
 export function loadDeployment(path, chainId) {

@@ -81,7 +81,9 @@ export async function verify(options) {
   const schedule = new Schedule();
   for (const e of events) {
     if (e.name === "TariffChanged") schedule.addVersion(e.args);
+    else if (e.name === "TariffWithdrawn") schedule.withdrawVersion(e.args.version);
     else if (e.name === "ClockChangeAdded") schedule.addClockChange(e.args.at, e.args.offsetMinutes);
+    else if (e.name === "ClockChangeWithdrawn") schedule.withdrawClockChange(e.args.at);
     else if (e.name === "DayAheadPricesPublished") schedule.publish(e.args.from, e.args.importPrices, e.args.exportPrices);
   }
   if (schedule.versions.length === 0) throw new CannotCheck("no TariffChanged event found: nothing prices the energy");
