@@ -26,6 +26,7 @@ from common.eip712 import checksum_address
 from common.errors import ChainUnavailable, ConfigError, StorageError
 from common.logs import log_event
 from common.settings import Settings
+from server import metrics
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
@@ -191,6 +192,7 @@ class ServerApp:
             upstream = InProcess(settings, chain, hub, batcher, relay, demand_response, opt_outs)
             gateway: Gateway | WorkerPool
             if settings.gateway_workers > 1:
+                metrics.clear_worker_files(settings.data_dir)
                 gateway = WorkerPool(settings, deployment, store, hub, upstream)
                 await gateway.start()
             else:
@@ -209,6 +211,7 @@ class ServerApp:
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
         relay.followers.append(indexer)
+        relay.followers.append(metrics.EventCounter())
         relay.mined_listeners.append(batcher.mined)
         relay.final_listeners.append(batcher.finalized)
         relay.rollback_listeners.append(batcher.rolled_back)
@@ -227,6 +230,10 @@ class ServerApp:
             supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
         if http is not None:
             http.app.state.health = health
+            http.app.state.metrics = metrics.ServerCollector(health, chain, settings.batch_max_size,
+                                                             lambda: batcher.sender_chain)
+            http.app.state.metrics_workers = (metrics.worker_files(settings.data_dir)
+                                              if isinstance(gateway, WorkerPool) else None)
             http.start()
             assert http.task is not None
             supervisor.watch(http.task)

@@ -49,6 +49,7 @@ from common.messages import (
     protocol_version,
 )
 from common.settings import Settings
+from server import metrics
 from server.dr_relay import DR_VERSION
 from server.hub import Hub
 from server.ratelimit import TokenBucket
@@ -195,6 +196,7 @@ class Gateway:
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
+        metrics.gateway_counters().logins.labels(outcome=err.code).inc()
         log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=clip(err.message))
         try:
             await ws.send(encode(error_message(err)))
@@ -286,6 +288,7 @@ class Gateway:
             await ws.send(message)
         self.hub.release(meter)
         self.stats["logins"] += 1
+        metrics.gateway_counters().logins.labels(outcome="ok").inc()
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
                   region=view.region, protocol=f"v{version}")
         return meter
@@ -302,6 +305,7 @@ class Gateway:
             if not bucket.allow(now):
                 dropped += 1
                 last_drop = now
+                metrics.gateway_counters().refused.labels(code=errors.RateLimited.code).inc()
                 if dropped == 1:
                     self._reply_error(meter, errors.RateLimited(
                         f"more than {self.settings.rate_limit_per_second:g} messages a second; "
@@ -318,6 +322,7 @@ class Gateway:
                 reply = self._on_message(raw, session, meter, ws, version)
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
+                metrics.gateway_counters().refused.labels(code=err.code).inc()
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
                           logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=clip(err.message))
                 if self._commit_due():
@@ -416,4 +421,5 @@ class Gateway:
             self.hub.send(item.meter, item.reply)
         if readings:
             self.stats["readings"] += len(readings)
+            metrics.gateway_counters().accepted.inc(len(readings))
             self.upstream.queued(len(readings))

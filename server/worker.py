@@ -23,6 +23,7 @@ from common.deployment import Deployment
 from common.logs import log_event, setup_logging
 from common.messages import OptOut, TariffInfo, encode
 from common.settings import Settings
+from server import metrics
 from server.control import LINE_LIMIT, MAIN_OPS, frame, unframe
 from server.gateway import Gateway
 from server.hub import Hub
@@ -153,6 +154,7 @@ def worker_main(settings: Settings, deployment: Deployment, number: int, port: i
     """The worker process's entry point (``multiprocessing``, spawned by ``server.workers.WorkerPool``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the workers
     setup_logging(log_level, path=log_path)
+    metrics.count_in_files(settings.data_dir)  # before the gateway counts: the main process adds the files up
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Tagged(number))
     try:
