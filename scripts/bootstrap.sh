@@ -73,8 +73,16 @@ if [ "${1:-}" = "--browser" ]; then
   if [ -n "$missing" ]; then
     say "installing Debian's$missing for the metrics' and containers' tests"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    # Installed, not started: a daemon on the default socket would switch run-docker.sh (and every test that
+    # starts a chain) to Docker. policy-rc.d 101 tells the packages' scripts not to start their services.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+    fi
     # shellcheck disable=SC2086 # one package a word
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
   fi
 fi
 
