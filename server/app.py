@@ -25,7 +25,7 @@ from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
 from common.errors import ChainUnavailable, ConfigError, StorageError
 from common.logs import log_event
-from common.settings import Settings
+from common.settings import Settings, split_urls
 from server import metrics
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
@@ -152,7 +152,7 @@ class ServerApp:
         """
         deployment = deployment or load_deployment(settings)
         small_tls_buffers()
-        tls = ensure_tls(settings.data_dir / "tls")
+        tls = ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts))
         store = Store(settings.data_dir / "gateway" / "queue.sqlite", busy_timeout_ms=busy_timeout_ms)
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
         index: Index | None = None

@@ -22,7 +22,7 @@ from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.logs import log_event, setup_logging
 from common.messages import OptOut, TariffInfo, encode
-from common.settings import Settings
+from common.settings import Settings, split_urls
 from server import metrics
 from server.control import LINE_LIMIT, MAIN_OPS, frame, unframe
 from server.gateway import Gateway
@@ -173,7 +173,7 @@ async def _run(settings: Settings, deployment: Deployment, number: int, port: in
     chain = AsyncChainClient(settings, deployment, settings.gateway_key)
     hub = Hub()
     link = MainLink(reader, writer, hub, store)
-    tls = server_context(ensure_tls(settings.data_dir / "tls"))
+    tls = server_context(ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts)))
     gateway = Gateway(settings, deployment, chain, store, hub, link, tls, reuse_port=True)
     try:
         try:
