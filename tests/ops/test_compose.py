@@ -215,3 +215,29 @@ def test_compose_runs_the_system_bills_every_meter_and_resumes_the_same_chain(en
     with capsys.disabled():
         print(f"\ncompose test figures: {json.dumps({k: round(v) for k, v in figures.items()})}; "
               f"image sizes (MB): {json.dumps(sizes)}")
+
+
+@pytest.mark.slow
+def test_run_docker_starts_the_chain_in_the_engine_it_is_given_and_stops_it(engine, tmp_path):
+    port = free_port()
+    env = {**engine.env(), "DATA_DIR": str(tmp_path / "data"), "CHAIN_RPC_URL": f"http://127.0.0.1:{port}",
+           "CHAIN_WS_URL": f"ws://127.0.0.1:{port}", "SMARTMETER_ENV_FILE": str(tmp_path / "no.env")}
+
+    def run_docker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["./run-docker.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT)
+
+    started = run_docker()
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "starting Ganache in Docker" in started.stdout
+        running = engine.docker("ps", "--format", "{{.Names}} {{.Image}}").stdout
+        assert "smartmeter-ganache" in running, running
+        assert run_docker("--status").returncode == 0
+        chain_files = list((tmp_path / "data" / "chain").iterdir())
+        assert chain_files and all(f.stat().st_uid == os.getuid() for f in chain_files)
+    finally:
+        stopped = run_docker("--stop")
+    assert stopped.returncode == 0 and "stopped the Ganache container" in stopped.stdout
+    assert "smartmeter-ganache" not in engine.docker("ps", "--format", "{{.Names}}").stdout
+    assert run_docker("--status").returncode == 1
