@@ -74,7 +74,8 @@ if [ "$WHAT" = app ] || [ "$WHAT" = all ]; then
   if ! cmp -s "$ctx/requirements.txt.new" "$ctx/wheels/requirements.txt"; then
     say "making the wheelhouse ($ctx/wheels)"
     rm -rf "$ctx/wheels" && mkdir -p "$ctx/wheels"
-    .venv/bin/python -m pip wheel --quiet --disable-pip-version-check -r "$ctx/requirements.txt.new" -w "$ctx/wheels"
+    .venv/bin/python -m pip wheel --quiet --disable-pip-version-check -r "$ctx/requirements.txt.new" -w "$ctx/wheels" \
+      2>"$STAGE/pip-wheel.log" || { say "pip wheel failed; see $STAGE/pip-wheel.log"; exit 1; }
     cp "$ctx/requirements.txt.new" "$ctx/wheels/requirements.txt"
   fi
   rm -f "$ctx/requirements.txt.new"
@@ -82,6 +83,8 @@ if [ "$WHAT" = app ] || [ "$WHAT" = all ]; then
   tar --exclude=__pycache__ --exclude='*.pyc' -cf - common server meters operations scripts contracts pyproject.toml \
     | tar -C "$ctx/src" -xf -
   copy_npm "$ctx" solc @openzeppelin/contracts chart.js swagger-ui-dist
+  # Compiled here (or taken from build/), named as the image's /app checkout looks them up.
+  .venv/bin/python -m common.compiler stage "$ctx/src/build" /app >/dev/null
   cp ops/docker/app.Dockerfile "$ctx/Dockerfile"
   build app "$ctx" python:3.11-slim-bookworm
 fi
