@@ -87,6 +87,10 @@ BATCH_WAIT_SECONDS = Histogram(
 BATCH_GAS_PER_READING = Histogram(
     "smartmeter_batch_gas_per_reading", "Gas used per reading in batches whose receipt was read.",
     buckets=(2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 20_000, 50_000, 100_000))
+READINGS_FINAL_SECONDS = Histogram(
+    "smartmeter_block_final_seconds",
+    "Seconds from the relay first reading a block with recorded readings to that block being final.",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
 DR_EVENTS = Counter("smartmeter_demand_response_events",
                     "Demand-response contract events applied (announced, cancelled, opted out, credited), by name.",
                     ["event"])
@@ -164,19 +168,30 @@ def demand_response_event(event: ChainEvent) -> None:
 
 
 class EventCounter:
-    """A relay follower that counts the billing contract's events (each when first seen)."""
+    """A relay follower that counts the billing contract's events (each when first seen), and times blocks with
+    recorded readings from first seen to final."""
+
+    def __init__(self) -> None:
+        #: Blocks with recorded readings not final yet, and when each was first seen (monotonic seconds).
+        self._unfinal: dict[int, float] = {}
 
     def on_event(self, event: ChainEvent) -> None:
         """Count one event, and a recorded reading as such."""
         CHAIN_EVENTS.labels(event=event.name).inc()
         if event.name == "ReadingRecorded":
             READINGS_RECORDED.inc()
+            self._unfinal.setdefault(event.block, time.monotonic())
 
     def on_final(self, block: int) -> None:
-        """Nothing to count."""
+        """Time the blocks that just became final."""
+        now = time.monotonic()
+        for number in [b for b in self._unfinal if b <= block]:
+            READINGS_FINAL_SECONDS.observe(now - self._unfinal.pop(number))
 
     def on_rollback(self, fork: int, deep: bool) -> None:
-        """Nothing to undo: counters count what was seen, replaced blocks' events included."""
+        """Forget the replaced blocks (counters keep what was seen, replaced blocks' events included)."""
+        for number in [b for b in self._unfinal if b > fork]:
+            del self._unfinal[number]
 
 
 class ServerCollector(Collector):

@@ -8,14 +8,16 @@ import re
 import time
 
 import httpx
+from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.eip712 import ReadingData
+from common.events import ChainEvent
 from common.messages import Ack, Bill, ErrorMessage
 from server.api.auth import OPERATOR_KEY_FILE
 from server.app import ServerApp
-from server.metrics import Exposition
+from server.metrics import EventCounter, Exposition
 from tests.server.test_gateway import next_of
 from tests.server.test_workers import pool_server  # noqa: F401 - the fixture of a server with two workers
 
@@ -164,3 +166,23 @@ def test_families_of_one_name_from_several_sources_are_summed_into_one():
     assert text.count("# TYPE smartmeter_x_total counter") == 1
     assert 'smartmeter_x_total{code="a"} 7.0' in text
     assert "smartmeter_y 3.0" in text
+
+
+def test_a_block_is_timed_once_from_first_seen_to_final_and_a_replaced_one_never():
+    def recorded(block: int) -> ChainEvent:
+        return ChainEvent("ReadingRecorded", {"meter": "0x" + "11" * 20, "record": 0}, block, 0, "0x" + "22" * 32)
+
+    def timed() -> float:
+        return REGISTRY.get_sample_value("smartmeter_block_final_seconds_count") or 0.0
+
+    counter = EventCounter()
+    before = timed()
+    for block in (5, 5, 6, 7):
+        counter.on_event(recorded(block))
+    counter.on_rollback(6, deep=False)  # block 7 was replaced
+    counter.on_final(5)
+    assert timed() == before + 1
+    counter.on_final(7)
+    assert timed() == before + 2  # block 6 only; the replaced 7 is not timed
+    counter.on_final(9)
+    assert timed() == before + 2
