@@ -70,7 +70,8 @@ class Stack:
                 if line.split("=")[0] in ("ADMIN_KEY", "OPERATOR_KEY", "GATEWAY_KEY", "GRID_OPERATOR_KEY",
                                           "RELAYER_KEY")]
         self.env_file.write_text("\n".join([
-            *keys, f"OPERATOR_API_KEY={OPERATOR_API_KEY}", "HISTORY_DAYS=1", f"PROMETHEUS_IMAGE={PROMETHEUS_IMAGE}",
+            *keys, f"OPERATOR_API_KEY={OPERATOR_API_KEY}", "HISTORY_DAYS=1", "READING_MIN_INTERVAL=5",
+            "READING_MAX_INTERVAL=15", f"PROMETHEUS_IMAGE={PROMETHEUS_IMAGE}",
             *(f"{name}_PUBLISH_PORT={port}" for name, port in self.ports.items())]) + "\n")
 
     def compose(self, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
