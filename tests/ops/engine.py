@@ -47,6 +47,7 @@ class PrivateEngine:
         self.log_path = self.run_dir / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: int | None = None
+        self._made_bridge = False
 
     @property
     def host(self) -> str:
@@ -68,6 +69,7 @@ class PrivateEngine:
             raise EngineUnavailable("dockerd needs root here (rootless Docker is not set up)")
         self.data_root.mkdir(parents=True, exist_ok=True)
         self._take_data_root()
+        self._made_bridge = not Path("/sys/class/net/docker0").exists()
         command = [
             "dockerd", "--host", self.host, "--data-root", str(self.data_root),
             "--exec-root", str(self.run_dir / "exec"), "--pidfile", str(self.run_dir / "docker.pid"),
@@ -121,6 +123,9 @@ class PrivateEngine:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._made_bridge and shutil.which("ip") is not None:  # the default bridge it made goes with it
+            subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True, timeout=30)
+            self._made_bridge = False
         if self._lock is not None:
             os.close(self._lock)  # releases the data root's lock
             self._lock = None
