@@ -242,3 +242,14 @@ def test_run_docker_starts_the_chain_in_the_engine_it_is_given_and_stops_it(engi
     assert stopped.returncode == 0 and "stopped the Ganache container" in stopped.stdout
     assert "smartmeter-ganache" not in engine.docker("ps", "--format", "{{.Names}}").stdout
     assert run_docker("--status").returncode == 1
+
+
+def test_an_engine_that_cannot_start_says_why(monkeypatch):
+    import tests.ops.engine as engine_module
+
+    monkeypatch.setattr(engine_module.shutil, "which", lambda tool: None if tool == "dockerd" else f"/usr/bin/{tool}")
+    engine = PrivateEngine()
+    with pytest.raises(EngineUnavailable, match="dockerd is not installed"):
+        engine.start()
+    engine.stop()
+    assert not engine.run_dir.exists()
