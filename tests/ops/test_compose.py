@@ -194,6 +194,10 @@ def test_compose_runs_the_system_bills_every_meter_and_resumes_the_same_chain(en
         until("the recorded-readings counter rises in Prometheus",
               lambda: (v := stack.prometheus(counter)) is not None and v > scraped, BILLS_TIMEOUT, stack)
         assert stack.prometheus('up{job="smartmeter"}') == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports['PROMETHEUS']}/api/v1/rules", timeout=10) as got:
+            rules = [rule for group in json.load(got)["data"]["groups"] for rule in group["rules"]]
+        assert len(rules) == 10 and all(rule["health"] == "ok" for rule in rules)  # alerts.yml loaded and evaluated
+        assert not [rule["name"] for rule in rules if rule["state"] == "firing"]
 
         stack.compose("down")
         again = time.monotonic()
