@@ -3,7 +3,9 @@
 # 127.0.0.1 at the port of CHAIN_RPC_URL (environment, then .env; default 8545), chain id 1337,
 # deterministic accounts (the same keys on both), data kept across restarts (Ganache's in
 # data/chain, Anvil's in data/chain-anvil/state.json). Ganache runs in Docker where `docker info`
-# works, otherwise from node_modules with the same flags and data directory; Anvil runs from
+# works (the engine of DOCKER_HOST), from trufflesuite/ganache:v7.9.2 where it can be pulled, else
+# from the project's chain image (smartmeter-chain, built here by scripts/docker-images.sh chain when
+# missing); otherwise from node_modules with the same flags and data directory. Anvil runs from
 # node_modules. Ganache mines each transaction at once; Anvil does too unless BLOCK_TIME=N, when
 # it mines a block every N seconds as a real network does (set CONFIRMATIONS for it, e.g. 2). It
 # starts a chain on this machine only, so it refuses a CHAIN_RPC_URL on another host, and a
@@ -29,6 +31,7 @@ PID_FILE="$DATA_DIR/ganache.pid"
 LOG_FILE="$DATA_DIR/logs/$CHAIN_NODE.log"
 CONTAINER="smartmeter-ganache"
 IMAGE="trufflesuite/ganache:v7.9.2"
+LOCAL_IMAGE="smartmeter-chain:latest"
 
 say() { printf 'run-docker: %s\n' "$*"; }
 
@@ -96,6 +99,20 @@ answers() {
 
 docker_works() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 
+# The Ganache image to run: the official one if the engine has it or can pull it, else the project's own
+# (same flags), built here when missing. Prints its name.
+chain_image() {
+  if docker image inspect "$IMAGE" >/dev/null 2>&1 || timeout 120 docker pull -q "$IMAGE" >/dev/null 2>&1; then
+    echo "$IMAGE"
+    return
+  fi
+  if ! docker image inspect "$LOCAL_IMAGE" >/dev/null 2>&1; then
+    say "cannot pull $IMAGE (no registry reachable?); building $LOCAL_IMAGE here" >&2
+    scripts/docker-images.sh chain >&2 || return 1
+  fi
+  echo "$LOCAL_IMAGE"
+}
+
 stop_chain() {
   if docker_works && docker ps -q -f name="^${CONTAINER}$" | grep -q .; then
     docker stop "$CONTAINER" >/dev/null && say "stopped the Ganache container"
@@ -153,10 +170,12 @@ if [ "$CHAIN_NODE" = anvil ]; then
   setsid "$ANVIL" "${FLAGS[@]}" >>"$LOG_FILE" 2>&1 < /dev/null &
   echo $! > "$PID_FILE"
 elif docker_works; then
-  say "starting Ganache in Docker ($IMAGE)"
+  CHAIN_IMAGE="$(chain_image)" || { say "no Ganache image: see above"; exit 1; }
+  say "starting Ganache in Docker ($CHAIN_IMAGE)"
   mapfile -t FLAGS < <(.venv/bin/python -m common.devchain flags 8545 /data 0.0.0.0)
-  docker run -d --rm --name "$CONTAINER" -p "127.0.0.1:$PORT:8545" \
-    -v "$(cd "$CHAIN_DIR" && pwd):/data" "$IMAGE" "${FLAGS[@]}" >/dev/null
+  # As this user, so that the chain's files in $CHAIN_DIR stay this user's.
+  docker run -d --rm --name "$CONTAINER" --user "$(id -u):$(id -g)" -p "127.0.0.1:$PORT:8545" \
+    -v "$(cd "$CHAIN_DIR" && pwd):/data" "$CHAIN_IMAGE" "${FLAGS[@]}" >/dev/null
 else
   say "no Docker engine here; starting Ganache from node_modules"
   mapfile -t FLAGS < <(.venv/bin/python -m common.devchain flags "$PORT" "$CHAIN_DIR")

@@ -18,7 +18,8 @@ import solcx
 from common.errors import ConfigError
 from common.settings import ROOT, Settings
 
-__all__ = ["Artifact", "compile_contract", "CONTRACT_NAME", "DEMAND_RESPONSE_NAME", "SOURCE_PATH"]
+__all__ = ["Artifact", "compile_contract", "stage_artifacts", "uncompiled", "CONTRACT_NAME", "DEMAND_RESPONSE_NAME",
+           "SOURCE_PATH"]
 
 CONTRACT_NAME = "SmartMeterBilling"
 SOURCE_PATH = ROOT / "contracts" / f"{CONTRACT_NAME}.sol"
@@ -69,14 +70,41 @@ def _imports_hash() -> str:
     return (oz.read_text() if oz.exists() else "") + local
 
 
-def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:
-    """Compile (or load from the cache) the billing contract, or another in ``contracts/`` by name."""
+def _digest(settings: Settings, name: str, root: Path = ROOT) -> tuple[str, dict[str, Any], str]:
+    """(the cache key of ``name`` compiled in a checkout at ``root``, its compiler input, the compiler)."""
     source = (SOURCE_PATH if name == CONTRACT_NAME else ROOT / "contracts" / f"{name}.sol").read_text()
     binary = _solc_binary(settings)
     standard_input = _standard_input(source, name)
+    named = str(root / SHIM_PATH.relative_to(ROOT)) if binary == str(SHIM_PATH) else binary
     digest = hashlib.sha256(
-        (source + json.dumps(standard_input["settings"], sort_keys=True) + binary + _imports_hash()).encode()
+        (source + json.dumps(standard_input["settings"], sort_keys=True) + named + _imports_hash()).encode()
     ).hexdigest()[:16]
+    return digest, standard_input, binary
+
+
+def stage_artifacts(settings: Settings, build_dir: Path, root: Path) -> list[Path]:
+    """Compile the contracts here (or take them from the cache) and write them into ``build_dir`` under the names
+    a checkout at ``root`` looks for (a container image's ``/app``), so that it needs no compiler run."""
+    written = []
+    for name in (CONTRACT_NAME, DEMAND_RESPONSE_NAME):
+        artifact = compile_contract(settings, name)
+        digest = _digest(settings, name, root)[0]
+        build_dir.mkdir(parents=True, exist_ok=True)
+        path = build_dir / f"{name}-{digest}.json"
+        path.write_text(json.dumps({**artifact.__dict__, "source_hash": digest}))
+        written.append(path)
+    return written
+
+
+def uncompiled(settings: Settings) -> list[str]:
+    """The contracts ``compile_contract`` would have to compile (not in ``BUILD_DIR``'s cache)."""
+    return [name for name in (CONTRACT_NAME, DEMAND_RESPONSE_NAME)
+            if not (settings.build_dir / f"{name}-{_digest(settings, name)[0]}.json").exists()]
+
+
+def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:
+    """Compile (or load from the cache) the billing contract, or another in ``contracts/`` by name."""
+    digest, standard_input, binary = _digest(settings, name)
     cache = settings.build_dir / f"{name}-{digest}.json"
     if cache.exists():
         data = json.loads(cache.read_text())
@@ -98,3 +126,19 @@ def compile_contract(settings: Settings, name: str = CONTRACT_NAME) -> Artifact:
     tmp.write_text(json.dumps(artifact.__dict__))
     tmp.replace(cache)
     return artifact
+
+
+if __name__ == "__main__":  # scripts/docker-images.sh and the app image's build
+    import sys
+
+    from common.settings import load_settings
+
+    if len(sys.argv) == 4 and sys.argv[1] == "stage":  # stage BUILD_DIR ROOT
+        for staged in stage_artifacts(load_settings(), Path(sys.argv[2]), Path(sys.argv[3])):
+            print(staged)
+    elif sys.argv[1:] == ["check"]:
+        missing = uncompiled(load_settings())
+        if missing:
+            raise SystemExit(f"not compiled in BUILD_DIR: {', '.join(missing)} (run python -m common.compiler stage)")
+    else:
+        raise SystemExit("usage: python -m common.compiler stage BUILD_DIR ROOT | check")

@@ -83,6 +83,9 @@ class Settings:
     index_url: str = ""
     server_host: str = "127.0.0.1"
     server_port: int = 8765
+    #: Host names the server's certificate carries besides localhost and 127.0.0.1 (comma-separated): the name
+    #: meters reach it by when that is not SERVER_HOST, e.g. ``server`` in the compose file.
+    tls_hosts: str = ""
     #: Processes serving the meters' port (TLS, login, checks, the durable queue); above 1 they share the port
     #: (SO_REUSEPORT) and the main process keeps the batcher, the relay, the indexer and the API.
     gateway_workers: int = 1

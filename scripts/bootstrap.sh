@@ -2,8 +2,9 @@
 # Idempotent set-up of .venv (Python packages) and node_modules (Ganache, Foundry's Anvil, solc,
 # OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
 # skipped while the file it was built from is unchanged. With --browser (the tests) it also
-# installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses and
-# Debian's PostgreSQL server (the index's tests start their own cluster).
+# installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses,
+# Debian's PostgreSQL server (the index's tests start their own cluster), and prometheus (promtool), docker.io,
+# docker-compose and debootstrap (the alerting rules' and the compose file's tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +60,30 @@ if [ "${1:-}" = "--browser" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/nul
   say "installing Debian's postgresql for the index's tests on PostgreSQL"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+# The alerting rules' tests run Debian's promtool; the compose file's test runs Debian's Docker engine and
+# docker-compose (it starts its own daemon on its own socket) on a base image made with debootstrap.
+if [ "${1:-}" = "--browser" ]; then
+  missing=""
+  command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+  command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+  command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+  command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+  if [ -n "$missing" ]; then
+    say "installing Debian's$missing for the metrics' and containers' tests"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    # Installed, not started: a daemon on the default socket would switch run-docker.sh (and every test that
+    # starts a chain) to Docker. policy-rc.d 101 tells the packages' scripts not to start their services.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+    fi
+    # shellcheck disable=SC2086 # one package a word
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
+  fi
 fi
 
 [ -f .env ] || { cp .env.example .env; say "created .env from .env.example"; }

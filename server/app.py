@@ -25,7 +25,8 @@ from common.deployment import Deployment, load_deployment
 from common.eip712 import checksum_address
 from common.errors import ChainUnavailable, ConfigError, StorageError
 from common.logs import log_event
-from common.settings import Settings
+from common.settings import Settings, split_urls
+from server import metrics
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
@@ -151,7 +152,7 @@ class ServerApp:
         """
         deployment = deployment or load_deployment(settings)
         small_tls_buffers()
-        tls = ensure_tls(settings.data_dir / "tls")
+        tls = ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts))
         store = Store(settings.data_dir / "gateway" / "queue.sqlite", busy_timeout_ms=busy_timeout_ms)
         chain = AsyncChainClient(settings, deployment, settings.gateway_key)
         index: Index | None = None
@@ -191,6 +192,7 @@ class ServerApp:
             upstream = InProcess(settings, chain, hub, batcher, relay, demand_response, opt_outs)
             gateway: Gateway | WorkerPool
             if settings.gateway_workers > 1:
+                metrics.clear_worker_files(settings.data_dir)
                 gateway = WorkerPool(settings, deployment, store, hub, upstream)
                 await gateway.start()
             else:
@@ -209,6 +211,7 @@ class ServerApp:
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
         relay.followers.append(indexer)
+        relay.followers.append(metrics.EventCounter())
         relay.mined_listeners.append(batcher.mined)
         relay.final_listeners.append(batcher.finalized)
         relay.rollback_listeners.append(batcher.rolled_back)
@@ -228,6 +231,10 @@ class ServerApp:
             supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
         if http is not None:
             http.app.state.health = health
+            http.app.state.metrics = metrics.ServerCollector(health, chain, settings.batch_max_size,
+                                                             lambda: batcher.sender_chain)
+            http.app.state.metrics_workers = (metrics.worker_files(settings.data_dir)
+                                              if isinstance(gateway, WorkerPool) else None)
             http.start()
             assert http.task is not None
             supervisor.watch(http.task)

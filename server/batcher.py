@@ -79,6 +79,7 @@ from common.events import BatchOutcome, EventDecoder
 from common.fees import Fees
 from common.logs import log_event
 from common.tariff import USES_UP_SEQ, RejectReason
+from server import metrics
 from server.store import QueuedReading, SettledTx, Store
 from server.threads import run_in_own_thread
 
@@ -164,6 +165,11 @@ class Batcher:
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self._runs = 0
+
+    @property
+    def sender_chain(self) -> AsyncChainClient | None:
+        """The senders' chain client while they run (``/metrics`` reads its replaced and resent transactions)."""
+        return self._thread_chain
 
     def notify(self) -> None:
         """Tell the batcher a reading was queued (from any thread)."""
@@ -591,6 +597,7 @@ class Batcher:
         latency = time.monotonic() - started
         oldest = now - min(r.received_at for r in batch)
         gas = {} if gas_used is None else {"gas": gas_used, "gas_per_reading": gas_used // len(batch)}
+        metrics.batch_mined(len(batch), latency, oldest, gas_used)
         log_event(log, "batch_mined", size=len(batch), recorded=outcome.recorded, rejected=outcome.rejected,
                   **gas, block=outcome.block, final=final_now, tx=found.tx_hash, latency_ms=int(latency * 1000),
                   oldest_wait_ms=int(oldest * 1000), queued=store.count())

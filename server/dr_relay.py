@@ -37,6 +37,7 @@ from common.events import ChainEvent, EventDecoder
 from common.logs import log_event
 from common.messages import DemandResponseMessage, OptOut, OptOutWithdrawal, encode
 from common.settings import Settings
+from server import metrics
 from server.hub import Hub
 
 __all__ = ["DemandResponseRelay", "OptOutRelayer", "event_message", "RECENT_SECONDS", "POLL_SECONDS", "DR_VERSION",
@@ -131,6 +132,7 @@ class DemandResponseRelay:
         booked = self.book.apply(event)
         if booked is None:
             return
+        metrics.demand_response_event(event)
         if event.name in ("DemandResponseEvent", "DemandResponseCancelled"):
             self._broadcast(booked, "demand_response_event_relayed" if event.name == "DemandResponseEvent"
                             else "demand_response_cancel_relayed")

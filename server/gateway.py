@@ -51,6 +51,7 @@ from common.messages import (
     protocol_version,
 )
 from common.settings import Settings
+from server import metrics
 from server.dr_relay import BOUND_OPT_OUT_VERSION, DR_VERSION
 from server.hub import Hub
 from server.ratelimit import TokenBucket
@@ -198,6 +199,7 @@ class Gateway:
 
     async def _refuse(self, ws: ServerConnection, err: errors.SmartMeterError, peer: str, close: bool) -> None:
         event = "login_failed" if isinstance(err, errors.AuthError) else "message_refused"
+        metrics.gateway_counters().logins.labels(outcome=err.code).inc()
         log_event(log, event, logging.WARNING, peer=peer, code=err.code, seq=err.seq, detail=clip(err.message))
         try:
             await ws.send(encode(error_message(err)))
@@ -293,6 +295,7 @@ class Gateway:
             await ws.send(message)
         self.hub.release(meter)
         self.stats["logins"] += 1
+        metrics.gateway_counters().logins.labels(outcome="ok").inc()
         log_event(log, "login", peer=peer, meter=meter, last_seq=view.last_seq, last_used_seq=cursor.seq,
                   region=view.region, protocol=f"v{version}")
         return meter
@@ -309,6 +312,7 @@ class Gateway:
             if not bucket.allow(now):
                 dropped += 1
                 last_drop = now
+                metrics.gateway_counters().refused.labels(code=errors.RateLimited.code).inc()
                 if dropped == 1:
                     self._reply_error(meter, errors.RateLimited(
                         f"more than {self.settings.rate_limit_per_second:g} messages a second; "
@@ -325,6 +329,7 @@ class Gateway:
                 reply = self._on_message(raw, session, meter, ws, version)
             except errors.SmartMeterError as err:
                 self.stats["rejected"] += 1
+                metrics.gateway_counters().refused.labels(code=err.code).inc()
                 log_event(log, "reading_refused" if isinstance(err, errors.ReadingError) else "message_refused",
                           logging.WARNING, meter=meter, code=err.code, seq=err.seq, detail=clip(err.message))
                 if self._commit_due():
@@ -446,4 +451,5 @@ class Gateway:
             self.hub.send(item.meter, item.reply)
         if readings:
             self.stats["readings"] += len(readings)
+            metrics.gateway_counters().accepted.inc(len(readings))
             self.upstream.queued(len(readings))

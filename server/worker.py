@@ -23,7 +23,8 @@ from common.chain import AsyncChainClient
 from common.deployment import Deployment
 from common.logs import log_event, setup_logging
 from common.messages import OptOut, OptOutWithdrawal, TariffInfo, encode
-from common.settings import Settings
+from common.settings import Settings, split_urls
+from server import metrics
 from server.control import LINE_LIMIT, MAIN_OPS, frame, unframe
 from server.gateway import Gateway
 from server.hub import Hub
@@ -160,6 +161,7 @@ def worker_main(settings: Settings, deployment: Deployment, number: int, port: i
     """The worker process's entry point (``multiprocessing``, spawned by ``server.workers.WorkerPool``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the workers
     setup_logging(log_level, path=log_path)
+    metrics.count_in_files(settings.data_dir)  # before the gateway counts: the main process adds the files up
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Tagged(number))
     try:
@@ -178,7 +180,7 @@ async def _run(settings: Settings, deployment: Deployment, number: int, port: in
     chain = AsyncChainClient(settings, deployment, settings.gateway_key)
     hub = Hub()
     link = MainLink(reader, writer, hub, store)
-    tls = server_context(ensure_tls(settings.data_dir / "tls"))
+    tls = server_context(ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts)))
     gateway = Gateway(settings, deployment, chain, store, hub, link, tls, reuse_port=True)
     link.on_restart = gateway.restarted
     try:

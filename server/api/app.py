@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common import errors
 from common.logs import clip, log_event
 from common.settings import ROOT
+from server import metrics
 from server.api import messages, statements
 from server.api.routes import ApiContext, router
 from server.api.throttle import TooManyRequests
@@ -78,6 +79,9 @@ def create_api(ctx: ApiContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.metrics = None
+    app.state.metrics_workers = None
+    app.add_middleware(metrics.RequestMetrics)
     app.include_router(router)
     app.include_router(messages.router)
     app.include_router(statements.router)
@@ -119,6 +123,15 @@ def create_api(ctx: ApiContext) -> FastAPI:
         log_event(log, "api_failed", logging.ERROR, path=clip(request.url.path),
                   error=f"{type(err).__name__}: {err}"[:300])
         return _error(500, "internal_error", "the server failed to answer; see the server's log")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus' text format: counters, the server's gauges, process resources (server/metrics.py)."""
+        server: metrics.ServerCollector | None = request.app.state.metrics
+        if server is not None:
+            await server.refresh()
+        body = metrics.exposition(server, request.app.state.metrics_workers).render()
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
