@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {SmartMeterBilling} from "../../../contracts/SmartMeterBilling.sol";
 import {DemandResponse} from "../../../contracts/DemandResponse.sol";
+import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {Vm, VM_ADDRESS} from "./Vm.sol";
 
 /// @title ReferenceTariff
@@ -224,6 +225,18 @@ abstract contract BillingFixture is ReferenceTariff {
     /// window (max power x duration) at the event's rate, in micropence, as amount x 3600 <= bound x 3600.
     function _creditWithinBound(uint256 amount, uint256 duration, uint256 rate) internal pure returns (bool) {
         return amount * 3600 <= uint256(MAX_POWER_W) * duration * rate;
+    }
+
+    /// @notice `call` from `caller` to `target` is refused with OpenZeppelin's error for want of `role`.
+    function _requireRefusedForWantOfRole(address target, address caller, bytes memory call, bytes32 role) internal {
+        vm.prank(caller);
+        (bool ok, bytes memory reason) = target.call(call);
+        require(!ok, "refused");
+        require(
+            keccak256(reason)
+                == keccak256(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, caller, role)),
+            "refused for want of the role"
+        );
     }
 
     function _bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {

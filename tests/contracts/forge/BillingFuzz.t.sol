@@ -2,7 +2,6 @@
 pragma solidity ^0.8.24;
 
 import {SmartMeterBilling} from "../../../contracts/SmartMeterBilling.sol";
-import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {BillingFixture} from "./Base.sol";
 import {Vm} from "./Vm.sol";
 
@@ -318,14 +317,7 @@ contract BillingFuzzTest is BillingFixture {
         if (which == 8) (call, role) = (abi.encodeCall(billing.submitReadings, ("")), billing.GATEWAY_ROLE());
         if (which == 9) (call, role) = (abi.encodeCall(billing.raiseGridAlert, (0, bytes32(0), bytes32(0), "", 0)), billing.GRID_OPERATOR_ROLE());
         if (which == 10) (call, role) = (abi.encodeCall(billing.clearGridAlert, (1)), billing.GRID_OPERATOR_ROLE());
-        vm.prank(caller);
-        (bool ok, bytes memory reason) = address(billing).call(call);
-        require(!ok, "refused");
-        require(
-            keccak256(reason)
-                == keccak256(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, caller, role)),
-            "refused for want of the role"
-        );
+        _requireRefusedForWantOfRole(address(billing), caller, call, role);
     }
 
     function _slice(bytes memory b, uint256 n) internal pure returns (bytes memory out) {

@@ -2,7 +2,6 @@
 pragma solidity ^0.8.24;
 
 import {DemandResponse} from "../../../contracts/DemandResponse.sol";
-import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {BillingFixture} from "./Base.sol";
 import {Vm} from "./Vm.sol";
 
@@ -167,13 +166,6 @@ contract DemandResponseFuzzTest is BillingFixture {
         if (which == 1) call = abi.encodeCall(dr.modifyEvent, (1, t));
         if (which == 2) call = abi.encodeCall(dr.cancelEvent, (1));
         if (which == 3) call = abi.encodeCall(dr.credit, (1, new DemandResponse.Credit[](0)));
-        vm.prank(caller);
-        (bool ok, bytes memory reason) = address(dr).call(call);
-        require(!ok, "refused");
-        require(
-            keccak256(reason)
-                == keccak256(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, caller, role)),
-            "refused for want of the role"
-        );
+        _requireRefusedForWantOfRole(address(dr), caller, call, role);
     }
 }
