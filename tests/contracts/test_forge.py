@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,6 +84,6 @@ def test_forge(name: str, forge_results: dict[str, dict[str, Any]]) -> None:
         assert kind["Invariant"]["calls"] > 0 and kind["Invariant"].get("reverts", 0) == 0
 
 
-def test_declared_tests_names_each_solidity_test(tmp_path: Path) -> None:
+def test_declared_tests_names_each_solidity_test() -> None:
     assert "BillingFuzzTest.testFuzz_submitReadings" in declared_tests()
     assert "BillingInvariantTest.invariant_aCreditNeverExceedsItsBound" in declared_tests()
