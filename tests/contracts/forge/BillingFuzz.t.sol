@@ -182,10 +182,23 @@ contract BillingFuzzTest is BillingFixture {
         billing.addClockChanges(changes);
     }
 
+    /// @dev Priced by a banded import and export tariff from the first reading on, so every half hour of a
+    /// reading may have its own price.
     function testFuzz_submitReadings(uint32 dt, uint64 importPower, uint64 exportPower, uint32 start) public {
         start = uint32(_bound(start, 1, 2 days));
         dt = uint32(_bound(dt, 1, 3 days));
-        _warp(clock + start);
+        SmartMeterBilling.Tariff memory t;
+        t.effectiveFrom = uint32(((clock + SKEW) / PERIOD + 1) * PERIOD);
+        (t.importKind, t.exportKind) = (1, 1);
+        t.importBands = uint256(keccak256(abi.encode(dt, start))) % 2 ** 144;
+        t.exportBands = uint256(keccak256(abi.encode(start, dt))) % 2 ** 144;
+        for (uint256 b = 0; b < 8; ++b) {
+            t.importBandRates |= (5_000 + 4_000 * b) << (32 * b);
+            t.exportBandRates |= (1_000 + 2_000 * b) << (32 * b);
+        }
+        billing.setTariff(t);
+        _refAddVersion(t);
+        _warp(t.effectiveFrom + start);
         billing.submitReadings(_record(meterKey, 1, clock, 1_000, 0));
         uint256 t0 = clock;
         _warp(t0 + dt);
@@ -294,6 +307,26 @@ contract BillingFuzzTest is BillingFixture {
             abi.encodeWithSelector(SmartMeterBilling.InvalidExpiry.selector, uint64(clock), uint64(clock))
         );
         billing.raiseGridAlert(severity, kind, region, "x", uint64(clock));
+    }
+
+    /// @notice OpenZeppelin's role functions: a granted role lets its holder in, a revoked or renounced one no more.
+    function testFuzz_grantRevokeAndRenounceRole(address who, bool renounce) public {
+        vm.assume(who != address(this) && who != address(0));
+        bytes32 role = billing.GATEWAY_ROLE();
+        require(billing.getRoleAdmin(role) == bytes32(0) && billing.supportsInterface(0x7965db0b), "admin, ERC-165");
+        billing.grantRole(role, who);
+        require(billing.hasRole(role, who), "granted");
+        vm.prank(who);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.BadBatchLength.selector, 1));
+        billing.submitReadings(hex"00");
+        if (renounce) {
+            vm.prank(who);
+            billing.renounceRole(role, who);
+        } else {
+            billing.revokeRole(role, who);
+        }
+        require(!billing.hasRole(role, who), "gone");
+        _requireRefusedForWantOfRole(address(billing), who, abi.encodeCall(billing.submitReadings, (hex"00")), role);
     }
 
     /// @notice Every role-guarded function refuses a caller without the role, and the views need none.

@@ -158,6 +158,8 @@ contract DemandResponseFuzzTest is BillingFixture {
     function testFuzz_rolesGuardEveryWritingFunction(address caller, uint8 which) public {
         vm.assume(caller != address(this));
         require(dr.domainSeparator() == _domain("DemandResponse", address(dr)), "domain");
+        require(address(dr.billing()) == address(billing) && dr.supportsInterface(0x7965db0b), "billing, ERC-165");
+        require(dr.hasRole(dr.SETTLER_ROLE(), address(this)) && !dr.hasRole(dr.SETTLER_ROLE(), caller), "roles");
         which = uint8(_bound(which, 0, 3));
         bytes32 role = which == 3 ? dr.SETTLER_ROLE() : dr.GRID_OPERATOR_ROLE();
         DemandResponse.Terms memory t;
