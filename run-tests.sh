@@ -8,6 +8,8 @@
 # with its own Ganache and Anvil; TEST_WORKERS=0 runs them in this one process. A test that fails is run
 # once more (pytest-rerunfailures; the summary names it RERUN): the other process's load can upset the
 # timing of end-to-end tests; a test that fails twice fails the run.
+# The contracts' static analysis (Slither, tests/contracts/test_slither.py) and Foundry fuzz and invariant tests
+# (tests/contracts/test_forge.py) run as tests of the suite: docs/contract-checks.md.
 # Extra arguments go to pytest, e.g. ./run-tests.sh tests/contracts -x
 set -euo pipefail
 cd "$(dirname "$0")"

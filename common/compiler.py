@@ -18,8 +18,8 @@ import solcx
 from common.errors import ConfigError
 from common.settings import ROOT, Settings
 
-__all__ = ["Artifact", "compile_contract", "stage_artifacts", "uncompiled", "CONTRACT_NAME", "DEMAND_RESPONSE_NAME",
-           "SOURCE_PATH"]
+__all__ = ["Artifact", "compile_contract", "solc_settings", "stage_artifacts", "uncompiled", "CONTRACT_NAME",
+           "DEMAND_RESPONSE_NAME", "SOURCE_PATH"]
 
 CONTRACT_NAME = "SmartMeterBilling"
 SOURCE_PATH = ROOT / "contracts" / f"{CONTRACT_NAME}.sol"
@@ -40,14 +40,17 @@ class Artifact:
     source_hash: str
 
 
+def solc_settings() -> dict[str, Any]:
+    """The compiler settings the contracts are built with (foundry.toml and scripts/slither.py match them)."""
+    return {"evmVersion": EVM_VERSION, "viaIR": True, "optimizer": {"enabled": True, "runs": 10_000}}
+
+
 def _standard_input(source: str, name: str) -> dict[str, Any]:
     return {
         "language": "Solidity",
         "sources": {f"contracts/{name}.sol": {"content": source}},
         "settings": {
-            "evmVersion": EVM_VERSION,
-            "viaIR": True,
-            "optimizer": {"enabled": True, "runs": 10_000},
+            **solc_settings(),
             "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
         },
     }

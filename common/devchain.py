@@ -33,6 +33,7 @@ __all__ = [
     "ganache_flags",
     "anvil_flags",
     "anvil_binary",
+    "foundry_binary",
     "DevNode",
     "GanacheProcess",
     "AnvilProcess",
@@ -95,14 +96,19 @@ def anvil_flags(port: int, state_path: str, host: str = "127.0.0.1", block_time:
     return flags
 
 
-def anvil_binary() -> Path:
-    """Anvil's native binary from its npm platform package (the npm wrapper script otherwise)."""
+def foundry_binary(tool: str) -> Path:
+    """A Foundry tool's (``anvil``, ``forge``) native binary from its npm platform package (else the npm wrapper)."""
     arch = _ANVIL_PLATFORMS.get((platform.system(), platform.machine()))
     if arch is not None:
-        native = ROOT / "node_modules" / "@foundry-rs" / f"anvil-{arch}" / "bin" / "anvil"
+        native = ROOT / "node_modules" / "@foundry-rs" / f"{tool}-{arch}" / "bin" / tool
         if native.exists():
             return native
-    return ROOT / "node_modules" / ".bin" / "anvil"
+    return ROOT / "node_modules" / ".bin" / tool
+
+
+def anvil_binary() -> Path:
+    """Anvil's native binary from its npm platform package (the npm wrapper script otherwise)."""
+    return foundry_binary("anvil")
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up of .venv (Python packages) and node_modules (Ganache, Foundry's Anvil, solc,
-# OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
+# Idempotent set-up of .venv (Python packages), .venv-slither (Slither, the contracts' static analyser)
+# and node_modules (Ganache, Foundry's Anvil and forge, solc, OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
 # skipped while the file it was built from is unchanged. With --browser (the tests) it also
 # installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses,
 # Debian's PostgreSQL server (the index's tests start their own cluster), and prometheus (promtool), docker.io,
@@ -31,12 +31,23 @@ if ! stamp_ok requirements.txt .venv/.requirements.sha256; then
   stamp_write requirements.txt .venv/.requirements.sha256
 fi
 
+# Slither pins a web3 older than the project's, so it has a venv of its own (scripts/slither.py runs it).
+if [ ! -x .venv-slither/bin/python ]; then
+  say "creating .venv-slither"
+  python3 -m venv .venv-slither
+fi
+if ! stamp_ok requirements-slither.txt .venv-slither/.requirements.sha256; then
+  say "installing Slither (requirements-slither.txt)"
+  .venv-slither/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-slither.txt
+  stamp_write requirements-slither.txt .venv-slither/.requirements.sha256
+fi
+
 if [ ! -d node_modules ] || ! stamp_ok package-lock.json node_modules/.package-lock.sha256; then
   say "installing npm packages (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
   stamp_write package-lock.json node_modules/.package-lock.sha256
 fi
-# Anvil's binary comes in a platform package npm picks by itself (its own install script, which
+# Anvil's and forge's binaries come in platform packages npm picks by itself (its own install script, which
 # would fetch one from elsewhere, is not needed and npm may decline to run it).
 [ -x "$(.venv/bin/python -m common.devchain anvil-binary)" ] \
   || say "warning: no Anvil binary for this platform in node_modules; CHAIN_NODE=anvil will not work here"
