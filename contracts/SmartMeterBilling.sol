@@ -885,16 +885,17 @@ contract SmartMeterBilling is AccessControl, EIP712, IMeterBilling {
         uint256 exportWh = uint48(fields);
         uint256 word = _state[meter];
         RejectReason reason = _check(word, seq, timestamp, importWh, exportWh, horizon, maxPower);
-        if (reason == RejectReason.MeterNotActive || reason == RejectReason.StaleSequence
-            || reason == RejectReason.SequenceGap) {
-            emit ReadingRejected(meter, uint64(seq), reason);
+        bool refused = reason != RejectReason.None;
+        if (refused && (reason == RejectReason.MeterNotActive || reason == RejectReason.StaleSequence
+            || reason == RejectReason.SequenceGap)) {
+            emit ReadingRejected(meter, uint64(seq), reason); // changes nothing: not the meter's next reading
             return;
         }
         if (!_signedByMeter(meter, seq, timestamp, importWh, exportWh, at, domain)) {
             emit ReadingRejected(meter, uint64(seq), RejectReason.BadSignature);
             return;
         }
-        if (reason != RejectReason.None) {
+        if (refused) {
             _useUp(meter, word, seq, reason);
             return;
         }
