@@ -99,6 +99,11 @@ abstract contract ReferenceTariff {
 
     /// @notice The model's standing charge for [start, end): each version's daily charge for the seconds
     /// it was in force, rounded down once, in micropence.
+    /// @notice Withdraws the model's newest version (as `withdrawTariff` does the contract's).
+    function _refWithdrawVersion() internal {
+        refVersions.pop();
+    }
+
     function _refStanding(uint256 start, uint256 end) internal view returns (uint256 total) {
         for (uint256 i = 0; i < refVersions.length; ++i) {
             uint256 from = refVersions[i].from;
@@ -200,10 +205,54 @@ abstract contract BillingFixture is ReferenceTariff {
         return abi.encodePacked(meter, uint32(seq), uint32(timestamp), uint48(importWh), uint48(exportWh), r, vs);
     }
 
-    /// @notice `key`'s signature of `meter`'s opt-out of event `id` (65 bytes).
-    /// @dev Issue 24 item 6 binds the opt-out to the event's terms: when it lands, sign the new typed data here.
-    function _optOutSignature(uint256 key, address meter, uint64 id) internal view returns (bytes memory) {
-        bytes32 structHash = keccak256(abi.encode(keccak256("OptOut(address meter,uint64 eventId)"), meter, id));
+    /// @notice EIP-712 type hash of an event's terms, as opt-outs and their withdrawals sign them.
+    bytes32 internal constant TERMS_TYPEHASH = keccak256(
+        "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+    );
+
+    /// @notice `key`'s signature of `meter`'s opt-out of event `id`'s terms `t` at `modification` (65 bytes).
+    function _optOutSignature(uint256 key, address meter, uint64 id, uint32 modification, DemandResponse.Terms memory t)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _partSignature(
+            "OptOut(address meter,uint64 eventId,uint32 modification,Terms terms)", key, meter, id, modification, t
+        );
+    }
+
+    /// @notice `key`'s signature of `meter`'s withdrawal of its opt-out of event `id`'s terms `t` at `modification`.
+    function _withdrawalSignature(
+        uint256 key,
+        address meter,
+        uint64 id,
+        uint32 modification,
+        DemandResponse.Terms memory t
+    ) internal view returns (bytes memory) {
+        return _partSignature(
+            "OptOutWithdrawal(address meter,uint64 eventId,uint32 modification,Terms terms)", key, meter, id, modification, t
+        );
+    }
+
+    /// @dev The typed data both sign: the primary type, then the nested Terms type (EIP-712's encodeType).
+    function _partSignature(
+        string memory primary,
+        uint256 key,
+        address meter,
+        uint64 id,
+        uint32 modification,
+        DemandResponse.Terms memory t
+    ) private view returns (bytes memory) {
+        bytes32 typeHash = keccak256(
+            abi.encodePacked(
+                primary,
+                "Terms(uint32 start,uint32 duration,uint32 rampUp,uint8 signalKind,uint32 signalValue,uint32 creditRate)"
+            )
+        );
+        bytes32 termsHash = keccak256(
+            abi.encode(TERMS_TYPEHASH, t.start, t.duration, t.rampUp, t.signalKind, t.signalValue, t.creditRate)
+        );
+        bytes32 structHash = keccak256(abi.encode(typeHash, meter, id, modification, termsHash));
         bytes32 digest = keccak256(abi.encodePacked("\x19\x01", _domain("DemandResponse", address(dr)), structHash));
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
         return abi.encodePacked(r, s, v);
@@ -221,10 +270,16 @@ abstract contract BillingFixture is ReferenceTariff {
         return (c, x);
     }
 
-    /// @notice The physical bound on a demand-response credit: the most a meter can reduce over the
-    /// window (max power x duration) at the event's rate, in micropence, as amount x 3600 <= bound x 3600.
+    /// @notice The physical bound on a demand-response baseline, as the contract's `creditBoundWh`: what the
+    /// supply can deliver over the window, max power x duration / 3600 Wh, rounded down.
+    function _creditBoundWh(uint256 duration) internal pure returns (uint256) {
+        return uint256(MAX_POWER_W) * duration / 3600;
+    }
+
+    /// @notice Whether a credit of `amount` micropence is within the bound: at most the bound's energy at the
+    /// event's rate (a baseline is refused above `_creditBoundWh`, and a credit is at most baseline x rate).
     function _creditWithinBound(uint256 amount, uint256 duration, uint256 rate) internal pure returns (bool) {
-        return amount * 3600 <= uint256(MAX_POWER_W) * duration * rate;
+        return amount <= _creditBoundWh(duration) * rate;
     }
 
     /// @notice `call` from `caller` to `target` is refused with OpenZeppelin's error for want of `role`.

@@ -226,39 +226,214 @@ contract BillingFuzzTest is BillingFixture {
         billing.submitReadings(_slice(bad, bad.length - 1));
     }
 
+    /// @dev Seq must be the last + 1. A refusal before the signature is checked (stale seq, a gap) or for the
+    /// signature changes nothing; a correctly signed reading refused for its content uses its seq up and
+    /// changes nothing else, and the next seq then records.
     function testFuzz_submitReadings_rejectsWhatWouldMakeAFigureFall(uint8 fault, uint32 dt) public {
         dt = uint32(_bound(dt, 200, 1 days));
         _warp(clock + dt);
-        billing.submitReadings(_record(meterKey, 5, clock, 2_000, 10));
+        billing.submitReadings(_record(meterKey, 1, clock, 2_000, 10));
         (uint256 seq, uint256 ts, uint256 imp, uint256 exp) = _state(meter);
         _warp(clock + dt);
-        fault = uint8(_bound(fault, 0, 6));
+        fault = uint8(_bound(fault, 0, 7));
         bytes memory r;
         SmartMeterBilling.RejectReason reason;
-        if (fault == 0) (r, reason) = (_record(meterKey, 5, ts + 1, 2_001, 10), SmartMeterBilling.RejectReason.StaleSequence);
-        if (fault == 1) (r, reason) = (_record(meterKey, 6, ts, 2_001, 10), SmartMeterBilling.RejectReason.StaleTimestamp);
-        if (fault == 2) (r, reason) = (_record(meterKey, 6, ts + 1, 1_999, 10), SmartMeterBilling.RejectReason.RegisterDecreased);
-        if (fault == 3) (r, reason) = (_record(meterKey, 6, ts + 1, 2_001, 9), SmartMeterBilling.RejectReason.RegisterDecreased);
+        if (fault == 0) (r, reason) = (_record(meterKey, 1, ts + 1, 2_001, 10), SmartMeterBilling.RejectReason.StaleSequence);
+        if (fault == 1) (r, reason) = (_record(meterKey, 2, ts, 2_001, 10), SmartMeterBilling.RejectReason.StaleTimestamp);
+        if (fault == 2) (r, reason) = (_record(meterKey, 2, ts + 1, 1_999, 10), SmartMeterBilling.RejectReason.RegisterDecreased);
+        if (fault == 3) (r, reason) = (_record(meterKey, 2, ts + 1, 2_001, 9), SmartMeterBilling.RejectReason.RegisterDecreased);
         if (fault == 4) {
-            (r, reason) = (_record(meterKey, 6, clock + SKEW + 1, 2_001, 10), SmartMeterBilling.RejectReason.FutureTimestamp);
+            (r, reason) = (_record(meterKey, 2, clock + SKEW + 1, 2_001, 10), SmartMeterBilling.RejectReason.FutureTimestamp);
         }
         if (fault == 5) {
-            (r, reason) = (_record(meterKey, 6, ts + dt, 2_000 + uint256(MAX_POWER_W) * dt / 3600 + 1, 10),
+            (r, reason) = (_record(meterKey, 2, ts + dt, 2_000 + uint256(MAX_POWER_W) * dt / 3600 + 1, 10),
                 SmartMeterBilling.RejectReason.ImplausibleDelta);
         }
         if (fault == 6) {
-            r = _record(_key(99), 6, ts + 1, 2_001, 10);
+            r = _record(_key(99), 2, ts + 1, 2_001, 10);
             for (uint256 i = 0; i < 20; ++i) r[i] = bytes20(meter)[i];
             reason = SmartMeterBilling.RejectReason.BadSignature;
         }
+        if (fault == 7) (r, reason) = (_record(meterKey, 3, ts + 1, 2_001, 10), SmartMeterBilling.RejectReason.SequenceGap);
+        bool usesUp = fault >= 1 && fault <= 5;
+        (uint256 cost, uint256 credit) = _bill(meter);
         vm.recordLogs();
         billing.submitReadings(r);
         Vm.Log[] memory logs = vm.getRecordedLogs();
+        _eq(logs.length, 1, "one event");
         require(logs[0].topics[0] == SmartMeterBilling.ReadingRejected.selector, "rejected");
-        (, SmartMeterBilling.RejectReason got) = abi.decode(logs[0].data, (uint64, SmartMeterBilling.RejectReason));
+        (uint64 rejectedSeq, SmartMeterBilling.RejectReason got) =
+            abi.decode(logs[0].data, (uint64, SmartMeterBilling.RejectReason));
         _eq(uint8(got), uint8(reason), "reason");
+        _eq(rejectedSeq, fault == 0 ? 1 : fault == 7 ? 3 : 2, "the rejected seq");
         (uint256 seq2, uint256 ts2, uint256 imp2, uint256 exp2) = _state(meter);
-        require(seq2 == seq && ts2 == ts && imp2 == imp && exp2 == exp, "a rejected reading changes nothing");
+        _eq(seq2, usesUp ? seq + 1 : seq, "a content refusal uses its seq up, no other refusal moves it");
+        require(ts2 == ts && imp2 == imp && exp2 == exp, "a rejected reading changes no register or time");
+        (uint256 cost2, uint256 credit2) = _bill(meter);
+        require(cost2 == cost && credit2 == credit, "a rejected reading changes no bill");
+        // The next seq records, with the energy since the last recorded reading.
+        billing.submitReadings(_record(meterKey, seq2 + 1, clock, 2_001, 10));
+        (uint256 seq3, uint256 ts3,,) = _state(meter);
+        require(seq3 == seq2 + 1 && ts3 == clock, "the next seq records");
+    }
+
+    /// @dev The old meter's final read is priced into the open period (the reference split), the new meter
+    /// takes the account over with its sequence at 0, and the old one is retired for good.
+    function testFuzz_exchangeMeter(uint32 dt, uint32 used, uint48 openingImport, uint48 openingExport, uint256 newKey)
+        public
+    {
+        dt = uint32(_bound(dt, 1, 20 days));
+        newKey = _bound(newKey, 2, SECP256K1_ORDER - 1);
+        vm.assume(openingImport < type(uint48).max);
+        address newMeter = vm.addr(newKey);
+        vm.assume(newMeter != meter);
+        uint256 opened = clock;
+        _warp(opened + dt);
+        used = uint32(_bound(used, 0, uint256(MAX_POWER_W) * dt / 3600));
+        (uint256 cost,) = _refSplit(opened, opened + dt, used, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(SmartMeterBilling.FinalReadRejected.selector, meter, SmartMeterBilling.RejectReason.RegisterDecreased)
+        );
+        billing.exchangeMeter(meter, newMeter, 999, 0, uint64(clock), openingImport, openingExport);
+        vm.recordLogs();
+        billing.exchangeMeter(meter, newMeter, 1_000 + used, 0, uint64(clock), openingImport, openingExport);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        require(logs[0].topics[0] == SmartMeterBilling.MeterExchanged.selector, "exchanged");
+        (uint256 finalRecord,,) = abi.decode(logs[0].data, (uint256, uint64, uint64));
+        _eq(uint48(finalRecord >> 64), 1_000 + used, "final read: import register");
+        _eq(uint48(finalRecord >> 160), cost, "final read: cost by the reference split");
+        (bool registered, bool active, bytes32 account,, uint64 seq, uint64 ts, uint64 imp, uint64 exp) =
+            billing.meterState(newMeter);
+        require(registered && active && account == bytes32("acct-1"), "the new meter holds the account");
+        require(seq == 0 && ts == clock && imp == openingImport && exp == openingExport, "the new meter's registers");
+        (uint32 periodId, uint64 start, uint64 end, uint64 importWh,, uint64 billCost,,,) = billing.openBill(newMeter);
+        require(periodId == 1 && start == opened && end == clock, "the open period goes on");
+        _eq(importWh, used, "the period's energy");
+        _eq(billCost, cost, "the period's cost");
+        (, active,,,,,,) = billing.meterState(meter);
+        require(!active, "the old meter is inactive");
+        (,,,,, billCost,,,) = billing.openBill(meter);
+        _eq(billCost, 0, "the old meter has nothing left to bill");
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.MeterRetired.selector, meter));
+        billing.reactivateMeter(meter);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.MeterAlreadyRegistered.selector, meter));
+        billing.registerMeter(meter, bytes32(0), bytes32(0), 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.MeterRetired.selector, meter));
+        billing.exchangeMeter(meter, address(0xbeef), 1_000 + used, 0, uint64(clock), 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.MeterAlreadyRegistered.selector, newMeter));
+        billing.exchangeMeter(newMeter, newMeter, openingImport, openingExport, uint64(clock), 0, 0);
+        _warp(clock + 60);
+        billing.submitReadings(_record(newKey, 1, clock, uint256(openingImport) + 1, openingExport));
+        (,,,, seq,,,) = billing.meterState(newMeter);
+        _eq(seq, 1, "the new meter records from seq 1");
+    }
+
+    /// @dev After a reset the registers restart and the sequence at 0; the time and the open bill stay.
+    function testFuzz_resetRegister(uint32 dt, uint32 used, uint48 importWh, uint48 exportWh) public {
+        dt = uint32(_bound(dt, 1, 20 days));
+        vm.assume(importWh < type(uint48).max);
+        uint256 opened = clock;
+        _warp(opened + dt);
+        billing.submitReadings(_record(meterKey, 1, clock, 1_000, 0));
+        uint256 t1 = clock;
+        _warp(t1 + dt);
+        used = uint32(_bound(used, 0, uint256(MAX_POWER_W) * dt / 3600));
+        (uint256 cost,) = _refSplit(t1, t1 + dt, used, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(SmartMeterBilling.FinalReadRejected.selector, meter, SmartMeterBilling.RejectReason.FutureTimestamp)
+        );
+        billing.resetRegister(meter, 1_000 + used, 0, uint64(clock + SKEW + 1), importWh, exportWh);
+        vm.recordLogs();
+        billing.resetRegister(meter, 1_000 + used, 0, uint64(clock), importWh, exportWh);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        require(logs[0].topics[0] == SmartMeterBilling.RegisterReset.selector, "reset");
+        (uint256 finalRecord,,) = abi.decode(logs[0].data, (uint256, uint64, uint64));
+        _eq(uint32(finalRecord), 1, "final read: the old sequence");
+        _eq(uint48(finalRecord >> 160), cost, "final read: cost by the reference split");
+        (uint256 seq, uint256 ts, uint256 imp, uint256 exp) = _state(meter);
+        require(seq == 0 && ts == clock && imp == importWh && exp == exportWh, "registers and sequence restart");
+        (uint32 periodId, uint64 start,, uint64 periodImport,, uint64 billCost,,,) = billing.openBill(meter);
+        require(periodId == 1 && start == opened, "the open period goes on");
+        _eq(periodImport, used, "the period's energy across the reset");
+        _eq(billCost, cost, "the period's cost");
+        // A reading signed under the old sequence before the reset cannot come again (its time is past).
+        billing.submitReadings(_record(meterKey, 1, t1 + 1, importWh, exportWh));
+        (seq,,,) = _state(meter);
+        _eq(seq, 1, "an old reading is refused for its time and uses seq 1 up");
+        _warp(clock + 60);
+        billing.submitReadings(_record(meterKey, 2, clock, uint256(importWh) + 1, exportWh));
+        (seq, ts,,) = _state(meter);
+        require(seq == 2 && ts == clock, "records after the reset");
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.UnknownMeter.selector, address(0xdead)));
+        billing.resetRegister(address(0xdead), 0, 0, 0, 0, 0);
+    }
+
+    /// @dev The newest version may be withdrawn while it starts at least the skew ahead; its number is reused.
+    function testFuzz_withdrawTariff(uint32 rate, uint16 later, uint32 wait) public {
+        rate = uint32(_bound(rate, 1, type(uint32).max));
+        uint256 from = ((clock + SKEW) / PERIOD + 1 + _bound(later, 0, 1000)) * PERIOD;
+        SmartMeterBilling.Tariff memory t;
+        t.effectiveFrom = uint32(from);
+        t.importRate = rate;
+        billing.setTariff(t);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.NotNewestVersion.selector, uint32(1), uint32(2)));
+        billing.withdrawTariff(1);
+        _warp(clock + _bound(wait, 0, from - clock));
+        if (from < clock + SKEW) {
+            vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.TooSoon.selector, uint64(from), uint64(clock + SKEW)));
+            billing.withdrawTariff(2);
+            _eq(billing.tariffCount(), 2, "kept");
+            return;
+        }
+        vm.recordLogs();
+        billing.withdrawTariff(2);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        require(logs[0].topics[0] == SmartMeterBilling.TariffWithdrawn.selector, "withdrawn");
+        _eq(billing.tariffCount(), 1, "count");
+        _eq(billing.tariffVersionAt(uint64(from)), 1, "the opening version in force again");
+        (uint32 i,) = billing.pricesAt(uint64(from));
+        _eq(i, UNIT_RATE, "the opening price");
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.NotNewestVersion.selector, uint32(1), uint32(1)));
+        billing.withdrawTariff(1);
+        t.effectiveFrom = uint32(((clock + SKEW) / PERIOD + 1) * PERIOD);
+        _eq(billing.setTariff(t), 2, "the number reused");
+    }
+
+    /// @dev The last clock change may be withdrawn while it lies at least the skew ahead.
+    function testFuzz_withdrawClockChange(uint32 ahead, uint32 gap, int8 halfHours, uint32 wait) public {
+        ahead = uint32(_bound(ahead, SKEW, 3650 days));
+        gap = uint32(_bound(gap, 1, 400 days));
+        int16 offset = int16(int256(_bound(uint256(int256(halfHours) + 128), 128 - 48, 128 + 48)) - 128) * 30;
+        uint32 first = uint32(clock) + ahead;
+        uint32 second = first + gap;
+        SmartMeterBilling.ClockChange[] memory changes = new SmartMeterBilling.ClockChange[](2);
+        changes[0] = SmartMeterBilling.ClockChange(first, 60);
+        changes[1] = SmartMeterBilling.ClockChange(second, offset);
+        billing.addClockChanges(changes);
+        vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.NotLastClockChange.selector, uint64(first), uint64(second)));
+        billing.withdrawClockChange(first);
+        _warp(clock + _bound(wait, 0, ahead + gap));
+        if (second < clock + SKEW) {
+            vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.TooSoon.selector, uint64(second), uint64(clock + SKEW)));
+            billing.withdrawClockChange(second);
+            return;
+        }
+        vm.recordLogs();
+        billing.withdrawClockChange(second);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        require(logs[0].topics[0] == SmartMeterBilling.ClockChangeWithdrawn.selector, "withdrawn");
+        require(billing.clockOffsetAt(second) == 60 && billing.clockOffsetAt(second + 400 days) == 60, "the first stays");
+        if (first >= clock + SKEW) {
+            billing.withdrawClockChange(first);
+            require(billing.clockOffsetAt(first) == 0, "none left");
+            vm.expectRevert(abi.encodeWithSelector(SmartMeterBilling.NotLastClockChange.selector, uint64(first), uint64(0)));
+            billing.withdrawClockChange(first);
+        }
+        // A corrected change can be published after the withdrawal.
+        changes = new SmartMeterBilling.ClockChange[](1);
+        changes[0] = SmartMeterBilling.ClockChange(second, 0);
+        billing.addClockChanges(changes);
+        require(billing.clockOffsetAt(second) == 0, "the corrected change");
     }
 
     function testFuzz_closeBillingPeriod(uint32 dt, uint32 used) public {
@@ -335,7 +510,7 @@ contract BillingFuzzTest is BillingFixture {
         require(billing.domainSeparator() == _domain("SmartMeterBilling", address(billing)), "domain");
         bytes32 role = billing.OPERATOR_ROLE();
         bytes memory call;
-        which = uint8(_bound(which, 0, 10));
+        which = uint8(_bound(which, 0, 14));
         SmartMeterBilling.Tariff memory t;
         if (which == 0) call = abi.encodeCall(billing.registerMeter, (caller, bytes32(0), bytes32(0), 0, 0));
         if (which == 1) {
@@ -350,6 +525,10 @@ contract BillingFuzzTest is BillingFixture {
         if (which == 8) (call, role) = (abi.encodeCall(billing.submitReadings, ("")), billing.GATEWAY_ROLE());
         if (which == 9) (call, role) = (abi.encodeCall(billing.raiseGridAlert, (0, bytes32(0), bytes32(0), "", 0)), billing.GRID_OPERATOR_ROLE());
         if (which == 10) (call, role) = (abi.encodeCall(billing.clearGridAlert, (1)), billing.GRID_OPERATOR_ROLE());
+        if (which == 11) call = abi.encodeCall(billing.exchangeMeter, (meter, caller, 0, 0, 0, 0, 0));
+        if (which == 12) call = abi.encodeCall(billing.resetRegister, (meter, 0, 0, 0, 0, 0));
+        if (which == 13) call = abi.encodeCall(billing.withdrawTariff, (1));
+        if (which == 14) call = abi.encodeCall(billing.withdrawClockChange, (0));
         _requireRefusedForWantOfRole(address(billing), caller, call, role);
     }
 
