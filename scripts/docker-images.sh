@@ -18,7 +18,7 @@ case "$WHAT" in app|chain|all) ;; *) echo "usage: $0 [app|chain|all]" >&2; exit 
 LOCAL_BASE=smartmeter-base:bookworm
 STAGE=build/docker
 # Test and development tools stay out of the image.
-DEV_ONLY='^(pytest|pytest-[a-z-]+|playwright|hypothesis|ruff|mypy)=='
+DEV_ONLY='^(pytest|pytest-[a-z-]+|playwright|hypothesis|ruff|mypy|mkdocs-material)=='
 
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info); start one, or set DOCKER_HOST"; exit 1; }
 scripts/bootstrap.sh

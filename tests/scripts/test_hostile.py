@@ -1,5 +1,6 @@
 """The hostile-input corpus against a running server: every case gets its clear code, honest
-meters keep getting bills, nothing hostile reaches the chain."""
+meters keep getting bills, nothing hostile is recorded (a signed reading refused for its content goes
+to the chain only as a recorded refusal)."""
 
 from __future__ import annotations
 
