@@ -14,7 +14,8 @@ where it is held and the log says so), one the node dropped is sent again, and a
 error the nonce is read back from the chain.
 
 The async client never gives a nonce of its own twice: every transaction it sent and has not
-seen mined stays in its registry by nonce, a nonce read back from the chain never goes below
+seen final (the batcher says so; mined, for a caller that does not keep them) stays in its registry
+by nonce, a nonce read back from the chain never goes below
 them, and a gap before a waiting transaction (its predecessor dropped by the node, or removed
 with replaced blocks) is filled at once by sending that predecessor again, or a no-op transfer
 where the gap is none of the client's. A gateway's readings thus reach the chain in the order
