@@ -97,6 +97,8 @@ class _Staged:
     #: The reading, its signature and its meter's previous reading's time.
     reading: tuple[ReadingData, str, int] | None
     reply: str
+    #: The reading was refused for its content: it is queued only so that the chain records the refusal.
+    refused: bool = False
 
 
 class Gateway:
@@ -390,8 +392,10 @@ class Gateway:
                     from err
             self.stats["rejected"] += 1
             self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
-            self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(error_message(err))))
+            self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(error_message(err)),
+                                refused=True))
             self._staged_signatures[(key, data.seq)] = msg.signature
+            metrics.gateway_counters().refused.labels(code=err.code).inc()
             log_event(log, "reading_refused", logging.WARNING, meter=meter, code=err.code, seq=msg.seq,
                       detail=clip(err.message), on_chain="the refusal is recorded with the next batch")
             return None
@@ -450,6 +454,7 @@ class Gateway:
         for item in staged:
             self.hub.send(item.meter, item.reply)
         if readings:
-            self.stats["readings"] += len(readings)
-            metrics.gateway_counters().accepted.inc(len(readings))
+            accepted = sum(1 for item in staged if item.reading is not None and not item.refused)
+            self.stats["readings"] += accepted
+            metrics.gateway_counters().accepted.inc(accepted)
             self.upstream.queued(len(readings))

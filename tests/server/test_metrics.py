@@ -58,6 +58,21 @@ async def test_a_refused_reading_increments_its_codes_counter(server, new_meter,
     await link.close()
 
 
+async def test_a_reading_refused_for_its_content_counts_as_refused_not_accepted_though_it_goes_to_the_chain(
+        server, new_meter, link_for):
+    meter = new_meter()
+    link = link_for(meter)
+    welcome = await link.connect()
+    _, before = await scrape(server)
+    await link.send_reading(ReadingData(meter.address, 1, int(time.time()) + 3_600, welcome.last_energy_wh + 10))
+    assert (await next_of(link, ErrorMessage)).code == "future_timestamp"
+    _, after = await scrape(server)
+    refused, accepted = "smartmeter_readings_refused_total", "smartmeter_readings_accepted_total"
+    assert value(after, refused, code="future_timestamp") == value(before, refused, code="future_timestamp") + 1
+    assert value(after, accepted) == value(before, accepted)
+    await link.close()
+
+
 async def test_the_queue_gauges_follow_the_queue(server, new_meter, link_for):
     server.batcher.stop()  # the readings stay queued
     await server.tasks[1]
