@@ -34,7 +34,7 @@ from common import errors
 from common.billing import decode_bill, decode_meter
 from common.chain import AsyncChainClient
 from common.deployment import Deployment
-from common.eip712 import ReadingData, recover_reading_signer
+from common.eip712 import ReadingData
 from common.logs import clip, log_event
 from common.messages import (
     SUBPROTOCOLS,
@@ -382,14 +382,10 @@ class Gateway:
         except _SEQUENCE_KEEPING_ERRORS:
             raise
         except errors.ReadingError as err:
-            # A reading refused for its content uses up its sequence number, so the meter drops it and carries on
-            # with the next. It still goes to the chain, which records the refusal (the contract takes a meter's
+            # A signed reading refused for its content uses up its sequence number, so the meter drops it and carries
+            # on with the next. It still goes to the chain, which records the refusal (the contract takes a meter's
             # readings in an unbroken sequence, so the gateway cannot leave one out); the meter is told now.
             data = ReadingData(msg.meter, msg.seq, msg.timestamp, msg.energy_wh, msg.export_wh)
-            signer = recover_reading_signer(self.domain_separator, data, msg.signature)
-            if signer is None or signer.lower() != key or msg.meter.lower() != key:
-                raise errors.BadSignature("the signature does not recover to the reading's meter", seq=msg.seq) \
-                    from err
             self.stats["rejected"] += 1
             self._move_cursor(key, Cursor(msg.seq, cursor.timestamp, cursor.energy_wh, cursor.export_wh))
             self._stage(_Staged(meter, ws, (data, msg.signature, cursor.timestamp), encode(error_message(err)),

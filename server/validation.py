@@ -53,7 +53,9 @@ def validate_reading(
     The contract's rules come from ``common.tariff.check_reading`` (one definition, also the
     reference the contract is tested against); the gateway adds two of its own: the reading
     must name the logged-in meter, and its seq must be the next one (a gap asks the meter to
-    send the missing readings first). The signature is checked last, being the dearest.
+    send the missing readings first). The signature is checked after the checks on numbers, being
+    the dearest, and before a refusal for the reading's content: such a refusal uses the seq up (on
+    chain too), which only the meter's own signature may do.
     """
     seq = reading.seq
     if reading.meter.lower() != session_meter.lower():
@@ -65,12 +67,12 @@ def validate_reading(
         raise _refusal(reason, reading, cursor, now, limits)
     if seq != cursor.seq + 1:
         raise errors.SequenceGap(f"seq {seq} skips from {cursor.seq}; send seq {cursor.seq + 1} first", seq=seq)
-    if reason is not RejectReason.NONE:
-        raise _refusal(reason, reading, cursor, now, limits)
     data = ReadingData(reading.meter, seq, reading.timestamp, reading.energy_wh, reading.export_wh)
     signer = recover_reading_signer(domain_separator, data, reading.signature)
     if signer is None or signer.lower() != reading.meter.lower():
         raise errors.BadSignature("the signature does not recover to the reading's meter", seq=seq)
+    if reason is not RejectReason.NONE:
+        raise _refusal(reason, reading, cursor, now, limits)
     return data
 
 
