@@ -742,14 +742,26 @@ class AsyncChainClient:
         if mined < tx.nonce:
             await self._fill_gap(mined, tx.nonce, noop=False)
             return None
-        if await self.request("eth_getTransactionByHash", [tx.hash]) is None:
-            suggested, floor = await self._suggested(fresh=True)
-            if floor <= self.settings.max_fee_wei:
-                log_event(log, "tx_resent", logging.WARNING, nonce=tx.nonce, tx=tx.hash,
-                          reason="the node no longer has it (dropped from its pool, or its block was replaced)")
-                self.resent += 1
-                await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei), restart=False)
+        suggested = await self._resend_fees()
+        if suggested is not None and await self._send_again_if_forgotten(tx, suggested):
+            log_event(log, "tx_resent", logging.WARNING, nonce=tx.nonce, tx=tx.hash,
+                      reason="the node no longer has it (dropped from its pool, or its block was replaced)")
+            self.resent += 1
         return None
+
+    async def _resend_fees(self) -> Fees | None:
+        """The fees the chain asks now, for sending a transaction again; None while its next block's floor is above
+        ``MAX_FEE_GWEI`` (nothing can be mined at the fees allowed: the fee hold says so)."""
+        suggested, floor = await self._suggested(fresh=True)
+        return None if floor > self.settings.max_fee_wei else suggested
+
+    async def _send_again_if_forgotten(self, tx: SentTransaction, suggested: Fees) -> bool:
+        """Send ``tx`` again, at ``suggested`` fees if higher than its own, when the node no longer has it (dropped
+        from its pool, or gone with replaced blocks); returns whether it was sent. Its replacement clock stays."""
+        if await self.request("eth_getTransactionByHash", [tx.hash]) is not None:
+            return False
+        await self._resend(tx, tx.fees.at_least(suggested).capped(self.settings.max_fee_wei), restart=False)
+        return True
 
     async def _mined_or_lost(self, tx: SentTransaction) -> dict[str, Any]:
         """The chain is past ``tx``'s nonce: its receipt, or TransactionLost if another transaction took it."""
@@ -764,19 +776,17 @@ class AsyncChainClient:
         """Nonces ``first`` to ``end - 1`` are not mined and hold up a later transaction: send ours again at once
         (the node dropped them, or they went with replaced blocks), and, with ``noop``, a no-op transfer where
         none of ours is (only once the wait is long: the word of a replaced block may still be on its way)."""
-        suggested, floor = await self._suggested(fresh=True)
-        ceiling = self.settings.max_fee_wei
-        if floor > ceiling:
-            return  # nothing can be mined at the fees allowed: the fee hold says so
+        suggested = await self._resend_fees()
+        if suggested is None:
+            return
         for nonce in range(first, end):
             ours = self._in_flight.get(nonce)
             if ours is not None:
-                if await self.request("eth_getTransactionByHash", [ours.hash]) is not None:
+                if not await self._send_again_if_forgotten(ours, suggested):
                     continue  # the node has it: it will be mined in turn
-                await self._resend(ours, ours.fees.at_least(suggested).capped(ceiling), restart=False)
                 filler = "sent_again"
             elif noop:
-                await self._send_noop(nonce, suggested.capped(ceiling))
+                await self._send_noop(nonce, suggested.capped(self.settings.max_fee_wei))
                 filler = "noop"
             else:
                 continue
@@ -838,16 +848,10 @@ class AsyncChainClient:
         replaced: a node may drop the pool's transactions behind the vanished ones); returns how many."""
         if not self._in_flight:
             return 0
-        suggested, floor = await self._suggested(fresh=True)
-        ceiling = self.settings.max_fee_wei
-        if floor > ceiling:
+        suggested = await self._resend_fees()
+        if suggested is None:
             return 0
-        sent = 0
-        for tx in self.in_flight():
-            if await self.request("eth_getTransactionByHash", [tx.hash]) is None:
-                await self._resend(tx, tx.fees.at_least(suggested).capped(ceiling), restart=False)
-                sent += 1
-        return sent
+        return sum([await self._send_again_if_forgotten(tx, suggested) for tx in self.in_flight()])
 
     async def _unstick(self, tx: SentTransaction) -> dict[str, Any] | None:
         """``tx`` waited too long: find out why and act (returns a receipt if it turns out mined)."""
