@@ -93,7 +93,8 @@ REPORTED_LIMIT = 1_000
 RETRY_FIRST, RETRY_CAP = 0.5, 10.0
 #: Seconds a meter's readings wait after the chain refused one for a missing predecessor (``SequenceGap``).
 OUT_OF_ORDER_HOLD = 10.0
-#: Meters whose recorded readings one ``eth_getLogs`` asks for (topics hold a list of them).
+#: Meters whose recorded readings one ``eth_getLogs`` asks for (topics hold a list of them; one binary search on
+#: block timestamps finds where all of them start).
 LOOKUP_METERS = 100
 #: Seconds before a reading's timestamp that its block may be (the contract's future skew, with room).
 LOOKUP_SLACK = 3_600
@@ -673,23 +674,22 @@ class Batcher:
         of a meter whose chain is past them without their own event are logged as overtaken."""
         head = int(await chain.request("eth_blockNumber", []), 16)
         final = head - self.confirmations
-        unfinal: dict[str, tuple[SentTransaction, int, list[tuple[str, int]]]] = {}
-        ordered = sorted(meters)
-        for first in range(0, len(ordered), LOOKUP_METERS):
-            candidates: dict[str, list[QueuedReading]] = {}
-            for meter in ordered[first:first + LOOKUP_METERS]:
-                last = int((await chain.view("meterState", to_checksum_address(meter)))[4])
-                queued = [r for r in store.queued_of(meter) if r.data.seq <= last]
-                if queued:
-                    candidates[meter.lower()] = queued
-            if not candidates:
-                continue
-            since = min(r.data.timestamp for rs in candidates.values() for r in rs) - LOOKUP_SLACK
-            start = await self._first_block_at(chain, since, head)
-            found: dict[tuple[str, int], tuple[int, str]] = {}
+        candidates: dict[str, list[QueuedReading]] = {}
+        for meter in sorted(meters):
+            last = int((await chain.view("meterState", to_checksum_address(meter)))[4])
+            queued = [r for r in store.queued_of(meter) if r.data.seq <= last]
+            if queued:
+                candidates[meter.lower()] = queued
+        if not candidates:
+            return []
+        since = min(r.data.timestamp for rs in candidates.values() for r in rs) - LOOKUP_SLACK
+        start = await self._first_block_at(chain, since, head)
+        found: dict[tuple[str, int], tuple[int, str]] = {}
+        names = list(candidates)
+        for first in range(0, len(names), LOOKUP_METERS):
             # A reading's own event: recorded, or refused for its content (which uses its seq up, see USES_UP_SEQ).
             topics = [[self._decoder.topic("ReadingRecorded"), self._decoder.topic("ReadingRejected")],
-                      ["0x" + "0" * 24 + meter.removeprefix("0x") for meter in candidates]]
+                      ["0x" + "0" * 24 + meter.removeprefix("0x") for meter in names[first:first + LOOKUP_METERS]]]
             async for logs in logs_between(chain.request, chain.deployment.address, start, head, topics):
                 for raw in logs:
                     event = self._decoder.decode(raw)
@@ -697,40 +697,41 @@ class Batcher:
                                          and RejectReason(int(event.args["reason"])) not in USES_UP_SEQ):
                         continue
                     found[(str(event.args["meter"]).lower(), int(event.args["seq"]))] = (event.block, event.tx_hash)
-            done: list[tuple[str, int]] = []
-            mined: list[tuple[str, int, int, str]] = []
-            overtaken: list[tuple[str, int]] = []
-            for meter, queued in candidates.items():
-                for reading in queued:
-                    key = (meter, reading.data.seq)
-                    if key not in found:
-                        overtaken.append(key)
-                    elif not self.confirmations:
-                        done.append(key)
-                    else:
-                        mined.append((*key, *found[key]))
-            if done:
-                store.remove_many(done)
-                log_event(log, "already_on_chain", readings=len(done), which=_listed(done))
-            if mined:
-                # Final or not, they count as mined in their block: the relay's next word of a final block moves
-                # them to the settled journal with their transactions, as every final reading.
-                store.mark_recorded(mined)
-                for meter, seq, block, tx_hash in mined:
-                    entry = unfinal.get(tx_hash)
-                    if entry is None:
-                        tx = await chain.rebuild(tx_hash)
-                        if tx is None:
-                            continue
-                        entry = unfinal[tx_hash] = (tx, block, [])
-                    entry[2].append((meter, seq))
-                log_event(log, "already_on_chain", readings=len(mined), which=_listed([m[:2] for m in mined]),
-                          final=sum(1 for m in mined if m[2] <= final), transactions=len({m[3] for m in mined}))
-            if overtaken:
-                log_event(log, "readings_overtaken", logging.ERROR, readings=len(overtaken), which=_listed(overtaken),
-                          reason="the chain holds later readings of these meters but not these: the contract will "
-                                 "refuse them as stale (StaleSequence), and their meters are told",
-                          action="report this: readings are submitted in order, so it should never happen")
+        done: list[tuple[str, int]] = []
+        mined: list[tuple[str, int, int, str]] = []
+        overtaken: list[tuple[str, int]] = []
+        for meter, queued in candidates.items():
+            for reading in queued:
+                key = (meter, reading.data.seq)
+                if key not in found:
+                    overtaken.append(key)
+                elif not self.confirmations:
+                    done.append(key)
+                else:
+                    mined.append((*key, *found[key]))
+        if done:
+            store.remove_many(done)
+            log_event(log, "already_on_chain", readings=len(done), which=_listed(done))
+        unfinal: dict[str, tuple[SentTransaction, int, list[tuple[str, int]]]] = {}
+        if mined:
+            # Final or not, they count as mined in their block: the relay's next word of a final block moves
+            # them to the settled journal with their transactions, as every final reading.
+            store.mark_recorded(mined)
+            for meter, seq, block, tx_hash in mined:
+                entry = unfinal.get(tx_hash)
+                if entry is None:
+                    tx = await chain.rebuild(tx_hash)
+                    if tx is None:
+                        continue
+                    entry = unfinal[tx_hash] = (tx, block, [])
+                entry[2].append((meter, seq))
+            log_event(log, "already_on_chain", readings=len(mined), which=_listed([m[:2] for m in mined]),
+                      final=sum(1 for m in mined if m[2] <= final), transactions=len({m[3] for m in mined}))
+        if overtaken:
+            log_event(log, "readings_overtaken", logging.ERROR, readings=len(overtaken), which=_listed(overtaken),
+                      reason="the chain holds later readings of these meters but not these: the contract will "
+                             "refuse them as stale (StaleSequence), and their meters are told",
+                      action="report this: readings are submitted in order, so it should never happen")
         return list(unfinal.values())
 
     async def _first_block_at(self, chain: AsyncChainClient, timestamp: int, head: int) -> int:
