@@ -175,11 +175,7 @@ async def test_a_meter_of_an_older_protocol_version_is_not_sent_events(
     meter = new_meter(region="dr-old")
     async with connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path),
                        subprotocols=[Subprotocol("smartmeter.v3")]) as ws:
-        challenge = parse_message(await ws.recv())
-        nonce = bytes.fromhex(challenge.nonce[2:])
-        await ws.send(encode(Auth(meter=meter.address, nonce=challenge.nonce,
-                                  signature=sign_login(meter.key, deployment.domain, nonce))))
-        assert isinstance(parse_message(await ws.recv()), Welcome)
+        await _log_in(ws, meter, deployment)
         start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
         DemandResponse(chain, deployment).create_event("flex", _terms(start), meters=[meter.address])
         deadline = time.monotonic() + 6  # three of the relay's looks at the chain
@@ -200,11 +196,7 @@ async def test_a_version_4_meter_is_told_events_but_its_opt_out_signed_without_t
     meter = new_meter(region="dr-v4")
     async with connect(server_settings.server_url, ssl=client_context(server_settings.ca_cert_path),
                        subprotocols=[Subprotocol("smartmeter.v4")]) as ws:
-        challenge = parse_message(await ws.recv())
-        nonce = bytes.fromhex(challenge.nonce[2:])
-        await ws.send(encode(Auth(meter=meter.address, nonce=challenge.nonce,
-                                  signature=sign_login(meter.key, deployment.domain, nonce))))
-        assert isinstance(parse_message(await ws.recv()), Welcome)
+        await _log_in(ws, meter, deployment)
         start = -(-(int(time.time()) + 3 * HOUR) // PERIOD_SECONDS) * PERIOD_SECONDS
         event_id = DemandResponse(chain, deployment).create_event("flex", _terms(start), meters=[meter.address])
         while not isinstance(told := parse_message(await _recv(ws, 30)), DemandResponseMessage):
@@ -220,6 +212,15 @@ async def test_a_version_4_meter_is_told_events_but_its_opt_out_signed_without_t
         await ws.send(encode(OptOutWithdrawal(meter=meter.address, event_id=event_id, modification=0,
                                               signature="0x" + "1" * 130)))
         assert parse_message(await _recv(ws, 10)).code == "unexpected_message"
+
+
+async def _log_in(ws: Any, meter: Any, deployment: Any) -> None:
+    """Answer the gateway's challenge on a raw socket with the meter's signed login, and see the welcome."""
+    challenge = parse_message(await ws.recv())
+    nonce = bytes.fromhex(challenge.nonce[2:])
+    await ws.send(encode(Auth(meter=meter.address, nonce=challenge.nonce,
+                              signature=sign_login(meter.key, deployment.domain, nonce))))
+    assert isinstance(parse_message(await ws.recv()), Welcome)
 
 
 async def _recv(ws: Any, timeout: float) -> Any:
