@@ -296,9 +296,15 @@ class DeploymentMissing(ChainError):
 
 
 class GatewayUnavailable(SmartMeterError):
-    """The gateway worker holding the connection lost its link to the main server (try again shortly)."""
+    """The gateway holding the connection cannot reach the rest of the server now (try again shortly)."""
 
     code = "gateway_unavailable"
+
+
+class BusUnavailable(GatewayUnavailable):
+    """The NATS servers carrying the reading log and the meter bus do not answer (try again shortly)."""
+
+    code = "bus_unavailable"
 
 
 class AlreadyRunning(SmartMeterError):

@@ -89,6 +89,17 @@ class Settings:
     #: Processes serving the meters' port (TLS, login, checks, the durable queue); above 1 they share the port
     #: (SO_REUSEPORT) and the main process keeps the batcher, the relay, the indexer and the API.
     gateway_workers: int = 1
+    #: The NATS servers (``nats://host:4222``, comma-separated: a cluster's nodes) that carry the reading log and
+    #: the meter bus between gateways and cores on several machines; empty: SQLite and in-process delivery.
+    bus_url: str = ""
+    #: What this process runs: ``all`` (the meters' endpoint and the core), ``gateway`` (only the meters'
+    #: endpoint, on the bus) or ``core`` (chain writer, relay, indexer and API, on the bus).
+    server_role: str = "all"
+    #: Partitions of the reading log: each core writes the meters of the partitions it holds (fixed once the
+    #: stream exists).
+    bus_partitions: int = 16
+    #: Copies JetStream keeps of the reading log: 1 on one NATS server, 3 on a cluster of three or more.
+    bus_replicas: int = 1
     http_port: int = 8766
     max_message_bytes: int = 4096
     rate_limit_per_second: float = 5.0
@@ -223,6 +234,14 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"TIMEZONE={settings.timezone!r} is not a known time zone (e.g. Europe/London)") from err
     if not 1 <= settings.gateway_workers <= 64:
         raise ConfigError("GATEWAY_WORKERS must be between 1 (the gateway in the server's process) and 64")
+    if settings.server_role not in ("all", "gateway", "core"):
+        raise ConfigError("SERVER_ROLE must be all (one process does everything), gateway or core (on the bus)")
+    if settings.server_role != "all" and not settings.bus_url:
+        raise ConfigError(f"SERVER_ROLE={settings.server_role} needs BUS_URL: gateways and cores meet on NATS")
+    if settings.bus_url and not all(u.startswith(("nats://", "tls://")) for u in split_urls(settings.bus_url)):
+        raise ConfigError("BUS_URL must be nats://host:port URLs, comma-separated (a cluster's nodes)")
+    if not 1 <= settings.bus_partitions <= 1024 or not 1 <= settings.bus_replicas <= 5:
+        raise ConfigError("BUS_PARTITIONS must be between 1 and 1024 and BUS_REPLICAS between 1 and 5")
     if not 1 <= settings.batch_pipeline <= 8:
         raise ConfigError("BATCH_PIPELINE must be between 1 and 8 (batches in flight at once)")
     if settings.confirmations < -1:

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+from websockets.asyncio.server import Server
 
 from common.chain import AsyncChainClient
 from common.customers import Customers
@@ -30,6 +31,10 @@ from server import metrics
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
 from server.batcher import Batcher
+from server.bus.connection import connect, ensure_leases, ensure_stream
+from server.bus.core_link import BusCore, core_id
+from server.bus.gateway_app import GatewayApp, run_gateway
+from server.bus.writer_feed import PartitionFeed
 from server.conversations import Conversations
 from server.dr_relay import DemandResponseRelay, OptOutRelayer
 from server.gateway import Gateway
@@ -130,8 +135,9 @@ class ServerApp:
     chain: AsyncChainClient
     batcher: Batcher
     relay: Relay
-    #: The meters' endpoint: in this process, or the worker processes that serve it (``GATEWAY_WORKERS``).
-    gateway: Gateway | WorkerPool
+    #: The meters' endpoint: in this process, or the worker processes that serve it (``GATEWAY_WORKERS``); None for
+    #: a core on the bus (``SERVER_ROLE=core``), whose meters are served by stateless gateways.
+    gateway: Gateway | WorkerPool | GatewayApp | None
     index: Index
     indexer: Indexer
     feed: LiveFeed
@@ -142,6 +148,9 @@ class ServerApp:
     tasks: list[asyncio.Task[None]]
     conversations: Conversations | None = None
     demand_response: DemandResponseRelay | None = None
+    #: On the bus: this core's side of the meter bus, and its partitions of the reading log.
+    core: BusCore | None = None
+    partitions: PartitionFeed | None = None
 
     @classmethod
     async def start(cls, settings: Settings, deployment: Deployment | None = None,
@@ -190,8 +199,15 @@ class ServerApp:
             demand_response = (DemandResponseRelay(deployment, chain, hub, lambda: relay.final)
                                if deployment.demand_response is not None else None)
             upstream = InProcess(settings, chain, hub, batcher, relay, demand_response, opt_outs)
-            gateway: Gateway | WorkerPool
-            if settings.gateway_workers > 1:
+            gateway: Gateway | WorkerPool | GatewayApp | None = None
+            server: Server | None = None
+            core: BusCore | None = None
+            partitions: PartitionFeed | None = None
+            if settings.bus_url:
+                core, partitions = await _join_bus(settings, store, hub, upstream, batcher)
+                if settings.server_role == "all":
+                    gateway = await GatewayApp.start(settings, deployment)
+            elif settings.gateway_workers > 1:
                 metrics.clear_worker_files(settings.data_dir)
                 gateway = WorkerPool(settings, deployment, store, hub, upstream)
                 await gateway.start()
@@ -199,6 +215,9 @@ class ServerApp:
                 gateway = Gateway(settings, deployment, chain, store, hub, upstream, server_context(tls))
                 server = await gateway.start()
         except BaseException:
+            if core is not None:
+                await core.close()
+                await core.nc.close()
             if http is not None:
                 http.sock.close()
             if index is not None:
@@ -215,19 +234,28 @@ class ServerApp:
         relay.mined_listeners.append(batcher.mined)
         relay.final_listeners.append(batcher.finalized)
         relay.rollback_listeners.append(batcher.rolled_back)
-        relay.restart_listeners.append(gateway.restarted)
+        if core is not None:
+            relay.restart_listeners.append(core.restarted)  # every gateway on the bus is told
+        elif isinstance(gateway, (Gateway, WorkerPool)):
+            relay.restart_listeners.append(gateway.restarted)
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
                  supervisor.keep_running("indexer", indexer.run)]
+        if partitions is not None:
+            tasks.append(supervisor.keep_running("partitions", partitions.run))
         if demand_response is not None:
             tasks.append(supervisor.keep_running("demand_response", demand_response.run))
+        endpoint = gateway.gateway if isinstance(gateway, GatewayApp) else gateway
         health = HealthCheck(chain.request, deployment.chain_id, supervisor.parts, batcher, relay, indexer, store,
-                             index, gateway=lambda: (*gateway.serving(), len(hub)))
+                             index, gateway=None if endpoint is None else
+                             lambda: (*endpoint.serving(), len(endpoint.hub)))
         loop = asyncio.get_running_loop()
         if isinstance(gateway, WorkerPool):
             tasks += [supervisor.keep_running(f"gateway_worker_{w.number}", partial(gateway.keep, w.number))
                       for w in gateway.workers]
-        else:
+        elif isinstance(gateway, GatewayApp) and gateway.gateway.server is not None:
+            supervisor.watch(loop.create_task(gateway.gateway.server.wait_closed(), name="gateway"))
+        elif server is not None:
             supervisor.watch(loop.create_task(server.wait_closed(), name="gateway"))
         if http is not None:
             http.app.state.health = health
@@ -243,7 +271,7 @@ class ServerApp:
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, gateway=chain.account.address, queued=store.count())
         return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
-                   supervisor, health, tasks, conversations, demand_response)
+                   supervisor, health, tasks, conversations, demand_response, core, partitions)
 
     async def until(self, stop: asyncio.Event) -> Ended | None:
         """Wait for ``stop``, or for one of the server's tasks to end before it (returns which, and why)."""
@@ -262,7 +290,12 @@ class ServerApp:
         self.supervisor.stop()
         if self.http is not None:
             await self.http.stop()
-        await self.gateway.close()
+        if isinstance(self.gateway, GatewayApp):
+            await self.gateway.stop()
+        elif self.gateway is not None:
+            await self.gateway.close()
+        if self.partitions is not None:
+            self.partitions.stop()
         self.batcher.stop()
         self.relay.stop()
         if self.demand_response is not None:
@@ -282,12 +315,41 @@ class ServerApp:
         self.index.close()
         if self.conversations is not None:
             self.conversations.close()
+        if self.core is not None:
+            await self.core.close()
+            try:
+                await self.core.nc.drain()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         await self.chain.close()
         log_event(log, "server_stopped")
 
 
+async def _join_bus(settings: Settings, store: Store, hub: Hub, upstream: InProcess,
+                    batcher: Batcher) -> tuple[BusCore, PartitionFeed]:
+    """Put this core on the bus: it answers logins and writes the partitions of the reading log it leases. Readings
+    its queue held from a previous run and had not sent go back to the log's owners (the log still has them)."""
+    name = core_id()
+    nc = await connect(settings, f"core-{name}")
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        leases = await ensure_leases(js, settings)
+        dropped = store.drop_unsent(store.queued_meters())
+        if dropped:
+            log_event(log, "unsent_readings_left_to_the_log", readings=dropped)
+        core = BusCore(nc, hub, upstream, name)
+        await core.start()
+    except BaseException:
+        await nc.close()
+        raise
+    return core, PartitionFeed(settings, nc, js, leases, store, batcher, name)
+
+
 async def run(settings: Settings) -> str | None:
     """Run the server until SIGINT or SIGTERM, or until one of its tasks ends unexpectedly (returns why)."""
+    if settings.server_role == "gateway":
+        return await run_gateway(settings)
     app = await ServerApp.start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

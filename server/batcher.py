@@ -152,6 +152,10 @@ class Batcher:
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self._dirty = False
+        #: Meters whose queued readings another writer may have sent already (a partition taken over on the bus):
+        #: each is settled against its own events before any of its readings is sent.
+        self._unchecked: set[str] = set()
+        self._unchecked_lock = threading.Lock()
         #: Meters with readings in a batch being sent: their later readings wait for it.
         self._busy: set[str] = set()
         #: Meters whose readings wait (until a monotonic time) after one was refused as out of order.
@@ -171,6 +175,13 @@ class Batcher:
     def sender_chain(self) -> AsyncChainClient | None:
         """The senders' chain client while they run (``/metrics`` reads its replaced and resent transactions)."""
         return self._thread_chain
+
+    def check_first(self, meters: set[str]) -> None:
+        """Settle these meters' queued readings against their own events before sending any (another writer, whose
+        partition this one took over, may have sent them)."""
+        with self._unchecked_lock:
+            self._unchecked.update(m.lower() for m in meters)
+        self.notify()
 
     def notify(self) -> None:
         """Tell the batcher a reading was queued (from any thread)."""
@@ -511,18 +522,24 @@ class Batcher:
                     pass
                 continue
             try:
-                if self._dirty:
-                    # A previous batch failed with its fate unknown: drop what the chain already holds
-                    # before sending anything again.
-                    self._dirty = False
+                meters = {r.data.meter for r in batch}
+                with self._unchecked_lock:
+                    unchecked = meters & self._unchecked
+                    self._unchecked -= unchecked
+                if self._dirty or unchecked:
+                    # A previous batch failed with its fate unknown, or another writer had these meters: drop what
+                    # the chain already holds before sending anything again.
+                    dirty, self._dirty = self._dirty, False
                     try:
                         for tx, block, readings in await self._drop_recorded(chain, store,
-                                                                              {r.data.meter for r in batch}):
+                                                                              meters if dirty else unchecked):
                             if not any(entry[0].nonce == tx.nonce for entry in self._unfinal_txs):
                                 self._unfinal_txs.append((tx, block, readings))
                                 chain.register(tx)
                     except BaseException:
-                        self._dirty = True  # not done: the next batch does it
+                        self._dirty = self._dirty or dirty  # not done: the next batch does it
+                        with self._unchecked_lock:
+                            self._unchecked |= unchecked
                         raise
                     continue
                 await self._submit(chain, store, batch)

@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -58,6 +58,9 @@ from server.ratelimit import TokenBucket
 from server.session import GOING_AWAY, POLICY_VIOLATION, Session
 from server.store import Store
 from server.upstream import Upstream
+
+if TYPE_CHECKING:
+    from server.bus.reading_log import BusLog
 from server.validation import Cursor, Limits, validate_reading
 
 __all__ = ["Gateway"]
@@ -109,12 +112,13 @@ class Gateway:
         settings: Settings,
         deployment: Deployment,
         chain: AsyncChainClient,
-        store: Store,
+        store: Store | BusLog,
         hub: Hub,
         upstream: Upstream,
         ssl_context: ssl.SSLContext,
         reuse_port: bool = False,
     ) -> None:
+        """``store``: the queue in SQLite (one machine), or the reading log on the bus (a stateless gateway)."""
         self.settings = settings
         self.deployment = deployment
         self.chain = chain
@@ -135,6 +139,8 @@ class Gateway:
         self._cursors_before: dict[str, Cursor] = {}
         self.server: Server | None = None
         self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
+        #: Turns being logged on the bus (their replies wait for the stream's acknowledgement).
+        self._logging: set[asyncio.Task[None]] = set()
         self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
 
     async def start(self) -> Server:
@@ -164,6 +170,8 @@ class Gateway:
         """Stop accepting, close every connection with 1001 (going away)."""
         if self.server is not None:
             self.server.close(close_connections=False)
+            if self._logging:  # turns being logged on the bus: their meters get their replies first
+                await asyncio.wait(set(self._logging), timeout=15)
             await self.hub.close_all(GOING_AWAY, "server shutting down")
             for conn in list(self.server.connections):
                 await conn.close(GOING_AWAY, "server shutting down")
@@ -269,8 +277,18 @@ class Gateway:
         # The furthest of: the chain's (readings recorded but not final yet count), the store's, and the one in
         # memory, which is ahead of the store while a previous connection's readings wait for this turn's commit.
         on_chain = Cursor(latest.last_seq, latest.last_timestamp, latest.last_energy_wh, latest.last_export_wh)
-        known = (self.store.cursor(meter), on_chain,
-                 self.cursors.get(meter.lower()))
+        if isinstance(self.store, Store):
+            logged = self.store.cursor(meter)
+        else:  # the meter's last reading still in the log, unless the chain restarted the meter since
+            try:
+                logged = await self.store.last_logged(meter)
+            except errors.SmartMeterError as err:
+                self._forget(meter, ws)
+                await self._refuse(ws, err, peer, close=True)
+                return None
+            if logged is not None and logged.timestamp < on_chain.timestamp:
+                logged = None
+        known = (logged, on_chain, self.cursors.get(meter.lower()))
         cursor = max((c for c in known if c is not None), key=lambda c: c.seq)
         self.cursors[meter.lower()] = cursor
         welcome = Welcome(
@@ -436,17 +454,43 @@ class Gateway:
         before, self._cursors_before = self._cursors_before, {}
         self._staged_signatures.clear()
         readings = [item.reading for item in staged if item.reading is not None]
+        if not isinstance(self.store, Store):
+            task = asyncio.get_running_loop().create_task(self._log_turn(self.store, staged, before, readings))
+            self._logging.add(task)
+            task.add_done_callback(self._logging.discard)
+            return
         try:
             self.store.put(readings, {key: self.cursors[key] for key in before})
         except sqlite3.Error as err:
             # Nothing of the turn was stored, so nothing is acknowledged: the cursors go back to where
             # they were, and the meters' connections are closed so that they reconnect and resend.
-            log_event(log, "readings_not_stored", logging.ERROR, readings=len(readings), error=str(err)[:300],
-                      action="the meters were disconnected and will resend; check the disk and data directory")
-            self.cursors.update(before)
-            for ws in {id(item.ws): item.ws for item in staged}.values():
-                asyncio.get_running_loop().create_task(ws.close(INTERNAL_ERROR, "storage_failed"))
+            self._not_stored(staged, before, len(readings), str(err),
+                             "the meters were disconnected and will resend; check the disk and data directory")
             return
+        self._reply(staged, readings)
+
+    async def _log_turn(self, bus_log: BusLog, staged: list[_Staged], before: dict[str, Cursor],
+                        readings: list[tuple[ReadingData, str, int]]) -> None:
+        """Log a turn's readings on the bus, then send its replies (or, if the log did not take them, close its
+        meters' connections so that they resend)."""
+        try:
+            await bus_log.append(readings)
+        except errors.SmartMeterError as err:
+            self._not_stored(staged, before, len(readings), err.message,
+                             "the meters were disconnected and will resend; check that the NATS servers run")
+            return
+        self._reply(staged, readings)
+
+    def _not_stored(self, staged: list[_Staged], before: dict[str, Cursor], count: int, error: str,
+                    action: str) -> None:
+        """Nothing of a turn was stored: its cursors go back, and its meters are disconnected to resend."""
+        log_event(log, "readings_not_stored", logging.ERROR, readings=count, error=error[:300], action=action)
+        self.cursors.update(before)
+        for ws in {id(item.ws): item.ws for item in staged}.values():
+            asyncio.get_running_loop().create_task(ws.close(INTERNAL_ERROR, "storage_failed"))
+
+    def _reply(self, staged: list[_Staged], readings: list[tuple[ReadingData, str, int]]) -> None:
+        """Send a stored turn's replies in order, and count its readings."""
         for item in staged:
             self.hub.send(item.meter, item.reply)
         if readings:

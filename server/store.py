@@ -206,6 +206,43 @@ class Store:
                                                  for m, c in cursors.items()])
         self._count.add(len(readings))
 
+    def take_in(self, readings: list[tuple[ReadingData, str, int]]) -> list[tuple[str, int]]:
+        """Queue readings taken from the bus's reading log, leaving out those queued or settled already (a message
+        delivered again); returns the (meter, seq) of those queued now."""
+        now = time.time()
+        taken: list[tuple[str, int]] = []
+        with self.db:
+            self.db.execute("BEGIN")
+            for d, sig, prev in readings:
+                key = (d.meter.lower(), d.seq)
+                if self.db.execute("SELECT 1 FROM settled WHERE meter=? AND seq=? AND timestamp=?",
+                                   (*key, d.timestamp)).fetchone():
+                    continue
+                if self.db.execute(
+                        "INSERT OR IGNORE INTO queue (meter, seq, timestamp, energy_wh, export_wh, prev_timestamp, "
+                        "signature, received_at) VALUES (?,?,?,?,?,?,?,?)",
+                        (*key, d.timestamp, d.energy_wh, d.export_wh, prev, sig, now)).rowcount:
+                    taken.append(key)
+        self._count.add(len(taken))
+        return taken
+
+    def queued_keys(self) -> set[tuple[str, int]]:
+        """The (meter, seq) of every queued reading."""
+        return {(str(m), int(s)) for m, s in self.db.execute("SELECT meter, seq FROM queue").fetchall()}
+
+    def drop_unsent(self, meters: Collection[str]) -> int:
+        """Drop the readings of ``meters`` not yet in a transaction (their partition went to another writer, which
+        takes them from the log); returns how many."""
+        removed = 0
+        with self.db:
+            self.db.execute("BEGIN")
+            for meter in meters:
+                removed += self.db.execute(
+                    "DELETE FROM queue WHERE meter=? AND tx_hash IS NULL AND mined_block IS NULL", (meter.lower(),)
+                ).rowcount
+        self._count.add(-removed)
+        return removed
+
     def get(self, meter: str, seq: int) -> QueuedReading | None:
         """A queued reading, if still queued."""
         row = self.db.execute(

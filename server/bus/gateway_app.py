@@ -1,0 +1,112 @@
+"""A gateway that holds no state (``SERVER_ROLE=gateway``): the meters' endpoint alone, on the bus.
+
+It keeps only its connections. It reads a meter's state from the chain at login (and its last
+reading still in the reading log), logs readings to JetStream before acknowledging them, and
+passes on what the cores publish for its meters. Any number of them, on any machines, serve the
+same meters: a meter may reconnect to any. Runs until SIGINT or SIGTERM, then closes its
+connections with 1001 (going away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+
+from common.chain import AsyncChainClient
+from common.deployment import Deployment, load_deployment
+from common.errors import ChainUnavailable
+from common.logs import log_event
+from common.settings import Settings, split_urls
+from server.bus.connection import connect, ensure_stream
+from server.bus.gateway_link import BusUpstream
+from server.bus.reading_log import BusLog
+from server.gateway import Gateway
+from server.hub import Hub
+from server.tls import ensure_tls, server_context, small_tls_buffers
+
+__all__ = ["GatewayApp", "run_gateway"]
+
+log = logging.getLogger("server")
+
+
+@dataclass
+class GatewayApp:
+    """The running parts of a stateless gateway."""
+
+    settings: Settings
+    nc: Client
+    chain: AsyncChainClient
+    hub: Hub
+    log: BusLog
+    upstream: BusUpstream
+    gateway: Gateway
+
+    @classmethod
+    async def start(cls, settings: Settings, deployment: Deployment | None = None,
+                    reuse_port: bool = False) -> GatewayApp:
+        """Connect to the bus and the chain, and listen for meters."""
+        deployment = deployment or load_deployment(settings)
+        small_tls_buffers()
+        tls = ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts))
+        chain = AsyncChainClient(settings, deployment, settings.gateway_key)
+        nc: Client | None = None
+        try:
+            chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
+            if chain_id != deployment.chain_id:
+                raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
+                                       f"not {deployment.chain_id} where the contract is recorded")
+            nc = await connect(settings, "gateway")
+            js = nc.jetstream()
+            await ensure_stream(js, settings)
+            hub = Hub()
+            reading_log = BusLog(settings, nc, js)
+            reading_log.start()
+            upstream = BusUpstream(nc, hub)
+            await upstream.start()
+            gateway = Gateway(settings, deployment, chain, reading_log, hub, upstream, server_context(tls),
+                              reuse_port=reuse_port)
+            upstream.on_restart = gateway.restarted
+            await gateway.start()
+        except BaseException:
+            if nc is not None:
+                await nc.close()
+            await chain.close()
+            raise
+        log_event(log, "gateway_started", contract=deployment.address, meters_url=settings.server_url,
+                  bus=settings.bus_url)
+        return cls(settings, nc, chain, hub, reading_log, upstream, gateway)
+
+    async def stop(self) -> None:
+        """Close the meters' connections (1001), then leave the bus and the chain."""
+        await self.gateway.close()
+        await self.upstream.close()
+        await self.log.close()
+        try:
+            await self.nc.drain()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        await self.chain.close()
+        log_event(log, "gateway_stopped", readings=self.gateway.stats["readings"],
+                  duplicates=self.log.duplicates)
+
+
+async def run_gateway(settings: Settings) -> str | None:
+    """Run a stateless gateway until SIGINT or SIGTERM, or until its listener closes (returns why)."""
+    app = await GatewayApp.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    assert app.gateway.server is not None
+    closed = asyncio.ensure_future(app.gateway.server.wait_closed())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    closed.cancel()
+    stopping.cancel()
+    ended = not stop.is_set()
+    await app.stop()
+    return "the meters' listener closed" if ended else None

@@ -1,0 +1,60 @@
+"""The server on the bus: stateless gateways log readings to JetStream and cores write them to the chain; bills
+come back to the meters through the gateway holding their connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from common.devchain import free_port
+from common.eip712 import ReadingData
+from common.messages import Ack, Bill
+from server.app import ServerApp
+from server.bus.gateway_app import GatewayApp
+from tests.server.test_gateway import next_of
+
+
+@pytest.fixture
+async def bus_server(server_settings, deployment, nats_url) -> AsyncIterator[ServerApp]:
+    """A core with a gateway in its process, on the bus."""
+    app = await ServerApp.start(server_settings.replace(bus_url=nats_url, bus_partitions=4), deployment)
+    await app.relay.caught_up.wait()
+    yield app
+    await app.stop()
+
+
+async def test_a_reading_on_the_bus_is_acknowledged_recorded_once_and_billed(bus_server, new_meter, link_for):
+    account = new_meter()
+    link = link_for(account)
+    await link.connect()
+    now = int(time.time())
+    for seq in (1, 2):
+        await link.send_reading(ReadingData(account.address, seq, now - 60 + seq * 20, 10_000 + seq * 50))
+    assert (await next_of(link, Ack, timeout=60)).seq == 1
+    assert (await next_of(link, Ack, timeout=60)).seq == 2
+    bills = [await next_of(link, Bill, timeout=90) for _ in range(2)]
+    assert [b.seq for b in bills] == [1, 2] and bills[-1].energy_wh == 10_100
+    await link.close()
+
+
+async def test_a_second_stateless_gateway_serves_the_same_meters(bus_server, server_settings, deployment, new_meter,
+                                                                 link_for, nats_url):
+    settings = server_settings.replace(bus_url=nats_url, bus_partitions=4, server_port=free_port(),
+                                       server_role="gateway")
+    other = await GatewayApp.start(settings, deployment)
+    try:
+        account = new_meter()
+        link = link_for(account)
+        link.url = settings.server_url
+        await link.connect()
+        await link.send_reading(ReadingData(account.address, 1, int(time.time()) - 30, 10_400))
+        assert (await next_of(link, Ack, timeout=60)).seq == 1
+        bill = await next_of(link, Bill, timeout=90)
+        assert bill.seq == 1 and bill.energy_wh == 10_400
+        await link.close()
+        await asyncio.sleep(0)
+    finally:
+        await other.stop()
