@@ -69,14 +69,15 @@ class ServerProcess:
         """The child's environment: exactly the test's settings."""
         return {**os.environ, **self.settings.as_env()}
 
-    async def start(self) -> None:
+    async def start(self, ready: str = "gateway_listening") -> None:
+        """Start it and wait until its log says ``ready``."""
         out = open(self.log_path, "ab")  # noqa: SIM115
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env(),
                                      stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if "gateway_listening" in self.log_path.read_text()[offset:]:
+            if ready in self.log_path.read_text()[offset:]:
                 return
             assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
             await asyncio.sleep(0.1)

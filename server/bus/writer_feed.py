@@ -23,6 +23,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from nats.aio.client import Client
@@ -165,6 +166,7 @@ class PartitionFeed:
         held = _Held(number, revision, logged_before=int((await self.js.stream_info(STREAM)).state.last_seq))
         held.sub = await self.js.pull_subscribe_bind(durable=name, stream=STREAM)
         held.task = asyncio.get_running_loop().create_task(self._feed(held), name=f"partition-{number}")
+        held.task.add_done_callback(partial(self._feed_ended, number))
         self.held[number] = held
         self.takeovers += 1
         log_event(log, "partition_taken", core=self.core, partition=number, held=len(self.held))
@@ -192,6 +194,15 @@ class PartitionFeed:
         log_event(log, "partition_released", core=self.core, partition=number, dropped_unsent=dropped,
                   held=len(self.held))
 
+    def _feed_ended(self, number: int, task: asyncio.Task[None]) -> None:
+        """A partition's feed ended: said, unless it was let go (its lease then lapses, and a core takes it)."""
+        if task.cancelled():
+            return
+        log_event(log, "partition_feed_ended", logging.ERROR, partition=number, error=repr(task.exception())[:300],
+                  action="the partition is let go; a core takes it again within seconds")
+        if self.held.get(number) is not None and self.held[number].task is task:
+            asyncio.get_running_loop().create_task(self._let_go(number, release=True))
+
     async def _feed(self, held: _Held) -> None:
         """Take the partition's readings into the queue as they come."""
         while True:
@@ -204,25 +215,38 @@ class PartitionFeed:
                           error=f"{type(err).__name__}: {err}"[:300])
                 await asyncio.sleep(1.0)
                 continue
-            readings = []
-            earlier: set[str] = set()
-            for msg in msgs:
-                try:
-                    logged = decode_reading(msg.data)
-                except ValueError as err:
-                    log_event(log, "log_message_dropped", logging.ERROR, partition=held.number, error=str(err))
-                    await msg.term()
-                    continue
-                held.messages[(logged.data.meter, logged.data.seq)] = msg
-                readings.append((logged.data, logged.signature, logged.prev_timestamp))
-                if msg.metadata.sequence.stream <= held.logged_before:
-                    earlier.add(logged.data.meter)
-            taken = self.store.take_in(readings)
-            self.taken_in += len(taken)
-            if earlier:
-                self.batcher.check_first(earlier)
-            if taken:
-                self.batcher.notify()
+            try:
+                self._take_in(held, msgs)
+            except Exception as err:  # noqa: BLE001 - none is held: the stream delivers them again
+                log_event(log, "partition_feed_failed", logging.ERROR, partition=held.number, readings=len(msgs),
+                          error=f"{type(err).__name__}: {err}"[:300], action="they are delivered again shortly")
+                for msg in msgs:
+                    asyncio.get_running_loop().create_task(_nak(msg))
+                await asyncio.sleep(1.0)
+
+    def _take_in(self, held: _Held, msgs: list[Msg]) -> None:
+        """Queue a fetch's readings and hold their messages until they leave the queue."""
+        readings = []
+        keyed: list[tuple[tuple[str, int], Msg]] = []
+        earlier: set[str] = set()
+        for msg in msgs:
+            try:
+                logged = decode_reading(msg.data)
+            except ValueError as err:
+                log_event(log, "log_message_dropped", logging.ERROR, partition=held.number, error=str(err))
+                asyncio.get_running_loop().create_task(msg.term())
+                continue
+            keyed.append(((logged.data.meter, logged.data.seq), msg))
+            readings.append((logged.data, logged.signature, logged.prev_timestamp))
+            if msg.metadata.sequence.stream <= held.logged_before:
+                earlier.add(logged.data.meter)
+        taken = self.store.take_in(readings)
+        held.messages.update(keyed)  # only now: one held but not queued would count as settled
+        self.taken_in += len(taken)
+        if earlier:
+            self.batcher.check_first(earlier)
+        if taken:
+            self.batcher.notify()
 
     def _acknowledge_settled(self) -> None:
         """Acknowledge the held readings that have left the queue (final on chain, or settled already)."""
@@ -233,6 +257,14 @@ class PartitionFeed:
                 msg = held.messages.pop(key)
                 asyncio.get_running_loop().create_task(_ack(msg))
             self.acknowledged += len(done)
+
+
+async def _nak(msg: Msg) -> None:
+    """Ask for a message to be delivered again (if this fails, it is after ``ACK_WAIT``)."""
+    try:
+        await msg.nak(delay=1.0)
+    except Exception as err:  # noqa: BLE001 - see above
+        log_event(log, "log_nak_failed", logging.DEBUG, error=str(err)[:200])
 
 
 async def _ack(msg: Msg) -> None:

@@ -1,0 +1,111 @@
+"""Several chain writers on the bus: a core killed in the middle of its batches loses nothing the gateways
+acknowledged and records nothing twice; its partitions of the reading log go to the core left."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from eth_account import Account
+from websockets.exceptions import ConnectionClosed
+
+from common.eip712 import ReadingData
+from common.events import unpack_record
+from common.messages import Ack
+from common.settings import GANACHE_DEV_KEYS
+from server.app import ServerApp
+from tests.server.test_gateway import next_of
+from tests.support import ServerProcess
+
+#: The second core's key (given the gateway role here; no other test uses it).
+SECOND_WRITER_KEY = GANACHE_DEV_KEYS[6]
+
+
+def grant_gateway_role(chain, deployment, key: str) -> None:
+    """Give ``key`` the gateway role, as an operator adding a chain writer would."""
+    contract = chain.contract(deployment)
+    role = contract.functions.GATEWAY_ROLE().call()
+    address = Account.from_key(key).address
+    if not contract.functions.hasRole(role, address).call():
+        chain.transact(chain.settings.admin_key, contract.functions.grantRole(role, address))
+
+
+async def stream(account, link_for, count: int, acked: set[int], start: float) -> int:
+    """Send readings 1..count, each after the previous one's ack, logging in again (from the gateway's last used
+    seq) whenever the connection drops; returns how many times it did."""
+    link = link_for(account)
+    welcome = await link.connect()
+    again = 0
+    seq = welcome.last_used_seq + 1
+    while seq <= count:
+        try:
+            await link.send_reading(ReadingData(account.address, seq, int(start) + seq * 10, 10_000 + seq * 10))
+            ack = await next_of(link, Ack, timeout=30)
+            assert ack.seq == seq and ack.status in ("queued", "duplicate")
+            acked.add(seq)
+            seq += 1
+            await asyncio.sleep(0.05)
+        except (ConnectionClosed, OSError, asyncio.TimeoutError):
+            again += 1
+            assert again < 20
+            for _ in range(100):
+                try:
+                    link = link_for(account)
+                    welcome = await link.connect()
+                    break
+                except (ConnectionClosed, OSError, asyncio.TimeoutError):
+                    await asyncio.sleep(0.3)
+            assert welcome.last_used_seq >= max(acked, default=0)  # nothing acknowledged is forgotten
+            seq = welcome.last_used_seq + 1
+    await link.close()
+    return again
+
+
+async def test_a_core_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+        server_settings, deployment, nats_url, new_meter, link_for, chain, tmp_path):
+    grant_gateway_role(chain, deployment, SECOND_WRITER_KEY)
+    settings = server_settings.replace(bus_url=nats_url, bus_partitions=8)
+    doomed = ServerProcess(settings.replace(server_role="core", data_dir=tmp_path / "doomed", http_port=0),
+                           tmp_path / "doomed.log")
+    await doomed.start(ready="server_started")
+    survivor = await ServerApp.start(settings.replace(gateway_key=SECOND_WRITER_KEY), deployment)
+    try:
+        assert survivor.partitions is not None
+        deadline = time.monotonic() + 60
+        while len(survivor.partitions.held) != 4:  # two cores: four partitions each
+            assert time.monotonic() < deadline, f"the partitions were never shared: {survivor.partitions.held}"
+            await asyncio.sleep(0.2)
+        accounts = [new_meter() for _ in range(8)]
+        count, start = 40, time.time() - 1_000
+        acked: dict[str, set[int]] = {a.address: set() for a in accounts}
+        streams = asyncio.gather(*(stream(a, link_for, count, acked[a.address], start) for a in accounts))
+        while min(len(s) for s in acked.values()) < 12:
+            assert not streams.done(), streams.exception()
+            await asyncio.sleep(0.05)
+        log = doomed.log_path.read_text()
+        assert "batch_mined" in log, "the doomed core wrote nothing before it was killed"
+        doomed.kill()
+        await asyncio.wait_for(streams, 240)
+        assert all(acked[a.address] == set(range(1, count + 1)) for a in accounts)
+        contract = chain.w3.eth.contract(address=deployment.address, abi=deployment.abi)
+        deadline = time.monotonic() + 120
+        while any(contract.functions.meterState(a.address).call()[4] < count for a in accounts):
+            if time.monotonic() > deadline:
+                js = survivor.core.nc.jetstream()
+                infos = [await js.consumer_info("READINGS", f"writer-p{n}") for n in range(8)]
+                raise AssertionError(("the readings never all reached the chain",
+                                      [contract.functions.meterState(a.address).call()[4] for a in accounts],
+                                      survivor.store.count(), {n: len(h.messages) for n, h in
+                                                               survivor.partitions.held.items()},
+                                      [(i.num_pending, i.num_ack_pending, i.delivered.stream_seq) for i in infos],
+                                      (await js.stream_info("READINGS")).state))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # room for a wrong second submission to land
+        for account in accounts:
+            logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block,
+                                                              argument_filters={"meter": account.address})
+            assert sorted(unpack_record(int(e.args.record))["seq"] for e in logs) == list(range(1, count + 1))
+        assert len(survivor.partitions.held) == 8, "the killed core's partitions were not taken over"
+    finally:
+        ServerProcess.kill_all()
+        await survivor.stop()
