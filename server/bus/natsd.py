@@ -41,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from common.devchain import free_port
 from common.errors import ConfigError
 from common.logs import log_event, setup_logging
 
@@ -98,6 +99,12 @@ class NatsConfig:
     #: The other nodes' route URLs, ``nats-route://host:port``.
     routes: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def local(cls, store_dir: Path, name: str = "local", *, sync_always: bool = True) -> NatsConfig:
+        """A single node on 127.0.0.1 with free client and monitoring ports (taken by another process
+        before the node binds them, the start fails with "address already in use": try again)."""
+        return cls(name=name, store_dir=store_dir, port=free_port(), http_port=free_port(), sync_always=sync_always)
+
     @property
     def clustered(self) -> bool:
         """Whether this node is part of a cluster."""
@@ -136,8 +143,12 @@ def render_config(config: NatsConfig) -> str:
 
 def _die_with_parent() -> None:
     """In the child before exec: have the kernel SIGTERM it when the thread that started it ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+#: libc's prctl, looked up in the parent: the child between fork and exec should do as little as it can.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 class NatsServer:
@@ -189,13 +200,19 @@ class NatsServer:
         binary = self.binary or nats_server_binary()
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_config(self.config))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         # A server killed outright must not leave its nats-server holding the ports and the store: the
-        # kernel ends it with the thread that started it (the main thread unless started from another).
-        on_linux_main = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
-        self.process = subprocess.Popen(  # noqa: S603 - our own binary and file
-            [str(binary), "-c", str(self.config_path)], stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if on_linux_main else None)
+        # kernel ends it with the thread that started it, when that is the main thread (a worker thread of
+        # asyncio.to_thread can end any time; start_async therefore spawns from the event loop's thread).
+        on_linux_main = _prctl is not None and threading.current_thread() is threading.main_thread()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        try:
+            self.process = subprocess.Popen(  # noqa: S603 - our own binary and file
+                [str(binary), "-c", str(self.config_path)], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if on_linux_main else None)
+        except OSError as failure:
+            log.close()
+            raise ConfigError(f"cannot run {binary}: {failure}") from failure
+        self._log = log
 
     def _ready_url(self) -> str:
         # A single node is healthy on its own, so the full check applies. A clustered node's full check waits

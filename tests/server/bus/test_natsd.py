@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -112,3 +114,35 @@ def test_a_node_that_cannot_start_is_a_config_error_quoting_its_log(tmp_path: Pa
             second.start()
         assert "address already in use" in str(failure.value)
         assert not second.running
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie nobody reaped counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_the_node_dies_with_the_process_that_started_it_when_that_is_killed(tmp_path: Path) -> None:
+    code = ("import sys, time\n"
+            "from pathlib import Path\n"
+            "from server.bus.natsd import NatsConfig, NatsServer\n"
+            f"node = NatsServer(NatsConfig.local(Path({str(tmp_path / 'js')!r})))\n"
+            "node.start()\n"
+            "assert node.process is not None\n"
+            "print(node.process.pid, flush=True)\n"
+            "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert parent.stdout is not None
+        nats_pid = int(parent.stdout.readline())
+        assert not gone(nats_pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while not gone(nats_pid):
+        assert time.monotonic() < deadline, "nats-server outlived the process that started it"
+        time.sleep(0.1)
