@@ -212,7 +212,7 @@ class Store:
         now = time.time()
         taken: list[tuple[str, int]] = []
         with self.db:
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")  # it reads then writes: take the write lock first (no busy upgrade)
             for d, sig, prev in readings:
                 key = (d.meter.lower(), d.seq)
                 if self.db.execute("SELECT 1 FROM settled WHERE meter=? AND seq=? AND timestamp=?",

@@ -86,7 +86,9 @@ async def test_a_core_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         assert "batch_mined" in log, "the doomed core wrote nothing before it was killed"
         doomed.kill()
         await asyncio.wait_for(streams, 240)
-        assert all(acked[a.address] == set(range(1, count + 1)) for a in accounts)
+        # A reading logged but whose ack the meter did not see (its connection closed meanwhile) is not in ``acked``:
+        # the meter carried on from the gateway's last used seq. It is on chain all the same (checked below).
+        assert all(max(acked[a.address]) == count for a in accounts)
         contract = chain.w3.eth.contract(address=deployment.address, abi=deployment.abi)
         deadline = time.monotonic() + 120
         while any(contract.functions.meterState(a.address).call()[4] < count for a in accounts):
@@ -105,6 +107,7 @@ async def test_a_core_killed_mid_batch_loses_nothing_and_duplicates_nothing(
             logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block,
                                                               argument_filters={"meter": account.address})
             assert sorted(unpack_record(int(e.args.record))["seq"] for e in logs) == list(range(1, count + 1))
+            # (so every acknowledged reading, ``acked`` being within 1..count, is on chain exactly once)
         assert len(survivor.partitions.held) == 8, "the killed core's partitions were not taken over"
     finally:
         ServerProcess.kill_all()
