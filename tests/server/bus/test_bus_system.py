@@ -11,6 +11,7 @@ import pytest
 
 from common.devchain import free_port
 from common.eip712 import ReadingData
+from common.events import unpack_record
 from common.messages import Ack, Bill
 from server.app import ServerApp
 from server.bus.gateway_app import GatewayApp
@@ -58,3 +59,39 @@ async def test_a_second_stateless_gateway_serves_the_same_meters(bus_server, ser
         await asyncio.sleep(0)
     finally:
         await other.stop()
+
+
+async def test_a_publish_retried_after_a_lost_acknowledgement_is_recorded_once(bus_server, new_meter, link_for,
+                                                                             chain, deployment):
+    account = new_meter()
+    link = link_for(account)
+    welcome = await link.connect()
+    assert welcome.last_used_seq == 0
+    gateway = bus_server.gateway
+    assert isinstance(gateway, GatewayApp)
+    first = ReadingData(account.address, 1, int(time.time()) - 40, 10_050)
+    await link.send_reading(first)
+    assert (await next_of(link, Ack, timeout=60)).seq == 1
+    # The gateway's publish of seq 2 "loses" its acknowledgement: it is published again, as a retry would.
+    logged = gateway.log.duplicates
+    second = ReadingData(account.address, 2, int(time.time()) - 20, 10_100)
+    signed = await link.send_reading(second)
+    assert (await next_of(link, Ack, timeout=60)).seq == 2
+    await gateway.log.append([(second, signed.signature, first.timestamp)])
+    assert gateway.log.duplicates == logged + 1
+    # And the meter resends it to the gateway after logging in again: a duplicate, acknowledged as such.
+    await link.close()
+    link = link_for(account)
+    await link.connect()
+    await link.send_reading(second)
+    assert (await next_of(link, Ack, timeout=60)).status == "duplicate"
+    contract = chain.w3.eth.contract(address=deployment.address, abi=deployment.abi)
+    deadline = time.monotonic() + 60
+    while contract.functions.meterState(account.address).call()[4] < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(1.5)  # room for a second copy to land
+    logs = contract.events.ReadingRecorded().get_logs(from_block=deployment.block,
+                                                      argument_filters={"meter": account.address})
+    assert sorted(unpack_record(int(e.args.record))["seq"] for e in logs) == [1, 2]
+    await link.close()
