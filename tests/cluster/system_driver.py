@@ -6,7 +6,8 @@ with the settings in the environment (``Settings.as_env``).
 1..``--count`` to its gateway, one after the previous one's ack, and on a dropped connection or a silent gateway
 logs in at the next of ``--urls`` and carries on after the last seq the system used; it writes every ack's time and
 the bills received. ``check`` waits until the chain holds every meter's readings and reports, per meter, the seqs
-its ``ReadingRecorded`` events carry and its ``openBill`` and ``meterState``. Each writes one JSON object.
+its ``ReadingRecorded`` events carry and its ``openBill`` and ``meterState``. ``leader`` names the NATS node that
+leads the reading log's stream. Each writes one JSON object.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from common.messages import Ack, Bill, ErrorMessage
 from common.settings import Settings, load_settings
 from common.tls import client_context
 from meters.link import MeterLink
+from server.bus.connection import connect
+from server.bus.subjects import STREAM
 
 #: Seconds a meter waits for an ack before it counts its gateway as gone.
 ACK_TIMEOUT = 15.0
@@ -177,9 +180,19 @@ def check(settings: Settings, addresses: list[str], count: int, output: Path) ->
     output.write_text(json.dumps(result, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
 
 
+async def leader(settings: Settings, output: Path) -> None:
+    """The server name of the reading log's stream leader to ``output``."""
+    nc = await connect(settings, "cluster-test")
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+    finally:
+        await nc.close()
+    output.write_text(json.dumps({"leader": info.cluster.leader if info.cluster is not None else None}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=("setup", "meters", "check"))
+    parser.add_argument("command", choices=("setup", "meters", "check", "leader"))
     parser.add_argument("--meters", type=int, default=30)
     parser.add_argument("--second-key", default="")
     parser.add_argument("--keys", type=Path)
@@ -192,6 +205,9 @@ def main() -> None:
     settings = load_settings()
     if args.command == "setup":
         setup(settings, args.meters, args.second_key, args.output)
+        return
+    if args.command == "leader":
+        asyncio.run(leader(settings, args.output))
         return
     keys: list[str] = json.loads(args.keys.read_text())["keys"]
     if args.command == "meters":
