@@ -139,8 +139,9 @@ class Gateway:
         self._cursors_before: dict[str, Cursor] = {}
         self.server: Server | None = None
         self._lookups = asyncio.Semaphore(LOGIN_LOOKUPS)
-        #: Turns being logged on the bus (their replies wait for the stream's acknowledgement).
+        #: Turns being logged on the bus (their replies wait for the stream's acknowledgement), and their readings.
         self._logging: set[asyncio.Task[None]] = set()
+        self._being_logged: set[tuple[str, int]] = set()
         self.stats = {"connections": 0, "logins": 0, "login_failures": 0, "readings": 0, "rejected": 0}
 
     async def start(self) -> Server:
@@ -391,6 +392,8 @@ class Gateway:
             if (queued is not None and queued.signature.lower() == msg.signature.lower()
                     and not self.upstream.settled(meter, msg.seq)):
                 return encode(Ack(seq=msg.seq, status="duplicate"))
+            if not isinstance(self.store, Store) and (key, msg.seq) in self._being_logged:
+                return None  # its ack follows once the log has it
             if not isinstance(self.store, Store) and self._signed_by_meter(msg):
                 # On the bus: the log took every seq up to the cursor (a meter's seqs are logged in an unbroken run),
                 # so a resend signed by the meter is one the log holds, or the chain has already.
@@ -483,12 +486,16 @@ class Gateway:
                         readings: list[tuple[ReadingData, str, int]]) -> None:
         """Log a turn's readings on the bus, then send its replies (or, if the log did not take them, close its
         meters' connections so that they resend)."""
+        keys = {(d.meter.lower(), d.seq) for d, _, _ in readings}
+        self._being_logged |= keys
         try:
             await bus_log.append(readings)
         except errors.SmartMeterError as err:
             self._not_stored(staged, before, len(readings), err.message,
                              "the meters were disconnected and will resend; check that the NATS servers run")
             return
+        finally:
+            self._being_logged -= keys
         self._reply(staged, readings)
 
     def _not_stored(self, staged: list[_Staged], before: dict[str, Cursor], count: int, error: str,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
@@ -34,6 +35,10 @@ log = logging.getLogger("bus")
 
 #: Seconds a publish waits for the stream's acknowledgement (a leader election in a cluster takes a few).
 PUBLISH_TIMEOUT = 10.0
+#: Seconds a turn's publishes are tried again (a cluster electing a stream leader takes a few) before its meters
+#: are disconnected to resend; and the pause between tries.
+RETRY_FOR = 12.0
+RETRY_EVERY = 0.5
 #: How often the log's size is asked of the stream (for the queue's bound and ``/health``).
 COUNT_EVERY = 2.0
 
@@ -49,6 +54,8 @@ class BusLog:
         self._counter: asyncio.Task[None] | None = None
         #: Readings the stream dropped as already logged (a retried publish, a resend to another gateway).
         self.duplicates = 0
+        #: Publishes tried again after no answer or an error (a leader election, a node gone).
+        self.retries = 0
 
     def start(self) -> None:
         """Keep the log's size up to date in the background."""
@@ -100,13 +107,24 @@ class BusLog:
         if not readings:
             return
         partitions = self.settings.bus_partitions
-        sends = [self.js.publish(reading_subject(d.meter, partitions), encode_reading(d, sig, prev),
-                                 timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": message_id(d)})
-                 for d, sig, prev in readings]
-        # Started in order, so the requests go out in order on the one connection.
-        acks = await asyncio.gather(*(asyncio.ensure_future(s) for s in sends), return_exceptions=True)
-        failed = [a for a in acks if isinstance(a, BaseException)]
-        self.duplicates += sum(1 for a in acks if not isinstance(a, BaseException) and a.duplicate)
-        if failed:
-            raise errors.BusUnavailable(f"the reading log did not take {len(failed)} of {len(readings)} readings "
-                                        f"({type(failed[0]).__name__}: {str(failed[0])[:200]})")
+        deadline = time.monotonic() + RETRY_FOR
+        waiting = readings
+        while True:
+            sends = [self.js.publish(reading_subject(d.meter, partitions), encode_reading(d, sig, prev),
+                                     timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": message_id(d)})
+                     for d, sig, prev in waiting]
+            # Started in order, so the requests go out in order on the one connection.
+            acks = await asyncio.gather(*(asyncio.ensure_future(s) for s in sends), return_exceptions=True)
+            self.duplicates += sum(1 for a in acks if not isinstance(a, BaseException) and a.duplicate)
+            failed = [(r, a) for r, a in zip(waiting, acks, strict=True) if isinstance(a, BaseException)]
+            if not failed:
+                return
+            if time.monotonic() >= deadline:
+                err = failed[0][1]
+                raise errors.BusUnavailable(f"the reading log did not take {len(failed)} of {len(readings)} "
+                                            f"readings ({type(err).__name__}: {str(err)[:200]})")
+            # A stream electing a new leader answers nobody for a few seconds: the same ids again (the stream drops
+            # any it did take), rather than sending the meters away.
+            self.retries += len(failed)
+            await asyncio.sleep(RETRY_EVERY)
+            waiting = [r for r, _ in failed]
