@@ -103,7 +103,10 @@ class WorkerPool:
         process = self._context.Process(
             target=gateway_process_main, name=f"gateway-worker-{worker.number}", daemon=True,
             args=(self.settings, self.deployment, worker.number, theirs, level, path))
-        process.start()
+        # Not on the event loop: "spawn" writes the pickled arguments to a pipe the child reads only as it imports
+        # the server's modules, which on a loaded machine blocks for seconds (and this loop is a core's, whose
+        # leases and heartbeats must not wait).
+        await asyncio.to_thread(process.start)
         theirs.close()
         if worker.pipe is not None:
             worker.pipe.close()

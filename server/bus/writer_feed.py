@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,7 @@ class PartitionFeed:
     async def _tick(self) -> None:
         await self._say_alive()
         self._acknowledge_settled()
+        self._revive_feeds()
         for number, held in list(self.held.items()):
             try:
                 held.revision = await self.kv.update(f"p{number}", self.core.encode(), last=held.revision)
@@ -169,6 +171,17 @@ class PartitionFeed:
         self.takeovers += 1
         log_event(log, "partition_taken", core=self.core, partition=number, held=len(self.held))
 
+    def _revive_feeds(self) -> None:
+        """Start again the feed of a held partition that ended (it must not: its readings would wait in the log)."""
+        for held in self.held.values():
+            task = held.task
+            if task is None or not task.done():
+                continue
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            log_event(log, "partition_feed_restarted", logging.ERROR, core=self.core, partition=held.number,
+                      error=why[:300])
+            held.task = asyncio.get_running_loop().create_task(self._feed(held), name=f"partition-{held.number}")
+
     async def _let_go(self, number: int, release: bool) -> None:
         """Stop feeding a partition; its readings not sent yet leave this core's queue (the next owner takes them
         from the log). ``release``: give the lease back at once rather than let it lapse."""
@@ -206,6 +219,7 @@ class PartitionFeed:
                 continue
             readings = []
             earlier: set[str] = set()
+            fetched: list[tuple[tuple[str, int], Msg]] = []
             for msg in msgs:
                 try:
                     logged = decode_reading(msg.data)
@@ -214,10 +228,22 @@ class PartitionFeed:
                     await msg.term()
                     continue
                 held.messages[(logged.data.meter, logged.data.seq)] = msg
+                fetched.append(((logged.data.meter, logged.data.seq), msg))
                 readings.append((logged.data, logged.signature, logged.prev_timestamp))
                 if msg.metadata.sequence.stream <= held.logged_before:
                     earlier.add(logged.data.meter)
-            taken = self.store.take_in(readings)
+            try:
+                taken = self.store.take_in(readings)
+            except sqlite3.OperationalError as err:
+                # Not in the queue, so not to be acknowledged as settled: the stream delivers them again now.
+                for key, msg in fetched:
+                    if held.messages.get(key) is msg:
+                        del held.messages[key]
+                    await _nak(msg)
+                log_event(log, "log_take_in_failed", logging.WARNING, partition=held.number, readings=len(fetched),
+                          error=str(err)[:300], action="the stream delivers them again")
+                await asyncio.sleep(0.2)
+                continue
             self.taken_in += len(taken)
             if earlier:
                 self.batcher.check_first(earlier)
@@ -233,6 +259,14 @@ class PartitionFeed:
                 msg = held.messages.pop(key)
                 asyncio.get_running_loop().create_task(_ack(msg))
             self.acknowledged += len(done)
+
+
+async def _nak(msg: Msg) -> None:
+    """Have the stream deliver a message again at once (if this is lost, it is delivered again after ``ACK_WAIT``)."""
+    try:
+        await msg.nak()
+    except Exception as err:  # noqa: BLE001 - see above
+        log_event(log, "log_nak_failed", logging.DEBUG, error=str(err)[:200])
 
 
 async def _ack(msg: Msg) -> None:
