@@ -119,6 +119,11 @@ class WorkerPool:
             raise errors.ConfigError(f"gateway worker {worker.number} did not start listening within "
                                      f"{START_TIMEOUT:.0f} s; see its log lines") from None
         if report[0] != "listening":
+            try:  # it exits after saying why
+                await asyncio.wait_for(self._exit_of(worker), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
             raise errors.ConfigError(f"gateway worker {worker.number} could not start: {report[1]}")
         worker.listening = True
 
@@ -162,7 +167,7 @@ class WorkerPool:
 
         def on_exit() -> None:
             loop.remove_reader(sentinel)
-            process.join(0)
+            process.join(1)  # the sentinel closes as the process exits, a moment before it can be reaped
             worker.listening = False
             if not exited.done():
                 exited.set_result(None)
