@@ -165,7 +165,9 @@ async def test_a_worker_killed_mid_stream_loses_nothing_acknowledged_and_duplica
     assert "being started again" in gateway.reason
     reconnects = await asyncio.wait_for(streams, 180)
     assert sum(reconnects) >= 1, "no meter was on the killed worker"
-    assert all(acked[a.address] == set(range(1, count + 1)) for a in accounts)
+    # A reading the killed process logged but whose ack it did not get out is not resent (``welcome`` says it is
+    # used): it need not be acked, but it must be on chain like every acked one.
+    assert all(acked[a.address] <= set(range(1, count + 1)) and count - len(acked[a.address]) <= 2 for a in accounts)
     contract = chain.w3.eth.contract(address=deployment.address, abi=deployment.abi)
     deadline = time.monotonic() + 60
     while any(contract.functions.meterState(a.address).call()[4] < count for a in accounts):
