@@ -86,8 +86,9 @@ class Settings:
     #: Host names the server's certificate carries besides localhost and 127.0.0.1 (comma-separated): the name
     #: meters reach it by when that is not SERVER_HOST, e.g. ``server`` in the compose file.
     tls_hosts: str = ""
-    #: Processes serving the meters' port (TLS, login, checks, the durable queue); above 1 they share the port
-    #: (SO_REUSEPORT) and the main process keeps the batcher, the relay, the indexer and the API.
+    #: Processes serving the meters' port (TLS, login, checks); above 1 they are stateless gateways on the bus
+    #: sharing the port (SO_REUSEPORT), and the main process is a core (batcher, relay, indexer, API) on the bus:
+    #: ``BUS_URL``'s, or a nats-server it starts itself under ``DATA_DIR/nats/`` when ``BUS_URL`` is empty.
     gateway_workers: int = 1
     #: The NATS servers (``nats://host:4222``, comma-separated: a cluster's nodes) that carry the reading log and
     #: the meter bus between gateways and cores on several machines; empty: SQLite and in-process delivery.

@@ -34,6 +34,7 @@ from server.batcher import Batcher
 from server.bus.connection import connect, ensure_leases, ensure_stream
 from server.bus.core_link import BusCore, core_id
 from server.bus.gateway_app import GatewayApp, run_gateway
+from server.bus.natsd import NatsServer
 from server.bus.writer_feed import PartitionFeed
 from server.conversations import Conversations
 from server.dr_relay import DemandResponseRelay, OptOutRelayer
@@ -50,7 +51,7 @@ from server.store import BUSY_TIMEOUT_MS, Store, queue_unusable
 from server.supervisor import Ended, Supervisor
 from server.tls import ensure_tls, server_context, small_tls_buffers
 from server.upstream import InProcess
-from server.workers import WorkerPool
+from server.workers import WorkerPool, start_local_bus
 
 __all__ = ["ServerApp", "run", "open_index", "index_unusable", "open_conversations"]
 
@@ -135,8 +136,9 @@ class ServerApp:
     chain: AsyncChainClient
     batcher: Batcher
     relay: Relay
-    #: The meters' endpoint: in this process, or the worker processes that serve it (``GATEWAY_WORKERS``); None for
-    #: a core on the bus (``SERVER_ROLE=core``), whose meters are served by stateless gateways.
+    #: The meters' endpoint: in this process, or the gateway processes on the bus that serve it
+    #: (``GATEWAY_WORKERS``); None for a core on the bus (``SERVER_ROLE=core``), whose meters are served by stateless
+    #: gateways elsewhere.
     gateway: Gateway | WorkerPool | GatewayApp | None
     index: Index
     indexer: Indexer
@@ -151,6 +153,8 @@ class ServerApp:
     #: On the bus: this core's side of the meter bus, and its partitions of the reading log.
     core: BusCore | None = None
     partitions: PartitionFeed | None = None
+    #: The local nats-server this server started for its gateway processes (``GATEWAY_WORKERS`` without ``BUS_URL``).
+    nats: NatsServer | None = None
 
     @classmethod
     async def start(cls, settings: Settings, deployment: Deployment | None = None,
@@ -160,6 +164,7 @@ class ServerApp:
         ``busy_timeout_ms``: how long a write to the queue waits for another connection's lock.
         """
         deployment = deployment or load_deployment(settings)
+        nats: NatsServer | None = None
         small_tls_buffers()
         tls = ensure_tls(settings.data_dir / "tls", split_urls(settings.tls_hosts))
         store = Store(settings.data_dir / "gateway" / "queue.sqlite", busy_timeout_ms=busy_timeout_ms)
@@ -168,6 +173,9 @@ class ServerApp:
         http: HttpServer | None = None
         conversations: Conversations | None = None
         try:
+            if settings.gateway_workers > 1 and not settings.bus_url:
+                nats = await start_local_bus(settings)  # the gateway processes and this core meet on it
+                settings = settings.replace(bus_url=nats.url)
             chain_id = await chain.call("chain_id", lambda: chain.w3.eth.chain_id)
             if chain_id != deployment.chain_id:
                 raise ChainUnavailable(f"the node at {settings.chain_rpc_url} is chain {chain_id}, "
@@ -205,12 +213,12 @@ class ServerApp:
             partitions: PartitionFeed | None = None
             if settings.bus_url:
                 core, partitions = await _join_bus(settings, store, hub, upstream, batcher)
-                if settings.server_role == "all":
+                if settings.server_role == "all" and settings.gateway_workers > 1:
+                    metrics.clear_worker_files(settings.data_dir)
+                    gateway = WorkerPool(settings, deployment, hub)
+                    await gateway.start()
+                elif settings.server_role == "all":
                     gateway = await GatewayApp.start(settings, deployment)
-            elif settings.gateway_workers > 1:
-                metrics.clear_worker_files(settings.data_dir)
-                gateway = WorkerPool(settings, deployment, store, hub, upstream)
-                await gateway.start()
             else:
                 gateway = Gateway(settings, deployment, chain, store, hub, upstream, server_context(tls))
                 server = await gateway.start()
@@ -226,6 +234,8 @@ class ServerApp:
                 conversations.close()
             store.close()
             await chain.close()
+            if nats is not None:
+                await nats.stop_async()
             raise
         hub.listeners.append(lambda meter, connected: feed.publish(
             "connection", meter, {"address": checksum_address(bytes.fromhex(meter[2:])), "connected": connected}))
@@ -236,7 +246,7 @@ class ServerApp:
         relay.rollback_listeners.append(batcher.rolled_back)
         if core is not None:
             relay.restart_listeners.append(core.restarted)  # every gateway on the bus is told
-        elif isinstance(gateway, (Gateway, WorkerPool)):
+        elif isinstance(gateway, Gateway):
             relay.restart_listeners.append(gateway.restarted)
         supervisor = Supervisor()
         tasks = [supervisor.keep_running("relay", relay.run), supervisor.keep_running("batcher", batcher.run),
@@ -271,7 +281,7 @@ class ServerApp:
         log_event(log, "server_started", contract=deployment.address, chain_id=chain_id,
                   meters_url=settings.server_url, gateway=chain.account.address, queued=store.count())
         return cls(settings, deployment, store, hub, chain, batcher, relay, gateway, index, indexer, feed, http,
-                   supervisor, health, tasks, conversations, demand_response, core, partitions)
+                   supervisor, health, tasks, conversations, demand_response, core, partitions, nats)
 
     async def until(self, stop: asyncio.Event) -> Ended | None:
         """Wait for ``stop``, or for one of the server's tasks to end before it (returns which, and why)."""
@@ -322,6 +332,8 @@ class ServerApp:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         await self.chain.close()
+        if self.nats is not None:
+            await self.nats.stop_async()  # last: the gateway processes and the core have left it
         log_event(log, "server_stopped")
 
 

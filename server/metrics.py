@@ -7,7 +7,7 @@ relay, the final block and the index are behind it, the supervised parts, the ga
 funds), so they can never disagree with ``/health``. Labels are bounded: error codes, outcomes,
 route templates, event names and part names, never a meter's address.
 
-With ``GATEWAY_WORKERS`` > 1 the meters' endpoint runs in worker processes: each writes its
+With ``GATEWAY_WORKERS`` > 1 the meters' endpoint runs in gateway processes: each writes its
 gateway counters to prometheus-client's multiprocess files (``count_in_files``, in
 ``DATA_DIR/gateway/metrics``), and the main process's ``/metrics`` adds them up with its own
 (``MultiProcessCollector``, as prometheus-client documents), so one scrape sees the whole server.

@@ -5,8 +5,8 @@ other parts for four things: what a meter is told at login (the tariff, the fina
 ``welcome`` is read at, the grid alerts and demand-response events that concern it), whether
 a resent reading is final on chain, to relay a meter's opt-out, and to wake the batcher after
 a commit. ``Upstream`` names them; ``InProcess`` answers them from the parts of the same
-process, and ``server.worker.MainLink`` from the main process, for a gateway running in a
-worker process (``GATEWAY_WORKERS``).
+process, and ``server.bus.gateway_link.BusUpstream`` from the cores over NATS, for a stateless
+gateway on the bus (``SERVER_ROLE=gateway``, or each process of ``GATEWAY_WORKERS``).
 """
 
 from __future__ import annotations

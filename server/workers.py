@@ -1,175 +1,162 @@
-"""The main process's side of gateway workers (``GATEWAY_WORKERS`` > 1).
+"""Gateway processes on one machine (``GATEWAY_WORKERS`` > 1): N stateless gateways on the bus.
 
-Each worker is a process running the meters' endpoint (``server.worker``) on the same port
-(``SO_REUSEPORT``: the kernel spreads new connections over them). It does TLS, framing, login and
-the off-chain checks, and commits accepted readings to the shared queue (SQLite, WAL) before it
-answers ``ack``, so an ``ack`` means what it means with one process. The main process keeps the
-batcher, the relay, demand response, the indexer and the API, and serves the workers over a
-loopback control link (``server.control``): a meter that logs in on a worker is registered in
-the main process's hub with a ``RemoteOutlet``, so the relay's bills and alerts reach it on
-whichever worker holds its connection. A worker that dies is started again by the supervisor;
-its meters reconnect (to any worker) and resend what was not acknowledged.
+Each process is a ``GatewayApp`` (``server.bus.gateway_app``): TLS, login, the checks, and the
+reading log on NATS JetStream, on the same meters' port as the others (``SO_REUSEPORT``: the
+kernel spreads new connections over them). None of them is special and none talks to the main
+process: logins, bills and alerts go over the bus, where the main process is a core (batcher,
+relay, demand response, indexer, API). The main process only starts them, restarts one that
+dies (its meters reconnect to any of them and resend what was not acknowledged) and stops them
+with SIGTERM, on which they close their meters' connections with 1001 (going away).
+
+Without ``BUS_URL`` the main process first starts a local nats-server (``start_local_bus``) from
+the pinned package, its store under ``DATA_DIR/nats/``, fsync before every acknowledgement.
+
+A process reports one thing back, over a pipe: that it listens, or why it could not. It exits
+by itself when that pipe closes (the main process went).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import multiprocessing
-import secrets
+import os
+import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from common import errors
 from common.deployment import Deployment
-from common.logs import log_event
-from common.messages import OptOut, OptOutWithdrawal, parse_message
+from common.devchain import free_port
+from common.logs import log_event, setup_logging
 from common.settings import Settings
-from server.control import LINE_LIMIT, WORKER_OPS, frame, unframe
+from server import metrics
+from server.bus.natsd import NatsConfig, NatsServer
 from server.hub import Hub
-from server.store import Store
-from server.upstream import InProcess
-from server.validation import Cursor
 
-__all__ = ["WorkerPool", "RemoteOutlet"]
+__all__ = ["WorkerPool", "start_local_bus", "gateway_process_main"]
 
 log = logging.getLogger("workers")
 
-#: How long a worker may take to start listening (it imports the server's libraries first).
-START_TIMEOUT = 60.0
-#: How long a worker may take to close its connections and exit when told to stop.
+#: How long a gateway process may take to start listening (it imports the server's libraries, reaches the chain
+#: and the bus first).
+START_TIMEOUT = 90.0
+#: How long a gateway process may take to close its connections and exit after SIGTERM.
 STOP_TIMEOUT = 15.0
-#: How often the main process tells the workers the queue's size and the final block.
-STATE_EVERY = 0.5
 
 
-class _Link:
-    """The control connection of one worker."""
-
-    def __init__(self, number: int, writer: asyncio.StreamWriter) -> None:
-        self.number = number
-        self.writer = writer
-        self.outlets: dict[str, RemoteOutlet] = {}
-        self.listening = asyncio.Event()
-        self.failure: str | None = None
-
-    def write(self, data: bytes) -> None:
-        """Queue a line for the worker (dropped if the link is gone: the worker's meters are being removed)."""
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-
-@dataclass(eq=False)
-class RemoteOutlet:
-    """A meter's connection held by a worker, as the main process's hub sees it."""
-
-    link: _Link
-    meter: str
-
-    async def send(self, message: str) -> None:
-        """Pass a message to the worker, waiting while its link's buffer is full."""
-        self.link.write(frame("send", meter=self.meter, message=message))
-        await self.link.writer.drain()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Ask the worker to close the meter's connection."""
-        self.link.write(frame("close", meter=self.meter, code=code, reason=reason))
+async def start_local_bus(settings: Settings) -> NatsServer:
+    """A nats-server for this machine's gateway processes and core: loopback, free ports, JetStream under
+    ``DATA_DIR/nats/`` with fsync before every acknowledgement (ConfigError with its log if it cannot start)."""
+    node = NatsServer(NatsConfig(name="local", store_dir=settings.data_dir / "nats" / "jetstream",
+                                 host="127.0.0.1", port=free_port(), http_port=free_port(), sync_always=True))
+    await node.start_async()
+    return node
 
 
 @dataclass
 class _Worker:
     number: int
     process: BaseProcess | None = None
-    link: _Link | None = None
-    linked: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The main process's end of the process's report pipe.
+    pipe: Connection | None = None
+    listening: bool = False
     #: Resolved when the current process ends.
     exited: asyncio.Future[None] | None = None
 
 
 class WorkerPool:
-    """Starts, serves, supervises and stops the gateway worker processes."""
+    """Starts, supervises and stops the gateway processes."""
 
-    def __init__(self, settings: Settings, deployment: Deployment, store: Store, hub: Hub,
-                 upstream: InProcess) -> None:
+    def __init__(self, settings: Settings, deployment: Deployment, hub: Hub) -> None:
+        if not settings.bus_url:
+            raise errors.ConfigError("gateway processes need the bus (BUS_URL, or the local nats-server)")
         self.settings = settings
         self.deployment = deployment
-        self.store = store
+        #: The core's hub: every login goes through a core, so its meters are the meters connected.
         self.hub = hub
-        self.upstream = upstream
         self.workers = [_Worker(n) for n in range(1, settings.gateway_workers + 1)]
-        self._token = secrets.token_hex(16)
-        self._server: asyncio.Server | None = None
-        self._port = 0
         self._stopping = False
-        self._state_task: asyncio.Task[None] | None = None
         self._context = multiprocessing.get_context("spawn")
 
-    # ---------------------------------------------------------------- life cycle
-
     async def start(self) -> None:
-        """Open the control link, start every worker and wait until each listens on the meters' port."""
-        # The workers share the port with any socket of this user that also asks for SO_REUSEPORT (another
-        # server's workers): make sure nothing listens there yet, as binding it in one process would.
+        """Start every gateway process and wait until each listens on the meters' port."""
+        # The processes share the port with any socket of this user that also asks for SO_REUSEPORT (another
+        # server's gateways): make sure nothing listens there yet, as binding it in one process would.
         socket.create_server((self.settings.server_host, self.settings.server_port)).close()
-        self._server = await asyncio.start_server(self._serve_link, "127.0.0.1", 0, limit=LINE_LIMIT)
-        self._port = self._server.sockets[0].getsockname()[1]
         try:
             await asyncio.gather(*(self._spawn(w) for w in self.workers))
         except BaseException:
             await self.close()
             raise
-        self._state_task = asyncio.get_running_loop().create_task(self._tell_state())
         log_event(log, "gateway_workers_listening", workers=len(self.workers), url=self.settings.server_url,
+                  bus=self.settings.bus_url,
                   pids=",".join(str(w.process.pid) for w in self.workers if w.process is not None))
 
     async def _spawn(self, worker: _Worker) -> None:
-        """Start one worker process and wait until it listens (raises ``ConfigError`` saying why it did not)."""
-        from server.worker import worker_main
-
-        worker.linked.clear()
-        worker.link = None
+        """Start one gateway process and wait until it listens (raises ``ConfigError`` saying why it did not)."""
+        worker.listening = False
+        ours, theirs = self._context.Pipe(duplex=True)
         level, path = _logging_setup()
         process = self._context.Process(
-            target=worker_main, name=f"gateway-worker-{worker.number}", daemon=True,
-            args=(self.settings, self.deployment, worker.number, self._port, self._token, level, path))
-        process.start()
-        worker.process = process
+            target=gateway_process_main, name=f"gateway-worker-{worker.number}", daemon=True,
+            args=(self.settings, self.deployment, worker.number, theirs, level, path))
+        # Not on the event loop: "spawn" writes the pickled arguments to a pipe the child reads only as it imports
+        # the server's modules, which on a loaded machine blocks for seconds (and this loop is a core's, whose
+        # leases and heartbeats must not wait).
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        if worker.pipe is not None:
+            worker.pipe.close()
+        worker.process, worker.pipe = process, ours
         self._watch_exit(worker, process)
         try:
-            await asyncio.wait_for(self._until_listening(worker), START_TIMEOUT)
+            report = await asyncio.wait_for(self._report(worker), START_TIMEOUT)
         except asyncio.TimeoutError:
             process.kill()
             raise errors.ConfigError(f"gateway worker {worker.number} did not start listening within "
                                      f"{START_TIMEOUT:.0f} s; see its log lines") from None
+        if report[0] != "listening":
+            try:  # it exits after saying why
+                await asyncio.wait_for(self._exit_of(worker), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+            raise errors.ConfigError(f"gateway worker {worker.number} could not start: {report[1]}")
+        worker.listening = True
 
-    async def _until_listening(self, worker: _Worker) -> None:
-        exited = asyncio.ensure_future(self._exit_of(worker))
+    async def _report(self, worker: _Worker) -> tuple[str, str]:
+        """What the process reports: ``("listening", "")`` or ``("failed", why)`` (also when it exits first)."""
+        assert worker.pipe is not None and worker.process is not None
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = worker.pipe.fileno()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        exited = self._exit_of(worker)
         try:
-            while True:
-                linked = asyncio.ensure_future(worker.linked.wait())
-                await asyncio.wait({linked, exited}, return_when=asyncio.FIRST_COMPLETED)
-                linked.cancel()
-                link = worker.link
-                if link is not None:
-                    listening = asyncio.ensure_future(link.listening.wait())
-                    await asyncio.wait({listening, exited}, return_when=asyncio.FIRST_COMPLETED)
-                    listening.cancel()
-                    if link.listening.is_set():
-                        return
-                if exited.done():
-                    why = link.failure if link is not None and link.failure else f"exit code {exited.result()}"
-                    raise errors.ConfigError(f"gateway worker {worker.number} could not start: {why}")
+            await asyncio.wait({readable, exited}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            loop.remove_reader(fd)
             exited.cancel()
+        if readable.done():
+            try:
+                kind, why = worker.pipe.recv()
+                return str(kind), str(why)
+            except (EOFError, OSError):
+                pass
+        await asyncio.shield(self._exit_of(worker))
+        return "failed", f"exit code {worker.process.exitcode}"
 
-    async def _exit_of(self, worker: _Worker) -> int | None:
-        """Wait for the worker's process to end; its exit code."""
-        assert worker.process is not None and worker.exited is not None
-        await asyncio.shield(worker.exited)
-        return worker.process.exitcode
+    def _exit_of(self, worker: _Worker) -> asyncio.Future[None]:
+        assert worker.exited is not None
+        return asyncio.ensure_future(asyncio.shield(worker.exited))
 
     @staticmethod
     def _watch_exit(worker: _Worker, process: BaseProcess) -> None:
@@ -180,7 +167,8 @@ class WorkerPool:
 
         def on_exit() -> None:
             loop.remove_reader(sentinel)
-            process.join(0)
+            process.join(1)  # the sentinel closes as the process exits, a moment before it can be reaped
+            worker.listening = False
             if not exited.done():
                 exited.set_result(None)
 
@@ -188,28 +176,28 @@ class WorkerPool:
         worker.exited = exited
 
     async def keep(self, number: int) -> None:
-        """Supervise worker ``number``: wait for its process to end (raising, so that the supervisor starts it
+        """Supervise gateway process ``number``: wait for it to end (raising, so that the supervisor starts it
         again, unless the server is stopping)."""
         worker = self.workers[number - 1]
         if worker.process is None or worker.process.exitcode is not None:
             await self._spawn(worker)
-        code = await self._exit_of(worker)
+        assert worker.process is not None
+        await self._exit_of(worker)
         if not self._stopping:
-            raise RuntimeError(f"gateway worker {number} (pid {worker.process.pid if worker.process else '?'}) "
-                               f"ended with exit code {code}; its meters reconnect to the other workers")
+            raise RuntimeError(f"gateway worker {number} (pid {worker.process.pid}) ended with exit code "
+                               f"{worker.process.exitcode}; its meters reconnect to the other gateway processes")
 
     async def close(self) -> None:
-        """Tell every worker to close its meters' connections (1001) and exit; kill one that does not."""
+        """SIGTERM every gateway process (each closes its meters' connections with 1001); kill one that does not
+        exit in time."""
         self._stopping = True
-        if self._state_task is not None:
-            self._state_task.cancel()
-        for worker in self.workers:
-            if worker.link is not None:
-                worker.link.write(frame("stop"))
-        for worker in self.workers:
+        running = [w for w in self.workers if w.process is not None and w.process.exitcode is None]
+        for worker in running:
+            assert worker.process is not None
+            worker.process.terminate()
+        for worker in running:
             process = worker.process
-            if process is None or process.exitcode is not None:
-                continue
+            assert process is not None
             try:
                 await asyncio.wait_for(self._exit_of(worker), STOP_TIMEOUT)
             except asyncio.TimeoutError:
@@ -217,13 +205,14 @@ class WorkerPool:
                           reason=f"it did not stop within {STOP_TIMEOUT:.0f} s")
                 process.kill()
                 await asyncio.to_thread(process.join, 5)
-        if self._server is not None:
-            self._server.close()
+        for worker in self.workers:
+            if worker.pipe is not None:
+                worker.pipe.close()
+                worker.pipe = None
 
     def listening(self) -> int:
-        """How many workers are running and listening on the meters' port."""
-        return sum(1 for w in self.workers if w.process is not None and w.process.exitcode is None
-                   and w.link is not None and w.link.listening.is_set() and not w.link.writer.is_closing())
+        """How many gateway processes are running and listening on the meters' port."""
+        return sum(1 for w in self.workers if w.listening and w.process is not None and w.process.exitcode is None)
 
     def serving(self) -> tuple[int, int]:
         """The processes meant to serve the meters' port, and how many do (for ``/health``)."""
@@ -234,115 +223,82 @@ class WorkerPool:
         return {w.number: w.process.pid for w in self.workers
                 if w.process is not None and w.process.pid is not None and w.process.exitcode is None}
 
-    def meters_by_worker(self) -> dict[int, list[str]]:
-        """Worker number -> the meters whose connection it holds."""
-        return {w.number: sorted(w.link.outlets) if w.link is not None else [] for w in self.workers}
 
-    # ---------------------------------------------------------------- the control link
+class _Tagged(logging.Filter):
+    """Adds ``worker=N`` to every structured line of a gateway process."""
 
-    async def _serve_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link: _Link | None = None
-        try:
-            hello = unframe(await reader.readline(), WORKER_OPS)
-            number = int(hello.get("worker", 0))
-            if (hello["op"] != "hello" or not hmac.compare_digest(str(hello.get("token", "")), self._token)
-                    or not 1 <= number <= len(self.workers)):
-                log_event(log, "control_link_refused", logging.WARNING, reason="not one of this server's workers")
-                return
-            worker = self.workers[number - 1]
-            link = _Link(number, writer)
-            worker.link = link
-            worker.linked.set()
-            log_event(log, "gateway_worker_linked", worker=number, pid=hello.get("pid"))
-            while line := await reader.readline():
-                await self._on_line(link, unframe(line, WORKER_OPS))
-        except (ValueError, KeyError, TypeError) as err:
-            log_event(log, "control_link_broken", logging.ERROR, worker=link.number if link else None,
-                      error=str(err)[:300])
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            if link is not None:
-                self._unlink(link)
-            writer.close()
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
 
-    def _unlink(self, link: _Link) -> None:
-        """A worker's link went: its meters are no longer connected, and what it queued is counted again."""
-        for meter, outlet in list(link.outlets.items()):
-            self.hub.remove(meter, outlet)
-        link.outlets.clear()
-        if not self._stopping:  # (when stopping, the queue may be closed already)
-            self.store.recount()
-            log_event(log, "gateway_worker_unlinked", logging.WARNING, worker=link.number)
-
-    async def _on_line(self, link: _Link, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        if op == "queued":
-            self.store.counted(int(msg["count"]))
-            self.upstream.queued(int(msg["count"]))
-        elif op == "login":
-            await self._login(link, msg)
-        elif op == "logout":
-            meter = str(msg["meter"]).lower()
-            outlet = link.outlets.pop(meter, None)
-            if outlet is not None:
-                self.hub.remove(meter, outlet)
-        elif op == "opt_out":
-            meter, opt_out = str(msg["meter"]), parse_message(str(msg["message"]))
-            if isinstance(opt_out, (OptOut, OptOutWithdrawal)):
-                refusal = self.upstream.opt_out(opt_out, meter, str(msg.get("region", "")))
-                if refusal is not None:
-                    self.hub.send(meter, refusal)
-        elif op == "listening":
-            link.listening.set()
-        elif op == "failed":
-            link.failure = str(msg.get("reason", ""))[:500]
-
-    async def _login(self, link: _Link, msg: dict[str, Any]) -> None:
-        """Register a meter that logged in on a worker, and answer with what it is told after ``welcome``."""
-        meter, region, version = str(msg["meter"]).lower(), str(msg["region"]), int(msg["version"])
-        outlet = RemoteOutlet(link, meter)
-        link.outlets[meter] = outlet
-        replaced = self.hub.add(meter, region, outlet, version)
-        if replaced is not None and isinstance(replaced.outlet, RemoteOutlet) and replaced.outlet.link is not link:
-            # The meter logged in again on another worker: the old connection goes, as it would in one process.
-            replaced.outlet.link.outlets.pop(meter, None)
-            await replaced.outlet.close(1000, "replaced by a newer login")
-        try:
-            context = await self.upstream.login(meter, region, version)
-        except errors.SmartMeterError as err:
-            if link.outlets.get(meter) is outlet:
-                del link.outlets[meter]
-            self.hub.remove(meter, outlet)
-            link.write(frame("login_failed", id=msg["id"], code=err.code, message=err.message))
-            return
-        # Released and answered with no await between: the messages held for the meter follow the answer.
-        self.hub.release(meter)
-        link.write(frame("login_ok", id=msg["id"], tariff=context.tariff.model_dump(), final_at=context.final_at,
-                         preface=context.preface))
-
-    def restarted(self, meter: str, cursor: Cursor) -> None:
-        """A relay listener: a meter's register and sequence restarted on chain; its cursor restarts in the store
-        and in every worker's memory."""
-        self.store.restart_cursor(meter, cursor)
-        restart = frame("restart", meter=meter, seq=cursor.seq, timestamp=cursor.timestamp,
-                        energy_wh=cursor.energy_wh, export_wh=cursor.export_wh)
-        for worker in self.workers:
-            if worker.link is not None:
-                worker.link.write(restart)
-
-    async def _tell_state(self) -> None:
-        """Tell the workers, now and then, the queue's size (for their ``overloaded`` check) and the final block."""
-        while True:
-            state = frame("state", queued=self.store.count(), final=self.upstream.relay.final)
-            for worker in self.workers:
-                if worker.link is not None:
-                    worker.link.write(state)
-            await asyncio.sleep(STATE_EVERY)
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the line; never drops one."""
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and "worker" not in fields:
+            record.fields = {**fields, "worker": self.number}
+        return True
 
 
 def _logging_setup() -> tuple[str, str | None]:
-    """The root logger's level and log file, for a worker to log the same way."""
+    """The root logger's level and log file, for a gateway process to log the same way."""
     root = logging.getLogger()
     path = next((h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)), None)
     return logging.getLevelName(root.level), path
+
+
+def gateway_process_main(settings: Settings, deployment: Deployment, number: int, pipe: Connection,
+                         log_level: str, log_path: str | None) -> None:
+    """A gateway process's entry point (``multiprocessing`` "spawn", started by ``WorkerPool``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the gateways
+    setup_logging(log_level, path=log_path)
+    metrics.count_in_files(settings.data_dir)  # before the gateway counts: the main process adds the files up
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Tagged(number))
+    try:
+        asyncio.run(_serve(settings, deployment, number, pipe))
+    except Exception as err:  # noqa: BLE001 - the main process gets the reason; the exit code says it failed
+        log_event(log, "gateway_worker_failed", logging.ERROR, worker=number,
+                  error=f"{type(err).__name__}: {err}"[:500])
+        raise SystemExit(1) from None
+
+
+async def _serve(settings: Settings, deployment: Deployment, number: int, pipe: Connection) -> None:
+    from server.bus.gateway_app import GatewayApp
+
+    try:
+        app = await GatewayApp.start(settings, deployment, reuse_port=True)
+    except OSError as err:
+        _tell(pipe, "failed", f"cannot listen on {settings.server_url}: {err}")
+        raise
+    except errors.SmartMeterError as err:
+        _tell(pipe, "failed", err.message)
+        raise
+    _tell(pipe, "listening", "")
+    log_event(log, "gateway_worker_started", worker=number, pid=os.getpid())
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    orphaned = asyncio.Event()
+    loop.add_reader(pipe.fileno(), orphaned.set)  # nothing is ever sent this way: readable means closed
+    assert app.gateway.server is not None
+    waits = [loop.create_task(stop.wait()), loop.create_task(orphaned.wait()),
+             loop.create_task(app.gateway.server.wait_closed())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    loop.remove_reader(pipe.fileno())
+    if not stop.is_set():
+        log_event(log, "gateway_worker_orphaned", logging.WARNING, worker=number,
+                  action="the main server went; closing this process's connections and exiting")
+    await app.stop()
+    log_event(log, "gateway_worker_stopped", worker=number, readings=app.gateway.stats["readings"])
+    pipe.close()
+
+
+def _tell(pipe: Connection, kind: str, why: str) -> None:
+    """Report to the main process (ignored if it went)."""
+    try:
+        pipe.send((kind, why[:500]))
+    except OSError:
+        pass
+

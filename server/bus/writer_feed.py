@@ -23,7 +23,6 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from nats.aio.client import Client
@@ -118,6 +117,7 @@ class PartitionFeed:
     async def _tick(self) -> None:
         await self._say_alive()
         self._acknowledge_settled()
+        self._revive_feeds()
         for number, held in list(self.held.items()):
             try:
                 held.revision = await self.kv.update(f"p{number}", self.core.encode(), last=held.revision)
@@ -166,10 +166,20 @@ class PartitionFeed:
         held = _Held(number, revision, logged_before=int((await self.js.stream_info(STREAM)).state.last_seq))
         held.sub = await self.js.pull_subscribe_bind(durable=name, stream=STREAM)
         held.task = asyncio.get_running_loop().create_task(self._feed(held), name=f"partition-{number}")
-        held.task.add_done_callback(partial(self._feed_ended, number))
         self.held[number] = held
         self.takeovers += 1
         log_event(log, "partition_taken", core=self.core, partition=number, held=len(self.held))
+
+    def _revive_feeds(self) -> None:
+        """Start again the feed of a held partition that ended (it must not: its readings would wait in the log)."""
+        for held in self.held.values():
+            task = held.task
+            if task is None or not task.done():
+                continue
+            why = "cancelled" if task.cancelled() else repr(task.exception())
+            log_event(log, "partition_feed_restarted", logging.ERROR, core=self.core, partition=held.number,
+                      error=why[:300])
+            held.task = asyncio.get_running_loop().create_task(self._feed(held), name=f"partition-{held.number}")
 
     async def _let_go(self, number: int, release: bool) -> None:
         """Stop feeding a partition; its readings not sent yet leave this core's queue (the next owner takes them
@@ -193,15 +203,6 @@ class PartitionFeed:
                 pass
         log_event(log, "partition_released", core=self.core, partition=number, dropped_unsent=dropped,
                   held=len(self.held))
-
-    def _feed_ended(self, number: int, task: asyncio.Task[None]) -> None:
-        """A partition's feed ended: said, unless it was let go (its lease then lapses, and a core takes it)."""
-        if task.cancelled():
-            return
-        log_event(log, "partition_feed_ended", logging.ERROR, partition=number, error=repr(task.exception())[:300],
-                  action="the partition is let go; a core takes it again within seconds")
-        if self.held.get(number) is not None and self.held[number].task is task:
-            asyncio.get_running_loop().create_task(self._let_go(number, release=True))
 
     async def _feed(self, held: _Held) -> None:
         """Take the partition's readings into the queue as they come."""

@@ -3,7 +3,7 @@ meters it targets, a change reaches them with its new modification number (and l
 meter's opt-out signed for the event's current terms goes through the gateway to the chain and can be
 withdrawn, bad, stale or repeated opt-outs are refused with their event's id, a version 4 meter's unbound
 opt-out is refused, and a meter that logs in later is told the event as it stands; the same with the gateway
-in two worker processes (``GATEWAY_WORKERS``), where opt-outs and events cross the control link."""
+in two gateway processes on the bus (``GATEWAY_WORKERS``), where opt-outs and events cross NATS."""
 
 from __future__ import annotations
 
