@@ -5,13 +5,14 @@ enforces the limits (message size, rate, authentication time, queue bound), look
 on chain, commits accepted readings to the durable store before answering ``ack``, and
 registers logged-in meters with the hub so the relay can reach them. What it needs of the rest
 of the server (the tariff, the final block, alerts and events at login, opt-outs, waking the
-batcher) it asks of an ``Upstream``: the parts of its own process, or, in a worker process
-(``GATEWAY_WORKERS``), the main process over its control link.
+batcher) it asks of an ``Upstream``: the parts of its own process, or, for a gateway on the bus
+(``BUS_URL``, ``GATEWAY_WORKERS``), the cores over NATS (``server.bus.gateway_link``).
 
 Accepted readings are committed in groups: every reading taken (and every cursor moved) in one
 turn of the event loop goes into one SQLite transaction at the end of it, and only then are the
 replies to those meters sent, in order. Under load a turn holds hundreds of readings, and one
-commit for them all costs what one did for each.
+commit for them all costs what one did for each. On the bus a turn's readings are published to
+the reading log together, and its replies sent once the stream holds them all.
 """
 
 from __future__ import annotations

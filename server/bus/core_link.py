@@ -68,6 +68,9 @@ class BusCore:
         self.name = name or core_id()
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
+        #: Meter -> the login (a gateway's id for that connection) this core answered last: a logout counts only
+        #: for it.
+        self._logins: dict[str, str] = {}
 
     async def start(self) -> None:
         """Subscribe and start saying this core is alive."""
@@ -100,11 +103,15 @@ class BusCore:
         try:
             ask = load(msg.data)
             meter, region, version = str(ask["meter"]).lower(), str(ask["region"]), int(ask["version"])
+            login = str(ask.get("login", ""))
         except (ValueError, KeyError, TypeError):
             log_event(log, "bus_message_refused", logging.WARNING, subject=msg.subject, reason="not a login")
             return
         outlet = BusOutlet(self.nc, meter)
-        self.hub.add(meter, region, outlet, version)
+        replaced = self.hub.add(meter, region, outlet, version)
+        if replaced is not None and replaced.writer is not None:
+            replaced.writer.cancel()  # the meter's older login, on this or another gateway: its messages go no more
+        self._logins[meter] = login
         try:
             context = await self.upstream.login(meter, region, version)
         except errors.SmartMeterError as err:
@@ -117,7 +124,10 @@ class BusCore:
         self.hub.release(meter)
 
     async def _on_logout(self, msg: Msg) -> None:
-        meter = msg.data.decode(errors="replace").lower()
+        meter, _, login = msg.data.decode(errors="replace").lower().partition(" ")
+        if self._logins.get(meter) != login:
+            return  # the logout of an older connection, come after the meter's newer login
+        del self._logins[meter]
         peer = self.hub.peers.get(meter)
         if peer is not None and isinstance(peer.outlet, BusOutlet):
             self.hub.remove(meter, peer.outlet)

@@ -11,8 +11,10 @@ connections closed (1012, service restart): they log in again, and another core 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +49,11 @@ class BusUpstream:
     def __init__(self, nc: Client, hub: Hub) -> None:
         self.nc = nc
         self.hub = hub
-        #: Meter -> the core that answered its login.
+        #: Meter -> the core that answered its login, and that login's id (its logout names it).
         self.cores: dict[str, str] = {}
+        self.logins: dict[str, str] = {}
+        self.name = uuid.uuid4().hex[:12]
+        self._login_ids = itertools.count(1)
         self._subs: dict[str, Any] = {}
         self._seen: dict[str, float] = {}
         self._other: list[Any] = []
@@ -81,8 +86,9 @@ class BusUpstream:
         if meter not in self._subs:
             self._subs[meter] = await self.nc.subscribe(meter_subject(meter), cb=self._deliver)
         try:
-            reply = await self.nc.request(LOGIN, dump({"meter": meter, "region": region, "version": version}),
-                                          timeout=LOGIN_TIMEOUT)
+            login = f"{self.name}:{next(self._login_ids)}"
+            reply = await self.nc.request(LOGIN, dump({"meter": meter, "region": region, "version": version,
+                                                       "login": login}), timeout=LOGIN_TIMEOUT)
         except (NatsTimeout, asyncio.TimeoutError, NoRespondersError) as err:
             await self._unsubscribe(meter)
             raise errors.GatewayUnavailable("no server core answered this login in time; reconnect in a "
@@ -93,6 +99,7 @@ class BusUpstream:
             raise errors.error_for_code(str(answer["code"]), str(answer["message"]))
         core = str(answer["core"])
         self.cores[meter] = core
+        self.logins[meter] = login
         self._seen.setdefault(core, time.monotonic())
         final_at = answer["final_at"]
         return LoginContext(TariffInfo.model_validate(answer["tariff"]),
@@ -101,10 +108,10 @@ class BusUpstream:
     def logout(self, meter: str) -> None:
         """The meter's connection went: its subject is left, and its core told."""
         meter = meter.lower()
-        core = self.cores.pop(meter, None)
+        core, login = self.cores.pop(meter, None), self.logins.pop(meter, "")
         self._spawn(self._unsubscribe(meter))
         if core is not None:
-            self._spawn(self.nc.publish(core_subject(core, "logout"), meter.encode()))
+            self._spawn(self.nc.publish(core_subject(core, "logout"), f"{meter} {login}".encode()))
 
     def settled(self, meter: str, seq: int) -> bool:
         """Nothing is held here (``BusLog.get`` finds nothing to ask about)."""
