@@ -1,6 +1,6 @@
 """The meters' side of TLS: a client context that trusts only the project's private CA.
 
-The server makes the CA and its own certificate (``server.tls``); meters and tools read the
+The server makes the CA and its own certificate (``server.endpoint.tls``); meters and tools read the
 CA's certificate (``DATA_DIR/tls/ca.pem``). Nothing anywhere disables certificate verification.
 """
 

@@ -18,7 +18,7 @@ from common.errors import SmartMeterError  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
 from common.settings import load_settings  # noqa: E402
 from server.app import open_index  # noqa: E402
-from server.indexer import rebuild  # noqa: E402
+from server.indexing.indexer import rebuild  # noqa: E402
 
 
 def main() -> int:

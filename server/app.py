@@ -30,28 +30,28 @@ from common.settings import Settings, split_urls
 from server import metrics
 from server.api import ApiContext, HttpServer, create_api
 from server.api.auth import Authenticator
-from server.batcher import Batcher
+from server.api.conversations import Conversations
+from server.api.live import LiveFeed
 from server.bus.connection import connect, ensure_leases, ensure_stream
 from server.bus.core_link import BusCore, core_id
 from server.bus.gateway_app import GatewayApp, run_gateway
+from server.bus.hub import Hub
 from server.bus.natsd import NatsServer
 from server.bus.writer_feed import PartitionFeed
-from server.conversations import Conversations
-from server.dr_relay import DemandResponseRelay, OptOutRelayer
-from server.gateway import Gateway
+from server.endpoint.gateway import Gateway
+from server.endpoint.tls import ensure_tls, server_context, small_tls_buffers
+from server.endpoint.upstream import InProcess
+from server.endpoint.workers import WorkerPool, start_local_bus
 from server.health import HealthCheck
-from server.hub import Hub
-from server.index import Index
-from server.index_db import DATABASE_ERRORS, describe_url
-from server.indexer import Indexer
-from server.live import LiveFeed
-from server.monitor import Rules
-from server.relay import Relay
-from server.store import BUSY_TIMEOUT_MS, Store, queue_unusable
+from server.indexing.index import Index
+from server.indexing.index_db import DATABASE_ERRORS, describe_url
+from server.indexing.indexer import Indexer
+from server.indexing.monitor import Rules
+from server.relay.dr_relay import DemandResponseRelay, OptOutRelayer
+from server.relay.relay import Relay
 from server.supervisor import Ended, Supervisor
-from server.tls import ensure_tls, server_context, small_tls_buffers
-from server.upstream import InProcess
-from server.workers import WorkerPool, start_local_bus
+from server.writer.batcher import Batcher
+from server.writer.store import BUSY_TIMEOUT_MS, Store, queue_unusable
 
 __all__ = ["ServerApp", "run", "open_index", "index_unusable", "open_conversations"]
 
@@ -172,6 +172,8 @@ class ServerApp:
         index: Index | None = None
         http: HttpServer | None = None
         conversations: Conversations | None = None
+        core: BusCore | None = None
+        partitions: PartitionFeed | None = None
         try:
             if settings.gateway_workers > 1 and not settings.bus_url:
                 nats = await start_local_bus(settings)  # the gateway processes and this core meet on it
@@ -209,8 +211,6 @@ class ServerApp:
             upstream = InProcess(settings, chain, hub, batcher, relay, demand_response, opt_outs)
             gateway: Gateway | WorkerPool | GatewayApp | None = None
             server: Server | None = None
-            core: BusCore | None = None
-            partitions: PartitionFeed | None = None
             if settings.bus_url:
                 core, partitions = await _join_bus(settings, store, hub, upstream, batcher)
                 if settings.server_role == "all" and settings.gateway_workers > 1:

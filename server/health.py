@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from server.supervisor import PartStatus
 
 if TYPE_CHECKING:  # only read here: the API's schemas import this module without pulling in the parts
-    from server.batcher import Batcher
-    from server.index import Index
-    from server.indexer import Indexer
-    from server.relay import Relay
-    from server.store import Store
+    from server.indexing.index import Index
+    from server.indexing.indexer import Indexer
+    from server.relay.relay import Relay
+    from server.writer.batcher import Batcher
+    from server.writer.store import Store
 
 __all__ = [
     "State",

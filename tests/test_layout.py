@@ -42,5 +42,5 @@ def test_each_package_imports_only_the_packages_below_it(package: str) -> None:
 
 def test_the_layout_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     source = tmp_path / "x.py"
-    source.write_text("import json\nfrom server.batcher import Batcher\nimport meters.client as c\n")
+    source.write_text("import json\nfrom server.writer.batcher import Batcher\nimport meters.client as c\n")
     assert project_imports(source) == {"server", "meters"}

@@ -24,8 +24,8 @@ from common.logs import REDACTED, fingerprint
 from common.settings import ROOT, Settings
 from meters.identity import MeterIdentity, meter_dir
 from operations.provisioning import provision
-from tests.server.test_dashboard import UI_TIMEOUT_MS
-from tests.server.test_dashboard import browser as browser  # noqa: F401 - fixture
+from tests.server.api.test_dashboard import UI_TIMEOUT_MS
+from tests.server.api.test_dashboard import browser as browser  # noqa: F401 - fixture
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.slow

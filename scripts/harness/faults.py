@@ -122,7 +122,7 @@ class FaultReport:
 
 
 def _dump(index: Any) -> dict[str, list[tuple[Any, ...]]]:
-    from server.index import DERIVED_TABLES
+    from server.indexing.index import DERIVED_TABLES
 
     out = {}
     for table in DERIVED_TABLES:
@@ -136,7 +136,7 @@ def _dump(index: Any) -> dict[str, list[tuple[Any, ...]]]:
 def index_differences(settings: Settings) -> list[str]:
     """How the server's index (the server stopped) differs from one rebuilt from the chain: tables that differ."""
     from server.app import open_index
-    from server.indexer import rebuild
+    from server.indexing.indexer import rebuild
 
     deployment = load_deployment(settings)
     live = open_index(settings, deployment)

@@ -2,7 +2,7 @@
 
 The operator may read and write every account's conversation; a customer only their own
 account's (the account reference of their meter). Messages are kept off chain in
-``DATA_DIR/api/messages.sqlite`` (``server.conversations``). A message sent is published live
+``DATA_DIR/api/messages.sqlite`` (``server.api.conversations``). A message sent is published live
 (``message``) to the account's meters' dashboards and the operator's, and so is a side marking
 the other's messages read (``messages_read``); reading the list marks nothing.
 """
@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 from common import errors
 from common.logs import log_event
 from server.api.auth import Principal
+from server.api.conversations import Author, Conversations, Message, Summary
 from server.api.routes import INVALID, UNAUTHORIZED, ApiContext, Caller, Ctx, PageNo, PageSize, _page, answers
 from server.api.schemas import Page, iso
-from server.conversations import Author, Conversations, Message, Summary
-from server.index import MeterRecord
+from server.indexing.index import MeterRecord
 
 __all__ = ["router", "MessageIn", "MessageOut", "ReadIn", "ReadOut", "ConversationOut", "ConversationPage",
            "message_out"]

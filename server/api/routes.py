@@ -36,6 +36,8 @@ from common.logs import log_event
 from common.settings import Settings
 from common.tariff import format_pounds
 from server.api.auth import Authenticator, Principal
+from server.api.conversations import Conversations
+from server.api.live import LiveFeed, Update
 from server.api.schemas import (
     BandCostOut,
     BillOut,
@@ -71,13 +73,11 @@ from server.api.schemas import (
     tariff_out,
 )
 from server.api.throttle import client_key
-from server.conversations import Conversations
-from server.dr_relay import OptOutRelayer
+from server.bus.hub import Hub
 from server.health import HealthCheck
-from server.history import PERIOD, GroupBy, group_hours, is_actual, settlement_periods, window_hours
-from server.hub import Hub
-from server.index import Index, MeterRecord
-from server.live import LiveFeed, Update
+from server.indexing.history import PERIOD, GroupBy, group_hours, is_actual, settlement_periods, window_hours
+from server.indexing.index import Index, MeterRecord
+from server.relay.dr_relay import OptOutRelayer
 
 __all__ = ["ApiContext", "router", "parse_time", "MAX_TIME", "MAX_PAGE", "MAX_PAGE_SIZE", "MAX_AMOUNT"]
 

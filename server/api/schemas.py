@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from common.customers import Customer
 from common.tariff import format_pounds
 from server.health import HealthParts
-from server.index import MeterRecord, Period
+from server.indexing.index import MeterRecord, Period
 
 __all__ = [
     "iso",

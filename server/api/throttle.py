@@ -1,6 +1,6 @@
 """A rate limit per client address for the API's routes that need no credentials (signing in).
 
-Each client gets a token bucket (``server.ratelimit``): ``rate`` requests a second on average,
+Each client gets a token bucket (``server.endpoint.ratelimit``): ``rate`` requests a second on average,
 bursts up to ``burst``. A client is its peer address; IPv6 clients are counted by their /64
 network, since one host usually holds a whole /64. Buckets are kept for the
 ``MAX_CLIENTS`` clients seen most recently: a client forgotten gets a full bucket back, which
@@ -14,7 +14,7 @@ import math
 from collections import OrderedDict
 
 from common import errors
-from server.ratelimit import TokenBucket
+from server.endpoint.ratelimit import TokenBucket
 
 __all__ = ["TooManyRequests", "ClientLimiter", "client_key", "MAX_CLIENTS"]
 

@@ -24,10 +24,10 @@ from nats.aio.msg import Msg
 from common import errors
 from common.logs import log_event
 from common.messages import OptOut, OptOutWithdrawal, parse_message
+from server.bus.hub import Hub
 from server.bus.subjects import LOGIN, RESTARTS, core_alive_subject, core_subject, dump, load, meter_subject
-from server.hub import Hub
-from server.upstream import InProcess
-from server.validation import Cursor
+from server.endpoint.upstream import InProcess
+from server.endpoint.validation import Cursor
 
 __all__ = ["BusCore", "BusOutlet", "ALIVE_EVERY", "core_id"]
 

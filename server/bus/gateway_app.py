@@ -23,10 +23,10 @@ from common.logs import log_event
 from common.settings import Settings, split_urls
 from server.bus.connection import connect, ensure_stream
 from server.bus.gateway_link import BusUpstream
+from server.bus.hub import Hub
 from server.bus.reading_log import BusLog
-from server.gateway import Gateway
-from server.hub import Hub
-from server.tls import ensure_tls, server_context, small_tls_buffers
+from server.endpoint.gateway import Gateway
+from server.endpoint.tls import ensure_tls, server_context, small_tls_buffers
 
 __all__ = ["GatewayApp", "run_gateway"]
 

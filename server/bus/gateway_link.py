@@ -26,10 +26,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from common import errors
 from common.logs import log_event
 from common.messages import OptOut, OptOutWithdrawal, TariffInfo, encode
+from server.bus.hub import Hub
 from server.bus.subjects import LOGIN, RESTARTS, core_alive_subject, core_subject, dump, load, meter_subject
-from server.hub import Hub
-from server.upstream import LoginContext
-from server.validation import Cursor
+from server.endpoint.upstream import LoginContext
+from server.endpoint.validation import Cursor
 
 __all__ = ["BusUpstream", "CORE_QUIET_AFTER"]
 

@@ -26,8 +26,8 @@ from common.eip712 import ReadingData
 from common.logs import log_event
 from common.settings import Settings
 from server.bus.subjects import STREAM, decode_reading, encode_reading, message_id, reading_subject
-from server.store import QueuedReading
-from server.validation import Cursor
+from server.endpoint.validation import Cursor
+from server.writer.store import QueuedReading
 
 __all__ = ["BusLog"]
 

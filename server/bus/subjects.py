@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.eip712 import ReadingData
-from server.validation import Cursor
+from server.endpoint.validation import Cursor
 
 __all__ = ["STREAM", "LEASES", "LOGIN", "RESTARTS", "LoggedReading", "partition_of", "reading_subject",
            "partition_subject", "meter_subject", "core_subject", "core_alive_subject", "message_id",

@@ -13,7 +13,7 @@ a reading once whichever transaction comes first). The previous owner, if it is 
 lost its lease, drops the readings of that partition it had not sent.
 
 A reading is acknowledged on the stream when it has left this core's queue, which happens only
-once its block is final (``server.batcher``): until then a crash of this core leaves it in the
+once its block is final (``server.writer.batcher``): until then a crash of this core leaves it in the
 log for the next owner.
 """
 
@@ -35,10 +35,10 @@ from nats.js.kv import KeyValue
 
 from common.logs import log_event
 from common.settings import Settings
-from server.batcher import Batcher
 from server.bus.connection import LEASE_TTL
 from server.bus.subjects import STREAM, consumer_name, decode_reading, partition_of, partition_subject
-from server.store import Store
+from server.writer.batcher import Batcher
+from server.writer.store import Store
 
 __all__ = ["PartitionFeed", "fair_share"]
 

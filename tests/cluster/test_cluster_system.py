@@ -17,7 +17,7 @@ import pytest
 
 from common.devchain import GANACHE_BIN, ganache_flags
 from common.settings import GANACHE_DEV_KEYS, Settings, load_settings
-from server.tls import ensure_tls
+from server.endpoint.tls import ensure_tls
 from tests.cluster.netns import Host, Network
 from tests.cluster.test_netns_nats import CLIENT_PORT, network, start_node, wait_until_healthy
 

@@ -41,7 +41,7 @@ from meters.status import LinkState, MeterStatus
 from operations.control import Operations
 from operations.provisioning import provision
 from server.app import ServerApp
-from server.tls import ensure_tls
+from server.endpoint.tls import ensure_tls
 from tests.support import ServerProcess
 
 #: A meter's log line for a reading the gateway refused for what it says (not for when it was sent).

@@ -17,7 +17,7 @@ from meters.sources import ModelSource
 from meters.status import LinkState, MeterStatus
 from operations.provisioning import provision
 from server.app import ServerApp
-from server.tls import ensure_tls
+from server.endpoint.tls import ensure_tls
 
 
 def status_client(settings, heartbeat: float, interval: float, stop_after: int | None = None

@@ -16,7 +16,7 @@ from meters.display import render_fleet
 from meters.fleet import Fleet, fleet_rows
 from meters.identity import meter_dir
 from operations.provisioning import provision
-from server.tls import ensure_tls
+from server.endpoint.tls import ensure_tls
 
 
 def text_of(renderable) -> str:

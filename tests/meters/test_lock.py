@@ -18,7 +18,7 @@ from common.settings import ROOT
 from meters.identity import meter_dir
 from meters.lock import MeterLock
 from operations.provisioning import provision
-from server.tls import ensure_tls
+from server.endpoint.tls import ensure_tls
 
 HOLD = "import sys, time; from pathlib import Path; from meters.lock import MeterLock; " \
        "MeterLock(Path(sys.argv[1]), 'm').acquire(); print('held', flush=True); time.sleep(60)"

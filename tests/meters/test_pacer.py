@@ -6,7 +6,7 @@ import asyncio
 
 from common.messages import RateLimit
 from meters.pacer import DEFAULT_LIMIT, Pacer
-from server.ratelimit import TokenBucket
+from server.endpoint.ratelimit import TokenBucket
 
 
 class _Clock:

@@ -47,7 +47,7 @@ from operations.control import (
 )
 from operations.tariffs import load_prices, load_version
 from server.app import ServerApp
-from tests.server.test_api_statements import issued_and_open, pdf_text
+from tests.server.api.test_api_statements import issued_and_open, pdf_text
 
 HOUSEHOLD = "heat-pump-1"
 

@@ -12,7 +12,7 @@ from web3 import Web3
 from common.eip712 import ReadingData
 from common.events import unpack_record
 from common.messages import Ack, Bill
-from tests.server.test_gateway import next_of
+from tests.server.endpoint.test_gateway import next_of
 from tests.support import ServerProcess  # noqa: F401 - other tests import it from here too
 
 

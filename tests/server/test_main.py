@@ -13,8 +13,8 @@ from eth_account import Account
 
 from common.eip712 import ReadingData
 from common.settings import GANACHE_DEV_KEYS, ROOT
-from server.conversations import Conversations
-from server.store import Store
+from server.api.conversations import Conversations
+from server.writer.store import Store
 
 PAGE = 4096
 

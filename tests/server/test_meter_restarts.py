@@ -25,11 +25,11 @@ from common.messages import Ack, Bill
 from common.settings import ROOT, Settings
 from server.api.auth import OPERATOR_KEY_FILE
 from server.app import ServerApp
-from server.index import Index
+from server.indexing.index import Index
 from tests.server.conftest import indexed, last_event
-from tests.server.test_gateway import next_of
-from tests.server.test_index_engines import synthetic_chain
-from tests.server.test_index_rollback import rows
+from tests.server.endpoint.test_gateway import next_of
+from tests.server.indexing.test_index_engines import synthetic_chain
+from tests.server.indexing.test_index_rollback import rows
 from tests.support import both_indexes
 from tests.tools.test_verify import LyingNode, add_to_word
 

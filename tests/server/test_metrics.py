@@ -18,8 +18,8 @@ from common.messages import Ack, Bill, ErrorMessage
 from server.api.auth import OPERATOR_KEY_FILE
 from server.app import ServerApp
 from server.metrics import EventCounter, Exposition
-from tests.server.test_gateway import next_of
-from tests.server.test_workers import pool_server  # noqa: F401 - the fixture of a server with two workers
+from tests.server.endpoint.test_gateway import next_of
+from tests.server.endpoint.test_workers import pool_server  # noqa: F401 - the fixture of a server with two workers
 
 
 async def scrape(app: ServerApp) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

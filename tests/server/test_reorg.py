@@ -27,10 +27,10 @@ from common.settings import Settings
 from common.tls import client_context
 from meters.link import MeterLink, signed_reading
 from server.app import ServerApp
-from server.batcher import Batcher
-from server.store import Store
-from tests.server.test_gateway import next_of
-from tests.server.test_index_rollback import rows
+from server.writer.batcher import Batcher
+from server.writer.store import Store
+from tests.server.endpoint.test_gateway import next_of
+from tests.server.indexing.test_index_rollback import rows
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ async def test_a_reorganisation_that_removes_a_batch_has_its_reading_submitted_a
 async def test_the_index_after_reorganisations_equals_one_rebuilt_from_the_chain(
         anvil_server, anvil_meter, reorg_settings, anvil_deployment, anvil, tmp_path):
     from server.app import open_index
-    from server.indexer import rebuild
+    from server.indexing.indexer import rebuild
 
     meter = anvil_meter()
     link = MeterLink(reorg_settings.server_url, client_context(reorg_settings.ca_cert_path), meter.key,

@@ -15,7 +15,7 @@ from common.events import unpack_record
 from common.messages import Ack, Bill
 from server.app import ServerApp
 from server.bus.gateway_app import GatewayApp
-from tests.server.test_gateway import next_of
+from tests.server.endpoint.test_gateway import next_of
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from common.events import unpack_record
 from common.messages import Ack
 from common.settings import GANACHE_DEV_KEYS
 from server.app import ServerApp
-from tests.server.test_gateway import next_of
+from tests.server.endpoint.test_gateway import next_of
 from tests.support import ServerProcess
 
 #: The second core's key (given the gateway role here; no other test uses it).

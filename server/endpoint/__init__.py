@@ -1,0 +1,1 @@
+"""The meters' endpoint: TLS WebSocket, login, the off-chain checks, and the gateway processes."""

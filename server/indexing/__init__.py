@@ -1,0 +1,1 @@
+"""The API's index: contract events into SQLite or PostgreSQL, hourly totals, consumption alerts."""

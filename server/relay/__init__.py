@@ -1,0 +1,1 @@
+"""Chain events to meters: the relay that follows every block, and demand response."""

@@ -1,0 +1,1 @@
+"""The chain writer: the queue of readings (SQLite) and the batcher that submits them."""
