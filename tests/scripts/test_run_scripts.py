@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +120,13 @@ class Output:
             assert time.monotonic() < deadline, f"no {text!r} within {timeout} s; output:\n{self.text}"
             time.sleep(0.2)
 
+    def wait_closed(self, timeout: float) -> str:
+        """The whole output, once every writer has closed the pipe: the child's exit does not mean its last
+        lines were read yet (under load this reader thread lags behind)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the output is still open {timeout} s on; so far:\n{self.text}"
+        return self.text
+
 
 def children(pid: int) -> list[tuple[int, list[str]]]:
     """Every descendant of ``pid`` with its command line."""
@@ -142,6 +150,35 @@ def children(pid: int) -> list[tuple[int, list[str]]]:
     return found
 
 
+# The signals a terminal delivers to its foreground job, and those Python ignores (a child inherits that).
+TERMINAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGPIPE, signal.SIGXFSZ)
+# Exec the command with those signals at their default action and unblocked, as a shell starts a foreground
+# job. Without it the demo inherits the test run's: under ``nohup`` (or ``cmd &`` in a script, for SIGINT) the
+# signal is ignored, a shell cannot trap a signal ignored when it started, and nothing in the demo reacts to it.
+_AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; sigs = [signal.Signals[n] for n in sys.argv[1].split(',')]; "
+    "[signal.signal(s, signal.SIG_DFL) for s in sigs]; signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def start_demo(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``run-demo.sh --count 1 --plain`` in a session of its own, started as from a terminal, its output piped."""
+    argv = [sys.executable, "-c", _AS_FROM_A_TERMINAL, ",".join(s.name for s in TERMINAL_SIGNALS),
+            str(ROOT / "run-demo.sh"), "--count", "1", "--plain"]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def signal_set(pid: int, field: str) -> set[signal.Signals]:
+    """The signals of a ``/proc/PID/status`` mask field (``SigIgn``, ``SigBlk``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            mask = int(line.split()[1], 16)
+            return {s for s in signal.Signals if mask >> (s - 1) & 1}
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
 def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_everything_down(
     tmp_path: Path, base_settings: Settings, deployment: object, stop_chain_after: list[dict[str, str]]
 ) -> None:
@@ -150,8 +187,7 @@ def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_ever
                      METER_COUNT="1", HISTORY_DAYS="0", TIME_SCALE="10",
                      BUILD_DIR=str(base_settings.build_dir))  # compiled by the session's deployment
     stop_chain_after.append(env)
-    demo = subprocess.Popen(["./run-demo.sh", "--count", "1", "--plain"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    demo = start_demo(env)
     out = Output(demo)
     try:
         out.wait_for("run-clients: started 1 meter;", 180)
@@ -164,6 +200,7 @@ def test_run_demo_says_at_once_that_its_server_died_names_the_log_and_tears_ever
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+    out.wait_closed(60)
     logs = tmp_path / "data" / "logs"
     assert (f"run-demo: the server side (run-server.sh) stopped while the demo was running, so the demo stops too; "
             f"see {logs / 'run-server.log'}. Its last lines:") in out.text
@@ -201,12 +238,13 @@ def test_run_demo_tears_down_on_sighup_as_on_ctrl_c_and_a_second_signal_does_not
     env = script_env(tmp_path, chain_port, SERVER_PORT=str(free_port()), HTTP_PORT=str(free_port()),
                      METER_COUNT="1", HISTORY_DAYS="0", TIME_SCALE="10", BUILD_DIR=str(base_settings.build_dir))
     stop_chain_after.append(env)
-    demo = subprocess.Popen(["./run-demo.sh", "--count", "1", "--plain"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    demo = start_demo(env)
     out = Output(demo)
     try:
         out.wait_for("run-clients: started 1 meter;", 180)
         assert rpc_answers(f"http://127.0.0.1:{chain_port}")
+        # Whatever this test run inherited (nohup ignores SIGHUP), the demo can receive both signals.
+        assert not {first, second} & (signal_set(demo.pid, "SigIgn") | signal_set(demo.pid, "SigBlk"))
         # As a terminal does: the signal goes to the whole foreground process group (the chain runs in
         # a session of its own, so only the demo's teardown can stop it).
         os.killpg(demo.pid, first)
@@ -217,6 +255,7 @@ def test_run_demo_tears_down_on_sighup_as_on_ctrl_c_and_a_second_signal_does_not
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+    out.wait_closed(60)
     assert out.text.count("run-demo: tearing down") == 1
     assert out.text.rstrip().endswith("run-demo: done; run ./run-demo.sh again to resume where it stopped")
     assert not rpc_answers(f"http://127.0.0.1:{chain_port}"), "the demo stopped the chain it started"
