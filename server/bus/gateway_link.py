@@ -109,7 +109,9 @@ class BusUpstream:
         """The meter's connection went: its subject is left, and its core told."""
         meter = meter.lower()
         core, login = self.cores.pop(meter, None), self.logins.pop(meter, "")
-        self._spawn(self._unsubscribe(meter))
+        sub = self._subs.pop(meter, None)  # now: a login of the meter right after subscribes afresh
+        if sub is not None:
+            self._spawn(_leave(sub))
         if core is not None:
             self._spawn(self.nc.publish(core_subject(core, "logout"), f"{meter} {login}".encode()))
 
@@ -134,10 +136,7 @@ class BusUpstream:
     async def _unsubscribe(self, meter: str) -> None:
         sub = self._subs.pop(meter, None)
         if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
+            await _leave(sub)
 
     def _spawn(self, job: Any) -> None:
         task = asyncio.get_running_loop().create_task(job)
@@ -185,3 +184,11 @@ class BusUpstream:
                     self._spawn(peer.outlet.close(SERVICE_RESTART, "server core went away; log in again"))
             log_event(log, "core_gone", logging.WARNING, cores=",".join(sorted(gone)), meters=len(moved),
                       action="their meters log in again and another core answers")
+
+
+async def _leave(sub: Any) -> None:
+    """Unsubscribe (the connection may be gone already)."""
+    try:
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - see above
+        pass
