@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from functools import partial
 
 from nats.aio.client import Client
 
@@ -21,12 +22,14 @@ from common.deployment import Deployment, load_deployment
 from common.errors import ChainUnavailable
 from common.logs import log_event
 from common.settings import Settings, split_urls
+from server import metrics
 from server.bus.connection import connect, ensure_stream
 from server.bus.gateway_link import BusUpstream
 from server.bus.hub import Hub
 from server.bus.reading_log import BusLog
 from server.endpoint.gateway import Gateway
 from server.endpoint.tls import ensure_tls, server_context, small_tls_buffers
+from server.supervisor import Supervisor
 
 __all__ = ["GatewayApp", "run_gateway"]
 
@@ -95,12 +98,15 @@ class GatewayApp:
 
 
 async def run_gateway(settings: Settings) -> str | None:
-    """Run a stateless gateway until SIGINT or SIGTERM, or until its listener closes (returns why)."""
-    app = await GatewayApp.start(settings)
+    """Run a stateless gateway until SIGINT or SIGTERM, or until its listener closes (returns why); with
+    ``GATEWAY_WORKERS`` above 1, that many gateway processes on the one port."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.gateway_workers > 1:
+        return await _run_pool(settings, stop)
+    app = await GatewayApp.start(settings)
     assert app.gateway.server is not None
     closed = asyncio.ensure_future(app.gateway.server.wait_closed())
     stopping = asyncio.ensure_future(stop.wait())
@@ -110,3 +116,29 @@ async def run_gateway(settings: Settings) -> str | None:
     ended = not stop.is_set()
     await app.stop()
     return "the meters' listener closed" if ended else None
+
+
+
+async def _run_pool(settings: Settings, stop: asyncio.Event) -> str | None:
+    """Run ``GATEWAY_WORKERS`` gateway processes, each started again should it end, until ``stop`` or until one
+    cannot be started again (returns why)."""
+    from server.endpoint.workers import WorkerPool  # (it runs this module's GatewayApp in each process)
+
+    metrics.clear_worker_files(settings.data_dir)  # the processes count into files there
+    pool = WorkerPool(settings, load_deployment(settings), Hub())
+    await pool.start()
+    supervisor = Supervisor()
+    tasks = [supervisor.keep_running(f"gateway_worker_{w.number}", partial(pool.keep, w.number))
+             for w in pool.workers]
+    stopping = asyncio.ensure_future(stop.wait())
+    ending = asyncio.ensure_future(supervisor.ended())
+    await asyncio.wait({stopping, ending}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    ending.cancel()
+    supervisor.stop()
+    await pool.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks, timeout=5)
+    log_event(log, "gateway_stopped", processes=len(pool.workers))
+    return ending.result().sentence() if ending.done() and not ending.cancelled() else None

@@ -4,6 +4,9 @@ come back to the meters through the gateway holding their connection."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import time
 from collections.abc import AsyncIterator
 
@@ -16,6 +19,7 @@ from common.messages import Ack, Bill
 from server.app import ServerApp
 from server.bus.gateway_app import GatewayApp
 from tests.server.endpoint.test_gateway import next_of
+from tests.support import ServerProcess
 
 
 @pytest.fixture
@@ -95,3 +99,29 @@ async def test_a_publish_retried_after_a_lost_acknowledgement_is_recorded_once(b
                                                       argument_filters={"meter": account.address})
     assert sorted(unpack_record(int(e.args.record))["seq"] for e in logs) == [1, 2]
     await link.close()
+
+
+async def test_a_gateway_machine_runs_its_gateway_workers_as_processes_and_stops_them_on_ctrl_c(
+        bus_server, server_settings, new_meter, link_for, nats_url, tmp_path):
+    settings = server_settings.replace(bus_url=nats_url, bus_partitions=4, server_port=free_port(), http_port=0,
+                                       server_role="gateway", gateway_workers=2, data_dir=tmp_path / "edge")
+    shutil.copytree(server_settings.data_dir / "tls", settings.data_dir / "tls")  # one CA, as docs/scaling-out.md says
+    edge = ServerProcess(settings, tmp_path / "edge.log")
+    await edge.start(ready="gateway_workers_listening")
+    try:
+        log = edge.log_path.read_text()
+        pids = [int(p) for p in re.findall(r"gateway_workers_listening .*?pids=([\d,]+)", log)[0].split(",")]
+        assert len(pids) == 2
+        account = new_meter()
+        link = link_for(account)
+        link.url = settings.server_url
+        await link.connect()
+        await link.send_reading(ReadingData(account.address, 1, int(time.time()) - 30, 10_300))
+        assert (await next_of(link, Bill, timeout=90)).energy_wh == 10_300
+        await link.close()
+        assert edge.interrupt() == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        ServerProcess.kill_all()
