@@ -57,12 +57,12 @@ from server.bus.hub import Hub
 from server.endpoint.ratelimit import TokenBucket
 from server.endpoint.session import GOING_AWAY, POLICY_VIOLATION, Session
 from server.endpoint.upstream import Upstream
+from server.endpoint.validation import Cursor, Limits, validate_reading
 from server.relay.dr_relay import BOUND_OPT_OUT_VERSION, DR_VERSION
 from server.writer.store import Store
 
 if TYPE_CHECKING:
     from server.bus.reading_log import BusLog
-from server.endpoint.validation import Cursor, Limits, validate_reading
 
 __all__ = ["Gateway"]
 
