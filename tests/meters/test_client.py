@@ -63,7 +63,9 @@ def make_client(settings, name: str, source=None, time_scale: float = 30.0) -> t
     outbox = Outbox(directory / "outbox.sqlite", identity.address)
     pos = outbox.position()
     if source is None:
-        source = ModelSource(LoadModel(identity.archetype, identity.seed, 20.0), pos.last_timestamp, pos.last_energy_wh)
+        # Five times the household's demand: bills move visibly, and even its evening peak stays under the supply's
+        # 24 kW limit (at twenty times it did not, and evening runs saw readings refused for their content).
+        source = ModelSource(LoadModel(identity.archetype, identity.seed, 5.0), pos.last_timestamp, pos.last_energy_wh)
     tls = ensure_tls(settings.data_dir / "tls")
     client = MeterClient(
         key=identity.key(directory), domain=load_deployment(settings).domain, url=settings.server_url,
@@ -147,7 +149,7 @@ async def test_killing_meter_and_server_at_awkward_moments_loses_and_duplicates_
     assert not refused & set(seqs), "a refused reading reached the chain"
     assert sorted(set(seqs) | set(waiting) | refused) == list(range(1, last + 1)), (
         "every reading is on chain, still waiting, or refused for its content")
-    assert max(seqs) >= last - len(waiting)
+    assert max(set(seqs) | refused) >= last - len(waiting)  # (the last reading may be one refused for its content)
     billing = Billing(ChainClient(meter_settings), load_deployment(meter_settings))
     assert billing.meter(identity.address).last_seq == max(seqs)
 
