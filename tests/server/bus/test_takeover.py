@@ -7,14 +7,11 @@ import asyncio
 import time
 
 from eth_account import Account
-from websockets.exceptions import ConnectionClosed
 
-from common.eip712 import ReadingData
 from common.events import unpack_record
-from common.messages import Ack
 from common.settings import GANACHE_DEV_KEYS
 from server.app import ServerApp
-from tests.server.endpoint.test_gateway import next_of
+from tests.server.endpoint.test_workers import stream_readings
 from tests.support import ServerProcess
 
 #: The second core's key (given the gateway role here; no other test uses it).
@@ -28,37 +25,6 @@ def grant_gateway_role(chain, deployment, key: str) -> None:
     address = Account.from_key(key).address
     if not contract.functions.hasRole(role, address).call():
         chain.transact(chain.settings.admin_key, contract.functions.grantRole(role, address))
-
-
-async def stream(account, link_for, count: int, acked: set[int], start: float) -> int:
-    """Send readings 1..count, each after the previous one's ack, logging in again (from the gateway's last used
-    seq) whenever the connection drops; returns how many times it did."""
-    link = link_for(account)
-    welcome = await link.connect()
-    again = 0
-    seq = welcome.last_used_seq + 1
-    while seq <= count:
-        try:
-            await link.send_reading(ReadingData(account.address, seq, int(start) + seq * 10, 10_000 + seq * 10))
-            ack = await next_of(link, Ack, timeout=30)
-            assert ack.seq == seq and ack.status in ("queued", "duplicate")
-            acked.add(seq)
-            seq += 1
-            await asyncio.sleep(0.05)
-        except (ConnectionClosed, OSError, asyncio.TimeoutError):
-            again += 1
-            assert again < 20
-            for _ in range(100):
-                try:
-                    link = link_for(account)
-                    welcome = await link.connect()
-                    break
-                except (ConnectionClosed, OSError, asyncio.TimeoutError):
-                    await asyncio.sleep(0.3)
-            assert welcome.last_used_seq >= max(acked, default=0)  # nothing acknowledged is forgotten
-            seq = welcome.last_used_seq + 1
-    await link.close()
-    return again
 
 
 async def test_a_core_killed_mid_batch_loses_nothing_and_duplicates_nothing(
@@ -78,7 +44,8 @@ async def test_a_core_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         accounts = [new_meter() for _ in range(8)]
         count, start = 40, time.time() - 1_000
         acked: dict[str, set[int]] = {a.address: set() for a in accounts}
-        streams = asyncio.gather(*(stream(a, link_for, count, acked[a.address], start) for a in accounts))
+        streams = asyncio.gather(*(stream_readings(a, link_for, count, acked[a.address], start, ack_timeout=30.0,
+                                                   pause=0.05, ack_timeout_reconnects=True) for a in accounts))
         while min(len(s) for s in acked.values()) < 12:
             assert not streams.done(), streams.exception()
             await asyncio.sleep(0.05)

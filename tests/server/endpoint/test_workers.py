@@ -106,9 +106,14 @@ async def test_bills_and_alerts_reach_meters_on_every_worker(pool_server, new_me
         await link.close()
 
 
-async def _stream(account, link_for, count: int, acked: set[int], start: float) -> int:
+async def stream_readings(account, link_for, count: int, acked: set[int], start: float, *, ack_timeout: float = 20.0,
+                          pause: float = 0.02, ack_timeout_reconnects: bool = False) -> int:
     """Send readings 1..count, each after the previous one's ack; reconnect and go on from the server's
-    ``lastUsedSeq`` when the connection drops. Returns how many times it reconnected."""
+    ``lastUsedSeq`` when the connection drops (or, with ``ack_timeout_reconnects``, when an ack does not come within
+    ``ack_timeout``: a core gone quiet on the bus). Returns how many times it reconnected."""
+    dropped: tuple[type[BaseException], ...] = (ConnectionClosed, OSError)
+    if ack_timeout_reconnects:
+        dropped += (asyncio.TimeoutError,)
     link = link_for(account)
     welcome = await link.connect()
     reconnects = 0
@@ -116,12 +121,12 @@ async def _stream(account, link_for, count: int, acked: set[int], start: float) 
     while seq <= count:
         try:
             await link.send_reading(ReadingData(account.address, seq, int(start) + seq * 10, 10_000 + seq * 10))
-            ack = await next_of(link, Ack, timeout=20)
+            ack = await next_of(link, Ack, timeout=ack_timeout)
             assert ack.seq == seq and ack.status in ("queued", "duplicate")
             acked.add(seq)
             seq += 1
-            await asyncio.sleep(0.02)
-        except (ConnectionClosed, OSError):
+            await asyncio.sleep(pause)
+        except dropped:
             reconnects += 1
             assert reconnects < 20
             for _ in range(100):
@@ -130,7 +135,7 @@ async def _stream(account, link_for, count: int, acked: set[int], start: float) 
                     welcome = await link.connect()
                     break
                 except (ConnectionClosed, OSError, asyncio.TimeoutError):
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.3)
             # Everything acknowledged is durable: the server's cursor is never behind it.
             assert welcome.last_used_seq >= max(acked, default=0)
             seq = welcome.last_used_seq + 1
@@ -147,7 +152,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_acknowledged_and_duplica
         await link.close()
     count, start = 40, time.time() - 1_000
     acked: dict[str, set[int]] = {a.address: set() for a in accounts}
-    streams = asyncio.gather(*(_stream(a, link_for, count, acked[a.address], start) for a in accounts))
+    streams = asyncio.gather(*(stream_readings(a, link_for, count, acked[a.address], start) for a in accounts))
     while min(len(s) for s in acked.values()) < 10:
         assert not streams.done(), streams.exception()
         await asyncio.sleep(0.05)
